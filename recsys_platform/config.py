@@ -1,0 +1,89 @@
+"""Settings: every path, URL and tunable of the platform, read from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXPECTATIONS_DIR = PROJECT_ROOT / "expectations"
+
+REGISTERED_MODEL_NAME = "recsys-ranker"
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    """Tunables of the modelling pipeline (windows, sizes, seeds)."""
+
+    label_days: int = 7
+    top_n: int = 50
+    candidates_per_source: int = 60
+    recent_exclusion_days: int = 3
+    repeat_cap: int = 3
+    watermark_minutes: int = 10
+    seed: int = 7
+    ranker_rounds: int = 300
+    promotion_margin: float = 0.0
+
+    @classmethod
+    def from_env(cls) -> PipelineParams:
+        """Build params, letting RECSYS_<FIELD> environment variables override defaults."""
+        kwargs = {}
+        for name, f in cls.__dataclass_fields__.items():
+            raw = os.environ.get(f"RECSYS_{name.upper()}")
+            if raw:
+                kwargs[name] = type(f.default)(raw)
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where everything lives. The profile is chosen by environment variables only."""
+
+    home: Path
+    landing_url: str
+    lake_url: str
+    catalog_path: Path
+    mlflow_tracking_uri: str
+    mlflow_artifact_uri: str
+    online_store_url: str
+    push_queue_url: str
+    dagster_home: Path
+    partition_start: str
+    s3_endpoint_url: str | None
+    params: PipelineParams = field(default_factory=PipelineParams)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Resolve settings from RECSYS_* / MLFLOW_* / DAGSTER_HOME environment variables."""
+        home = Path(_env("RECSYS_HOME", str(Path.cwd() / ".recsys"))).resolve()
+        return cls(
+            home=home,
+            landing_url=_env("RECSYS_LANDING_URL", str(home / "landing")),
+            lake_url=_env("RECSYS_LAKE_URL", str(home / "lake")),
+            catalog_path=Path(_env("RECSYS_CATALOG_PATH", str(home / "catalog.duckdb"))),
+            mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+            mlflow_artifact_uri=_env("RECSYS_MLFLOW_ARTIFACTS", (home / "mlartifacts").as_uri()),
+            online_store_url=_env("RECSYS_ONLINE_STORE_URL", f"sqlite:///{home / 'online_store.sqlite'}"),
+            push_queue_url=_env("RECSYS_PUSH_QUEUE_URL", f"sqlite:///{home / 'push_queue.sqlite'}"),
+            dagster_home=Path(_env("DAGSTER_HOME", str(home / "dagster"))),
+            partition_start=_env("RECSYS_PARTITION_START", "2025-01-01-00:00"),
+            s3_endpoint_url=os.environ.get("RECSYS_S3_ENDPOINT_URL") or None,
+            params=PipelineParams.from_env(),
+        )
+
+    def ensure_local_dirs(self) -> None:
+        """Create the local directories of the embedded default (no-op for remote URLs)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.dagster_home.mkdir(parents=True, exist_ok=True)
+        for url in (self.landing_url, self.lake_url):
+            if "://" not in url:
+                Path(url).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,494 @@
+"""Synthetic wellness-app data: a catalog, user profiles and a behavioural event stream.
+
+Behaviour has structure a model can learn and popularity cannot: each user has latent
+topic, narrator and content-type tastes, a time-of-day habit (sleep content at night), an
+experience level that progresses with completions, a few favourites replayed often, and
+new releases spike after their release date. Everything is vectorized with numpy and
+deterministic for a seed and an end time.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from recsys_platform import schemas
+from recsys_platform.landing import ITEMS_PREFIX, USERS_PREFIX, LandingZone, event_file_key, new_batch_id
+
+logger = logging.getLogger(__name__)
+
+TOPICS_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "meditation": ("anxiety", "stress", "gratitude", "self_esteem", "breathing", "body_scan", "focus"),
+    "sleep_story": ("fantasy", "nature", "travel", "history", "sleep"),
+    "music": ("piano", "ambient", "lofi", "classical"),
+    "soundscape": ("rain", "ocean", "forest", "white_noise"),
+    "kids": ("bedtime", "calm_kids", "breathing_kids"),
+    "movement": ("yoga", "stretching", "walking", "breathing"),
+    "focus": ("deep_work", "study", "lofi", "creativity"),
+}
+TYPE_SHARE = np.array([0.30, 0.18, 0.12, 0.10, 0.08, 0.12, 0.10])
+# How much each daypart favours each content type (rows: dayparts, cols: CONTENT_TYPES).
+DAYPART_TYPE_BOOST = np.array(
+    [
+        [0.8, -1.5, 0.0, -0.5, -1.0, 1.0, 0.8],  # morning
+        [0.3, -1.5, 0.3, 0.0, -0.5, 0.5, 1.0],  # afternoon
+        [0.5, 0.5, 0.3, 0.3, 0.5, -0.2, -0.5],  # evening
+        [-0.3, 2.0, 0.2, 1.2, 0.3, -2.0, -2.0],  # night
+    ]
+)
+DAYPART_HOURS = {"morning": (6, 11), "afternoon": (12, 17), "evening": (18, 21), "night": (22, 29)}
+COUNTRIES = np.array(["US", "GB", "DE", "FR", "ES", "BR", "JP", "AU", "CA", "IN"])
+COUNTRY_LANG = np.array(["en", "en", "de", "fr", "es", "pt", "ja", "en", "en", "en"])
+COUNTRY_OFFSET = np.array([-5, 0, 1, 1, 1, -3, 9, 10, -5, 5])
+COUNTRY_SHARE = np.array([0.35, 0.12, 0.08, 0.06, 0.06, 0.06, 0.05, 0.06, 0.08, 0.08])
+SEARCH_WORDS = {
+    "sleep_story": "sleep story bedtime",
+    "soundscape": "rain sounds sleep",
+    "meditation": "meditation calm",
+    "music": "relaxing music",
+    "kids": "kids bedtime",
+    "movement": "yoga stretch",
+    "focus": "focus music work",
+}
+APP_LAUNCH = datetime(2019, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Size and shape of the synthetic dataset."""
+
+    n_users: int = 10_000
+    days: int = 30
+    n_items: int | None = None
+    seed: int = 42
+    end: datetime | None = None
+    sessions_per_day: float = 0.55
+    wearable_share: float = 0.3
+    late_event_share: float = 0.02
+
+    def resolved_end(self) -> datetime:
+        """End of the simulated window (default: the current hour, UTC)."""
+        end = self.end or datetime.now(UTC)
+        return end.replace(minute=0, second=0, microsecond=0, tzinfo=end.tzinfo or UTC)
+
+    def resolved_items(self) -> int:
+        """Catalog size; grows slowly with the number of users."""
+        return self.n_items or int(min(3000, max(300, 150 * np.log10(max(self.n_users, 10)) ** 1.5)))
+
+
+@dataclass
+class SyntheticDataset:
+    """Generated tables: the catalog, the profiles and the raw events (with arrival times)."""
+
+    items: pl.DataFrame
+    users: pl.DataFrame
+    events: pl.DataFrame  # RAW_EVENT_SCHEMA + arrival_time
+
+
+def _make_items(cfg: GeneratorConfig, rng: np.random.Generator, start: datetime) -> pl.DataFrame:
+    n = cfg.resolved_items()
+    n_narrators = max(12, n // 25)
+    type_idx = rng.choice(len(schemas.CONTENT_TYPES), size=n, p=TYPE_SHARE / TYPE_SHARE.sum())
+    topics = np.empty(n, dtype=object)
+    for t, name in enumerate(schemas.CONTENT_TYPES):
+        mask = type_idx == t
+        topics[mask] = rng.choice(np.array(TOPICS_BY_TYPE[name]), size=int(mask.sum()))
+    narrator_idx = rng.integers(0, n_narrators, size=n)
+    level_idx = rng.choice(3, size=n, p=[0.5, 0.3, 0.2])
+    base_dur = np.array([600, 1800, 2400, 3600, 900, 1200, 1800])[type_idx]
+    duration = (base_dur * rng.lognormal(0.0, 0.35, size=n)).astype(np.int64).clip(120, 7200)
+    # ~8% of the catalog is released during the simulated window (new releases keep arriving)
+    window_days = cfg.days
+    released_in_window = rng.random(n) < 0.08
+    age_days = np.where(
+        released_in_window,
+        -rng.integers(0, max(window_days, 1), size=n),
+        rng.integers(1, 900, size=n),
+    )
+    release = [(start - timedelta(days=int(a))).date() for a in age_days]
+    # series: consecutive items of the same type/topic grouped into courses of 3-7
+    series_id = np.full(n, None, dtype=object)
+    series_pos = np.full(n, None, dtype=object)
+    in_series = rng.random(n) < 0.25
+    order = np.flatnonzero(in_series)
+    sid = 0
+    i = 0
+    while i < len(order):
+        size = int(rng.integers(3, 8))
+        members = order[i : i + size]
+        series_id[members] = f"s{sid:04d}"
+        series_pos[members] = np.arange(1, len(members) + 1)
+        sid += 1
+        i += size
+    langs = rng.choice(
+        np.array(["en", "de", "fr", "es", "pt", "ja"]), size=n, p=[0.7, 0.06, 0.06, 0.06, 0.06, 0.06]
+    )
+    ctypes = np.array(schemas.CONTENT_TYPES)[type_idx]
+    titles = [
+        f"{t.replace('_', ' ').title()} {tp.replace('_', ' ')} #{k}"
+        for k, (t, tp) in enumerate(zip(ctypes, topics, strict=True))
+    ]
+    return pl.DataFrame(
+        {
+            "item_id": [f"i{k:05d}" for k in range(n)],
+            "title": titles,
+            "content_type": ctypes,
+            "topic": topics.astype(str),
+            "narrator": [f"narrator_{k:03d}" for k in narrator_idx],
+            "duration_seconds": duration,
+            "level": np.array(schemas.LEVELS)[level_idx],
+            "series_id": list(series_id),
+            "series_position": list(series_pos),
+            "language": langs,
+            "release_date": release,
+            "is_kids": ctypes == "kids",
+        },
+        schema=schemas.ITEM_SCHEMA,
+    )
+
+
+def _make_users(cfg: GeneratorConfig, rng: np.random.Generator, start: datetime) -> pl.DataFrame:
+    n = cfg.n_users
+    country = rng.choice(len(COUNTRIES), size=n, p=COUNTRY_SHARE / COUNTRY_SHARE.sum())
+    tenure = rng.exponential(300, size=n).astype(np.int64) + rng.integers(0, cfg.days + 1, size=n) * 0
+    signup = [(start - timedelta(days=int(t))).date() for t in tenure]
+    household = rng.choice(3, size=n, p=[0.5, 0.3, 0.2])
+    return pl.DataFrame(
+        {
+            "user_id": [f"u{k:07d}" for k in range(n)],
+            "signup_date": signup,
+            "country": COUNTRIES[country],
+            "language": COUNTRY_LANG[country],
+            "utc_offset_hours": COUNTRY_OFFSET[country],
+            "preferred_daypart": rng.choice(np.array(schemas.DAYPARTS), size=n, p=[0.3, 0.15, 0.2, 0.35]),
+            "experience_level": rng.choice(np.array(schemas.LEVELS), size=n, p=[0.55, 0.3, 0.15]),
+            "household_type": np.array(schemas.HOUSEHOLD_TYPES)[household],
+            "subscription_status": rng.choice(
+                np.array(schemas.SUBSCRIPTION_STATUSES), size=n, p=[0.2, 0.7, 0.1]
+            ),
+        },
+        schema=schemas.USER_SCHEMA,
+    )
+
+
+def _all_topics() -> list[str]:
+    return sorted({t for topics in TOPICS_BY_TYPE.values() for t in topics})
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _simulate_events(
+    cfg: GeneratorConfig,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    start: datetime,
+    chunk: int,
+) -> pl.DataFrame:
+    """Simulate the event stream of `users` (one chunk) over the window."""
+    rng = np.random.default_rng([cfg.seed, 1, chunk])
+    n_users, days = users.height, cfg.days
+    topics = _all_topics()
+    topic_index = {t: k for k, t in enumerate(topics)}
+    item_topic = np.array([topic_index[t] for t in items["topic"].to_list()])
+    type_index = {t: k for k, t in enumerate(schemas.CONTENT_TYPES)}
+    item_type = np.array([type_index[t] for t in items["content_type"].to_list()])
+    item_narr = np.array([int(n.split("_")[1]) for n in items["narrator"].to_list()])
+    item_level = np.array([schemas.LEVELS.index(v) for v in items["level"].to_list()])
+    item_dur = items["duration_seconds"].to_numpy().astype(np.float64)
+    item_lang = items["language"].to_numpy()
+    release_sec = np.array(
+        [
+            (datetime.combine(d, datetime.min.time(), UTC) - start).total_seconds()
+            for d in items["release_date"].to_list()
+        ]
+    )
+    # Shared item quality: the part of behaviour popularity can learn.
+    item_quality = np.random.default_rng([cfg.seed, 2]).normal(0.0, 0.6, size=items.height)
+    n_narr = int(item_narr.max()) + 1
+    pools = [np.flatnonzero(item_type == t) for t in range(len(schemas.CONTENT_TYPES))]
+
+    # Latent tastes: a few favourite topics and narrators, content-type leanings.
+    topic_aff = rng.normal(0.0, 0.4, size=(n_users, len(topics)))
+    fav_topics = rng.integers(0, len(topics), size=(n_users, 3))
+    np.put_along_axis(topic_aff, fav_topics, 2.2 + rng.random((n_users, 3)), axis=1)
+    narr_aff = rng.normal(0.0, 0.3, size=(n_users, n_narr))
+    np.put_along_axis(narr_aff, rng.integers(0, n_narr, size=(n_users, 2)), 1.6, axis=1)
+    type_pref = rng.normal(0.0, 0.7, size=(n_users, len(schemas.CONTENT_TYPES))) + np.log(TYPE_SHARE)
+    kids_col = type_index["kids"]
+    has_kids = (users["household_type"] == "family_with_kids").to_numpy()
+    type_pref[:, kids_col] = np.where(has_kids, type_pref[:, kids_col] + 1.2, -8.0)
+    user_lang = users["language"].to_numpy()
+    base_level = np.array([schemas.LEVELS.index(v) for v in users["experience_level"].to_list()], dtype=float)
+    progress = rng.random(n_users) * 1.5
+    offset = users["utc_offset_hours"].to_numpy()
+    daypart = np.array([schemas.DAYPARTS.index(v) for v in users["preferred_daypart"].to_list()])
+    repeat_p = rng.beta(1.2, 5.0, size=n_users)
+    activity = rng.lognormal(0.0, 0.8, size=n_users)
+    activity /= activity.mean()
+
+    # Sessions
+    n_sess = rng.poisson(activity * days * cfg.sessions_per_day)
+    s_user = np.repeat(np.arange(n_users), n_sess)
+    n_s = len(s_user)
+    s_day = rng.integers(0, days, size=n_s)
+    in_habit = rng.random(n_s) < 0.7
+    lo = np.array([DAYPART_HOURS[d][0] for d in schemas.DAYPARTS])[daypart[s_user]]
+    hi = np.array([DAYPART_HOURS[d][1] for d in schemas.DAYPARTS])[daypart[s_user]]
+    local_hour = np.where(in_habit, rng.integers(lo, hi + 1), rng.integers(6, 30, size=n_s)) % 24
+    s_sec = s_day * 86400.0 + (local_hour - offset[s_user]) * 3600.0 + rng.random(n_s) * 3600.0
+    s_sec = np.mod(s_sec, days * 86400.0)  # wrap sessions across the window edges (no spikes)
+    s_daypart = np.select(
+        [
+            (local_hour >= 6) & (local_hour < 12),
+            (local_hour >= 12) & (local_hour < 18),
+            (local_hour >= 18) & (local_hour < 22),
+        ],
+        [0, 1, 2],
+        3,
+    )
+
+    # Plays: 1-3 per session
+    n_play = rng.choice([1, 2, 3], size=n_s, p=[0.6, 0.3, 0.1])
+    p_sess = np.repeat(np.arange(n_s), n_play)
+    p_user = s_user[p_sess]
+    n_p = len(p_sess)
+    p_time0 = s_sec[p_sess]
+    level_now = base_level[p_user] + progress[p_user] * (s_day[p_sess] / max(days, 1)) * 2.0
+
+    # content type by taste x time of day
+    type_logits = type_pref[p_user] + DAYPART_TYPE_BOOST[s_daypart[p_sess]]
+    chosen_type = np.argmax(type_logits + rng.gumbel(size=type_logits.shape), axis=1)
+    k = 24
+    cand = np.empty((n_p, k), dtype=np.int64)
+    for t, pool in enumerate(pools):
+        mask = chosen_type == t
+        if pool.size == 0:
+            chosen_type[mask] = 0
+            continue
+        cand[mask] = pool[rng.integers(0, pool.size, size=(int(mask.sum()), k))]
+    empty = np.array([pools[t].size == 0 for t in range(len(pools))])
+    if empty.any():
+        cand[empty[chosen_type]] = pools[0][
+            rng.integers(0, pools[0].size, size=(int(empty[chosen_type].sum()), k))
+        ]
+    age_days = (p_time0[:, None] - release_sec[cand]) / 86400.0
+    lang_pen = np.where(
+        item_lang[cand] == user_lang[p_user][:, None], 0.0, np.where(item_lang[cand] == "en", -0.6, -2.0)
+    )
+    util = (
+        np.take_along_axis(topic_aff[p_user], item_topic[cand], axis=1)
+        + np.take_along_axis(narr_aff[p_user], item_narr[cand], axis=1)
+        + item_quality[cand]
+        - 0.9 * np.abs(item_level[cand] - level_now[:, None])
+        + np.where(age_days >= 0, 1.8 * np.exp(-np.clip(age_days, 0, None) / 5.0), -np.inf)
+        + lang_pen
+    )
+    pick = np.argmax(util + rng.gumbel(size=util.shape), axis=1)
+    p_item = cand[np.arange(n_p), pick]
+    p_util = util[np.arange(n_p), pick]
+
+    # Favourites: each user replays a couple of items they love.
+    fav = np.full((n_users, 2), -1)
+    first_play = np.unique(p_user, return_index=True)
+    fav[first_play[0], 0] = p_item[first_play[1]]
+    best = np.full(n_users, -np.inf)
+    np.maximum.at(best, p_user, p_util)
+    is_best = p_util >= best[p_user]
+    fav[p_user[is_best], 1] = p_item[is_best]
+    fav[:, 0] = np.where(fav[:, 0] < 0, fav[:, 1], fav[:, 0])
+    replay = (rng.random(n_p) < repeat_p[p_user]) & (fav[p_user, 1] >= 0) & (np.arange(n_p) > 0)
+    fav_pick = fav[p_user, rng.integers(0, 2, size=n_p)]
+    replay &= release_sec[np.maximum(fav_pick, 0)] <= p_time0
+    p_item = np.where(replay, fav_pick, p_item)
+    p_util = np.where(replay, p_util + 1.0, p_util)
+
+    # Outcomes
+    dur = item_dur[p_item]
+    p_complete = _sigmoid(1.1 * (p_util - 1.2))
+    completed = rng.random(n_p) < p_complete
+    bounce = ~completed & (rng.random(n_p) < _sigmoid(-1.5 * p_util))
+    listened = np.where(
+        completed, dur, np.where(bounce, rng.uniform(2, 29, size=n_p), dur * rng.uniform(0.1, 0.9, size=n_p))
+    )
+    # sequential plays within a session
+    order = np.lexsort((np.arange(n_p), p_sess))
+    start_off = np.zeros(n_p)
+    gaps = listened + 30.0
+    cum = np.cumsum(gaps[order])
+    sess_first = np.r_[True, p_sess[order][1:] != p_sess[order][:-1]]
+    base = np.maximum.accumulate(np.where(sess_first, cum - gaps[order], 0.0))
+    start_off[order] = cum - gaps[order] - base
+    p_start = p_time0 + 60.0 + start_off
+    p_end = p_start + listened
+    favorite = completed & (rng.random(n_p) < 0.25 * _sigmoid(p_util - 1.0))
+
+    # Searches (before the first play of ~18% of sessions), app opens, biometrics
+    searched = rng.random(n_s) < 0.18
+    first_idx = np.flatnonzero(np.r_[True, p_sess[1:] != p_sess[:-1]])
+    first_type = np.full(n_s, 0)
+    first_type[p_sess[first_idx]] = item_type[p_item[first_idx]]
+    topic_words = np.array(topics)[item_topic[p_item[first_idx]]]
+    query_topic = np.full(n_s, "", dtype=object)
+    query_topic[p_sess[first_idx]] = topic_words
+    search_words = np.array([SEARCH_WORDS[t] for t in schemas.CONTENT_TYPES], dtype=object)
+    queries = search_words[first_type] + " " + np.char.replace(query_topic.astype(str), "_", " ")
+
+    wearable = rng.random(n_users) < cfg.wearable_share
+    move_play = (item_type[p_item] == type_index["movement"]) & wearable[p_user]
+    bio_user_daily = np.repeat(np.flatnonzero(wearable), days * 3)
+    n_bd = len(bio_user_daily)
+    bio_sec = (
+        np.tile(np.repeat(np.arange(days), 3), int(wearable.sum())) * 86400.0 + rng.random(n_bd) * 86400.0
+    )
+    mv = np.flatnonzero(move_play)
+
+    def frame(
+        user_idx, sec, etype, session=None, item=None, listened_s=None, query=None, steps=None, hr=None
+    ):
+        n = len(user_idx)
+        return pl.DataFrame(
+            {
+                "user_idx": np.asarray(user_idx, dtype=np.int64),
+                "sec": np.asarray(sec, dtype=np.float64),
+                "event_type": np.full(n, etype),
+                "session_idx": np.full(n, -1) if session is None else np.asarray(session, dtype=np.int64),
+                "item_idx": np.full(n, -1) if item is None else np.asarray(item, dtype=np.int64),
+                "seconds_listened": np.full(n, np.nan)
+                if listened_s is None
+                else np.asarray(listened_s, dtype=float),
+                "query": pl.Series([None] * n, dtype=pl.String)
+                if query is None
+                else pl.Series(list(query), dtype=pl.String),
+                "steps": np.full(n, -1) if steps is None else np.asarray(steps, dtype=np.int64),
+                "heart_rate": np.full(n, np.nan) if hr is None else np.asarray(hr, dtype=float),
+            }
+        )
+
+    s_idx = np.arange(n_s)
+    parts = [
+        frame(s_user, s_sec, "app_open", session=s_idx),
+        frame(
+            s_user[searched],
+            s_sec[searched] + 20.0,
+            "search",
+            session=s_idx[searched],
+            query=queries[searched],
+        ),
+        frame(p_user, p_start, "content_start", session=p_sess, item=p_item),
+        frame(
+            p_user[completed],
+            p_end[completed],
+            "content_complete",
+            p_sess[completed],
+            p_item[completed],
+            listened[completed],
+        ),
+        frame(
+            p_user[~completed],
+            p_end[~completed],
+            "content_exit",
+            p_sess[~completed],
+            p_item[~completed],
+            listened[~completed],
+        ),
+        frame(
+            p_user[favorite],
+            p_end[favorite] + 5.0,
+            "favorite",
+            session=p_sess[favorite],
+            item=p_item[favorite],
+        ),
+        frame(bio_user_daily, bio_sec, "biometric", steps=rng.poisson(600, n_bd), hr=rng.normal(68, 7, n_bd)),
+        frame(
+            p_user[mv],
+            p_start[mv] - 300.0,
+            "biometric",
+            steps=rng.poisson(1800, len(mv)),
+            hr=rng.normal(95, 8, len(mv)),
+        ),
+    ]
+    ev = (
+        pl.concat(parts)
+        .filter((pl.col("sec") >= 0) & (pl.col("sec") < days * 86400.0))
+        .sort("sec", "user_idx")
+    )
+    n_ev = ev.height
+    late = rng.random(n_ev) < cfg.late_event_share
+    delay = np.where(late, rng.uniform(600, 6 * 3600, n_ev), rng.exponential(15.0, n_ev))
+    start_us = int(start.timestamp() * 1_000_000)
+    item_ids = items["item_id"]
+    user_ids = users["user_id"]
+    return ev.with_columns(
+        event_id=pl.format("g{}-{}-{}", pl.lit(cfg.seed), pl.lit(chunk), pl.int_range(pl.len())),
+        user_id=user_ids.gather(ev["user_idx"]),
+        event_time=(pl.lit(start_us) + (pl.col("sec") * 1_000_000).cast(pl.Int64)).cast(
+            pl.Datetime("us", "UTC")
+        ),
+        arrival_time=(pl.lit(start_us) + ((ev["sec"].to_numpy() + delay) * 1_000_000).astype(np.int64)).cast(
+            pl.Datetime("us", "UTC")
+        ),
+        session_id=pl.when(pl.col("session_idx") >= 0).then(
+            pl.format("s{}-{}-{}", pl.lit(cfg.seed), pl.col("user_idx"), pl.col("session_idx"))
+        ),
+        item_id=pl.when(pl.col("item_idx") >= 0).then(item_ids.gather(ev["item_idx"].clip(0))),
+        seconds_listened=pl.col("seconds_listened").fill_nan(None).round(1),
+        steps=pl.when(pl.col("steps") >= 0).then(pl.col("steps")),
+        heart_rate=pl.col("heart_rate").fill_nan(None).round(1),
+    ).select([*schemas.RAW_EVENT_SCHEMA, "arrival_time"])
+
+
+def generate(cfg: GeneratorConfig, chunk_users: int = 200_000) -> SyntheticDataset:
+    """Generate the catalog, the users and their events over `cfg.days` days before `cfg.end`."""
+    end = cfg.resolved_end()
+    start = end - timedelta(days=cfg.days)
+    items = _make_items(cfg, np.random.default_rng([cfg.seed, 0]), start)
+    users = _make_users(cfg, np.random.default_rng([cfg.seed, 3]), start)
+    chunks = [
+        _simulate_events(cfg, items, users.slice(off, chunk_users), start, k)
+        for k, off in enumerate(range(0, users.height, chunk_users))
+    ]
+    events = pl.concat(chunks).sort("arrival_time", "event_id")
+    logger.info("generated %d items, %d users, %d events", items.height, users.height, events.height)
+    return SyntheticDataset(items=items, users=users, events=events)
+
+
+def write_to_landing(
+    ds: SyntheticDataset, zone: LandingZone, fmt: str = ".parquet", batches_per_hour: int = 1
+) -> int:
+    """Write the catalog, the profiles and the events (by arrival hour) into a landing zone."""
+    batch_ts = ds.events["arrival_time"].min() if ds.events.height else datetime.now(UTC)
+    zone.write_bytes(f"{ITEMS_PREFIX}{new_batch_id(batch_ts)}{fmt}", encode_frame(ds.items, fmt))
+    zone.write_bytes(f"{USERS_PREFIX}{new_batch_id(batch_ts)}{fmt}", encode_frame(ds.users, fmt))
+    raw = ds.events.with_columns(hour=pl.col("arrival_time").dt.truncate("1h"))
+    n_files = 2
+    for (hour,), group in raw.partition_by("hour", as_dict=True, maintain_order=True).items():
+        group = group.sort("arrival_time")
+        size = -(-group.height // batches_per_hour)
+        for b in range(batches_per_hour):
+            part = group.slice(b * size, size)
+            if part.height == 0:
+                continue
+            last = part["arrival_time"].max()
+            key = event_file_key(hour, fmt, new_batch_id(last))
+            zone.write_bytes(key, encode_frame(part.select(list(schemas.RAW_EVENT_SCHEMA)), fmt))
+            n_files += 1
+    return n_files
+
+
+def encode_frame(df: pl.DataFrame, fmt: str) -> bytes:
+    """Serialize a frame as Parquet or JSON lines."""
+    buf = io.BytesIO()
+    if fmt == ".parquet":
+        df.write_parquet(buf)
+    elif fmt == ".jsonl":
+        df.write_ndjson(buf)
+    else:
+        raise ValueError(f"unknown landing file format {fmt!r}; use .parquet or .jsonl")
+    return buf.getvalue()

@@ -1,0 +1,191 @@
+"""Landing zone: where producers drop event, catalog and profile files (local dir or S3).
+
+Layout (keys are relative to the zone's root):
+    events/dt=YYYY-MM-DD/hr=HH/<batch-id>.{parquet,jsonl}
+    items/<batch-id>.{parquet,jsonl}
+    users/<batch-id>.{parquet,jsonl}
+
+Batch ids start with the arrival timestamp, so lexicographic key order is arrival order and
+a listing can resume after a cursor key. A file is visible only once complete: local writes
+go to a temporary name and are renamed; S3 puts are atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EVENTS_PREFIX = "events/"
+ITEMS_PREFIX = "items/"
+USERS_PREFIX = "users/"
+FILE_FORMATS = (".parquet", ".jsonl")
+PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:00"
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    """One complete file in the landing zone."""
+
+    key: str
+    size: int
+
+
+def new_batch_id(arrival: datetime | None = None) -> str:
+    """Return a batch id that sorts by arrival time."""
+    arrival = arrival or datetime.now(UTC)
+    return f"{arrival:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+
+
+def hour_prefix(arrival: datetime) -> str:
+    """Return the events prefix of the arrival hour, e.g. events/dt=2026-01-02/hr=05/."""
+    return f"{EVENTS_PREFIX}dt={arrival:%Y-%m-%d}/hr={arrival:%H}/"
+
+
+def event_file_key(arrival: datetime, fmt: str = ".parquet", batch_id: str | None = None) -> str:
+    """Return the key of a new event batch file that arrived at `arrival`."""
+    return f"{hour_prefix(arrival)}{batch_id or new_batch_id(arrival)}{fmt}"
+
+
+def partition_key_of(key: str) -> str | None:
+    """Return the hourly partition key (YYYY-MM-DD-HH:00) an events key belongs to."""
+    parts = key.split("/")
+    if len(parts) < 4 or parts[0] != "events":
+        return None
+    dt, hr = parts[1], parts[2]
+    if not (dt.startswith("dt=") and hr.startswith("hr=")):
+        return None
+    return f"{dt[3:]}-{hr[3:]}:00"
+
+
+def arrival_time_of(key: str) -> datetime | None:
+    """Return the arrival time encoded in a batch file's name, if it follows the batch-id format."""
+    stem = key.rsplit("/", 1)[-1].split("-", 1)[0]
+    try:
+        return datetime.strptime(stem, "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def partition_prefix(partition_key: str) -> str:
+    """Return the events prefix for an hourly partition key (YYYY-MM-DD-HH:00)."""
+    arrival = datetime.strptime(partition_key, PARTITION_KEY_FORMAT)
+    return hour_prefix(arrival)
+
+
+class LandingZone(ABC):
+    """Where files land. Implementations: a local directory and an S3 bucket/prefix."""
+
+    @abstractmethod
+    def list_files(self, prefix: str, start_after: str | None = None) -> list[LandedFile]:
+        """List complete files under `prefix` with key > `start_after`, in key order."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """Return a file's content."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write a file so that it becomes visible only when complete."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """Where the zone is, for messages."""
+
+    def partition_files(self, partition_key: str) -> list[LandedFile]:
+        """List the data files that landed in one arrival-hour partition."""
+        return [f for f in self.list_files(partition_prefix(partition_key)) if f.key.endswith(FILE_FORMATS)]
+
+
+class LocalLandingZone(LandingZone):
+    """A landing zone on the local file system."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def list_files(self, prefix: str, start_after: str | None = None) -> list[LandedFile]:
+        base = self.root / prefix
+        if not base.exists():
+            return []
+        out: list[LandedFile] = []
+        self._walk(base, prefix.rstrip("/"), start_after, out)
+        return out
+
+    def _walk(self, directory: Path, rel: str, start_after: str | None, out: list[LandedFile]) -> None:
+        # Sorted walk that prunes whole directories at or before the cursor, so listing
+        # a zone with a year of hourly folders costs only the folders after the cursor.
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            key = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir():
+                if start_after and not start_after.startswith(key + "/") and key + "/" < start_after:
+                    continue
+                self._walk(Path(entry.path), key, start_after, out)
+            elif not entry.name.startswith("."):
+                if start_after is None or key > start_after:
+                    out.append(LandedFile(key=key, size=entry.stat().st_size))
+
+    def read_bytes(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+
+class S3LandingZone(LandingZone):
+    """A landing zone in an S3 bucket under a prefix, through a boto3 S3 client."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def list_files(self, prefix: str, start_after: str | None = None) -> list[LandedFile]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        if start_after:
+            kwargs["StartAfter"] = self.prefix + start_after
+        out: list[LandedFile] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(self.prefix) :]
+                if not key.rsplit("/", 1)[-1].startswith("."):
+                    out.append(LandedFile(key=key, size=int(obj["Size"])))
+        return out
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+
+
+def landing_zone_from_url(url: str, s3_client: Any | None = None) -> LandingZone:
+    """Open a landing zone from a path or an s3://bucket/prefix URL."""
+    if url.startswith("s3://"):
+        bucket, _, prefix = url[len("s3://") :].partition("/")
+        if s3_client is None:
+            import boto3
+
+            s3_client = boto3.client("s3", endpoint_url=os.environ.get("RECSYS_S3_ENDPOINT_URL") or None)
+        return S3LandingZone(s3_client, bucket, prefix)
+    return LocalLandingZone(url)
