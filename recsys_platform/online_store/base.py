@@ -135,6 +135,15 @@ def validate_namespace(namespace: str) -> str:
     return namespace
 
 
+def check_row(key: object, value: object) -> str:
+    """Return `value` if the row is str -> str, else raise TypeError."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        raise TypeError(
+            f"rows must be str -> str (JSON text), got {type(key).__name__} -> {type(value).__name__}"
+        )
+    return value
+
+
 def row_digest(key: str, value: str) -> int:
     """128-bit digest of one row; summed (mod 2^128) into an order-independent checksum."""
     h = hashlib.blake2b(key.encode(), digest_size=16)

@@ -1,0 +1,52 @@
+"""Two-slot (blue-green) online feature store: one narrow interface, SQLite and Redis backends."""
+
+from __future__ import annotations
+
+from recsys_platform.online_store.base import (
+    GLOBAL_SEGMENT,
+    NAMESPACES,
+    SLOTS,
+    NothingDeployedError,
+    OnlineStore,
+    OnlineStoreError,
+    Pointer,
+    ReadResult,
+    SlotInfo,
+    SlotStateError,
+    StaleWriteError,
+    StoreUnavailableError,
+    other_slot,
+)
+
+__all__ = [
+    "GLOBAL_SEGMENT",
+    "NAMESPACES",
+    "SLOTS",
+    "NothingDeployedError",
+    "OnlineStore",
+    "OnlineStoreError",
+    "Pointer",
+    "ReadResult",
+    "SlotInfo",
+    "SlotStateError",
+    "StaleWriteError",
+    "StoreUnavailableError",
+    "open_online_store",
+    "other_slot",
+]
+
+
+def open_online_store(url: str) -> OnlineStore:
+    """Open the store at `sqlite:///abs/path.sqlite` or `redis://host:port/db[?prefix=name]`."""
+    if url.startswith("sqlite:///"):
+        from recsys_platform.online_store.sqlite import SQLiteOnlineStore
+
+        path = url.removeprefix("sqlite:///")
+        return SQLiteOnlineStore(path if path.startswith("/") else "/" + path)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from recsys_platform.online_store.redis import RedisOnlineStore
+
+        return RedisOnlineStore(url)
+    raise ValueError(
+        f"unsupported online store URL {url!r}: expected sqlite:///<abs path> or redis://host:port/db"
+    )
