@@ -241,6 +241,8 @@ class SQLiteOnlineStore(OnlineStore):
         self, namespace: str, keys: Sequence[str], *, extra: Mapping[str, Sequence[str]] | None = None
     ) -> ReadResult:
         """Resolve the pointer and read everything from that slot in one read transaction."""
+        for ns in (namespace, *(extra or ())):
+            validate_namespace(ns)
         with self._transaction() as conn:
             pointer = self._pointer(conn)
             if pointer is None:

@@ -1,0 +1,326 @@
+"""FastAPI serving API: recommendations, similar items, deployment status and rollback."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from recsys_platform import deployment, serving
+from recsys_platform.config import Settings
+from recsys_platform.online_store import (
+    OnlineStore,
+    OnlineStoreError,
+    SlotStateError,
+    StoreUnavailableError,
+    open_online_store,
+)
+from recsys_platform.schemas import CONTENT_TYPES
+
+logger = logging.getLogger(__name__)
+
+USER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+ITEM_ID_PATTERN = USER_ID_PATTERN
+MAX_BODY_BYTES = 1 << 20
+ADMIN_KEY_ENV = "RECSYS_ADMIN_API_KEY"
+ContentType = Literal[CONTENT_TYPES]  # type: ignore[valid-type]
+
+
+# --- response models -------------------------------------------------------------------
+
+
+class RecommendedItemOut(BaseModel):
+    """One item of a ranked list."""
+
+    item_id: str
+    score: float
+    rank: int
+    content_type: str | None = None
+    is_kids: bool = False
+
+
+class RecommendationsOut(BaseModel):
+    """Recommendations for a user, and the deployment that produced them."""
+
+    user_id: str
+    items: list[RecommendedItemOut]
+    source: Literal["personalized", "popularity_fallback"]
+    model_version: str
+    slot: str
+    snapshot_id: str
+    generated_at: str | None
+
+
+class SimilarItemsOut(BaseModel):
+    """Nearest neighbours of an item, and the deployment that produced them."""
+
+    item_id: str
+    items: list[RecommendedItemOut]
+    model_version: str
+    slot: str
+    snapshot_id: str
+    generated_at: str | None
+
+
+class PointerOut(BaseModel):
+    """The active slot and what it serves."""
+
+    active_slot: str
+    model_version: str
+    snapshot_id: str
+    deployed_at: str
+
+
+class SlotOut(BaseModel):
+    """One slot's binding."""
+
+    slot: str
+    model_version: str | None
+    snapshot_id: str | None
+    state: Literal["empty", "writing", "ready"]
+    written_at: str | None
+    row_counts: dict[str, int]
+    checksums: dict[str, str]
+    checksum: str | None
+
+
+class DeploymentOut(BaseModel):
+    """Pointer plus both slots."""
+
+    backend: str
+    pointer: PointerOut | None
+    slots: dict[str, SlotOut]
+    rollback_available: bool
+
+
+class HealthOut(BaseModel):
+    """Liveness plus what is being served."""
+
+    status: Literal["ok"]
+    active_slot: str | None
+    model_version: str | None
+
+
+# --- dependencies ----------------------------------------------------------------------
+
+
+def get_store(request: Request) -> OnlineStore:
+    """The app's online store (override in tests with `app.dependency_overrides`)."""
+    return request.app.state.store
+
+
+StoreDep = Annotated[OnlineStore, Depends(get_store)]
+
+
+def only_query_params(*allowed: str) -> Callable[[Request], None]:
+    """Dependency rejecting query parameters other than `allowed` with 400."""
+    allowed_set = frozenset(allowed)
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - allowed_set)
+        if unknown:
+            listed = ", ".join(sorted(allowed_set)) or "none"
+            raise HTTPException(400, f"unknown query parameter(s): {', '.join(unknown)}; allowed: {listed}")
+
+    return check
+
+
+def require_admin_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """Check X-API-Key against RECSYS_ADMIN_API_KEY (503 if unset, 401 if missing or wrong)."""
+    expected = os.environ.get(ADMIN_KEY_ENV, "")
+    if not expected:
+        raise HTTPException(503, f"admin endpoints are disabled: {ADMIN_KEY_ENV} is not set on the server")
+    if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected.encode()):
+        raise HTTPException(
+            401, "missing or invalid X-API-Key header", headers={"WWW-Authenticate": "ApiKey"}
+        )
+
+
+# --- routes ----------------------------------------------------------------------------
+
+
+def _items_out(rec: serving.Recommendations) -> list[dict]:
+    return [
+        {
+            "item_id": i.item_id,
+            "score": i.score,
+            "rank": i.rank,
+            "content_type": i.content_type,
+            "is_kids": i.is_kids,
+        }
+        for i in rec.items
+    ]
+
+
+router = APIRouter()
+
+
+@router.get(
+    "/v1/users/{user_id}/recommendations",
+    response_model=RecommendationsOut,
+    dependencies=[Depends(only_query_params("limit", "content_type", "exclude_kids"))],
+    tags=["recommendations"],
+)
+def get_recommendations(
+    store: StoreDep,
+    user_id: Annotated[str, Path(pattern=USER_ID_PATTERN, description="1-64 chars of A-Za-z0-9_.:-")],
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    content_type: Annotated[ContentType | None, Query()] = None,
+    exclude_kids: bool = False,
+) -> dict:
+    """Top recommendations for a user (popularity fallback for unknown users)."""
+    rec = serving.recommend(store, user_id, limit, content_type=content_type, exclude_kids=exclude_kids)
+    return {
+        "user_id": user_id,
+        "items": _items_out(rec),
+        "source": rec.source,
+        "model_version": rec.model_version,
+        "slot": rec.slot,
+        "snapshot_id": rec.snapshot_id,
+        "generated_at": rec.generated_at,
+    }
+
+
+@router.get(
+    "/v1/items/{item_id}/similar",
+    response_model=SimilarItemsOut,
+    dependencies=[Depends(only_query_params("limit"))],
+    tags=["recommendations"],
+)
+def get_similar_items(
+    store: StoreDep,
+    item_id: Annotated[str, Path(pattern=ITEM_ID_PATTERN)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> dict:
+    """Items similar to an item; 404 if the active model does not know it."""
+    try:
+        rec = serving.similar_items(store, item_id, limit)
+    except serving.ItemNotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return {
+        "item_id": item_id,
+        "items": _items_out(rec),
+        "model_version": rec.model_version,
+        "slot": rec.slot,
+        "snapshot_id": rec.snapshot_id,
+        "generated_at": rec.generated_at,
+    }
+
+
+@router.get(
+    "/v1/deployment",
+    response_model=DeploymentOut,
+    dependencies=[Depends(only_query_params())],
+    tags=["deployment"],
+)
+def get_deployment(store: StoreDep) -> dict:
+    """The pointer and both slots."""
+    return deployment.status(store)
+
+
+@router.post(
+    "/v1/deployment/rollback",
+    response_model=PointerOut,
+    dependencies=[Depends(only_query_params()), Depends(require_admin_key)],
+    tags=["deployment"],
+)
+def post_rollback(store: StoreDep) -> dict:
+    """Flip back to the previous slot (needs X-API-Key); 409 if there is nothing to roll back to."""
+    try:
+        pointer = deployment.rollback(store)
+    except (deployment.NothingToRollBackError, SlotStateError) as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return pointer.__dict__.copy()
+
+
+@router.get("/healthz", response_model=HealthOut, tags=["ops"])
+def healthz(store: StoreDep) -> dict:
+    """200 while the store is reachable (503 otherwise), with what is being served."""
+    pointer = store.pointer()
+    return {
+        "status": "ok",
+        "active_slot": None if pointer is None else pointer.active_slot,
+        "model_version": None if pointer is None else pointer.model_version,
+    }
+
+
+# --- middleware, errors, factory -------------------------------------------------------
+
+
+class BodySizeLimitMiddleware:
+    """Reject request bodies larger than `max_bytes` with 413, declared or streamed."""
+
+    def __init__(self, app: Callable, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        # Streamed (chunked) bodies: buffer up to the limit before the app sees anything.
+        messages: list[dict] = []
+        received = 0
+        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            while True:
+                message = await receive()
+                messages.append(message)
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    await self._reject(scope, receive, send)
+                    return
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: dict, receive: Callable, send: Callable) -> None:
+        response = JSONResponse(
+            {"detail": f"request body too large: the limit is {self.max_bytes} bytes"}, status_code=413
+        )
+        await response(scope, receive, send)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("online store unavailable on %s: %s", request.url.path, exc)
+    return JSONResponse({"detail": f"online store unavailable: {exc}"}, status_code=503)
+
+
+def create_app(store_url: str | None = None, extra_routers: Iterable[APIRouter] = ()) -> FastAPI:
+    """Build the API on the store at `store_url` (default: settings); add `extra_routers` as-is."""
+    url = store_url or Settings.from_env().online_store_url
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.store.close()
+
+    app = FastAPI(
+        title="recsys-platform serving API",
+        version="1",
+        description="Recommendations served from the active slot of the two-slot online store.",
+        lifespan=lifespan,
+    )
+    app.state.store = open_online_store(url)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_exception_handler(StoreUnavailableError, _store_unavailable)
+    app.add_exception_handler(OnlineStoreError, _store_unavailable)
+    app.include_router(router)
+    for extra in extra_routers:
+        app.include_router(extra)
+    logger.info("serving API on online store %s", url)
+    return app

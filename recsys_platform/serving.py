@@ -1,0 +1,123 @@
+"""Read path: personalized recommendations with popularity fallback, and similar items."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from recsys_platform.online_store import GLOBAL_SEGMENT, OnlineStore, OnlineStoreError, ReadResult
+
+logger = logging.getLogger(__name__)
+
+# A cold user with features needs a second read (popular[segment]); it is only accepted if no flip
+# happened in between, so a response never mixes versions. Retries are only needed during a flip.
+_MAX_CONSISTENT_READ_ATTEMPTS = 5
+
+
+class ItemNotFoundError(OnlineStoreError):
+    """The item has no entry in the active slot's `similar` namespace."""
+
+
+class InconsistentReadError(OnlineStoreError):
+    """Consecutive reads kept landing on different deployments (flips faster than reads)."""
+
+
+@dataclass(frozen=True)
+class RecommendedItem:
+    """One recommended item at its position in the list."""
+
+    item_id: str
+    score: float
+    rank: int
+    content_type: str | None = None
+    is_kids: bool = False
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """A ranked list and where it came from (slot, model version, snapshot, source)."""
+
+    key: str
+    items: list[RecommendedItem]
+    model_version: str
+    slot: str
+    snapshot_id: str
+    generated_at: str | None
+    source: str
+
+
+def _rank(
+    raw: str, k: int, content_type: str | None, exclude_kids: bool
+) -> tuple[list[RecommendedItem], str | None]:
+    """Filter a stored `{"items": [...], "generated_at": ...}` list and keep the top k."""
+    doc = json.loads(raw)
+    items: list[RecommendedItem] = []
+    for entry in doc.get("items", ()):
+        if content_type is not None and entry.get("content_type") != content_type:
+            continue
+        is_kids = bool(entry.get("is_kids", False))
+        if exclude_kids and is_kids:
+            continue
+        items.append(
+            RecommendedItem(
+                item_id=str(entry["item_id"]),
+                score=float(entry.get("score", 0.0)),
+                rank=len(items) + 1,
+                content_type=entry.get("content_type"),
+                is_kids=is_kids,
+            )
+        )
+        if len(items) >= k:
+            break
+    return items, doc.get("generated_at")
+
+
+def _segment(raw_features: str | None) -> str | None:
+    if raw_features is None:
+        return None
+    try:
+        segment = json.loads(raw_features).get("segment")
+    except (ValueError, AttributeError):
+        logger.warning("unreadable user_features value; using the global fallback")
+        return None
+    return segment if isinstance(segment, str) and segment else None
+
+
+def _result(
+    key: str, read: ReadResult, raw: str, k: int, content_type: str | None, exclude_kids: bool, source: str
+) -> Recommendations:
+    items, generated_at = _rank(raw, k, content_type, exclude_kids)
+    return Recommendations(key, items, read.model_version, read.slot, read.snapshot_id, generated_at, source)
+
+
+def recommend(
+    store: OnlineStore, user_id: str, k: int = 10, content_type: str | None = None, exclude_kids: bool = False
+) -> Recommendations:
+    """Top-k recommendations for a user from one slot; popularity by segment for cold users."""
+    for _ in range(_MAX_CONSISTENT_READ_ATTEMPTS):
+        read = store.read("recs", [user_id], extra={"user_features": [user_id], "popular": [GLOBAL_SEGMENT]})
+        raw_recs = read.values.get(user_id)
+        if raw_recs is not None:
+            return _result(user_id, read, raw_recs, k, content_type, exclude_kids, "personalized")
+        segment = _segment(read.extra_values["user_features"].get(user_id))
+        popular = read.extra_values["popular"].get(GLOBAL_SEGMENT)
+        if segment is not None and segment != GLOBAL_SEGMENT:
+            second = store.read("popular", [segment])
+            if not second.same_source(read):
+                continue  # a flip happened between the two reads; start again on the new slot
+            popular = second.values.get(segment) or popular
+        if popular is None:
+            source = "popularity_fallback"  # nothing to fall back on: an empty list, not an error
+            return Recommendations(user_id, [], read.model_version, read.slot, read.snapshot_id, None, source)
+        return _result(user_id, read, popular, k, content_type, exclude_kids, "popularity_fallback")
+    raise InconsistentReadError(f"pointer flipped during {_MAX_CONSISTENT_READ_ATTEMPTS} consecutive reads")
+
+
+def similar_items(store: OnlineStore, item_id: str, k: int = 10) -> Recommendations:
+    """Top-k neighbours of an item; ItemNotFoundError if the active slot does not know it."""
+    read = store.read("similar", [item_id])
+    raw = read.values.get(item_id)
+    if raw is None:
+        raise ItemNotFoundError(f"item {item_id!r} is unknown to model {read.model_version}")
+    return _result(item_id, read, raw, k, None, False, "item_similarity")
