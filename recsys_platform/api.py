@@ -5,13 +5,14 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from recsys_platform import deployment, serving
 from recsys_platform.config import Settings
@@ -25,12 +26,23 @@ from recsys_platform.online_store import (
 from recsys_platform.schemas import CONTENT_TYPES
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 ITEM_ID_PATTERN = USER_ID_PATTERN
 MAX_BODY_BYTES = 1 << 20
 ADMIN_KEY_ENV = "RECSYS_ADMIN_API_KEY"
 ContentType = Literal[CONTENT_TYPES]  # type: ignore[valid-type]
+
+
+class RecommendationsQuery(BaseModel):
+    """Query parameters of the recommendations endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(10, ge=1, le=100, description="number of items (1-100)")
+    content_type: ContentType | None = Field(None, description="only items of this content type")
+    exclude_kids: bool = Field(False, description="drop items flagged as kids content")
 
 
 # --- response models -------------------------------------------------------------------
@@ -111,7 +123,7 @@ class HealthOut(BaseModel):
 # --- dependencies ----------------------------------------------------------------------
 
 
-def get_store(request: Request) -> OnlineStore:
+async def get_store(request: Request) -> OnlineStore:
     """The app's online store (override in tests with `app.dependency_overrides`)."""
     return request.app.state.store
 
@@ -119,11 +131,11 @@ def get_store(request: Request) -> OnlineStore:
 StoreDep = Annotated[OnlineStore, Depends(get_store)]
 
 
-def only_query_params(*allowed: str) -> Callable[[Request], None]:
+def only_query_params(*allowed: str) -> Callable[[Request], Awaitable[None]]:
     """Dependency rejecting query parameters other than `allowed` with 400."""
     allowed_set = frozenset(allowed)
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         unknown = sorted(set(request.query_params) - allowed_set)
         if unknown:
             listed = ", ".join(sorted(allowed_set)) or "none"
@@ -132,15 +144,13 @@ def only_query_params(*allowed: str) -> Callable[[Request], None]:
     return check
 
 
-def require_admin_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+async def require_admin_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
     """Check X-API-Key against RECSYS_ADMIN_API_KEY (503 if unset, 401 if missing or wrong)."""
     expected = os.environ.get(ADMIN_KEY_ENV, "")
     if not expected:
         raise HTTPException(503, f"admin endpoints are disabled: {ADMIN_KEY_ENV} is not set on the server")
     if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected.encode()):
-        raise HTTPException(
-            401, "missing or invalid X-API-Key header", headers={"WWW-Authenticate": "ApiKey"}
-        )
+        raise HTTPException(401, "missing or invalid X-API-Key header", headers={"WWW-Authenticate": "ApiKey"})
 
 
 # --- routes ----------------------------------------------------------------------------
@@ -159,6 +169,17 @@ def _items_out(rec: serving.Recommendations) -> list[dict]:
     ]
 
 
+async def _read(store: OnlineStore, fn: Callable[..., T], *args: object) -> T:
+    """Run a read inline when the backend's reads are local and sub-millisecond, else in the threadpool.
+
+    A threadpool hop costs more CPU than a memory-mapped SQLite lookup, so SQLite reads run on the
+    event loop; network-bound backends go to the threadpool so one slow call cannot stall the loop.
+    """
+    if store.inline_reads:
+        return fn(*args)
+    return await run_in_threadpool(fn, *args)
+
+
 router = APIRouter()
 
 
@@ -168,15 +189,13 @@ router = APIRouter()
     dependencies=[Depends(only_query_params("limit", "content_type", "exclude_kids"))],
     tags=["recommendations"],
 )
-def get_recommendations(
+async def get_recommendations(
     store: StoreDep,
     user_id: Annotated[str, Path(pattern=USER_ID_PATTERN, description="1-64 chars of A-Za-z0-9_.:-")],
-    limit: Annotated[int, Query(ge=1, le=100)] = 10,
-    content_type: Annotated[ContentType | None, Query()] = None,
-    exclude_kids: bool = False,
+    query: Annotated[RecommendationsQuery, Query()],
 ) -> dict:
     """Top recommendations for a user (popularity fallback for unknown users)."""
-    rec = serving.recommend(store, user_id, limit, content_type=content_type, exclude_kids=exclude_kids)
+    rec = await _read(store, serving.recommend, store, user_id, query.limit, query.content_type, query.exclude_kids)
     return {
         "user_id": user_id,
         "items": _items_out(rec),
@@ -194,14 +213,14 @@ def get_recommendations(
     dependencies=[Depends(only_query_params("limit"))],
     tags=["recommendations"],
 )
-def get_similar_items(
+async def get_similar_items(
     store: StoreDep,
     item_id: Annotated[str, Path(pattern=ITEM_ID_PATTERN)],
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> dict:
     """Items similar to an item; 404 if the active model does not know it."""
     try:
-        rec = serving.similar_items(store, item_id, limit)
+        rec = await _read(store, serving.similar_items, store, item_id, limit)
     except serving.ItemNotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
     return {
@@ -241,9 +260,9 @@ def post_rollback(store: StoreDep) -> dict:
 
 
 @router.get("/healthz", response_model=HealthOut, tags=["ops"])
-def healthz(store: StoreDep) -> dict:
+async def healthz(store: StoreDep) -> dict:
     """200 while the store is reachable (503 otherwise), with what is being served."""
-    pointer = store.pointer()
+    pointer = await _read(store, store.pointer)
     return {
         "status": "ok",
         "active_slot": None if pointer is None else pointer.active_slot,

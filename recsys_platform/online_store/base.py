@@ -138,9 +138,7 @@ def validate_namespace(namespace: str) -> str:
 def check_row(key: object, value: object) -> str:
     """Return `value` if the row is str -> str, else raise TypeError."""
     if not isinstance(key, str) or not isinstance(value, str):
-        raise TypeError(
-            f"rows must be str -> str (JSON text), got {type(key).__name__} -> {type(value).__name__}"
-        )
+        raise TypeError(f"rows must be str -> str (JSON text), got {type(key).__name__} -> {type(value).__name__}")
     return value
 
 
@@ -174,6 +172,8 @@ class OnlineStore(ABC):
     """Two-slot key-value store; see the module docstring for the contract."""
 
     url: str
+    #: True when reads are local and sub-millisecond, so servers may run them on the event loop.
+    inline_reads: bool = False
 
     @abstractmethod
     def prepare_slot(self, slot: str, model_version: str, snapshot_id: str) -> SlotInfo:

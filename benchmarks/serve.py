@@ -1,0 +1,255 @@
+"""Load-test the serving API (uvicorn + wrk) on SQLite and Redis, then deploy and roll back under load.
+
+Usage:
+    python benchmarks/serve.py [--backend sqlite|redis|both] [--workers 2] [--connections 8] [--duration 15]
+
+Needs `wrk` (Debian/Ubuntu: `apt-get install -y wrk`) and, for the Redis backend, a Redis server
+(`--redis-url`, default redis://127.0.0.1:6379/14; the benchmark uses its own key prefix and deletes it).
+Everything runs on loopback and every phase is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from recsys_platform import deployment  # noqa: E402
+from recsys_platform.online_store import open_online_store  # noqa: E402
+from recsys_platform.schemas import CONTENT_TYPES  # noqa: E402
+
+N_USERS = 10_000
+N_ITEMS_PER_USER = 50
+WRK_SCRIPT = """
+math.randomseed(%(seed)d)
+request = function()
+  return wrk.format("GET", "/v1/users/u" .. math.random(0, %(max_user)d) .. "/recommendations?limit=10")
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %%d, "duration_us": %%d, "non_2xx": %%d, "socket_errors": %%d, ' ..
+    '"p50_us": %%d, "p95_us": %%d, "p99_us": %%d, "max_us": %%d}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
+end
+"""
+
+
+def ranked(version: str, rng: random.Random, n: int) -> str:
+    """A ranked list whose item ids carry the model version (to detect mixed responses)."""
+    items = [
+        {
+            "item_id": f"{version}-i{rng.randrange(5000)}",
+            "score": round(n - j + rng.random(), 4),
+            "content_type": CONTENT_TYPES[rng.randrange(len(CONTENT_TYPES))],
+            "is_kids": rng.random() < 0.1,
+        }
+        for j in range(n)
+    ]
+    return json.dumps({"items": items, "generated_at": "2025-01-01T00:00:00+00:00"})
+
+
+def build_payload(version: str, seed: int) -> dict[str, dict[str, str]]:
+    """Synthetic recs, features and popularity lists for N_USERS users."""
+    rng = random.Random(seed)
+    segments = [f"{lang}:{lvl}" for lang in ("en", "de", "fr") for lvl in ("beginner", "advanced")]
+    return {
+        "recs": {f"u{i}": ranked(version, rng, N_ITEMS_PER_USER) for i in range(N_USERS)},
+        "user_features": {f"u{i}": json.dumps({"segment": segments[i % len(segments)]}) for i in range(N_USERS)},
+        "popular": {s: ranked(version, rng, N_ITEMS_PER_USER) for s in [*segments, "__global__"]},
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(store_url: str, port: int, workers: int) -> subprocess.Popen:
+    """Start uvicorn (uvloop + httptools, no access log) and wait until /healthz answers."""
+    cmd = [
+        sys.executable, "-m", "uvicorn", "recsys_platform.api:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    env = {**os.environ, "RECSYS_ONLINE_STORE_URL": store_url, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError("uvicorn did not become healthy within 30 s")
+
+
+def run_wrk(port: int, duration: int, connections: int, threads: int, seed: int) -> dict:
+    """Drive the API with wrk for `duration` seconds and return its summary."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT % {"seed": seed, "max_user": N_USERS - 1})
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "2s", "-s", f.name]
+    out = subprocess.run([*cmd, f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=duration + 30)
+    os.unlink(f.name)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    result = json.loads(line.removeprefix("WRKJSON "))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+class ConsistencyChecker(threading.Thread):
+    """Requests recommendations in a loop and checks every item belongs to the version the response names."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop = threading.Event()
+        self.responses = self.errors = self.mixed = 0
+        self.versions: dict[str, int] = {}
+
+    def run(self) -> None:
+        rng = random.Random(1)
+        with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5) as client:
+            while not self.stop.is_set():
+                try:
+                    r = client.get(f"/v1/users/u{rng.randrange(N_USERS)}/recommendations", params={"limit": 50})
+                except httpx.HTTPError:
+                    self.errors += 1
+                    continue
+                if r.status_code != 200:
+                    self.errors += 1
+                    continue
+                body = r.json()
+                version = body["model_version"]
+                self.responses += 1
+                self.versions[version] = self.versions.get(version, 0) + 1
+                if any(not i["item_id"].startswith(f"{version}-") for i in body["items"]):
+                    self.mixed += 1
+
+
+def bench_backend(name: str, url: str, args: argparse.Namespace, payloads: dict) -> dict:
+    """Fill the store, measure steady-state load, then deploy + roll back under load."""
+    store = open_online_store(url)
+    t0 = time.perf_counter()
+    deployment.deploy(store, "v1", "bench-1", payloads["v1"])
+    fill_s = time.perf_counter() - t0
+    port = free_port()
+    server = start_server(url, port, args.workers)
+    try:
+        run_wrk(port, 3, args.connections, args.threads, seed=0)  # warm-up
+        steady = run_wrk(port, args.duration, args.connections, args.threads, seed=1)
+
+        checker = ConsistencyChecker(port)
+        checker.start()
+        box: dict = {}
+
+        def under_load() -> None:
+            box["wrk"] = run_wrk(port, args.duration, args.connections, args.threads, seed=2)
+
+        load = threading.Thread(target=under_load)
+        load.start()
+        time.sleep(1)
+        t0 = time.perf_counter()
+        report = deployment.deploy(store, "v2", "bench-2", payloads["v2"])
+        deploy_s = time.perf_counter() - t0
+        time.sleep(1)
+        t0 = time.perf_counter()
+        pointer = deployment.rollback(store)
+        rollback_ms = (time.perf_counter() - t0) * 1000
+        load.join()
+        checker.stop.set()
+        checker.join()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        if name == "redis":
+            store.drop_all()
+        store.close()
+    return {
+        "backend": name,
+        "fill_s": fill_s,
+        "steady": steady,
+        "under_deploy": box["wrk"],
+        "deploy_s": deploy_s,
+        "deploy_rows": report.row_counts,
+        "rollback_ms": rollback_ms,
+        "rolled_back_to": pointer.model_version,
+        "checker": {
+            "responses": checker.responses,
+            "errors": checker.errors,
+            "mixed": checker.mixed,
+            "versions": checker.versions,
+        },
+    }
+
+
+def print_result(r: dict, args: argparse.Namespace) -> None:
+    def line(label: str, w: dict) -> str:
+        return (
+            f"  {label:<22} {w['rps']:>8.0f} req/s  p50 {w['p50_us'] / 1000:5.2f} ms  p95 {w['p95_us'] / 1000:5.2f} ms"
+            f"  p99 {w['p99_us'] / 1000:5.2f} ms  max {w['max_us'] / 1000:6.1f} ms  non-2xx {w['non_2xx']}"
+            f"  socket errors {w['socket_errors']}"
+        )
+
+    print(f"\n[{r['backend']}] workers={args.workers} wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
+    print(f"  filled 10k users x 50 items in {r['fill_s']:.1f}s")
+    print(line("steady state", r["steady"]))
+    print(line("during deploy+rollback", r["under_deploy"]))
+    print(f"  deploy of v2 under load: {r['deploy_s']:.2f}s {r['deploy_rows']}")
+    print(f"  rollback: {r['rollback_ms']:.1f} ms -> {r['rolled_back_to']}")
+    c = r["checker"]
+    print(f"  checker: {c['responses']} responses, {c['errors']} errors, {c['mixed']} mixed-version, {c['versions']}")
+
+
+def main() -> None:
+    """Run the benchmark for the chosen backends and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["sqlite", "redis", "both"], default="both")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--redis-url", default=os.environ.get("RECSYS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    parser.add_argument("--json", action="store_true", help="also print the raw results as JSON")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk (or brew install wrk)")
+    print("building synthetic payloads (10k users x 50 items, two versions)...", flush=True)
+    payloads = {"v1": build_payload("v1", seed=1), "v2": build_payload("v2", seed=2)}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        backends = ["sqlite", "redis"] if args.backend == "both" else [args.backend]
+        for name in backends:
+            if name == "sqlite":
+                url = f"sqlite:///{tmp}/bench.sqlite"
+            else:
+                sep = "&" if "?" in args.redis_url else "?"
+                url = f"{args.redis_url}{sep}prefix=bench-{os.getpid()}"
+            result = bench_backend(name, url, args, payloads)
+            print_result(result, args)
+            results.append(result)
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
