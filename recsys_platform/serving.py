@@ -10,8 +10,8 @@ from recsys_platform.online_store import GLOBAL_SEGMENT, OnlineStore, OnlineStor
 
 logger = logging.getLogger(__name__)
 
-# A cold user with features needs a second read (popular[segment]); it is only accepted if no flip
-# happened in between, so a response never mixes versions. Retries are only needed during a flip.
+# A cold user needs a second read (popular[segment] + popular[__global__]); it is only accepted if no
+# flip happened in between, so a response never mixes versions. Retries are only needed during a flip.
 _MAX_CONSISTENT_READ_ATTEMPTS = 5
 
 
@@ -94,17 +94,18 @@ def recommend(
 ) -> Recommendations:
     """Top-k recommendations for a user from one slot; popularity by segment for cold users."""
     for _ in range(_MAX_CONSISTENT_READ_ATTEMPTS):
-        read = store.read("recs", [user_id], extra={"user_features": [user_id], "popular": [GLOBAL_SEGMENT]})
+        # Hot path: one read. Popularity lists are only fetched for cold users, since the segment
+        # key comes from the user's features.
+        read = store.read("recs", [user_id], extra={"user_features": [user_id]})
         raw_recs = read.values.get(user_id)
         if raw_recs is not None:
             return _result(user_id, read, raw_recs, k, content_type, exclude_kids, "personalized")
         segment = _segment(read.extra_values["user_features"].get(user_id))
-        popular = read.extra_values["popular"].get(GLOBAL_SEGMENT)
-        if segment is not None and segment != GLOBAL_SEGMENT:
-            second = store.read("popular", [segment])
-            if not second.same_source(read):
-                continue  # a flip happened between the two reads; start again on the new slot
-            popular = second.values.get(segment) or popular
+        keys = [GLOBAL_SEGMENT] if segment in (None, GLOBAL_SEGMENT) else [segment, GLOBAL_SEGMENT]
+        fallback = store.read("popular", keys)
+        if not fallback.same_source(read):
+            continue  # a flip happened between the two reads; start again on the new slot
+        popular = next((fallback.values[key] for key in keys if fallback.values.get(key) is not None), None)
         if popular is None:
             source = "popularity_fallback"  # nothing to fall back on: an empty list, not an error
             return Recommendations(user_id, [], read.model_version, read.slot, read.snapshot_id, None, source)
