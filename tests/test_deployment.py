@@ -169,7 +169,7 @@ def test_readers_never_see_mixed_versions_during_repeated_flips(store: OnlineSto
             if wrong or not rec.items:
                 problems.append(f"{user}: {rec.model_version} served {wrong or 'nothing'}")
 
-    users = [f"u{i}" for i in range(30)] + [f"c{i}" for i in range(10)] + ["nobody"]
+    users = [f"u{i}" for i in range(30)] + [f"c{i}" for i in range(10)] * 4 + ["nobody"] * 4
     threads = [threading.Thread(target=reader, args=(users[i::3],)) for i in range(3)]
     for t in threads:
         t.start()
