@@ -101,6 +101,22 @@ def start_server(store_url: str, port: int, workers: int) -> subprocess.Popen:
     raise RuntimeError("uvicorn did not become healthy within 30 s")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its direct children (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def run_wrk(port: int, duration: int, connections: int, threads: int, seed: int) -> dict:
     """Drive the API with wrk for `duration` seconds and return its summary."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
@@ -156,7 +172,10 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, payloads: dict)
     server = start_server(url, port, args.workers)
     try:
         run_wrk(port, 3, args.connections, args.threads, seed=0)  # warm-up
+        cpu_before = tree_cpu_seconds(server.pid)
         steady = run_wrk(port, args.duration, args.connections, args.threads, seed=1)
+        loadavg = os.getloadavg()
+        steady["server_cpu_us_per_request"] = (tree_cpu_seconds(server.pid) - cpu_before) / steady["requests"] * 1e6
 
         checker = ConsistencyChecker(port)
         checker.start()
@@ -187,6 +206,7 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, payloads: dict)
     return {
         "backend": name,
         "fill_s": fill_s,
+        "loadavg": " ".join(f"{x:.2f}" for x in loadavg),
         "steady": steady,
         "under_deploy": box["wrk"],
         "deploy_s": deploy_s,
@@ -213,6 +233,9 @@ def print_result(r: dict, args: argparse.Namespace) -> None:
     print(f"\n[{r['backend']}] workers={args.workers} wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
     print(f"  filled 10k users x 50 items in {r['fill_s']:.1f}s")
     print(line("steady state", r["steady"]))
+    cpu_us = r["steady"]["server_cpu_us_per_request"]
+    print(f"  server CPU per request: {cpu_us:.0f} us (= {1e6 / cpu_us:.0f} req/s per fully available core)")
+    print(f"  load average during run (other processes share these {os.cpu_count()} cores): {r['loadavg']}")
     print(line("during deploy+rollback", r["under_deploy"]))
     print(f"  deploy of v2 under load: {r['deploy_s']:.2f}s {r['deploy_rows']}")
     print(f"  rollback: {r['rollback_ms']:.1f} ms -> {r['rolled_back_to']}")
