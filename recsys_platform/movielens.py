@@ -159,9 +159,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def stratified_split(
-    ratings: pl.DataFrame, ratio: float = 0.75, seed: int = 42
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+def stratified_split(ratings: pl.DataFrame, ratio: float = 0.75, seed: int = 42) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per-user random split: each user's rows shuffled with ``seed``, the first round(ratio*n) go to train.
 
     Same semantics as Recommenders' ``python_stratified_split``; deterministic for a seed whatever
@@ -176,3 +174,15 @@ def stratified_split(
     is_train = pl.col("_pos") <= pl.col("_cut")
     drop = ["_key", "_pos", "_cut"]
     return ranked.filter(is_train).drop(drop), ranked.filter(~is_train).drop(drop)
+
+
+def run_movielens_benchmark(
+    path: Path | None,
+    seeds: tuple[int, ...] = (42, 43, 44),
+    log_to_mlflow: bool = True,
+    tracking_uri: str | None = None,
+) -> dict:
+    """Run the MovieLens quality benchmark (see ``recsys_platform.movielens_benchmark``)."""
+    from recsys_platform.movielens_benchmark import run_movielens_benchmark as run
+
+    return run(path, seeds=seeds, log_to_mlflow=log_to_mlflow, tracking_uri=tracking_uri)
