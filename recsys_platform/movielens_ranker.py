@@ -30,15 +30,16 @@ class RankerConfig:
     candidates_ease: int = 60
     candidates_cooc: int = 30
     candidates_pop: int = 20
-    label_folds: int = 3
+    label_folds: int = 5
     early_stopping_users: float = 0.2
     lgbm: dict = field(
         default_factory=lambda: {
             "objective": "lambdarank",
-            "n_estimators": 300,
-            "learning_rate": 0.05,
-            "num_leaves": 15,
-            "min_child_samples": 200,
+            "n_estimators": 500,
+            "learning_rate": 0.02,
+            "num_leaves": 31,
+            "min_child_samples": 500,
+            "reg_lambda": 10.0,
             "subsample": 0.8,
             "subsample_freq": 1,
             "colsample_bytree": 0.8,
@@ -108,6 +109,13 @@ def _time_window_counts(train: pl.DataFrame, data: InteractionMatrix, u: np.ndar
     return np.searchsorted(keys, base + hi[u], side="right") - np.searchsorted(keys, base + lo[u], side="left")
 
 
+def _user_zscore(scores: np.ndarray, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """Scores standardised within each user's row over unseen items, gathered at (u, i)."""
+    finite = np.where(np.isfinite(scores), scores, np.nan)
+    mean, std = np.nanmean(finite, axis=1), np.nanstd(finite, axis=1)
+    return ((scores[u, i] - mean[u]) / np.where(std[u] > 0, std[u], 1.0)).astype(np.float32)
+
+
 def build_candidates(
     train: pl.DataFrame, items: pl.DataFrame | None, users: pl.DataFrame | None, cfg: RankerConfig
 ) -> pl.DataFrame:
@@ -117,13 +125,15 @@ def build_candidates(
     mask = (r["ease"] <= cfg.candidates_ease) | (r["jaccard"] <= cfg.candidates_cooc) | (r["pop"] <= cfg.candidates_pop)
     mask &= np.isfinite(src.scores["pop"])
     u, i = np.nonzero(mask)
+    # Features are scale-free (ranks, per-user z-scores, shares, percentiles): the ranker is trained on
+    # fold histories smaller than the full training set it is applied to, so raw counts would shift.
     cols: dict[str, np.ndarray] = {}
     for name in src.scores:
-        cols[f"{name}_score"] = src.scores[name][u, i].astype(np.float32)
         cols[f"{name}_rank"] = r[name][u, i].astype(np.int32)
+        if name != "pop":
+            cols[f"{name}_z"] = _user_zscore(src.scores[name], u, i)
     in_window = _time_window_counts(train, src.data, u, i)
     item_pop = np.asarray(src.data.matrix.sum(axis=0)).ravel()
-    cols["window_count"] = in_window.astype(np.float32)
     cols["window_share"] = (in_window / np.maximum(item_pop[i], 1)).astype(np.float32)
     frame = pl.DataFrame({"user_id": src.data.user_ids.gather(u), "item_id": src.data.item_ids.gather(i), **cols})
     return _join_side_features(frame, train, items, users, src)
@@ -136,25 +146,21 @@ def _join_side_features(
     users: pl.DataFrame | None,
     src: _Sources,
 ) -> pl.DataFrame:
-    n_users = len(src.data.user_ids)
     item_stats = train.group_by("item_id").agg(
-        item_share=pl.len() / n_users,
-        item_mean_rating=pl.col("rating").mean(),
-        item_mean_ts=pl.col("timestamp").mean(),
-        item_first_ts=pl.col("timestamp").min(),
+        n=pl.len(), item_mean_rating=pl.col("rating").mean(), item_mean_ts=pl.col("timestamp").mean()
     )
+    item_stats = item_stats.with_columns(item_pop_pct=pl.col("n").rank() / pl.len()).drop("n")
     user_stats = train.group_by("user_id").agg(
-        user_n=pl.len(),
+        n=pl.len(),
         user_mean_rating=pl.col("rating").mean(),
         user_mean_ts=pl.col("timestamp").mean(),
-        user_last_ts=pl.col("timestamp").max(),
         user_span_days=(pl.col("timestamp").max() - pl.col("timestamp").min()) / 86400,
     )
+    user_stats = user_stats.with_columns(user_activity_pct=pl.col("n").rank() / pl.len()).drop("n")
     frame = frame.join(item_stats, on="item_id", how="left").join(user_stats, on="user_id", how="left")
-    frame = frame.with_columns(
-        ts_gap_days=(pl.col("item_mean_ts") - pl.col("user_mean_ts")) / 86400,
-        first_gap_days=(pl.col("user_last_ts") - pl.col("item_first_ts")) / 86400,
-    ).drop("item_mean_ts", "user_mean_ts", "user_last_ts", "item_first_ts")
+    frame = frame.with_columns(ts_gap_days=(pl.col("item_mean_ts") - pl.col("user_mean_ts")) / 86400).drop(
+        "item_mean_ts", "user_mean_ts"
+    )
     if items is not None and "genres" in items.columns:
         frame = _genre_affinity(frame, train, items)
     if items is not None and "release_year" in items.columns:
@@ -253,7 +259,7 @@ def _monotone(features: list[str]) -> list[int]:
     """Better source score -> never a lower prediction; better (lower) source rank likewise."""
     sources = ("ease_", "jaccard_", "pop_")
     return [
-        (1 if f.endswith("_score") else -1) if f.startswith(sources) and f.endswith(("_score", "_rank")) else 0
+        (1 if f.endswith("_z") else -1) if f.startswith(sources) and f.endswith(("_z", "_rank")) else 0
         for f in features
     ]
 
