@@ -9,6 +9,7 @@ The test set is never seen by anything in this module.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -284,15 +285,17 @@ def fit_two_stage(
         return frame.group_by("query", maintain_order=True).len()["len"].to_numpy()
 
     model = lgb.LGBMRanker(random_state=seed, monotone_constraints=_monotone(features), **cfg.lgbm)
-    model.fit(
-        fit_part.select(features).to_numpy(),
-        fit_part["label"].to_numpy(),
-        group=groups(fit_part),
-        eval_set=[(stop_part.select(features).to_numpy(), stop_part["label"].to_numpy())],
-        eval_group=[groups(stop_part)],
-        eval_at=[10],
-        callbacks=[lgb.early_stopping(50, verbose=False)],
-    )
+    with warnings.catch_warnings():  # lightgbm>=4.6 prefers eval_X/eval_y; eval_set still works from 4.5 on
+        warnings.filterwarnings("ignore", message=".*eval_set.*deprecated")
+        model.fit(
+            fit_part.select(features).to_numpy(),
+            fit_part["label"].to_numpy(),
+            group=groups(fit_part),
+            eval_set=[(stop_part.select(features).to_numpy(), stop_part["label"].to_numpy())],
+            eval_group=[groups(stop_part)],
+            eval_at=[10],
+            callbacks=[lgb.early_stopping(50, verbose=False)],
+        )
     logger.info(
         "ranker: %d candidate rows, %.1f%% positive, best iteration %s, held-out ndcg@10 %.4f",
         cands.height,
