@@ -75,7 +75,10 @@ def _summarise(runs: list[dict]) -> dict:
         entry = {}
         for name in [*mine[0]["metrics"], "wall_s"]:
             values = np.array([r["metrics"].get(name, r.get(name)) for r in mine], dtype=float)
-            entry[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+            entry[name] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            }
         entry["peak_mib"] = max(r["peak_mib"] for r in mine)
         summary[model] = entry
     return summary
@@ -93,7 +96,13 @@ def _log_to_mlflow(runs: list[dict], tracking_uri: str | None, dataset: str) -> 
     for run in runs:
         with mlflow.start_run(run_name=f"{run['model']}-seed{run['seed']}"):
             mlflow.log_params(
-                {"model": run["model"], "seed": run["seed"], "k": K, "train_ratio": TRAIN_RATIO, "dataset": dataset}
+                {
+                    "model": run["model"],
+                    "seed": run["seed"],
+                    "k": K,
+                    "train_ratio": TRAIN_RATIO,
+                    "dataset": dataset,
+                }
                 | run["params"]
             )
             metrics = {name.replace("@", "_at_"): value for name, value in run["metrics"].items()}
@@ -140,8 +149,10 @@ def run_movielens_benchmark(
         _log_to_mlflow(runs, tracking_uri, str(path))
     return {
         "dataset": str(path),
-        "protocol": f"per-user stratified random split {TRAIN_RATIO:.0%}/{1 - TRAIN_RATIO:.0%}, top-{K}, seen excluded",
-        "memory_measure": "ru_maxrss: process peak resident set size (MiB) after the run; monotone across runs",
+        "protocol": f"per-user stratified random split {TRAIN_RATIO:.0%}/{1 - TRAIN_RATIO:.0%}, "
+        f"top-{K}, seen excluded",
+        "memory_measure": "ru_maxrss: process peak resident set size (MiB) after the run; "
+        "monotone across runs",
         "std": "sample standard deviation (ddof=1) over seeds",
         "runs": runs,
         "summary": _summarise(runs),

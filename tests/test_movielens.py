@@ -22,14 +22,20 @@ from recsys_platform.movielens import (
 from recsys_platform.movielens_ranker import RankerConfig, fit_two_stage
 
 SHARED_ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
-needs_ml100k = pytest.mark.skipif(not (SHARED_ML100K / "ml-100k.inter").exists(), reason="no shared ml-100k copy")
+needs_ml100k = pytest.mark.skipif(
+    not (SHARED_ML100K / "ml-100k.inter").exists(), reason="no shared ml-100k copy"
+)
 
-INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t4\t881250949\n2\t10\t3\t891717742\n"
+INTER = (
+    "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t4\t881250949\n2\t10\t3\t891717742\n"
+)
 ITEM = (
     "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
     '10\tA "Quoted" Film\t1995\tAction Comedy\n'
 )
-USER = "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n1\t24\tM\ttechnician\t85711\n"
+USER = (
+    "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n1\t24\tM\ttechnician\t85711\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +61,9 @@ def test_load_recbole_tiny_files(tmp_path: Path) -> None:
     data = load_movielens(tmp_path)
     assert data.ratings.columns == ["user_id", "item_id", "rating", "timestamp"]
     assert data.ratings.rows() == [("1", "10", 4.0, 881250949), ("2", "10", 3.0, 891717742)]
-    assert data.items.row(0, named=True) == {
-        "item_id": "10", "movie_title": 'A "Quoted" Film', "release_year": 1995, "genres": ["Action", "Comedy"]
-    }  # fmt: skip
+    item = data.items.row(0, named=True)
+    assert item["movie_title"] == 'A "Quoted" Film' and item["release_year"] == 1995
+    assert item["genres"] == ["Action", "Comedy"]
     assert data.users.row(0, named=True)["age"] == 24
 
 
