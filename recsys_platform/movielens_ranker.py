@@ -1,9 +1,11 @@
 """Two-stage MovieLens recommender: collaborative candidates, then a LightGBM LambdaRank re-ranker.
 
-Leakage guard: the ranker's labels come from a per-user split of the *training* ratings. Candidate
-models and features are fitted on the inner-train part, labels are the inner-validation part;
-at prediction time the candidate models and features are refitted on the full training set.
-The test set is never seen by anything in this module.
+Leakage guard: the ranker's labels come from the *training* ratings only. Each user's training
+ratings are dealt into ``label_folds`` folds; for every fold, candidate models and features are
+fitted on the other folds and the fold itself supplies the labels (one LambdaRank query per user
+and fold). Early stopping uses held-out users of that frame. At prediction time the candidate
+models and features are refitted on the full training set. The test set is never seen here.
+Features are scale-free because fold histories are smaller than the full training set.
 """
 
 from __future__ import annotations
