@@ -24,9 +24,7 @@ PUBLISHED_NDCG = {"BiVAE": 0.475, "BPR": 0.442, "LightGCN": 0.420, "NCF": 0.396,
 
 def main() -> None:
     """Parse arguments, run the benchmark and print the results table."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", type=Path, default=None, help="RecBole ml-100k dir, u.data or ratings.csv")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -46,17 +44,11 @@ def main() -> None:
         m = run["metrics"]
         cells = "  ".join(f"{k}={m[k]:.4f}" for k in HEADLINE_METRICS)
         print(f"  {run['model']:<11} seed={run['seed']}  {cells}  wall={run['wall_s']:.1f}s")
-    header = (
-        f"{'model':<11}"
-        + "".join(f"{name:>18}" for name in HEADLINE_METRICS)
-        + f"{'wall s':>14}{'peak MiB':>10}"
-    )
+    header = f"{'model':<11}" + "".join(f"{name:>18}" for name in HEADLINE_METRICS) + f"{'wall s':>14}{'peak MiB':>10}"
     print("\n" + header + "\n" + "-" * len(header))
     for model, s in result["summary"].items():
         cells = "".join(f"{s[name]['mean']:>10.4f} ± {s[name]['std']:.3f}" for name in HEADLINE_METRICS)
-        print(
-            f"{model:<11}{cells}{s['wall_s']['mean']:>8.1f} ± {s['wall_s']['std']:.1f}{s['peak_mib']:>10.0f}"
-        )
+        print(f"{model:<11}{cells}{s['wall_s']['mean']:>8.1f} ± {s['wall_s']['std']:.1f}{s['peak_mib']:>10.0f}")
     print(
         "\nmap@10 divides by min(n_relevant, 10) (Recommenders map_at_k); "
         "map_full@10 by n_relevant (their published table)."

@@ -70,9 +70,7 @@ def build_payload(version: str, seed: int) -> dict[str, dict[str, str]]:
     segments = [f"{lang}:{lvl}" for lang in ("en", "de", "fr") for lvl in ("beginner", "advanced")]
     return {
         "recs": {f"u{i}": ranked(version, rng, N_ITEMS_PER_USER) for i in range(N_USERS)},
-        "user_features": {
-            f"u{i}": json.dumps({"segment": segments[i % len(segments)]}) for i in range(N_USERS)
-        },
+        "user_features": {f"u{i}": json.dumps({"segment": segments[i % len(segments)]}) for i in range(N_USERS)},
         "popular": {s: ranked(version, rng, N_ITEMS_PER_USER) for s in [*segments, "__global__"]},
     }
 
@@ -124,9 +122,7 @@ def run_wrk(port: int, duration: int, connections: int, threads: int, seed: int)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_SCRIPT % {"seed": seed, "max_user": N_USERS - 1})
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "2s", "-s", f.name]
-    out = subprocess.run(
-        [*cmd, f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=duration + 30
-    )
+    out = subprocess.run([*cmd, f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=duration + 30)
     os.unlink(f.name)
     line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
     if line is None:
@@ -151,9 +147,7 @@ class ConsistencyChecker(threading.Thread):
         with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5) as client:
             while not self.stop.is_set():
                 try:
-                    r = client.get(
-                        f"/v1/users/u{rng.randrange(N_USERS)}/recommendations", params={"limit": 50}
-                    )
+                    r = client.get(f"/v1/users/u{rng.randrange(N_USERS)}/recommendations", params={"limit": 50})
                 except httpx.HTTPError:
                     self.errors += 1
                     continue
@@ -181,9 +175,7 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, payloads: dict)
         cpu_before = tree_cpu_seconds(server.pid)
         steady = run_wrk(port, args.duration, args.connections, args.threads, seed=1)
         loadavg = os.getloadavg()
-        steady["server_cpu_us_per_request"] = (
-            (tree_cpu_seconds(server.pid) - cpu_before) / steady["requests"] * 1e6
-        )
+        steady["server_cpu_us_per_request"] = (tree_cpu_seconds(server.pid) - cpu_before) / steady["requests"] * 1e6
 
         checker = ConsistencyChecker(port)
         checker.start()
@@ -239,10 +231,7 @@ def print_result(r: dict, args: argparse.Namespace) -> None:
             f"  socket errors {w['socket_errors']}"
         )
 
-    print(
-        f"\n[{r['backend']}] workers={args.workers}"
-        f" wrk -t{args.threads} -c{args.connections} -d{args.duration}s"
-    )
+    print(f"\n[{r['backend']}] workers={args.workers} wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
     print(f"  filled 10k users x 50 items in {r['fill_s']:.1f}s")
     print(line("steady state", r["steady"]))
     cpu_us = r["steady"]["server_cpu_us_per_request"]
@@ -252,25 +241,18 @@ def print_result(r: dict, args: argparse.Namespace) -> None:
     print(f"  deploy of v2 under load: {r['deploy_s']:.2f}s {r['deploy_rows']}")
     print(f"  rollback: {r['rollback_ms']:.1f} ms -> {r['rolled_back_to']}")
     c = r["checker"]
-    print(
-        f"  checker: {c['responses']} responses, {c['errors']} errors,"
-        f" {c['mixed']} mixed-version, {c['versions']}"
-    )
+    print(f"  checker: {c['responses']} responses, {c['errors']} errors, {c['mixed']} mixed-version, {c['versions']}")
 
 
 def main() -> None:
     """Run the benchmark for the chosen backends and print the figures."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["sqlite", "redis", "both"], default="both")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--duration", type=int, default=15)
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("RECSYS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-    )
+    parser.add_argument("--redis-url", default=os.environ.get("RECSYS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
     parser.add_argument("--json", action="store_true", help="also print the raw results as JSON")
     args = parser.parse_args()
     if shutil.which("wrk") is None:

@@ -150,9 +150,7 @@ async def require_admin_key(x_api_key: Annotated[str | None, Header()] = None) -
     if not expected:
         raise HTTPException(503, f"admin endpoints are disabled: {ADMIN_KEY_ENV} is not set on the server")
     if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected.encode()):
-        raise HTTPException(
-            401, "missing or invalid X-API-Key header", headers={"WWW-Authenticate": "ApiKey"}
-        )
+        raise HTTPException(401, "missing or invalid X-API-Key header", headers={"WWW-Authenticate": "ApiKey"})
 
 
 # --- routes ----------------------------------------------------------------------------
@@ -197,9 +195,7 @@ async def get_recommendations(
     query: Annotated[RecommendationsQuery, Query()],
 ) -> dict:
     """Top recommendations for a user (popularity fallback for unknown users)."""
-    rec = await _read(
-        store, serving.recommend, store, user_id, query.limit, query.content_type, query.exclude_kids
-    )
+    rec = await _read(store, serving.recommend, store, user_id, query.limit, query.content_type, query.exclude_kids)
     return {
         "user_id": user_id,
         "items": _items_out(rec),

@@ -115,9 +115,7 @@ class _MatrixRecommender:
         """Dense float32 score matrix (len(rows) x n_items) for known user row indices."""
         return np.asarray(self._score_rows(rows), dtype=np.float32)
 
-    def recommend(
-        self, user_ids: Iterable | pl.Series | None, k: int, exclude_seen: bool = True
-    ) -> pl.DataFrame:
+    def recommend(self, user_ids: Iterable | pl.Series | None, k: int, exclude_seen: bool = True) -> pl.DataFrame:
         """Top-k items per user as [user_id, item_id, score, rank]; all known users when user_ids is None."""
         if user_ids is None:
             rows = np.arange(len(self.data.user_ids))
@@ -169,9 +167,7 @@ class PopularityModel(_MatrixRecommender):
     def _score_rows(self, rows: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.item_scores, (len(rows), self.n_items)).copy()
 
-    def recommend(
-        self, user_ids: Iterable | pl.Series | None, k: int, exclude_seen: bool = True
-    ) -> pl.DataFrame:
+    def recommend(self, user_ids: Iterable | pl.Series | None, k: int, exclude_seen: bool = True) -> pl.DataFrame:
         """Top-k popular items per user; users unseen at fit time get the global top-k."""
         known = super().recommend(user_ids, k, exclude_seen)
         if user_ids is None:

@@ -19,19 +19,25 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
+def fields_of(cls: type) -> list[str]:
+    """Names of a dataclass's fields."""
+    return list(cls.__dataclass_fields__)
+
+
 @dataclass(frozen=True)
 class PipelineParams:
     """Tunables of the modelling pipeline (windows, sizes, seeds)."""
 
     label_days: int = 7
     top_n: int = 50
-    candidates_per_source: int = 60
+    candidates_per_source: int = 40
     recent_exclusion_days: int = 3
     repeat_cap: int = 3
     watermark_minutes: int = 10
     seed: int = 7
-    ranker_rounds: int = 300
+    ranker_rounds: int = 150
     promotion_margin: float = 0.0
+    max_training_users: int = 4000
 
     @classmethod
     def from_env(cls) -> PipelineParams:

@@ -33,9 +33,7 @@ class DeploymentVerificationError(OnlineStoreError):
         self.slot = slot
         self.model_version = model_version
         self.problems = problems
-        shown = "; ".join(problems[:10]) + (
-            f"; ... ({len(problems) - 10} more)" if len(problems) > 10 else ""
-        )
+        shown = "; ".join(problems[:10]) + (f"; ... ({len(problems) - 10} more)" if len(problems) > 10 else "")
         super().__init__(f"verification of slot {slot!r} for model {model_version!r} failed: {shown}")
 
 
@@ -76,9 +74,7 @@ def _same_json(a: str | None, b: str | None) -> bool:
         return False
 
 
-def _default_sample(
-    payload: Mapping[str, Mapping[str, str]], size: int, seed: int
-) -> dict[str, dict[str, str]]:
+def _default_sample(payload: Mapping[str, Mapping[str, str]], size: int, seed: int) -> dict[str, dict[str, str]]:
     rng = random.Random(seed)
     sample: dict[str, dict[str, str]] = {}
     for ns, rows in payload.items():
@@ -105,9 +101,7 @@ def verify_slot(
         if count != expected_count:
             problems.append(f"{ns}: {count} rows stored, {expected_count} in payload")
         elif expected_count and info.checksums.get(ns) != expected_checksum:
-            problems.append(
-                f"{ns}: checksum {info.checksums.get(ns)} != payload checksum {expected_checksum}"
-            )
+            problems.append(f"{ns}: checksum {info.checksums.get(ns)} != payload checksum {expected_checksum}")
     checked = 0
     for ns, expected in offline_sample.items():
         if not expected:
@@ -136,9 +130,7 @@ def deploy(
     started = time.perf_counter()
     previous = store.pointer()
     if previous and (previous.model_version, previous.snapshot_id) == (model_version, snapshot_id):
-        logger.info(
-            "model %s snapshot %s already active in slot %s", model_version, snapshot_id, previous.active_slot
-        )
+        logger.info("model %s snapshot %s already active in slot %s", model_version, snapshot_id, previous.active_slot)
         return DeployReport(model_version, snapshot_id, previous.active_slot, True, previous, previous)
     slot = SLOTS[0] if previous is None else other_slot(previous.active_slot)
     logger.info("deploying model %s snapshot %s to standby slot %s", model_version, snapshot_id, slot)
@@ -198,9 +190,7 @@ def status(store: OnlineStore) -> dict:
     return described
 
 
-def write_user_updates(
-    store: OnlineStore, model_version: str, namespace: str, rows: Mapping[str, str]
-) -> int:
+def write_user_updates(store: OnlineStore, model_version: str, namespace: str, rows: Mapping[str, str]) -> int:
     """Write near-real-time rows into the active slot; StaleWriteError if it serves another version."""
     pointer = store.pointer()
     if pointer is None:

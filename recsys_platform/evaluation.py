@@ -57,9 +57,7 @@ def top_k_positions(recs: pl.DataFrame, k: int) -> pl.DataFrame:
 def _truth(truth: pl.DataFrame) -> pl.DataFrame:
     rel = pl.col("relevance").cast(pl.Float64) if "relevance" in truth.columns else pl.lit(1.0)
     return (
-        truth.select("user_id", "item_id", relevance=rel)
-        .group_by("user_id", "item_id")
-        .agg(pl.col("relevance").max())
+        truth.select("user_id", "item_id", relevance=rel).group_by("user_id", "item_id").agg(pl.col("relevance").max())
     )
 
 
@@ -116,9 +114,7 @@ def ndcg_at_k(truth: pl.DataFrame, recs: pl.DataFrame, k: int) -> float:
     return _mean(_per_user(truth, recs, k), pl.col("dcg") / pl.col("idcg"))
 
 
-def map_at_k(
-    truth: pl.DataFrame, recs: pl.DataFrame, k: int, denominator: MapDenominator = "min_k_relevant"
-) -> float:
+def map_at_k(truth: pl.DataFrame, recs: pl.DataFrame, k: int, denominator: MapDenominator = "min_k_relevant") -> float:
     """Mean average precision of the top k, normalised by min(n_relevant, k) (or n_relevant)."""
     if denominator == "min_k_relevant":
         norm = pl.min_horizontal(pl.col("n_relevant"), pl.lit(k))
@@ -203,9 +199,7 @@ def intra_list_diversity(
         norms = np.linalg.norm(mat, axis=1)
         mat = np.divide(mat, norms[:, None], out=np.zeros_like(mat), where=norms[:, None] > 0)
         dissim = 1.0 - np.einsum("ij,ij->i", mat[a], mat[b])
-    per_user = (
-        pairs.select("user_id").with_columns(d=pl.Series(dissim)).group_by("user_id").agg(pl.col("d").mean())
-    )
+    per_user = pairs.select("user_id").with_columns(d=pl.Series(dissim)).group_by("user_id").agg(pl.col("d").mean())
     return float(per_user["d"].mean())
 
 

@@ -125,9 +125,7 @@ def _make_items(cfg: GeneratorConfig, rng: np.random.Generator, start: datetime)
         series_pos[members] = np.arange(1, len(members) + 1)
         sid += 1
         i += size
-    langs = rng.choice(
-        np.array(["en", "de", "fr", "es", "pt", "ja"]), size=n, p=[0.7, 0.06, 0.06, 0.06, 0.06, 0.06]
-    )
+    langs = rng.choice(np.array(["en", "de", "fr", "es", "pt", "ja"]), size=n, p=[0.7, 0.06, 0.06, 0.06, 0.06, 0.06])
     ctypes = np.array(schemas.CONTENT_TYPES)[type_idx]
     titles = [
         f"{t.replace('_', ' ').title()} {tp.replace('_', ' ')} #{k}"
@@ -168,9 +166,7 @@ def _make_users(cfg: GeneratorConfig, rng: np.random.Generator, start: datetime)
             "preferred_daypart": rng.choice(np.array(schemas.DAYPARTS), size=n, p=[0.3, 0.15, 0.2, 0.35]),
             "experience_level": rng.choice(np.array(schemas.LEVELS), size=n, p=[0.55, 0.3, 0.15]),
             "household_type": np.array(schemas.HOUSEHOLD_TYPES)[household],
-            "subscription_status": rng.choice(
-                np.array(schemas.SUBSCRIPTION_STATUSES), size=n, p=[0.2, 0.7, 0.1]
-            ),
+            "subscription_status": rng.choice(np.array(schemas.SUBSCRIPTION_STATUSES), size=n, p=[0.2, 0.7, 0.1]),
         },
         schema=schemas.USER_SCHEMA,
     )
@@ -275,9 +271,7 @@ def _simulate_events(
         cand[mask] = pool[rng.integers(0, pool.size, size=(int(mask.sum()), k))]
     empty = np.array([pools[t].size == 0 for t in range(len(pools))])
     if empty.any():
-        cand[empty[chosen_type]] = pools[0][
-            rng.integers(0, pools[0].size, size=(int(empty[chosen_type].sum()), k))
-        ]
+        cand[empty[chosen_type]] = pools[0][rng.integers(0, pools[0].size, size=(int(empty[chosen_type].sum()), k))]
     age_days = (p_time0[:, None] - release_sec[cand]) / 86400.0
     lang_pen = np.where(
         item_lang[cand] == user_lang[p_user][:, None], 0.0, np.where(item_lang[cand] == "en", -0.6, -2.0)
@@ -344,14 +338,10 @@ def _simulate_events(
     move_play = (item_type[p_item] == type_index["movement"]) & wearable[p_user]
     bio_user_daily = np.repeat(np.flatnonzero(wearable), days * 3)
     n_bd = len(bio_user_daily)
-    bio_sec = (
-        np.tile(np.repeat(np.arange(days), 3), int(wearable.sum())) * 86400.0 + rng.random(n_bd) * 86400.0
-    )
+    bio_sec = np.tile(np.repeat(np.arange(days), 3), int(wearable.sum())) * 86400.0 + rng.random(n_bd) * 86400.0
     mv = np.flatnonzero(move_play)
 
-    def frame(
-        user_idx, sec, etype, session=None, item=None, listened_s=None, query=None, steps=None, hr=None
-    ):
+    def frame(user_idx, sec, etype, session=None, item=None, listened_s=None, query=None, steps=None, hr=None):
         n = len(user_idx)
         return pl.DataFrame(
             {
@@ -360,9 +350,7 @@ def _simulate_events(
                 "event_type": np.full(n, etype),
                 "session_idx": np.full(n, -1) if session is None else np.asarray(session, dtype=np.int64),
                 "item_idx": np.full(n, -1) if item is None else np.asarray(item, dtype=np.int64),
-                "seconds_listened": np.full(n, np.nan)
-                if listened_s is None
-                else np.asarray(listened_s, dtype=float),
+                "seconds_listened": np.full(n, np.nan) if listened_s is None else np.asarray(listened_s, dtype=float),
                 "query": pl.Series([None] * n, dtype=pl.String)
                 if query is None
                 else pl.Series(list(query), dtype=pl.String),
@@ -414,34 +402,35 @@ def _simulate_events(
             hr=rng.normal(95, 8, len(mv)),
         ),
     ]
-    ev = (
-        pl.concat(parts)
-        .filter((pl.col("sec") >= 0) & (pl.col("sec") < days * 86400.0))
-        .sort("sec", "user_idx")
-    )
+    ev = pl.concat(parts).filter((pl.col("sec") >= 0) & (pl.col("sec") < days * 86400.0)).sort("sec", "user_idx")
     n_ev = ev.height
     late = rng.random(n_ev) < cfg.late_event_share
     delay = np.where(late, rng.uniform(600, 6 * 3600, n_ev), rng.exponential(15.0, n_ev))
     start_us = int(start.timestamp() * 1_000_000)
     item_ids = items["item_id"]
     user_ids = users["user_id"]
-    return ev.with_columns(
-        event_id=pl.format("g{}-{}-{}", pl.lit(cfg.seed), pl.lit(chunk), pl.int_range(pl.len())),
-        user_id=user_ids.gather(ev["user_idx"]),
-        event_time=(pl.lit(start_us) + (pl.col("sec") * 1_000_000).cast(pl.Int64)).cast(
-            pl.Datetime("us", "UTC")
-        ),
-        arrival_time=(pl.lit(start_us) + ((ev["sec"].to_numpy() + delay) * 1_000_000).astype(np.int64)).cast(
-            pl.Datetime("us", "UTC")
-        ),
-        session_id=pl.when(pl.col("session_idx") >= 0).then(
-            pl.format("s{}-{}-{}", pl.lit(cfg.seed), pl.col("user_idx"), pl.col("session_idx"))
-        ),
-        item_id=pl.when(pl.col("item_idx") >= 0).then(item_ids.gather(ev["item_idx"].clip(0))),
-        seconds_listened=pl.col("seconds_listened").fill_nan(None).round(1),
-        steps=pl.when(pl.col("steps") >= 0).then(pl.col("steps")),
-        heart_rate=pl.col("heart_rate").fill_nan(None).round(1),
-    ).select([*schemas.RAW_EVENT_SCHEMA, "arrival_time"])
+    return (
+        ev.with_columns(
+            event_id=pl.format("g{}-{}-{}", pl.lit(cfg.seed), pl.lit(chunk), pl.int_range(pl.len())),
+            user_id=user_ids.gather(ev["user_idx"]),
+            event_time=(pl.lit(start_us) + (pl.col("sec") * 1_000_000).cast(pl.Int64)).cast(pl.Datetime("us", "UTC")),
+            arrival_time=(pl.lit(start_us) + ((ev["sec"].to_numpy() + delay) * 1_000_000).astype(np.int64)).cast(
+                pl.Datetime("us", "UTC")
+            ),
+            session_id=pl.when(pl.col("session_idx") >= 0).then(
+                pl.format("s{}-{}-{}", pl.lit(cfg.seed), pl.col("user_idx"), pl.col("session_idx"))
+            ),
+            item_id=pl.when(pl.col("item_idx") >= 0).then(item_ids.gather(ev["item_idx"].clip(0))),
+            seconds_listened=pl.col("seconds_listened").fill_nan(None).round(1),
+            steps=pl.when(pl.col("steps") >= 0).then(pl.col("steps")),
+            heart_rate=pl.col("heart_rate").fill_nan(None).round(1),
+        )
+        .filter(
+            # Events that would arrive after the end of the window have not arrived yet.
+            pl.col("arrival_time") < pl.lit(start + timedelta(days=days), dtype=pl.Datetime("us", "UTC"))
+        )
+        .select([*schemas.RAW_EVENT_SCHEMA, "arrival_time"])
+    )
 
 
 def generate(cfg: GeneratorConfig, chunk_users: int = 200_000) -> SyntheticDataset:
@@ -459,9 +448,7 @@ def generate(cfg: GeneratorConfig, chunk_users: int = 200_000) -> SyntheticDatas
     return SyntheticDataset(items=items, users=users, events=events)
 
 
-def write_to_landing(
-    ds: SyntheticDataset, zone: LandingZone, fmt: str = ".parquet", batches_per_hour: int = 1
-) -> int:
+def write_to_landing(ds: SyntheticDataset, zone: LandingZone, fmt: str = ".parquet", batches_per_hour: int = 1) -> int:
     """Write the catalog, the profiles and the events (by arrival hour) into a landing zone."""
     batch_ts = ds.events["arrival_time"].min() if ds.events.height else datetime.now(UTC)
     zone.write_bytes(f"{ITEMS_PREFIX}{new_batch_id(batch_ts)}{fmt}", encode_frame(ds.items, fmt))

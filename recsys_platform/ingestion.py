@@ -37,9 +37,7 @@ class IngestResult:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def _quarantine_rows(
-    raw: pl.DataFrame, reason: str, detail: str | pl.Expr, partition_key: str
-) -> pl.DataFrame:
+def _quarantine_rows(raw: pl.DataFrame, reason: str, detail: str | pl.Expr, partition_key: str) -> pl.DataFrame:
     """Turn rejected raw rows into QUARANTINE_SCHEMA records."""
     now = datetime.now(UTC)
     payload_cols = [c for c in raw.columns if c not in ("source_file", "source_row", "arrival_time", "_raw")]
@@ -123,11 +121,7 @@ def _coerce(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
             if src == pl.String:
                 cast = col.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
             elif isinstance(src, pl.Datetime):
-                cast = (
-                    col.dt.replace_time_zone("UTC")
-                    if src.time_zone is None
-                    else col.dt.convert_time_zone("UTC")
-                )
+                cast = col.dt.replace_time_zone("UTC") if src.time_zone is None else col.dt.convert_time_zone("UTC")
                 cast = cast.dt.cast_time_unit("us")
             else:
                 cast = pl.lit(None, dtype=dtype)
@@ -147,10 +141,7 @@ def validate_events(
     item_list = sorted(known_items) if known_items is not None else None
     content = pl.col("event_type").is_in(list(schemas.CONTENT_EVENT_TYPES))
     text_too_long = pl.any_horizontal(
-        [
-            pl.col(c).str.len_chars() > MAX_FIELD_CHARS
-            for c in ("event_id", "user_id", "item_id", "query", "session_id")
-        ]
+        [pl.col(c).str.len_chars() > MAX_FIELD_CHARS for c in ("event_id", "user_id", "item_id", "query", "session_id")]
     )
     rules: list[tuple[str, pl.Expr, pl.Expr]] = [
         (
@@ -204,9 +195,7 @@ def validate_events(
         mask = remaining.select(cond.fill_null(False).alias("m"))["m"]
         if mask.any():
             bad = remaining.filter(mask)
-            rejected.append(
-                _quarantine_rows(bad.with_columns(_d=detail), reason, pl.col("_d"), partition_key)
-            )
+            rejected.append(_quarantine_rows(bad.with_columns(_d=detail), reason, pl.col("_d"), partition_key))
             remaining = remaining.filter(~mask)
     quarantined = pl.concat(rejected) if rejected else schemas.empty_frame(schemas.QUARANTINE_SCHEMA)
     return remaining, quarantined
@@ -228,9 +217,7 @@ def ingest_files(
         try:
             data = zone.read_bytes(f.key)
         except Exception as exc:  # a file we cannot fetch stays in place and is recorded
-            quarantine.append(
-                _file_record(f, "unreadable_file", f"{type(exc).__name__}: {exc}", partition_key)
-            )
+            quarantine.append(_file_record(f, "unreadable_file", f"{type(exc).__name__}: {exc}", partition_key))
             unreadable += 1
             continue
         if not data.strip():
@@ -244,9 +231,7 @@ def ingest_files(
             else:
                 raw, bad_lines = _read_jsonl(data)
         except Exception as exc:
-            quarantine.append(
-                _file_record(f, "unreadable_file", f"{type(exc).__name__}: {exc}", partition_key)
-            )
+            quarantine.append(_file_record(f, "unreadable_file", f"{type(exc).__name__}: {exc}", partition_key))
             unreadable += 1
             continue
         rows_in += raw.height + len(bad_lines)
@@ -277,9 +262,7 @@ def ingest_files(
         typed, bad_type = _coerce(raw)
         if bad_type.height:
             quarantine.append(
-                _quarantine_rows(
-                    bad_type, "wrong_type", "a value does not match the column type", partition_key
-                )
+                _quarantine_rows(bad_type, "wrong_type", "a value does not match the column type", partition_key)
             )
         typed_parts.append(typed)
 
@@ -302,14 +285,10 @@ def ingest_files(
         "quarantined": quarantined.filter(pl.col("source_row").is_not_null()).height,
         "duplicates": valid.height - deduped.height,
     }
-    return IngestResult(
-        events=schemas.conform(deduped, schemas.EVENT_SCHEMA), quarantined=quarantined, stats=stats
-    )
+    return IngestResult(events=schemas.conform(deduped, schemas.EVENT_SCHEMA), quarantined=quarantined, stats=stats)
 
 
-def read_table_updates(
-    zone: LandingZone, prefix: str, schema: dict[str, pl.DataType], key: str
-) -> pl.DataFrame:
+def read_table_updates(zone: LandingZone, prefix: str, schema: dict[str, pl.DataType], key: str) -> pl.DataFrame:
     """Read every catalog/profile file under `prefix`; later files override earlier rows by `key`."""
     frames = []
     for f in zone.list_files(prefix):

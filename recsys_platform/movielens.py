@@ -159,9 +159,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def stratified_split(
-    ratings: pl.DataFrame, ratio: float = 0.75, seed: int = 42
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+def stratified_split(ratings: pl.DataFrame, ratio: float = 0.75, seed: int = 42) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per-user random split: each user's rows shuffled with ``seed``, the first round(ratio*n) go to train.
 
     Same semantics as Recommenders' ``python_stratified_split``; deterministic for a seed whatever

@@ -149,10 +149,8 @@ def run_movielens_benchmark(
         _log_to_mlflow(runs, tracking_uri, str(path))
     return {
         "dataset": str(path),
-        "protocol": f"per-user stratified random split {TRAIN_RATIO:.0%}/{1 - TRAIN_RATIO:.0%}, "
-        f"top-{K}, seen excluded",
-        "memory_measure": "ru_maxrss: process peak resident set size (MiB) after the run; "
-        "monotone across runs",
+        "protocol": f"per-user stratified random split {TRAIN_RATIO:.0%}/{1 - TRAIN_RATIO:.0%}, top-{K}, seen excluded",
+        "memory_measure": "ru_maxrss: process peak resident set size (MiB) after the run; monotone across runs",
         "std": "sample standard deviation (ddof=1) over seeds",
         "runs": runs,
         "summary": _summarise(runs),

@@ -94,9 +94,7 @@ def _fit_sources(train: pl.DataFrame, cfg: RankerConfig) -> _Sources:
     return _Sources(data=data, scores=scores, ranks={k: _dense_ranks(v) for k, v in scores.items()})
 
 
-def _time_window_counts(
-    train: pl.DataFrame, data: InteractionMatrix, u: np.ndarray, i: np.ndarray
-) -> np.ndarray:
+def _time_window_counts(train: pl.DataFrame, data: InteractionMatrix, u: np.ndarray, i: np.ndarray) -> np.ndarray:
     """For each (user, item) pair: ratings of the item inside the user's first-to-last rating window."""
     item_lookup = pl.DataFrame({"item_id": data.item_ids, "i": np.arange(len(data.item_ids))})
     per_item = train.join(item_lookup, on="item_id").select("i", "timestamp").sort("i", "timestamp")
@@ -111,9 +109,7 @@ def _time_window_counts(
     )
     lo, hi = window["lo"].to_numpy(), window["hi"].to_numpy()
     base = i.astype(np.int64) * span
-    return np.searchsorted(keys, base + hi[u], side="right") - np.searchsorted(
-        keys, base + lo[u], side="left"
-    )
+    return np.searchsorted(keys, base + hi[u], side="right") - np.searchsorted(keys, base + lo[u], side="left")
 
 
 def _user_zscore(scores: np.ndarray, u: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -129,11 +125,7 @@ def build_candidates(
     """Candidate (user, item) pairs from every source with the ranker's features, fitted on train only."""
     src = _fit_sources(train, cfg)
     r = src.ranks
-    mask = (
-        (r["ease"] <= cfg.candidates_ease)
-        | (r["jaccard"] <= cfg.candidates_cooc)
-        | (r["pop"] <= cfg.candidates_pop)
-    )
+    mask = (r["ease"] <= cfg.candidates_ease) | (r["jaccard"] <= cfg.candidates_cooc) | (r["pop"] <= cfg.candidates_pop)
     mask &= np.isfinite(src.scores["pop"])
     u, i = np.nonzero(mask)
     # Features are scale-free (ranks, per-user z-scores, shares, percentiles): the ranker is trained on
@@ -146,9 +138,7 @@ def build_candidates(
     in_window = _time_window_counts(train, src.data, u, i)
     item_pop = np.asarray(src.data.matrix.sum(axis=0)).ravel()
     cols["window_share"] = (in_window / np.maximum(item_pop[i], 1)).astype(np.float32)
-    frame = pl.DataFrame(
-        {"user_id": src.data.user_ids.gather(u), "item_id": src.data.item_ids.gather(i), **cols}
-    )
+    frame = pl.DataFrame({"user_id": src.data.user_ids.gather(u), "item_id": src.data.item_ids.gather(i), **cols})
     return _join_side_features(frame, train, items, users, src)
 
 
@@ -183,11 +173,7 @@ def _join_side_features(
             "user_id",
             *[c for c in ("age",) if c in users.columns],
             *[(pl.col(c) == "M").cast(pl.Int8).alias("is_male") for c in ("gender",) if c in users.columns],
-            *[
-                pl.col(c).cast(pl.Categorical).to_physical().alias(c)
-                for c in ("occupation",)
-                if c in users.columns
-            ],
+            *[pl.col(c).cast(pl.Categorical).to_physical().alias(c) for c in ("occupation",) if c in users.columns],
         )
         frame = frame.join(demo, on="user_id", how="left")
     return frame
@@ -234,9 +220,7 @@ class TwoStageRanker:
         """Top-k re-ranked recommendations [user_id, item_id, score, rank] for every user in train."""
         cands = build_candidates(train, items, users, self.cfg)
         # Tree outputs are piecewise constant; EASE rank breaks the ties the trees leave.
-        scores = (
-            self.model.predict(cands.select(self.features).to_numpy()) - 1e-6 * cands["ease_rank"].to_numpy()
-        )
+        scores = self.model.predict(cands.select(self.features).to_numpy()) - 1e-6 * cands["ease_rank"].to_numpy()
         return (
             cands.select("user_id", "item_id")
             .with_columns(score=pl.Series(scores))
@@ -266,13 +250,9 @@ def ranker_training_frame(
     frames = []
     for fold in range(cfg.label_folds):
         history = with_fold.filter(pl.col("fold") != fold).drop("fold")
-        labels = with_fold.filter(pl.col("fold") == fold).select(
-            "user_id", "item_id", label=pl.lit(1, pl.Int8)
-        )
+        labels = with_fold.filter(pl.col("fold") == fold).select("user_id", "item_id", label=pl.lit(1, pl.Int8))
         cands = build_candidates(history, items, users, cfg)
-        cands = cands.join(labels, on=["user_id", "item_id"], how="left").with_columns(
-            pl.col("label").fill_null(0)
-        )
+        cands = cands.join(labels, on=["user_id", "item_id"], how="left").with_columns(pl.col("label").fill_null(0))
         # a query is one (user, fold); users without a positive among candidates carry no gradient
         cands = cands.with_columns(query=pl.col("user_id") + f"#{fold}")
         keep = cands.group_by("query").agg(pl.col("label").max()).filter(pl.col("label") > 0).select("query")
@@ -338,7 +318,5 @@ def tune_ease_l2(
     users = inner_val["user_id"].unique()
     scores = {l2: ndcg_at_k(inner_val, fit_ease(inner_train, l2=l2).recommend(users, 10), 10) for l2 in grid}
     best = max(scores, key=scores.__getitem__)
-    logger.info(
-        "EASE l2 inner-validation nDCG@10: %s -> l2=%s", {k: round(v, 4) for k, v in scores.items()}, best
-    )
+    logger.info("EASE l2 inner-validation nDCG@10: %s -> l2=%s", {k: round(v, 4) for k, v in scores.items()}, best)
     return best

@@ -47,9 +47,7 @@ class Recommendations:
     source: str
 
 
-def _rank(
-    raw: str, k: int, content_type: str | None, exclude_kids: bool
-) -> tuple[list[RecommendedItem], str | None]:
+def _rank(raw: str, k: int, content_type: str | None, exclude_kids: bool) -> tuple[list[RecommendedItem], str | None]:
     """Filter a stored `{"items": [...], "generated_at": ...}` list and keep the top k."""
     doc = json.loads(raw)
     items: list[RecommendedItem] = []

@@ -56,9 +56,7 @@ def payload(version: str, n_users: int = 50) -> dict[str, dict[str, str]]:
     users = {f"u{i}": ranked(version, f"u{i}-") for i in range(n_users)}
     features = {f"u{i}": json.dumps({"segment": SEGMENTS[i % 2]}) for i in range(n_users)}
     features |= {f"c{i}": json.dumps({"segment": SEGMENTS[i % 2]}) for i in range(10)}
-    popular = {seg: ranked(version, f"pop-{seg}-") for seg in SEGMENTS} | {
-        "__global__": ranked(version, "pop-")
-    }
+    popular = {seg: ranked(version, f"pop-{seg}-") for seg in SEGMENTS} | {"__global__": ranked(version, "pop-")}
     return {
         "recs": users,
         "user_features": features,

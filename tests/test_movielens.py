@@ -22,20 +22,14 @@ from recsys_platform.movielens import (
 from recsys_platform.movielens_ranker import RankerConfig, fit_two_stage
 
 SHARED_ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
-needs_ml100k = pytest.mark.skipif(
-    not (SHARED_ML100K / "ml-100k.inter").exists(), reason="no shared ml-100k copy"
-)
+needs_ml100k = pytest.mark.skipif(not (SHARED_ML100K / "ml-100k.inter").exists(), reason="no shared ml-100k copy")
 
-INTER = (
-    "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t4\t881250949\n2\t10\t3\t891717742\n"
-)
+INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t4\t881250949\n2\t10\t3\t891717742\n"
 ITEM = (
     "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
     '10\tA "Quoted" Film\t1995\tAction Comedy\n'
 )
-USER = (
-    "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n1\t24\tM\ttechnician\t85711\n"
-)
+USER = "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n1\t24\tM\ttechnician\t85711\n"
 
 
 @pytest.fixture(scope="module")

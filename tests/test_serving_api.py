@@ -60,9 +60,7 @@ def payload(version: str) -> dict[str, dict[str, str]]:
             "en:beginner": ranked(version, [(f"{version}-pop-en-{i}", "music", False) for i in range(3)]),
             "__global__": ranked(version, [(f"{version}-pop-{i}", "focus", False) for i in range(30)]),
         },
-        "similar": {
-            "med-1": ranked(version, [(f"{version}-med-{i}", "meditation", False) for i in range(4)])
-        },
+        "similar": {"med-1": ranked(version, [(f"{version}-med-{i}", "meditation", False) for i in range(4)])},
     }
 
 
@@ -152,9 +150,7 @@ def test_recommendations_endpoint(client: TestClient) -> None:
         ("/v1/deployment?verbose=1", 400, "unknown query parameter(s): verbose"),
     ],
 )
-def test_bad_requests_get_specific_errors(
-    client: TestClient, path: str, status: int, detail_part: str
-) -> None:
+def test_bad_requests_get_specific_errors(client: TestClient, path: str, status: int, detail_part: str) -> None:
     response = client.get(path)
     assert response.status_code == status, response.text
     assert detail_part in json.dumps(response.json()["detail"])

@@ -47,6 +47,4 @@ def open_online_store(url: str) -> OnlineStore:
         from recsys_platform.online_store.redis import RedisOnlineStore
 
         return RedisOnlineStore(url)
-    raise ValueError(
-        f"unsupported online store URL {url!r}: expected sqlite:///<abs path> or redis://host:port/db"
-    )
+    raise ValueError(f"unsupported online store URL {url!r}: expected sqlite:///<abs path> or redis://host:port/db")

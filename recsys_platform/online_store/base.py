@@ -138,9 +138,7 @@ def validate_namespace(namespace: str) -> str:
 def check_row(key: object, value: object) -> str:
     """Return `value` if the row is str -> str, else raise TypeError."""
     if not isinstance(key, str) or not isinstance(value, str):
-        raise TypeError(
-            f"rows must be str -> str (JSON text), got {type(key).__name__} -> {type(value).__name__}"
-        )
+        raise TypeError(f"rows must be str -> str (JSON text), got {type(key).__name__} -> {type(value).__name__}")
     return value
 
 

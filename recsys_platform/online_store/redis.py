@@ -254,9 +254,7 @@ class RedisOnlineStore(OnlineStore):
                 },
             )
             pipe.execute()
-            return SlotInfo(
-                slot, before.model_version, before.snapshot_id, "ready", written_at, counts, checksums
-            )
+            return SlotInfo(slot, before.model_version, before.snapshot_id, "ready", written_at, counts, checksums)
 
         info = self._watched([self._meta_key(slot)], body)
         logger.info("sealed slot %s: %s", slot, counts)
@@ -273,9 +271,7 @@ class RedisOnlineStore(OnlineStore):
         with self._errors():
             reply = self._read_script(args=args)
         head = reply[0]
-        return head, [
-            (ns, ks, reply[i + 1] if i + 1 < len(reply) else []) for i, (ns, ks) in enumerate(groups)
-        ]
+        return head, [(ns, ks, reply[i + 1] if i + 1 < len(reply) else []) for i, (ns, ks) in enumerate(groups)]
 
     @staticmethod
     def _assemble(groups: list[tuple[str, list[str], list[str | None]]]) -> tuple[dict, dict]:
@@ -311,9 +307,7 @@ class RedisOnlineStore(OnlineStore):
         validate_slot(slot)
 
         def body(pipe: redis.client.Pipeline) -> Pointer:
-            state, bound, snapshot_id = pipe.hmget(
-                self._meta_key(slot), "state", "model_version", "snapshot_id"
-            )
+            state, bound, snapshot_id = pipe.hmget(self._meta_key(slot), "state", "model_version", "snapshot_id")
             if state != "ready" or bound != expected_model_version:
                 raise SlotStateError(
                     f"cannot flip to slot {slot!r}: it is {state or 'empty'} with model {bound!r}, "
@@ -352,9 +346,7 @@ class RedisOnlineStore(OnlineStore):
         return {
             "backend": "redis",
             "pointer": None if pointer is None else pointer.__dict__.copy(),
-            "slots": {
-                slot: self._info_from(slot, meta).as_dict() for slot, meta in zip(SLOTS, metas, strict=True)
-            },
+            "slots": {slot: self._info_from(slot, meta).as_dict() for slot, meta in zip(SLOTS, metas, strict=True)},
         }
 
     def drop_all(self) -> None:

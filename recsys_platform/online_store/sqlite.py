@@ -124,8 +124,7 @@ class SQLiteOnlineStore(OnlineStore):
     @staticmethod
     def _slot_info(conn: sqlite3.Connection, slot: str) -> SlotInfo:
         row = conn.execute(
-            "SELECT model_version, snapshot_id, state, written_at, row_counts, checksums "
-            "FROM slots WHERE slot = ?",
+            "SELECT model_version, snapshot_id, state, written_at, row_counts, checksums FROM slots WHERE slot = ?",
             (slot,),
         ).fetchone()
         if row is None:
@@ -148,9 +147,7 @@ class SQLiteOnlineStore(OnlineStore):
         return None if row is None else Pointer(*row)
 
     @staticmethod
-    def _get(
-        conn: sqlite3.Connection, slot: str, namespace: str, keys: Sequence[str]
-    ) -> dict[str, str | None]:
+    def _get(conn: sqlite3.Connection, slot: str, namespace: str, keys: Sequence[str]) -> dict[str, str | None]:
         found: dict[str, str | None] = dict.fromkeys(keys)
         unique = list(found)
         for start in range(0, len(unique), _MAX_KEYS_PER_QUERY):
@@ -172,9 +169,7 @@ class SQLiteOnlineStore(OnlineStore):
         extra: Mapping[str, Sequence[str]] | None,
     ) -> tuple[dict[str, str | None], dict[str, dict[str, str | None]]]:
         values = self._get(conn, slot, validate_namespace(namespace), keys)
-        extra_values = {
-            ns: self._get(conn, slot, validate_namespace(ns), ks) for ns, ks in (extra or {}).items()
-        }
+        extra_values = {ns: self._get(conn, slot, validate_namespace(ns), ks) for ns, ks in (extra or {}).items()}
         return values, extra_values
 
     # --- interface ---------------------------------------------------------------------
@@ -185,9 +180,7 @@ class SQLiteOnlineStore(OnlineStore):
         with self._transaction("IMMEDIATE") as conn:
             pointer = self._pointer(conn)
             if pointer is not None and pointer.active_slot == slot:
-                raise SlotStateError(
-                    f"slot {slot!r} is active (model {pointer.model_version}); refusing to wipe it"
-                )
+                raise SlotStateError(f"slot {slot!r} is active (model {pointer.model_version}); refusing to wipe it")
             conn.execute("DELETE FROM kv WHERE slot = ?", (slot,))
             conn.execute(
                 "INSERT OR REPLACE INTO slots (slot, model_version, snapshot_id, state, written_at) "
@@ -231,8 +224,7 @@ class SQLiteOnlineStore(OnlineStore):
                 rows = conn.execute("SELECT key, value FROM kv WHERE slot = ? AND ns = ?", (slot, ns))
                 counts[ns], checksums[ns] = namespace_checksum(rows)
             conn.execute(
-                "UPDATE slots SET state = 'ready', written_at = ?, row_counts = ?, checksums = ? "
-                "WHERE slot = ?",
+                "UPDATE slots SET state = 'ready', written_at = ?, row_counts = ?, checksums = ? WHERE slot = ?",
                 (_now(), json.dumps(counts), json.dumps(checksums), slot),
             )
             info = self._slot_info(conn, slot)

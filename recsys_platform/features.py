@@ -1,0 +1,209 @@
+"""Interactions and point-in-time features for users, items and user-item pairs.
+
+Every feature function takes a `cutoff` and reads only events strictly before it, so the
+same code builds training features (cutoff = start of the label window), evaluation
+features and serving features (cutoff = now): train/serve parity and no leakage.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import polars as pl
+
+from recsys_platform import schemas
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_COLUMNS = ("language", "experience_level")
+
+
+def build_interactions(events: pl.LazyFrame | pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    """Typed, deduplicated, weighted content interactions from raw events."""
+    lf = events.lazy() if isinstance(events, pl.DataFrame) else events
+    durations = items.lazy().select("item_id", pl.col("duration_seconds").cast(pl.Float64))
+    weight = (
+        pl.when(pl.col("is_bounce"))
+        .then(pl.lit(schemas.BOUNCE_WEIGHT))
+        .otherwise(pl.col("event_type").replace_strict(schemas.EVENT_WEIGHTS, default=0.0, return_dtype=pl.Float64))
+    )
+    return (
+        lf.filter(pl.col("event_type").is_in(list(schemas.CONTENT_EVENT_TYPES)) & pl.col("item_id").is_not_null())
+        .unique(subset="event_id", keep="first")
+        .join(durations, on="item_id", how="inner")
+        .with_columns(
+            completion_ratio=pl.when(pl.col("event_type") == "content_complete")
+            .then(1.0)
+            .otherwise((pl.col("seconds_listened") / pl.col("duration_seconds")).clip(0.0, 1.0)),
+            is_bounce=(pl.col("event_type") == "content_exit")
+            & (pl.col("seconds_listened").fill_null(0.0) < schemas.BOUNCE_SECONDS),
+        )
+        .with_columns(weight=weight)
+        .select(list(schemas.INTERACTION_SCHEMA))
+        .sort("event_time", "event_id")
+        .collect()
+    )
+
+
+def _before(df: pl.DataFrame, cutoff: datetime) -> pl.LazyFrame:
+    return df.lazy().filter(pl.col("event_time") < pl.lit(cutoff, dtype=pl.Datetime("us", "UTC")))
+
+
+def user_segments(users: pl.DataFrame) -> pl.DataFrame:
+    """The cold-start segment of each user (language and experience level)."""
+    return users.select("user_id", segment=pl.concat_str([pl.col(c) for c in SEGMENT_COLUMNS], separator=":"))
+
+
+def item_features(interactions: pl.DataFrame, items: pl.DataFrame, cutoff: datetime) -> pl.DataFrame:
+    """Per-item popularity, completion and freshness features as of `cutoff`."""
+    cut = pl.lit(cutoff, dtype=pl.Datetime("us", "UTC"))
+    hist = _before(interactions, cutoff)
+    stats = hist.group_by("item_id").agg(
+        item_starts=(pl.col("event_type") == "content_start").sum(),
+        item_completes=(pl.col("event_type") == "content_complete").sum(),
+        item_favorites=(pl.col("event_type") == "favorite").sum(),
+        item_bounces=pl.col("is_bounce").sum(),
+        item_users=pl.col("user_id").n_unique(),
+        item_completes_7d=(
+            (pl.col("event_type") == "content_complete") & (pl.col("event_time") >= cut - pl.duration(days=7))
+        ).sum(),
+        item_completes_1d=(
+            (pl.col("event_type") == "content_complete") & (pl.col("event_time") >= cut - pl.duration(days=1))
+        ).sum(),
+    )
+    level_idx = pl.col("level").replace_strict(
+        list(schemas.LEVELS), list(range(len(schemas.LEVELS))), return_dtype=pl.Int64
+    )
+    return (
+        items.lazy()
+        .join(stats, on="item_id", how="left")
+        .with_columns(
+            pl.col(c).fill_null(0)
+            for c in (
+                "item_starts",
+                "item_completes",
+                "item_favorites",
+                "item_bounces",
+                "item_users",
+                "item_completes_7d",
+                "item_completes_1d",
+            )
+        )
+        .with_columns(
+            item_completion_rate=(pl.col("item_completes") + 1) / (pl.col("item_starts") + 2),
+            item_bounce_rate=(pl.col("item_bounces") + 0.5) / (pl.col("item_starts") + 2),
+            item_age_days=(cut.dt.date() - pl.col("release_date")).dt.total_days(),
+            item_duration_min=pl.col("duration_seconds") / 60.0,
+            item_level=level_idx,
+            item_type_code=pl.col("content_type").replace_strict(
+                list(schemas.CONTENT_TYPES), list(range(len(schemas.CONTENT_TYPES))), return_dtype=pl.Int64
+            ),
+            is_released=pl.col("release_date") <= cut.dt.date(),
+        )
+        .collect()
+    )
+
+
+def user_features(
+    interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame, cutoff: datetime
+) -> pl.DataFrame:
+    """Per-user activity, habit and profile features as of `cutoff`."""
+    cut = pl.lit(cutoff, dtype=pl.Datetime("us", "UTC"))
+    hist = _before(interactions, cutoff).join(
+        items.lazy().select("item_id", "content_type", "level"), on="item_id", how="left"
+    )
+    local_hour = (pl.col("event_time").dt.hour().cast(pl.Int64) + pl.col("utc_offset_hours")).mod(24)
+    starts = pl.col("event_type") == "content_start"
+    completes = pl.col("event_type") == "content_complete"
+    level_idx = pl.col("level").replace_strict(
+        list(schemas.LEVELS), list(range(len(schemas.LEVELS))), default=0, return_dtype=pl.Float64
+    )
+    activity = (
+        hist.join(users.lazy().select("user_id", "utc_offset_hours"), on="user_id", how="left")
+        .with_columns(local_hour=local_hour.fill_null(pl.col("event_time").dt.hour().cast(pl.Int64)))
+        .group_by("user_id")
+        .agg(
+            user_starts=starts.sum(),
+            user_completes=completes.sum(),
+            user_favorites=(pl.col("event_type") == "favorite").sum(),
+            user_bounces=pl.col("is_bounce").sum(),
+            user_active_days=pl.col("event_time").dt.date().n_unique(),
+            user_distinct_items=pl.col("item_id").n_unique(),
+            user_days_since_last=((cut - pl.col("event_time").max()).dt.total_seconds() / 86400.0),
+            user_night_share=(starts & ((pl.col("local_hour") >= 21) | (pl.col("local_hour") < 5))).sum()
+            / starts.sum().clip(1),
+            user_morning_share=(starts & (pl.col("local_hour") >= 5) & (pl.col("local_hour") < 12)).sum()
+            / starts.sum().clip(1),
+            user_level_played=level_idx.filter(completes).mean(),
+            user_sleep_share=(starts & pl.col("content_type").is_in(["sleep_story", "soundscape"])).sum()
+            / starts.sum().clip(1),
+            user_movement_share=(starts & (pl.col("content_type") == "movement")).sum() / starts.sum().clip(1),
+        )
+    )
+    exp = pl.col("experience_level").replace_strict(
+        list(schemas.LEVELS), list(range(len(schemas.LEVELS))), return_dtype=pl.Int64
+    )
+    return (
+        users.lazy()
+        .join(activity, on="user_id", how="left")
+        .with_columns(
+            pl.col(
+                "user_starts",
+                "user_completes",
+                "user_favorites",
+                "user_bounces",
+                "user_active_days",
+                "user_distinct_items",
+            ).fill_null(0),
+            user_tenure_days=(cut.dt.date() - pl.col("signup_date")).dt.total_days(),
+            user_experience=exp,
+            user_has_kids=pl.col("household_type") == "family_with_kids",
+            user_daypart_code=pl.col("preferred_daypart").replace_strict(
+                list(schemas.DAYPARTS), list(range(4)), return_dtype=pl.Int64
+            ),
+            user_completion_rate=(pl.col("user_completes") + 1) / (pl.col("user_starts") + 2),
+            segment=pl.concat_str([pl.col(c) for c in SEGMENT_COLUMNS], separator=":"),
+        )
+        .with_columns(
+            user_level_played=pl.col("user_level_played").fill_null(pl.col("user_experience").cast(pl.Float64))
+        )
+        .collect()
+    )
+
+
+def user_item_affinities(interactions: pl.DataFrame, items: pl.DataFrame, cutoff: datetime) -> dict[str, pl.DataFrame]:
+    """Per-user shares of positive weight by topic, narrator and content type, as of `cutoff`."""
+    pos = (
+        _before(interactions, cutoff)
+        .filter(pl.col("weight") > 0)
+        .join(items.lazy().select("item_id", "topic", "narrator", "content_type"), on="item_id", how="inner")
+    )
+    out: dict[str, pl.DataFrame] = {}
+    for facet in ("topic", "narrator", "content_type"):
+        out[facet] = (
+            pos.group_by("user_id", facet)
+            .agg(w=pl.col("weight").sum())
+            .with_columns(**{f"aff_{facet}": pl.col("w") / pl.col("w").sum().over("user_id")})
+            .drop("w")
+            .collect()
+        )
+    return out
+
+
+def user_item_history(interactions: pl.DataFrame, cutoff: datetime, repeat_cap: int) -> pl.DataFrame:
+    """Per (user, item): capped play count, completion, favourite and recency before `cutoff`."""
+    cut = pl.lit(cutoff, dtype=pl.Datetime("us", "UTC"))
+    return (
+        _before(interactions, cutoff)
+        .group_by("user_id", "item_id")
+        .agg(
+            ui_plays=(pl.col("event_type") == "content_start").sum().clip(0, repeat_cap),
+            ui_completed=(pl.col("event_type") == "content_complete").sum().clip(0, repeat_cap),
+            ui_favorited=(pl.col("event_type") == "favorite").any(),
+            ui_bounced=pl.col("is_bounce").any(),
+            ui_days_since=(cut - pl.col("event_time").max()).dt.total_seconds() / 86400.0,
+            ui_last_completed=pl.col("event_time").filter(pl.col("event_type") == "content_complete").max(),
+        )
+        .collect()
+    )

@@ -1,0 +1,228 @@
+"""MLflow tracking and model registry: training runs, versions, aliases and the promotion gate.
+
+mlflow is imported inside the functions so that code locations and sensors load fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recsys_platform.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL_NAME
+
+logger = logging.getLogger(__name__)
+
+GATE_METRIC = "ndcg@10"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model version and where it came from."""
+
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+    experiment: str
+
+    def to_dict(self) -> dict[str, str]:
+        """Plain dict (for JSON storage)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Outcome of the promotion gate for one candidate version."""
+
+    version: str
+    promoted: bool
+    alias: str
+    reason: str
+    candidate_score: float
+    baseline_score: float
+    champion_version: str | None
+    champion_score: float | None
+
+
+def _client(tracking_uri: str) -> Any:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_uri: str | None) -> str:
+    """Return the id of experiment `name`, creating it with the given artifact location."""
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = f"{artifact_uri.rstrip('/')}/{name}" if artifact_uri else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def log_ranker(
+    tracking_uri: str,
+    artifact_uri: str | None,
+    experiment: str,
+    model: Any,
+    input_example: pl.DataFrame,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    importance: pl.DataFrame | None = None,
+    model_name: str = REGISTERED_MODEL_NAME,
+) -> ModelRef:
+    """Log a LightGBM ranker run (params, metrics, importance plot, model + signature) and register it."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    _client(tracking_uri)
+    exp_id = ensure_experiment(tracking_uri, experiment, artifact_uri)
+    example = input_example.to_pandas()
+    signature = infer_signature(example, model.predict(example.to_numpy()))
+    with mlflow.start_run(experiment_id=exp_id, tags=tags) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()})
+        if importance is not None:
+            _log_importance(importance)
+        info = mlflow.lightgbm.log_model(
+            model.booster_,
+            name="model",
+            signature=signature,
+            input_example=example.head(5),
+            registered_model_name=model_name,
+        )
+    version = str(info.registered_model_version)
+    logger.info("logged run %s, registered %s version %s", run.info.run_id, model_name, version)
+    return ModelRef(
+        name=model_name,
+        version=version,
+        run_id=run.info.run_id,
+        model_uri=f"models:/{model_name}/{version}",
+        experiment=experiment,
+    )
+
+
+def _log_importance(importance: pl.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    top = importance.head(25).reverse()
+    fig, ax = plt.subplots(figsize=(7, 7))
+    ax.barh(top["feature"].to_list(), top["gain"].to_list())
+    ax.set_xlabel("gain")
+    ax.set_title("LightGBM feature importance")
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "feature_importance.png"
+        fig.savefig(path, dpi=90)
+        mlflow.log_artifact(str(path))
+        csv = Path(tmp) / "feature_importance.csv"
+        importance.write_csv(csv)
+        mlflow.log_artifact(str(csv))
+    plt.close(fig)
+
+
+def log_run_metrics(
+    tracking_uri: str, run_id: str, metrics: dict[str, float], tags: dict[str, str] | None = None
+) -> None:
+    """Add metrics (and tags) to an existing run."""
+    client = _client(tracking_uri)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key.replace("@", "_at_"), float(value))
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+
+
+def alias_version(
+    tracking_uri: str, alias: str = CHAMPION_ALIAS, model_name: str = REGISTERED_MODEL_NAME
+) -> str | None:
+    """Version number currently holding `alias`, or None."""
+    client = _client(tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except Exception as exc:  # mlflow raises MlflowException for a missing alias/model
+        logger.debug("no %s alias on %s: %s", alias, model_name, exc)
+        return None
+
+
+def version_metric(
+    tracking_uri: str, version: str, metric: str, model_name: str = REGISTERED_MODEL_NAME
+) -> float | None:
+    """A metric logged on the run that produced a model version."""
+    client = _client(tracking_uri)
+    mv = client.get_model_version(model_name, version)
+    run = client.get_run(mv.run_id)
+    value = run.data.metrics.get(metric.replace("@", "_at_"))
+    return None if value is None else float(value)
+
+
+def promotion_gate(
+    tracking_uri: str,
+    ref: ModelRef,
+    candidate_score: float,
+    baseline_score: float,
+    champion_score_on_holdout: float | None,
+    margin: float,
+) -> GateDecision:
+    """Promote `ref` to champion if it beats the baseline and the current champion by `margin`."""
+    client = _client(tracking_uri)
+    champion = alias_version(tracking_uri, CHAMPION_ALIAS, ref.name)
+    beats_baseline = candidate_score > baseline_score * (1.0 + margin)
+    beats_champion = (
+        champion is None
+        or champion_score_on_holdout is None
+        or candidate_score > champion_score_on_holdout * (1.0 + margin)
+    )
+    promoted = beats_baseline and beats_champion and champion != ref.version
+    if champion == ref.version:
+        reason = "already champion"
+    elif not beats_baseline:
+        reason = f"{GATE_METRIC} {candidate_score:.4f} does not beat popularity {baseline_score:.4f} by {margin:.0%}"
+    elif not beats_champion:
+        reason = f"{GATE_METRIC} {candidate_score:.4f} does not beat champion v{champion} ({champion_score_on_holdout:.4f}) by {margin:.0%}"
+    else:
+        reason = f"beats popularity and {'champion v' + champion if champion else 'no previous champion'}"
+    alias = CHAMPION_ALIAS if promoted or champion == ref.version else CHALLENGER_ALIAS
+    client.set_registered_model_alias(ref.name, alias, ref.version)
+    for key, value in {
+        "gate.decision": "promoted" if promoted else ("kept" if champion == ref.version else "challenger"),
+        "gate.reason": reason,
+        "gate.champion_before": champion or "none",
+    }.items():
+        client.set_model_version_tag(ref.name, ref.version, key, value)
+        client.set_tag(ref.run_id, key, value)
+    logger.info("promotion gate for v%s: %s (%s)", ref.version, alias, reason)
+    return GateDecision(
+        version=ref.version,
+        promoted=promoted,
+        alias=alias,
+        reason=reason,
+        candidate_score=candidate_score,
+        baseline_score=baseline_score,
+        champion_version=champion,
+        champion_score=champion_score_on_holdout,
+    )
+
+
+def load_ranker(tracking_uri: str, version_or_alias: str, model_name: str = REGISTERED_MODEL_NAME) -> tuple[Any, str]:
+    """Load a registered LightGBM booster by version number or alias; returns (booster, version)."""
+    import mlflow
+
+    client = _client(tracking_uri)
+    if version_or_alias.isdigit():
+        version = version_or_alias
+    else:
+        version = str(client.get_model_version_by_alias(model_name, version_or_alias).version)
+    booster = mlflow.lightgbm.load_model(f"models:/{model_name}/{version}")
+    return booster, version

@@ -1,0 +1,77 @@
+"""The end-of-run summary the CLI prints: rows per asset, model quality, deployment, where to look next."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from recsys_platform.config import Settings
+from recsys_platform.online_store import open_online_store
+
+SAMPLE_SQL = (
+    "SELECT r.user_id, r.rank, i.title, i.content_type, round(r.score, 3) AS score\n"
+    "FROM recommendations r JOIN items i USING (item_id)\n"
+    "WHERE r.user_id = (SELECT min(user_id) FROM recommendations) AND r.rank <= 5 ORDER BY r.rank;"
+)
+
+
+def lake_row_counts(lake: Path) -> dict[str, int]:
+    """Rows per table in a local lake (partitioned tables summed over their files)."""
+    counts: dict[str, int] = {}
+    for entry in sorted(lake.iterdir()):
+        if entry.is_dir():
+            files = sorted(str(p) for p in entry.glob("*.parquet"))
+            if files:
+                counts[entry.name] = pl.scan_parquet(files).select(pl.len()).collect().item()
+        elif entry.suffix == ".parquet":
+            counts[entry.stem] = pl.scan_parquet(str(entry)).select(pl.len()).collect().item()
+    return counts
+
+
+def print_summary(console: Console, settings: Settings, elapsed_s: float) -> None:
+    """Print what the cycle produced and how to explore it."""
+    lake = Path(settings.lake_url)
+    rows = Table("asset", "rows", title="Rows per asset")
+    for name, n in lake_row_counts(lake).items():
+        rows.add_row(name, f"{n:,}")
+    console.print(rows)
+
+    evaluation = pl.read_parquet(lake / "model_evaluation.parquet")
+    wide = evaluation.pivot(on="model", index="metric", values="value")
+    quality = Table(*wide.columns, title="Temporal holdout (last label window)")
+    for row in wide.iter_rows():
+        quality.add_row(row[0], *[f"{v:.4f}" if v is not None else "" for v in row[1:]])
+    console.print(quality)
+    ndcg = dict(
+        zip(
+            evaluation.filter(pl.col("metric") == "ndcg@10")["model"],
+            evaluation.filter(pl.col("metric") == "ndcg@10")["value"],
+            strict=True,
+        )
+    )
+    lift = ndcg["ranker"] / ndcg["popularity"] - 1 if ndcg.get("popularity") else float("nan")
+    console.print(f"NDCG@10 ranker {ndcg['ranker']:.4f} vs popularity {ndcg['popularity']:.4f}: {lift:+.0%} relative")
+
+    ref = json.loads((lake / "ranker_model.json").read_text())
+    console.print(
+        f"MLflow: registered model {ref['name']} version {ref['version']} (run {ref['run_id']}), tracking {settings.mlflow_tracking_uri}"
+    )
+    with open_online_store(settings.online_store_url) as store:
+        pointer = store.pointer()
+    if pointer is not None:
+        console.print(
+            f"Online store: active slot [bold]{pointer.active_slot}[/bold] serving model {pointer.model_version} ({settings.online_store_url})"
+        )
+    console.print(
+        f"DuckDB catalog: {settings.catalog_path}  (open read-only: duckdb -readonly {settings.catalog_path})"
+    )
+    console.print("Sample query:\n" + SAMPLE_SQL)
+    console.print(
+        "UI: `recsys ui` (dagster dev on workspace.yaml), API: `recsys serve`, MLflow: "
+        f"`mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}`"
+    )
+    console.print(f"Finished in {elapsed_s:.1f} s")

@@ -1,0 +1,124 @@
+"""The training cycle on the platform's own data: training set, popularity baseline, holdout evaluation."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import polars as pl
+
+from recsys_platform import evaluation
+from recsys_platform.candidates import candidate_recall
+from recsys_platform.config import PipelineParams
+from recsys_platform.features import user_segments
+from recsys_platform.ranking import TemporalSplit, label_window, recently_completed, top_n, training_frame
+from recsys_platform.snapshot import GLOBAL_SEGMENT
+
+logger = logging.getLogger(__name__)
+
+EVAL_K = 10
+
+
+def build_training_set(
+    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, params: PipelineParams
+) -> pl.DataFrame:
+    """Ranker rows for two windows: `train` (labels in the window before the holdout) and `eval` (holdout)."""
+    split = TemporalSplit.from_interactions(interactions, params.label_days)
+    train = training_frame(
+        interactions, items, users, split.train_cutoff, split.eval_cutoff, params, params.max_training_users
+    )
+    holdout = training_frame(interactions, items, users, split.eval_cutoff, split.end, params)
+    return pl.concat(
+        [train.with_columns(split=pl.lit("train")), holdout.with_columns(split=pl.lit("eval"))],
+        how="vertical_relaxed",
+    )
+
+
+def popularity_table(interactions: pl.DataFrame, users: pl.DataFrame, cutoff: datetime, k: int = 100) -> pl.DataFrame:
+    """Popularity-count baseline: distinct users with a positive interaction before `cutoff`,
+    globally (segment `__global__`) and per cold-start segment; top k per segment."""
+    cut = pl.lit(cutoff, dtype=pl.Datetime("us", "UTC"))
+    positive = interactions.filter((pl.col("weight") > 0) & (pl.col("event_time") < cut)).join(
+        user_segments(users), on="user_id", how="left"
+    )
+    overall = (
+        positive.group_by("item_id")
+        .agg(score=pl.col("user_id").n_unique().cast(pl.Float64))
+        .with_columns(segment=pl.lit(GLOBAL_SEGMENT))
+    )
+    by_segment = (
+        positive.filter(pl.col("segment").is_not_null())
+        .group_by("segment", "item_id")
+        .agg(score=pl.col("user_id").n_unique().cast(pl.Float64))
+    )
+    both = pl.concat([overall.select("segment", "item_id", "score"), by_segment.select("segment", "item_id", "score")])
+    return (
+        both.sort(["segment", "score", "item_id"], descending=[False, True, False])
+        .with_columns(rank=pl.int_range(1, pl.len() + 1).over("segment").cast(pl.Int64))
+        .filter(pl.col("rank") <= k)
+    )
+
+
+def popularity_recommendations(
+    table: pl.DataFrame,
+    user_ids: pl.Series,
+    excluded: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    k: int,
+) -> pl.DataFrame:
+    """The global popularity list per user, with the same exclusions as the ranker (recent completions, kids guard)."""
+    kids_items = items.filter(pl.col("is_kids")).select("item_id")
+    no_kids = users.filter(pl.col("household_type") != "family_with_kids").select("user_id")
+    rows = (
+        pl.DataFrame({"user_id": user_ids.unique()})
+        .join(table.filter(pl.col("segment") == GLOBAL_SEGMENT).select("item_id", "score"), how="cross")
+        .join(excluded, on=["user_id", "item_id"], how="anti")
+    )
+    guarded = rows.join(no_kids, on="user_id", how="semi").join(kids_items, on="item_id", how="anti")
+    rows = pl.concat([rows.join(no_kids, on="user_id", how="anti"), guarded])
+    return top_n(rows, k)
+
+
+def evaluate_holdout(
+    eval_rows: pl.DataFrame,
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    params: PipelineParams,
+    k: int = EVAL_K,
+) -> tuple[pl.DataFrame, dict[str, float]]:
+    """Ranker vs popularity on the temporal holdout; returns (long metrics frame, candidate recall)."""
+    split = TemporalSplit.from_interactions(interactions, params.label_days)
+    truth = label_window(interactions, split.eval_cutoff, split.end).select("user_id", "item_id")
+    ranker_recs = top_n(eval_rows, k)
+    excluded = recently_completed(interactions, split.eval_cutoff, params.recent_exclusion_days)
+    table = popularity_table(interactions, users, split.eval_cutoff, k=200)
+    pop_recs = popularity_recommendations(table, truth["user_id"], excluded, items, users, k)
+    item_pop = (
+        interactions.filter(pl.col("event_time") < split.eval_cutoff)
+        .group_by("item_id")
+        .agg(count=pl.col("user_id").n_unique())
+    )
+    n_items = items.height
+    cats = items.select("item_id", category=pl.col("topic"))
+    rows = []
+    for model, recs in (("ranker", ranker_recs), ("popularity", pop_recs)):
+        metrics = evaluation.evaluate_all(
+            truth,
+            recs,
+            k,
+            n_items=n_items,
+            item_popularity=item_pop,
+            item_features=cats,
+            feature_col="category",
+        )
+        rows += [{"model": model, "metric": name, "value": float(value)} for name, value in metrics.items()]
+    recall = candidate_recall(eval_rows, truth)
+    logger.info("holdout: %d users with positives", truth["user_id"].n_unique())
+    return pl.DataFrame(rows), recall
+
+
+def metric(table: pl.DataFrame, model: str, name: str) -> float:
+    """One value from a long metrics frame."""
+    return float(table.filter((pl.col("model") == model) & (pl.col("metric") == name))["value"][0])

@@ -1,0 +1,13 @@
+"""Dagster resources and IO managers: storage, landing zone, online store, MLflow, settings."""
+
+from resources.lake import LakeIOManager, PolarsParquetIOManager
+from resources.platform import LandingZoneResource, MlflowResource, OnlineStoreResource, PipelineResource
+
+__all__ = [
+    "LakeIOManager",
+    "LandingZoneResource",
+    "MlflowResource",
+    "OnlineStoreResource",
+    "PipelineResource",
+    "PolarsParquetIOManager",
+]

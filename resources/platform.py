@@ -1,0 +1,72 @@
+"""Configurable resources wrapping the core: landing zone, online store, MLflow, pipeline settings."""
+
+from pathlib import Path
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from recsys_platform.config import REGISTERED_MODEL_NAME, PipelineParams, fields_of
+from recsys_platform.landing import LandingZone, LocalLandingZone, S3LandingZone
+from recsys_platform.online_store import OnlineStore, open_online_store
+
+_DEFAULTS = PipelineParams()
+
+
+class LandingZoneResource(dg.ConfigurableResource):
+    """Where event, catalog and profile files land: a local directory or s3://bucket/prefix."""
+
+    url: str
+    s3: S3Resource | None = None
+
+    def zone(self) -> LandingZone:
+        """Open the landing zone (S3 through the dagster-aws client)."""
+        if self.url.startswith("s3://"):
+            bucket, _, prefix = self.url[len("s3://") :].partition("/")
+            client = (self.s3 or S3Resource()).get_client()
+            return S3LandingZone(client, bucket, prefix)
+        return LocalLandingZone(self.url)
+
+
+class OnlineStoreResource(dg.ConfigurableResource):
+    """The two-slot online store (sqlite:///path or redis://host:port/db)."""
+
+    url: str
+
+    def open(self) -> OnlineStore:
+        """Open a connection to the store."""
+        return open_online_store(self.url)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking server / registry and the experiment this code location logs to."""
+
+    tracking_uri: str
+    artifact_uri: str | None = None
+    experiment: str = "recsys-synthetic"
+    model_name: str = REGISTERED_MODEL_NAME
+
+
+class PipelineResource(dg.ConfigurableResource):
+    """Modelling tunables (defaults from `PipelineParams`) and the analyst catalog location."""
+
+    lake_url: str
+    catalog_path: str
+    label_days: int = _DEFAULTS.label_days
+    top_n: int = _DEFAULTS.top_n
+    candidates_per_source: int = _DEFAULTS.candidates_per_source
+    recent_exclusion_days: int = _DEFAULTS.recent_exclusion_days
+    repeat_cap: int = _DEFAULTS.repeat_cap
+    watermark_minutes: int = _DEFAULTS.watermark_minutes
+    seed: int = _DEFAULTS.seed
+    ranker_rounds: int = _DEFAULTS.ranker_rounds
+    promotion_margin: float = _DEFAULTS.promotion_margin
+    max_training_users: int = _DEFAULTS.max_training_users
+
+    def params(self) -> PipelineParams:
+        """The core's parameter object."""
+        return PipelineParams(**{name: getattr(self, name) for name in fields_of(PipelineParams)})
+
+    @property
+    def catalog(self) -> Path:
+        """Path of the DuckDB analyst catalog."""
+        return Path(self.catalog_path)

@@ -1,0 +1,1 @@
+"""Sensors and schedules: landing zone, model registry, retraining cadence."""
