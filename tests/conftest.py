@@ -1,0 +1,97 @@
+"""Shared fixtures: external services (skip locally when absent, fail in CI) and a small dataset."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from urllib.parse import urlparse
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("RECSYS_REQUIRE_SERVICES") == "1"
+FIXED_END = datetime(2026, 10, 1, 12, tzinfo=UTC)
+
+
+def service_unavailable(what: str, url: str, reason: str) -> None:
+    """Skip the test with the reason, or fail it when RECSYS_REQUIRE_SERVICES=1 (CI)."""
+    message = f"{what} not reachable at {url}: {reason}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " (RECSYS_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+def _port_open(url: str, default_port: int) -> str | None:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=1.0):
+            return None
+    except OSError as exc:
+        return str(exc)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """URL of a Redis server for tests (RECSYS_TEST_REDIS_URL, default 127.0.0.1:6379 db 15)."""
+    url = os.environ.get("RECSYS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    if (err := _port_open(url, 6379)) is not None:
+        service_unavailable("Redis", url, err)
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """URL of a PostgreSQL database for tests (RECSYS_TEST_POSTGRES_URL, default 127.0.0.1:5432/test)."""
+    url = os.environ.get("RECSYS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    if (err := _port_open(url, 5432)) is not None:
+        service_unavailable("PostgreSQL", url, err)
+    return url
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server on loopback (moto's server mode) for the whole session."""
+    try:
+        import moto  # noqa: F401
+    except ImportError as exc:
+        service_unavailable("moto S3 server", "127.0.0.1", f"moto not installed: {exc}")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while _port_open(url, port) is not None:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            service_unavailable("moto S3 server", url, "did not start")
+        time.sleep(0.1)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> tuple[str, str]:
+    """A fresh bucket on the loopback S3 server: (endpoint_url, bucket)."""
+    import boto3
+
+    bucket = f"recsys-test-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return s3_endpoint, bucket
