@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
@@ -48,7 +50,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "landing": LandingZoneResource(url=settings.landing_url, s3=s3),
         "online_store": OnlineStoreResource(url=settings.online_store_url),
         "mlflow": MlflowResource(tracking_uri=settings.mlflow_tracking_uri, artifact_uri=settings.mlflow_artifact_uri),
-        "pipeline": PipelineResource(lake_url=settings.lake_url, catalog_path=str(settings.catalog_path)),
+        "pipeline": PipelineResource(
+            lake_url=settings.lake_url, catalog_path=str(settings.catalog_path), **asdict(settings.params)
+        ),
     }
 
 

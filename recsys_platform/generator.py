@@ -206,7 +206,10 @@ def _simulate_events(
         ]
     )
     # Shared item quality: the part of behaviour popularity can learn.
-    item_quality = np.random.default_rng([cfg.seed, 2]).normal(0.0, 0.6, size=items.height)
+    item_rng = np.random.default_rng([cfg.seed, 2])
+    item_quality = item_rng.normal(0.0, 0.6, size=items.height)
+    # Exposure: featured items are shown far more often (head-heavy popularity, as in real apps).
+    exposure = item_rng.lognormal(0.0, 1.0, size=items.height) * np.exp(item_quality)
     n_narr = int(item_narr.max()) + 1
     pools = [np.flatnonzero(item_type == t) for t in range(len(schemas.CONTENT_TYPES))]
 
@@ -268,7 +271,8 @@ def _simulate_events(
         if pool.size == 0:
             chosen_type[mask] = 0
             continue
-        cand[mask] = pool[rng.integers(0, pool.size, size=(int(mask.sum()), k))]
+        p = exposure[pool] / exposure[pool].sum()
+        cand[mask] = pool[rng.choice(pool.size, size=(int(mask.sum()), k), p=p)]
     empty = np.array([pools[t].size == 0 for t in range(len(pools))])
     if empty.any():
         cand[empty[chosen_type]] = pools[0][rng.integers(0, pools[0].size, size=(int(empty[chosen_type].sum()), k))]
