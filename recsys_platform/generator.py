@@ -241,7 +241,9 @@ def _simulate_events(
     lo = np.array([DAYPART_HOURS[d][0] for d in schemas.DAYPARTS])[daypart[s_user]]
     hi = np.array([DAYPART_HOURS[d][1] for d in schemas.DAYPARTS])[daypart[s_user]]
     local_hour = np.where(in_habit, rng.integers(lo, hi + 1), rng.integers(6, 30, size=n_s)) % 24
-    s_sec = s_day * 86400.0 + (local_hour - offset[s_user]) * 3600.0 + rng.random(n_s) * 3600.0
+    # Seconds since `start`; `start` need not be midnight, so shift to UTC wall-clock hours.
+    start_of_day = start.hour * 3600.0 + start.minute * 60.0
+    s_sec = s_day * 86400.0 + (local_hour - offset[s_user]) * 3600.0 + rng.random(n_s) * 3600.0 - start_of_day
     s_sec = np.mod(s_sec, days * 86400.0)  # wrap sessions across the window edges (no spikes)
     s_daypart = np.select(
         [
