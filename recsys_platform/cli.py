@@ -46,7 +46,7 @@ def _run_job_with_progress(job_name: str, label: str, tags: dict[str, str] | Non
 
     from recsys_platform.definitions import defs
 
-    job = defs.get_job_def(job_name)
+    job = defs.resolve_job_def(job_name)
     instance = dg.DagsterInstance.get()
     run_id = str(uuid.uuid4())
     n_steps = len(job.graph.node_defs)
@@ -174,6 +174,52 @@ def deploy_rollback() -> None:
         pointer = rollback(store)
     elapsed = (time.perf_counter() - started) * 1000
     console.print(f"active slot is now {pointer.active_slot} (model {pointer.model_version}) after {elapsed:.1f} ms")
+
+
+@app.command("push-worker")
+def push_worker(
+    sender: Annotated[str, typer.Option(help="Where to deliver: file (JSON lines) or webhook (HTTP POST).")] = "file",
+    target: Annotated[
+        str | None, typer.Option(help="File path or webhook URL (default: $RECSYS_HOME/push_outbox.jsonl).")
+    ] = None,
+    consumer: Annotated[str | None, typer.Option(help="Consumer name (default: host-pid).")] = None,
+    batch: Annotated[int, typer.Option(help="Messages leased per receive.")] = 10,
+) -> None:
+    """Deliver queued push notifications (at least once) until Ctrl-C."""
+    import socket
+
+    from recsys_platform.push import open_push_queue
+    from recsys_platform.push.worker import FileSender, WebhookSender, run_worker
+
+    settings = _prepare_environment()
+    if sender == "file":
+        out = FileSender(target or settings.home / "push_outbox.jsonl")
+        where = str(out.path)
+    elif sender == "webhook":
+        if not target:
+            raise typer.BadParameter("--target URL is required with --sender webhook", param_hint="--target")
+        out, where = WebhookSender(target), target
+    else:
+        raise typer.BadParameter(f"unknown sender {sender!r}: expected file or webhook", param_hint="--sender")
+    name = consumer or f"{socket.gethostname()}-{os.getpid()}"
+    marks = {"sent": "[green]sent[/green]", "failed": "[yellow]failed, will retry[/yellow]"}
+    counts: dict[str, int] = {}
+
+    def progress(delivery, outcome: str) -> None:
+        counts[outcome] = counts.get(outcome, 0) + 1
+        m = delivery.message
+        label = marks.get(outcome, f"[red]{outcome}[/red]")
+        console.print(f"{label} {m.user_id} <- {m.item_id} (attempt {delivery.attempt}): {m.reason}")
+
+    with open_push_queue(settings.push_queue_url) as queue:
+        console.print(f"push worker {name}: {queue.url} -> {sender} {where} (Ctrl-C to stop)")
+        try:
+            run_worker(queue, out, name, batch_size=batch, on_delivery=progress)
+        except KeyboardInterrupt:
+            console.print("stopping; unacked messages are redelivered after their visibility timeout")
+        finally:
+            out.close()
+        console.print(f"handled {counts or 'nothing'}; queue now {queue.stats().as_dict()}")
 
 
 if __name__ == "__main__":

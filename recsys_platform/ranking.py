@@ -235,7 +235,8 @@ def score_frame(model: Any, frame: pl.DataFrame) -> pl.DataFrame:
     """Add the ranker's score to a ranker frame."""
     if frame.height == 0:
         return frame.with_columns(score=pl.lit(0.0))
-    return frame.with_columns(score=pl.Series(model.predict(_matrix(frame)), dtype=pl.Float64))
+    booster = getattr(model, "booster_", model)  # an sklearn wrapper or a bare Booster from MLflow
+    return frame.with_columns(score=pl.Series(booster.predict(_matrix(frame)), dtype=pl.Float64))
 
 
 def top_n(scored: pl.DataFrame, n: int, score_col: str = "score") -> pl.DataFrame:

@@ -86,7 +86,7 @@ def log_ranker(
     _client(tracking_uri)
     exp_id = ensure_experiment(tracking_uri, experiment, artifact_uri)
     example = input_example.to_pandas()
-    signature = infer_signature(example, model.predict(example.to_numpy()))
+    signature = infer_signature(example, model.booster_.predict(example.to_numpy()))
     with mlflow.start_run(experiment_id=exp_id, tags=tags) as run:
         mlflow.log_params(params)
         mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()})

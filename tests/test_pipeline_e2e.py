@@ -1,0 +1,188 @@
+"""End to end: the shared Definitions materialize the whole graph on a tiny dataset; check the values."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from recsys_platform import registry
+from recsys_platform.config import Settings
+from recsys_platform.definitions import build_definitions
+from recsys_platform.deployment import rollback
+from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
+from recsys_platform.landing import LocalLandingZone, partition_key_of
+from recsys_platform.online_store import open_online_store
+from recsys_platform.serving import recommend
+from tests.conftest import FIXED_END
+
+pytestmark = pytest.mark.slow
+
+ENV = {
+    "RECSYS_LABEL_DAYS": "3",
+    "RECSYS_RANKER_ROUNDS": "40",
+    "RECSYS_CANDIDATES_PER_SOURCE": "20",
+    "RECSYS_TOP_N": "20",
+}
+
+
+class Platform:
+    def __init__(self, settings, ds, defs, instance):
+        self.settings, self.ds, self.defs, self.instance = settings, ds, defs, instance
+        self.lake = Path(settings.lake_url)
+
+    def run(self, job: str, tags: dict | None = None) -> dg.ExecuteInProcessResult:
+        return self.defs.resolve_job_def(job).execute_in_process(instance=self.instance, tags=tags or {})
+
+    def table(self, name: str) -> pl.DataFrame:
+        path = self.lake / f"{name}.parquet"
+        return pl.read_parquet(path) if path.exists() else pl.read_parquet(sorted((self.lake / name).glob("*.parquet")))
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    home = tmp_path_factory.mktemp("recsys_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECSYS_HOME", str(home))
+        for key, value in ENV.items():
+            mp.setenv(key, value)
+        settings = Settings.from_env()
+        ds = generate(GeneratorConfig(n_users=400, days=12, seed=5, end=FIXED_END))
+        zone = LocalLandingZone(settings.landing_url)
+        write_to_landing(ds, zone)
+        keys = sorted({k for f in zone.list_files("events/") if (k := partition_key_of(f.key))})
+        defs = build_definitions(settings)
+        with dg.instance_for_test() as instance:
+            p = Platform(settings, ds, defs, instance)
+            ingest = p.run(
+                "ingest_events", {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+            )
+            assert ingest.success
+            assert p.run("training_cycle").success
+            yield p
+
+
+def test_every_event_is_ingested_once(platform):
+    raw = platform.table("raw_events")
+    assert raw.height == platform.ds.events.height
+    assert raw["event_id"].n_unique() == raw.height
+    assert platform.table("quarantined_events").height == 0
+    # arrival partition = arrival hour; late events keep their earlier event time
+    assert (raw["arrival_time"] >= raw["event_time"]).all()
+
+
+def test_interactions_are_the_content_events(platform):
+    inter = platform.table("interactions")
+    content = platform.ds.events.filter(
+        pl.col("event_type").is_in(["content_start", "content_complete", "content_exit", "favorite"])
+    )
+    assert inter.height == content.height
+    assert set(inter["event_type"].unique()) == {"content_start", "content_complete", "content_exit", "favorite"}
+
+
+def test_ranker_beats_popularity_and_is_champion(platform):
+    ev = platform.table("model_evaluation")
+    ndcg = {r["model"]: r["value"] for r in ev.filter(pl.col("metric") == "ndcg@10").iter_rows(named=True)}
+    assert ndcg["ranker"] > ndcg["popularity"] > 0
+    assert registry.alias_version(platform.settings.mlflow_tracking_uri, "champion") == "1"
+    run_metric = registry.version_metric(platform.settings.mlflow_tracking_uri, "1", "ranker.ndcg@10")
+    assert run_metric == pytest.approx(ndcg["ranker"])
+
+
+def test_recommendations_respect_exclusions(platform):
+    recs = platform.table("recommendations")
+    users, items = platform.ds.users, platform.ds.items
+    assert set(recs["user_id"].unique()) == set(users["user_id"])
+    assert recs.group_by("user_id").len()["len"].max() <= 20
+    assert recs["model_version"].unique().to_list() == ["1"]
+    inter = platform.table("interactions")
+    cutoff = inter["event_time"].max()
+    recent = inter.filter(
+        (pl.col("event_type") == "content_complete") & (pl.col("event_time") > cutoff - timedelta(days=3))
+    ).select("user_id", "item_id")
+    assert recs.join(recent, on=["user_id", "item_id"], how="semi").height == 0
+    kids = recs.join(items.filter(pl.col("is_kids")), on="item_id").join(users, on="user_id")
+    assert set(kids["household_type"].unique()) <= {"family_with_kids"}
+
+
+def test_online_store_serves_the_offline_recommendations(platform):
+    recs = platform.table("recommendations")
+    user = recs["user_id"].min()
+    expected = recs.filter(pl.col("user_id") == user).sort("rank")["item_id"].head(10).to_list()
+    with open_online_store(platform.settings.online_store_url) as store:
+        got = recommend(store, user, k=10)
+        cold = recommend(store, "someone-new", k=5)
+        pointer = store.pointer()
+    assert [i.item_id for i in got.items] == expected
+    assert got.model_version == "1" and got.source == "personalized" and got.slot == pointer.active_slot
+    assert cold.source == "popularity_fallback" and len(cold.items) == 5
+
+
+def test_catalog_views_answer_sql(platform):
+    con = duckdb.connect(str(platform.settings.catalog_path), read_only=True)
+    try:
+        n = con.execute("SELECT count(*) FROM recommendations").fetchone()[0]
+        top = con.execute(
+            "SELECT i.content_type, count(*) FROM recommendations r JOIN items i USING (item_id) GROUP BY 1"
+        ).fetchall()
+    finally:
+        con.close()
+    assert n == platform.table("recommendations").height
+    assert sum(c for _, c in top) == n
+
+
+ANALYST = textwrap.dedent(
+    """
+    import sys, time, duckdb
+    con = duckdb.connect(sys.argv[1], read_only=True)
+    print(con.execute("SELECT max(generated_at) FROM recommendations").fetchone()[0], flush=True)
+    sys.stdin.readline()  # hold the session open until told
+    print(con.execute("SELECT max(generated_at) FROM recommendations").fetchone()[0], flush=True)
+    """
+)
+
+
+def test_analyst_session_does_not_block_a_run_and_sees_new_data(platform):
+    analyst = subprocess.Popen(
+        [sys.executable, "-c", ANALYST, str(platform.settings.catalog_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    before = analyst.stdout.readline().strip()
+    time.sleep(0.2)
+    # A full cycle while the analyst holds a read-only connection: retrains (v2), re-scores, redeploys.
+    assert platform.run("training_cycle").success
+    after_held, _ = analyst.communicate("\n", timeout=60)
+    assert analyst.returncode == 0
+    assert after_held.strip() > before  # the held session sees the new lake data through its views
+    con = duckdb.connect(str(platform.settings.catalog_path), read_only=True)
+    fresh = str(con.execute("SELECT max(generated_at) FROM recommendations").fetchone()[0])
+    con.close()
+    assert fresh == after_held.strip()
+
+
+def test_second_cycle_keeps_previous_slot_for_rollback(platform):
+    # Runs after the second cycle above: v2 trained on the same data cannot beat champion v1 strictly.
+    uri = platform.settings.mlflow_tracking_uri
+    assert registry.alias_version(uri, "challenger") == "2"
+    assert registry.alias_version(uri, "champion") == "1"
+    with open_online_store(platform.settings.online_store_url) as store:
+        described = store.describe()
+        active = described["pointer"]["active_slot"]
+        assert {s["state"] for s in described["slots"].values()} == {"ready"}
+        started = time.perf_counter()
+        pointer = rollback(store)
+        elapsed = time.perf_counter() - started
+    assert pointer.active_slot != active and elapsed < 1.0
+    snap = platform.table("feature_store_snapshot")
+    assert set(snap["slot"]) == {"blue", "green"} and snap["active"].sum() == 1
+    assert json.loads((platform.lake / "ranker_model.json").read_text())["version"] == "2"
