@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import threading
+import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -41,24 +40,9 @@ def _prepare_environment() -> Settings:
 
 
 def _run_job_with_progress(job_name: str, label: str, tags: dict[str, str] | None = None) -> object:
-    """Execute a job of the shared Definitions in-process on the project instance, with a step progress bar."""
-    import dagster as dg
+    """Execute a job of the shared Definitions on the project instance, with a step progress bar."""
+    from recsys_platform.definitions import execute_job
 
-    from recsys_platform.definitions import defs
-
-    job = defs.resolve_job_def(job_name)
-    instance = dg.DagsterInstance.get()
-    run_id = str(uuid.uuid4())
-    n_steps = len(job.graph.node_defs)
-    outcome: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            outcome["result"] = job.execute_in_process(instance=instance, run_id=run_id, tags=tags or {})
-        except Exception as exc:  # reported below with the run id
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=target, daemon=True)
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -67,21 +51,8 @@ def _run_job_with_progress(job_name: str, label: str, tags: dict[str, str] | Non
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task(label, total=n_steps)
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.5)
-            done = (
-                len(instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS))
-                if instance.has_run(run_id)
-                else 0
-            )
-            progress.update(task, completed=done)
-        progress.update(task, completed=n_steps if "result" in outcome else progress.tasks[0].completed)
-    if "error" in outcome:
-        console.print(f"[red]run {run_id} of {job_name} failed[/red]; see `recsys ui` for its logs")
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome["result"]
+        task = progress.add_task(label, total=None)
+        return execute_job(job_name, tags, lambda done, total: progress.update(task, completed=done, total=total))
 
 
 @app.command()
@@ -92,8 +63,6 @@ def quickstart(
     fmt: Annotated[str, typer.Option("--format", help="Landing file format: parquet or jsonl.")] = "parquet",
 ) -> None:
     """Generate synthetic data into the landing zone, materialize every asset, print a summary."""
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
     from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
     from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
     from recsys_platform.summary import print_summary
@@ -106,10 +75,10 @@ def quickstart(
         n_files = write_to_landing(ds, zone, fmt=f".{fmt.lstrip('.')}")
     console.print(f"landed {ds.events.height:,} events for {users:,} users in {n_files:,} files under {zone.url}")
     keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
+    from recsys_platform.definitions import partition_range_tags
+
     _run_job_with_progress(
-        "ingest_events",
-        f"ingesting {len(keys)} arrival hours",
-        {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+        "ingest_events", f"ingesting {len(keys)} arrival hours", partition_range_tags(keys[0], keys[-1])
     )
     _run_job_with_progress("training_cycle", "features, training, evaluation, deploy")
     print_summary(console, settings, time.perf_counter() - started)
@@ -120,7 +89,8 @@ def ui(port: Annotated[int, typer.Option(help="Webserver port.")] = 3000) -> Non
     """Start `dagster dev` on the project's workspace with the project-local DAGSTER_HOME."""
     _prepare_environment()
     os.chdir(PROJECT_ROOT)
-    os.execvp("dagster", ["dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)])
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    os.execv(dagster, [dagster, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)])
 
 
 @app.command()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from assets import features, ingestion, serving, training
+from assets import push as push_assets
 from recsys_platform.config import Settings
 from resources import (
     LakeIOManager,
@@ -16,11 +20,12 @@ from resources import (
     OnlineStoreResource,
     PipelineResource,
 )
+from resources.push import PushQueueResource
 from sensors.landing import landing_sensor_for
 from sensors.registry import champion_sensor_for
 from sensors.schedules import retrain_schedule_for
 
-ALL_ASSETS = dg.load_assets_from_modules([ingestion, features, training, serving])
+ALL_ASSETS = dg.load_assets_from_modules([ingestion, features, training, serving, push_assets])
 
 INGESTION_ASSETS = ("items", "users", "raw_events", "quarantined_events")
 
@@ -40,6 +45,12 @@ deploy_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("recommendations", "feature_store_snapshot", "analyst_catalog"),
     description="Re-score with the current champion and deploy it to the standby slot, then flip.",
 )
+push_job = dg.define_asset_job(
+    "enqueue_pushes",
+    selection=dg.AssetSelection.assets("push_notifications"),
+    description="Enqueue push notifications for users who just completed a session or searched for sleep "
+    "content at night (delivered by `recsys push-worker`).",
+)
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -49,6 +60,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "io_manager": LakeIOManager(base_url=settings.lake_url, s3_endpoint_url=settings.s3_endpoint_url),
         "landing": LandingZoneResource(url=settings.landing_url, s3=s3),
         "online_store": OnlineStoreResource(url=settings.online_store_url),
+        "push_queue": PushQueueResource(url=settings.push_queue_url),
         "mlflow": MlflowResource(tracking_uri=settings.mlflow_tracking_uri, artifact_uri=settings.mlflow_artifact_uri),
         "pipeline": PipelineResource(
             lake_url=settings.lake_url, catalog_path=str(settings.catalog_path), **asdict(settings.params)
@@ -62,7 +74,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings.ensure_local_dirs()
     return dg.Definitions(
         assets=ALL_ASSETS,
-        jobs=[ingest_job, training_cycle_job, deploy_job],
+        jobs=[ingest_job, training_cycle_job, deploy_job, push_job],
         sensors=[landing_sensor_for(ingest_job), champion_sensor_for(deploy_job)],
         schedules=[retrain_schedule_for(training_cycle_job)],
         resources=build_resources(settings),
@@ -70,3 +82,41 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
 
 
 defs = build_definitions()
+
+
+def partition_range_tags(first: str, last: str) -> dict[str, str]:
+    """Run tags that make one run cover a range of arrival-hour partitions (single-run backfill)."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+
+
+def execute_job(
+    job_name: str,
+    tags: dict[str, str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dg.ExecuteInProcessResult:
+    """Run a job of `defs` in-process on the instance at DAGSTER_HOME, reporting (steps done, steps) as it goes."""
+    job = defs.resolve_job_def(job_name)
+    instance = dg.DagsterInstance.get()
+    run_id = str(uuid.uuid4())
+    n_steps = len(job.graph.node_defs)
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = job.execute_in_process(instance=instance, run_id=run_id, tags=tags or {})
+        except Exception as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.5)
+        if on_progress and instance.has_run(run_id):
+            on_progress(len(instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)), n_steps)
+    if "error" in outcome:
+        raise RuntimeError(f"run {run_id} of {job_name} failed; see the Dagster UI for its logs") from outcome["error"]
+    if on_progress:
+        on_progress(n_steps, n_steps)
+    return outcome["result"]  # type: ignore[return-value]
