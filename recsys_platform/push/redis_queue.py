@@ -60,7 +60,7 @@ end
 return false
 """
 # KEYS: stream, errors, dead, done. ARGV: group, id, consumer, attempt, mode (ack|retry|dead), error,
-# idle ms (retry), dead_at (dead). Returns 1 if settled, 0 if the lease was lost.
+# idle ms (retry), dead_at and attempts made (dead). Returns 1 if settled, 0 if the lease was lost.
 _SETTLE_SCRIPT = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #p == 0 or p[1][2] ~= ARGV[3] or tonumber(p[1][4]) ~= tonumber(ARGV[4]) then return 0 end
@@ -77,7 +77,7 @@ if mode == 'dead' then
     local fields = entry[1][2]
     for i = 1, #fields, 2 do if fields[i] == 'm' then body = fields[i + 1] end end
   end
-  redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'm', body, 'attempts', ARGV[4], 'error', ARGV[6],
+  redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'm', body, 'attempts', ARGV[9], 'error', ARGV[6],
              'dead_at', ARGV[8])
 else
   redis.call('INCR', KEYS[4])
@@ -170,9 +170,10 @@ class RedisPushQueue(PushQueue):
                 )
             return [bool(mid) for mid in pipe.execute()]
 
-    def _settle(self, delivery: Delivery, mode: str, error: str = "", idle_ms: int = 0) -> bool:
+    def _settle(self, delivery: Delivery, mode: str, error: str = "", idle_ms: int = 0, attempts: int = 0) -> bool:
         dead_at = datetime.now(UTC).isoformat(timespec="seconds")
         args = [GROUP, delivery.message_id, delivery.consumer, delivery.attempt, mode, error, idle_ms, dead_at]
+        args.append(attempts or delivery.attempt)
         keys = [self.stream, self.errors_key, self.dead_stream, self.done_key]
         with self._errors():
             return bool(self._settle_script(keys=keys, args=args))
@@ -217,7 +218,8 @@ class RedisPushQueue(PushQueue):
                 delivery = Delivery(mid, PushMessage.from_json(fields["m"]), attempt, consumer, mid, deadline)
                 if attempt > self.max_attempts:
                     error = LEASE_EXPIRED_ERROR + (f" (previous error: {errors[i]})" if errors[i] else "")
-                    if self._settle(delivery, "dead", error):
+                    # This claim counted as one more delivery; the message was really delivered max_attempts times.
+                    if self._settle(delivery, "dead", error, attempts=attempt - 1):
                         logger.warning("dead-lettered message %s after %d attempts", mid, self.max_attempts)
                     continue
                 deliveries.append(delivery)
