@@ -2,6 +2,7 @@
 
 from resources.lake import LakeIOManager, PolarsParquetIOManager
 from resources.platform import LandingZoneResource, MlflowResource, OnlineStoreResource, PipelineResource
+from resources.push import PushQueueResource
 
 __all__ = [
     "LakeIOManager",
@@ -10,4 +11,5 @@ __all__ = [
     "OnlineStoreResource",
     "PipelineResource",
     "PolarsParquetIOManager",
+    "PushQueueResource",
 ]
