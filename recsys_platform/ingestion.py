@@ -1,8 +1,11 @@
-"""Ingestion: read landed files, validate rows, quarantine the bad ones with a reason.
+"""Ingestion: read landed files, type and validate rows, quarantine the bad ones with a reason code.
 
-Every input row ends up in exactly one of: valid events, quarantined rows, duplicates.
-Files that cannot be read at all become one quarantined-file record each. Nothing is
-silently dropped: `IngestResult.stats` reconciles rows_in = valid + quarantined + duplicates.
+Every input row ends up in exactly one of: valid events, quarantined rows (a reason code, the source
+file and line/row number, the raw payload) or duplicates of an event_id seen earlier in the partition
+(kept in quarantine too, reason `duplicate_event_id`). A file that cannot be read at all becomes one
+quarantined-file record (source_row null); so does a notice that a file carried unexpected columns
+(its rows are still ingested). `IngestResult.stats` reconciles rows_in = valid + quarantined +
+duplicates, and `reconcile_files` re-counts the landed files to check a stored partition against it.
 """
 
 from __future__ import annotations
@@ -10,13 +13,23 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
 from recsys_platform import schemas
-from recsys_platform.landing import LandedFile, LandingZone, arrival_time_of
+from recsys_platform.event_files import (
+    ROW_COLUMN,
+    FileFormatError,
+    RawFile,
+    count_jsonl_rows,
+    count_parquet_rows,
+    read_jsonl,
+    read_parquet,
+)
+from recsys_platform.landing import FILE_FORMATS, LandedFile, LandingZone, arrival_time_of
 
 logger = logging.getLogger(__name__)
 
@@ -24,48 +37,94 @@ APP_LAUNCH = datetime(2019, 1, 1, tzinfo=UTC)
 MAX_FUTURE = timedelta(hours=1)  # event time may lead arrival time by clock skew only
 MAX_SECONDS_LISTENED = 6 * 3600.0
 MAX_FIELD_CHARS = 512
+MIN_HEART_RATE = 20.0
 MAX_HEART_RATE = 250.0
 MAX_STEPS = 100_000
+TEXT_FIELDS = ("event_id", "user_id", "item_id", "query", "session_id")
+
+# Row-level reason codes, in the order the rules are applied (a row gets the first that matches).
+ROW_REASONS = (
+    "malformed_json",
+    "invalid_utf8",
+    "missing_column",
+    "wrong_type",
+    "missing_required_field",
+    "oversized_field",
+    "unknown_event_type",
+    "missing_item_id",
+    "unknown_item_id",
+    "invalid_duration",
+    "invalid_biometric",
+    "timestamp_before_app_launch",
+    "timestamp_in_future",
+    "duplicate_event_id",
+)
+# File-level records (source_row is null): the file was not ingested, or (unexpected_columns) a notice.
+FILE_REASONS = ("unreadable_file", "empty_file", "corrupt_file", "unsupported_format", "unexpected_columns")
+FILE_NOTICES = ("unexpected_columns",)
+
+_UTC = pl.Datetime("us", "UTC")
+_TIME_FORMATS = (
+    "%Y-%m-%dT%H:%M:%S%.f%#z",
+    "%Y-%m-%d %H:%M:%S%.f%#z",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%d",
+)
+_LINEAGE = (ROW_COLUMN, "source_file", "arrival_time")
+
+
+def app_launch() -> datetime:
+    """Earliest plausible event time: RECSYS_APP_LAUNCH (ISO date) or 2019-01-01 UTC."""
+    raw = os.environ.get("RECSYS_APP_LAUNCH", "").strip()
+    if not raw:
+        return APP_LAUNCH
+    parsed = datetime.fromisoformat(raw)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass
 class IngestResult:
-    """Valid events, quarantined rows and the reconciliation counts of one ingestion."""
+    """Valid events, quarantined rows/files and the reconciliation counts of one ingestion."""
 
     events: pl.DataFrame
     quarantined: pl.DataFrame
     stats: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def reconciled(self) -> bool:
+        """Whether rows_in = valid + quarantined + duplicates."""
+        s = self.stats
+        return s["rows_in"] == s["valid"] + s["quarantined"] + s["duplicates"]
 
-def _quarantine_rows(raw: pl.DataFrame, reason: str, detail: str | pl.Expr, partition_key: str) -> pl.DataFrame:
-    """Turn rejected raw rows into QUARANTINE_SCHEMA records."""
-    now = datetime.now(UTC)
-    payload_cols = [c for c in raw.columns if c not in ("source_file", "source_row", "arrival_time", "_raw")]
-    raw_json = (
-        pl.col("_raw")
-        if "_raw" in raw.columns
-        else pl.struct([pl.col(c).cast(pl.String) for c in payload_cols]).struct.json_encode()
-    )
-    detail_expr = pl.lit(detail) if isinstance(detail, str) else detail
-    return raw.select(
-        reason=pl.lit(reason),
-        detail=detail_expr.cast(pl.String),
+
+def _payload_json(columns: list[str]) -> pl.Expr:
+    return pl.struct([pl.col(c).cast(pl.String) for c in columns]).struct.json_encode()
+
+
+def _records(
+    rows: pl.DataFrame, reason: str | pl.Expr, detail: pl.Expr, raw: pl.Expr, partition_key: str
+) -> pl.DataFrame:
+    """Quarantine records (QUARANTINE_SCHEMA) for the given rows."""
+    return rows.select(
+        reason=pl.lit(reason) if isinstance(reason, str) else reason,
+        detail=detail.cast(pl.String).str.head(500),
         source_file=pl.col("source_file"),
-        source_row=pl.col("source_row"),
-        raw=raw_json,
+        source_row=pl.col(ROW_COLUMN).cast(pl.Int64),
+        raw=raw,
         partition_key=pl.lit(partition_key),
-        quarantined_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")),
+        quarantined_at=pl.lit(datetime.now(UTC), dtype=_UTC),
     )
 
 
-def _file_record(f: LandedFile, reason: str, detail: str, partition_key: str) -> pl.DataFrame:
+def _file_record(key: str, reason: str, detail: str, partition_key: str, raw: str | None = None) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "reason": [reason],
             "detail": [detail[:500]],
-            "source_file": [f.key],
+            "source_file": [key],
             "source_row": [None],
-            "raw": [None],
+            "raw": [raw],
             "partition_key": [partition_key],
             "quarantined_at": [datetime.now(UTC)],
         },
@@ -73,115 +132,124 @@ def _file_record(f: LandedFile, reason: str, detail: str, partition_key: str) ->
     )
 
 
-def _read_jsonl(data: bytes) -> tuple[pl.DataFrame, list[tuple[int, str, str]]]:
-    """Parse JSON lines; return string-typed rows and (line, reason, raw) for unparsable lines."""
-    rows: list[dict[str, object]] = []
-    bad: list[tuple[int, str, str]] = []
-    for line_no, line in enumerate(data.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            bad.append((line_no, "invalid_utf8", line.decode("utf-8", errors="replace")[:1000]))
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            bad.append((line_no, "malformed_json", f"{exc.msg}: {text[:1000]}"))
-            continue
-        if not isinstance(obj, dict):
-            bad.append((line_no, "malformed_json", f"not an object: {text[:1000]}"))
-            continue
-        row = {k: (json.dumps(v) if isinstance(v, dict | list) else v) for k, v in obj.items()}
-        row["source_row"] = line_no
-        row["_raw"] = text
-        rows.append(row)
-    if not rows:
-        return pl.DataFrame(), bad
-    df = pl.DataFrame(rows, infer_schema_length=None, strict=False)
-    return df.with_columns(pl.exclude("source_row").cast(pl.String, strict=False)), bad
+def _parse_times(s: pl.Series) -> pl.Series:
+    """ISO-8601 strings to UTC datetimes (naive ones are taken as UTC); unparsable values become null."""
+    parsed = s.str.to_datetime(_TIME_FORMATS[0], time_zone="UTC", strict=False, time_unit="us")
+    if (parsed.is_null() & s.is_not_null()).any():
+        tries = [s.str.to_datetime(fmt, time_zone="UTC", strict=False, time_unit="us") for fmt in _TIME_FORMATS]
+        parsed = pl.select(pl.coalesce(tries)).to_series()
+    return parsed
 
 
-def _read_parquet(data: bytes) -> pl.DataFrame:
-    df = pl.read_parquet(io.BytesIO(data))
-    return df.with_columns(source_row=pl.int_range(1, pl.len() + 1, dtype=pl.Int64))
+def _cast(s: pl.Series, dtype: pl.DataType) -> pl.Series:
+    """Cast one raw column to its schema type, leaving values that do not fit as nulls."""
+    src = s.dtype
+    if dtype == _UTC:
+        if src == pl.String:
+            return _parse_times(s)
+        if isinstance(src, pl.Datetime):
+            out = s.dt.replace_time_zone("UTC") if src.time_zone is None else s.dt.convert_time_zone("UTC")
+            return out.dt.cast_time_unit("us")
+        if src == pl.Date:
+            return s.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        return pl.Series(s.name, [None] * s.len(), dtype=dtype)
+    if src.is_nested() or (src == pl.Boolean and dtype != pl.String):
+        return pl.Series(s.name, [None] * s.len(), dtype=dtype)
+    if dtype == pl.Int64 and (src == pl.String or src.is_float()):
+        f = s.cast(pl.Float64, strict=False)  # "5", "5.0" and 5.0 are all the integer 5; 5.5 is not
+        return pl.select(pl.when(f.is_finite() & (f == f.floor())).then(f).cast(pl.Int64, strict=False)).to_series()
+    return s.cast(dtype, strict=False)
 
 
-def _coerce(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Cast raw columns to RAW_EVENT_SCHEMA; return (typed, rows whose values failed to cast)."""
-    exprs, failed = [], []
+def _type_file(raw: pl.DataFrame, partition_key: str) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """Type one file's rows to EVENT_SCHEMA; rows of a file missing a column or with a value of
+    the wrong type go to quarantine."""
+    payload = [c for c in raw.columns if c not in _LINEAGE]
+    missing = [c for c in schemas.REQUIRED_EVENT_FIELDS if c not in raw.columns]
+    if missing:
+        detail = pl.lit(f"file has no column {', '.join(missing)}")
+        return schemas.empty_frame(schemas.EVENT_SCHEMA), [
+            _records(raw, "missing_column", detail, _payload_json(payload), partition_key)
+        ]
+    typed_cols, failed = [], []
     for name, dtype in schemas.RAW_EVENT_SCHEMA.items():
-        if name not in df.columns:
-            exprs.append(pl.lit(None, dtype=dtype).alias(name))
+        if name not in raw.columns:
+            typed_cols.append(pl.Series(name, [None] * raw.height, dtype=dtype))
             continue
-        col = pl.col(name)
-        if dtype == pl.Datetime("us", "UTC"):
-            src = df.schema[name]
-            if src == pl.String:
-                cast = col.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
-            elif isinstance(src, pl.Datetime):
-                cast = col.dt.replace_time_zone("UTC") if src.time_zone is None else col.dt.convert_time_zone("UTC")
-                cast = cast.dt.cast_time_unit("us")
-            else:
-                cast = pl.lit(None, dtype=dtype)
-        else:
-            cast = col.cast(dtype, strict=False)
-        exprs.append(cast.alias(name))
-        failed.append(col.is_not_null() & cast.is_null())
-    typed = df.with_columns(exprs)
-    bad_type = pl.any_horizontal(failed) if failed else pl.lit(False)
-    return typed.filter(~bad_type), df.filter(bad_type)
+        typed = _cast(raw[name], dtype)
+        typed_cols.append(typed.alias(name))
+        bad = raw[name].is_not_null() & typed.is_null()
+        if bad.any():
+            failed.append((name, dtype, bad))
+    typed_df = pl.DataFrame(typed_cols).hstack(raw.select(_LINEAGE))
+    if not failed:
+        return typed_df, []
+    any_bad = failed[0][2]
+    for _, _, mask in failed[1:]:
+        any_bad = any_bad | mask
+    detail_parts = [
+        pl.when(mask).then(pl.format(f"{name}={{}} is not {dtype}", pl.col(name).cast(pl.String).str.head(60)))
+        for name, dtype, mask in failed
+    ]
+    bad_rows = raw.with_columns(_d=pl.concat_str(detail_parts, separator="; ", ignore_nulls=True)).filter(any_bad)
+    record = _records(bad_rows, "wrong_type", pl.col("_d"), _payload_json(payload), partition_key)
+    return typed_df.filter(~any_bad), [record]
 
 
-def validate_events(
-    typed: pl.DataFrame, known_items: set[str] | None, partition_key: str
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Apply row rules in order; return (valid rows, quarantined records with reason codes)."""
-    item_list = sorted(known_items) if known_items is not None else None
+def _blank(col: str) -> pl.Expr:
+    c = pl.col(col)
+    return c.is_null() | (c.str.strip_chars() == "") if schemas.RAW_EVENT_SCHEMA[col] == pl.String else c.is_null()
+
+
+def _rules(known_items: set[str] | None) -> list[tuple[str, pl.Expr, pl.Expr]]:
+    """(reason, condition, detail) of each row rule, in the order they apply."""
     content = pl.col("event_type").is_in(list(schemas.CONTENT_EVENT_TYPES))
-    text_too_long = pl.any_horizontal(
-        [pl.col(c).str.len_chars() > MAX_FIELD_CHARS for c in ("event_id", "user_id", "item_id", "query", "session_id")]
-    )
-    rules: list[tuple[str, pl.Expr, pl.Expr]] = [
+    seconds, hr, steps = pl.col("seconds_listened"), pl.col("heart_rate"), pl.col("steps")
+    launch = app_launch()
+    too_long = [pl.col(c).str.len_chars() > MAX_FIELD_CHARS for c in TEXT_FIELDS]
+    return [
         (
             "missing_required_field",
-            pl.any_horizontal([pl.col(c).is_null() for c in schemas.REQUIRED_EVENT_FIELDS]),
+            pl.any_horizontal([_blank(c) for c in schemas.REQUIRED_EVENT_FIELDS]),
             pl.concat_str(
-                [pl.when(pl.col(c).is_null()).then(pl.lit(c)) for c in schemas.REQUIRED_EVENT_FIELDS],
+                [pl.when(_blank(c)).then(pl.lit(c)) for c in schemas.REQUIRED_EVENT_FIELDS],
                 separator=",",
                 ignore_nulls=True,
             ),
         ),
         (
             "oversized_field",
-            text_too_long.fill_null(False),
-            pl.lit(f"a text field exceeds {MAX_FIELD_CHARS} chars"),
+            pl.any_horizontal(too_long),
+            pl.concat_str(
+                [
+                    pl.when(t).then(pl.format(f"{c} has {{}} chars (max {MAX_FIELD_CHARS})", pl.col(c).str.len_chars()))
+                    for c, t in zip(TEXT_FIELDS, too_long, strict=True)
+                ],
+                separator="; ",
+                ignore_nulls=True,
+            ),
         ),
         ("unknown_event_type", ~pl.col("event_type").is_in(list(schemas.EVENT_TYPES)), pl.col("event_type")),
-        ("missing_item_id", content & pl.col("item_id").is_null(), pl.col("event_type")),
+        ("missing_item_id", content & _blank("item_id"), pl.format("{} without item_id", pl.col("event_type"))),
         (
             "unknown_item_id",
-            (content & ~pl.col("item_id").is_in(item_list)) if item_list is not None else pl.lit(False),
-            pl.col("item_id"),
+            (content & ~pl.col("item_id").is_in(sorted(known_items))) if known_items is not None else pl.lit(False),
+            pl.format("item_id {} is not in the catalog", pl.col("item_id")),
         ),
         (
             "invalid_duration",
-            (pl.col("seconds_listened") < 0) | (pl.col("seconds_listened") > MAX_SECONDS_LISTENED),
-            pl.col("seconds_listened").cast(pl.String),
+            (seconds < 0) | (seconds > MAX_SECONDS_LISTENED) | seconds.is_nan(),
+            pl.format(f"seconds_listened={{}} outside [0, {MAX_SECONDS_LISTENED:.0f}]", seconds),
         ),
         (
             "invalid_biometric",
-            (pl.col("steps") < 0)
-            | (pl.col("steps") > MAX_STEPS)
-            | (pl.col("heart_rate") <= 20)
-            | (pl.col("heart_rate") > MAX_HEART_RATE),
-            pl.format("steps={} heart_rate={}", pl.col("steps"), pl.col("heart_rate")),
+            (steps < 0) | (steps > MAX_STEPS) | (hr <= MIN_HEART_RATE) | (hr > MAX_HEART_RATE) | hr.is_nan(),
+            pl.format("steps={} heart_rate={}", steps, hr),
         ),
         (
             "timestamp_before_app_launch",
-            pl.col("event_time") < pl.lit(APP_LAUNCH, dtype=pl.Datetime("us", "UTC")),
-            pl.col("event_time").cast(pl.String),
+            pl.col("event_time") < pl.lit(launch, dtype=_UTC),
+            pl.format(f"event_time {{}} before {launch:%Y-%m-%d}", pl.col("event_time")),
         ),
         (
             "timestamp_in_future",
@@ -189,16 +257,85 @@ def validate_events(
             pl.format("event_time {} after arrival {}", pl.col("event_time"), pl.col("arrival_time")),
         ),
     ]
-    rejected: list[pl.DataFrame] = []
-    remaining = typed
-    for reason, cond, detail in rules:
-        mask = remaining.select(cond.fill_null(False).alias("m"))["m"]
-        if mask.any():
-            bad = remaining.filter(mask)
-            rejected.append(_quarantine_rows(bad.with_columns(_d=detail), reason, pl.col("_d"), partition_key))
-            remaining = remaining.filter(~mask)
-    quarantined = pl.concat(rejected) if rejected else schemas.empty_frame(schemas.QUARANTINE_SCHEMA)
-    return remaining, quarantined
+
+
+def validate_events(
+    typed: pl.DataFrame, known_items: set[str] | None, partition_key: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Apply the row rules in one pass; return (valid rows, quarantined records with reason codes)."""
+    rules = _rules(known_items)
+    reason = pl.when(rules[0][1].fill_null(False)).then(pl.lit(rules[0][0]))
+    for name, cond, _ in rules[1:]:
+        reason = reason.when(cond.fill_null(False)).then(pl.lit(name))
+    flagged = typed.with_columns(reason.otherwise(pl.lit(None, dtype=pl.String)).alias("_reason"))
+    is_bad = pl.col("_reason").is_not_null()
+    if not flagged.select(is_bad.any()).item():
+        return typed, schemas.empty_frame(schemas.QUARANTINE_SCHEMA)
+    bad = flagged.filter(is_bad)
+    detail = pl.when(pl.col("_reason") == rules[0][0]).then(rules[0][2])
+    for name, _, expr in rules[1:]:
+        detail = detail.when(pl.col("_reason") == name).then(expr.cast(pl.String))
+    raw = _payload_json(list(schemas.RAW_EVENT_SCHEMA))
+    quarantined = _records(bad, pl.col("_reason"), detail.otherwise(None), raw, partition_key)
+    return flagged.filter(~is_bad).drop("_reason"), quarantined
+
+
+def _split_duplicates(valid: pl.DataFrame, partition_key: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Keep the first row of each event_id (by file key, then row); the others become quarantine records."""
+    first = valid.select(pl.col("event_id").is_first_distinct()).to_series()
+    if first.all():
+        return valid, schemas.empty_frame(schemas.QUARANTINE_SCHEMA)
+    payload = pl.struct(list(schemas.RAW_EVENT_SCHEMA)).hash(seed=0)
+    dups = valid.filter(~first).with_columns(_h=payload)
+    firsts = (
+        valid.filter(first)
+        .join(dups.select("event_id").unique(), on="event_id")
+        .select("event_id", _ff="source_file", _fr=ROW_COLUMN, _fh=payload)
+    )
+    detail = pl.format(
+        "event_id {} first seen in {} row {} ({})",
+        pl.col("event_id"),
+        pl.col("_ff"),
+        pl.col("_fr"),
+        pl.when(pl.col("_h") == pl.col("_fh")).then(pl.lit("same payload")).otherwise(pl.lit("different payload")),
+    )
+    dups = dups.join(firsts, on="event_id", how="left", maintain_order="left")
+    records = _records(dups, "duplicate_event_id", detail, _payload_json(list(schemas.RAW_EVENT_SCHEMA)), partition_key)
+    return valid.filter(first), records
+
+
+def _read_landed(zone: LandingZone, f: LandedFile) -> RawFile:
+    """Fetch and parse one landed file; raises FileFormatError/OSError-like errors for whole-file problems."""
+    data = zone.read_bytes(f.key)
+    if not data or data.isspace():
+        raise _EmptyFile("file has no content")
+    return read_parquet(data) if f.key.endswith(".parquet") else read_jsonl(data)
+
+
+class _EmptyFile(Exception):
+    pass
+
+
+def _bad_line_records(raw: RawFile, key: str, partition_key: str) -> pl.DataFrame:
+    lines = raw.bad_lines
+    return pl.DataFrame(
+        {
+            "reason": [b.reason for b in lines],
+            "detail": [b.detail[:500] for b in lines],
+            "source_file": [key] * len(lines),
+            "source_row": [b.line for b in lines],
+            "raw": [b.raw for b in lines],
+            "partition_key": [partition_key] * len(lines),
+            "quarantined_at": [datetime.now(UTC)] * len(lines),
+        },
+        schema=schemas.QUARANTINE_SCHEMA,
+    )
+
+
+def _extra_columns_record(raw: pl.DataFrame, key: str, extra: list[str], partition_key: str) -> pl.DataFrame:
+    examples = {c: raw[c].drop_nulls().head(3).cast(pl.String).to_list() for c in extra}
+    detail = f"ignored columns not in the event schema: {', '.join(extra)}"
+    return _file_record(key, "unexpected_columns", detail, partition_key, json.dumps(examples)[:10_000])
 
 
 def ingest_files(
@@ -209,97 +346,155 @@ def ingest_files(
     known_items: set[str] | None = None,
 ) -> IngestResult:
     """Read, type, validate and deduplicate the given files of one arrival-hour partition."""
+    files = sorted(files, key=lambda f: f.key)  # key order is arrival order: the first copy of an event wins
     typed_parts: list[pl.DataFrame] = []
     quarantine: list[pl.DataFrame] = []
-    rows_in = 0
-    unreadable = 0
+    counts = {"rows_in": 0, "files_quarantined": 0, "files_with_unexpected_columns": 0}
     for f in files:
+        if not f.key.endswith(FILE_FORMATS):
+            quarantine.append(_file_record(f.key, "unsupported_format", f"expected {FILE_FORMATS}", partition_key))
+            counts["files_quarantined"] += 1
+            continue
         try:
-            data = zone.read_bytes(f.key)
+            raw = _read_landed(zone, f)
+        except _EmptyFile as exc:
+            quarantine.append(_file_record(f.key, "empty_file", str(exc), partition_key))
+            counts["files_quarantined"] += 1
+            continue
+        except FileFormatError as exc:
+            quarantine.append(_file_record(f.key, "corrupt_file", str(exc), partition_key))
+            counts["files_quarantined"] += 1
+            continue
         except Exception as exc:  # a file we cannot fetch stays in place and is recorded
-            quarantine.append(_file_record(f, "unreadable_file", f"{type(exc).__name__}: {exc}", partition_key))
-            unreadable += 1
+            quarantine.append(_file_record(f.key, "unreadable_file", f"{type(exc).__name__}: {exc}", partition_key))
+            counts["files_quarantined"] += 1
             continue
-        if not data.strip():
-            quarantine.append(_file_record(f, "empty_file", "file has no content", partition_key))
-            unreadable += 1
-            continue
-        bad_lines: list[tuple[int, str, str]] = []
-        try:
-            if f.key.endswith(".parquet"):
-                raw = _read_parquet(data)
-            else:
-                raw, bad_lines = _read_jsonl(data)
-        except Exception as exc:
-            quarantine.append(_file_record(f, "unreadable_file", f"{type(exc).__name__}: {exc}", partition_key))
-            unreadable += 1
-            continue
-        rows_in += raw.height + len(bad_lines)
-        if bad_lines:
-            quarantine.append(
-                pl.DataFrame(
-                    {
-                        "reason": [b[1] for b in bad_lines],
-                        "detail": [b[2][:200] for b in bad_lines],
-                        "source_file": [f.key] * len(bad_lines),
-                        "source_row": [b[0] for b in bad_lines],
-                        "raw": [b[2] for b in bad_lines],
-                        "partition_key": [partition_key] * len(bad_lines),
-                        "quarantined_at": [datetime.now(UTC)] * len(bad_lines),
-                    },
-                    schema=schemas.QUARANTINE_SCHEMA,
-                )
-            )
-        if raw.height == 0:
-            continue
-        extra = sorted(set(raw.columns) - set(schemas.RAW_EVENT_SCHEMA) - {"source_row", "_raw"})
+        counts["rows_in"] += raw.rows_in
+        if raw.bad_lines:
+            quarantine.append(_bad_line_records(raw, f.key, partition_key))
+        frame = raw.frame
+        extra = sorted(set(frame.columns) - set(schemas.RAW_EVENT_SCHEMA) - {ROW_COLUMN})
         if extra:
-            logger.warning("%s: ignoring unexpected columns %s", f.key, extra)
+            logger.warning("%s: ignoring columns not in the event schema: %s", f.key, extra)
+            quarantine.append(_extra_columns_record(frame, f.key, extra, partition_key))
+            counts["files_with_unexpected_columns"] += 1
+            frame = frame.drop(extra)
+        if frame.height == 0:
+            continue
         landed_at = arrival_time_of(f.key) or arrival_time
-        raw = raw.drop(extra).with_columns(
-            source_file=pl.lit(f.key), arrival_time=pl.lit(landed_at, dtype=pl.Datetime("us", "UTC"))
-        )
-        typed, bad_type = _coerce(raw)
-        if bad_type.height:
-            quarantine.append(
-                _quarantine_rows(bad_type, "wrong_type", "a value does not match the column type", partition_key)
-            )
-        typed_parts.append(typed)
+        frame = frame.with_columns(source_file=pl.lit(f.key), arrival_time=pl.lit(landed_at, dtype=_UTC))
+        typed, rejected = _type_file(frame, partition_key)
+        quarantine.extend(rejected)
+        typed_parts.append(typed.select(list(schemas.EVENT_SCHEMA)))
 
-    all_typed = (
-        pl.concat([t.select([*schemas.EVENT_SCHEMA]) for t in typed_parts], how="vertical_relaxed")
-        if typed_parts
-        else schemas.empty_frame(schemas.EVENT_SCHEMA)
-    )
-    valid, rejected = validate_events(all_typed, known_items, partition_key)
-    quarantine.append(rejected)
-    # Dedup by event_id: first by (file key, row) wins, so re-running gives the same rows.
-    valid = valid.sort("source_file", "source_row")
-    deduped = valid.unique(subset="event_id", keep="first", maintain_order=True)
-    quarantined = pl.concat([q.select(list(schemas.QUARANTINE_SCHEMA)) for q in quarantine])
+    typed_all = pl.concat(typed_parts) if typed_parts else schemas.empty_frame(schemas.EVENT_SCHEMA)
+    valid, rejected = validate_events(typed_all, known_items, partition_key)
+    events, duplicates = _split_duplicates(valid, partition_key)
+    quarantined = pl.concat([q.select(list(schemas.QUARANTINE_SCHEMA)) for q in [*quarantine, rejected, duplicates]])
+    row_records = quarantined.filter(pl.col("source_row").is_not_null())
+    hour_start = pl.lit(arrival_time.replace(minute=0, second=0, microsecond=0), dtype=_UTC)
     stats = {
         "files": len(files),
-        "unreadable_files": unreadable,
-        "rows_in": rows_in,
-        "valid": deduped.height,
-        "quarantined": quarantined.filter(pl.col("source_row").is_not_null()).height,
-        "duplicates": valid.height - deduped.height,
+        **counts,
+        "unreadable_files": counts["files_quarantined"],
+        "valid": events.height,
+        "quarantined": row_records.height - duplicates.height,
+        "duplicates": duplicates.height,
+        "late_events": events.select((pl.col("event_time") < hour_start).sum()).item() if events.height else 0,
     }
-    return IngestResult(events=schemas.conform(deduped, schemas.EVENT_SCHEMA), quarantined=quarantined, stats=stats)
+    return IngestResult(schemas.conform(events, schemas.EVENT_SCHEMA), quarantined, stats)
+
+
+@dataclass
+class Reconciliation:
+    """Landed rows per file against what a stored partition accounts for."""
+
+    ok: bool
+    totals: dict[str, int]
+    files: pl.DataFrame  # source_file, landed_rows, valid, quarantined, duplicates, file_reason, status
+
+
+def count_landed_rows(zone: LandingZone, key: str) -> int | None:
+    """Rows a landed file holds as ingestion counts them; None when it cannot be read."""
+    try:
+        data = zone.read_bytes(key)
+        if not data or data.isspace() or not key.endswith(FILE_FORMATS):
+            return None
+        return count_parquet_rows(data) if key.endswith(".parquet") else count_jsonl_rows(data)
+    except Exception:
+        return None
+
+
+def reconcile_files(
+    zone: LandingZone, files: list[LandedFile], events: pl.DataFrame, quarantined: pl.DataFrame
+) -> Reconciliation:
+    """Check, file by file, that landed rows = valid + quarantined + duplicates in the stored partition."""
+    landed = pl.DataFrame(
+        {"source_file": [f.key for f in files], "landed_rows": [count_landed_rows(zone, f.key) for f in files]},
+        schema={"source_file": pl.String, "landed_rows": pl.Int64},
+    )
+    valid = events.group_by("source_file").agg(valid=pl.len().cast(pl.Int64))
+    rows = quarantined.filter(pl.col("source_row").is_not_null())
+    quar = rows.group_by("source_file").agg(
+        quarantined=(pl.col("reason") != "duplicate_event_id").sum().cast(pl.Int64),
+        duplicates=(pl.col("reason") == "duplicate_event_id").sum().cast(pl.Int64),
+    )
+    file_recs = (
+        quarantined.filter(pl.col("source_row").is_null() & ~pl.col("reason").is_in(list(FILE_NOTICES)))
+        .group_by("source_file")
+        .agg(file_reason=pl.col("reason").first())
+    )
+    seen = pl.concat([valid.select("source_file"), quar.select("source_file"), file_recs.select("source_file")])
+    table = (
+        landed.join(seen.unique(), on="source_file", how="full", coalesce=True)
+        .join(valid, on="source_file", how="left")
+        .join(quar, on="source_file", how="left")
+        .join(file_recs, on="source_file", how="left")
+        .with_columns(pl.col("valid", "quarantined", "duplicates").fill_null(0))
+        .with_columns(accounted=pl.col("valid") + pl.col("quarantined") + pl.col("duplicates"))
+        .with_columns(
+            status=pl.when(pl.col("file_reason").is_not_null() & pl.col("landed_rows").is_null())
+            .then(pl.lit("file_quarantined"))
+            .when(pl.col("landed_rows") == pl.col("accounted"))
+            .then(pl.lit("ok"))
+            .when(pl.col("landed_rows").is_not_null() & (pl.col("accounted") == 0))
+            .then(pl.lit("not_ingested"))
+            .otherwise(pl.lit("mismatch"))
+        )
+        .sort("source_file")
+    )
+    totals = {
+        "files": table.height,
+        "rows_in": int(table["landed_rows"].fill_null(0).sum()),
+        "valid": int(table["valid"].sum()),
+        "quarantined": int(table["quarantined"].sum()),
+        "duplicates": int(table["duplicates"].sum()),
+        "files_quarantined": int((table["status"] == "file_quarantined").sum()),
+        "files_not_ingested": int((table["status"] == "not_ingested").sum()),
+        "files_mismatched": int((table["status"] == "mismatch").sum()),
+    }
+    return Reconciliation(
+        ok=bool((table["status"].is_in(["ok", "file_quarantined"])).all()), totals=totals, files=table
+    )
 
 
 def read_table_updates(zone: LandingZone, prefix: str, schema: dict[str, pl.DataType], key: str) -> pl.DataFrame:
-    """Read every catalog/profile file under `prefix`; later files override earlier rows by `key`."""
+    """Read every catalog/profile file under `prefix`; later files override earlier rows by `key`.
+
+    A file that cannot be read is skipped with an error in the log (it stays in place for a retry)."""
     frames = []
     for f in zone.list_files(prefix):
-        data = zone.read_bytes(f.key)
-        if f.key.endswith(".parquet"):
-            df = pl.read_parquet(io.BytesIO(data))
-        elif f.key.endswith(".jsonl"):
-            df = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
-        else:
+        if not f.key.endswith(FILE_FORMATS):
             continue
-        frames.append(schemas.conform(df, schema))
+        try:
+            data = zone.read_bytes(f.key)
+            if f.key.endswith(".parquet"):
+                df = read_parquet(data).frame
+            else:
+                df = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
+            frames.append(schemas.conform(df.filter(pl.col(key).is_not_null()), schema))
+        except Exception as exc:
+            logger.error("skipping unreadable %s file %s: %s: %s", prefix.rstrip("/"), f.key, type(exc).__name__, exc)
     if not frames:
         return schemas.empty_frame(schema)
     return pl.concat(frames).unique(subset=key, keep="last", maintain_order=True).sort(key)

@@ -122,7 +122,7 @@ class LocalLandingZone(LandingZone):
             return []
         out: list[LandedFile] = []
         self._walk(base, prefix.rstrip("/"), start_after, out)
-        return out
+        return sorted(out, key=lambda f: f.key)  # plain key order, exactly as S3 lists
 
     def _walk(self, directory: Path, rel: str, start_after: str | None, out: list[LandedFile]) -> None:
         # Sorted walk that prunes whole directories at or before the cursor, so listing
@@ -168,7 +168,8 @@ class S3LandingZone(LandingZone):
         for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
             for obj in page.get("Contents", []):
                 key = obj["Key"][len(self.prefix) :]
-                if not key.rsplit("/", 1)[-1].startswith("."):
+                name = key.rsplit("/", 1)[-1]
+                if name and not name.startswith("."):  # skip folder markers and hidden files
                     out.append(LandedFile(key=key, size=int(obj["Size"])))
         return out
 
