@@ -66,6 +66,7 @@ class Settings:
     partition_start: str
     s3_endpoint_url: str | None
     params: PipelineParams = field(default_factory=PipelineParams)
+    recommendation_sets_path: Path = PROJECT_ROOT / "config" / "recommendation_sets.yaml"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -84,7 +85,15 @@ class Settings:
             partition_start=_env("RECSYS_PARTITION_START", "2025-01-01-00:00"),
             s3_endpoint_url=os.environ.get("RECSYS_S3_ENDPOINT_URL") or None,
             params=PipelineParams.from_env(),
+            recommendation_sets_path=Path(
+                _env("RECSYS_RECOMMENDATION_SETS", str(PROJECT_ROOT / "config" / "recommendation_sets.yaml"))
+            ),
         )
+
+    @property
+    def exports_dir(self) -> Path:
+        """Where batch exports (JSON lines) are written: RECSYS_HOME/exports."""
+        return self.home / "exports"
 
     def ensure_local_dirs(self) -> None:
         """Create the local directories of the embedded default (no-op for remote URLs)."""

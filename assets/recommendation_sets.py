@@ -1,0 +1,188 @@
+"""Batch recommendation sets by user shard (scores, rules, JSON-lines export) and experiment assets."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+
+from assets.features import feature_cutoff
+from recsys_platform import batch_scoring as bs
+from recsys_platform import experiments, registry, training
+from recsys_platform.config import CHAMPION_ALIAS, Settings
+from recsys_platform.reporting import frame_preview_markdown
+from recsys_platform.set_config import load_sets_config
+from resources import MlflowResource, PipelineResource
+from resources.recommendation_sets import RecommendationSetsResource
+
+SERVING = "serving"
+EXPERIMENTS = "experiments"
+POPULARITY_VERSION = "popularity-baseline"
+
+SHARD_KEYS = bs.shard_keys(load_sets_config(Settings.from_env().recommendation_sets_path).batch.shards)
+user_shards = dg.StaticPartitionsDefinition(SHARD_KEYS)
+SHARDED_ASSETS = ("batch_scores", "recommendation_sets", "recommendation_export")
+ALL_EVENT_HOURS = dg.AssetIn("raw_events", partition_mapping=dg.AllPartitionMapping())
+
+
+def _checked_config(resource: RecommendationSetsResource):
+    config = resource.config()
+    if config.batch.shards != len(SHARD_KEYS):
+        raise dg.Failure(
+            f"batch.shards is {config.batch.shards} in {resource.config_path} but the code location was loaded "
+            f"with {len(SHARD_KEYS)} shards: reload the code location so the partitions match"
+        )
+    return config
+
+
+@dg.asset(
+    group_name=SERVING,
+    partitions_def=user_shards,
+    kinds={"lightgbm", "polars", "parquet"},
+    deps=["model_evaluation"],
+)
+def batch_scores(
+    context: dg.AssetExecutionContext,
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    popularity_model: pl.DataFrame,
+    mlflow: MlflowResource,
+    pipeline: PipelineResource,
+    set_config: RecommendationSetsResource,
+) -> pl.DataFrame:
+    """Up to `batch.items_per_user` items per eligible user of this shard (stable hash of the user id),
+    scored by the `champion` ranker on serving features; the popularity baseline when there is no champion."""
+    config = _checked_config(set_config)
+    params = pipeline.params()
+    cutoff, now = feature_cutoff(interactions), datetime.now(UTC)
+    eligible = bs.eligible_users(users, interactions, cutoff, config.eligibility)
+    key = context.partition_key
+    champion = registry.alias_version(mlflow.tracking_uri, CHAMPION_ALIAS, mlflow.model_name)
+    if champion is None:
+        context.log.warning("no champion model registered: batch scores come from the popularity baseline")
+        mine = bs.users_of_shard(eligible, key, config.batch.shards)
+        empty = pl.DataFrame(schema={"user_id": pl.String, "item_id": pl.String})
+        recs = training.popularity_recommendations(
+            popularity_model, mine, empty, items, users, config.batch.items_per_user
+        )
+        out = recs.with_columns(
+            shard=pl.lit(key), model_version=pl.lit(POPULARITY_VERSION), generated_at=pl.lit(now, dtype=bs.TS)
+        ).select(list(bs.BATCH_SCORE_SCHEMA))
+    else:
+        model, version = registry.load_ranker(mlflow.tracking_uri, champion, mlflow.model_name)
+        g = bs.build_global_inputs(interactions, items, users, cutoff)
+        out = bs.score_shard(model, version, g, eligible, key, config.batch, params, now)
+    per_user = out.group_by("user_id").len()["len"]
+    context.add_output_metadata(
+        {
+            "model_version": out["model_version"].first() if out.height else "none",
+            "eligible_users_all_shards": eligible.len(),
+            "users": per_user.len(),
+            "mean_items_per_user": float(per_user.mean() or 0.0),
+            "feature_cutoff": cutoff.isoformat(),
+        }
+    )
+    return out
+
+
+@dg.asset(
+    group_name=SERVING,
+    partitions_def=user_shards,
+    kinds={"polars", "parquet"},
+    ins={"raw_events": ALL_EVENT_HOURS},
+)
+def recommendation_sets(
+    context: dg.AssetExecutionContext,
+    batch_scores: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    interactions: pl.DataFrame,
+    raw_events: pl.LazyFrame,
+    set_config: RecommendationSetsResource,
+) -> pl.DataFrame:
+    """Named sets (recommended for you, sleep tonight, because you searched, new for you) made from this
+    shard's batch scores by each set's rules, in the order the YAML declares; metadata counts, per set and
+    rule, the rows each rule removed or moved."""
+    config = _checked_config(set_config)
+    now = datetime.now(UTC)
+    searches = bs.last_search_queries(raw_events.select("user_id", "event_type", "event_time", "query"))
+    ctx = bs.rule_context(users, interactions, searches, now.date(), feature_cutoff(interactions))
+    sets, counts = bs.build_sets(batch_scores, items, ctx, config)
+    per_set = sets.group_by("set_name").agg(rows=pl.len(), users=pl.col("user_id").n_unique()).sort("set_name")
+    counts_by_set = {
+        name: [{k: v for k, v in row.items() if k != "set_name"} for row in part.iter_rows(named=True)]
+        for (name,), part in counts.partition_by("set_name", as_dict=True, maintain_order=True).items()
+    }
+    context.add_output_metadata(
+        {
+            "sets": dg.MetadataValue.md(frame_preview_markdown(per_set, rows=per_set.height)),
+            "rule_counts": dg.MetadataValue.md(frame_preview_markdown(counts, rows=counts.height)),
+            "rule_counts_by_set": dg.MetadataValue.json(counts_by_set),
+        }
+    )
+    return sets
+
+
+@dg.asset(group_name=SERVING, partitions_def=user_shards, kinds={"json"})
+def recommendation_export(
+    context: dg.AssetExecutionContext, recommendation_sets: pl.DataFrame, set_config: RecommendationSetsResource
+) -> dg.MaterializeResult:
+    """JSON lines in the managed-recommender batch format, one file per set and shard
+    (`exports/recommendation_sets/<set>/<shard>.jsonl`), one line per user: userId, itemList, modelVersion."""
+    written = bs.export_sets(recommendation_sets, set_config.exports / "recommendation_sets", context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            "files": dg.MetadataValue.json(written),
+            "lines": sum(w["users"] for w in written.values()),
+        }
+    )
+
+
+@dg.asset(group_name=EXPERIMENTS, kinds={"polars", "parquet"}, ins={"raw_events": ALL_EVENT_HOURS})
+def experiment_exposures(
+    context: dg.AssetExecutionContext, raw_events: pl.LazyFrame, set_config: RecommendationSetsResource
+) -> pl.DataFrame:
+    """One row per user and configured experiment: the arm (sha256 of experiment name and user id by
+    the arm weights) and the first app open inside the experiment window, when the surface was shown."""
+    config = set_config.config()
+    opens = raw_events.filter(pl.col("event_type") == "app_open").select("user_id", "event_type", "event_time")
+    opens = opens.collect()
+    frames = []
+    for exp in config.experiments:
+        if opens.height == 0:
+            break
+        start, end = experiments.experiment_window(exp, opens["event_time"].max())
+        frames.append(experiments.log_exposures(opens, exp, start, end))
+    out = pl.concat(frames) if frames else pl.DataFrame(schema=experiments.EXPOSURE_SCHEMA)
+    by_arm = out.group_by("experiment", "arm").len().sort("experiment", "arm")
+    context.add_output_metadata({"exposed_by_arm": dg.MetadataValue.md(frame_preview_markdown(by_arm, by_arm.height))})
+    return out
+
+
+@dg.asset(group_name=EXPERIMENTS, kinds={"scipy", "matplotlib", "parquet"})
+def experiment_analysis(
+    context: dg.AssetExecutionContext,
+    experiment_exposures: pl.DataFrame,
+    interactions: pl.DataFrame,
+    set_config: RecommendationSetsResource,
+) -> pl.DataFrame:
+    """Per experiment, metric and arm: mean with 95% CI, difference vs control with its CI and p-value
+    (Welch t-test for completion days and content starts, two-proportion z-test for the 24-hour
+    completion rate); a table and a plot in the metadata."""
+    config = set_config.config()
+    tables, md = [], []
+    for exp in config.experiments:
+        exposed = experiment_exposures.filter(pl.col("experiment") == exp.name)
+        if exposed.height == 0:
+            continue
+        _, end = experiments.experiment_window(exp, interactions["event_time"].max())
+        table = experiments.analyze(experiments.user_outcomes(exposed, interactions, end), exp.control)
+        png = experiments.plot_analysis(table)
+        path = set_config.exports / "experiments" / f"{exp.name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+        md.append(f"### {exp.name}\n\n{experiments.analysis_markdown(table, png)}\n\nplot: `{path}`")
+        tables.append(table)
+    out = pl.concat(tables) if tables else pl.DataFrame(schema=experiments.ANALYSIS_SCHEMA)
+    context.add_output_metadata({"analysis": dg.MetadataValue.md("\n\n".join(md) or "no exposures yet")})
+    return out

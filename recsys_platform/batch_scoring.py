@@ -1,0 +1,284 @@
+"""Batch scoring by user shard, recommendation sets from the scored lists, and the JSON-lines export.
+
+A user's shard is a stable hash of the user id modulo the number of shards, so the shards
+partition the users exactly and each can run on its own (a Dagster partition each). Global
+inputs (popularity, the EASE model, item features) are fitted on everyone's history; per-user
+features only for the shard's users, through the same `ranking.PointInTime` the ranker trains on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recsys_platform import features as feats
+from recsys_platform.candidates import CandidateContext
+from recsys_platform.collaborative import fit_ease
+from recsys_platform.config import PipelineParams
+from recsys_platform.hashing import sha256_uint64
+from recsys_platform.ranking import PointInTime, score_frame, top_n
+from recsys_platform.rules import ENTITY_ITEM, RuleContext, apply_rules
+from recsys_platform.set_config import BatchConfig, Eligibility, SetsConfig
+
+logger = logging.getLogger(__name__)
+
+TS = pl.Datetime("us", "UTC")
+BATCH_SCORE_SCHEMA: dict[str, pl.DataType] = {
+    "shard": pl.String(),
+    "user_id": pl.String(),
+    "rank": pl.Int64(),
+    "item_id": pl.String(),
+    "score": pl.Float64(),
+    "model_version": pl.String(),
+    "generated_at": TS,
+}
+RECOMMENDATION_SET_SCHEMA: dict[str, pl.DataType] = {
+    "set_name": pl.String(),
+    "user_id": pl.String(),
+    "rank": pl.Int64(),
+    "item_id": pl.String(),
+    "entity_type": pl.String(),
+    "content_type": pl.String(),
+    "score": pl.Float64(),
+    "context": pl.String(),
+    "model_version": pl.String(),
+    "generated_at": TS,
+}
+RULE_COUNT_SCHEMA: dict[str, pl.DataType] = {
+    "set_name": pl.String(),
+    "step": pl.Int64(),
+    "rule": pl.String(),
+    "rows_in": pl.Int64(),
+    "removed": pl.Int64(),
+    "moved": pl.Int64(),
+}
+ITEM_RULE_COLUMNS = (
+    "title",
+    "content_type",
+    "topic",
+    "narrator",
+    "series_id",
+    "series_position",
+    "language",
+    "release_date",
+    "is_kids",
+)
+
+
+# --- shards and eligibility -------------------------------------------------------------
+
+
+def shard_keys(n_shards: int) -> list[str]:
+    """Partition keys of the shards: shard-00 ... shard-<n-1>."""
+    return [f"shard-{k:02d}" for k in range(n_shards)]
+
+
+def shard_index(key: str) -> int:
+    """The shard number of a partition key."""
+    try:
+        return int(key.removeprefix("shard-"))
+    except ValueError as exc:
+        raise ValueError(f"not a shard partition key: {key!r} (expected shard-NN)") from exc
+
+
+def user_shards(user_ids: pl.Series, n_shards: int) -> pl.Series:
+    """Stable shard number of each user: sha256(user_id) mod `n_shards`."""
+    return pl.Series("shard", sha256_uint64(user_ids.to_list()) % n_shards, dtype=pl.Int64)
+
+
+def users_of_shard(user_ids: pl.Series, key: str, n_shards: int) -> pl.Series:
+    """The users (of `user_ids`) that belong to the shard with partition key `key`."""
+    return user_ids.filter(user_shards(user_ids, n_shards) == shard_index(key))
+
+
+def eligible_users(users: pl.DataFrame, interactions: pl.DataFrame, cutoff: datetime, rule: Eligibility) -> pl.Series:
+    """Users who get batch recommendations: recent activity, subscription status, language."""
+    keep = users
+    if rule.subscription_statuses:
+        keep = keep.filter(pl.col("subscription_status").is_in(list(rule.subscription_statuses)))
+    if rule.languages:
+        keep = keep.filter(pl.col("language").is_in(list(rule.languages)))
+    if rule.active_within_days is not None:
+        cut = pl.lit(cutoff, dtype=TS)
+        active = interactions.filter(
+            (pl.col("event_time") < cut) & (pl.col("event_time") >= cut - pl.duration(days=rule.active_within_days))
+        ).select("user_id")
+        keep = keep.join(active.unique(), on="user_id", how="semi")
+    return keep["user_id"].sort()
+
+
+# --- scoring -----------------------------------------------------------------------------
+
+
+@dataclass
+class GlobalInputs:
+    """What every shard shares: history before the cutoff, the EASE model, item features."""
+
+    cutoff: datetime
+    history: pl.DataFrame
+    items: pl.DataFrame
+    users: pl.DataFrame
+    ease: Any
+    item_features: pl.DataFrame
+
+
+def build_global_inputs(
+    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, cutoff: datetime
+) -> GlobalInputs:
+    """Fit the shared candidate sources and item features on everyone's history before `cutoff`."""
+    history = interactions.filter(pl.col("event_time") < pl.lit(cutoff, dtype=TS))
+    positive = history.filter(pl.col("weight") > 0).select("user_id", "item_id", "weight")
+    ease = fit_ease(positive, l2=200.0, binary=True) if positive.height else None
+    return GlobalInputs(cutoff, history, items, users, ease, feats.item_features(interactions, items, cutoff))
+
+
+def point_in_time_for(g: GlobalInputs, user_ids: pl.Series, params: PipelineParams) -> PointInTime:
+    """`ranking.PointInTime` whose per-user tables cover only `user_ids` (same functions as `PointInTime.build`)."""
+    who = pl.DataFrame({"user_id": user_ids})
+    mine = g.history.join(who, on="user_id", how="semi")
+    ctx = CandidateContext(
+        cutoff=g.cutoff,
+        history=g.history,
+        items=g.items,
+        users=g.users,
+        ease=g.ease,
+        affinities=feats.user_item_affinities(mine, g.items, g.cutoff),
+    )
+    return PointInTime(
+        cutoff=g.cutoff,
+        candidates=ctx,
+        user_features=feats.user_features(mine, g.users.join(who, on="user_id", how="semi"), g.items, g.cutoff),
+        item_features=g.item_features,
+        ui_history=feats.user_item_history(mine, g.cutoff, params.repeat_cap),
+    )
+
+
+def score_users(model: Any, pit: PointInTime, user_ids: pl.Series, batch: BatchConfig) -> pl.DataFrame:
+    """Up to `batch.items_per_user` scored items per user as [user_id, rank, item_id, score], chunk by chunk."""
+    parts = []
+    for start in range(0, user_ids.len(), batch.chunk_users):
+        chunk = user_ids.slice(start, batch.chunk_users)
+        frame = pit.ranker_frame(chunk, batch.candidates_per_source)
+        parts.append(top_n(score_frame(model, frame), batch.items_per_user))
+        logger.debug("scored users %d..%d: %d rows", start, start + chunk.len(), frame.height)
+    if not parts:
+        return pl.DataFrame(schema={"user_id": pl.String, "rank": pl.Int64, "item_id": pl.String, "score": pl.Float64})
+    return pl.concat(parts)
+
+
+def score_shard(
+    model: Any,
+    version: str,
+    g: GlobalInputs,
+    user_ids: pl.Series,
+    key: str,
+    batch: BatchConfig,
+    params: PipelineParams,
+    now: datetime,
+) -> pl.DataFrame:
+    """The batch scores of one shard's users in `BATCH_SCORE_SCHEMA`."""
+    mine = users_of_shard(user_ids, key, batch.shards)
+    pit = point_in_time_for(g, mine, params)
+    scores = score_users(model, pit, mine, batch)
+    return scores.select(
+        shard=pl.lit(key),
+        user_id="user_id",
+        rank="rank",
+        item_id="item_id",
+        score="score",
+        model_version=pl.lit(version),
+        generated_at=pl.lit(now, dtype=TS),
+    )
+
+
+# --- recommendation sets ------------------------------------------------------------------
+
+
+def last_search_queries(events: pl.DataFrame | pl.LazyFrame, before: datetime | None = None) -> pl.DataFrame:
+    """Each user's most recent non-empty search query: [user_id, query]."""
+    lf = events.lazy().filter((pl.col("event_type") == "search") & pl.col("query").is_not_null())
+    if before is not None:
+        lf = lf.filter(pl.col("event_time") < pl.lit(before, dtype=TS))
+    return (
+        lf.filter(pl.col("query").str.strip_chars() != "")
+        .group_by("user_id")
+        .agg(pl.col("query").sort_by("event_time").last())
+        .collect()
+    )
+
+
+def rule_context(
+    users: pl.DataFrame, interactions: pl.DataFrame, searches: pl.DataFrame, today: date, now: datetime
+) -> RuleContext:
+    """Everything the rules read: profiles, completions and last searches."""
+    completions = interactions.filter(pl.col("event_type") == "content_complete").select(
+        "user_id", "item_id", "event_time"
+    )
+    return RuleContext(today=today, users=users, completions=completions, searches=searches, now=now)
+
+
+def build_sets(
+    scores: pl.DataFrame, items: pl.DataFrame, ctx: RuleContext, config: SetsConfig
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Apply every set's rules to the scored lists; return (sets in RECOMMENDATION_SET_SCHEMA, rule counts)."""
+    meta = scores.select("user_id", "model_version", "generated_at").unique("user_id")
+    base = scores.select("user_id", "rank", "item_id", "score").join(
+        items.select("item_id", *ITEM_RULE_COLUMNS), on="item_id", how="inner", maintain_order="left"
+    )
+    out, counts = [], []
+    for s in config.sets:
+        frame, steps = apply_rules(base.with_columns(entity_type=pl.lit(ENTITY_ITEM)), list(s.rules), ctx)
+        frame = frame.filter(pl.col("rank") <= s.size)
+        if "context" not in frame.columns:
+            frame = frame.with_columns(context=pl.lit(None, dtype=pl.String))
+        out.append(frame.join(meta, on="user_id", how="left").with_columns(set_name=pl.lit(s.name)))
+        counts += [{"set_name": s.name, "step": i + 1, **c} for i, c in enumerate(steps)]
+        logger.info("set %s: %d rows for %d users", s.name, frame.height, frame["user_id"].n_unique())
+    sets = pl.concat([f.select(list(RECOMMENDATION_SET_SCHEMA)) for f in out], how="vertical_relaxed")
+    sets = sets.select([pl.col(c).cast(t) for c, t in RECOMMENDATION_SET_SCHEMA.items()])
+    return sets, pl.DataFrame(counts, schema=RULE_COUNT_SCHEMA)
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+def to_batch_format(sets: pl.DataFrame) -> pl.DataFrame:
+    """One row per user in the managed-recommender batch format: userId, itemList[{itemId, score}], modelVersion."""
+    return (
+        sets.sort("user_id", "rank")
+        .group_by("user_id", maintain_order=True)
+        .agg(
+            itemList=pl.struct(itemId=pl.col("item_id"), score=pl.col("score")),
+            modelVersion=pl.col("model_version").first(),
+        )
+        .select(userId="user_id", itemList="itemList", modelVersion="modelVersion")
+    )
+
+
+def write_jsonl_atomic(frame: pl.DataFrame, path: Path) -> None:
+    """Write `frame` as JSON lines to `path` via a temporary file and a rename (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        frame.write_ndjson(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_sets(sets: pl.DataFrame, directory: Path, key: str) -> dict[str, dict[str, Any]]:
+    """Write one JSON-lines file per set for this shard: `<directory>/<set_name>/<key>.jsonl`."""
+    written = {}
+    for (name,), part in sets.partition_by("set_name", as_dict=True, maintain_order=True).items():
+        path = directory / str(name) / f"{key}.jsonl"
+        lines = to_batch_format(part)
+        write_jsonl_atomic(lines, path)
+        written[str(name)] = {"path": str(path), "users": lines.height}
+    return written

@@ -1,0 +1,313 @@
+"""Business rules for recommendation sets: small pure polars functions over a ranked frame.
+
+Every rule has the signature ``rule(frame, ctx, **params) -> frame``. The frame holds one row
+per (user, item) sorted by ``user_id, rank`` with ``rank`` 1..n per user, plus the item
+columns of `schemas.ITEM_SCHEMA`; a rule returns the same columns in its new order (ranks are
+renumbered by `apply_rules`). Filters keep the order of the rows they keep. A rule's kind says
+how `apply_rules` counts what it changed: rows removed, rows whose position changed, or both.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal, get_type_hints
+
+import polars as pl
+
+logger = logging.getLogger(__name__)
+
+FILTER, REORDER, MIXED = "filter", "reorder", "mixed"
+ENTITY_ITEM, ENTITY_SERIES = "item", "series"
+# Polars' hash is stable within one polars version, which is what "stable within a day" needs.
+_SHUFFLE_SEED = 0x5EED
+
+
+@dataclass
+class RuleContext:
+    """What rules may look at besides the frame: the day, profiles, recent completions, searches."""
+
+    today: date
+    users: pl.DataFrame  # user_id, household_type, language, ...
+    completions: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(
+            schema={"user_id": pl.String, "item_id": pl.String, "event_time": pl.Datetime("us", "UTC")}
+        )
+    )
+    searches: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={"user_id": pl.String, "query": pl.String})
+    )
+    now: datetime | None = None
+
+    def as_of(self) -> datetime:
+        """The instant rules measure "recent" from (end of `today` unless `now` is given)."""
+        return self.now or datetime.combine(self.today + timedelta(days=1), datetime.min.time(), UTC)
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A registered rule: its function and how its effect is counted."""
+
+    name: str
+    fn: Callable[..., pl.DataFrame]
+    kind: str
+
+    def params(self) -> dict[str, inspect.Parameter]:
+        """Keyword parameters the rule accepts (everything after frame and ctx)."""
+        return dict(list(inspect.signature(self.fn).parameters.items())[2:])
+
+    def param_types(self) -> dict[str, Any]:
+        """Annotated type of each parameter."""
+        hints = get_type_hints(self.fn)
+        return {name: hints[name] for name in self.params()}
+
+
+RULES: dict[str, RuleSpec] = {}
+
+
+def rule(kind: str) -> Callable[[Callable[..., pl.DataFrame]], Callable[..., pl.DataFrame]]:
+    """Register a function as a rule of the given kind under its own name."""
+
+    def register(fn: Callable[..., pl.DataFrame]) -> Callable[..., pl.DataFrame]:
+        RULES[fn.__name__] = RuleSpec(fn.__name__, fn, kind)
+        return fn
+
+    return register
+
+
+def _rerank(frame: pl.DataFrame, key: pl.Expr) -> pl.DataFrame:
+    """Order each user's rows by `key` (ties keep the current rank order)."""
+    return frame.with_columns(_key=key).sort(["user_id", "_key", "rank"]).drop("_key")
+
+
+# --- filters -----------------------------------------------------------------------
+
+
+@rule(FILTER)
+def content_type(
+    frame: pl.DataFrame, ctx: RuleContext, include: list[str] | None = None, exclude: list[str] | None = None
+) -> pl.DataFrame:
+    """Keep items of the `include` content types (all when omitted), minus the `exclude` ones."""
+    keep = pl.lit(True)
+    if include:
+        keep &= pl.col("content_type").is_in(include)
+    if exclude:
+        keep &= ~pl.col("content_type").is_in(exclude)
+    return frame.filter(keep)
+
+
+@rule(FILTER)
+def new_content_only(frame: pl.DataFrame, ctx: RuleContext, days: int = 14) -> pl.DataFrame:
+    """Keep items released in the last `days` days (and not in the future)."""
+    since = ctx.today - timedelta(days=days)
+    return frame.filter((pl.col("release_date") > since) & (pl.col("release_date") <= ctx.today))
+
+
+@rule(FILTER)
+def language(frame: pl.DataFrame, ctx: RuleContext, fallback: list[str] | None = None) -> pl.DataFrame:
+    """Keep items in the user's language or one of the `fallback` languages (e.g. ["en"])."""
+    users = ctx.users.select("user_id", _user_language=pl.col("language"))
+    ok = pl.col("language") == pl.col("_user_language")
+    if fallback:
+        ok |= pl.col("language").is_in(fallback)
+    return frame.join(users, on="user_id", how="left", maintain_order="left").filter(ok).drop("_user_language")
+
+
+@rule(FILTER)
+def kids_guard(frame: pl.DataFrame, ctx: RuleContext, adult_only: bool = False) -> pl.DataFrame:
+    """Kids content only for households with kids; none at all when the set is adult-only."""
+    if adult_only:
+        return frame.filter(~pl.col("is_kids").fill_null(False))
+    families = ctx.users.filter(pl.col("household_type") == "family_with_kids").select("user_id", _family=pl.lit(True))
+    return (
+        frame.join(families, on="user_id", how="left", maintain_order="left")
+        .filter(~pl.col("is_kids").fill_null(False) | pl.col("_family").fill_null(False))
+        .drop("_family")
+    )
+
+
+@rule(FILTER)
+def exclude_recently_completed(frame: pl.DataFrame, ctx: RuleContext, days: int = 3) -> pl.DataFrame:
+    """Drop items the user completed in the last `days` days."""
+    end = pl.lit(ctx.as_of(), dtype=pl.Datetime("us", "UTC"))
+    recent = (
+        ctx.completions.filter((pl.col("event_time") < end) & (pl.col("event_time") >= end - pl.duration(days=days)))
+        .select("user_id", "item_id")
+        .unique()
+    )
+    return frame.join(recent, on=["user_id", "item_id"], how="anti", maintain_order="left")
+
+
+@rule(FILTER)
+def series_cap(frame: pl.DataFrame, ctx: RuleContext, max_per_series: int = 2) -> pl.DataFrame:
+    """Keep at most `max_per_series` items of the same series per user (the best-ranked ones)."""
+    nth = pl.int_range(pl.len()).over("user_id", "series_id")
+    return frame.filter(pl.col("series_id").is_null() | (nth < max_per_series))
+
+
+@rule(FILTER)
+def search_match(frame: pl.DataFrame, ctx: RuleContext) -> pl.DataFrame:
+    """Keep items whose topic or content type is named in the user's last search query.
+
+    A topic or type matches when every word of it (``body_scan`` -> body, scan) is in the
+    query; users without a search get no rows. Adds the query as the ``context`` column."""
+    words = (
+        ctx.searches.select("user_id", "query", word=pl.col("query").str.to_lowercase().str.extract_all(r"[a-z]+"))
+        .explode("word")
+        .drop_nulls("word")
+        .unique(["user_id", "word"])
+    )
+    matched = []
+    for facet in ("topic", "content_type"):
+        vocab = (
+            frame.select(pl.col(facet).unique())
+            .drop_nulls()
+            .with_columns(word=pl.col(facet).str.split("_"), n_words=pl.col(facet).str.split("_").list.len())
+            .explode("word")
+        )
+        hits = (
+            words.join(vocab, on="word")
+            .group_by("user_id", facet)
+            .agg(pl.len(), pl.first("n_words"))
+            .filter(pl.col("len") == pl.col("n_words"))
+        )
+        matched.append(frame.join(hits.select("user_id", facet), on=["user_id", facet], how="semi"))
+    keep = pl.concat(matched).select("user_id", "item_id").unique()
+    queries = ctx.searches.select("user_id", context=pl.col("query"))
+    out = frame.join(keep, on=["user_id", "item_id"], how="semi", maintain_order="left")
+    out = out.drop("context") if "context" in out.columns else out
+    return out.join(queries, on="user_id", how="left", maintain_order="left")
+
+
+@rule(FILTER)
+def limit(frame: pl.DataFrame, ctx: RuleContext, n: int = 100) -> pl.DataFrame:
+    """Keep each user's best `n` rows (bounds the work of the rules after it)."""
+    return frame.filter(pl.int_range(pl.len()).over("user_id") < n)
+
+
+# --- aggregation ---------------------------------------------------------------------
+
+
+@rule(MIXED)
+def roll_up_series(frame: pl.DataFrame, ctx: RuleContext) -> pl.DataFrame:
+    """Replace the items of a series by one row for the series, at the best rank any of them had."""
+    in_series = frame.filter(pl.col("series_id").is_not_null())
+    if in_series.height == 0:
+        return frame
+    rolled = (
+        in_series.group_by("user_id", "series_id")
+        .agg(pl.exclude("score").sort_by("rank").first(), score=pl.col("score").max())
+        .with_columns(item_id=pl.col("series_id"), entity_type=pl.lit(ENTITY_SERIES), series_position=pl.lit(None))
+    )
+    singles = frame.filter(pl.col("series_id").is_null())
+    return pl.concat([singles, rolled.select(frame.columns)], how="vertical_relaxed").sort("user_id", "rank")
+
+
+# --- freshness and diversity ---------------------------------------------------------
+
+
+@rule(REORDER)
+def daily_shuffle(frame: pl.DataFrame, ctx: RuleContext, window: int = 4, keep_top: int = 1) -> pl.DataFrame:
+    """Shuffle within consecutive windows of `window` ranks, stable per user per day.
+
+    The key is a hash of (user, day, item): the same all day, different the next day. The
+    first `keep_top` rows stay in place and no row moves more than `window - 1` places."""
+    pos = pl.int_range(pl.len()).over("user_id")
+    noise = pl.concat_str("user_id", pl.lit(ctx.today.isoformat()), "item_id", separator="|").hash(_SHUFFLE_SEED)
+    block = pl.when(pos < keep_top).then(pos - keep_top).otherwise((pos - keep_top) // window)
+    return (
+        frame.with_columns(_block=block, _noise=pl.when(pos < keep_top).then(0).otherwise(noise))
+        .sort(["user_id", "_block", "_noise"])
+        .drop("_block", "_noise")
+    )
+
+
+@rule(REORDER)
+def max_consecutive(
+    frame: pl.DataFrame, ctx: RuleContext, column: Literal["content_type", "topic"] = "content_type", max_run: int = 2
+) -> pl.DataFrame:
+    """At most `max_run` consecutive rows with the same `column` value where the list allows it.
+
+    The rows past the limit in a run move just after the first row of the next run; repeated
+    until nothing changes (a tail with a single value left is kept as it is)."""
+    for _ in range(50):
+        pos = pl.int_range(pl.len()).over("user_id").cast(pl.Float64)
+        run = (pl.col(column) != pl.col(column).shift(1)).fill_null(True).cum_sum().over("user_id")
+        staged = frame.with_columns(_pos=pos, _run=run).with_columns(
+            _in_run=pl.int_range(pl.len()).over("user_id", "_run"),
+            _run_len=pl.len().over("user_id", "_run"),
+            _n=pl.len().over("user_id"),
+        )
+        next_run_start = pl.col("_pos") - pl.col("_in_run") + pl.col("_run_len")
+        excess = (pl.col("_in_run") >= max_run) & (next_run_start < pl.col("_n"))
+        if not staged.select(excess.any()).item():
+            return frame
+        key = pl.when(excess).then(next_run_start + 0.5 + pl.col("_in_run") * 1e-6).otherwise(pl.col("_pos"))
+        frame = (
+            staged.with_columns(_key=key).sort(["user_id", "_key"]).drop("_pos", "_run", "_in_run", "_run_len", "_n")
+        )
+        frame = frame.drop("_key")
+    logger.warning("max_consecutive(%s, %d) did not converge in 50 passes", column, max_run)
+    return frame
+
+
+@rule(REORDER)
+def new_release_slot(
+    frame: pl.DataFrame, ctx: RuleContext, days: int = 14, slot: int = 3, count: int = 1
+) -> pl.DataFrame:
+    """Exploration slot: lift each user's best `count` new releases (last `days` days) to rank `slot`
+    when they rank lower; nothing else changes order."""
+    since = ctx.today - timedelta(days=days)
+    is_new = (pl.col("release_date") > since) & (pl.col("release_date") <= ctx.today)
+    pos = pl.int_range(1, pl.len() + 1).over("user_id")
+    nth_new = (is_new.cast(pl.Int64).cum_sum().over("user_id")).cast(pl.Float64)
+    lift = is_new & (nth_new <= count) & (pos > slot)
+    key = pl.when(lift).then(slot - 0.5 + nth_new * 1e-3).otherwise(pos.cast(pl.Float64))
+    return _rerank(frame, key)
+
+
+# --- application -----------------------------------------------------------------------
+
+
+def _renumber(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(rank=pl.int_range(1, pl.len() + 1).over("user_id").cast(pl.Int64))
+
+
+def _moved(before: pl.DataFrame, after: pl.DataFrame) -> int:
+    """Rows that sit at another position among the rows both frames share (frames sorted by user, rank)."""
+    if before.height != after.height:
+        before = before.join(after.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi")
+        after = after.join(before.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi")
+    if before.height != after.height:  # duplicates; count by rank instead
+        return int(after.height)
+    return int((before["item_id"] != after["item_id"]).sum() + (before["user_id"] != after["user_id"]).sum())
+
+
+@dataclass(frozen=True)
+class RuleStep:
+    """One configured rule of a set: its name and parameters."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def apply_rules(
+    frame: pl.DataFrame, steps: list[RuleStep], ctx: RuleContext
+) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Apply the steps in order; return the frame (ranks renumbered) and per step the rows removed and moved."""
+    frame = _renumber(frame.sort("user_id", "rank"))
+    if "entity_type" not in frame.columns:
+        frame = frame.with_columns(entity_type=pl.lit(ENTITY_ITEM))
+    counts = []
+    for step in steps:
+        spec = RULES[step.name]
+        out = _renumber(spec.fn(frame, ctx, **step.params))
+        removed = frame.height - out.height
+        moved = 0 if spec.kind == FILTER else _moved(frame, out)
+        counts.append({"rule": step.name, "rows_in": frame.height, "removed": removed, "moved": moved})
+        logger.debug("rule %s: %d removed, %d moved", step.name, removed, moved)
+        frame = out
+    return frame, counts
