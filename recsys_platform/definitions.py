@@ -12,6 +12,7 @@ from dagster_aws.s3 import S3Resource
 
 from assets import features, ingestion, serving, training
 from assets import push as push_assets
+from assets.checks import ALL_CHECKS as QUALITY_CHECKS
 from recsys_platform.config import Settings
 from resources import (
     LakeIOManager,
@@ -74,6 +75,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings.ensure_local_dirs()
     return dg.Definitions(
         assets=ALL_ASSETS,
+        asset_checks=QUALITY_CHECKS,
         jobs=[ingest_job, training_cycle_job, deploy_job, push_job],
         sensors=[landing_sensor_for(ingest_job), champion_sensor_for(deploy_job)],
         schedules=[retrain_schedule_for(training_cycle_job)],
