@@ -82,7 +82,7 @@ class Settings:
             online_store_url=_env("RECSYS_ONLINE_STORE_URL", f"sqlite:///{home / 'online_store.sqlite'}"),
             push_queue_url=_env("RECSYS_PUSH_QUEUE_URL", f"sqlite:///{home / 'push_queue.sqlite'}"),
             dagster_home=Path(_env("DAGSTER_HOME", str(home / "dagster"))),
-            partition_start=_env("RECSYS_PARTITION_START", "2025-01-01-00:00"),
+            partition_start=_env("RECSYS_PARTITION_START", "2026-01-01-00:00"),
             s3_endpoint_url=os.environ.get("RECSYS_S3_ENDPOINT_URL") or None,
             params=PipelineParams.from_env(),
             recommendation_sets_path=Path(
