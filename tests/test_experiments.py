@@ -1,0 +1,170 @@
+"""Experiments: bucketing stability and balance, exposures, outcomes and statistics against hand-computed values."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+from recsys_platform import experiments as ex
+from recsys_platform.experiment_sim import simulate_arms
+from recsys_platform.features import build_interactions
+from recsys_platform.generator import GeneratorConfig, generate
+from recsys_platform.set_config import ExperimentConfig
+
+EXP = ExperimentConfig(
+    name="home_carousel_v1",
+    arms={"control": 1.0, "popularity": 1.0, "model": 1.0},
+    control="control",
+    surface="recommended_for_you",
+)
+T0 = datetime(2026, 9, 1, 8, tzinfo=UTC)
+TS = pl.Datetime("us", "UTC")
+
+
+def test_bucketing_is_sha256_of_name_and_user_by_weights():
+    users = [f"u{k:07d}" for k in range(50)]
+    got = ex.assign_arms(users, EXP)["arm"].to_list()
+    for user, arm in zip(users, got, strict=True):
+        u = int.from_bytes(hashlib.sha256(f"home_carousel_v1:{user}".encode()).digest()[:8], "big") >> 11
+        frac = u / 2**53
+        assert arm == ("control" if frac < 1 / 3 else "popularity" if frac < 2 / 3 else "model")
+    assert ex.assign_arms(list(reversed(users)), EXP)["arm"].to_list() == list(reversed(got))
+
+
+def test_bucketing_is_balanced_on_100k_users_and_follows_weights():
+    users = [f"u{k:07d}" for k in range(100_000)]
+    counts = ex.assign_arms(users, EXP)["arm"].value_counts().sort("arm")["count"].to_numpy()
+    assert stats.chisquare(counts).pvalue > 0.001
+    assert np.all(np.abs(counts - 100_000 / 3) < 1000)
+    weighted = ExperimentConfig("w", {"a": 2.0, "b": 1.0, "c": 1.0}, "a", "s")
+    shares = ex.assign_arms(users, weighted)["arm"].value_counts().sort("arm")["count"].to_numpy() / 100_000
+    assert np.allclose(shares, [0.5, 0.25, 0.25], atol=0.01)
+    # another experiment name re-randomizes: agreement is at chance level
+    other = ex.assign_arms(users, ExperimentConfig("other", EXP.arms, "control", "s"))["arm"]
+    agree = (ex.assign_arms(users, EXP)["arm"] == other).mean()
+    assert abs(agree - 1 / 3) < 0.01
+
+
+def _events(rows: list[tuple[str, str, datetime, str | None]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        rows,
+        schema={"user_id": pl.String, "event_type": pl.String, "event_time": TS, "item_id": pl.String},
+        orient="row",
+    )
+
+
+def test_exposure_is_the_first_app_open_in_the_window():
+    ev = _events(
+        [
+            ("a", "app_open", T0 - timedelta(days=1), None),  # before the window
+            ("a", "app_open", T0 + timedelta(hours=5), None),
+            ("a", "app_open", T0 + timedelta(hours=2), None),
+            ("b", "content_start", T0 + timedelta(hours=1), "i1"),  # not an app open
+            ("c", "app_open", T0 + timedelta(days=8), None),  # after the window
+        ]
+    )
+    out = ex.log_exposures(ev, EXP, T0, T0 + timedelta(days=7))
+    assert out.select("user_id", "exposed_at").rows() == [("a", T0 + timedelta(hours=2))]
+    assert out["arm"][0] == ex.assign_arms(["a"], EXP)["arm"][0]
+    assert out.columns == list(ex.EXPOSURE_SCHEMA)
+
+
+def test_user_outcomes_count_after_exposure_only():
+    exposures = pl.DataFrame(
+        {"experiment": ["e", "e"], "user_id": ["a", "b"], "arm": ["control", "model"], "exposed_at": [T0, T0]},
+        schema_overrides={"exposed_at": TS},
+    )
+    inter = _events(
+        [
+            ("a", "content_start", T0 - timedelta(hours=1), "i"),  # before exposure
+            ("a", "content_complete", T0 - timedelta(minutes=30), "i"),
+            ("a", "content_start", T0 + timedelta(hours=30), "i"),
+            ("a", "content_complete", T0 + timedelta(hours=30, minutes=20), "i"),
+            ("b", "content_start", T0 + timedelta(hours=1), "i"),
+            ("b", "content_complete", T0 + timedelta(hours=1, minutes=20), "i"),
+            ("b", "content_complete", T0 + timedelta(hours=2), "j"),  # same day
+            ("b", "content_start", T0 + timedelta(days=2), "i"),
+            ("b", "content_complete", T0 + timedelta(days=2, minutes=9), "i"),
+            ("b", "content_complete", T0 + timedelta(days=9), "i"),  # after the end
+        ]
+    )
+    out = ex.user_outcomes(exposures, inter, T0 + timedelta(days=7)).sort("user_id")
+    assert out.select("user_id", "completion_days", "completed_24h", "content_starts").rows() == [
+        ("a", 1.0, 0.0, 1.0),
+        ("b", 2.0, 1.0, 2.0),
+    ]
+
+
+def _outcomes() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "experiment": ["e"] * 8,
+            "user_id": [f"u{k}" for k in range(8)],
+            "arm": ["control"] * 4 + ["model"] * 4,
+            "completion_days": [0.0, 1.0, 2.0, 3.0, 2.0, 3.0, 4.0, 5.0],
+            "completed_24h": [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0],
+            "content_starts": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        }
+    )
+
+
+def test_analysis_matches_hand_computed_statistics():
+    table = ex.analyze(_outcomes(), "control")
+    row = {(r["metric"], r["arm"]): r for r in table.iter_rows(named=True)}
+    days_c, days_m = row[("completion_days", "control")], row[("completion_days", "model")]
+    # control mean 1.5, sd sqrt(5/3); t(0.975, 3) = 3.182446; half-width 3.182446 * 1.290994 / 2 = 2.054260
+    assert days_c["mean"] == pytest.approx(1.5)
+    assert days_c["ci_low"] == pytest.approx(1.5 - 2.054260, abs=1e-5)
+    assert days_c["ci_high"] == pytest.approx(1.5 + 2.054260, abs=1e-5)
+    # Welch: diff 2, se sqrt(5/12 + 5/12) = 0.912871, t = 2.190890, df = 6, p = 0.070988
+    assert days_m["diff_vs_control"] == pytest.approx(2.0)
+    assert days_m["p_value"] == pytest.approx(0.070988, abs=1e-5)
+    assert days_m["diff_ci_low"] == pytest.approx(2.0 - 2.446912 * 0.912871, abs=1e-5)
+    assert days_m["test"] == "welch_t" and days_m["significant"] is False
+    rate_m = row[("completed_24h", "model")]
+    # rates 0.75 vs 0.25; pooled 0.5; z = 0.5 / sqrt(0.25 * 0.5) = 1.414214; p = 0.157299
+    assert rate_m["diff_vs_control"] == pytest.approx(0.5)
+    assert rate_m["p_value"] == pytest.approx(0.157299, abs=1e-5)
+    assert rate_m["test"] == "two_proportion_z"
+    # unpooled CI: 0.5 +- 1.959964 * sqrt(0.75*0.25/4 * 2) = 0.5 +- 0.600114
+    assert rate_m["diff_ci_high"] == pytest.approx(0.5 + 0.600114, abs=1e-5)
+    rate_c = row[("completed_24h", "control")]
+    assert rate_c["ci_low"] == pytest.approx(0.25 - 1.959964 * math.sqrt(0.25 * 0.75 / 4), abs=1e-5)
+    starts = row[("content_starts", "model")]  # no variance in either arm: no difference, p = 1
+    assert starts["diff_vs_control"] == 0.0 and starts["p_value"] == 1.0
+    assert table.columns == list(ex.ANALYSIS_SCHEMA)
+    assert table.filter(pl.col("arm") == "control")["p_value"].is_nan().all()
+
+
+def test_plot_and_markdown_render_the_table():
+    table = ex.analyze(_outcomes(), "control")
+    png = ex.plot_analysis(table)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    md = ex.analysis_markdown(table, png)
+    assert "| completion_days | model | 4 | 3.5 |" in md and "data:image/png;base64," in md
+
+
+def test_simulated_model_arm_lifts_completions_and_leaves_the_generator_untouched():
+    cfg = GeneratorConfig(n_users=2500, days=21, seed=11, end=datetime(2026, 10, 1, 12, tzinfo=UTC))
+    base = generate(cfg)
+    sim = simulate_arms(base, EXP, seed=cfg.seed)
+    assert generate(cfg).events.equals(base.events)  # the generator's default output is unchanged
+    assert sim.events.height > base.events.height
+    assert sim.events.join(base.events, on="event_id", how="anti")["event_id"].str.starts_with("x").all()
+    start, end = ex.experiment_window(EXP, sim.events["event_time"].max())
+    exposures = ex.log_exposures(sim.events, EXP, start, end)
+    table = ex.analyze(ex.user_outcomes(exposures, build_interactions(sim.events, sim.items), end), "control")
+    days = table.filter(pl.col("metric") == "completion_days")
+    model = days.filter(pl.col("arm") == "model").row(0, named=True)
+    control = days.filter(pl.col("arm") == "control").row(0, named=True)
+    popularity = days.filter(pl.col("arm") == "popularity").row(0, named=True)
+    assert model["significant"] and model["diff_vs_control"] > 0.1
+    assert model["mean"] > popularity["mean"] > control["mean"]
+    again = simulate_arms(base, EXP, seed=cfg.seed)
+    assert again.events.equals(sim.events)
