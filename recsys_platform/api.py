@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recsys_platform import deployment, serving
 from recsys_platform.config import Settings
+from recsys_platform.events_api import events_router
 from recsys_platform.online_store import (
     OnlineStore,
     OnlineStoreError,
@@ -339,6 +340,7 @@ def create_app(store_url: str | None = None, extra_routers: Iterable[APIRouter] 
     app.add_exception_handler(StoreUnavailableError, _store_unavailable)
     app.add_exception_handler(OnlineStoreError, _store_unavailable)
     app.include_router(router)
+    app.include_router(events_router())  # POST /v1/events (recsys_platform.events_api)
     for extra in extra_routers:
         app.include_router(extra)
     logger.info("serving API on online store %s", url)

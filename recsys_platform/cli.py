@@ -36,7 +36,17 @@ def _prepare_environment() -> Settings:
     dagster_yaml = Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml"
     if not dagster_yaml.exists():
         dagster_yaml.write_text("telemetry:\n  enabled: false\n")
+    _add_realtime_instance_settings(dagster_yaml)
     return settings
+
+
+def _add_realtime_instance_settings(dagster_yaml: Path) -> None:
+    """Add the refresh path's run queue and run-retry settings unless the instance configures its own."""
+    from recsys_platform.realtime import INSTANCE_YAML
+
+    text = dagster_yaml.read_text()
+    if not any(key in text for key in ("run_queue:", "run_coordinator:", "concurrency:", "run_retries:")):
+        dagster_yaml.write_text(text.rstrip("\n") + "\n" + INSTANCE_YAML)
 
 
 def _run_job_with_progress(job_name: str, label: str, tags: dict[str, str] | None = None) -> object:
@@ -106,6 +116,133 @@ def serve(
     uvicorn.run(
         "recsys_platform.api:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning"
     )
+
+
+@app.command()
+def simulate(
+    rate: Annotated[float, typer.Option(help="Events per second.")] = 10.0,
+    via: Annotated[str, typer.Option(help="api (POST /v1/events) or landing (write files directly).")] = "api",
+    duration: Annotated[float, typer.Option(help="Seconds to run (0: until Ctrl-C).")] = 60.0,
+    url: Annotated[str, typer.Option(help="Base URL of `recsys serve` (for --via api).")] = "http://127.0.0.1:8000",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Stream live events for existing users and items (through the API or into the landing zone)."""
+    import polars as pl
+
+    from recsys_platform.simulator import EventStream, api_sender, landing_sender, run_simulation
+
+    settings = _prepare_environment()
+    lake = Path(settings.lake_url)
+    if not (lake / "users.parquet").exists() or not (lake / "items.parquet").exists():
+        raise typer.BadParameter(f"no users/items in the lake at {lake}: run `recsys quickstart` first")
+    stream = EventStream(
+        pl.read_parquet(lake / "users.parquet", columns=["user_id"])["user_id"].to_list(),
+        pl.read_parquet(lake / "items.parquet"),
+        seed,
+    )
+    if via == "api":
+        send = api_sender(url)
+    elif via == "landing":
+        from recsys_platform.events_api import build_collector
+
+        send = landing_sender(build_collector(settings))
+    else:
+        raise typer.BadParameter("--via must be api or landing")
+    console.print(f"streaming ~{rate:g} events/s via {via} for {duration or 'unlimited'} s (Ctrl-C stops)")
+    try:
+        stats = run_simulation(
+            stream,
+            send,
+            rate,
+            duration or None,
+            on_batch=lambda s: (
+                console.print(f"sent {s.sent:,}, accepted {s.accepted:,}, rejected {s.rejected:,}")
+                if s.batches % 10 == 0
+                else None
+            ),
+        )
+    except KeyboardInterrupt:
+        console.print("stopped")
+        return
+    console.print(
+        f"sent {stats.sent:,} events in {stats.batches:,} batches: accepted {stats.accepted:,}, "
+        f"rejected {stats.rejected:,} {stats.reasons or ''}, failed batches {stats.errors:,}"
+    )
+
+
+@app.command("import")
+def import_data(
+    interactions: Annotated[Path | None, typer.Option(help="Interactions CSV/Parquet (unless --movielens).")] = None,
+    items: Annotated[Path | None, typer.Option(help="Items CSV/Parquet (optional).")] = None,
+    users: Annotated[Path | None, typer.Option(help="Users CSV/Parquet (optional).")] = None,
+    movielens: Annotated[
+        Path | None, typer.Option(help="MovieLens: u.data, ratings.csv, or a RecBole directory / .inter file.")
+    ] = None,
+    user_col: Annotated[str, typer.Option(help="Source column of the user id.")] = "user_id",
+    item_col: Annotated[str, typer.Option(help="Source column of the item id.")] = "item_id",
+    time_col: Annotated[str, typer.Option(help="Source column of the timestamp (epoch s/ms or ISO).")] = "timestamp",
+    event_col: Annotated[str | None, typer.Option(help="Source column of the event type.")] = None,
+    weight_col: Annotated[str | None, typer.Option(help="Source column of a weight/rating (if no event type).")] = None,
+    event_type: Annotated[list[str] | None, typer.Option(help="Map an event value, e.g. click=content_start.")] = None,
+    event_column: Annotated[list[str] | None, typer.Option(help="Event metadata, e.g. session_id=session.")] = None,
+    item_column: Annotated[list[str] | None, typer.Option(help="Item metadata, e.g. title=movie_title.")] = None,
+    user_column: Annotated[list[str] | None, typer.Option(help="User metadata, e.g. country=cc.")] = None,
+    complete_at: Annotated[float, typer.Option(help="Weight at or above which a row is a completion.")] = 4.0,
+    start_at: Annotated[float, typer.Option(help="Weight at or above which a row is a start (below: bounce).")] = 3.0,
+    rebase_time: Annotated[bool, typer.Option(help="Shift times so the newest event is now (order kept).")] = False,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (event id prefix); default: file name.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Landing file format: parquet or jsonl.")] = "parquet",
+    ingest: Annotated[bool, typer.Option(help="Then run ingest_events for the landed arrival hour.")] = False,
+) -> None:
+    """Import interactions (+ items, users) into the landing zone in the native layout."""
+    from recsys_platform import importer
+    from recsys_platform.landing import landing_zone_from_url
+
+    settings = _prepare_environment()
+    zone = landing_zone_from_url(settings.landing_url)
+    opts = {
+        "thresholds": importer.WeightThresholds(complete_at=complete_at, start_at=start_at),
+        "rebase_time": rebase_time,
+        "fmt": f".{fmt.lstrip('.')}",
+    }
+    try:
+        with console.status("importing"):
+            if movielens is not None:
+                result = importer.import_movielens(zone, movielens, dataset=dataset, **opts)
+            elif interactions is not None:
+                mapping = importer.ColumnMapping(
+                    user_id=user_col,
+                    item_id=item_col,
+                    timestamp=time_col,
+                    event_type=event_col,
+                    weight=weight_col,
+                    event_columns=importer.parse_pairs(event_column, "--event-column"),
+                    item_columns=importer.parse_pairs(item_column, "--item-column"),
+                    user_columns=importer.parse_pairs(user_column, "--user-column"),
+                )
+                types = importer.parse_pairs(event_type, "--event-type")
+                result = importer.import_files(
+                    zone, interactions, mapping, items, users, dataset, event_types=types, **opts
+                )
+            else:
+                raise importer.DatasetImportError("give --interactions FILE or --movielens PATH")
+    except importer.DatasetImportError as exc:
+        console.print(f"[red]import failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    shift = f", times shifted by {result.time_shift}" if result.time_shift else ""
+    console.print(
+        f"landed {result.dataset}: {result.events:,} events, {result.items:,} items, {result.users:,} users "
+        f"in {len(result.files)} files under {zone.url} (arrival hour {result.partition_key}{shift})"
+    )
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if ingest:
+        from recsys_platform.definitions import partition_range_tags
+
+        tags = partition_range_tags(result.partition_key, result.partition_key)
+        _run_job_with_progress("ingest_events", f"ingesting {result.partition_key}", tags)
+    else:
+        console.print(f"next: materialize raw_events for {result.partition_key} (`recsys ui`, or re-run with --ingest)")
 
 
 @deploy_app.command("status")

@@ -10,7 +10,7 @@ from dataclasses import asdict
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from assets import features, ingestion, serving, training
+from assets import features, ingestion, realtime, serving, training
 from assets import push as push_assets
 from assets.checks import ALL_CHECKS as QUALITY_CHECKS
 from recsys_platform.config import Settings
@@ -26,7 +26,7 @@ from sensors.landing import landing_sensor_for
 from sensors.registry import champion_sensor_for
 from sensors.schedules import retrain_schedule_for
 
-ALL_ASSETS = dg.load_assets_from_modules([ingestion, features, training, serving, push_assets])
+ALL_ASSETS = dg.load_assets_from_modules([ingestion, features, training, serving, push_assets, realtime])
 
 INGESTION_ASSETS = ("items", "users", "raw_events", "quarantined_events")
 
@@ -38,7 +38,9 @@ ingest_job = dg.define_asset_job(
 )
 training_cycle_job = dg.define_asset_job(
     "training_cycle",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(*INGESTION_ASSETS),
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.assets(*INGESTION_ASSETS)
+    - dg.AssetSelection.assets(*realtime.REALTIME_ASSETS),
     description="Features, training, evaluation and gate, batch recommendations, blue-green deploy, catalog.",
 )
 deploy_job = dg.define_asset_job(
@@ -76,8 +78,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=ALL_ASSETS,
         asset_checks=QUALITY_CHECKS,
-        jobs=[ingest_job, training_cycle_job, deploy_job, push_job],
-        sensors=[landing_sensor_for(ingest_job), champion_sensor_for(deploy_job)],
+        jobs=[ingest_job, training_cycle_job, deploy_job, push_job, realtime.refresh_realtime_job],
+        sensors=[landing_sensor_for(realtime.refresh_realtime_job), champion_sensor_for(deploy_job)],
         schedules=[retrain_schedule_for(training_cycle_job)],
         resources=build_resources(settings),
     )

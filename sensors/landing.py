@@ -1,40 +1,55 @@
-"""Landing sensor: turn newly landed event files into runs for the touched arrival hours."""
+"""Landing sensor: turn newly landed event files into refresh runs for the touched arrival hours."""
 
+import os
 from typing import Any
 
 import dagster as dg
 
-from recsys_platform.landing import EVENTS_PREFIX, FILE_FORMATS, partition_key_of
+from recsys_platform.realtime import FILES_TAG, FIRST_FILE_TAG, LAST_FILE_TAG, PARTITION_TAG, SENSOR_STATUS_ENV
+from recsys_platform.realtime.cursor import LandingCursor, new_event_files
 from resources import LandingZoneResource
 
 MAX_FILES_PER_TICK = 5000
 
 
-def landing_sensor_for(job: Any, interval_seconds: int = 5) -> dg.SensorDefinition:
+def _default_status() -> dg.DefaultSensorStatus:
+    running = os.environ.get(SENSOR_STATUS_ENV, "").strip().lower() in ("running", "on", "1", "true")
+    return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+
+
+def landing_sensor_for(job: Any, interval_seconds: int = 1) -> dg.SensorDefinition:
     """A cursor-based sensor over events/ that requests `job` for each touched hour partition."""
 
     @dg.sensor(
         name="landing_zone_sensor",
         job=job,
         minimum_interval_seconds=interval_seconds,
-        default_status=dg.DefaultSensorStatus.STOPPED,
-        description="Lists only files after its cursor (the last key seen; keys sort by arrival) and requests "
-        "a refresh run per touched arrival hour. Run keys include the newest file, so re-deliveries are harmless.",
+        default_status=_default_status(),
+        description="Lists only event files after its cursor (keys sort by arrival; files named up to 30 s "
+        "earlier that completed late are still picked up) and requests one refresh run per touched arrival "
+        f"hour. Run keys name the newest file, so re-deliveries are harmless. {SENSOR_STATUS_ENV}=running "
+        "starts it by default.",
     )
     def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
-        files = landing.zone().list_files(EVENTS_PREFIX, start_after=context.cursor or None)
-        files = [f for f in files if f.key.endswith(FILE_FORMATS)][:MAX_FILES_PER_TICK]
-        if not files:
-            return dg.SkipReason("no new files since cursor")
-        newest: dict[str, str] = {}
-        for f in files:
-            key = partition_key_of(f.key)
-            if key is not None:
-                newest[key] = max(newest.get(key, ""), f.key)
-        context.update_cursor(files[-1].key)
-        return [
-            dg.RunRequest(run_key=f"{partition}|{last}", partition_key=partition, tags={"recsys/trigger": "landing"})
-            for partition, last in sorted(newest.items())
+        cursor = LandingCursor.from_json(context.cursor)
+        batches, nxt = new_event_files(landing.zone(), cursor, MAX_FILES_PER_TICK)
+        requests = [
+            dg.RunRequest(
+                run_key=f"{b.partition_key}|{b.last_key}",
+                partition_key=b.partition_key,
+                tags={
+                    PARTITION_TAG: b.partition_key,
+                    FIRST_FILE_TAG: b.first_key,
+                    LAST_FILE_TAG: b.last_key,
+                    FILES_TAG: str(b.files),
+                    "recsys/trigger": "landing",
+                },
+            )
+            for b in batches
         ]
+        cursor_json = nxt.to_json() if nxt != cursor else context.cursor
+        if not requests:
+            return dg.SensorResult(skip_reason=dg.SkipReason("no new event files since cursor"), cursor=cursor_json)
+        return dg.SensorResult(run_requests=requests, cursor=cursor_json)
 
     return landing_zone_sensor

@@ -1,0 +1,28 @@
+"""Near-real-time path: event collection, landing cursor, session features, context re-weighting, refresh.
+
+Run tags shared by the landing sensor and the refresh job are defined here (the core never imports dagster).
+"""
+
+from __future__ import annotations
+
+PARTITION_TAG = "recsys/refresh_partition"
+FIRST_FILE_TAG = "recsys/first_file"
+LAST_FILE_TAG = "recsys/last_file"
+FILES_TAG = "recsys/files"
+SENSOR_STATUS_ENV = "RECSYS_LANDING_SENSOR"
+
+# Dagster instance settings the refresh path relies on (merged into DAGSTER_HOME/dagster.yaml):
+# one refresh run per arrival-hour partition at a time, a 1-second run queue, automatic run retries.
+INSTANCE_YAML = f"""\
+run_queue:
+  dequeue_interval_seconds: 1
+  tag_concurrency_limits:
+    - key: "{PARTITION_TAG}"
+      value:
+        applyLimitPerUniqueValue: true
+      limit: 1
+run_retries:
+  enabled: true
+"""
+
+__all__ = ["FILES_TAG", "FIRST_FILE_TAG", "INSTANCE_YAML", "LAST_FILE_TAG", "PARTITION_TAG", "SENSOR_STATUS_ENV"]

@@ -1,0 +1,253 @@
+"""Near-real-time refresh of the users who produced new events: features, re-scoring, online-store writes.
+
+Only touched users are recomputed. Their interactions are the batch `interactions` table's rows
+for them plus the raw events ingested since (deduplicated by event_id); from these the same
+feature functions as the batch pipeline build their user, affinity and user-item features (train/
+serve parity). The global parts (candidate sources, item features) are fitted on the batch history
+plus the touched users' new interactions. The users are re-scored with the model bound to the
+ACTIVE slot, re-weighted by their session context (`recsys_platform.realtime.context`), and their
+`user_features` and `recs` rows are written to that slot with `deployment.write_user_updates`; if
+the slot's model changes meanwhile (a deploy flipped the pointer), the write is refused and the
+users are re-scored with the new slot's model and written there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys_platform import features as feats
+from recsys_platform import schemas
+from recsys_platform.config import PipelineParams
+from recsys_platform.deployment import write_user_updates
+from recsys_platform.landing import PARTITION_KEY_FORMAT
+from recsys_platform.online_store import OnlineStore, StaleWriteError
+from recsys_platform.realtime.context import ContextWeights, apply_context
+from recsys_platform.snapshot import ONLINE_USER_FEATURES
+
+logger = logging.getLogger(__name__)
+
+MAX_STALE_ATTEMPTS = 3
+SESSION_ONLINE_FEATURES = (
+    "window_end",
+    "sess_starts",
+    "sess_completes",
+    "sess_sleep_bounce_rate",
+    "search_terms",
+    "search_sleep",
+    "search_movement",
+    "steps_trend",
+    "heart_rate_trend",
+    "is_night",
+)
+
+
+@dataclass
+class RefreshReport:
+    """What one refresh did, with per-phase seconds."""
+
+    users: int
+    rescored_users: int = 0
+    model_version: str | None = None
+    slot: str | None = None
+    attempts: int = 0
+    skipped: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _lake_path(lake_url: str, *parts: str) -> str:
+    return "/".join([lake_url.rstrip("/"), *parts])
+
+
+def _exists(path: str) -> bool:
+    if "://" in path:
+        from upath import UPath
+
+        return UPath(path).exists()
+    return Path(path).exists()
+
+
+def batch_interactions(lake_url: str) -> pl.LazyFrame | None:
+    """A lazy scan of the batch pipeline's `interactions` table, or None before the first batch run."""
+    path = _lake_path(lake_url, "interactions.parquet")
+    return pl.scan_parquet(path) if _exists(path) else None
+
+
+def recent_raw_events(lake_url: str, since: datetime, user_ids: list[str]) -> pl.DataFrame:
+    """Ingested raw events of `user_ids` in every arrival-hour partition from the hour before `since` on."""
+    first = (since - timedelta(hours=1)).strftime(PARTITION_KEY_FORMAT)
+    base = _lake_path(lake_url, "raw_events")
+    if "://" in base:
+        from upath import UPath
+
+        names = [p.name for p in UPath(base).iterdir()] if UPath(base).exists() else []
+    else:
+        names = [p.name for p in Path(base).glob("*.parquet")] if Path(base).exists() else []
+    files = sorted(f"{base}/{n}" for n in names if n.endswith(".parquet") and n[: -len(".parquet")] >= first)
+    if not files:
+        return schemas.empty_frame(schemas.EVENT_SCHEMA)
+    return (
+        pl.scan_parquet(files, missing_columns="insert")
+        .filter(pl.col("user_id").is_in(user_ids))
+        .select(list(schemas.EVENT_SCHEMA))
+        .collect()
+    )
+
+
+def touched_interactions(
+    batch: pl.DataFrame | pl.LazyFrame | None, recent_events: pl.DataFrame, items: pl.DataFrame, user_ids: list[str]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(all interactions = batch + new, the touched users' interactions), deduplicated by event_id."""
+    new = feats.build_interactions(recent_events.filter(pl.col("user_id").is_in(user_ids)), items)
+    if batch is None:
+        base = schemas.empty_frame(schemas.INTERACTION_SCHEMA)
+    else:
+        base = batch.collect() if isinstance(batch, pl.LazyFrame) else batch
+    base = schemas.conform(base, schemas.INTERACTION_SCHEMA)
+    fresh = new.join(base.filter(pl.col("user_id").is_in(user_ids)).select("event_id"), on="event_id", how="anti")
+    everything = pl.concat([base, fresh]).sort("event_time", "event_id")
+    return everything, everything.filter(pl.col("user_id").is_in(user_ids))
+
+
+def build_scoring_frame(
+    everything: pl.DataFrame,
+    mine: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    user_ids: list[str],
+    params: PipelineParams,
+    now: datetime,
+    ease_weights: tuple[np.ndarray, pl.Series] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(ranker frame of the touched users minus recently completed items, their updated user features).
+
+    `ease_weights` are the batch's cached EASE weights (see `ease_cache`); without them EASE is fitted here.
+    """
+    from recsys_platform.candidates import CandidateContext
+    from recsys_platform.collaborative import fit_ease
+    from recsys_platform.ranking import PointInTime, recently_completed
+    from recsys_platform.realtime.ease_cache import EASE_L2, ease_for_users
+
+    latest = everything["event_time"].max() if everything.height else None
+    cutoff = max(now, latest + timedelta(microseconds=1)) if latest is not None else now
+    my_users = users.filter(pl.col("user_id").is_in(user_ids))
+    if ease_weights is not None:
+        ease = ease_for_users(*ease_weights, mine)
+    else:
+        positive = everything.filter(pl.col("weight") > 0).select("user_id", "item_id", "weight")
+        ease = fit_ease(positive, l2=EASE_L2, binary=True) if positive.height else None
+    ctx = CandidateContext(
+        cutoff=cutoff,
+        history=everything,
+        items=items,
+        users=users,
+        ease=ease,
+        affinities=feats.user_item_affinities(mine, items, cutoff),
+    )
+    user_feats = feats.user_features(mine, my_users, items, cutoff)
+    pit = PointInTime(
+        cutoff=cutoff,
+        candidates=ctx,
+        user_features=user_feats,
+        item_features=feats.item_features(everything, items, cutoff),
+        ui_history=feats.user_item_history(mine, cutoff, params.repeat_cap),
+    )
+    frame = pit.ranker_frame(my_users["user_id"], params.candidates_per_source)
+    excluded = recently_completed(mine, cutoff, params.recent_exclusion_days)
+    return frame.join(excluded, on=["user_id", "item_id"], how="anti"), user_feats
+
+
+def encode_recs(recs: pl.DataFrame, items: pl.DataFrame, generated_at: datetime) -> dict[str, str]:
+    """Ranked rows [user_id, rank, item_id, score] as `recs` namespace values (the snapshot's format)."""
+    if recs.height == 0:
+        return {}
+    meta = items.select("item_id", "content_type", "is_kids")
+    encoded = (
+        recs.select("user_id", "rank", "item_id", pl.col("score").round(6))
+        .join(meta, on="item_id", how="left")
+        .sort("user_id", "rank")
+        .group_by("user_id", maintain_order=True)
+        .agg(items=pl.struct("item_id", "score", "content_type", "is_kids"))
+        .select(
+            "user_id",
+            value=pl.struct(pl.col("items"), generated_at=pl.lit(generated_at.isoformat())).struct.json_encode(),
+        )
+    )
+    return dict(zip(encoded["user_id"].to_list(), encoded["value"].to_list(), strict=True))
+
+
+def encode_user_features(user_feats: pl.DataFrame, sessions: pl.DataFrame, refreshed_at: datetime) -> dict[str, str]:
+    """`user_features` namespace values: the snapshot's online features plus the current session's."""
+    cols = [c for c in ONLINE_USER_FEATURES if c in user_feats.columns]
+    sess = sessions.select("user_id", *SESSION_ONLINE_FEATURES).with_columns(
+        pl.col("window_end").dt.to_string("%Y-%m-%dT%H:%M:%S%z")
+    )
+    frame = user_feats.select("user_id", *cols).join(sess, on="user_id", how="left")
+    encoded = frame.select(
+        "user_id",
+        value=pl.struct(
+            *cols, *SESSION_ONLINE_FEATURES, refreshed_at=pl.lit(refreshed_at.isoformat())
+        ).struct.json_encode(),
+    )
+    return dict(zip(encoded["user_id"].to_list(), encoded["value"].to_list(), strict=True))
+
+
+def refresh_users(
+    store: OnlineStore,
+    frame: pl.DataFrame,
+    user_feats: pl.DataFrame,
+    sessions: pl.DataFrame,
+    items: pl.DataFrame,
+    params: PipelineParams,
+    load_model: Callable[[str], Any],
+    now: datetime | None = None,
+    weights: ContextWeights | None = None,
+) -> RefreshReport:
+    """Re-score the users of `frame` with the active slot's model and write them there (retrying after a flip)."""
+    from recsys_platform.ranking import score_frame, top_n
+
+    now = now or datetime.now(UTC)
+    report = RefreshReport(users=user_feats.height)
+    if user_feats.height == 0:
+        report.skipped = "no touched users with a profile"
+        return report
+    sessions = sessions.filter(pl.col("user_id").is_in(user_feats["user_id"].implode()))
+    feature_rows = encode_user_features(user_feats, sessions, now)
+    for attempt in range(1, MAX_STALE_ATTEMPTS + 1):
+        report.attempts = attempt
+        pointer = store.pointer()
+        if pointer is None:
+            report.skipped = "nothing is deployed yet"
+            return report
+        report.model_version, report.slot = pointer.model_version, pointer.active_slot
+        recs_rows: dict[str, str] = {}
+        if pointer.model_version.isdigit():
+            t0 = time.perf_counter()
+            model = load_model(pointer.model_version)
+            t1 = time.perf_counter()
+            scored = apply_context(score_frame(model, frame), sessions, weights)
+            recs_rows = encode_recs(top_n(scored, params.top_n, score_col="score_context"), items, now)
+            report.timings |= {"model_load_s": t1 - t0, "score_s": time.perf_counter() - t1}
+        else:
+            report.skipped = f"active slot serves {pointer.model_version!r}, which is not a ranker: features only"
+        t2 = time.perf_counter()
+        try:
+            # Features first, then the list the API serves: a crash in between leaves the old list visible.
+            write_user_updates(store, pointer.model_version, "user_features", feature_rows)
+            if recs_rows:
+                write_user_updates(store, pointer.model_version, "recs", recs_rows)
+        except StaleWriteError as exc:
+            logger.warning("slot changed during refresh (attempt %d): %s; re-scoring on the new slot", attempt, exc)
+            continue
+        report.timings["write_s"] = time.perf_counter() - t2
+        report.rescored_users = len(recs_rows)
+        return report
+    raise StaleWriteError(f"the active slot kept changing during {MAX_STALE_ATTEMPTS} refresh attempts")
