@@ -36,11 +36,11 @@ TS = pl.Datetime("us", "UTC")
 class ArmEffects:
     """Daily probability of an extra session caused by each arm."""
 
-    model_lift_structured: float = 0.20
-    model_lift_other: float = 0.03
+    model_lift_structured: float = 0.25
+    model_lift_other: float = 0.02
     popularity_lift: float = 0.04
     complete_share: float = 0.8
-    structured_share: float = 0.45  # top-topic share of plays that makes a user "structured"
+    structured_share: float = 0.35  # top-topic share of plays that makes a user "structured"
     model_arm: str = "model"
     popularity_arm: str = "popularity"
 

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from recsys_platform import experiments as ex
-from recsys_platform.experiment_sim import simulate_arms
+from recsys_platform.experiment_sim import ArmEffects, simulate_arms, structured_users
 from recsys_platform.features import build_interactions
 from recsys_platform.generator import GeneratorConfig, generate
 from recsys_platform.set_config import ExperimentConfig
@@ -159,12 +159,21 @@ def test_simulated_model_arm_lifts_completions_and_leaves_the_generator_untouche
     assert sim.events.join(base.events, on="event_id", how="anti")["event_id"].str.starts_with("x").all()
     start, end = ex.experiment_window(EXP, sim.events["event_time"].max())
     exposures = ex.log_exposures(sim.events, EXP, start, end)
-    table = ex.analyze(ex.user_outcomes(exposures, build_interactions(sim.events, sim.items), end), "control")
-    days = table.filter(pl.col("metric") == "completion_days")
-    model = days.filter(pl.col("arm") == "model").row(0, named=True)
-    control = days.filter(pl.col("arm") == "control").row(0, named=True)
-    popularity = days.filter(pl.col("arm") == "popularity").row(0, named=True)
+    outcomes = ex.user_outcomes(exposures, build_interactions(sim.events, sim.items), end)
+    table = ex.analyze(outcomes, "control")
+    model = table.filter((pl.col("metric") == "completion_days") & (pl.col("arm") == "model")).row(0, named=True)
     assert model["significant"] and model["diff_vs_control"] > 0.1
-    assert model["mean"] > popularity["mean"] > control["mean"]
+    # the lift is concentrated in users with structured tastes
+    tastes = structured_users(base.events, base.items, pl.lit(start, dtype=TS), ArmEffects().structured_share)
+    by = (
+        outcomes.join(tastes, on="user_id", how="left")
+        .with_columns(pl.col("structured").fill_null(False))
+        .group_by("arm", "structured")
+        .agg(pl.col("completion_days").mean())
+    )
+    mean = {(r["arm"], r["structured"]): r["completion_days"] for r in by.iter_rows(named=True)}
+    lift_structured = mean[("model", True)] - mean[("control", True)]
+    lift_other = mean[("model", False)] - mean[("control", False)]
+    assert lift_structured > 0.5 and lift_structured > lift_other + 0.4
     again = simulate_arms(base, EXP, seed=cfg.seed)
     assert again.events.equals(sim.events)
