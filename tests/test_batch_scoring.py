@@ -180,9 +180,8 @@ def test_every_query_in_the_analyst_guide_runs_against_a_catalog(world, tmp_path
         frame.write_parquet(lake / f"{name}.parquet")
     for name, frame in (("batch_scores", world["scores"]), ("recommendation_sets", world["sets"])):
         (lake / name).mkdir()
-        for k, (key, part) in enumerate(
-            frame.partition_by("shard" if name == "batch_scores" else "set_name", as_dict=True).items()
-        ):
+        key_col = "shard" if name == "batch_scores" else "set_name"
+        for k, part in enumerate(frame.partition_by(key_col)):
             part.write_parquet(lake / name / f"part-{k}.parquet")
     catalog = tmp_path / "catalog.duckdb"
     views = build_catalog(catalog, str(lake), [*tables, "batch_scores", "recommendation_sets"])
