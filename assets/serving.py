@@ -27,6 +27,10 @@ LAKE_TABLES = [
     "model_evaluation",
     "recommendations",
     "feature_store_snapshot",
+    "batch_scores",
+    "recommendation_sets",
+    "experiment_exposures",
+    "experiment_analysis",
 ]
 
 

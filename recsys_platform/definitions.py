@@ -12,6 +12,7 @@ from dagster_aws.s3 import S3Resource
 
 from assets import features, ingestion, realtime, serving, training
 from assets import push as push_assets
+from assets import recommendation_sets as recommendation_set_assets
 from assets.checks import ALL_CHECKS as QUALITY_CHECKS
 from recsys_platform.config import Settings
 from resources import (
@@ -22,11 +23,14 @@ from resources import (
     PipelineResource,
 )
 from resources.push import PushQueueResource
+from resources.recommendation_sets import RecommendationSetsResource
 from sensors.landing import landing_sensor_for
+from sensors.recommendation_sets import batch_sets_schedule_for
 from sensors.registry import champion_sensor_for
 from sensors.schedules import retrain_schedule_for
 
 ALL_ASSETS = dg.load_assets_from_modules([ingestion, features, training, serving, push_assets, realtime])
+SET_ASSETS = dg.load_assets_from_modules([recommendation_set_assets])
 
 INGESTION_ASSETS = ("items", "users", "raw_events", "quarantined_events")
 
@@ -40,7 +44,8 @@ training_cycle_job = dg.define_asset_job(
     "training_cycle",
     selection=dg.AssetSelection.all()
     - dg.AssetSelection.assets(*INGESTION_ASSETS)
-    - dg.AssetSelection.assets(*realtime.REALTIME_ASSETS),
+    - dg.AssetSelection.assets(*realtime.REALTIME_ASSETS)
+    - dg.AssetSelection.assets(*recommendation_set_assets.SHARDED_ASSETS),
     description="Features, training, evaluation and gate, batch recommendations, blue-green deploy, catalog.",
 )
 deploy_job = dg.define_asset_job(
@@ -53,6 +58,14 @@ push_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("push_notifications"),
     description="Enqueue push notifications for users who just completed a session or searched for sleep "
     "content at night (delivered by `recsys push-worker`).",
+)
+
+recommendation_sets_job = dg.define_asset_job(
+    "recommendation_sets_batch",
+    selection=dg.AssetSelection.assets(*recommendation_set_assets.SHARDED_ASSETS),
+    partitions_def=recommendation_set_assets.user_shards,
+    description="Batch-score one user shard with the champion, apply the recommendation-set rules, export "
+    "JSON lines (on demand: launch or backfill shards; scheduled every 2 days).",
 )
 
 
@@ -68,6 +81,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "pipeline": PipelineResource(
             lake_url=settings.lake_url, catalog_path=str(settings.catalog_path), **asdict(settings.params)
         ),
+        "set_config": RecommendationSetsResource(
+            config_path=str(settings.recommendation_sets_path), exports_dir=str(settings.exports_dir)
+        ),
     }
 
 
@@ -76,11 +92,21 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     settings.ensure_local_dirs()
     return dg.Definitions(
-        assets=ALL_ASSETS,
+        assets=[*ALL_ASSETS, *SET_ASSETS],
         asset_checks=QUALITY_CHECKS,
-        jobs=[ingest_job, training_cycle_job, deploy_job, push_job, realtime.refresh_realtime_job],
+        jobs=[
+            ingest_job,
+            training_cycle_job,
+            deploy_job,
+            push_job,
+            realtime.refresh_realtime_job,
+            recommendation_sets_job,
+        ],
         sensors=[landing_sensor_for(realtime.refresh_realtime_job), champion_sensor_for(deploy_job)],
-        schedules=[retrain_schedule_for(training_cycle_job)],
+        schedules=[
+            retrain_schedule_for(training_cycle_job),
+            batch_sets_schedule_for(recommendation_sets_job, recommendation_set_assets.SHARD_KEYS),
+        ],
         resources=build_resources(settings),
     )
 
