@@ -478,6 +478,27 @@ def reconcile_files(
     )
 
 
+def _conform_table(df: pl.DataFrame, schema: dict[str, pl.DataType], key: str) -> pl.DataFrame:
+    """Type a catalog/profile file to `schema` (dates in JSON arrive as strings); misfits become null, logged."""
+    exprs = []
+    for name, dtype in schema.items():
+        if name not in df.columns:
+            exprs.append(pl.lit(None, dtype=dtype).alias(name))
+            continue
+        col, src = pl.col(name), df.schema[name]
+        if src == pl.String and dtype == pl.Date:
+            typed = col.str.to_date(strict=False)
+        elif src == pl.String and isinstance(dtype, pl.Datetime):
+            typed = col.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
+        else:
+            typed = col.cast(dtype, strict=False)
+        exprs.append(typed.alias(name))
+        misfits = df.select((col.is_not_null() & typed.is_null()).sum()).item()
+        if misfits:
+            logger.error("%s: %d %s values are not %s; stored as null", key, misfits, name, dtype)
+    return df.select(exprs)
+
+
 def read_table_updates(zone: LandingZone, prefix: str, schema: dict[str, pl.DataType], key: str) -> pl.DataFrame:
     """Read every catalog/profile file under `prefix`; later files override earlier rows by `key`.
 
@@ -492,7 +513,7 @@ def read_table_updates(zone: LandingZone, prefix: str, schema: dict[str, pl.Data
                 df = read_parquet(data).frame
             else:
                 df = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
-            frames.append(schemas.conform(df.filter(pl.col(key).is_not_null()), schema))
+            frames.append(_conform_table(df.filter(pl.col(key).is_not_null()), schema, f.key))
         except Exception as exc:
             logger.error("skipping unreadable %s file %s: %s: %s", prefix.rstrip("/"), f.key, type(exc).__name__, exc)
     if not frames:
