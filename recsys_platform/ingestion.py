@@ -132,7 +132,7 @@ def _file_record(key: str, reason: str, detail: str, partition_key: str, raw: st
     )
 
 
-def _parse_times(s: pl.Series) -> pl.Series:
+def parse_event_times(s: pl.Series) -> pl.Series:
     """ISO-8601 strings to UTC datetimes (naive ones are taken as UTC); unparsable values become null."""
     parsed = s.str.to_datetime(_TIME_FORMATS[0], time_zone="UTC", strict=False, time_unit="us")
     if (parsed.is_null() & s.is_not_null()).any():
@@ -146,7 +146,7 @@ def _cast(s: pl.Series, dtype: pl.DataType) -> pl.Series:
     src = s.dtype
     if dtype == _UTC:
         if src == pl.String:
-            return _parse_times(s)
+            return parse_event_times(s)
         if isinstance(src, pl.Datetime):
             out = s.dt.replace_time_zone("UTC") if src.time_zone is None else s.dt.convert_time_zone("UTC")
             return out.dt.cast_time_unit("us")
