@@ -14,9 +14,9 @@ import dagster as dg
 import polars as pl
 
 from assets.partitions import arrival_hours
-from recsys_platform.ingestion import reconcile_files
 from recsys_platform.landing import EVENTS_PREFIX, FILE_FORMATS, partition_key_of
 from recsys_platform.quality import QualityResult, validate_frame
+from recsys_platform.reconciliation import reconcile_files
 from recsys_platform.reporting import frame_preview_markdown
 from resources import LandingZoneResource
 

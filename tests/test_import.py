@@ -183,6 +183,7 @@ def test_bad_mappings_are_clear_errors(tmp_path, mapping, message):
         parse_pairs(["title"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_ML100K / "ml-100k.inter").exists(), reason="no shared ml-100k copy")
 def test_movielens_flows_through_the_same_assets_and_checks(tmp_path):
     zone = LocalLandingZone(tmp_path / "landing")

@@ -15,8 +15,9 @@ from assets.ingestion import items, raw_events, users
 from recsys_platform import schemas
 from recsys_platform.event_files import read_jsonl
 from recsys_platform.generator import GeneratorConfig, encode_frame, generate, write_to_landing
-from recsys_platform.ingestion import ingest_files, reconcile_files
+from recsys_platform.ingestion import ingest_files
 from recsys_platform.landing import LandingZone, LocalLandingZone, event_file_key, new_batch_id, partition_key_of
+from recsys_platform.reconciliation import reconcile_files
 from resources import LakeIOManager, LandingZoneResource
 from tests.conftest import FIXED_END
 
@@ -87,7 +88,7 @@ def test_parquet_and_jsonl_give_the_same_events(dataset, tmp_path):
     assert (got["arrival_time"] >= got["event_time"]).all()
 
 
-def test_timestamp_formats_and_numbers_are_typed_alike():
+def test_timestamp_formats_and_numbers_are_typed_alike(tmp_path):
     rows = [
         _event(1, "2026-03-02T14:10:00Z", seconds_listened=5, steps="7"),
         _event(2, "2026-03-02T16:10:00+02:00", seconds_listened="5.0", steps=7.0),
@@ -98,14 +99,12 @@ def test_timestamp_formats_and_numbers_are_typed_alike():
     slow = read_jsonl(_jsonl(*rows) + b"{broken\n")  # one bad line: the line-by-line path
     assert len(slow.bad_lines) == 1 and slow.bad_lines[0].line == 5
     assert fast.frame.equals(slow.frame.select(fast.frame.columns))
-    zone = LocalLandingZone("/nonexistent-not-used")  # ingest_files only reads through the zone
-    del zone
-    from recsys_platform.ingestion import _type_file  # the typing step on its own
-
-    typed, rejected = _type_file(fast.frame.with_columns(source_file=pl.lit("f"), arrival_time=pl.lit(HOUR)), "p")
-    assert rejected == []
-    assert typed["event_time"].unique().to_list() == [datetime(2026, 3, 2, 14, 10, tzinfo=UTC)]
-    assert typed["seconds_listened"].to_list() == [5.0] * 4 and typed["steps"].to_list() == [7] * 4
+    zone = LocalLandingZone(tmp_path)
+    _land(zone, _jsonl(*rows))
+    result = ingest_files(zone, zone.partition_files(PARTITION), PARTITION, HOUR, {"i1"})
+    assert result.quarantined.height == 0
+    assert result.events["event_time"].unique().to_list() == [datetime(2026, 3, 2, 14, 10, tzinfo=UTC)]
+    assert result.events["seconds_listened"].to_list() == [5.0] * 4 and result.events["steps"].to_list() == [7] * 4
 
 
 def test_late_event_lands_in_its_arrival_hour_with_both_times(tmp_path):
