@@ -56,7 +56,11 @@ class FileSender:
 
 
 class WebhookSender:
-    """POSTs each message as JSON to a URL; any non-2xx answer or transport error raises."""
+    """POSTs each message as JSON to a URL; any non-2xx answer or transport error raises.
+
+    Keep `timeout` well below the queue's visibility timeout, or a slow endpoint lets the lease expire
+    and another worker sends the message again.
+    """
 
     def __init__(self, url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> None:
         import httpx
