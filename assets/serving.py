@@ -27,6 +27,7 @@ LAKE_TABLES = [
     "model_evaluation",
     "recommendations",
     "feature_store_snapshot",
+    "push_notifications",
     "batch_scores",
     "recommendation_sets",
     "experiment_exposures",
