@@ -14,7 +14,7 @@ import argparse
 import logging
 import resource
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -61,6 +61,80 @@ def prepare(out: Path, n_users: int, days: int, seed: int, chunk_users: int = 10
     print(f"prepared {out} in {time.perf_counter() - t0:.0f}s; peak RSS {_peak_gib():.1f} GiB", flush=True)
 
 
+def run(data: Path, out: Path, shards: int, time_limit: float, chunk_users: int) -> None:
+    """Score every user shard by shard, write batch scores, sets and the export; print the figures."""
+    import os
+    from dataclasses import replace
+
+    import lightgbm as lgb
+
+    from recsys_platform import batch_scoring as bs
+    from recsys_platform.config import PipelineParams, Settings
+    from recsys_platform.set_config import Eligibility, load_sets_config
+
+    t0 = time.perf_counter()
+    items, users = pl.read_parquet(data / "items.parquet"), pl.read_parquet(data / "users.parquet")
+    interactions = pl.read_parquet(data / "interactions.parquet")
+    searches = pl.read_parquet(data / "searches.parquet").with_columns(event_type=pl.lit("search"))
+    model = lgb.Booster(model_file=str(data / "ranker.txt"))
+    config = load_sets_config(Settings.from_env().recommendation_sets_path)
+    batch = replace(config.batch, shards=shards, chunk_users=chunk_users)
+    config = replace(config, batch=batch)
+    params = PipelineParams()
+    cutoff = interactions["event_time"].max() + timedelta(microseconds=1)
+    now = datetime.now(UTC)
+    eligible = bs.eligible_users(users, interactions, cutoff, Eligibility(None, (), None))
+    g = bs.build_global_inputs(interactions, items, users, cutoff)
+    ctx = bs.rule_context(users, interactions, bs.last_search_queries(searches, before=cutoff), now.date(), cutoff)
+    t_setup = time.perf_counter() - t0
+    print(f"setup (load, eligibility, global model inputs): {t_setup:.0f}s; {eligible.len():,} users", flush=True)
+    lake = out / "lake"
+    for sub in ("batch_scores", "recommendation_sets"):
+        (lake / sub).mkdir(parents=True, exist_ok=True)
+    totals = {"score": 0.0, "sets": 0.0, "write": 0.0, "rows": 0, "set_rows": 0, "users": 0}
+    keys = bs.shard_keys(shards)
+    done = 0
+    for key in keys:
+        t = time.perf_counter()
+        scores = bs.score_shard(model, "bench", g, eligible, key, batch, params, now)
+        totals["score"] += time.perf_counter() - t
+        t = time.perf_counter()
+        sets, _ = bs.build_sets(scores, items, ctx, config)
+        totals["sets"] += time.perf_counter() - t
+        t = time.perf_counter()
+        scores.write_parquet(lake / "batch_scores" / f"{key}.parquet")
+        sets.write_parquet(lake / "recommendation_sets" / f"{key}.parquet")
+        bs.export_sets(sets, out / "exports", key)
+        totals["write"] += time.perf_counter() - t
+        totals["rows"] += scores.height
+        totals["set_rows"] += sets.height
+        totals["users"] += scores["user_id"].n_unique()
+        done += 1
+        elapsed = time.perf_counter() - t0
+        print(
+            f"{key}: {scores['user_id'].n_unique():,} users, {scores.height:,} scored rows, {sets.height:,} set rows; "
+            f"{elapsed:.0f}s elapsed, peak RSS {_peak_gib():.1f} GiB",
+            flush=True,
+        )
+        del scores, sets
+        if elapsed > time_limit and done < len(keys):
+            print(f"time limit {time_limit:.0f}s reached after {done}/{len(keys)} shards", flush=True)
+            break
+    wall = time.perf_counter() - t0
+    per_shard = (wall - t_setup) / done
+    print(
+        f"\nusers scored {totals['users']:,} ({totals['rows']:,} rows, "
+        f"{totals['rows'] / max(totals['users'], 1):.0f} per user), set rows {totals['set_rows']:,}"
+    )
+    print(
+        f"wall {wall:.0f}s (setup {t_setup:.0f}s, scoring {totals['score']:.0f}s, rules+sets {totals['sets']:.0f}s, "
+        f"writes {totals['write']:.0f}s); peak RSS {_peak_gib():.2f} GiB"
+    )
+    if done < len(keys):
+        print(f"extrapolated wall for all {len(keys)} shards: {t_setup + per_shard * len(keys):.0f}s")
+    print(f"load: {os.getloadavg()}, cpus: {os.cpu_count()}")
+
+
 def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
@@ -74,10 +148,18 @@ def main() -> None:
     p.add_argument("--days", type=int, default=14)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", type=Path, required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--data", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--shards", type=int, default=16)
+    r.add_argument("--chunk-users", type=int, default=5000)
+    r.add_argument("--time-limit", type=float, default=1800.0, help="stop after the shard that passes this")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     if args.cmd == "prepare":
         prepare(args.out, args.users, args.days, args.seed)
+    else:
+        run(args.data, args.out, args.shards, args.time_limit, args.chunk_users)
 
 
 if __name__ == "__main__":

@@ -225,9 +225,24 @@ def rule_context(
 
 
 def build_sets(
+    scores: pl.DataFrame, items: pl.DataFrame, ctx: RuleContext, config: SetsConfig, chunk_users: int = 20_000
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Apply every set's rules to the scored lists, `chunk_users` users at a time (bounds memory);
+    return (sets in RECOMMENDATION_SET_SCHEMA, rows removed and moved per set and rule)."""
+    users = scores["user_id"].unique(maintain_order=True)
+    parts, counts = [], []
+    for start in range(0, max(users.len(), 1), chunk_users):
+        chunk = scores.join(pl.DataFrame({"user_id": users.slice(start, chunk_users)}), on="user_id", how="semi")
+        sets, c = _build_sets_chunk(chunk, items, ctx, config)
+        parts.append(sets)
+        counts.append(c)
+    total = pl.concat(counts).group_by("set_name", "step", "rule", maintain_order=True).agg(pl.all().sum())
+    return pl.concat(parts), total.select([pl.col(c).cast(t) for c, t in RULE_COUNT_SCHEMA.items()])
+
+
+def _build_sets_chunk(
     scores: pl.DataFrame, items: pl.DataFrame, ctx: RuleContext, config: SetsConfig
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Apply every set's rules to the scored lists; return (sets in RECOMMENDATION_SET_SCHEMA, rule counts)."""
     meta = scores.select("user_id", "model_version", "generated_at").unique("user_id")
     base = scores.select("user_id", "rank", "item_id", "score").join(
         items.select("item_id", *ITEM_RULE_COLUMNS), on="item_id", how="inner", maintain_order="left"
@@ -240,7 +255,7 @@ def build_sets(
             frame = frame.with_columns(context=pl.lit(None, dtype=pl.String))
         out.append(frame.join(meta, on="user_id", how="left").with_columns(set_name=pl.lit(s.name)))
         counts += [{"set_name": s.name, "step": i + 1, **c} for i, c in enumerate(steps)]
-        logger.info("set %s: %d rows for %d users", s.name, frame.height, frame["user_id"].n_unique())
+        logger.debug("set %s: %d rows for %d users", s.name, frame.height, frame["user_id"].n_unique())
     sets = pl.concat([f.select(list(RECOMMENDATION_SET_SCHEMA)) for f in out], how="vertical_relaxed")
     sets = sets.select([pl.col(c).cast(t) for c, t in RECOMMENDATION_SET_SCHEMA.items()])
     return sets, pl.DataFrame(counts, schema=RULE_COUNT_SCHEMA)
