@@ -116,18 +116,26 @@ def main() -> None:
         print(f"landed {args.events:,} events in {args.files} files per format in {time.perf_counter() - t0:.1f}s")
         print(f"load before measuring: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
         env = {**os.environ, "POLARS_MAX_THREADS": str(args.threads)}
-        header = f"{'format':8} {'MB':>7} {'wall s':>7} {'cpu s':>7} {'ev/s wall':>11} {'ev/cpu-s':>10} {'target':>8} {'peak RSS MiB':>13}"
-        print(header)
+        columns = ("format", "MB", "wall s", "cpu s", "ev/s wall", "ev/cpu-s", "target", "peak RSS MiB")
+        widths = (8, 7, 7, 7, 11, 10, 8, 13)
+        print(" ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
         for fmt in ("parquet", "jsonl"):
             cmd = [sys.executable, __file__, "--measure", fmt, "--root", str(root)]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=900)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             assert r["valid"] == args.events, r
             per_cpu = r["events"] / r["cpu_s"]
-            print(
-                f"{fmt:8} {sizes[fmt] / 1e6:7.0f} {r['wall_s']:7.2f} {r['cpu_s']:7.2f} {r['events'] / r['wall_s']:11,.0f} "
-                f"{per_cpu:10,.0f} {'ok' if per_cpu >= TARGETS[fmt] else 'MISS':>8} {r['peak_rss_mib']:13,.0f}"
+            cells = (
+                fmt,
+                f"{sizes[fmt] / 1e6:.0f}",
+                f"{r['wall_s']:.2f}",
+                f"{r['cpu_s']:.2f}",
+                f"{r['events'] / r['wall_s']:,.0f}",
+                f"{per_cpu:,.0f}",
+                "ok" if per_cpu >= TARGETS[fmt] else "MISS",
+                f"{r['peak_rss_mib']:,.0f}",
             )
+            print(" ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
         print(f"polars threads: {args.threads}; load after: {os.getloadavg()[0]:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
