@@ -12,6 +12,7 @@ from recsys_platform.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PR
 from resources import LandingZoneResource
 
 GROUP = "ingestion"
+PER_HOUR_LISTING_MAX = 48
 
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
@@ -60,7 +61,13 @@ def raw_events(context: dg.AssetExecutionContext, landing: LandingZoneResource, 
     zone = landing.zone()
     wanted = set(context.partition_keys)
     by_partition: dict[str, list] = {}
-    for f in zone.list_files("events/"):
+    # A few hours (the near-real-time path): list just those hours; a long range: one listing.
+    listed = (
+        [f for key in sorted(wanted) for f in zone.partition_files(key)]
+        if len(wanted) <= PER_HOUR_LISTING_MAX
+        else zone.list_files("events/")
+    )
+    for f in listed:
         key = partition_key_of(f.key)
         if key in wanted:
             by_partition.setdefault(key, []).append(f)
