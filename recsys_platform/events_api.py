@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from recsys_platform.config import Settings
@@ -131,11 +131,9 @@ def events_router(collector: EventCollector | None = None) -> APIRouter:
     if collector is not None:
         holder["c"] = collector
 
-    @router.post("/v1/events", response_model=PutEventsOut, tags=["events"])
-    async def put_events(body: PutEventsIn, request: Request) -> dict:
+    @router.post("/v1/events", response_model=PutEventsOut, response_model_exclude_none=True, tags=["events"])
+    async def put_events(body: PutEventsIn) -> dict:
         """Validate a batch of events; append the accepted ones to the landing zone before answering."""
-        if "c" not in holder:
-            holder["c"] = build_collector()
         typed: list[dict[str, Any] | None] = []
         type_errors: dict[int, str] = {}
         for i, raw in enumerate(body.records):
@@ -145,11 +143,10 @@ def events_router(collector: EventCollector | None = None) -> APIRouter:
                 type_errors[i] = error
         valid_idx = [i for i, r in enumerate(typed) if r is not None]
         try:
+            if "c" not in holder:
+                holder["c"] = build_collector()
             result = await holder["c"].put_async([typed[i] for i in valid_idx])
-        except OSError as exc:
-            logger.error("landing zone write failed: %s", exc)
-            raise HTTPException(503, f"landing zone unavailable, nothing was accepted: {exc}") from exc
-        except Exception as exc:  # e.g. botocore errors for an S3 landing zone
+        except Exception as exc:  # OSError locally, botocore errors on S3: nothing was acknowledged
             logger.error("landing zone write failed: %s", exc)
             raise HTTPException(503, f"landing zone unavailable, nothing was accepted: {exc}") from exc
         by_index = {valid_idx[r.index]: r for r in result.records}

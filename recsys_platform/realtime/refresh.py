@@ -31,6 +31,7 @@ from recsys_platform.deployment import write_user_updates
 from recsys_platform.landing import PARTITION_KEY_FORMAT
 from recsys_platform.online_store import OnlineStore, StaleWriteError
 from recsys_platform.realtime.context import ContextWeights, apply_context
+from recsys_platform.realtime.sessions import SESSION_SCHEMA
 from recsys_platform.snapshot import ONLINE_USER_FEATURES
 
 logger = logging.getLogger(__name__)
@@ -219,6 +220,8 @@ def refresh_users(
     if user_feats.height == 0:
         report.skipped = "no touched users with a profile"
         return report
+    if "user_id" not in sessions.columns:
+        sessions = pl.DataFrame(schema=SESSION_SCHEMA)
     sessions = sessions.filter(pl.col("user_id").is_in(user_feats["user_id"].implode()))
     feature_rows = encode_user_features(user_feats, sessions, now)
     for attempt in range(1, MAX_STALE_ATTEMPTS + 1):

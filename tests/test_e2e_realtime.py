@@ -1,0 +1,181 @@
+"""End to end on loopback: the Dagster daemon with the landing sensor, `recsys serve`, events posted over
+HTTP, and the affected user's recommendations changing (a completed item leaves the list)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from recsys_platform.config import PROJECT_ROOT
+from recsys_platform.realtime import INSTANCE_YAML, LAST_FILE_TAG
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+# The real pipeline on a small dataset, in a subprocess with the test's environment: ingestion of every
+# landed hour, then everything the online store snapshot needs (features, ranker in MLflow, gate,
+# recommendations, blue-green deploy). Asset checks are skipped for time; they have their own tests.
+PREPARE = textwrap.dedent(
+    """
+    import json, os
+    from datetime import UTC, datetime
+    import dagster as dg
+    from recsys_platform.config import Settings
+    from recsys_platform.definitions import ALL_ASSETS, INGESTION_ASSETS, build_resources, partition_range_tags
+    from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
+    from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
+    from recsys_platform.online_store import open_online_store
+    from recsys_platform.realtime.models import load_model_version
+
+    settings = Settings.from_env()
+    settings.ensure_local_dirs()
+    zone = landing_zone_from_url(settings.landing_url)
+    write_to_landing(generate(GeneratorConfig(n_users=150, days=3, seed=11, end=datetime.now(UTC))), zone)
+    keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
+    instance = dg.DagsterInstance.get()
+    resources = build_resources(settings)
+    ingest = dg.AssetSelection.assets(*INGESTION_ASSETS).without_checks()
+    assert dg.materialize(ALL_ASSETS, selection=ingest, resources=resources, instance=instance,
+                          tags=partition_range_tags(keys[0], keys[-1])).success
+    serving = (dg.AssetSelection.assets("feature_store_snapshot").upstream()
+               - dg.AssetSelection.assets(*INGESTION_ASSETS)).without_checks()
+    assert dg.materialize(ALL_ASSETS, selection=serving, resources=resources, instance=instance).success
+    with open_online_store(settings.online_store_url) as store:
+        version = store.pointer().model_version
+    # Warm the refresh path's model file cache (the first load of a version goes through MLflow).
+    load_model_version(settings.mlflow_tracking_uri, "recsys-ranker", version, settings.home / "cache" / "models")
+    print(json.dumps({"model_version": version}))
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[dict]:
+    """A prepared RECSYS_HOME, then dagster-daemon (landing sensor running) and `recsys serve` on loopback."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "MLFLOW_", "DAGSTER_"))}
+    env |= {
+        "RECSYS_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "RECSYS_LANDING_SENSOR": "running",
+        "RECSYS_RANKER_ROUNDS": "40",
+        "RECSYS_LABEL_DAYS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    (home / "dagster").mkdir(parents=True)
+    (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + INSTANCE_YAML)
+    prepared = subprocess.run(
+        [sys.executable, "-c", PREPARE], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=150
+    )
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    model_version = json.loads(prepared.stdout.strip().splitlines()[-1])["model_version"]
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    procs = []
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("daemon", "serve")}  # noqa: SIM115
+    try:
+        procs.append(
+            subprocess.Popen(
+                [str(bin_dir / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+                env=env,
+                cwd=PROJECT_ROOT,
+                stdout=logs["daemon"],
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [str(bin_dir / "recsys"), "serve", "--port", str(port)],
+                env=env,
+                cwd=PROJECT_ROOT,
+                stdout=logs["serve"],
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(0.3)
+        yield {"base": base, "home": home, "model_version": model_version, "logs": tmp_path}
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        for fh in logs.values():
+            fh.close()
+
+
+def _recs(base: str, user: str) -> dict:
+    response = httpx.get(f"{base}/v1/users/{user}/recommendations", params={"limit": 20}, timeout=5)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_posted_events_change_the_users_recommendations(stack: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = stack["base"]
+    user = "u0000007"
+    before = _recs(base, user)
+    assert before["source"] == "personalized" and before["model_version"] == stack["model_version"]
+    top = before["items"][0]["item_id"]
+    now = datetime.now(UTC).isoformat()
+    records = [
+        {"user_id": user, "event_type": "content_start", "event_time": now, "item_id": top},
+        {"user_id": user, "event_type": "content_complete", "event_time": now, "item_id": top, "seconds_listened": 600},
+        {"user_id": user, "event_type": "teleport", "event_time": now},
+    ]
+    posted = httpx.post(f"{base}/v1/events", json={"records": records}, timeout=10).json()
+    accepted = time.monotonic()
+    assert posted["FailedRecordCount"] == 1 and posted["Records"][2]["ErrorCode"] == "unknown_event_type"
+    key = posted["Records"][0]["LandingKey"]
+    deadline = accepted + 120
+    after = before
+    while time.monotonic() < deadline:
+        after = _recs(base, user)
+        if after["generated_at"] != before["generated_at"]:
+            break
+        time.sleep(0.5)
+    elapsed = time.monotonic() - accepted
+    daemon_log = (stack["logs"] / "daemon.log").read_text()[-3000:]
+    assert after["generated_at"] != before["generated_at"], f"no refresh within 120 s:\n{daemon_log}"
+    assert top not in [i["item_id"] for i in after["items"]]
+    assert after["model_version"] == stack["model_version"]
+    print(f"recommendations changed {elapsed:.1f} s after the POST was accepted")
+
+    import dagster as dg
+    from dagster._core.storage.dagster_run import RunsFilter
+
+    monkeypatch.setenv("DAGSTER_HOME", str(stack["home"] / "dagster"))
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(RunsFilter(job_name="refresh_realtime", tags={LAST_FILE_TAG: key}))
+        assert runs and runs[0].status == dg.DagsterRunStatus.SUCCESS

@@ -1,0 +1,60 @@
+"""The landing sensor evaluated by Dagster: run requests per touched hour, tags, run keys, cursor."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+
+from recsys_platform.landing import LocalLandingZone, event_file_key, new_batch_id, partition_key_of
+from recsys_platform.realtime import FIRST_FILE_TAG, LAST_FILE_TAG, PARTITION_TAG
+from resources import LandingZoneResource
+from sensors.landing import landing_sensor_for
+
+
+def _job() -> dg.JobDefinition:
+    @dg.op
+    def noop() -> None:
+        return None
+
+    @dg.job
+    def refresh() -> None:
+        noop()
+
+    return refresh
+
+
+def test_sensor_requests_one_run_per_touched_hour_and_advances_its_cursor(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RECSYS_LANDING_SENSOR", "running")
+    sensor = landing_sensor_for(_job())
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 1
+    zone = LocalLandingZone(tmp_path)
+    now = datetime.now(UTC)
+    keys = [event_file_key(t, ".parquet", new_batch_id(t)) for t in (now - timedelta(minutes=60), now, now)]
+    for k in keys:
+        zone.write_bytes(k, b"x")
+    resources = {"landing": LandingZoneResource(url=str(tmp_path))}
+    with dg.build_sensor_context(resources=resources) as ctx:
+        result = sensor(ctx)
+    requests = sorted(result.run_requests, key=lambda r: r.partition_key)
+    by_partition = {partition_key_of(k) for k in keys}
+    assert [r.partition_key for r in requests] == sorted(by_partition)
+    last = requests[-1]
+    assert last.tags[PARTITION_TAG] == last.partition_key
+    assert (last.tags[FIRST_FILE_TAG], last.tags[LAST_FILE_TAG]) == (min(keys[1:]), max(keys[1:]))
+    assert last.run_key == f"{last.partition_key}|{max(keys[1:])}"
+    with dg.build_sensor_context(cursor=result.cursor, resources=resources) as ctx:
+        again = sensor(ctx)
+    assert not again.run_requests and again.skip_reason is not None
+    newer = event_file_key(now, ".parquet", new_batch_id(now + timedelta(seconds=1)))
+    zone.write_bytes(newer, b"x")
+    with dg.build_sensor_context(cursor=result.cursor, resources=resources) as ctx:
+        third = sensor(ctx)
+    assert [(r.tags[FIRST_FILE_TAG], r.tags[LAST_FILE_TAG]) for r in third.run_requests] == [(newer, newer)]
+
+
+def test_sensor_is_stopped_by_default(monkeypatch) -> None:
+    monkeypatch.delenv("RECSYS_LANDING_SENSOR", raising=False)
+    assert landing_sensor_for(_job()).default_status == dg.DefaultSensorStatus.STOPPED
