@@ -15,6 +15,7 @@ from assets import push as push_assets
 from assets import recommendation_sets as recommendation_set_assets
 from assets.checks import ALL_CHECKS as QUALITY_CHECKS
 from recsys_platform.config import Settings
+from recsys_platform.profiles import executor_settings_from_env
 from resources import (
     LakeIOManager,
     LandingZoneResource,
@@ -87,6 +88,27 @@ def build_resources(settings: Settings) -> dict[str, object]:
     }
 
 
+def executor_from_env() -> dg.ExecutorDefinition | None:
+    """Default executor of every job from RECSYS_EXECUTOR (unset: Dagster's multiprocess default).
+
+    Jobs that name their own executor (the near-real-time refresh runs in-process) keep it, and
+    `execute_in_process` (CLI, tests) always runs in-process. See deploy/ENVIRONMENT.md."""
+    choice = executor_settings_from_env()
+    if choice.kind == "in_process":
+        return dg.in_process_executor
+    if choice.kind == "multiprocess" or (choice.kind == "default" and choice.max_concurrent):
+        return dg.multiprocess_executor.configured({"max_concurrent": choice.max_concurrent})
+    if choice.kind == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(choice.celery)
+    if choice.kind == "k8s":
+        from dagster_k8s import k8s_job_executor  # installed in the k8s image (deploy/k8s/)
+
+        return k8s_job_executor
+    return None
+
+
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     """Build the Definitions for the given (default: environment) settings."""
     settings = settings or Settings.from_env()
@@ -108,6 +130,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             batch_sets_schedule_for(recommendation_sets_job, recommendation_set_assets.SHARD_KEYS),
         ],
         resources=build_resources(settings),
+        executor=executor_from_env(),
     )
 
 

@@ -17,6 +17,7 @@ import dagster as dg
 import polars as pl
 from upath import UPath
 
+from recsys_platform.profiles import fsspec_s3_options, is_s3, polars_s3_options
 from recsys_platform.reporting import frame_preview_markdown
 
 PARQUET = ".parquet"
@@ -28,7 +29,10 @@ def _is_local(path: UPath) -> bool:
 
 
 def _storage_options(path: UPath) -> dict[str, Any]:
-    return dict(getattr(path, "storage_options", {}) or {})
+    """polars storage options for a lake path (object_store keys, not the fsspec ones UPath holds)."""
+    if _is_local(path):
+        return {}
+    return polars_s3_options((getattr(path, "storage_options", {}) or {}).get("endpoint_url"))
 
 
 class PolarsParquetIOManager(dg.UPathIOManager):
@@ -127,11 +131,7 @@ class LakeIOManager(dg.ConfigurableIOManagerFactory):
     s3_endpoint_url: str | None = None
 
     def create_io_manager(self, context: dg.InitResourceContext) -> PolarsParquetIOManager:
-        if self.base_url.startswith("s3://"):
-            opts: dict[str, Any] = {}
-            if self.s3_endpoint_url:
-                opts["client_kwargs"] = {"endpoint_url": self.s3_endpoint_url}
-                opts["endpoint_url"] = self.s3_endpoint_url
-            return PolarsParquetIOManager(base_path=UPath(self.base_url, **opts))
+        if is_s3(self.base_url):
+            return PolarsParquetIOManager(base_path=UPath(self.base_url, **fsspec_s3_options(self.s3_endpoint_url)))
         os.makedirs(self.base_url, exist_ok=True)
         return PolarsParquetIOManager(base_path=UPath(self.base_url))

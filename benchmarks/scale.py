@@ -1,0 +1,322 @@
+"""Scale benchmark: the whole cycle (ingestion, features, training, scoring, deploy) at N users x D days.
+
+For each size, two fresh subprocesses: one generates the synthetic dataset into the landing zone of
+its own RECSYS_HOME (not timed as part of the cycle), the other runs the cycle through the shared
+Definitions exactly as `recsys quickstart` does: job `ingest_events` over every arrival hour as one
+single-run backfill, then job `training_cycle`, both with `execute_in_process` on the Dagster
+instance in DAGSTER_HOME. The storage profile is whatever the environment selects (embedded default
+unless RECSYS_LAKE_URL etc. are set). A sampler thread records the resident memory of the cycle's
+process tree every 0.2 s; per-step wall time comes from the run's event log, and each step's peak is
+the highest sample between its start and end events (`delta` = peak minus RSS when it started).
+
+    /work/venv/bin/python benchmarks/scale.py --users 10000 --users 100000
+    /work/venv/bin/python benchmarks/scale.py --users 1000000 --time-limit 3600 --keep /tmp/scale
+    /work/venv/bin/python benchmarks/scale.py --users 20000 --days 15 --days 30 --days 60  # history growth
+
+Prints one table per size and a growth table (time and peak memory exponent between sizes:
+1.0 = linear). Targets on 2 cores: whole cycle at 1M users < 45 min, peak < 16 GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+END = datetime(2026, 10, 1, 12, tzinfo=UTC)
+TARGET_SECONDS = 45 * 60
+TARGET_PEAK_GIB = 16.0
+GIB = 1024**3
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                out += [int(c) for c in fh.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants (Linux /proc)."""
+    total, stack, seen = 0, [pid], set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += _rss_bytes(p)
+        stack += _children(p)
+    return total
+
+
+class MemorySampler(threading.Thread):
+    """Samples the RSS of this process tree every `interval` seconds: [(unix time, bytes)]."""
+
+    def __init__(self, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.interval, self.samples, self._stop = interval, [], threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), tree_rss_bytes(os.getpid())))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._stop.set()
+        self.join()
+        return self.samples
+
+
+# --- stages (each runs in its own subprocess) ---------------------------------------------------
+
+
+def stage_generate(users: int, days: int, seed: int) -> dict:
+    """Generate the dataset into the landing zone of RECSYS_HOME; report its size and cost."""
+    from recsys_platform.config import Settings
+    from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
+    from recsys_platform.landing import landing_zone_from_url
+
+    sampler = MemorySampler()
+    sampler.start()
+    started = time.perf_counter()
+    settings = Settings.from_env()
+    settings.ensure_local_dirs()
+    ds = generate(GeneratorConfig(n_users=users, days=days, seed=seed, end=END))
+    n_files = write_to_landing(ds, landing_zone_from_url(settings.landing_url, _s3_client(settings)))
+    peak = max(b for _, b in sampler.stop())
+    return {
+        "events": ds.events.height,
+        "items": ds.items.height,
+        "files": n_files,
+        "seconds": time.perf_counter() - started,
+        "peak_bytes": peak,
+    }
+
+
+def _s3_client(settings):
+    if "://" not in settings.landing_url:
+        return None
+    import boto3
+
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+
+
+def _step_table(instance, run_id: str, samples: list[tuple[float, int]]) -> list[dict]:
+    import dagster as dg
+
+    starts, ends = {}, {}
+    for rec in instance.all_logs(run_id):
+        ev = rec.dagster_event
+        if ev is None or not rec.step_key:
+            continue
+        if ev.event_type == dg.DagsterEventType.STEP_START:
+            starts[rec.step_key] = rec.timestamp
+        elif ev.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+            ends[rec.step_key] = rec.timestamp
+    rows = []
+    for key, t0 in sorted(starts.items(), key=lambda kv: kv[1]):
+        t1 = ends.get(key, time.time())
+        window = [b for t, b in samples if t0 <= t <= t1] or [0]
+        before = [b for t, b in samples if t <= t0]
+        rows.append(
+            {
+                "step": key,
+                "seconds": t1 - t0,
+                "peak_bytes": max(window),
+                "delta_bytes": max(window) - (before[-1] if before else 0),
+            }
+        )
+    return rows
+
+
+def stage_cycle() -> dict:
+    """Run ingest_events (all hours, one run) and training_cycle in-process; per-step time and memory."""
+    import dagster as dg
+
+    from recsys_platform.config import Settings
+    from recsys_platform.definitions import defs, partition_range_tags
+    from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
+    from recsys_platform.profiles import describe_profile
+
+    settings = Settings.from_env()
+    zone = landing_zone_from_url(settings.landing_url, _s3_client(settings))
+    keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
+    sampler = MemorySampler()
+    sampler.start()
+    instance = dg.DagsterInstance.get()
+    jobs, runs = [], []
+    started = time.perf_counter()
+    for job, tags in (("ingest_events", partition_range_tags(keys[0], keys[-1])), ("training_cycle", {})):
+        t0 = time.perf_counter()
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        jobs.append({"job": job, "seconds": time.perf_counter() - t0, "success": result.success})
+        runs.append(result.run_id)
+        if not result.success:
+            break
+    total = time.perf_counter() - started
+    samples = sampler.stop()
+    steps = [
+        row | {"job": job["job"]}
+        for job, run in zip(jobs, runs, strict=True)
+        for row in _step_table(instance, run, samples)
+    ]
+    return {
+        "profile": describe_profile(settings),
+        "hours": len(keys),
+        "jobs": jobs,
+        "steps": steps,
+        "seconds": total,
+        "peak_bytes": max(b for _, b in samples),
+    }
+
+
+# --- driver -----------------------------------------------------------------------------------
+
+
+def _run_stage(args: list[str], env: dict[str, str], timeout: float) -> dict:
+    """Run a stage in a subprocess (bounded by `timeout`), return its JSON report."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    peak = 0
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_bytes(proc.pid))
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return {"error": f"timed out after {timeout:.0f} s", "peak_bytes": peak}
+        time.sleep(0.5)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}: {err.strip()[-2000:]}", "peak_bytes": peak}
+    report = json.loads(out.strip().splitlines()[-1])
+    report["tree_peak_bytes"] = max(peak, report.get("peak_bytes", 0))
+    return report
+
+
+def _mib(b: float) -> str:
+    return f"{b / 1024**2:,.0f}"
+
+
+def _print_size(label: str, gen: dict, cycle: dict) -> None:
+    print(
+        f"\n== {label}: {gen.get('events', 0):,} events in {gen.get('files', 0):,} files "
+        f"(generated in {gen.get('seconds', 0):.0f} s, peak {_mib(gen.get('peak_bytes', 0))} MiB)"
+    )
+    if "error" in cycle:
+        print(f"   cycle FAILED: {cycle['error']}")
+    print(f"   profile: {cycle.get('profile')}")
+    print(f"   {'job':<15} {'step':<42} {'seconds':>9} {'peak MiB':>9} {'delta MiB':>9}")
+    for s in cycle.get("steps", []):
+        print(
+            f"   {s['job']:<15} {s['step']:<42} {s['seconds']:>9.1f} {_mib(s['peak_bytes']):>9} "
+            f"{_mib(s['delta_bytes']):>9}"
+        )
+    for j in cycle.get("jobs", []):
+        print(f"   job {j['job']}: {j['seconds']:.1f} s, success={j['success']}")
+    if "seconds" in cycle:
+        ok_t = "OK" if cycle["seconds"] < TARGET_SECONDS else "OVER"
+        ok_m = "OK" if cycle["tree_peak_bytes"] < TARGET_PEAK_GIB * GIB else "OVER"
+        print(
+            f"   whole cycle: {cycle['seconds']:.0f} s ({ok_t} vs 45 min), "
+            f"peak RSS {cycle['tree_peak_bytes'] / GIB:.2f} GiB ({ok_m} vs 16 GiB)"
+        )
+
+
+def _print_growth(results: list[tuple[str, dict]]) -> None:
+    ok = [(label, c) for label, c in results if "steps" in c and "error" not in c and c["generate"].get("events")]
+    if len(ok) < 2:
+        return
+    print("\n== growth: k in cost ~ events^k between consecutive sizes (1 = linear); t = time, m = step memory delta")
+    print(f"   {'step':<42} | " + " ".join(f"{label:>24}" for label, _ in ok[1:]))
+
+    def cost(c: dict, name: str) -> dict | None:
+        if name == "whole cycle":
+            return {"seconds": c["seconds"], "delta_bytes": c["tree_peak_bytes"]}
+        return next((s for s in c["steps"] if s["step"] == name), None)
+
+    for name in ["whole cycle", *[s["step"] for s in ok[-1][1]["steps"]]]:
+        cells = []
+        for (_, c0), (_, c1) in zip(ok, ok[1:], strict=False):
+            p0, p1 = cost(c0, name), cost(c1, name)
+            if p0 is None or p1 is None:
+                cells.append(f"{'-':>24}")
+                continue
+            ratio = math.log(c1["generate"]["events"] / c0["generate"]["events"])
+            kt = math.log(max(p1["seconds"], 0.05) / max(p0["seconds"], 0.05)) / ratio
+            km = math.log(max(p1["delta_bytes"], 2**20) / max(p0["delta_bytes"], 2**20)) / ratio
+            cells.append(f"t {kt:>5.2f}  m {km:>5.2f}".rjust(24))
+        print(f"   {name:<42} | " + " ".join(cells))
+
+
+def main() -> None:
+    """Parse arguments and run the sizes (or one stage, when called as a subprocess)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "_generate":
+        print(json.dumps(stage_generate(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "_cycle":
+        print(json.dumps(stage_cycle()))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, action="append", help="users per size (repeat); default 10k, 100k")
+    parser.add_argument("--days", type=int, action="append", help="days of history (repeat for a history sweep)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--time-limit", type=float, default=TARGET_SECONDS + 600, help="seconds per stage")
+    parser.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one, removed)")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args()
+    users = args.users or [10_000, 100_000]
+    days = args.days or [30]
+    sizes = [(u, d) for u in users for d in days]
+    root = args.keep or Path(tempfile.mkdtemp(prefix="recsys-scale-"))
+    print(f"load before: {os.getloadavg()}, cpus: {os.cpu_count()}, work dir: {root}")
+    results = []
+    try:
+        for u, d in sizes:
+            home = root / f"u{u}_d{d}"
+            shutil.rmtree(home, ignore_errors=True)
+            env = os.environ | {"RECSYS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+            (home / "dagster").mkdir(parents=True)
+            (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+            gen = _run_stage(["_generate", str(u), str(d), str(args.seed)], env, args.time_limit)
+            cycle = _run_stage(["_cycle"], env, args.time_limit) if "error" not in gen else {"error": "no data"}
+            label = f"{u:,} users x {d} days"
+            _print_size(label, gen, cycle)
+            print(f"   load after: {os.getloadavg()}")
+            results.append((label, cycle | {"generate": gen}))
+            sys.stdout.flush()
+        _print_growth(results)
+        if args.json:
+            args.json.write_text(json.dumps([{"size": label, **c} for label, c in results], indent=1))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
