@@ -4,7 +4,10 @@
 raw_events[hour] -> session_features[hour] -> realtime_recommendations[hour]. It runs in-process
 (no per-step processes), at most one run per partition at a time (run tag
 `recsys/refresh_partition`, limited by the instance's tag concurrency limits), and failed runs are
-retried (`dagster/max_retries`; needs `run_retries: enabled: true` on the instance).
+retried (`dagster/max_retries`; needs `run_retries: enabled: true` on the instance). Each run
+refreshes the users of every file after the last file a successful refresh of its partition
+covered (recorded as `last_file` in the materialization metadata), so queued runs coalesce and a
+failed run's events are picked up by its retry or the next run, never lost or applied twice.
 """
 
 import time
@@ -18,7 +21,7 @@ import polars as pl
 from assets.partitions import arrival_hours
 from recsys_platform.config import Settings
 from recsys_platform.landing import PARTITION_KEY_FORMAT
-from recsys_platform.realtime import FIRST_FILE_TAG, LAST_FILE_TAG
+from recsys_platform.realtime import FIRST_FILE_TAG
 from resources import MlflowResource, OnlineStoreResource, PipelineResource
 
 FEATURES_GROUP = "features"
@@ -33,13 +36,35 @@ def _this_and_previous_hour() -> dg.TimeWindowPartitionMapping:
         return dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=0, allow_nonexistent_upstream_partitions=True)
 
 
-def touched_user_ids(context: dg.AssetExecutionContext, events: pl.DataFrame) -> list[str]:
-    """Users with events in the files that triggered this run (all users of the hour for a manual run)."""
-    tags = context.run.tags
-    first, last = tags.get(FIRST_FILE_TAG), tags.get(LAST_FILE_TAG)
-    if first and last and "source_file" in events.columns:
-        events = events.filter(pl.col("source_file").is_between(pl.lit(first), pl.lit(last), closed="both"))
-    return sorted(events["user_id"].unique().to_list())
+def last_processed_file(context: dg.AssetExecutionContext) -> str | None:
+    """The newest landing file a previous successful refresh of this partition covered."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[context.partition_key]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get("last_file")
+    return str(value.value) if value is not None and value.value else None
+
+
+def touched_user_ids(context: dg.AssetExecutionContext, events: pl.DataFrame) -> tuple[list[str], str | None, str]:
+    """(users with events in files not refreshed yet, exclusive lower file key, inclusive upper file key).
+
+    A run covers every file after the last one a previous refresh of the partition covered, so a run
+    that waited in the queue also serves the files that landed meanwhile (the sensor requests no
+    second queued run for a partition), and a failed run's files are covered by the next one. The
+    first refresh of a partition starts at the files that triggered it; a manual run covers the hour.
+    """
+    if "source_file" not in events.columns or events.height == 0:
+        return [], None, ""
+    upper = str(events["source_file"].max())
+    after = last_processed_file(context)
+    files = pl.col("source_file")
+    if after is not None:
+        events = events.filter(files > pl.lit(after))
+    elif context.run.tags.get(FIRST_FILE_TAG):
+        events = events.filter(files >= pl.lit(context.run.tags[FIRST_FILE_TAG]))
+    return sorted(events["user_id"].unique().to_list()), after, upper
 
 
 @dg.asset(
@@ -109,7 +134,7 @@ def realtime_recommendations(
     started = time.perf_counter()
     params = pipeline.params()
     cache = Settings.from_env().home / "cache"
-    user_ids = touched_user_ids(context, raw_events)
+    user_ids, after, upper = touched_user_ids(context, raw_events)
     batch = refresh.batch_interactions(pipeline.lake_url)
     batch_df = batch.collect() if batch is not None else None
     since = batch_df["event_time"].max() if batch_df is not None and batch_df.height else datetime.now(UTC)
@@ -143,6 +168,8 @@ def realtime_recommendations(
     return dg.MaterializeResult(
         metadata={
             "touched_users": len(user_ids),
+            "files_after": after or "",
+            "last_file": upper,
             "rescored_users": report.rescored_users,
             "model_version": str(report.model_version),
             "slot": str(report.slot),

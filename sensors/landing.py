@@ -17,6 +17,15 @@ def _default_status() -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
 
 
+def _partitions_with_waiting_runs(context: dg.SensorEvaluationContext, job_name: str) -> set:
+    from dagster._core.storage.dagster_run import RunsFilter
+
+    waiting = context.instance.get_runs(
+        RunsFilter(job_name=job_name, statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED])
+    )
+    return {run.tags.get(PARTITION_TAG) for run in waiting}
+
+
 def landing_sensor_for(job: Any, interval_seconds: int = 1) -> dg.SensorDefinition:
     """A cursor-based sensor over events/ that requests `job` for each touched hour partition."""
 
@@ -27,12 +36,16 @@ def landing_sensor_for(job: Any, interval_seconds: int = 1) -> dg.SensorDefiniti
         default_status=_default_status(),
         description="Lists only event files after its cursor (keys sort by arrival; files named up to 30 s "
         "earlier that completed late are still picked up) and requests one refresh run per touched arrival "
-        f"hour. Run keys name the newest file, so re-deliveries are harmless. {SENSOR_STATUS_ENV}=running "
-        "starts it by default.",
+        "hour (none while a run for that hour still waits in the queue: it will cover them). Run keys name the "
+        f"newest file, so re-deliveries are harmless. {SENSOR_STATUS_ENV}=running starts it by default.",
     )
     def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
         cursor = LandingCursor.from_json(context.cursor)
         batches, nxt = new_event_files(landing.zone(), cursor, MAX_FILES_PER_TICK)
+        # A refresh run covers every file after the last refreshed one, so a partition with a run still
+        # waiting in the queue needs no second one: that run will pick these files up when it starts.
+        waiting = _partitions_with_waiting_runs(context, job.name) if batches else set()
+        batches = [b for b in batches if b.partition_key not in waiting]
         requests = [
             dg.RunRequest(
                 run_key=f"{b.partition_key}|{b.last_key}",

@@ -36,7 +36,8 @@ def test_sensor_requests_one_run_per_touched_hour_and_advances_its_cursor(tmp_pa
     for k in keys:
         zone.write_bytes(k, b"x")
     resources = {"landing": LandingZoneResource(url=str(tmp_path))}
-    with dg.build_sensor_context(resources=resources) as ctx:
+    instance = dg.DagsterInstance.ephemeral()
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
         result = sensor(ctx)
     requests = sorted(result.run_requests, key=lambda r: r.partition_key)
     by_partition = {partition_key_of(k) for k in keys}
@@ -45,12 +46,12 @@ def test_sensor_requests_one_run_per_touched_hour_and_advances_its_cursor(tmp_pa
     assert last.tags[PARTITION_TAG] == last.partition_key
     assert (last.tags[FIRST_FILE_TAG], last.tags[LAST_FILE_TAG]) == (min(keys[1:]), max(keys[1:]))
     assert last.run_key == f"{last.partition_key}|{max(keys[1:])}"
-    with dg.build_sensor_context(cursor=result.cursor, resources=resources) as ctx:
+    with dg.build_sensor_context(cursor=result.cursor, instance=instance, resources=resources) as ctx:
         again = sensor(ctx)
     assert not again.run_requests and again.skip_reason is not None
     newer = event_file_key(now, ".parquet", new_batch_id(now + timedelta(seconds=1)))
     zone.write_bytes(newer, b"x")
-    with dg.build_sensor_context(cursor=result.cursor, resources=resources) as ctx:
+    with dg.build_sensor_context(cursor=result.cursor, instance=instance, resources=resources) as ctx:
         third = sensor(ctx)
     assert [(r.tags[FIRST_FILE_TAG], r.tags[LAST_FILE_TAG]) for r in third.run_requests] == [(newer, newer)]
 
@@ -58,3 +59,33 @@ def test_sensor_requests_one_run_per_touched_hour_and_advances_its_cursor(tmp_pa
 def test_sensor_is_stopped_by_default(monkeypatch) -> None:
     monkeypatch.delenv("RECSYS_LANDING_SENSOR", raising=False)
     assert landing_sensor_for(_job()).default_status == dg.DefaultSensorStatus.STOPPED
+
+
+def test_no_second_run_is_requested_while_one_waits_in_the_queue(tmp_path: Path) -> None:
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    job = _job()
+    sensor = landing_sensor_for(job)
+    zone = LocalLandingZone(tmp_path)
+    now = datetime.now(UTC)
+    key = event_file_key(now, ".parquet", new_batch_id(now))
+    zone.write_bytes(key, b"x")
+    instance = dg.DagsterInstance.ephemeral()
+    waiting = DagsterRun(
+        job_name=job.name,
+        run_id="queued-1",
+        status=dg.DagsterRunStatus.NOT_STARTED,
+        tags={PARTITION_TAG: partition_key_of(key)},
+    )
+    instance.add_run(waiting)
+    resources = {"landing": LandingZoneResource(url=str(tmp_path))}
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        result = sensor(ctx)
+    assert not result.run_requests  # the queued run covers the new file when it starts
+    assert key in result.cursor  # and the file is not handed out again
+    instance.report_run_failed(waiting)  # no longer waiting: a newer file gets its own run
+    newer = event_file_key(now, ".parquet", new_batch_id(now + timedelta(seconds=1)))
+    zone.write_bytes(newer, b"x")
+    with dg.build_sensor_context(cursor=result.cursor, instance=instance, resources=resources) as ctx:
+        again = sensor(ctx)
+    assert [r.tags[LAST_FILE_TAG] for r in again.run_requests] == [newer]
