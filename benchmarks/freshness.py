@@ -255,6 +255,7 @@ def main() -> None:
         print(f"stack up in {time.monotonic() - t0:.1f} s (API {base}, UI http://127.0.0.1:{ui_port})", flush=True)
         instance = _instance(env)
         _wait_idle(instance, 180)
+        wall_start = time.time()
         procs.append(
             _start(
                 [
@@ -316,7 +317,8 @@ def main() -> None:
                     pending.remove(probe)
             time.sleep(0.1)
         load_during = _load()
-        runs = _runs_with_breakdown(instance, _refresh_runs(instance))
+        since = datetime.fromtimestamp(wall_start, UTC)
+        runs = _runs_with_breakdown(instance, [r for r in _refresh_runs(instance) if r.create_timestamp >= since])
         for probe in probes:
             probe.run = _carrier(probe, runs)
         report(probes, runs, load_during, time.monotonic() - started)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +62,9 @@ class EventStream:
         self._kinds = np.array(list(EVENT_MIX))
         self._p = np.array(list(EVENT_MIX.values())) / sum(EVENT_MIX.values())
         self._playing: dict[str, int] = {}
+        # Content is reproducible for a seed; event ids are unique per stream, or a rerun would be deduplicated.
+        self.run_id = uuid.uuid4().hex[:12]
+        self.sent = 0
 
     def batch(self, n: int, now: datetime | None = None) -> list[dict[str, Any]]:
         """`n` events at (about) `now`, as API records."""
@@ -70,8 +74,9 @@ class EventStream:
         return [self._event(str(u), str(k), now) for u, k in zip(users, kinds, strict=True)]
 
     def _event(self, user: str, kind: str, now: datetime) -> dict[str, Any]:
+        self.sent += 1
         record: dict[str, Any] = {
-            "event_id": f"sim-{self.rng.bytes(12).hex()}",
+            "event_id": f"sim-{self.run_id}-{self.sent}",
             "user_id": user,
             "event_type": kind,
             "event_time": now.isoformat(),
