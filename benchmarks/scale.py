@@ -78,15 +78,15 @@ class MemorySampler(threading.Thread):
 
     def __init__(self, interval: float = 0.2):
         super().__init__(daemon=True)
-        self.interval, self.samples, self._stop = interval, [], threading.Event()
+        self.interval, self.samples, self._done = interval, [], threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             self.samples.append((time.time(), tree_rss_bytes(os.getpid())))
-            self._stop.wait(self.interval)
+            self._done.wait(self.interval)
 
     def stop(self) -> list[tuple[float, int]]:
-        self._stop.set()
+        self._done.set()
         self.join()
         return self.samples
 
@@ -140,14 +140,14 @@ def _step_table(instance, run_id: str, samples: list[tuple[float, int]]) -> list
     rows = []
     for key, t0 in sorted(starts.items(), key=lambda kv: kv[1]):
         t1 = ends.get(key, time.time())
-        window = [b for t, b in samples if t0 <= t <= t1] or [0]
-        before = [b for t, b in samples if t <= t0]
+        before = [b for t, b in samples if t <= t0] or [0]
+        window = [before[-1]] + [b for t, b in samples if t0 <= t <= t1]
         rows.append(
             {
                 "step": key,
                 "seconds": t1 - t0,
                 "peak_bytes": max(window),
-                "delta_bytes": max(window) - (before[-1] if before else 0),
+                "delta_bytes": max(window) - before[-1],
             }
         )
     return rows
@@ -197,24 +197,22 @@ def stage_cycle() -> dict:
 # --- driver -----------------------------------------------------------------------------------
 
 
-def _run_stage(args: list[str], env: dict[str, str], timeout: float) -> dict:
-    """Run a stage in a subprocess (bounded by `timeout`), return its JSON report."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    peak = 0
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        peak = max(peak, tree_rss_bytes(proc.pid))
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            return {"error": f"timed out after {timeout:.0f} s", "peak_bytes": peak}
-        time.sleep(0.5)
-    out, err = proc.communicate()
+def _run_stage(args: list[str], env: dict[str, str], timeout: float, log: Path) -> dict:
+    """Run a stage in a subprocess (bounded by `timeout`, output to `log`), return its JSON report."""
+    with open(log, "w") as err, open(log.with_suffix(".json"), "w") as out:
+        proc = subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=out, stderr=err)
+        peak = 0
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            peak = max(peak, tree_rss_bytes(proc.pid))
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                return {"error": f"timed out after {timeout:.0f} s (log: {log})", "peak_bytes": peak}
+            time.sleep(0.5)
     if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}: {err.strip()[-2000:]}", "peak_bytes": peak}
-    report = json.loads(out.strip().splitlines()[-1])
+        return {"error": f"exit {proc.returncode}: {log.read_text()[-2000:]}", "peak_bytes": peak}
+    report = json.loads(log.with_suffix(".json").read_text().strip().splitlines()[-1])
     report["tree_peak_bytes"] = max(peak, report.get("peak_bytes", 0))
     return report
 
@@ -228,6 +226,8 @@ def _print_size(label: str, gen: dict, cycle: dict) -> None:
         f"\n== {label}: {gen.get('events', 0):,} events in {gen.get('files', 0):,} files "
         f"(generated in {gen.get('seconds', 0):.0f} s, peak {_mib(gen.get('peak_bytes', 0))} MiB)"
     )
+    if "error" in gen:
+        print(f"   generation FAILED: {gen['error']}")
     if "error" in cycle:
         print(f"   cycle FAILED: {cycle['error']}")
     print(f"   profile: {cycle.get('profile')}")
@@ -303,8 +303,12 @@ def main() -> None:
             env = os.environ | {"RECSYS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
             (home / "dagster").mkdir(parents=True)
             (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-            gen = _run_stage(["_generate", str(u), str(d), str(args.seed)], env, args.time_limit)
-            cycle = _run_stage(["_cycle"], env, args.time_limit) if "error" not in gen else {"error": "no data"}
+            gen = _run_stage(["_generate", str(u), str(d), str(args.seed)], env, args.time_limit, home / "generate.log")
+            cycle = (
+                _run_stage(["_cycle"], env, args.time_limit, home / "cycle.log")
+                if "error" not in gen
+                else {"error": "no data"}
+            )
             label = f"{u:,} users x {d} days"
             _print_size(label, gen, cycle)
             print(f"   load after: {os.getloadavg()}")

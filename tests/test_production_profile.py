@@ -8,6 +8,7 @@ processes (deploy/dagster_celery_config.py) consuming a Redis broker under a per
 """
 
 import importlib
+import io
 import json
 import os
 import shutil
@@ -32,8 +33,6 @@ from recsys_platform.online_store import open_online_store
 from recsys_platform.profiles import describe_profile, polars_s3_options
 from recsys_platform.serving import recommend
 from tests.conftest import FIXED_END, _port_open, service_unavailable
-
-pytestmark = pytest.mark.slow
 
 TUNABLES = {
     "RECSYS_LABEL_DAYS": "3",
@@ -252,6 +251,7 @@ def _local(settings: Settings, table: str) -> pl.DataFrame:
     return pl.read_parquet(path) if path.exists() else pl.read_parquet(sorted((lake / table).glob("*.parquet")))
 
 
+@pytest.mark.slow
 def test_profile_is_chosen_by_environment(production):
     with pytest.MonkeyPatch.context() as mp:
         for key, value in production.env.items():
@@ -270,6 +270,7 @@ def test_profile_is_chosen_by_environment(production):
     }
 
 
+@pytest.mark.slow
 def test_runs_are_recorded_in_postgres_and_steps_ran_on_both_workers(production):
     instance = _instance(production)
     try:
@@ -288,6 +289,7 @@ def test_runs_are_recorded_in_postgres_and_steps_ran_on_both_workers(production)
         instance.dispose()
 
 
+@pytest.mark.slow
 def test_raw_events_and_interactions_equal_the_embedded_default(production, embedded, dataset):
     raw_prod = production.lake("raw_events").drop("source_file").sort("event_id")
     raw_emb = _local(embedded, "raw_events").drop("source_file").sort("event_id")
@@ -298,6 +300,7 @@ def test_raw_events_and_interactions_equal_the_embedded_default(production, embe
     assert inter_prod.equals(_local(embedded, "interactions").sort("event_id"))
 
 
+@pytest.mark.slow
 def test_model_metrics_equal_the_embedded_default(production, embedded):
     prod = production.lake("model_evaluation").sort("model", "metric")
     emb = _local(embedded, "model_evaluation").sort("model", "metric")
@@ -312,6 +315,7 @@ def test_model_metrics_equal_the_embedded_default(production, embedded):
     assert registry.alias_version(production.env["MLFLOW_TRACKING_URI"], "champion") == "1"
 
 
+@pytest.mark.slow
 def test_model_artifacts_and_compute_logs_are_on_s3(production):
     s3 = boto3.client("s3", endpoint_url=production.env["RECSYS_S3_ENDPOINT_URL"])
     bucket = production.env["RECSYS_LAKE_URL"].removeprefix("s3://").split("/")[0]
@@ -323,6 +327,7 @@ def test_model_artifacts_and_compute_logs_are_on_s3(production):
     assert keys("compute-logs/")
 
 
+@pytest.mark.slow
 def test_recommendations_equal_and_redis_serves_them(production, embedded):
     cols = ["user_id", "rank", "item_id", "score", "model_version"]
     prod = production.lake("recommendations").select(cols).sort("user_id", "rank")
@@ -337,3 +342,112 @@ def test_recommendations_equal_and_redis_serves_them(production, embedded):
             got, want = recommend(redis_store, user, k=10), recommend(sqlite_store, user, k=10)
             assert [i.item_id for i in got.items] == [i.item_id for i in want.items]
             assert got.model_version == want.model_version == "1" and got.source == "personalized"
+
+
+# --- fast checks of the profile's pieces (no workers, no pipeline) -----------------------------
+
+
+def test_executor_is_chosen_by_environment(monkeypatch):
+    from recsys_platform.definitions import executor_from_env
+    from recsys_platform.profiles import ProfileError, executor_settings_from_env
+
+    for key in ("RECSYS_EXECUTOR", "RECSYS_MAX_CONCURRENT", "RECSYS_CELERY_BROKER_URL", "RECSYS_CELERY_KEY_PREFIX"):
+        monkeypatch.delenv(key, raising=False)
+    assert executor_settings_from_env().kind == "default" and executor_from_env() is None
+    monkeypatch.setenv("RECSYS_EXECUTOR", "in-process")
+    assert executor_from_env().name == "in_process"
+    monkeypatch.setenv("RECSYS_EXECUTOR", "multiprocess")
+    monkeypatch.setenv("RECSYS_MAX_CONCURRENT", "3")
+    assert executor_from_env().name == "multiprocess"
+    monkeypatch.setenv("RECSYS_EXECUTOR", "celery")
+    monkeypatch.setenv("RECSYS_CELERY_BROKER_URL", "redis://127.0.0.1:6379/3")
+    monkeypatch.setenv("RECSYS_CELERY_BACKEND_URL", "redis://127.0.0.1:6379/3")
+    monkeypatch.setenv("RECSYS_CELERY_KEY_PREFIX", "deploy-a:")
+    celery = executor_settings_from_env().celery
+    assert celery["broker"] == celery["backend"] == "redis://127.0.0.1:6379/3"
+    assert celery["config_source"]["broker_transport_options"]["global_keyprefix"] == "deploy-a:"
+    assert celery["config_source"]["result_backend_transport_options"] == {"global_keyprefix": "deploy-a:"}
+    assert celery["config_source"]["task_default_queue"] == "dagster"
+    assert executor_from_env().name == "celery"
+    monkeypatch.setenv("RECSYS_CELERY_BROKER_URL", "pyamqp://guest@127.0.0.1//")
+    with pytest.raises(ProfileError, match="needs a Redis broker"):
+        executor_settings_from_env()
+    monkeypatch.setenv("RECSYS_EXECUTOR", "spark")
+    with pytest.raises(ProfileError, match="not one of"):
+        executor_settings_from_env()
+    monkeypatch.setenv("RECSYS_EXECUTOR", "multiprocess")
+    monkeypatch.setenv("RECSYS_MAX_CONCURRENT", "zero")
+    with pytest.raises(ProfileError, match="not an integer"):
+        executor_settings_from_env()
+
+
+def test_celery_workers_read_the_same_settings(monkeypatch):
+    monkeypatch.setenv("RECSYS_CELERY_BROKER_URL", "redis://127.0.0.1:6379/4")
+    monkeypatch.setenv("RECSYS_CELERY_BACKEND_URL", "redis://127.0.0.1:6379/4")
+    monkeypatch.setenv("RECSYS_CELERY_KEY_PREFIX", "deploy-b:")
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "deploy"))
+    sys.modules.pop("dagster_celery_config", None)
+    config = importlib.import_module("dagster_celery_config")
+    try:
+        assert config.broker_url == config.result_backend == "redis://127.0.0.1:6379/4"
+        assert config.broker_transport_options["global_keyprefix"] == "deploy-b:"
+        assert config.task_default_queue == "dagster" and config.worker_prefetch_multiplier == 1
+    finally:
+        sys.modules.pop("dagster_celery_config", None)
+
+
+def test_lake_io_manager_on_s3(s3_bucket, tmp_path):
+    from resources import LakeIOManager
+
+    endpoint, bucket = s3_bucket
+    hours = dg.StaticPartitionsDefinition(["h1", "h2", "h3"])
+
+    @dg.asset(partitions_def=hours)
+    def hourly(context: dg.AssetExecutionContext) -> pl.DataFrame:
+        return pl.DataFrame({"hour": [context.partition_key] * 2, "n": [1, 2]})
+
+    @dg.asset
+    def total(hourly: pl.LazyFrame) -> pl.DataFrame:
+        return hourly.group_by("hour").agg(pl.col("n").sum()).sort("hour").collect()
+
+    resources = {"io_manager": LakeIOManager(base_url=f"s3://{bucket}/lake", s3_endpoint_url=endpoint)}
+    with dg.instance_for_test() as instance:
+        for key in ("h1", "h3"):
+            assert dg.materialize([hourly], partition_key=key, resources=resources, instance=instance).success
+        first = dg.materialize([hourly, total], selection=[total], resources=resources, instance=instance)
+        assert first.success
+        # Another process (here: a bare S3 client) writes h2. A long-lived process such as a Celery worker
+        # must see it on its next listing: the lake's s3fs filesystem keeps no listings cache.
+        buf = io.BytesIO()
+        pl.DataFrame({"hour": ["h2"], "n": [5]}).write_parquet(buf)
+        boto3.client("s3", endpoint_url=endpoint).put_object(
+            Bucket=bucket, Key="lake/hourly/h2.parquet", Body=buf.getvalue()
+        )
+        again = dg.materialize([hourly, total], selection=[total], resources=resources, instance=instance)
+        assert again.success
+    opts = polars_s3_options(endpoint)
+    assert pl.read_parquet(f"s3://{bucket}/lake/hourly/h1.parquet", storage_options=opts)["n"].to_list() == [1, 2]
+    got = pl.read_parquet(f"s3://{bucket}/lake/total.parquet", storage_options=opts)
+    assert got.to_dicts() == [{"hour": "h1", "n": 3}, {"hour": "h2", "n": 5}, {"hour": "h3", "n": 3}]
+
+
+def test_analyst_catalog_over_an_s3_lake(s3_bucket, tmp_path):
+    from recsys_platform.catalog import build_catalog, connect_catalog
+    from recsys_platform.profiles import s3_filesystem
+
+    endpoint, bucket = s3_bucket
+    fs = s3_filesystem(endpoint)
+    for name, frame in {"events/a": [1, 2], "events/b": [3], "items": [10]}.items():
+        with fs.open(f"{bucket}/lake/{name}.parquet", "wb") as fh:
+            pl.DataFrame({"v": frame}).write_parquet(fh)
+    catalog = tmp_path / "catalog.duckdb"
+    assert build_catalog(catalog, f"s3://{bucket}/lake", ["events", "items", "missing"], endpoint) == [
+        "events",
+        "items",
+    ]
+    con = connect_catalog(catalog, endpoint)
+    try:
+        assert con.execute("SELECT sum(v) FROM events").fetchone()[0] == 6
+        assert con.execute("SELECT v FROM items").fetchall() == [(10,)]
+    finally:
+        con.close()
