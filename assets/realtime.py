@@ -185,7 +185,6 @@ refresh_realtime_job = dg.define_asset_job(
     # Without the asset checks of raw_events: the data-quality suites run with the batch jobs; importing
     # and running them here would add ~10 s to every refresh.
     selection=dg.AssetSelection.assets("raw_events", "quarantined_events", *REALTIME_ASSETS).without_checks(),
-    partitions_def=arrival_hours,
     executor_def=dg.in_process_executor,
     tags={"dagster/max_retries": str(REFRESH_MAX_RETRIES), "dagster/retry_strategy": "ALL_STEPS"},
     description="Near-real-time refresh of one arrival hour (what the landing sensor runs): ingest its files, "

@@ -189,6 +189,19 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def _import_seconds(env: dict, repeats: int = 3) -> str:
+    """Median wall time of importing the code location (what every run process does) and of dagster alone."""
+    out = []
+    for module in ("recsys_platform.definitions", "dagster"):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", f"import {module}"], env=env, cwd=ROOT, check=True)
+            times.append(time.perf_counter() - t0)
+        out.append(f"{module} {statistics.median(times):.2f} s")
+    return ", ".join(out)
+
+
 def prepare(env: dict, users: int) -> None:
     """Run `recsys quickstart` into an empty home."""
     print(f"preparing {env['RECSYS_HOME']} with `recsys quickstart --users {users}` ...", flush=True)
@@ -225,6 +238,7 @@ def main() -> None:
         cwd=ROOT,
         check=True,
     )  # project-local dagster.yaml with the refresh path's settings
+    print(f"code location load (import recsys_platform.definitions, fresh process): {_import_seconds(env)}", flush=True)
     logs = home / "freshness-logs"
     logs.mkdir(exist_ok=True)
     api_port, ui_port = _free_port(), _free_port()
