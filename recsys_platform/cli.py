@@ -166,7 +166,7 @@ def simulate(
         return
     console.print(
         f"sent {stats.sent:,} events in {stats.batches:,} batches: accepted {stats.accepted:,}, "
-        f"rejected {stats.rejected:,} {stats.reasons or ''}, failed batches {stats.errors:,}"
+        f"rejected {stats.rejected:,}{f' {stats.reasons}' if stats.reasons else ''}, failed batches {stats.errors:,}"
     )
 
 
