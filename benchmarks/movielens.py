@@ -1,4 +1,4 @@
-"""MovieLens-100k quality benchmark: popularity, EASE and the two-stage LightGBM ranker.
+"""MovieLens-100k quality benchmark: popularity, EASE, the temporal ensemble and the two-stage LightGBM ranker.
 
     python benchmarks/movielens.py [--path DIR] [--seeds 42 43 44] [--no-mlflow]
 

@@ -2,9 +2,9 @@
 
 Protocol: every rating is an implicit positive; per-user stratified random split 75/25 with a
 fixed seed; top-10 excluding items seen in train; nDCG, precision, recall and MAP at 10 against
-the test ratings. Every choice (EASE l2, ranker early stopping) is made on splits of the training
-part only. Peak memory is the process's resident-set high-water mark (``ru_maxrss``) after each
-run, so it never decreases across runs within one process.
+the test ratings. Every choice (EASE l2, iALS l2, blend weights, ranker early stopping) is made
+on splits of the training part only. Peak memory is the process's resident-set high-water mark
+(``ru_maxrss``) after each run, so it never decreases across runs within one process.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import polars as pl
 from recsys_platform.collaborative import fit_ease, fit_popularity
 from recsys_platform.evaluation import evaluate_all
 from recsys_platform.movielens import MovieLensData, fetch_recbole_ml100k, load_movielens, stratified_split
+from recsys_platform.movielens_ensemble import EnsembleConfig, fit_temporal_ensemble
 from recsys_platform.movielens_ranker import RankerConfig, fit_two_stage, tune_ease_l2
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 EXPERIMENT = "movielens-100k"
 K = 10
 TRAIN_RATIO = 0.75
-MODELS = ("popularity", "ease", "two_stage")
+MODELS = ("popularity", "ease", "ensemble", "two_stage")
 HEADLINE_METRICS = (f"ndcg@{K}", f"precision@{K}", f"recall@{K}", f"map@{K}", f"map_full@{K}")
 
 Recommender = Callable[[pl.DataFrame, MovieLensData, int], tuple[pl.DataFrame, dict]]
@@ -50,22 +51,36 @@ def _ease(train: pl.DataFrame, data: MovieLensData, seed: int) -> tuple[pl.DataF
     return fit_ease(train, l2=l2).recommend(train["user_id"].unique(), K), {"ease_l2": l2}
 
 
-def _two_stage(train: pl.DataFrame, data: MovieLensData, seed: int) -> tuple[pl.DataFrame, dict]:
-    cfg = RankerConfig(ease_l2=tune_ease_l2(train, seed=seed))
-    ranker = fit_two_stage(train, data.items, data.users, cfg, seed)
+def _ensemble(train: pl.DataFrame, data: MovieLensData, seed: int) -> tuple[pl.DataFrame, dict]:
+    model = fit_temporal_ensemble(train, EnsembleConfig(), seed)
     params = {
-        "ease_l2": cfg.ease_l2,
-        "candidates_ease": cfg.candidates_ease,
-        "candidates_cooc": cfg.candidates_cooc,
-        "candidates_pop": cfg.candidates_pop,
-        "label_folds": cfg.label_folds,
+        "ials_l2": model.ials_reg,
+        "inner_ndcg": round(model.inner_ndcg, 5),
+        **{f"weight_{name}": w for name, w in model.weights.items()},
+    }
+    return model.recommend(K), params
+
+
+def _two_stage(train: pl.DataFrame, data: MovieLensData, seed: int) -> tuple[pl.DataFrame, dict]:
+    cfg = RankerConfig()
+    ranker = fit_two_stage(train, cfg, seed)
+    params = {
+        "ials_l2": ranker.ensemble.ials_reg,
+        **{f"weight_{name}": w for name, w in ranker.ensemble.weights.items()},
+        "candidates": cfg.candidates,
+        "inner_candidate_recall": round(ranker.candidate_recall, 4),
         "best_iteration": ranker.model.best_iteration_,
         **{f"lgbm_{k}": v for k, v in cfg.lgbm.items()},
     }
-    return ranker.recommend(train, data.items, data.users, K), params
+    return ranker.recommend(K), params
 
 
-RECOMMENDERS: dict[str, Recommender] = {"popularity": _popularity, "ease": _ease, "two_stage": _two_stage}
+RECOMMENDERS: dict[str, Recommender] = {
+    "popularity": _popularity,
+    "ease": _ease,
+    "ensemble": _ensemble,
+    "two_stage": _two_stage,
+}
 
 
 def _summarise(runs: list[dict]) -> dict:

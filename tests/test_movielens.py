@@ -1,11 +1,11 @@
-"""MovieLens loaders, fetch, split and a small end-to-end smoke run of the two-stage ranker."""
+"""MovieLens loaders, fetch, split, and smoke runs of the temporal ensemble and the two-stage ranker."""
 
 from __future__ import annotations
 
-import dataclasses
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -18,6 +18,16 @@ from recsys_platform.movielens import (
     load_movielens,
     load_ratings_csv,
     stratified_split,
+)
+from recsys_platform.movielens_ensemble import (
+    COMPONENTS,
+    Components,
+    EnsembleConfig,
+    dense_ndcg,
+    fit_temporal_ensemble,
+    learn_weights,
+    standardise,
+    top_k_frame,
 )
 from recsys_platform.movielens_ranker import RankerConfig, fit_two_stage
 
@@ -119,16 +129,72 @@ def test_split_on_ml100k_matches_recommenders_sizes(ml100k) -> None:
     assert set(test["user_id"]) <= set(train["user_id"])
 
 
-@needs_ml100k
-def test_two_stage_beats_popularity_on_subsample(ml100k) -> None:
-    users = ml100k.ratings["user_id"].unique().sort().head(300)
+@pytest.fixture(scope="module")
+def subsample(ml100k):
+    """200 users of ml-100k split 75/25 (seed 7)."""
+    users = ml100k.ratings["user_id"].unique().sort().head(200)
     ratings = ml100k.ratings.filter(pl.col("user_id").is_in(users.implode()))
-    train, test = stratified_split(ratings, 0.75, seed=7)
-    lgbm = RankerConfig().lgbm | {"n_estimators": 60, "n_jobs": 1}
-    cfg = dataclasses.replace(RankerConfig(), label_folds=2, lgbm=lgbm)
-    ranker = fit_two_stage(train, ml100k.items, ml100k.users, cfg, seed=7)
-    recs = ranker.recommend(train, ml100k.items, ml100k.users, 10)
+    return stratified_split(ratings, 0.75, seed=7)
+
+
+FAST = EnsembleConfig(ials_reg_grid=(50.0,), ials_iterations=4, weight_rounds=1, weight_grid=(0.0, 0.5, 1.0))
+
+
+@needs_ml100k
+def test_temporal_ensemble_beats_popularity_and_uses_train_only(subsample) -> None:
+    train, test = subsample
+    model = fit_temporal_ensemble(train, FAST, seed=7)
+    recs = model.recommend(10)
+    assert recs.group_by("user_id").len()["len"].to_list() == [10] * 200
+    assert recs.join(train, on=["user_id", "item_id"]).is_empty()
+    # the inner split is carved from train: its truth never contains a test rating
+    inner_truth = pl.DataFrame(
+        {
+            "user_id": model.user_ids.gather(np.nonzero(model.inner_truth)[0]),
+            "item_id": model.item_ids.gather(np.nonzero(model.inner_truth)[1]),
+        }
+    )
+    assert inner_truth.join(test, on=["user_id", "item_id"]).is_empty()
+    assert inner_truth.join(train, on=["user_id", "item_id"]).height == inner_truth.height
+    assert model.weights["stack"] == 1.0 and set(model.weights) == set(COMPONENTS)
+    pop = fit_popularity(train).recommend(train["user_id"].unique(), 10)
+    assert ndcg_at_k(test, recs, 10) > ndcg_at_k(test, pop, 10) + 0.1
+    assert fit_temporal_ensemble(train, FAST, seed=7).recommend(10).equals(recs)  # deterministic
+
+
+@needs_ml100k
+def test_two_stage_reranks_ensemble_candidates(subsample) -> None:
+    train, test = subsample
+    lgbm = RankerConfig().lgbm | {"n_estimators": 40, "n_jobs": 1}
+    ranker = fit_two_stage(train, RankerConfig(ensemble=FAST, candidates=50, lgbm=lgbm), seed=7)
+    recs = ranker.recommend(10)
     assert recs.group_by("user_id").len()["len"].max() == 10
     assert recs.join(train, on=["user_id", "item_id"]).is_empty()
-    pop = fit_popularity(train).recommend(users, 10)
-    assert ndcg_at_k(test, recs, 10) > ndcg_at_k(test, pop, 10) + 0.05
+    assert 0.3 < ranker.candidate_recall < 1.0
+    pop = fit_popularity(train).recommend(train["user_id"].unique(), 10)
+    assert ndcg_at_k(test, recs, 10) > ndcg_at_k(test, pop, 10) + 0.1
+
+
+def test_dense_ndcg_matches_evaluation_module() -> None:
+    rng = np.random.default_rng(0)
+    scores, truth = rng.random((30, 40)), rng.random((30, 40)) < 0.1
+    truth[0] = False  # a user without truth is skipped, as in ndcg_at_k
+    users, items = np.nonzero(truth)
+    truth_frame = pl.DataFrame({"user_id": users, "item_id": items})
+    recs = top_k_frame(scores, pl.Series(np.arange(30)), pl.Series(np.arange(40)), 10)
+    assert dense_ndcg(scores, truth, 10) == pytest.approx(ndcg_at_k(truth_frame, recs, 10), abs=1e-9)
+
+
+def test_standardise_and_weight_learning() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.random((50, 60)) < 0.15
+    seen = (rng.random((50, 60)) < 0.1) & ~truth
+    z = standardise(np.where(truth, 1.0, 0.0) + rng.normal(0, 0.01, truth.shape), seen)
+    free = np.where(seen, np.nan, z)
+    np.testing.assert_allclose(np.nanmean(free, axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(np.nanstd(free, axis=1), 1, atol=1e-4)
+    assert np.all(np.isneginf(z[seen]))
+    comps = Components(seen=seen, z={"noise": standardise(rng.random(truth.shape), seen), "signal": z})
+    weights, best = learn_weights(comps, truth, ("noise", "signal"), EnsembleConfig(weight_grid=(0.0, 1.0, 2.0)))
+    assert weights == {"noise": 1.0, "signal": 2.0}  # the informative component gets the largest grid weight
+    assert best == pytest.approx(dense_ndcg(comps.blend(weights), truth, 10))

@@ -1,0 +1,261 @@
+"""Temporal ensemble for MovieLens: session-aware EASE, iALS and time-aware item-item scores, blended.
+
+Components (each a dense user x item score matrix, standardised per user over unseen items):
+
+* ``stack``: EASE on the sum of three item Gram matrices: users, 60-second sittings, and
+  sequence neighbours (pairs at most 10 ratings apart), l2 = 1000.
+* ``ials``: implicit ALS, 64 factors; its l2 is picked on the inner split.
+* ``seq``: row-normalised sequence co-occurrence (see ``recsys_platform.temporal``).
+* ``ts0``: row-normalised co-occurrence of items rated at the same second by the same user.
+* ``sessagg``: ``stack`` applied per same-second sitting, each sitting scaled to equal strength.
+
+Blend weights come from coordinate ascent on nDCG@10 of an inner split of the training part
+(per-user random 75/25, like the outer protocol). The components are then refitted on the whole
+training part and blended with those weights. The test split is never seen here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recsys_platform.factorization import fit_ials_matrix
+from recsys_platform.movielens import stratified_split
+from recsys_platform.temporal import (
+    ease_from_gram,
+    row_normalise,
+    sequence_cooccurrence,
+    session_aggregate,
+    session_matrix,
+)
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("stack", "ials", "seq", "ts0", "sessagg")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Knobs of the temporal ensemble (set on inner-validation splits of training data, never on test)."""
+
+    stack_l2: float = 1000.0
+    session_gap_s: float = 60.0
+    seq_window: int = 10
+    seq_decay: float = 0.8
+    seq_gram_weight: float = 0.5
+    ials_factors: int = 64
+    ials_alpha: float = 5.0
+    ials_reg_grid: tuple[float, ...] = (40.0, 50.0, 60.0)
+    ials_iterations: int = 8
+    inner_ratio: float = 0.75
+    weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    weight_rounds: int = 2
+    k: int = 10
+
+
+@dataclass
+class Encoded:
+    """Ratings as index arrays over a fixed user and item vocabulary."""
+
+    users: np.ndarray
+    items: np.ndarray
+    times: np.ndarray
+    user_ids: pl.Series
+    item_ids: pl.Series
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_users, n_items) of the vocabulary."""
+        return len(self.user_ids), len(self.item_ids)
+
+    def dense(self) -> np.ndarray:
+        """Binary user x item matrix (bool)."""
+        out = np.zeros(self.shape, dtype=bool)
+        out[self.users, self.items] = True
+        return out
+
+
+def encode(frame: pl.DataFrame, user_ids: pl.Series, item_ids: pl.Series) -> Encoded:
+    """Map (user_id, item_id, timestamp) rows onto the vocabularies; rows with unknown ids are dropped."""
+    users = pl.DataFrame({"user_id": user_ids, "u": np.arange(len(user_ids), dtype=np.int64)})
+    items = pl.DataFrame({"item_id": item_ids, "i": np.arange(len(item_ids), dtype=np.int64)})
+    coded = (
+        frame.group_by("user_id", "item_id")
+        .agg(pl.col("timestamp").min())
+        .join(users, on="user_id")
+        .join(items, on="item_id")
+        .sort("u", "i")
+    )
+    return Encoded(coded["u"].to_numpy(), coded["i"].to_numpy(), coded["timestamp"].to_numpy(), user_ids, item_ids)
+
+
+def standardise(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Per-user z-scores over unseen items (float32); seen items get -inf."""
+    free = ~seen
+    n = np.maximum(free.sum(axis=1, keepdims=True), 1)
+    mean = np.where(free, scores, 0.0).sum(axis=1, keepdims=True) / n
+    var = np.where(free, (scores - mean) ** 2, 0.0).sum(axis=1, keepdims=True) / n
+    z = (scores - mean) / np.where(var > 0, np.sqrt(var), 1.0)
+    return np.where(seen, -np.inf, z).astype(np.float32)
+
+
+@dataclass
+class Components:
+    """Standardised component scores on one training set."""
+
+    seen: np.ndarray
+    z: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def blend(self, weights: dict[str, float]) -> np.ndarray:
+        """Weighted sum of the standardised components (seen items -inf)."""
+        out = np.zeros(self.seen.shape, np.float32)
+        for name, w in weights.items():
+            if w:
+                out += np.float32(w) * np.where(self.seen, 0.0, self.z[name])
+        return np.where(self.seen, -np.inf, out)
+
+
+def fit_components(enc: Encoded, cfg: EnsembleConfig, ials_regs: tuple[float, ...]) -> Components:
+    """Fit every component on ``enc``; one ``ials@<reg>`` entry per requested iALS l2."""
+    start = time.perf_counter()
+    n_users, n_items = enc.shape
+    seen = enc.dense()
+    x = sp.csr_matrix(seen.astype(np.float64))
+    gram = (x.T @ x).toarray()
+    sittings, _ = session_matrix(enc.users, enc.items, enc.times, n_items, cfg.session_gap_s)
+    seq = sequence_cooccurrence(enc.users, enc.items, enc.times, n_items, cfg.seq_window, cfg.seq_decay)
+    seq_gram = seq + np.diag(np.diag(gram))
+    stack = ease_from_gram(gram + (sittings.T @ sittings).toarray() + cfg.seq_gram_weight * seq_gram, cfg.stack_l2)
+    same_second, owners = session_matrix(enc.users, enc.items, enc.times, n_items, 0.0)
+    ts0 = (same_second.T @ same_second).toarray()
+    np.fill_diagonal(ts0, 0.0)
+    raw = {
+        "stack": np.asarray(x @ stack),
+        "seq": np.asarray(x @ row_normalise(seq)),
+        "ts0": np.asarray(x @ row_normalise(ts0)),
+        "sessagg": session_aggregate(same_second, owners, stack, n_users),
+    }
+    for reg in ials_regs:
+        factors = fit_ials_matrix(x.tocsr(), cfg.ials_factors, cfg.ials_alpha, reg, cfg.ials_iterations, seed=0)
+        raw[f"ials@{reg:g}"] = factors.scores()
+    comps = Components(seen=seen, z={name: standardise(s, seen) for name, s in raw.items()})
+    logger.info("ensemble components on %d ratings in %.1fs", len(enc.users), time.perf_counter() - start)
+    return comps
+
+
+_DISCOUNT = 1.0 / np.log2(np.arange(2, 1002))
+
+
+def dense_ndcg(scores: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    """Mean binary nDCG@k over users with at least one truth item (scores: higher is better)."""
+    users = np.flatnonzero(truth.any(axis=1))
+    s, t = scores[users], truth[users]
+    top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    dcg = (np.take_along_axis(t, top, axis=1) * _DISCOUNT[:k]).sum(axis=1)
+    ideal = np.cumsum(_DISCOUNT[:k])[np.minimum(t.sum(axis=1), k) - 1]
+    return float(np.mean(dcg / ideal))
+
+
+def learn_weights(
+    comps: Components, truth: np.ndarray, names: tuple[str, ...], cfg: EnsembleConfig
+) -> tuple[dict, float]:
+    """Coordinate ascent on nDCG@k over a grid of weights; the first component's weight is fixed at 1."""
+    weights = {name: 0.0 for name in names}
+    weights[names[0]] = 1.0
+    best = dense_ndcg(comps.blend(weights), truth, cfg.k)
+    for _ in range(cfg.weight_rounds):
+        for name in names[1:]:
+            for value in cfg.weight_grid:
+                trial = weights | {name: value}
+                score = dense_ndcg(comps.blend(trial), truth, cfg.k)
+                if score > best + 1e-5:
+                    best, weights = score, trial
+    return weights, best
+
+
+@dataclass
+class TemporalEnsemble:
+    """Blend weights and iALS l2 chosen on the inner split, plus the components fitted on all of train."""
+
+    cfg: EnsembleConfig
+    weights: dict[str, float]
+    ials_reg: float
+    inner_ndcg: float
+    components: Components
+    inner: Components
+    inner_truth: np.ndarray
+    encoded: Encoded
+    inner_encoded: Encoded
+
+    @property
+    def user_ids(self) -> pl.Series:
+        """User vocabulary (row order of every matrix)."""
+        return self.encoded.user_ids
+
+    @property
+    def item_ids(self) -> pl.Series:
+        """Item vocabulary (column order of every matrix)."""
+        return self.encoded.item_ids
+
+    def scores(self) -> np.ndarray:
+        """Blended user x item scores on the full training set (seen items -inf)."""
+        return self.components.blend(self.weights)
+
+    def recommend(self, k: int) -> pl.DataFrame:
+        """Top-k [user_id, item_id, score, rank] for every training user, seen items excluded."""
+        return top_k_frame(self.scores(), self.user_ids, self.item_ids, k)
+
+
+def top_k_frame(scores: np.ndarray, user_ids: pl.Series, item_ids: pl.Series, k: int) -> pl.DataFrame:
+    """Top-k of a dense score matrix as [user_id, item_id, score, rank]; ties broken by item index."""
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(scores, top, axis=1)
+    order = np.lexsort((top, -vals), axis=1)
+    top, vals = np.take_along_axis(top, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    keep = np.isfinite(vals.ravel())
+    rows = np.repeat(np.arange(scores.shape[0]), k)
+    return pl.DataFrame(
+        {
+            "user_id": user_ids.gather(rows[keep]),
+            "item_id": item_ids.gather(top.ravel()[keep]),
+            "score": vals.ravel()[keep].astype(np.float32),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.uint32), scores.shape[0])[keep],
+        }
+    )
+
+
+def fit_temporal_ensemble(train: pl.DataFrame, cfg: EnsembleConfig | None = None, seed: int = 0) -> TemporalEnsemble:
+    """Choose iALS l2 and blend weights on an inner split of train, then refit every component on train."""
+    cfg = cfg or EnsembleConfig()
+    user_ids, item_ids = train["user_id"].unique().sort(), train["item_id"].unique().sort()
+    inner_train, inner_val = stratified_split(train, cfg.inner_ratio, seed=seed + 1000)
+    inner_enc = encode(inner_train, user_ids, item_ids)
+    inner = fit_components(inner_enc, cfg, cfg.ials_reg_grid)
+    truth = encode(inner_val, user_ids, item_ids).dense()
+    ials_scores = {reg: dense_ndcg(inner.z[f"ials@{reg:g}"], truth, cfg.k) for reg in cfg.ials_reg_grid}
+    reg = max(ials_scores, key=ials_scores.__getitem__)
+    inner.z["ials"] = inner.z.pop(f"ials@{reg:g}")
+    for other in cfg.ials_reg_grid:
+        inner.z.pop(f"ials@{other:g}", None)
+    weights, inner_ndcg = learn_weights(inner, truth, COMPONENTS, cfg)
+    logger.info(
+        "inner split: stack %.4f, iALS %s -> l2=%g, blend %s -> nDCG@%d %.4f",
+        dense_ndcg(inner.z["stack"], truth, cfg.k),
+        {f"{k:g}": round(v, 4) for k, v in ials_scores.items()},
+        reg,
+        weights,
+        cfg.k,
+        inner_ndcg,
+    )
+    enc = encode(train, user_ids, item_ids)
+    full = fit_components(enc, cfg, (reg,))
+    full.z["ials"] = full.z.pop(f"ials@{reg:g}")
+    return TemporalEnsemble(cfg, weights, reg, inner_ndcg, full, inner, truth, enc, inner_enc)
