@@ -216,7 +216,7 @@ def train_ranker(train: pl.DataFrame, params: PipelineParams, valid: pl.DataFram
         subsample_freq=1,
         colsample_bytree=0.8,
         lambdarank_truncation_level=20,
-        n_jobs=2,
+        n_jobs=params.ranker_threads,
         random_state=params.seed,
         verbose=-1,
     )

@@ -59,6 +59,7 @@ class PipelineResource(dg.ConfigurableResource):
     watermark_minutes: int = _DEFAULTS.watermark_minutes
     seed: int = _DEFAULTS.seed
     ranker_rounds: int = _DEFAULTS.ranker_rounds
+    ranker_threads: int = _DEFAULTS.ranker_threads
     promotion_margin: float = _DEFAULTS.promotion_margin
     max_training_users: int = _DEFAULTS.max_training_users
 
