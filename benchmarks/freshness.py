@@ -196,7 +196,9 @@ def _import_seconds(env: dict, repeats: int = 3) -> str:
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", f"import {module}"], env=env, cwd=ROOT, check=True)
+            subprocess.run(
+                [sys.executable, "-c", f"import {module}"], env=env, cwd=ROOT, check=True, stderr=subprocess.DEVNULL
+            )
             times.append(time.perf_counter() - t0)
         out.append(f"{module} {statistics.median(times):.2f} s")
     return ", ".join(out)
