@@ -153,12 +153,33 @@ def _step_table(instance, run_id: str, samples: list[tuple[float, int]]) -> list
     return rows
 
 
-def stage_cycle() -> dict:
-    """Run ingest_events (all hours, one run) and training_cycle in-process; per-step time and memory."""
+def _chunks(keys: list[str], size: int) -> list[dict[str, str]]:
+    from recsys_platform.definitions import partition_range_tags
+
+    if size <= 0:
+        return [partition_range_tags(keys[0], keys[-1])]
+    return [partition_range_tags(keys[i], keys[min(i + size, len(keys)) - 1]) for i in range(0, len(keys), size)]
+
+
+def _aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (job, step): seconds summed over runs, the highest peak and delta."""
+    out: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        agg = out.setdefault((r["job"], r["step"]), r | {"seconds": 0.0, "runs": 0})
+        agg["seconds"] += r["seconds"]
+        agg["runs"] += 1
+        agg["peak_bytes"] = max(agg["peak_bytes"], r["peak_bytes"])
+        agg["delta_bytes"] = max(agg["delta_bytes"], r["delta_bytes"])
+    return list(out.values())
+
+
+def stage_cycle(hours_per_run: int) -> dict:
+    """Run ingest_events (arrival hours in runs of `hours_per_run`, 0 = one run) and training_cycle
+    in-process; per-step time and memory."""
     import dagster as dg
 
     from recsys_platform.config import Settings
-    from recsys_platform.definitions import defs, partition_range_tags
+    from recsys_platform.definitions import defs
     from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
     from recsys_platform.profiles import describe_profile
 
@@ -170,7 +191,8 @@ def stage_cycle() -> dict:
     instance = dg.DagsterInstance.get()
     jobs, runs = [], []
     started = time.perf_counter()
-    for job, tags in (("ingest_events", partition_range_tags(keys[0], keys[-1])), ("training_cycle", {})):
+    plan = [("ingest_events", tags) for tags in _chunks(keys, hours_per_run)] + [("training_cycle", {})]
+    for job, tags in plan:
         t0 = time.perf_counter()
         result = defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags, raise_on_error=False)
         jobs.append({"job": job, "seconds": time.perf_counter() - t0, "success": result.success})
@@ -179,11 +201,20 @@ def stage_cycle() -> dict:
             break
     total = time.perf_counter() - started
     samples = sampler.stop()
-    steps = [
-        row | {"job": job["job"]}
-        for job, run in zip(jobs, runs, strict=True)
-        for row in _step_table(instance, run, samples)
-    ]
+    steps = _aggregate(
+        [
+            row | {"job": job["job"]}
+            for job, run in zip(jobs, runs, strict=True)
+            for row in _step_table(instance, run, samples)
+        ]
+    )
+    by_job: dict[str, dict] = {}
+    for j in jobs:
+        agg = by_job.setdefault(j["job"], {"job": j["job"], "seconds": 0.0, "success": True, "runs": 0})
+        agg["seconds"] += j["seconds"]
+        agg["success"] &= j["success"]
+        agg["runs"] += 1
+    jobs = list(by_job.values())
     return {
         "profile": describe_profile(settings),
         "hours": len(keys),
@@ -197,19 +228,37 @@ def stage_cycle() -> dict:
 # --- driver -----------------------------------------------------------------------------------
 
 
-def _run_stage(args: list[str], env: dict[str, str], timeout: float, log: Path) -> dict:
-    """Run a stage in a subprocess (bounded by `timeout`, output to `log`), return its JSON report."""
+def _running_step(log: Path) -> str:
+    """The last step a cycle log shows starting (what was running when a stage was stopped)."""
+    last = "?"
+    try:
+        with open(log, errors="replace") as fh:
+            for line in fh:
+                if " - STEP_START - " in line:
+                    last = line.split(" - STEP_START - ")[0].rsplit(" - ", 1)[-1]
+    except OSError:
+        pass
+    return last
+
+
+def _run_stage(args: list[str], env: dict[str, str], timeout: float, log: Path, max_rss: int) -> dict:
+    """Run a stage in a subprocess (bounded in time and memory, output to `log`), return its JSON report."""
     with open(log, "w") as err, open(log.with_suffix(".json"), "w") as out:
         proc = subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=out, stderr=err)
         peak = 0
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
             peak = max(peak, tree_rss_bytes(proc.pid))
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or peak > max_rss:
                 proc.kill()
                 proc.wait()
-                return {"error": f"timed out after {timeout:.0f} s (log: {log})", "peak_bytes": peak}
-            time.sleep(0.5)
+                why = f"timed out after {timeout:.0f} s" if peak <= max_rss else f"RSS over {max_rss / GIB:.1f} GiB"
+                return {
+                    "error": f"{why} during step {_running_step(log)} (log: {log})",
+                    "peak_bytes": peak,
+                    "tree_peak_bytes": peak,
+                }
+            time.sleep(0.25)
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}: {log.read_text()[-2000:]}", "peak_bytes": peak}
     report = json.loads(log.with_suffix(".json").read_text().strip().splitlines()[-1])
@@ -231,14 +280,14 @@ def _print_size(label: str, gen: dict, cycle: dict) -> None:
     if "error" in cycle:
         print(f"   cycle FAILED: {cycle['error']}")
     print(f"   profile: {cycle.get('profile')}")
-    print(f"   {'job':<15} {'step':<42} {'seconds':>9} {'peak MiB':>9} {'delta MiB':>9}")
+    print(f"   {'job':<15} {'step':<42} {'runs':>4} {'seconds':>9} {'peak MiB':>9} {'delta MiB':>9}")
     for s in cycle.get("steps", []):
         print(
-            f"   {s['job']:<15} {s['step']:<42} {s['seconds']:>9.1f} {_mib(s['peak_bytes']):>9} "
+            f"   {s['job']:<15} {s['step']:<42} {s['runs']:>4} {s['seconds']:>9.1f} {_mib(s['peak_bytes']):>9} "
             f"{_mib(s['delta_bytes']):>9}"
         )
     for j in cycle.get("jobs", []):
-        print(f"   job {j['job']}: {j['seconds']:.1f} s, success={j['success']}")
+        print(f"   job {j['job']}: {j['runs']} run(s), {j['seconds']:.1f} s, success={j['success']}")
     if "seconds" in cycle:
         ok_t = "OK" if cycle["seconds"] < TARGET_SECONDS else "OVER"
         ok_m = "OK" if cycle["tree_peak_bytes"] < TARGET_PEAK_GIB * GIB else "OVER"
@@ -280,13 +329,19 @@ def main() -> None:
         print(json.dumps(stage_generate(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_cycle":
-        print(json.dumps(stage_cycle()))
+        print(json.dumps(stage_cycle(int(sys.argv[2]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, action="append", help="users per size (repeat); default 10k, 100k")
     parser.add_argument("--days", type=int, action="append", help="days of history (repeat for a history sweep)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--time-limit", type=float, default=TARGET_SECONDS + 600, help="seconds per stage")
+    parser.add_argument(
+        "--hours-per-run", type=int, default=24, help="arrival hours per ingest_events run (0 = all in one run)"
+    )
+    parser.add_argument(
+        "--max-rss-gib", type=float, default=14.0, help="kill a stage whose process tree exceeds this (shared host)"
+    )
     parser.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one, removed)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
@@ -295,6 +350,7 @@ def main() -> None:
     sizes = [(u, d) for u in users for d in days]
     root = args.keep or Path(tempfile.mkdtemp(prefix="recsys-scale-"))
     print(f"load before: {os.getloadavg()}, cpus: {os.cpu_count()}, work dir: {root}")
+    max_rss = int(args.max_rss_gib * GIB)
     results = []
     try:
         for u, d in sizes:
@@ -303,9 +359,11 @@ def main() -> None:
             env = os.environ | {"RECSYS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
             (home / "dagster").mkdir(parents=True)
             (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-            gen = _run_stage(["_generate", str(u), str(d), str(args.seed)], env, args.time_limit, home / "generate.log")
+            gen = _run_stage(
+                ["_generate", str(u), str(d), str(args.seed)], env, args.time_limit, home / "generate.log", max_rss
+            )
             cycle = (
-                _run_stage(["_cycle"], env, args.time_limit, home / "cycle.log")
+                _run_stage(["_cycle", str(args.hours_per_run)], env, args.time_limit, home / "cycle.log", max_rss)
                 if "error" not in gen
                 else {"error": "no data"}
             )
