@@ -8,7 +8,7 @@ import polars as pl
 from assets.partitions import arrival_hours
 from recsys_platform import schemas
 from recsys_platform.ingestion import ingest_files, read_table_updates
-from recsys_platform.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PREFIX, partition_key_of
+from recsys_platform.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PREFIX, partition_key_of, partition_prefix
 from resources import LandingZoneResource
 
 GROUP = "ingestion"
@@ -63,7 +63,7 @@ def raw_events(context: dg.AssetExecutionContext, landing: LandingZoneResource, 
     by_partition: dict[str, list] = {}
     # A few hours (the near-real-time path): list just those hours; a long range: one listing.
     listed = (
-        [f for key in sorted(wanted) for f in zone.partition_files(key)]
+        [f for key in sorted(wanted) for f in zone.list_files(partition_prefix(key))]
         if len(wanted) <= PER_HOUR_LISTING_MAX
         else zone.list_files("events/")
     )
