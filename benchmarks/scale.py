@@ -2,12 +2,15 @@
 
 For each size, two fresh subprocesses: one generates the synthetic dataset into the landing zone of
 its own RECSYS_HOME (not timed as part of the cycle), the other runs the cycle through the shared
-Definitions exactly as `recsys quickstart` does: job `ingest_events` over every arrival hour as one
-single-run backfill, then job `training_cycle`, both with `execute_in_process` on the Dagster
-instance in DAGSTER_HOME. The storage profile is whatever the environment selects (embedded default
-unless RECSYS_LAKE_URL etc. are set). A sampler thread records the resident memory of the cycle's
-process tree every 0.2 s; per-step wall time comes from the run's event log, and each step's peak is
-the highest sample between its start and end events (`delta` = peak minus RSS when it started).
+Definitions as `recsys quickstart` does: job `ingest_events` over the arrival hours (in runs of
+`--hours-per-run` hours, default a day: one run over all 720 hours holds every event in memory at
+once), then job `training_cycle`, all with `execute_in_process` on the Dagster instance in
+DAGSTER_HOME. The storage profile is whatever the environment selects (embedded default unless
+RECSYS_LAKE_URL etc. are set). The driver samples the resident memory of the stage's process tree
+every 0.2 s and stops a stage that passes `--max-rss-gib` (default 14: the host is shared), naming
+the step that was running. Per-step wall time comes from the runs' event log (so a stopped stage
+still gets its figures), and each step's peak is the highest sample between its
+start and end events (`delta` = peak minus RSS when it started).
 
     /work/venv/bin/python benchmarks/scale.py --users 10000 --users 100000
     /work/venv/bin/python benchmarks/scale.py --users 1000000 --time-limit 3600 --keep /tmp/scale
@@ -186,43 +189,42 @@ def stage_cycle(hours_per_run: int) -> dict:
     settings = Settings.from_env()
     zone = landing_zone_from_url(settings.landing_url, _s3_client(settings))
     keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
-    sampler = MemorySampler()
-    sampler.start()
     instance = dg.DagsterInstance.get()
-    jobs, runs = [], []
+    jobs = []
     started = time.perf_counter()
     plan = [("ingest_events", tags) for tags in _chunks(keys, hours_per_run)] + [("training_cycle", {})]
     for job, tags in plan:
         t0 = time.perf_counter()
         result = defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags, raise_on_error=False)
         jobs.append({"job": job, "seconds": time.perf_counter() - t0, "success": result.success})
-        runs.append(result.run_id)
         if not result.success:
             break
-    total = time.perf_counter() - started
-    samples = sampler.stop()
-    steps = _aggregate(
-        [
-            row | {"job": job["job"]}
-            for job, run in zip(jobs, runs, strict=True)
-            for row in _step_table(instance, run, samples)
-        ]
-    )
     by_job: dict[str, dict] = {}
     for j in jobs:
         agg = by_job.setdefault(j["job"], {"job": j["job"], "seconds": 0.0, "success": True, "runs": 0})
         agg["seconds"] += j["seconds"]
         agg["success"] &= j["success"]
         agg["runs"] += 1
-    jobs = list(by_job.values())
     return {
         "profile": describe_profile(settings),
         "hours": len(keys),
-        "jobs": jobs,
-        "steps": steps,
-        "seconds": total,
-        "peak_bytes": max(b for _, b in samples),
+        "jobs": list(by_job.values()),
+        "seconds": time.perf_counter() - started,
     }
+
+
+def steps_from_instance(dagster_home: Path, samples: list[tuple[float, int]]) -> list[dict]:
+    """Per-step wall time (event log of every run in the instance) and memory (the driver's samples)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    try:
+        rows = []
+        for run in reversed(instance.get_runs()):  # newest first -> oldest first
+            rows += [r | {"job": run.job_name} for r in _step_table(instance, run.run_id, samples)]
+        return _aggregate(rows)
+    finally:
+        instance.dispose()
 
 
 # --- driver -----------------------------------------------------------------------------------
@@ -243,26 +245,29 @@ def _running_step(log: Path) -> str:
 
 def _run_stage(args: list[str], env: dict[str, str], timeout: float, log: Path, max_rss: int) -> dict:
     """Run a stage in a subprocess (bounded in time and memory, output to `log`), return its JSON report."""
+    samples: list[tuple[float, int]] = []
     with open(log, "w") as err, open(log.with_suffix(".json"), "w") as out:
         proc = subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=out, stderr=err)
-        peak = 0
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
-            peak = max(peak, tree_rss_bytes(proc.pid))
+            samples.append((time.time(), tree_rss_bytes(proc.pid)))
+            peak = max(b for _, b in samples)
             if time.monotonic() > deadline or peak > max_rss:
                 proc.kill()
                 proc.wait()
                 why = f"timed out after {timeout:.0f} s" if peak <= max_rss else f"RSS over {max_rss / GIB:.1f} GiB"
                 return {
                     "error": f"{why} during step {_running_step(log)} (log: {log})",
-                    "peak_bytes": peak,
                     "tree_peak_bytes": peak,
+                    "samples": samples,
                 }
-            time.sleep(0.25)
+            time.sleep(0.2)
+    peak = max((b for _, b in samples), default=0)
     if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}: {log.read_text()[-2000:]}", "peak_bytes": peak}
+        return {"error": f"exit {proc.returncode}: {log.read_text()[-2000:]}", "tree_peak_bytes": peak}
     report = json.loads(log.with_suffix(".json").read_text().strip().splitlines()[-1])
     report["tree_peak_bytes"] = max(peak, report.get("peak_bytes", 0))
+    report["samples"] = samples
     return report
 
 
@@ -367,6 +372,9 @@ def main() -> None:
                 if "error" not in gen
                 else {"error": "no data"}
             )
+            if "samples" in cycle:
+                cycle["steps"] = steps_from_instance(home / "dagster", cycle.pop("samples"))
+            gen.pop("samples", None)
             label = f"{u:,} users x {d} days"
             _print_size(label, gen, cycle)
             print(f"   load after: {os.getloadavg()}")
