@@ -190,7 +190,10 @@ def promotion_gate(
     elif not beats_baseline:
         reason = f"{GATE_METRIC} {candidate_score:.4f} does not beat popularity {baseline_score:.4f} by {margin:.0%}"
     elif not beats_champion:
-        reason = f"{GATE_METRIC} {candidate_score:.4f} does not beat champion v{champion} ({champion_score_on_holdout:.4f}) by {margin:.0%}"
+        reason = (
+            f"{GATE_METRIC} {candidate_score:.4f} does not beat champion v{champion} "
+            f"({champion_score_on_holdout:.4f}) by {margin:.0%}"
+        )
     else:
         reason = f"beats popularity and {'champion v' + champion if champion else 'no previous champion'}"
     alias = CHAMPION_ALIAS if promoted or champion == ref.version else CHALLENGER_ALIAS

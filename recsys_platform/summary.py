@@ -58,13 +58,15 @@ def print_summary(console: Console, settings: Settings, elapsed_s: float) -> Non
 
     ref = json.loads((lake / "ranker_model.json").read_text())
     console.print(
-        f"MLflow: registered model {ref['name']} version {ref['version']} (run {ref['run_id']}), tracking {settings.mlflow_tracking_uri}"
+        f"MLflow: registered model {ref['name']} version {ref['version']} (run {ref['run_id']}), "
+        f"tracking {settings.mlflow_tracking_uri}"
     )
     with open_online_store(settings.online_store_url) as store:
         pointer = store.pointer()
     if pointer is not None:
         console.print(
-            f"Online store: active slot [bold]{pointer.active_slot}[/bold] serving model {pointer.model_version} ({settings.online_store_url})"
+            f"Online store: active slot [bold]{pointer.active_slot}[/bold] serving model "
+            f"{pointer.model_version} ({settings.online_store_url})"
         )
     console.print(
         f"DuckDB catalog: {settings.catalog_path}  (open read-only: duckdb -readonly {settings.catalog_path})"
