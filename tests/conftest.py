@@ -44,6 +44,28 @@ def redis_url() -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def online_store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """URL of an empty online store of each backend (Redis under a key prefix of its own)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.sqlite"
+    base = request.getfixturevalue("redis_url")
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}prefix=test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def store(online_store_url: str) -> Iterator:
+    """An empty online store of each backend, removed afterwards."""
+    from recsys_platform.online_store import open_online_store
+
+    s = open_online_store(online_store_url)
+    yield s
+    if online_store_url.startswith("redis"):
+        s.drop_all()
+    s.close()
+
+
 @pytest.fixture
 def postgres_url() -> str:
     """URL of a PostgreSQL database for tests (RECSYS_TEST_POSTGRES_URL, default 127.0.0.1:5432/test)."""

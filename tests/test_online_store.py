@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
-import uuid
 from collections.abc import Iterator, Mapping
 
 import pytest
@@ -19,34 +17,6 @@ from recsys_platform.online_store import (
     open_online_store,
 )
 from recsys_platform.online_store.base import namespace_checksum
-
-REDIS_URL = os.environ.get("RECSYS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def redis_url_or_skip() -> str:
-    """A Redis URL with a unique key prefix; skip (or fail under RECSYS_REQUIRE_SERVICES=1) if down."""
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        message = f"Redis not reachable at {REDIS_URL}: {exc}"
-        if os.environ.get("RECSYS_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    sep = "&" if "?" in REDIS_URL else "?"
-    return f"{REDIS_URL}{sep}prefix=test-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[OnlineStore]:
-    """An empty store of each backend, removed afterwards."""
-    url = f"sqlite:///{tmp_path}/store.sqlite" if request.param == "sqlite" else redis_url_or_skip()
-    s = open_online_store(url)
-    yield s
-    if request.param == "redis":
-        s.drop_all()
-    s.close()
 
 
 def rows(tag: str, n: int) -> dict[str, str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -16,23 +14,7 @@ from recsys_platform.api import create_app
 from recsys_platform.online_store import open_online_store
 from recsys_platform.schemas import CONTENT_TYPES
 
-REDIS_URL = os.environ.get("RECSYS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 ADMIN_KEY = "s3cret-admin-key"
-
-
-def redis_url_or_skip() -> str:
-    """A Redis URL with a unique key prefix; skip (or fail under RECSYS_REQUIRE_SERVICES=1) if down."""
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        message = f"Redis not reachable at {REDIS_URL}: {exc}"
-        if os.environ.get("RECSYS_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    sep = "&" if "?" in REDIS_URL else "?"
-    return f"{REDIS_URL}{sep}prefix=test-{uuid.uuid4().hex[:12]}"
 
 
 def ranked(version: str, entries: list[tuple[str, str, bool]]) -> str:
@@ -64,15 +46,15 @@ def payload(version: str) -> dict[str, dict[str, str]]:
     }
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+@pytest.fixture
+def store_url(online_store_url: str) -> Iterator[str]:
     """A store of each backend with v1 deployed, then v2 deployed (so rollback is possible)."""
-    url = f"sqlite:///{tmp_path}/store.sqlite" if request.param == "sqlite" else redis_url_or_skip()
+    url = online_store_url
     store = open_online_store(url)
     deployment.deploy(store, "v1", "snap-1", payload("v1"))
     deployment.deploy(store, "v2", "snap-2", payload("v2"))
     yield url
-    if request.param == "redis":
+    if url.startswith("redis"):
         store.drop_all()
     store.close()
 
