@@ -15,7 +15,6 @@ from datetime import datetime
 
 import polars as pl
 
-from recsys_platform import schemas
 from recsys_platform.collaborative import EaseModel, fit_ease
 from recsys_platform.features import user_item_affinities
 
@@ -235,13 +234,3 @@ def candidate_recall(candidates: pl.DataFrame, truth: pl.DataFrame) -> dict[str,
     for s in SOURCES:
         out[s] = hit.filter(pl.col(f"rank_{s}") < MISSING_RANK).height / truth.height
     return out
-
-
-__all__ = [
-    "SOURCES",
-    "CandidateContext",
-    "build_context",
-    "candidate_recall",
-    "generate_candidates",
-    "schemas",
-]
