@@ -61,10 +61,8 @@ def recommendations(
         version = POPULARITY_VERSION
     else:
         booster, version = registry.load_ranker(mlflow.tracking_uri, champion, mlflow.model_name)
-        pit = ranking.PointInTime.build(interactions, items, users, cutoff, params)
-        frame = pit.ranker_frame(users["user_id"], params.candidates_per_source)
-        frame = frame.join(excluded, on=["user_id", "item_id"], how="anti")
-        recs = ranking.top_n(ranking.score_frame(booster, frame), params.top_n)
+        pit = ranking.PointInTime.build(interactions, items, users, cutoff, params, user_ids=[])
+        recs = ranking.recommend(booster, pit, users["user_id"], excluded, params)
     out = recs.with_columns(model_version=pl.lit(version), generated_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))
     out = schemas.conform(out, schemas.RECOMMENDATION_SCHEMA)
     context.add_output_metadata(

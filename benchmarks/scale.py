@@ -1,7 +1,8 @@
 """Scale benchmark: the whole cycle (ingestion, features, training, scoring, deploy) at N users x D days.
 
 For each size, two fresh subprocesses: one generates the synthetic dataset into the landing zone of
-its own RECSYS_HOME (not timed as part of the cycle), the other runs the cycle through the shared
+its own RECSYS_HOME one user chunk at a time (`generate_to_landing`; not timed as part of the
+cycle), the other runs the cycle through the shared
 Definitions as `recsys quickstart` does: job `ingest_events` over the arrival hours (in runs of
 `--hours-per-run` hours, default a day: one run over all 720 hours holds every event in memory at
 once), then job `training_cycle`, all with `execute_in_process` on the Dagster instance in
@@ -100,7 +101,7 @@ class MemorySampler(threading.Thread):
 def stage_generate(users: int, days: int, seed: int) -> dict:
     """Generate the dataset into the landing zone of RECSYS_HOME; report its size and cost."""
     from recsys_platform.config import Settings
-    from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
+    from recsys_platform.generator import GeneratorConfig, generate_to_landing
     from recsys_platform.landing import landing_zone_from_url
 
     sampler = MemorySampler()
@@ -108,13 +109,13 @@ def stage_generate(users: int, days: int, seed: int) -> dict:
     started = time.perf_counter()
     settings = Settings.from_env()
     settings.ensure_local_dirs()
-    ds = generate(GeneratorConfig(n_users=users, days=days, seed=seed, end=END))
-    n_files = write_to_landing(ds, landing_zone_from_url(settings.landing_url, _s3_client(settings)))
+    zone = landing_zone_from_url(settings.landing_url, _s3_client(settings))
+    counts = generate_to_landing(GeneratorConfig(n_users=users, days=days, seed=seed, end=END), zone)
     peak = max(b for _, b in sampler.stop())
     return {
-        "events": ds.events.height,
-        "items": ds.items.height,
-        "files": n_files,
+        "events": counts.events,
+        "items": counts.items,
+        "files": counts.files,
         "seconds": time.perf_counter() - started,
         "peak_bytes": peak,
     }

@@ -10,7 +10,8 @@ ranker's input; a missing source is rank = `MISSING_RANK`, score = 0.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import polars as pl
@@ -36,6 +37,15 @@ class CandidateContext:
     users: pl.DataFrame
     ease: EaseModel | None
     affinities: dict[str, pl.DataFrame]
+    # Global per-source tables (popularity by segment, daypart, ...), computed once per context and
+    # shared by its copies, so scoring users chunk by chunk does not re-aggregate the whole history.
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False, compare=False)
+
+    def table(self, key: str, build: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+        """The global table `key`, built on first use."""
+        if key not in self.tables:
+            self.tables[key] = build()
+        return self.tables[key]
 
 
 def _ts(cutoff: datetime) -> pl.Expr:
@@ -43,19 +53,28 @@ def _ts(cutoff: datetime) -> pl.Expr:
 
 
 def build_context(
-    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, cutoff: datetime
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    cutoff: datetime,
+    user_ids: pl.Series | list[str] | None = None,
 ) -> CandidateContext:
-    """Fit the candidate sources on interactions strictly before `cutoff`."""
+    """Fit the candidate sources on interactions strictly before `cutoff` (user affinities only for
+    `user_ids` when given; the global parts always on everyone)."""
     history = interactions.filter(pl.col("event_time") < _ts(cutoff))
     positive = history.filter(pl.col("weight") > 0).select("user_id", "item_id", "weight")
     ease = fit_ease(positive, l2=200.0, binary=True) if positive.height else None
+    mine = history
+    if user_ids is not None:
+        who = pl.DataFrame({"user_id": pl.Series(list(user_ids), dtype=pl.String)})
+        mine = history.join(who, on="user_id", how="semi")
     return CandidateContext(
         cutoff=cutoff,
         history=history,
         items=items,
         users=users,
         ease=ease,
-        affinities=user_item_affinities(interactions, items, cutoff),
+        affinities=user_item_affinities(mine, items, cutoff),
     )
 
 
@@ -81,11 +100,14 @@ def _released(ctx: CandidateContext) -> pl.DataFrame:
 def popularity_table(ctx: CandidateContext, days: int = POPULARITY_DAYS) -> pl.DataFrame:
     """Distinct users with a positive interaction per item in the last `days` days: [item_id, score]."""
     since = _ts(ctx.cutoff) - pl.duration(days=days)
-    return (
-        ctx.history.filter((pl.col("weight") > 0) & (pl.col("event_time") >= since))
-        .group_by("item_id")
-        .agg(score=pl.col("user_id").n_unique().cast(pl.Float64))
-        .join(_released(ctx), on="item_id", how="inner")
+    return ctx.table(
+        f"popularity_{days}d",
+        lambda: (
+            ctx.history.filter((pl.col("weight") > 0) & (pl.col("event_time") >= since))
+            .group_by("item_id")
+            .agg(score=pl.col("user_id").n_unique().cast(pl.Float64))
+            .join(_released(ctx), on="item_id", how="inner")
+        ),
     )
 
 
@@ -98,11 +120,14 @@ def source_segment_pop(ctx: CandidateContext, user_ids: pl.DataFrame, n: int) ->
     """Popularity among users of the same language and experience level."""
     seg = ctx.users.select("user_id", segment=pl.concat_str("language", "experience_level", separator=":"))
     since = _ts(ctx.cutoff) - pl.duration(days=POPULARITY_DAYS)
-    table = (
-        ctx.history.filter((pl.col("weight") > 0) & (pl.col("event_time") >= since))
-        .join(seg, on="user_id")
-        .group_by("segment", "item_id")
-        .agg(score=pl.col("user_id").n_unique().cast(pl.Float64))
+    table = ctx.table(
+        "segment_popularity",
+        lambda: (
+            ctx.history.filter((pl.col("weight") > 0) & (pl.col("event_time") >= since))
+            .join(seg, on="user_id")
+            .group_by("segment", "item_id")
+            .agg(score=pl.col("user_id").n_unique().cast(pl.Float64))
+        ),
     )
     return (
         user_ids.join(seg, on="user_id").join(_ranked(table, ["segment"], "seg_pop", n), on="segment").drop("segment")
@@ -121,12 +146,15 @@ def source_time_of_day_pop(ctx: CandidateContext, user_ids: pl.DataFrame, n: int
         .then(pl.lit("evening"))
         .otherwise(pl.lit("night"))
     )
-    table = (
-        ctx.history.filter(pl.col("weight") > 0)
-        .join(ctx.users.select("user_id", "utc_offset_hours"), on="user_id")
-        .with_columns(daypart=daypart)
-        .group_by("daypart", "item_id")
-        .agg(score=pl.col("user_id").n_unique().cast(pl.Float64))
+    table = ctx.table(
+        "daypart_popularity",
+        lambda: (
+            ctx.history.filter(pl.col("weight") > 0)
+            .join(ctx.users.select("user_id", "utc_offset_hours"), on="user_id")
+            .with_columns(daypart=daypart)
+            .group_by("daypart", "item_id")
+            .agg(score=pl.col("user_id").n_unique().cast(pl.Float64))
+        ),
     )
     prefs = ctx.users.select("user_id", daypart=pl.col("preferred_daypart"))
     return (

@@ -56,6 +56,9 @@ SEARCH_WORDS = {
     "focus": "focus music work",
 }
 APP_LAUNCH = datetime(2019, 1, 1, tzinfo=UTC)
+# Users simulated together: each chunk has its own random stream (and event-id prefix), so the
+# dataset depends on the chunk size. `generate_to_landing` holds one chunk's events at a time.
+DEFAULT_CHUNK_USERS = 200_000
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,16 @@ class GeneratorConfig:
     def resolved_items(self) -> int:
         """Catalog size; grows slowly with the number of users."""
         return self.n_items or int(min(3000, max(300, 150 * np.log10(max(self.n_users, 10)) ** 1.5)))
+
+
+@dataclass
+class GeneratedCounts:
+    """What `generate_to_landing` wrote."""
+
+    items: int
+    users: int
+    events: int = 0
+    files: int = 0
 
 
 @dataclass
@@ -439,12 +452,16 @@ def _simulate_events(
     )
 
 
-def generate(cfg: GeneratorConfig, chunk_users: int = 200_000) -> SyntheticDataset:
-    """Generate the catalog, the users and their events over `cfg.days` days before `cfg.end`."""
-    end = cfg.resolved_end()
-    start = end - timedelta(days=cfg.days)
+def _catalog_and_profiles(cfg: GeneratorConfig) -> tuple[pl.DataFrame, pl.DataFrame, datetime]:
+    start = cfg.resolved_end() - timedelta(days=cfg.days)
     items = _make_items(cfg, np.random.default_rng([cfg.seed, 0]), start)
     users = _make_users(cfg, np.random.default_rng([cfg.seed, 3]), start)
+    return items, users, start
+
+
+def generate(cfg: GeneratorConfig, chunk_users: int = DEFAULT_CHUNK_USERS) -> SyntheticDataset:
+    """Generate the catalog, the users and their events over `cfg.days` days before `cfg.end`."""
+    items, users, start = _catalog_and_profiles(cfg)
     chunks = [
         _simulate_events(cfg, items, users.slice(off, chunk_users), start, k)
         for k, off in enumerate(range(0, users.height, chunk_users))
@@ -454,13 +471,39 @@ def generate(cfg: GeneratorConfig, chunk_users: int = 200_000) -> SyntheticDatas
     return SyntheticDataset(items=items, users=users, events=events)
 
 
+def generate_to_landing(
+    cfg: GeneratorConfig, zone: LandingZone, fmt: str = ".parquet", chunk_users: int = DEFAULT_CHUNK_USERS
+) -> GeneratedCounts:
+    """Generate the dataset straight into a landing zone one user chunk at a time, so memory holds one
+    chunk's events, not everyone's: the same events as `generate` with the same `chunk_users`, in one
+    file per (arrival hour, chunk) instead of one per hour."""
+    items, users, start = _catalog_and_profiles(cfg)
+    _write_tables(items, users, zone, fmt, start)
+    counts = GeneratedCounts(items=items.height, users=users.height)
+    for k, off in enumerate(range(0, users.height, chunk_users)):
+        events = _simulate_events(cfg, items, users.slice(off, chunk_users), start, k)
+        counts.events += events.height
+        counts.files += _write_events(events.sort("arrival_time", "event_id"), zone, fmt)
+        logger.info("chunk %d: %d users, %d events", k, min(chunk_users, users.height - off), events.height)
+    counts.files += 2
+    return counts
+
+
 def write_to_landing(ds: SyntheticDataset, zone: LandingZone, fmt: str = ".parquet", batches_per_hour: int = 1) -> int:
     """Write the catalog, the profiles and the events (by arrival hour) into a landing zone."""
     batch_ts = ds.events["arrival_time"].min() if ds.events.height else datetime.now(UTC)
-    zone.write_bytes(f"{ITEMS_PREFIX}{new_batch_id(batch_ts)}{fmt}", encode_frame(ds.items, fmt))
-    zone.write_bytes(f"{USERS_PREFIX}{new_batch_id(batch_ts)}{fmt}", encode_frame(ds.users, fmt))
-    raw = ds.events.with_columns(hour=pl.col("arrival_time").dt.truncate("1h"))
-    n_files = 2
+    _write_tables(ds.items, ds.users, zone, fmt, batch_ts)
+    return 2 + _write_events(ds.events, zone, fmt, batches_per_hour)
+
+
+def _write_tables(items: pl.DataFrame, users: pl.DataFrame, zone: LandingZone, fmt: str, batch_ts: datetime) -> None:
+    zone.write_bytes(f"{ITEMS_PREFIX}{new_batch_id(batch_ts)}{fmt}", encode_frame(items, fmt))
+    zone.write_bytes(f"{USERS_PREFIX}{new_batch_id(batch_ts)}{fmt}", encode_frame(users, fmt))
+
+
+def _write_events(events: pl.DataFrame, zone: LandingZone, fmt: str, batches_per_hour: int = 1) -> int:
+    raw = events.with_columns(hour=pl.col("arrival_time").dt.truncate("1h"))
+    n_files = 0
     for (hour,), group in raw.partition_by("hour", as_dict=True, maintain_order=True).items():
         group = group.sort("arrival_time")
         size = -(-group.height // batches_per_hour)

@@ -7,7 +7,7 @@ candidates, and it is the only way features reach the model, offline and online 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -70,6 +70,8 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     *PAIR_COLUMNS,
 )
 CATEGORICAL_COLUMNS = ("item_type_code", "user_daypart_code")
+# Users per scoring chunk: a ranker frame is ~150 candidates x ~60 features per user (~0.5 GiB per 10k users).
+SCORING_CHUNK_USERS = 10_000
 
 
 @dataclass
@@ -90,14 +92,37 @@ class PointInTime:
         users: pl.DataFrame,
         cutoff: datetime,
         params: PipelineParams,
+        user_ids: pl.Series | list[str] | None = None,
     ) -> PointInTime:
-        """Compute every feature table and fit the candidate sources as of `cutoff`."""
+        """Compute the feature tables and fit the candidate sources as of `cutoff`; the per-user tables
+        (user features, affinities, user-item history) only for `user_ids` when given (default: all)."""
+        ctx = build_context(interactions, items, users, cutoff, user_ids=[])
+        return cls._assemble(ctx, feats.item_features(ctx.history, items, cutoff), user_ids, params)
+
+    def for_users(self, user_ids: pl.Series | list[str], params: PipelineParams) -> PointInTime:
+        """The same global parts (history, EASE, item features) with the per-user tables rebuilt for
+        `user_ids` only: memory that grows with those users, not with everyone."""
+        return self._assemble(self.candidates, self.item_features, user_ids, params)
+
+    @classmethod
+    def _assemble(
+        cls,
+        ctx: CandidateContext,
+        item_features: pl.DataFrame,
+        user_ids: pl.Series | list[str] | None,
+        params: PipelineParams,
+    ) -> PointInTime:
+        mine, users = ctx.history, ctx.users
+        if user_ids is not None:
+            who = pl.DataFrame({"user_id": pl.Series(list(user_ids), dtype=pl.String)})
+            mine = mine.join(who, on="user_id", how="semi")
+            users = users.join(who, on="user_id", how="semi")
         return cls(
-            cutoff=cutoff,
-            candidates=build_context(interactions, items, users, cutoff),
-            user_features=feats.user_features(interactions, users, items, cutoff),
-            item_features=feats.item_features(interactions, items, cutoff),
-            ui_history=feats.user_item_history(interactions, cutoff, params.repeat_cap),
+            cutoff=ctx.cutoff,
+            candidates=replace(ctx, affinities=feats.user_item_affinities(mine, ctx.items, ctx.cutoff)),
+            user_features=feats.user_features(mine, users, ctx.items, ctx.cutoff),
+            item_features=item_features,
+            ui_history=feats.user_item_history(mine, ctx.cutoff, params.repeat_cap),
         )
 
     def ranker_frame(self, user_ids: pl.Series | list[str], n_candidates: int) -> pl.DataFrame:
@@ -167,6 +192,14 @@ class TemporalSplit:
         return cls(train_cutoff=eval_cutoff - timedelta(days=label_days), eval_cutoff=eval_cutoff, end=end)
 
 
+def label_users(labels: pl.DataFrame, max_users: int | None, seed: int) -> pl.Series:
+    """The users with a label, sorted; a seeded sample of `max_users` of them when there are more."""
+    active = labels.select("user_id").unique().sort("user_id")
+    if max_users and active.height > max_users:
+        active = active.sample(max_users, seed=seed).sort("user_id")
+    return active["user_id"]
+
+
 def training_frame(
     interactions: pl.DataFrame,
     items: pl.DataFrame,
@@ -178,11 +211,11 @@ def training_frame(
 ) -> pl.DataFrame:
     """Candidates with features as of `cutoff` and labels from [cutoff, label_end) (no leakage)."""
     labels = label_window(interactions, cutoff, label_end)
-    active = labels.select("user_id").unique().sort("user_id")
-    if max_users and active.height > max_users:
-        active = active.sample(max_users, seed=params.seed).sort("user_id")
-    pit = PointInTime.build(interactions, items, users, cutoff, params)
-    frame = pit.ranker_frame(active["user_id"], params.candidates_per_source)
+    active = label_users(labels, max_users, params.seed)
+    labels = labels.join(active.to_frame(), on="user_id", how="semi")
+    # Per-user tables only for the sampled users; global ones (EASE, popularity, items) on everyone.
+    pit = PointInTime.build(interactions, items, users, cutoff, params, user_ids=active)
+    frame = pit.ranker_frame(active, params.candidates_per_source)
     excluded = recently_completed(interactions, cutoff, params.recent_exclusion_days)
     return (
         frame.join(excluded, on=["user_id", "item_id"], how="anti")
@@ -247,6 +280,29 @@ def top_n(scored: pl.DataFrame, n: int, score_col: str = "score") -> pl.DataFram
         .filter(pl.col("rank") <= n)
         .select("user_id", "rank", "item_id", pl.col(score_col).alias("score"))
     )
+
+
+def recommend(
+    model: Any,
+    pit: PointInTime,
+    user_ids: pl.Series,
+    excluded: pl.DataFrame,
+    params: PipelineParams,
+    chunk_users: int = SCORING_CHUNK_USERS,
+) -> pl.DataFrame:
+    """Best `params.top_n` items per user by the ranker, minus `excluded` (user, item) pairs, scored
+    `chunk_users` users at a time so memory is bounded by the chunk, not by the number of users."""
+    users = user_ids.unique().sort()
+    parts = []
+    for start in range(0, users.len(), chunk_users):
+        chunk = users.slice(start, chunk_users)
+        frame = pit.for_users(chunk, params).ranker_frame(chunk, params.candidates_per_source)
+        frame = frame.join(excluded, on=["user_id", "item_id"], how="anti")
+        parts.append(top_n(score_frame(model, frame), params.top_n))
+        logger.debug("scored users %d..%d (%d rows)", start, start + chunk.len(), frame.height)
+    if not parts:
+        return pl.DataFrame(schema={"user_id": pl.String, "rank": pl.Int64, "item_id": pl.String, "score": pl.Float64})
+    return pl.concat(parts)
 
 
 def feature_importance(model: Any) -> pl.DataFrame:

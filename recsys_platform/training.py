@@ -11,7 +11,14 @@ from recsys_platform import evaluation
 from recsys_platform.candidates import candidate_recall
 from recsys_platform.config import PipelineParams
 from recsys_platform.features import user_segments
-from recsys_platform.ranking import TemporalSplit, label_window, recently_completed, top_n, training_frame
+from recsys_platform.ranking import (
+    TemporalSplit,
+    label_users,
+    label_window,
+    recently_completed,
+    top_n,
+    training_frame,
+)
 from recsys_platform.snapshot import GLOBAL_SEGMENT
 
 logger = logging.getLogger(__name__)
@@ -22,12 +29,12 @@ EVAL_K = 10
 def build_training_set(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, params: PipelineParams
 ) -> pl.DataFrame:
-    """Ranker rows for two windows: `train` (labels in the window before the holdout) and `eval` (holdout)."""
+    """Ranker rows for two windows: `train` (labels in the window before the holdout) and `eval` (holdout),
+    each for at most `params.max_training_users` seeded-sampled users with a label in the window."""
     split = TemporalSplit.from_interactions(interactions, params.label_days)
-    train = training_frame(
-        interactions, items, users, split.train_cutoff, split.eval_cutoff, params, params.max_training_users
-    )
-    holdout = training_frame(interactions, items, users, split.eval_cutoff, split.end, params)
+    cap = params.max_training_users
+    train = training_frame(interactions, items, users, split.train_cutoff, split.eval_cutoff, params, cap)
+    holdout = training_frame(interactions, items, users, split.eval_cutoff, split.end, params, cap)
     return pl.concat(
         [train.with_columns(split=pl.lit("train")), holdout.with_columns(split=pl.lit("eval"))],
         how="vertical_relaxed",
@@ -88,9 +95,12 @@ def evaluate_holdout(
     params: PipelineParams,
     k: int = EVAL_K,
 ) -> tuple[pl.DataFrame, dict[str, float]]:
-    """Ranker vs popularity on the temporal holdout; returns (long metrics frame, candidate recall)."""
+    """Ranker vs popularity on the temporal holdout (the users `build_training_set` sampled for it);
+    returns (long metrics frame, candidate recall)."""
     split = TemporalSplit.from_interactions(interactions, params.label_days)
-    truth = label_window(interactions, split.eval_cutoff, split.end).select("user_id", "item_id")
+    truth = label_window(interactions, split.eval_cutoff, split.end)
+    sampled = label_users(truth, params.max_training_users, params.seed)
+    truth = truth.join(sampled.to_frame(), on="user_id", how="semi").select("user_id", "item_id")
     ranker_recs = top_n(eval_rows, k)
     excluded = recently_completed(interactions, split.eval_cutoff, params.recent_exclusion_days)
     table = popularity_table(interactions, users, split.eval_cutoff, k=200)
