@@ -61,7 +61,9 @@ def build_context(
 ) -> CandidateContext:
     """Fit the candidate sources on interactions strictly before `cutoff` (user affinities only for
     `user_ids` when given; the global parts always on everyone)."""
-    history = interactions.filter(pl.col("event_time") < _ts(cutoff))
+    # At serving time every event is before the cutoff: share the frame instead of copying it.
+    everything = interactions.height == 0 or interactions["event_time"].max() < cutoff
+    history = interactions if everything else interactions.filter(pl.col("event_time") < _ts(cutoff))
     positive = history.filter(pl.col("weight") > 0).select("user_id", "item_id", "weight")
     ease = fit_ease(positive, l2=200.0, binary=True) if positive.height else None
     mine = history
