@@ -118,6 +118,21 @@ def serve(
     )
 
 
+@app.command("serve-model")
+def serve_model(
+    model: Annotated[str, typer.Option(help="Registered version number or alias (champion, challenger).")] = "champion",
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5001,
+) -> None:
+    """Serve the registered ranker as an MLflow pyfunc (POST feature rows to /invocations, get scores)."""
+    from recsys_platform.registry import pyfunc_serve_command
+
+    settings = _prepare_environment()
+    argv, env = pyfunc_serve_command(settings.mlflow_tracking_uri, model, host, port)
+    console.print(f"serving {argv[4]} from {settings.mlflow_tracking_uri} on http://{host}:{port}/invocations")
+    os.execve(argv[0], argv, env)
+
+
 @app.command()
 def simulate(
     rate: Annotated[float, typer.Option(help="Events per second.")] = 10.0,

@@ -198,13 +198,24 @@ def promotion_gate(
         reason = f"beats popularity and {'champion v' + champion if champion else 'no previous champion'}"
     alias = CHAMPION_ALIAS if promoted or champion == ref.version else CHALLENGER_ALIAS
     client.set_registered_model_alias(ref.name, alias, ref.version)
+    numbers = {
+        "gate.candidate_score": candidate_score,
+        "gate.baseline_score": baseline_score,
+        "gate.champion_score": champion_score_on_holdout,
+        "gate.margin": margin,
+    }
     for key, value in {
         "gate.decision": "promoted" if promoted else ("kept" if champion == ref.version else "challenger"),
         "gate.reason": reason,
         "gate.champion_before": champion or "none",
+        "gate.metric": GATE_METRIC,
+        **{k: "none" if v is None else f"{v:.6f}" for k, v in numbers.items()},
     }.items():
         client.set_model_version_tag(ref.name, ref.version, key, value)
         client.set_tag(ref.run_id, key, value)
+    for key, value in numbers.items():
+        if value is not None:
+            client.log_metric(ref.run_id, key, float(value))
     logger.info("promotion gate for v%s: %s (%s)", ref.version, alias, reason)
     return GateDecision(
         version=ref.version,
@@ -229,3 +240,54 @@ def load_ranker(tracking_uri: str, version_or_alias: str, model_name: str = REGI
         version = str(client.get_model_version_by_alias(model_name, version_or_alias).version)
     booster = mlflow.lightgbm.load_model(f"models:/{model_name}/{version}")
     return booster, version
+
+
+def registry_uri(version_or_alias: str, model_name: str = REGISTERED_MODEL_NAME) -> str:
+    """The `models:/` URI of a version number (`models:/name/3`) or an alias (`models:/name@champion`)."""
+    if not version_or_alias:
+        raise ValueError("a model version number or alias is required")
+    if version_or_alias.isdigit():
+        return f"models:/{model_name}/{version_or_alias}"
+    return f"models:/{model_name}@{version_or_alias}"
+
+
+def load_pyfunc(tracking_uri: str, version_or_alias: str, model_name: str = REGISTERED_MODEL_NAME) -> Any:
+    """Load a registered ranker as a generic MLflow pyfunc (pandas in, scores out, schema enforced)."""
+    import mlflow
+
+    _client(tracking_uri)
+    return mlflow.pyfunc.load_model(registry_uri(version_or_alias, model_name))
+
+
+def pyfunc_serve_command(
+    tracking_uri: str,
+    version_or_alias: str,
+    host: str = "127.0.0.1",
+    port: int = 5001,
+    model_name: str = REGISTERED_MODEL_NAME,
+) -> tuple[list[str], dict[str, str]]:
+    """Argv and environment that serve a registered ranker with MLflow's scoring server (`/invocations`).
+
+    `--env-manager local` reuses this environment (the model's dependencies are this project's);
+    the interpreter's bin directory goes first on PATH because MLflow starts `uvicorn` by name.
+    """
+    import os
+    import sys
+
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri}
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    argv = [
+        str(Path(bin_dir) / "mlflow"),
+        "models",
+        "serve",
+        "--model-uri",
+        registry_uri(version_or_alias, model_name),
+        "--env-manager",
+        "local",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    return argv, env
