@@ -451,3 +451,32 @@ def test_analyst_catalog_over_an_s3_lake(s3_bucket, tmp_path):
         assert con.execute("SELECT v FROM items").fetchall() == [(10,)]
     finally:
         con.close()
+
+
+def test_k8s_path_loads_and_accepts_the_example_values(monkeypatch, tmp_path):
+    """RECSYS_EXECUTOR=k8s puts every heavy job on dagster-k8s's per-step executor, and the pod resources of
+    deploy/k8s/values.yaml are valid step config for it (the Helm chart itself is not installed here)."""
+    import yaml
+
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RECSYS_EXECUTOR", "k8s")
+    defs = build_definitions(Settings.from_env())
+    executors = {job.name: job.executor_def.name for job in defs.resolve_all_job_defs()}
+    assert executors.pop("refresh_realtime") == "in_process"  # the near-real-time job always runs in-process
+    assert set(executors.values()) == {"k8s"}
+    assert {"ingest_events", "training_cycle", "recommendation_sets_batch"} <= set(executors)
+
+    values = yaml.safe_load((PROJECT_ROOT / "deploy" / "k8s" / "values.yaml").read_text())
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert {"name": "RECSYS_EXECUTOR", "value": "k8s"} in deployment["env"]
+    assert deployment["dagsterApiGrpcArgs"][:2] == ["--module-name", "recsys_platform.definitions"]
+    container = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]
+    job = defs.resolve_job_def("training_cycle")
+    step_config = {"container_config": container}
+    checked = dg.validate_run_config(job, {"execution": {"config": {"step_k8s_config": step_config}}})
+    assert checked["execution"]["k8s"]["step_k8s_config"]["container_config"]["resources"]["limits"] == {
+        "memory": "16Gi"
+    }
+    with pytest.raises(dg.DagsterInvalidConfigError, match="unexpected config entry"):
+        dg.validate_run_config(job, {"execution": {"config": {"step_k8s_confg": step_config}}})
