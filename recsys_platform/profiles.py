@@ -19,10 +19,11 @@ MAX_CONCURRENT_ENV = "RECSYS_MAX_CONCURRENT"
 CELERY_BROKER_ENV = "RECSYS_CELERY_BROKER_URL"
 CELERY_BACKEND_ENV = "RECSYS_CELERY_BACKEND_URL"
 CELERY_KEY_PREFIX_ENV = "RECSYS_CELERY_KEY_PREFIX"
+CELERY_QUEUE_ENV = "RECSYS_CELERY_QUEUE"
 EXECUTORS = ("default", "multiprocess", "in_process", "celery", "k8s")
 DEFAULT_CELERY_BROKER = "pyamqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_CELERY_BACKEND = "rpc://"
-CELERY_QUEUE = "dagster"  # the queue dagster-celery routes steps to (and its workers listen on)
+CELERY_QUEUE = "dagster"  # dagster-celery's default queue: steps are routed to it, workers listen on it
 
 
 class ProfileError(ValueError):
@@ -48,7 +49,9 @@ def celery_app_settings() -> dict[str, Any]:
     source: dict[str, Any] = {
         "worker_prefetch_multiplier": 1,
         "task_default_priority": 5,
-        "task_default_queue": CELERY_QUEUE,
+        # One queue per deployment lets several share a broker (RabbitMQ vhost or Redis db) without
+        # taking each other's steps; the workers must be started with `-Q` on the same name.
+        "task_default_queue": os.environ.get(CELERY_QUEUE_ENV, "").strip() or CELERY_QUEUE,
         "broker_transport_options": transport,
     }
     prefix = os.environ.get(CELERY_KEY_PREFIX_ENV, "").strip()

@@ -130,13 +130,14 @@ class Production:
     def __init__(self, env: dict[str, str], root: Path):
         self.env, self.root = env, root
         self.workers: list[subprocess.Popen] = []
+        self.queue = env.get("RECSYS_CELERY_QUEUE", "dagster")
 
     def start_workers(self) -> None:
         for name in WORKERS:
             log = open(self.root / f"worker-{name}.log", "w")  # noqa: SIM115 (closed with the process)
             self.workers.append(
                 subprocess.Popen(
-                    [CELERY, "-A", "dagster_celery.app", "worker", "-Q", "dagster", "--pool", "solo"]
+                    [CELERY, "-A", "dagster_celery.app", "worker", "-Q", self.queue, "--pool", "solo"]
                     + ["-n", f"{name}-{self.env['RECSYS_TEST_ID']}@%h", "--loglevel", "INFO"],
                     env=self.env,
                     cwd=PROJECT_ROOT,
@@ -246,7 +247,10 @@ def _instance(prod: Production) -> dg.DagsterInstance:
 
 
 def _local(settings: Settings, table: str) -> pl.DataFrame:
-    lake = Path(settings.lake_url)
+    return _local_lake(Path(settings.lake_url), table)
+
+
+def _local_lake(lake: Path, table: str) -> pl.DataFrame:
     path = lake / f"{table}.parquet"
     return pl.read_parquet(path) if path.exists() else pl.read_parquet(sorted((lake / table).glob("*.parquet")))
 
@@ -270,21 +274,25 @@ def test_profile_is_chosen_by_environment(production):
     }
 
 
+def _assert_steps_ran_on_both_workers(instance: dg.DagsterInstance) -> None:
+    runs = instance.get_runs()
+    assert sorted(r.job_name for r in runs) == ["ingest_events", "training_cycle"]
+    assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+    hosts: dict[str, str] = {}
+    for run in runs:
+        for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+            data = record.dagster_event.engine_event_data.metadata if record.dagster_event else {}
+            if "Celery worker" in data:
+                hosts[record.step_key] = data["Celery worker"].value
+    assert "ranker_model" in hosts and "raw_events" in hosts  # every step ran in a worker
+    assert {h.split("-", 1)[0] for h in hosts.values()} == set(WORKERS)
+
+
 @pytest.mark.slow
 def test_runs_are_recorded_in_postgres_and_steps_ran_on_both_workers(production):
     instance = _instance(production)
     try:
-        runs = instance.get_runs()
-        assert sorted(r.job_name for r in runs) == ["ingest_events", "training_cycle"]
-        assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
-        hosts: dict[str, str] = {}
-        for run in runs:
-            for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
-                data = record.dagster_event.engine_event_data.metadata if record.dagster_event else {}
-                if "Celery worker" in data:
-                    hosts[record.step_key] = data["Celery worker"].value
-        assert "ranker_model" in hosts and "raw_events" in hosts  # every step ran in a worker
-        assert {h.split("-", 1)[0] for h in hosts.values()} == set(WORKERS)
+        _assert_steps_ran_on_both_workers(instance)
     finally:
         instance.dispose()
 
@@ -480,3 +488,58 @@ def test_k8s_path_loads_and_accepts_the_example_values(monkeypatch, tmp_path):
     }
     with pytest.raises(dg.DagsterInvalidConfigError, match="unexpected config entry"):
         dg.validate_run_config(job, {"execution": {"config": {"step_k8s_confg": step_config}}})
+
+
+# --- the celery executor on RabbitMQ (the profile's default broker), embedded storage otherwise -------------
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_run(dataset, tmp_path_factory):
+    """The graph materialized by two celery workers taking steps from RabbitMQ (rpc:// results), on the
+    embedded storage (SQLite instance, local lake, SQLite store, MLflow on SQLite) shared by the processes.
+    A queue of its own keeps other runs on the same broker from taking its steps."""
+    broker = os.environ.get("RECSYS_TEST_RABBITMQ_URL", "pyamqp://guest:guest@127.0.0.1:5672//")
+    if (err := _port_open(broker, 5672)) is not None:
+        service_unavailable("RabbitMQ", broker, err)
+    test_id = uuid.uuid4().hex[:10]
+    root = tmp_path_factory.mktemp("rabbitmq")
+    dagster_home = root / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "MLFLOW_", "DAGSTER_"))}
+    env |= TUNABLES | {
+        "RECSYS_TEST_ID": test_id,
+        "DAGSTER_HOME": str(dagster_home),
+        "RECSYS_HOME": str(root / "home"),
+        "RECSYS_EXECUTOR": "celery",
+        "RECSYS_CELERY_BROKER_URL": broker,
+        "RECSYS_CELERY_BACKEND_URL": "rpc://",
+        "RECSYS_CELERY_QUEUE": f"recsys-test-{test_id}",
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "deploy"), str(PROJECT_ROOT)]),
+    }
+    zone = LocalLandingZone(str(root / "home" / "landing"))
+    write_to_landing(dataset, zone)
+    keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
+    run = Production(env, root)
+    try:
+        run.start_workers()
+        run.execute("ingest_events", partition_range_tags(keys[0], keys[-1]))
+        run.execute("training_cycle")
+        yield run
+    finally:
+        run.stop_workers()
+
+
+@pytest.mark.slow
+def test_rabbitmq_broker_runs_the_graph_on_both_workers_with_the_same_outputs(rabbitmq_run, embedded):
+    instance = dg.DagsterInstance.from_config(rabbitmq_run.env["DAGSTER_HOME"])
+    try:
+        _assert_steps_ran_on_both_workers(instance)
+    finally:
+        instance.dispose()
+    lake = Path(rabbitmq_run.env["RECSYS_HOME"]) / "lake"
+    inter = _local_lake(lake, "interactions").sort("event_id")
+    assert inter.height > 0 and inter.equals(_local(embedded, "interactions").sort("event_id"))
+    cols = ["user_id", "rank", "item_id", "score", "model_version"]
+    recs = _local_lake(lake, "recommendations").select(cols).sort("user_id", "rank")
+    assert recs.height > 0 and recs.equals(_local(embedded, "recommendations").select(cols).sort("user_id", "rank"))
