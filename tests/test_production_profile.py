@@ -132,6 +132,14 @@ class Production:
         self.workers: list[subprocess.Popen] = []
         self.queue = env.get("RECSYS_CELERY_QUEUE", "dagster")
 
+    def materialize(self, dataset, zone) -> None:
+        """Land the dataset, start the workers, ingest every arrival hour in one run, then the training cycle."""
+        write_to_landing(dataset, zone)
+        keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
+        self.start_workers()
+        self.execute("ingest_events", partition_range_tags(keys[0], keys[-1]))
+        self.execute("training_cycle")
+
     def start_workers(self) -> None:
         for name in WORKERS:
             log = open(self.root / f"worker-{name}.log", "w")  # noqa: SIM115 (closed with the process)
@@ -222,13 +230,9 @@ def production(dataset, tmp_path_factory, services):
         "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "deploy"), str(PROJECT_ROOT)]),
     }
     zone = S3LandingZone(boto3.client("s3", endpoint_url=endpoint), bucket, "landing")
-    write_to_landing(dataset, zone)
-    keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
     prod = Production(env, root)
     try:
-        prod.start_workers()
-        prod.execute("ingest_events", partition_range_tags(keys[0], keys[-1]))
-        prod.execute("training_cycle")
+        prod.materialize(dataset, zone)
         yield prod
     finally:
         prod.stop_workers()
@@ -517,14 +521,9 @@ def rabbitmq_run(dataset, tmp_path_factory):
         "RECSYS_CELERY_QUEUE": f"recsys-test-{test_id}",
         "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "deploy"), str(PROJECT_ROOT)]),
     }
-    zone = LocalLandingZone(str(root / "home" / "landing"))
-    write_to_landing(dataset, zone)
-    keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
     run = Production(env, root)
     try:
-        run.start_workers()
-        run.execute("ingest_events", partition_range_tags(keys[0], keys[-1]))
-        run.execute("training_cycle")
+        run.materialize(dataset, LocalLandingZone(str(root / "home" / "landing")))
         yield run
     finally:
         run.stop_workers()

@@ -62,8 +62,7 @@ def _version_tags(tracking: str, version: str) -> dict[str, str]:
 
 
 def test_first_version_beating_the_baseline_becomes_champion(lifecycle) -> None:
-    tracking, refs = lifecycle
-    ref = refs[0]
+    tracking, (ref, _, _) = lifecycle
     decision = registry.promotion_gate(tracking, ref, 0.30, 0.10, None, margin=0.05)
     assert decision.promoted and decision.alias == CHAMPION_ALIAS and decision.champion_version is None
     assert decision.reason == "beats popularity and no previous champion"
@@ -79,8 +78,7 @@ def test_first_version_beating_the_baseline_becomes_champion(lifecycle) -> None:
 
 
 def test_a_version_not_beating_popularity_by_the_margin_stays_challenger(lifecycle) -> None:
-    tracking, refs = lifecycle
-    ref = refs[0]
+    tracking, (ref, _, _) = lifecycle
     # 0.104 beats 0.10 but not by 5%: the margin applies to the baseline too.
     decision = registry.promotion_gate(tracking, ref, 0.104, 0.10, None, margin=0.05)
     assert not decision.promoted and decision.alias == CHALLENGER_ALIAS
@@ -91,10 +89,8 @@ def test_a_version_not_beating_popularity_by_the_margin_stays_challenger(lifecyc
 
 
 def test_a_version_not_beating_the_champion_by_the_margin_stays_challenger(lifecycle) -> None:
-    tracking, refs = lifecycle
-    first = refs[0]
+    tracking, (first, second, _) = lifecycle
     registry.promotion_gate(tracking, first, 0.30, 0.10, None, margin=0.05)
-    second = refs[1]
     # Better than the champion's 0.30 on the same holdout, but by less than 5% (0.315 would be needed).
     decision = registry.promotion_gate(tracking, second, 0.31, 0.10, 0.30, margin=0.05)
     assert not decision.promoted and decision.alias == CHALLENGER_ALIAS
@@ -107,10 +103,8 @@ def test_a_version_not_beating_the_champion_by_the_margin_stays_challenger(lifec
 
 
 def test_a_version_beating_the_champion_by_the_margin_is_promoted(lifecycle) -> None:
-    tracking, refs = lifecycle
-    first = refs[0]
+    tracking, (first, second, _) = lifecycle
     registry.promotion_gate(tracking, first, 0.30, 0.10, None, margin=0.05)
-    second = refs[1]
     decision = registry.promotion_gate(tracking, second, 0.32, 0.10, 0.30, margin=0.05)
     assert decision.promoted and decision.alias == CHAMPION_ALIAS
     assert decision.reason == "beats popularity and champion v1"
@@ -118,8 +112,7 @@ def test_a_version_beating_the_champion_by_the_margin_is_promoted(lifecycle) -> 
 
 
 def test_rerunning_the_gate_on_the_champion_keeps_it(lifecycle) -> None:
-    tracking, refs = lifecycle
-    ref = refs[0]
+    tracking, (ref, _, _) = lifecycle
     registry.promotion_gate(tracking, ref, 0.30, 0.10, None, margin=0.05)
     again = registry.promotion_gate(tracking, ref, 0.30, 0.10, None, margin=0.05)
     assert not again.promoted and again.alias == CHAMPION_ALIAS and again.reason == "already champion"
@@ -129,10 +122,8 @@ def test_rerunning_the_gate_on_the_champion_keeps_it(lifecycle) -> None:
 
 def test_a_champion_promoted_by_hand_is_honoured(lifecycle) -> None:
     """Moving the alias in the MLflow UI (the same registry call) wins: loading, the sensor and the next gate."""
-    tracking, refs = lifecycle
-    v1 = refs[0]
+    tracking, (v1, v2, v3) = lifecycle
     registry.promotion_gate(tracking, v1, 0.30, 0.10, None, margin=0.05)
-    v2 = refs[1]
     registry.promotion_gate(tracking, v2, 0.29, 0.10, 0.30, margin=0.05)
     assert registry.alias_version(tracking, CHAMPION_ALIAS) == "1"
 
@@ -152,7 +143,6 @@ def test_a_champion_promoted_by_hand_is_honoured(lifecycle) -> None:
     x = np.random.default_rng(5).normal(size=(20, 3))
     np.testing.assert_allclose(booster.predict(x), _ranker(2).booster_.predict(x))
 
-    v3 = refs[2]
     decision = registry.promotion_gate(tracking, v3, 0.31, 0.10, 0.30, margin=0.05)
     assert decision.champion_version == "2" and "champion v2" in decision.reason
     assert registry.alias_version(tracking, CHAMPION_ALIAS) == "2"
@@ -166,8 +156,7 @@ def test_registry_uri_by_alias_or_number() -> None:
 
 
 def test_pyfunc_loads_by_alias_and_scores_like_the_booster(lifecycle) -> None:
-    tracking, refs = lifecycle
-    ref = refs[0]
+    tracking, (ref, _, _) = lifecycle
     registry.promotion_gate(tracking, ref, 0.30, 0.10, None, margin=0.05)
     model = registry.load_pyfunc(tracking, CHAMPION_ALIAS)
     rows = pl.DataFrame(np.random.default_rng(7).normal(size=(12, 3)), schema=FEATURES)
@@ -195,8 +184,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 
 def test_mlflow_scoring_server_serves_the_champion(lifecycle, tmp_path) -> None:
     """`recsys serve-model` runs this exact command: MLflow's scoring server on the registered champion."""
-    tracking, refs = lifecycle
-    ref = refs[0]
+    tracking, (ref, _, _) = lifecycle
     registry.promotion_gate(tracking, ref, 0.30, 0.10, None, margin=0.05)
     port = _free_port()
     argv, env = registry.pyfunc_serve_command(tracking, CHAMPION_ALIAS, port=port)
