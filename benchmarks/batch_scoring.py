@@ -4,7 +4,8 @@
     python benchmarks/batch_scoring.py run --data /tmp/bench-batch --shards 16
 
 `prepare` (not timed) generates the synthetic history, builds interactions and trains a ranker
-on a sample; `run` (timed, peak memory of its own process) scores every shard with that model,
+on a sample; `run` (timed, peak memory of its own process) builds the shared inputs once, scores
+every shard with the two-stage scorer (first stage over the catalogue, the ranker on the head),
 applies the recommendation-set rules and writes the lake tables and the JSON-lines export.
 """
 
@@ -61,7 +62,7 @@ def prepare(out: Path, n_users: int, days: int, seed: int, chunk_users: int = 10
     print(f"prepared {out} in {time.perf_counter() - t0:.0f}s; peak RSS {_peak_gib():.1f} GiB", flush=True)
 
 
-def run(data: Path, out: Path, shards: int, time_limit: float, chunk_users: int) -> None:
+def run(data: Path, out: Path, shards: int, time_limit: float, chunk_users: int, rerank_depth: int | None) -> None:
     """Score every user shard by shard, write batch scores, sets and the export; print the figures."""
     import os
     from dataclasses import replace
@@ -72,48 +73,67 @@ def run(data: Path, out: Path, shards: int, time_limit: float, chunk_users: int)
     from recsys_platform.config import PipelineParams, Settings
     from recsys_platform.set_config import Eligibility, load_sets_config
 
+    print(f"start: load {os.getloadavg()}, cpus {os.cpu_count()}", flush=True)
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def mark(name: str, since: float) -> float:
+        now_ = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + now_ - since
+        return now_
+
     items, users = pl.read_parquet(data / "items.parquet"), pl.read_parquet(data / "users.parquet")
     interactions = pl.read_parquet(data / "interactions.parquet")
     searches = pl.read_parquet(data / "searches.parquet").with_columns(event_type=pl.lit("search"))
     model = lgb.Booster(model_file=str(data / "ranker.txt"))
     config = load_sets_config(Settings.from_env().recommendation_sets_path)
     batch = replace(config.batch, shards=shards, chunk_users=chunk_users)
+    if rerank_depth is not None:
+        batch = replace(batch, rerank_depth=rerank_depth)
     config = replace(config, batch=batch)
     params = PipelineParams()
     cutoff = interactions["event_time"].max() + timedelta(microseconds=1)
     now = datetime.now(UTC)
+    t = mark("load", t0)
     eligible = bs.eligible_users(users, interactions, cutoff, Eligibility(None, (), None))
+    # The synthetic history ends at FIXED_END: the rules' "today" is the data's day, not the wall clock
+    # (against today's date the new-release windows would be empty and cost nothing).
+    ctx = bs.rule_context(users, interactions, bs.last_search_queries(searches, before=cutoff), cutoff.date(), cutoff)
+    del searches
+    t = mark("eligibility + rule context", t)
     g = bs.build_global_inputs(interactions, items, users, cutoff)
-    ctx = bs.rule_context(users, interactions, bs.last_search_queries(searches, before=cutoff), now.date(), cutoff)
-    t_setup = time.perf_counter() - t0
-    print(f"setup (load, eligibility, global model inputs): {t_setup:.0f}s; {eligible.len():,} users", flush=True)
+    del interactions
+    t = mark("global inputs (history, EASE fit, item features)", t)
+    g.scorer(batch, params)
+    g.history = g.history.clear()  # everything the shards need is coded in the scorer now
+    t = mark("scorer (coding, first stage, pair-feature tables)", t)
+    t_setup = t - t0
+    print(f"setup {t_setup:.0f}s: {phases}; {eligible.len():,} users; peak RSS {_peak_gib():.1f} GiB", flush=True)
     lake = out / "lake"
     for sub in ("batch_scores", "recommendation_sets"):
         (lake / sub).mkdir(parents=True, exist_ok=True)
-    totals = {"score": 0.0, "sets": 0.0, "write": 0.0, "rows": 0, "set_rows": 0, "users": 0}
+    totals = {"rows": 0, "set_rows": 0, "users": 0, "lines": 0}
     keys = bs.shard_keys(shards)
     done = 0
     for key in keys:
         t = time.perf_counter()
         scores = bs.score_shard(model, "bench", g, eligible, key, batch, params, now)
-        totals["score"] += time.perf_counter() - t
-        t = time.perf_counter()
+        t = mark("score (two-stage)", t)
         sets, _ = bs.build_sets(scores, items, ctx, config)
-        totals["sets"] += time.perf_counter() - t
-        t = time.perf_counter()
+        t = mark("rules + sets", t)
         scores.write_parquet(lake / "batch_scores" / f"{key}.parquet")
         sets.write_parquet(lake / "recommendation_sets" / f"{key}.parquet")
-        bs.export_sets(sets, out / "exports", key)
-        totals["write"] += time.perf_counter() - t
+        written = bs.export_sets(sets, out / "exports", key)
+        mark("writes (parquet + JSON lines)", t)
         totals["rows"] += scores.height
         totals["set_rows"] += sets.height
         totals["users"] += scores["user_id"].n_unique()
+        totals["lines"] += sum(w["users"] for w in written.values())
         done += 1
         elapsed = time.perf_counter() - t0
         print(
             f"{key}: {scores['user_id'].n_unique():,} users, {scores.height:,} scored rows, {sets.height:,} set rows; "
-            f"{elapsed:.0f}s elapsed, peak RSS {_peak_gib():.1f} GiB",
+            f"{elapsed:.0f}s elapsed, peak RSS {_peak_gib():.1f} GiB, load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
         del scores, sets
@@ -121,18 +141,19 @@ def run(data: Path, out: Path, shards: int, time_limit: float, chunk_users: int)
             print(f"time limit {time_limit:.0f}s reached after {done}/{len(keys)} shards", flush=True)
             break
     wall = time.perf_counter() - t0
-    per_shard = (wall - t_setup) / done
+    sizes = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in (lake, out / "exports")}
     print(
-        f"\nusers scored {totals['users']:,} ({totals['rows']:,} rows, "
-        f"{totals['rows'] / max(totals['users'], 1):.0f} per user), set rows {totals['set_rows']:,}"
+        f"\nusers scored {totals['users']:,} of {eligible.len():,} ({totals['rows']:,} rows, "
+        f"{totals['rows'] / max(totals['users'], 1):.0f} per user, re-rank depth {batch.rerank_depth}), "
+        f"set rows {totals['set_rows']:,}, JSON lines {totals['lines']:,}"
     )
-    print(
-        f"wall {wall:.0f}s (setup {t_setup:.0f}s, scoring {totals['score']:.0f}s, rules+sets {totals['sets']:.0f}s, "
-        f"writes {totals['write']:.0f}s); peak RSS {_peak_gib():.2f} GiB"
-    )
+    print(f"on disk: lake {sizes['lake'] / 1024**3:.2f} GiB, exports {sizes['exports'] / 1024**3:.2f} GiB")
+    print("phases: " + ", ".join(f"{k} {v:.0f}s" for k, v in phases.items()))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    print(f"wall {wall:.0f}s; peak RSS {_peak_gib():.2f} GiB (children: {children:.2f} GiB)")
     if done < len(keys):
-        print(f"extrapolated wall for all {len(keys)} shards: {t_setup + per_shard * len(keys):.0f}s")
-    print(f"load: {os.getloadavg()}, cpus: {os.cpu_count()}")
+        print(f"extrapolated wall for all {len(keys)} shards: {t_setup + (wall - t_setup) / done * len(keys):.0f}s")
+    print(f"end: load {os.getloadavg()}, cpus {os.cpu_count()}")
 
 
 def _peak_gib() -> float:
@@ -153,13 +174,14 @@ def main() -> None:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--shards", type=int, default=16)
     r.add_argument("--chunk-users", type=int, default=5000)
-    r.add_argument("--time-limit", type=float, default=1800.0, help="stop after the shard that passes this")
+    r.add_argument("--rerank-depth", type=int, default=None, help="override batch.rerank_depth of the YAML")
+    r.add_argument("--time-limit", type=float, default=1e9, help="stop after the shard that passes this")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     if args.cmd == "prepare":
         prepare(args.out, args.users, args.days, args.seed)
     else:
-        run(args.data, args.out, args.shards, args.time_limit, args.chunk_users)
+        run(args.data, args.out, args.shards, args.time_limit, args.chunk_users, args.rerank_depth)
 
 
 if __name__ == "__main__":

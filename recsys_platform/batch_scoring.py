@@ -2,8 +2,13 @@
 
 A user's shard is a stable hash of the user id modulo the number of shards, so the shards
 partition the users exactly and each can run on its own (a Dagster partition each). Global
-inputs (popularity, the EASE model, item features) are fitted on everyone's history; per-user
-features only for the shard's users, through the same `ranking.PointInTime` the ranker trains on.
+inputs (the EASE model, item features, and the integer-coded scorer built from them) are fitted
+once per run on everyone's history and shared by every shard the run scores.
+
+`score_shard` is two-stage (`first_stage`, `pair_features`): a vectorized EASE + popularity first
+stage ranks `items_per_user` items, the LightGBM ranker re-ranks the first `rerank_depth` of them
+on the ranker's own features. `score_users` is the single-stage reference (every candidate of
+`PointInTime.ranker_frame` through the model), kept for small runs and parity checks.
 """
 
 from __future__ import annotations
@@ -11,18 +16,21 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from recsys_platform import features as feats
 from recsys_platform.candidates import CandidateContext
 from recsys_platform.collaborative import fit_ease
 from recsys_platform.config import PipelineParams
+from recsys_platform.first_stage import Catalog, FirstStage, exact_top_k, frame_of, rerank_head
 from recsys_platform.hashing import sha256_uint64
+from recsys_platform.pair_features import PairFeatures
 from recsys_platform.ranking import PointInTime, score_frame, top_n
 from recsys_platform.rules import ENTITY_ITEM, RuleContext, apply_rules
 from recsys_platform.set_config import BatchConfig, Eligibility, SetsConfig
@@ -119,7 +127,7 @@ def eligible_users(users: pl.DataFrame, interactions: pl.DataFrame, cutoff: date
 
 @dataclass
 class GlobalInputs:
-    """What every shard shares: history before the cutoff, the EASE model, item features."""
+    """What every shard shares: history before the cutoff, the EASE model, item features, the coded scorer."""
 
     cutoff: datetime
     history: pl.DataFrame
@@ -127,6 +135,14 @@ class GlobalInputs:
     users: pl.DataFrame
     ease: Any
     item_features: pl.DataFrame
+    scorers: dict[tuple, BatchScorer] = field(default_factory=dict)
+
+    def scorer(self, batch: BatchConfig, params: PipelineParams) -> BatchScorer:
+        """The two-stage scorer for these inputs, built on first use and reused by every shard."""
+        key = (batch.candidates_per_source, batch.exclude_completed_days, batch.popularity_weight, params.repeat_cap)
+        if key not in self.scorers:
+            self.scorers[key] = BatchScorer.build(self, batch, params)
+        return self.scorers[key]
 
 
 def build_global_inputs(
@@ -173,6 +189,61 @@ def score_users(model: Any, pit: PointInTime, user_ids: pl.Series, batch: BatchC
     return pl.concat(parts)
 
 
+@dataclass
+class BatchScorer:
+    """Two-stage scoring on integer indices: first stage over the catalogue, the ranker on the head."""
+
+    catalog: Catalog
+    first: FirstStage
+    pairs: PairFeatures
+
+    @classmethod
+    def build(cls, g: GlobalInputs, batch: BatchConfig, params: PipelineParams) -> BatchScorer:
+        """Code users and items, fit the first stage and the pair-feature tables once."""
+        catalog = Catalog.build(g.items, g.users, g.cutoff)
+        first = FirstStage.build(
+            catalog, g.history, g.ease, g.cutoff, batch.exclude_completed_days, batch.popularity_weight
+        )
+        pairs = PairFeatures(
+            catalog,
+            g.history,
+            g.items,
+            g.users,
+            g.item_features,
+            g.cutoff,
+            batch.candidates_per_source,
+            params.repeat_cap,
+        )
+        return cls(catalog, first, pairs)
+
+    def score(self, model: Any, user_ids: pl.Series, batch: BatchConfig) -> pl.DataFrame:
+        """Up to `batch.items_per_user` items per user as [user_id, rank, item_id, score]: the first
+        `batch.rerank_depth` ordered by the ranker, the rest in first-stage order."""
+        rows_all = self.catalog.user_index(user_ids)
+        rows_all = np.unique(rows_all[rows_all >= 0])
+        booster = getattr(model, "booster_", model) if model is not None else None
+        parts = []
+        for start in range(0, len(rows_all), batch.chunk_users):
+            rows = rows_all[start : start + batch.chunk_users]
+            known, ease = self.first.ease_scores(rows)
+            idx, first = exact_top_k(self.first.scores(rows, known, ease), batch.items_per_user)
+            depth = min(batch.rerank_depth, idx.shape[1]) if booster is not None else 0
+            model_score = np.zeros((len(rows), depth))
+            head = np.isfinite(first[:, :depth])
+            if head.any():
+                src = self.pairs.chunk_sources(self.first, rows, known, ease)
+                pr = np.repeat(np.arange(len(rows)), depth).reshape(len(rows), depth)[head]
+                model_score[head] = booster.predict(self.pairs.matrix(src, rows, pr, idx[:, :depth][head]))
+            r, i, rank, score = rerank_head(idx, first, model_score, depth)
+            parts.append(frame_of(self.catalog, rows[r], i, rank, score))
+            logger.debug("scored users %d..%d: %d rows, %d re-ranked", start, start + len(rows), len(r), head.sum())
+        if not parts:
+            return pl.DataFrame(
+                schema={"user_id": pl.String, "rank": pl.Int64, "item_id": pl.String, "score": pl.Float64}
+            )
+        return pl.concat(parts)
+
+
 def score_shard(
     model: Any,
     version: str,
@@ -185,8 +256,7 @@ def score_shard(
 ) -> pl.DataFrame:
     """The batch scores of one shard's users in `BATCH_SCORE_SCHEMA`."""
     mine = users_of_shard(user_ids, key, batch.shards)
-    pit = point_in_time_for(g, mine, params)
-    scores = score_users(model, pit, mine, batch)
+    scores = g.scorer(batch, params).score(model, mine, batch)
     return scores.select(
         shard=pl.lit(key),
         user_id="user_id",

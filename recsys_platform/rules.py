@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, get_type_hints
 
+import numpy as np
 import polars as pl
 
 logger = logging.getLogger(__name__)
@@ -232,26 +233,49 @@ def max_consecutive(
     """At most `max_run` consecutive rows with the same `column` value where the list allows it.
 
     The rows past the limit in a run move just after the first row of the next run; repeated
-    until nothing changes (a tail with a single value left is kept as it is)."""
-    for _ in range(50):
-        pos = pl.int_range(pl.len()).over("user_id").cast(pl.Float64)
-        run = (pl.col(column) != pl.col(column).shift(1)).fill_null(True).cum_sum().over("user_id")
-        staged = frame.with_columns(_pos=pos, _run=run).with_columns(
-            _in_run=pl.int_range(pl.len()).over("user_id", "_run"),
-            _run_len=pl.len().over("user_id", "_run"),
-            _n=pl.len().over("user_id"),
-        )
-        next_run_start = pl.col("_pos") - pl.col("_in_run") + pl.col("_run_len")
-        excess = (pl.col("_in_run") >= max_run) & (next_run_start < pl.col("_n"))
-        if not staged.select(excess.any()).item():
-            return frame
-        key = pl.when(excess).then(next_run_start + 0.5 + pl.col("_in_run") * 1e-6).otherwise(pl.col("_pos"))
-        frame = (
-            staged.with_columns(_key=key).sort(["user_id", "_key"]).drop("_pos", "_run", "_in_run", "_run_len", "_n")
-        )
-        frame = frame.drop("_key")
-    logger.warning("max_consecutive(%s, %d) did not converge in 50 passes", column, max_run)
-    return frame
+    until nothing changes (a tail with a single value left is kept as it is). Runs on integer
+    codes in numpy, each pass only over the users that still have a run too long."""
+    if frame.height == 0:
+        return frame
+    codes = frame.select(
+        user=pl.col("user_id").rle_id(),
+        value=pl.col(column).rank("dense").cast(pl.Int64).fill_null(-1 - pl.int_range(pl.len())),
+    )
+    perm, converged = _consecutive_order(codes["user"].to_numpy(), codes["value"].to_numpy(), max_run)
+    if not converged:
+        logger.warning("max_consecutive(%s, %d) did not converge in 50 passes", column, max_run)
+    return frame if perm is None else frame[perm]
+
+
+def _consecutive_order(user: np.ndarray, value: np.ndarray, max_run: int, passes: int = 50):
+    """Row order after the `max_consecutive` passes (None when nothing moves) and whether it converged.
+
+    `user` numbers the contiguous blocks of rows of each user, `value` codes the column (nulls unique)."""
+    n = len(user)
+    first = np.r_[0, np.flatnonzero(np.diff(user)) + 1]
+    lengths = np.diff(np.r_[first, n])
+    start_of = np.repeat(first, lengths)  # per position: first position of its user (users never move)
+    length_of = np.repeat(lengths, lengths)
+    perm = np.arange(n)
+    rows = np.arange(n)  # positions of the users still being fixed
+    moved = False
+    for _ in range(passes):
+        v, us = value[perm[rows]], start_of[rows]
+        new_run = np.ones(len(rows), bool)
+        new_run[1:] = (v[1:] != v[:-1]) | (us[1:] != us[:-1]) | (v[1:] < 0)
+        run_first = np.flatnonzero(new_run)
+        run_of = np.cumsum(new_run) - 1
+        in_run = np.arange(len(rows)) - run_first[run_of]
+        pos = rows - us
+        next_run_start = pos - in_run + np.diff(np.r_[run_first, len(rows)])[run_of]
+        excess = (in_run >= max_run) & (next_run_start < length_of[rows])
+        if not excess.any():
+            return (perm if moved else None), True
+        key = np.where(excess, next_run_start + 0.5 + in_run * 1e-6, pos)
+        perm[rows] = perm[rows][np.lexsort((key, us))]
+        moved = True
+        rows = rows[np.isin(us, np.unique(us[excess]))]
+    return perm, False
 
 
 @rule(REORDER)
@@ -270,6 +294,13 @@ def new_release_slot(
 
 
 # --- application -----------------------------------------------------------------------
+
+
+def _sorted_by_user_rank(frame: pl.DataFrame) -> bool:
+    """Whether rows are already ordered by (user_id, rank) (one pass instead of a sort of a 500-deep list)."""
+    u, r = pl.col("user_id"), pl.col("rank")
+    ok = (u > u.shift(1)) | ((u == u.shift(1)) & (r > r.shift(1)))
+    return bool(frame.select(ok.slice(1).all()).item()) if frame.height > 1 else True
 
 
 def _renumber(frame: pl.DataFrame) -> pl.DataFrame:
@@ -298,7 +329,7 @@ def apply_rules(
     frame: pl.DataFrame, steps: list[RuleStep], ctx: RuleContext
 ) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """Apply the steps in order; return the frame (ranks renumbered) and per step the rows removed and moved."""
-    frame = _renumber(frame.sort("user_id", "rank"))
+    frame = _renumber(frame if _sorted_by_user_rank(frame) else frame.sort("user_id", "rank"))
     if "entity_type" not in frame.columns:
         frame = frame.with_columns(entity_type=pl.lit(ENTITY_ITEM))
     counts = []

@@ -28,12 +28,17 @@ class SetsConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """How batch scoring runs: shards, list depth, candidate pool size, users per scoring chunk."""
+    """How batch scoring runs: shards, list depth, re-rank depth, candidate pool size, users per scoring chunk."""
 
     shards: int = 8
     items_per_user: int = 500
+    # The LightGBM ranker re-ranks only the first `rerank_depth` items of the first-stage list: the sets
+    # show 20-30 items, and scoring all ~375 candidates of a million users would be ~375M model rows.
+    rerank_depth: int = 50
     candidates_per_source: int = 150
     chunk_users: int = 5000
+    exclude_completed_days: int = 1  # first stage drops items completed this recently (sets may exclude more)
+    popularity_weight: float = 0.1  # first stage: EASE score + weight x popularity share of the top item
 
 
 @dataclass(frozen=True)
