@@ -67,11 +67,9 @@ RULE_COUNT_SCHEMA: dict[str, pl.DataType] = {
     "removed": pl.Int64(),
     "moved": pl.Int64(),
 }
-ITEM_RULE_COLUMNS = (
-    "title",
+ITEM_RULE_COLUMNS = (  # the item columns rules read (no titles: 500-deep lists carry them through every step)
     "content_type",
     "topic",
-    "narrator",
     "series_id",
     "series_position",
     "language",
@@ -295,7 +293,7 @@ def rule_context(
 
 
 def build_sets(
-    scores: pl.DataFrame, items: pl.DataFrame, ctx: RuleContext, config: SetsConfig, chunk_users: int = 20_000
+    scores: pl.DataFrame, items: pl.DataFrame, ctx: RuleContext, config: SetsConfig, chunk_users: int = 10_000
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Apply every set's rules to the scored lists, `chunk_users` users at a time (bounds memory);
     return (sets in RECOMMENDATION_SET_SCHEMA, rows removed and moved per set and rule)."""

@@ -79,6 +79,21 @@ def rule(kind: str) -> Callable[[Callable[..., pl.DataFrame]], Callable[..., pl.
     return register
 
 
+def _position(frame: pl.DataFrame) -> pl.Series:
+    """0-based position of each row within its user's rows, in row order (as `int_range().over("user_id")`);
+    a numpy pass when each user's rows are contiguous and users ascend, as rules keep them."""
+    if frame.height == 0:
+        return pl.Series("_pos", [], dtype=pl.Int64)
+    users = frame["user_id"]
+    new = (users != users.shift(1)).fill_null(True)
+    firsts = users.filter(new)
+    if not (firsts.slice(1) > firsts.slice(0, firsts.len() - 1)).all():
+        return frame.select(_pos=pl.int_range(pl.len()).over("user_id").cast(pl.Int64)).to_series()
+    idx = np.arange(frame.height)
+    start = np.maximum.accumulate(np.where(new.to_numpy(), idx, 0))
+    return pl.Series("_pos", idx - start, dtype=pl.Int64)
+
+
 def _rerank(frame: pl.DataFrame, key: pl.Expr) -> pl.DataFrame:
     """Order each user's rows by `key` (ties keep the current rank order)."""
     return frame.with_columns(_key=key).sort(["user_id", "_key", "rank"]).drop("_key")
@@ -186,7 +201,7 @@ def search_match(frame: pl.DataFrame, ctx: RuleContext) -> pl.DataFrame:
 @rule(FILTER)
 def limit(frame: pl.DataFrame, ctx: RuleContext, n: int = 100) -> pl.DataFrame:
     """Keep each user's best `n` rows (bounds the work of the rules after it)."""
-    return frame.filter(pl.int_range(pl.len()).over("user_id") < n)
+    return frame.filter(_position(frame) < n)
 
 
 # --- aggregation ---------------------------------------------------------------------
@@ -216,13 +231,14 @@ def daily_shuffle(frame: pl.DataFrame, ctx: RuleContext, window: int = 4, keep_t
 
     The key is a hash of (user, day, item): the same all day, different the next day. The
     first `keep_top` rows stay in place and no row moves more than `window - 1` places."""
-    pos = pl.int_range(pl.len()).over("user_id")
+    frame = frame.with_columns(_pos=_position(frame))
+    pos = pl.col("_pos")
     noise = pl.concat_str("user_id", pl.lit(ctx.today.isoformat()), "item_id", separator="|").hash(_SHUFFLE_SEED)
     block = pl.when(pos < keep_top).then(pos - keep_top).otherwise((pos - keep_top) // window)
     return (
         frame.with_columns(_block=block, _noise=pl.when(pos < keep_top).then(0).otherwise(noise))
         .sort(["user_id", "_block", "_noise"])
-        .drop("_block", "_noise")
+        .drop("_block", "_noise", "_pos")
     )
 
 
@@ -304,7 +320,7 @@ def _sorted_by_user_rank(frame: pl.DataFrame) -> bool:
 
 
 def _renumber(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.with_columns(rank=pl.int_range(1, pl.len() + 1).over("user_id").cast(pl.Int64))
+    return frame.with_columns(rank=(_position(frame) + 1).cast(pl.Int64))
 
 
 def _moved(before: pl.DataFrame, after: pl.DataFrame) -> int:
