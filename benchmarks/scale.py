@@ -40,6 +40,8 @@ END = datetime(2026, 10, 1, 12, tzinfo=UTC)
 TARGET_SECONDS = 45 * 60
 TARGET_PEAK_GIB = 16.0
 GIB = 1024**3
+# Users simulated per chunk: the generator's peak is ~75 KiB per user of a 30-day chunk (7.2 GiB at 100k).
+GENERATE_CHUNK_USERS = 50_000
 
 
 def _rss_bytes(pid: int) -> int:
@@ -110,7 +112,8 @@ def stage_generate(users: int, days: int, seed: int) -> dict:
     settings = Settings.from_env()
     settings.ensure_local_dirs()
     zone = landing_zone_from_url(settings.landing_url, _s3_client(settings))
-    counts = generate_to_landing(GeneratorConfig(n_users=users, days=days, seed=seed, end=END), zone)
+    cfg = GeneratorConfig(n_users=users, days=days, seed=seed, end=END)
+    counts = generate_to_landing(cfg, zone, chunk_users=GENERATE_CHUNK_USERS)
     peak = max(b for _, b in sampler.stop())
     return {
         "events": counts.events,

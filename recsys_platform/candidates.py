@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 
 from recsys_platform.collaborative import EaseModel, fit_ease
@@ -25,6 +26,8 @@ SOURCES: tuple[str, ...] = ("pop", "seg_pop", "tod_pop", "cf", "content", "histo
 MISSING_RANK = 1000
 POPULARITY_DAYS = 14
 NEW_RELEASE_DAYS = 14
+CONTENT_FACETS = (("topic", 1.0), ("narrator", 0.6), ("content_type", 0.4))
+CONTENT_BLOCK_USERS = 2000
 
 
 @dataclass
@@ -178,19 +181,46 @@ def source_cf(ctx: CandidateContext, user_ids: pl.DataFrame, n: int) -> pl.DataF
 
 def source_content(ctx: CandidateContext, user_ids: pl.DataFrame, n: int) -> pl.DataFrame:
     """Metadata similarity: the user's topic, narrator and content-type shares summed per item."""
-    items = ctx.items.join(_released(ctx), on="item_id", how="semi").select(
-        "item_id", "topic", "narrator", "content_type"
+    items = (
+        ctx.items.join(_released(ctx), on="item_id", how="semi")
+        .select("item_id", *(f for f, _ in CONTENT_FACETS))
+        .sort("item_id")
     )
+    users = user_ids.select("user_id").unique(maintain_order=True).with_row_index("u")
     parts = []
-    for facet, weight in (("topic", 1.0), ("narrator", 0.6), ("content_type", 0.4)):
-        aff = ctx.affinities[facet].join(user_ids, on="user_id", how="semi")
+    # Dense (users x items) scores, a block of users at a time: a few vector ops instead of a
+    # join per facet value and a group-by over every (user, item) pair.
+    for start in range(0, users.height, CONTENT_BLOCK_USERS):
+        block = users.slice(start, CONTENT_BLOCK_USERS).with_columns(pl.col("u") - start)
+        score = np.zeros((block.height, items.height))
+        for facet, weight in CONTENT_FACETS:
+            values = items.select(facet).drop_nulls().unique().sort(facet).with_row_index("v")
+            # items without a value point at an extra all-zero column
+            codes = items.select(facet).join(values, on=facet, how="left", maintain_order="left")["v"]
+            aff = ctx.affinities[facet].join(block, on="user_id").join(values, on=facet)
+            share = np.zeros((block.height, values.height + 1))
+            share[aff["u"].to_numpy(), aff["v"].to_numpy()] = aff[f"aff_{facet}"].to_numpy()
+            score += weight * share[:, codes.fill_null(values.height).to_numpy()]
+        # Rounded so that equal sums reached in a different order tie exactly; ties: smaller item_id first.
+        score = np.round(score, 12)
+        order = np.argsort(-score, axis=1, kind="stable")[:, :n]
+        top = np.take_along_axis(score, order, axis=1)
+        row, pos = np.nonzero(top > 0)  # only items matching at least one facet of the user's taste
         parts.append(
-            aff.join(items.select("item_id", facet), on=facet).select(
-                "user_id", "item_id", s=pl.col(f"aff_{facet}") * weight
+            pl.DataFrame(
+                {
+                    "user_id": block["user_id"].gather(row),
+                    "item_id": items["item_id"].gather(order[row, pos]),
+                    "score_content": top[row, pos],
+                    "rank_content": pos.astype(np.int64) + 1,
+                }
             )
         )
-    scores = pl.concat(parts).group_by("user_id", "item_id").agg(score=pl.col("s").sum())
-    return _ranked(scores, ["user_id"], "content", n)
+    if not parts:
+        return pl.DataFrame(
+            schema={"user_id": pl.String, "item_id": pl.String, "score_content": pl.Float64, "rank_content": pl.Int64}
+        )
+    return pl.concat(parts)
 
 
 def source_history(ctx: CandidateContext, user_ids: pl.DataFrame, n: int) -> pl.DataFrame:

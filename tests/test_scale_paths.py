@@ -7,7 +7,8 @@ from dataclasses import replace
 import polars as pl
 import pytest
 
-from recsys_platform import schemas
+from recsys_platform import candidates, schemas
+from recsys_platform.candidates import CONTENT_FACETS, _ranked, _released, source_content
 from recsys_platform.config import PipelineParams
 from recsys_platform.features import build_interactions
 from recsys_platform.generator import GeneratorConfig, generate, generate_to_landing
@@ -138,3 +139,32 @@ def test_generate_to_landing_writes_the_same_events_as_generate(tmp_path):
     # one file per (arrival hour, chunk): three chunks, so more files than hours
     hours = {partition_key_of(f.key) for f in zone.list_files(EVENTS_PREFIX)}
     assert len(hours) < counts.files - 2 <= 3 * len(hours)
+
+
+def _content_by_joins(ctx, user_ids: pl.DataFrame, n: int) -> pl.DataFrame:
+    """The content source as it was written before (a join per facet, a group-by, a sort): the reference."""
+    items = ctx.items.join(_released(ctx), on="item_id", how="semi")
+    parts = [
+        ctx.affinities[facet]
+        .join(user_ids, on="user_id", how="semi")
+        .join(items.select("item_id", facet), on=facet)
+        .select("user_id", "item_id", s=pl.col(f"aff_{facet}") * weight)
+        for facet, weight in CONTENT_FACETS
+    ]
+    # rounded like the source: sums of the same shares in another order differ in the last bits
+    scores = pl.concat(parts).group_by("user_id", "item_id").agg(score=pl.col("s").sum().round(12))
+    return _ranked(scores, ["user_id"], "content", n)
+
+
+def test_content_source_equals_the_join_and_group_by_reference(world, monkeypatch):
+    ds, inter, cutoff = world["ds"], world["inter"], world["split"].eval_cutoff
+    monkeypatch.setattr(candidates, "CONTENT_BLOCK_USERS", 37)  # several blocks
+    ctx = PointInTime.build(inter, ds.items, ds.users, cutoff, PARAMS).candidates
+    who = pl.DataFrame({"user_id": ds.users["user_id"].sample(150, seed=4)})
+    got = source_content(ctx, who, 25).sort("user_id", "rank_content")
+    expected = _content_by_joins(ctx, who, 25).sort("user_id", "rank_content")
+    assert got.height == expected.height > 150 * 10
+    assert got.select("user_id", "item_id", "rank_content").equals(
+        expected.select("user_id", "item_id", "rank_content")
+    )
+    assert (got["score_content"] - expected["score_content"]).abs().max() < 1e-12
