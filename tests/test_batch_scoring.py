@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -17,13 +18,22 @@ from recsys_platform.catalog import build_catalog
 from recsys_platform.config import PROJECT_ROOT, PipelineParams, Settings
 from recsys_platform.experiment_sim import simulate_arms
 from recsys_platform.features import build_interactions
+from recsys_platform.first_stage import exact_top_k, rerank_head
 from recsys_platform.generator import GeneratorConfig, generate
-from recsys_platform.ranking import PointInTime, TemporalSplit, top_n, train_ranker, training_frame
+from recsys_platform.ranking import (
+    FEATURE_COLUMNS,
+    PointInTime,
+    TemporalSplit,
+    _matrix,
+    top_n,
+    train_ranker,
+    training_frame,
+)
 from recsys_platform.set_config import BatchConfig, Eligibility, load_sets_config
 
 END = datetime(2026, 10, 1, 12, tzinfo=UTC)
 NOW = datetime(2026, 10, 1, 13, tzinfo=UTC)
-BATCH = BatchConfig(shards=4, items_per_user=60, candidates_per_source=30, chunk_users=150)
+BATCH = BatchConfig(shards=4, items_per_user=60, rerank_depth=20, candidates_per_source=30, chunk_users=150)
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +208,124 @@ def test_every_query_in_the_analyst_guide_runs_against_a_catalog(world, tmp_path
     assert all(rows for sql, rows in zip(blocks, results, strict=True) if "kids_items_to_adults" not in sql)
     experiment = next(r for sql, r in zip(blocks, results, strict=True) if "FROM experiment_analysis" in sql)
     assert {row[2] for row in experiment} == {"control", "popularity", "model"}
+
+
+# --- two-stage scorer ------------------------------------------------------------------
+
+
+def _first_stage_lists(scorer: bs.BatchScorer, rows: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    known, ease = scorer.first.ease_scores(rows)
+    return exact_top_k(scorer.first.scores(rows, known, ease), depth)
+
+
+def test_exact_top_k_breaks_every_tie_by_column_like_a_full_sort():
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 6, size=(300, 80)).astype(np.float64)
+    scores[rng.random(scores.shape) < 0.2] = -np.inf
+    idx, vals = exact_top_k(scores, 25)
+    full = np.lexsort((np.broadcast_to(np.arange(80), scores.shape), -scores), axis=1)[:, :25]
+    assert np.array_equal(idx, full)
+    assert np.array_equal(vals, np.take_along_axis(scores, full, axis=1))
+
+
+def test_pair_features_equal_the_ranker_frame_for_every_candidate(world):
+    """Train/serve parity: the vectorized features of a pair are the ones `PointInTime.ranker_frame` joins."""
+    g, params = world["g"], world["params"]
+    scorer = g.scorer(BATCH, params)
+    users = world["scores"]["user_id"].unique().sort().head(60)
+    frame = bs.point_in_time_for(g, users, params).ranker_frame(users, BATCH.candidates_per_source)
+    rows_of_pair = scorer.catalog.user_index(frame["user_id"])
+    rows = np.unique(rows_of_pair)
+    known, ease = scorer.first.ease_scores(rows)
+    src = scorer.pairs.chunk_sources(scorer.first, rows, known, ease)
+    pairs = np.searchsorted(rows, rows_of_pair), scorer.catalog.item_index(frame["item_id"])
+    mine = scorer.pairs.matrix(src, rows, *pairs)
+    ref = _matrix(frame)
+    assert mine.shape == ref.shape and frame.height > 60 * 50
+    same = (mine == ref) | (np.isnan(mine) & np.isnan(ref))
+    rank_content = FEATURE_COLUMNS.index("rank_content")
+    exact = [c for k, c in enumerate(FEATURE_COLUMNS) if k != rank_content and not same[:, k].all()]
+    assert exact == []
+    # content scores are sums of three float64 shares; polars may add them in another order, so equal
+    # scores can differ in the last bit and swap places: ranks differ only within such ties
+    off = ~same[:, rank_content]
+    assert off.mean() < 0.02
+    content = frame["score_content"].to_numpy()
+    for k in np.flatnonzero(off):
+        user = frame["user_id"][int(k)]
+        lo, hi = sorted((int(ref[k, rank_content]), int(mine[k, rank_content])))
+        between = frame.filter((pl.col("user_id") == user) & pl.col("rank_content").is_between(lo, hi))
+        assert np.allclose(between["score_content"].to_numpy(), content[k], rtol=1e-12, atol=0)
+
+
+def test_two_stage_lists_rerank_the_head_and_keep_the_tail_in_first_stage_order(world):
+    g, params, model = world["g"], world["params"], world["model"]
+    scorer = g.scorer(BATCH, params)
+    users = world["eligible"].head(80)
+    out = scorer.score(model, users, BATCH)
+    rows = np.unique(scorer.catalog.user_index(users))
+    idx, first = _first_stage_lists(scorer, rows, BATCH.items_per_user)
+    known, ease = scorer.first.ease_scores(rows)
+    src = scorer.pairs.chunk_sources(scorer.first, rows, known, ease)
+    depth = BATCH.rerank_depth
+    assert 0 < depth < BATCH.items_per_user
+    for r, row in enumerate(rows[:25]):
+        mine = out.filter(pl.col("user_id") == scorer.catalog.user_ids[int(row)]).sort("rank")
+        items = scorer.catalog.item_index(mine["item_id"])
+        assert mine["rank"].to_list() == list(range(1, mine.height + 1))
+        assert len(set(items)) == len(items) == np.isfinite(first[r]).sum()
+        # head: the first-stage top `depth`, ordered by the ranker's score on the ranker's features
+        head = items[:depth]
+        assert set(head) == set(idx[r, :depth])
+        model_score = model.booster_.predict(scorer.pairs.matrix(src, rows, np.full(depth, r), head))
+        assert np.allclose(mine["score"].to_numpy()[:depth], model_score)
+        assert all(model_score[:-1] >= model_score[1:])
+        # tail: first-stage order, below every head score
+        assert np.array_equal(items[depth:], idx[r, depth : len(items)])
+        assert (np.diff(mine["score"].to_numpy()) <= 0).all()
+
+
+def test_first_stage_excludes_recent_completions_unreleased_and_kids_items_for_adults(world):
+    g, params, model = world["g"], world["params"], world["model"]
+    scorer = g.scorer(BATCH, params)
+    out = scorer.score(model, world["eligible"], BATCH)
+    cutoff = world["cutoff"]
+    recent = world["inter"].filter(
+        (pl.col("event_type") == "content_complete")
+        & (pl.col("event_time") >= cutoff - timedelta(days=BATCH.exclude_completed_days))
+        & (pl.col("event_time") < cutoff)
+    )
+    assert recent.height > 0
+    assert out.join(recent, on=["user_id", "item_id"], how="semi").height == 0
+    items, users = world["ds"].items, world["ds"].users
+    joined = out.join(items.select("item_id", "release_date", "is_kids"), on="item_id").join(
+        users.select("user_id", "household_type"), on="user_id"
+    )
+    assert (joined["release_date"] <= cutoff.date()).all()
+    assert joined.filter(pl.col("is_kids") & (pl.col("household_type") != "family_with_kids")).height == 0
+    assert out.select(pl.struct("user_id", "item_id").is_unique().all()).item()
+    # as deep as the catalogue allows: every user gets items_per_user unless fewer items are left
+    per_user = out.group_by("user_id").len()
+    assert per_user["len"].min() == BATCH.items_per_user  # 600-user world: ~700 items, few masked per user
+
+
+def test_two_stage_scores_are_deterministic_and_independent_of_chunking(world):
+    g, params, model = world["g"], world["params"], world["model"]
+    users = world["eligible"].head(120)
+    a = g.scorer(BATCH, params).score(model, users, BATCH)
+    b = g.scorer(BATCH, params).score(model, users.reverse(), replace(BATCH, chunk_users=7))
+    assert a.equals(b)
+    no_model = g.scorer(BATCH, params).score(None, users, BATCH)
+    assert no_model.select("user_id", "item_id").head(10).height == 10
+    assert a.join(no_model, on=["user_id", "item_id"], how="inner").height == a.height  # same items, re-ordered
+
+
+def test_rerank_head_orders_the_head_by_model_and_keeps_the_tail():
+    idx = np.array([[5, 3, 9, 1, 7], [2, 4, 6, 0, 0]])
+    first = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.9, 0.8, 0.1, -np.inf, -np.inf]])
+    model = np.array([[1.0, 3.0, 2.0], [0.5, 0.5, 0.7]])
+    rows, items, rank, score = rerank_head(idx, first, model, 3)
+    assert rows.tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+    assert items.tolist() == [3, 9, 5, 1, 7, 6, 2, 4]  # ties on the model score by item index
+    assert rank.tolist() == [1, 2, 3, 4, 5, 1, 2, 3]
+    assert score[:5].tolist() == pytest.approx([3.0, 2.0, 1.0, 1.0 - 1e-6, 0.9 - 1e-6])
