@@ -180,6 +180,7 @@ class PairFeatures:
             dense = self.affinity[facet][rows].toarray()
             part = dense[:, self.item_facet[facet]] * weight  # code -1 = the zero column at the end
             content = part if content is None else content + part
+        content = np.round(content, 12)  # as `source_content`: equal sums reached in another order tie exactly
         content[:, ~self.catalog.released] = 0.0
         content[content <= 0] = -np.inf
         idx, vals = exact_top_k(content, self.n)
