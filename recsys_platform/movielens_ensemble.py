@@ -2,6 +2,8 @@
 
 Components (each a dense user x item score matrix, standardised per user over unseen items):
 
+* ``edlae``: full-rank EDLAE (EASE with a dropout-emphasised, per-item l2) on the same summed Gram
+  matrix as ``stack``; its dropout and l2 are picked on the inner split.
 * ``stack``: EASE on the sum of three item Gram matrices: users, 60-second sittings, and
   sequence neighbours (pairs at most 10 ratings apart), l2 = 1000.
 * ``ials``: implicit ALS, 64 factors; its l2 is picked on the inner split.
@@ -28,6 +30,7 @@ from recsys_platform.factorization import fit_ials_matrix
 from recsys_platform.movielens import stratified_split
 from recsys_platform.temporal import (
     ease_from_gram,
+    edlae_from_gram,
     row_normalise,
     sequence_cooccurrence,
     session_aggregate,
@@ -36,7 +39,7 @@ from recsys_platform.temporal import (
 
 logger = logging.getLogger(__name__)
 
-COMPONENTS = ("stack", "ials", "seq", "ts0", "sessagg")
+COMPONENTS = ("edlae", "ials", "stack", "seq", "ts0", "sessagg")
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,11 @@ class EnsembleConfig:
     ials_alpha: float = 5.0
     ials_reg_grid: tuple[float, ...] = (40.0, 50.0, 60.0)
     ials_iterations: int = 8
+    edlae_grid: tuple[tuple[float, float], ...] = tuple(
+        (dropout, l2) for dropout in (0.25, 0.33, 0.5) for l2 in (200.0, 300.0, 600.0)
+    )
     inner_ratio: float = 0.75
-    weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
     weight_rounds: int = 2
     k: int = 10
 
@@ -120,8 +126,17 @@ class Components:
         return np.where(self.seen, -np.inf, out)
 
 
-def fit_components(enc: Encoded, cfg: EnsembleConfig, ials_regs: tuple[float, ...]) -> Components:
-    """Fit every component on ``enc``; one ``ials@<reg>`` entry per requested iALS l2."""
+def _edlae_name(params: tuple[float, float]) -> str:
+    return f"edlae@{params[0]:g},{params[1]:g}"
+
+
+def fit_components(
+    enc: Encoded,
+    cfg: EnsembleConfig,
+    ials_regs: tuple[float, ...],
+    edlae_params: tuple[tuple[float, float], ...],
+) -> Components:
+    """Fit every component on ``enc``; one ``ials@<reg>`` / ``edlae@<dropout>,<l2>`` entry per requested setting."""
     start = time.perf_counter()
     n_users, n_items = enc.shape
     seen = enc.dense()
@@ -130,7 +145,8 @@ def fit_components(enc: Encoded, cfg: EnsembleConfig, ials_regs: tuple[float, ..
     sittings, _ = session_matrix(enc.users, enc.items, enc.times, n_items, cfg.session_gap_s)
     seq = sequence_cooccurrence(enc.users, enc.items, enc.times, n_items, cfg.seq_window, cfg.seq_decay)
     seq_gram = seq + np.diag(np.diag(gram))
-    stack = ease_from_gram(gram + (sittings.T @ sittings).toarray() + cfg.seq_gram_weight * seq_gram, cfg.stack_l2)
+    stack_gram = gram + (sittings.T @ sittings).toarray() + cfg.seq_gram_weight * seq_gram
+    stack = ease_from_gram(stack_gram, cfg.stack_l2)
     same_second, owners = session_matrix(enc.users, enc.items, enc.times, n_items, 0.0)
     ts0 = (same_second.T @ same_second).toarray()
     np.fill_diagonal(ts0, 0.0)
@@ -140,6 +156,8 @@ def fit_components(enc: Encoded, cfg: EnsembleConfig, ials_regs: tuple[float, ..
         "ts0": np.asarray(x @ row_normalise(ts0)),
         "sessagg": session_aggregate(same_second, owners, stack, n_users),
     }
+    for params in edlae_params:
+        raw[_edlae_name(params)] = np.asarray(x @ edlae_from_gram(stack_gram, *params))
     for reg in ials_regs:
         factors = fit_ials_matrix(x.tocsr(), cfg.ials_factors, cfg.ials_alpha, reg, cfg.ials_iterations, seed=0)
         raw[f"ials@{reg:g}"] = factors.scores()
@@ -187,6 +205,7 @@ class TemporalEnsemble:
     cfg: EnsembleConfig
     weights: dict[str, float]
     ials_reg: float
+    edlae_params: tuple[float, float]
     inner_ndcg: float
     components: Components
     inner: Components
@@ -232,30 +251,40 @@ def top_k_frame(scores: np.ndarray, user_ids: pl.Series, item_ids: pl.Series, k:
     )
 
 
+def _keep_best(comps: Components, truth: np.ndarray, names: dict, component: str, k: int) -> tuple[object, dict]:
+    """Keep the variant (``names``: setting -> entry) with the best inner nDCG@k as ``component``; drop the rest."""
+    scores = {setting: dense_ndcg(comps.z[name], truth, k) for setting, name in names.items()}
+    best = max(scores, key=scores.__getitem__)
+    comps.z[component] = comps.z.pop(names[best])
+    for name in names.values():
+        comps.z.pop(name, None)
+    return best, scores
+
+
 def fit_temporal_ensemble(train: pl.DataFrame, cfg: EnsembleConfig | None = None, seed: int = 0) -> TemporalEnsemble:
-    """Choose iALS l2 and blend weights on an inner split of train, then refit every component on train."""
+    """Choose iALS l2, EDLAE dropout/l2 and blend weights on an inner split of train, then refit on train."""
     cfg = cfg or EnsembleConfig()
     user_ids, item_ids = train["user_id"].unique().sort(), train["item_id"].unique().sort()
     inner_train, inner_val = stratified_split(train, cfg.inner_ratio, seed=seed + 1000)
     inner_enc = encode(inner_train, user_ids, item_ids)
-    inner = fit_components(inner_enc, cfg, cfg.ials_reg_grid)
+    inner = fit_components(inner_enc, cfg, cfg.ials_reg_grid, cfg.edlae_grid)
     truth = encode(inner_val, user_ids, item_ids).dense()
-    ials_scores = {reg: dense_ndcg(inner.z[f"ials@{reg:g}"], truth, cfg.k) for reg in cfg.ials_reg_grid}
-    reg = max(ials_scores, key=ials_scores.__getitem__)
-    inner.z["ials"] = inner.z.pop(f"ials@{reg:g}")
-    for other in cfg.ials_reg_grid:
-        inner.z.pop(f"ials@{other:g}", None)
+    reg, ials_scores = _keep_best(inner, truth, {r: f"ials@{r:g}" for r in cfg.ials_reg_grid}, "ials", cfg.k)
+    edlae, edlae_scores = _keep_best(inner, truth, {p: _edlae_name(p) for p in cfg.edlae_grid}, "edlae", cfg.k)
     weights, inner_ndcg = learn_weights(inner, truth, COMPONENTS, cfg)
     logger.info(
-        "inner split: stack %.4f, iALS %s -> l2=%g, blend %s -> nDCG@%d %.4f",
+        "inner split: stack %.4f, iALS %s -> l2=%g, EDLAE %s -> %s, blend %s -> nDCG@%d %.4f",
         dense_ndcg(inner.z["stack"], truth, cfg.k),
         {f"{k:g}": round(v, 4) for k, v in ials_scores.items()},
         reg,
+        {_edlae_name(k): round(v, 4) for k, v in edlae_scores.items()},
+        edlae,
         weights,
         cfg.k,
         inner_ndcg,
     )
     enc = encode(train, user_ids, item_ids)
-    full = fit_components(enc, cfg, (reg,))
+    full = fit_components(enc, cfg, (reg,), (edlae,))
     full.z["ials"] = full.z.pop(f"ials@{reg:g}")
-    return TemporalEnsemble(cfg, weights, reg, inner_ndcg, full, inner, truth, enc, inner_enc)
+    full.z["edlae"] = full.z.pop(_edlae_name(edlae))
+    return TemporalEnsemble(cfg, weights, reg, edlae, inner_ndcg, full, inner, truth, enc, inner_enc)

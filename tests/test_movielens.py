@@ -30,6 +30,7 @@ from recsys_platform.movielens_ensemble import (
     top_k_frame,
 )
 from recsys_platform.movielens_ranker import RankerConfig, fit_two_stage
+from recsys_platform.temporal import ease_from_gram, edlae_from_gram
 
 SHARED_ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 needs_ml100k = pytest.mark.skipif(not (SHARED_ML100K / "ml-100k.inter").exists(), reason="no shared ml-100k copy")
@@ -137,7 +138,9 @@ def subsample(ml100k):
     return stratified_split(ratings, 0.75, seed=7)
 
 
-FAST = EnsembleConfig(ials_reg_grid=(50.0,), ials_iterations=4, weight_rounds=1, weight_grid=(0.0, 0.5, 1.0))
+FAST = EnsembleConfig(
+    ials_reg_grid=(50.0,), ials_iterations=4, edlae_grid=((0.33, 300.0),), weight_rounds=1, weight_grid=(0.0, 0.5, 1.0)
+)
 
 
 @needs_ml100k
@@ -156,7 +159,7 @@ def test_temporal_ensemble_beats_popularity_and_uses_train_only(subsample) -> No
     )
     assert inner_truth.join(test, on=["user_id", "item_id"]).is_empty()
     assert inner_truth.join(train, on=["user_id", "item_id"]).height == inner_truth.height
-    assert model.weights["stack"] == 1.0 and set(model.weights) == set(COMPONENTS)
+    assert model.weights["edlae"] == 1.0 and set(model.weights) == set(COMPONENTS)
     pop = fit_popularity(train).recommend(train["user_id"].unique(), 10)
     assert ndcg_at_k(test, recs, 10) > ndcg_at_k(test, pop, 10) + 0.1
     assert fit_temporal_ensemble(train, FAST, seed=7).recommend(10).equals(recs)  # deterministic
@@ -198,3 +201,19 @@ def test_standardise_and_weight_learning() -> None:
     weights, best = learn_weights(comps, truth, ("noise", "signal"), EnsembleConfig(weight_grid=(0.0, 1.0, 2.0)))
     assert weights == {"noise": 1.0, "signal": 2.0}  # the informative component gets the largest grid weight
     assert best == pytest.approx(dense_ndcg(comps.blend(weights), truth, 10))
+
+
+def test_edlae_is_ease_with_dropout_scaled_item_l2() -> None:
+    x = (np.random.default_rng(3).random((40, 8)) < 0.3).astype(np.float64)
+    gram = x.T @ x
+    np.testing.assert_allclose(edlae_from_gram(gram, 0.0, 5.0), ease_from_gram(gram, 5.0), atol=1e-10)
+    dropout, l2 = 0.25, 2.0
+    weights = edlae_from_gram(gram, dropout, l2)
+    item_l2 = l2 + dropout / (1 - dropout) * np.diag(gram)  # 1/3 of each item's count on top of l2
+    for j in range(8):  # column j: ridge regression of item j on the other items, penalty item_l2 per item
+        rest = np.delete(np.arange(8), j)
+        expected = np.linalg.solve(gram[np.ix_(rest, rest)] + np.diag(item_l2[rest]), gram[rest, j])
+        np.testing.assert_allclose(weights[rest, j], expected, atol=1e-8)
+        assert weights[j, j] == 0.0
+    with pytest.raises(ValueError):
+        edlae_from_gram(gram, 1.0, l2)
