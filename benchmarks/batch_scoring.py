@@ -83,7 +83,9 @@ def run(data: Path, out: Path, shards: int, time_limit: float, chunk_users: int,
         return now_
 
     items, users = pl.read_parquet(data / "items.parquet"), pl.read_parquet(data / "users.parquet")
-    interactions = pl.read_parquet(data / "interactions.parquet")
+    # the columns batch scoring reads (event ids, listened seconds and completion ratios are not used)
+    needed = ["user_id", "item_id", "event_type", "event_time", "is_bounce", "weight"]
+    interactions = pl.read_parquet(data / "interactions.parquet", columns=needed)
     searches = pl.read_parquet(data / "searches.parquet").with_columns(event_type=pl.lit("search"))
     model = lgb.Booster(model_file=str(data / "ranker.txt"))
     config = load_sets_config(Settings.from_env().recommendation_sets_path)

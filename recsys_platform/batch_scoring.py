@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,15 @@ class GlobalInputs:
     users: pl.DataFrame
     ease: Any
     item_features: pl.DataFrame
-    scorers: dict[tuple, BatchScorer] = field(default_factory=dict)
+    scorers: dict[tuple, Any] = field(default_factory=dict)  # scorers and shard numbers, built once per run
+
+    def shards_of(self, user_ids: pl.Series, n_shards: int) -> pl.Series:
+        """`user_shards(user_ids, n_shards)`, hashed once for the run's user list and reused by every shard."""
+        cached = self.scorers.get(("shards", n_shards))
+        if cached is None or not cached[0].equals(user_ids):
+            cached = (user_ids, user_shards(user_ids, n_shards))
+            self.scorers[("shards", n_shards)] = cached
+        return cached[1]
 
     def scorer(self, batch: BatchConfig, params: PipelineParams) -> BatchScorer:
         """The two-stage scorer for these inputs, built on first use and reused by every shard."""
@@ -143,11 +151,19 @@ class GlobalInputs:
         return self.scorers[key]
 
 
+def _ts(value: datetime) -> pl.Expr:
+    return pl.lit(value, dtype=TS)
+
+
 def build_global_inputs(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, cutoff: datetime
 ) -> GlobalInputs:
     """Fit the shared candidate sources and item features on everyone's history before `cutoff`."""
-    history = interactions.filter(pl.col("event_time") < pl.lit(cutoff, dtype=TS))
+    times = interactions["event_time"]
+    everything_before = times.null_count() == 0 and (times.len() == 0 or times.max() < cutoff)
+    history = (
+        interactions if everything_before else interactions.filter(pl.col("event_time") < pl.lit(cutoff, dtype=TS))
+    )
     positive = history.filter(pl.col("weight") > 0).select("user_id", "item_id", "weight")
     ease = fit_ease(positive, l2=200.0, binary=True) if positive.height else None
     return GlobalInputs(cutoff, history, items, users, ease, feats.item_features(interactions, items, cutoff))
@@ -253,7 +269,7 @@ def score_shard(
     now: datetime,
 ) -> pl.DataFrame:
     """The batch scores of one shard's users in `BATCH_SCORE_SCHEMA`."""
-    mine = users_of_shard(user_ids, key, batch.shards)
+    mine = user_ids.filter(g.shards_of(user_ids, batch.shards) == shard_index(key))
     scores = g.scorer(batch, params).score(model, mine, batch)
     return scores.select(
         shard=pl.lit(key),
@@ -298,14 +314,26 @@ def build_sets(
     """Apply every set's rules to the scored lists, `chunk_users` users at a time (bounds memory);
     return (sets in RECOMMENDATION_SET_SCHEMA, rows removed and moved per set and rule)."""
     users = scores["user_id"].unique(maintain_order=True)
+    ctx = _context_of(ctx, pl.DataFrame({"user_id": users}))
     parts, counts = [], []
     for start in range(0, max(users.len(), 1), chunk_users):
-        chunk = scores.join(pl.DataFrame({"user_id": users.slice(start, chunk_users)}), on="user_id", how="semi")
-        sets, c = _build_sets_chunk(chunk, items, ctx, config)
+        who = pl.DataFrame({"user_id": users.slice(start, chunk_users)})
+        chunk = scores.join(who, on="user_id", how="semi", maintain_order="left")
+        sets, c = _build_sets_chunk(chunk, items, _context_of(ctx, who), config)
         parts.append(sets)
         counts.append(c)
     total = pl.concat(counts).group_by("set_name", "step", "rule", maintain_order=True).agg(pl.all().sum())
     return pl.concat(parts), total.select([pl.col(c).cast(t) for c, t in RULE_COUNT_SCHEMA.items()])
+
+
+def _context_of(ctx: RuleContext, who: pl.DataFrame) -> RuleContext:
+    """`ctx` with its per-user tables cut to the users `who` (rules then join small tables)."""
+    return replace(
+        ctx,
+        users=ctx.users.join(who, on="user_id", how="semi"),
+        completions=ctx.completions.join(who, on="user_id", how="semi"),
+        searches=ctx.searches.join(who, on="user_id", how="semi"),
+    )
 
 
 def _build_sets_chunk(

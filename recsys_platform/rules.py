@@ -160,8 +160,28 @@ def exclude_recently_completed(frame: pl.DataFrame, ctx: RuleContext, days: int 
 @rule(FILTER)
 def series_cap(frame: pl.DataFrame, ctx: RuleContext, max_per_series: int = 2) -> pl.DataFrame:
     """Keep at most `max_per_series` items of the same series per user (the best-ranked ones)."""
-    nth = pl.int_range(pl.len()).over("user_id", "series_id")
-    return frame.filter(pl.col("series_id").is_null() | (nth < max_per_series))
+    return frame.filter(pl.col("series_id").is_null() | (_nth_in_group(frame, "series_id") < max_per_series))
+
+
+def _nth_in_group(frame: pl.DataFrame, column: str) -> pl.Series:
+    """0-based occurrence of each row's (user, `column`) value in row order (as `int_range().over(user, column)`)."""
+    if frame.height == 0:
+        return pl.Series("_nth", [], dtype=pl.Int64)
+    users = frame["user_id"]
+    new = (users != users.shift(1)).fill_null(True)
+    firsts = users.filter(new)
+    if not (firsts.slice(1) > firsts.slice(0, firsts.len() - 1)).all():
+        return frame.select(_nth=pl.int_range(pl.len()).over("user_id", column).cast(pl.Int64)).to_series()
+    block = np.cumsum(new.to_numpy()).astype(np.int64)
+    code = frame[column].rank("dense").fill_null(0).cast(pl.Int64).to_numpy()
+    key = block * (int(code.max()) + 1) + code
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.r_[True, sorted_key[1:] != sorted_key[:-1]]
+    idx = np.arange(len(key))
+    nth = np.empty(len(key), np.int64)
+    nth[order] = idx - np.maximum.accumulate(np.where(starts, idx, 0))
+    return pl.Series("_nth", nth)
 
 
 @rule(FILTER)
@@ -170,6 +190,7 @@ def search_match(frame: pl.DataFrame, ctx: RuleContext) -> pl.DataFrame:
 
     A topic or type matches when every word of it (``body_scan`` -> body, scan) is in the
     query; users without a search get no rows. Adds the query as the ``context`` column."""
+    frame = frame.join(ctx.searches.select("user_id").unique(), on="user_id", how="semi", maintain_order="left")
     words = (
         ctx.searches.select("user_id", "query", word=pl.col("query").str.to_lowercase().str.extract_all(r"[a-z]+"))
         .explode("word")
@@ -215,7 +236,7 @@ def roll_up_series(frame: pl.DataFrame, ctx: RuleContext) -> pl.DataFrame:
         return frame
     rolled = (
         in_series.group_by("user_id", "series_id")
-        .agg(pl.exclude("score").sort_by("rank").first(), score=pl.col("score").max())
+        .agg(pl.exclude("score").first(), score=pl.col("score").max())  # rows arrive in rank order
         .with_columns(item_id=pl.col("series_id"), entity_type=pl.lit(ENTITY_SERIES), series_position=pl.lit(None))
     )
     singles = frame.filter(pl.col("series_id").is_null())
