@@ -50,8 +50,9 @@ def batch_scores(
     pipeline: PipelineResource,
     set_config: RecommendationSetsResource,
 ) -> pl.DataFrame:
-    """Up to `batch.items_per_user` items per eligible user of this shard (stable hash of the user id),
-    scored by the `champion` ranker on serving features; the popularity baseline when there is no champion."""
+    """Up to `batch.items_per_user` items per eligible user of this shard (stable hash of the user id):
+    a vectorized first stage (EASE + popularity) ranks the list, the `champion` ranker re-orders its first
+    `batch.rerank_depth` items on the ranker's own features; the popularity baseline when there is no champion."""
     config = _checked_config(set_config)
     params = pipeline.params()
     cutoff, now = feature_cutoff(interactions), datetime.now(UTC)
@@ -79,6 +80,7 @@ def batch_scores(
             "eligible_users_all_shards": eligible.len(),
             "users": per_user.len(),
             "mean_items_per_user": float(per_user.mean() or 0.0),
+            "rerank_depth": config.batch.rerank_depth if champion is not None else 0,
             "feature_cutoff": cutoff.isoformat(),
         }
     )
