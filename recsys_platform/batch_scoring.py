@@ -145,7 +145,13 @@ class GlobalInputs:
 
     def scorer(self, batch: BatchConfig, params: PipelineParams) -> BatchScorer:
         """The two-stage scorer for these inputs, built on first use and reused by every shard."""
-        key = (batch.candidates_per_source, batch.exclude_completed_days, batch.popularity_weight, params.repeat_cap)
+        key = (
+            batch.candidates_per_source,
+            batch.exclude_completed_days,
+            batch.popularity_weight,
+            batch.replay_weight,
+            params.repeat_cap,
+        )
         if key not in self.scorers:
             self.scorers[key] = BatchScorer.build(self, batch, params)
         return self.scorers[key]
@@ -228,7 +234,7 @@ class BatchScorer:
             batch.candidates_per_source,
             params.repeat_cap,
         )
-        return cls(catalog, first, pairs)
+        return cls(catalog, first.with_replays(pairs.history, batch.replay_weight), pairs)
 
     def score(self, model: Any, user_ids: pl.Series, batch: BatchConfig) -> pl.DataFrame:
         """Up to `batch.items_per_user` items per user as [user_id, rank, item_id, score]: the first

@@ -137,6 +137,16 @@ class FirstStage:
     popularity: np.ndarray  # per item: recent distinct users / max, in [0, 1]
     recent: sp.csr_matrix  # users x items, 1 where completed within the exclusion window
     popularity_weight: float
+    replay: sp.csr_matrix | None = None  # users x items: the user's positive weight on an item / their largest
+    replay_weight: float = 0.0
+
+    def with_replays(self, history_weights: sp.csr_matrix, weight: float) -> FirstStage:
+        """Add `weight` x the user's own positive weight on an item (scaled to their largest) to the score:
+        repeat listening is a large share of what users come back for, and EASE's zero diagonal ignores it."""
+        top = history_weights.max(axis=1).toarray().ravel()
+        scale = sp.diags(np.where(top > 0, 1.0 / np.where(top > 0, top, 1.0), 0.0))
+        self.replay, self.replay_weight = (scale @ history_weights).astype(np.float32).tocsr(), weight
+        return self
 
     @classmethod
     def build(
@@ -197,6 +207,10 @@ class FirstStage:
         out = np.broadcast_to(self.popularity_weight * self.popularity, (len(rows), cat.n_items)).copy()
         if ease_scores.size:
             out[np.ix_(np.flatnonzero(known), self.ease_col)] += ease_scores
+        if self.replay is not None and self.replay_weight:
+            mine = self.replay[rows]
+            r = np.repeat(np.arange(len(rows)), np.diff(mine.indptr))
+            out[r, mine.indices] += self.replay_weight * mine.data
         out[:, ~cat.released] = -np.inf
         no_kids = ~cat.family[rows]
         out[np.ix_(np.flatnonzero(no_kids), np.flatnonzero(cat.kids_item))] = -np.inf

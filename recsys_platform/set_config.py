@@ -39,6 +39,7 @@ class BatchConfig:
     chunk_users: int = 5000
     exclude_completed_days: int = 1  # first stage drops items completed this recently (sets may exclude more)
     popularity_weight: float = 0.1  # first stage: EASE score + weight x popularity share of the top item
+    replay_weight: float = 1.0  # first stage: + weight x the user's own weight on the item / their top item's
 
 
 @dataclass(frozen=True)

@@ -317,3 +317,22 @@ def test_rerank_head_orders_the_head_by_model_and_keeps_the_tail():
     assert items.tolist() == [3, 9, 5, 1, 7, 6, 2, 4]  # ties on the model score by item index
     assert rank.tolist() == [1, 2, 3, 4, 5, 1, 2, 3]
     assert score[:5].tolist() == pytest.approx([3.0, 2.0, 1.0, 1.0 - 1e-6, 0.9 - 1e-6])
+
+
+def test_first_stage_adds_the_users_own_replays_to_ease_and_popularity(world):
+    scorer = world["g"].scorer(BATCH, world["params"])
+    first = scorer.first
+    assert first.replay_weight == BATCH.replay_weight > 0
+    rows = np.unique(scorer.catalog.user_index(world["eligible"].head(50)))
+    known, ease = first.ease_scores(rows)
+    with_replays = first.scores(rows, known, ease)
+    saved, first.replay_weight = first.replay_weight, 0.0
+    try:
+        without = first.scores(rows, known, ease)
+    finally:
+        first.replay_weight = saved
+    own = first.replay[rows].toarray()
+    finite = np.isfinite(without)
+    assert np.array_equal(finite, np.isfinite(with_replays))
+    assert np.allclose(with_replays[finite], without[finite] + saved * own[finite], atol=1e-6)
+    assert (own.max(axis=1) == 1.0).sum() > 40  # scaled to each user's favourite
