@@ -5,9 +5,9 @@ LightGBM row by row (~375 candidates per user -> ~375M rows). So the batch score
 production recommenders do:
 
 1. First stage: EASE scores from the user's positive history (sparse row x dense item-item
-   weights) blended with recent popularity; unreleased items, kids items for households without
-   kids and items completed in the last `exclude_completed_days` are masked; the best
-   `items_per_user` items per user come from a numpy argpartition.
+   weights) plus weighted recent popularity and the user's own replays; unreleased items, kids
+   items for households without kids and items completed in the last `exclude_completed_days`
+   are masked; the best `items_per_user` items per user come from a numpy argpartition.
 2. Second stage: the first `rerank_depth` of them are re-ranked by the LightGBM ranker on the
    ranker's own features for exactly those (user, item) pairs (`pair_features.PairFeatures`,
    same definitions as `ranking.PointInTime.ranker_frame`, parity tested); the tail keeps its
@@ -217,13 +217,6 @@ class FirstStage:
         done = self.recent[rows]
         out[np.repeat(np.arange(len(rows)), np.diff(done.indptr)), done.indices] = -np.inf
         return out
-
-    def top(self, scores: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Best `depth` items per row as flat (row in chunk, item index, score), best first; masked items dropped."""
-        idx, vals = exact_top_k(scores, depth)
-        rows = np.repeat(np.arange(scores.shape[0]), idx.shape[1])
-        keep = np.isfinite(vals.ravel())
-        return rows[keep], idx.ravel()[keep], vals.ravel()[keep]
 
 
 def rerank_head(
