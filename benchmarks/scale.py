@@ -180,9 +180,9 @@ def _aggregate(rows: list[dict]) -> list[dict]:
     return list(out.values())
 
 
-def stage_cycle(hours_per_run: int) -> dict:
-    """Run ingest_events (arrival hours in runs of `hours_per_run`, 0 = one run) and training_cycle
-    in-process; per-step time and memory."""
+def stage_cycle(hours_per_run: int, skip_assets: list[str] | None = None, skip_ingest: bool = False) -> dict:
+    """Run ingest_events (arrival hours in runs of `hours_per_run`, 0 = one run; none with `skip_ingest`)
+    and training_cycle (minus `skip_assets`) in-process; per-step time and memory."""
     import dagster as dg
 
     from recsys_platform.config import Settings
@@ -196,10 +196,18 @@ def stage_cycle(hours_per_run: int) -> dict:
     instance = dg.DagsterInstance.get()
     jobs = []
     started = time.perf_counter()
-    plan = [("ingest_events", tags) for tags in _chunks(keys, hours_per_run)] + [("training_cycle", {})]
+    ingest = [] if skip_ingest else [("ingest_events", tags) for tags in _chunks(keys, hours_per_run)]
+    plan = [*ingest, ("training_cycle", {})]
     for job, tags in plan:
         t0 = time.perf_counter()
-        result = defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        job_def = defs.resolve_job_def(job)
+        selection = None
+        if skip_assets and job == "training_cycle":
+            skipped = {dg.AssetKey(a) for a in skip_assets}
+            selection = [k for k in job_def.asset_layer.selected_asset_keys if k not in skipped]
+        result = job_def.execute_in_process(
+            instance=instance, tags=tags, raise_on_error=False, asset_selection=selection
+        )
         jobs.append({"job": job, "seconds": time.perf_counter() - t0, "success": result.success})
         if not result.success:
             break
@@ -217,14 +225,29 @@ def stage_cycle(hours_per_run: int) -> dict:
     }
 
 
-def steps_from_instance(dagster_home: Path, samples: list[tuple[float, int]]) -> list[dict]:
-    """Per-step wall time (event log of every run in the instance) and memory (the driver's samples)."""
+def _instance_runs(dagster_home: Path) -> list:
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    try:
+        return list(instance.get_runs())
+    finally:
+        instance.dispose()
+
+
+def steps_from_instance(
+    dagster_home: Path, samples: list[tuple[float, int]], skip_runs: set[str] | None = None
+) -> list[dict]:
+    """Per-step wall time (event log of every run in the instance but `skip_runs`) and memory (the
+    driver's samples)."""
     import dagster as dg
 
     instance = dg.DagsterInstance.from_config(str(dagster_home))
     try:
         rows = []
         for run in reversed(instance.get_runs()):  # newest first -> oldest first
+            if run.run_id in (skip_runs or set()):
+                continue
             rows += [r | {"job": run.job_name} for r in _step_table(instance, run.run_id, samples)]
         return _aggregate(rows)
     finally:
@@ -338,7 +361,8 @@ def main() -> None:
         print(json.dumps(stage_generate(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_cycle":
-        print(json.dumps(stage_cycle(int(sys.argv[2]))))
+        skip = [a for a in sys.argv[3].split(",") if a] if len(sys.argv) > 3 else []
+        print(json.dumps(stage_cycle(int(sys.argv[2]), skip, len(sys.argv) > 4 and sys.argv[4] == "1")))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, action="append", help="users per size (repeat); default 10k, 100k")
@@ -350,6 +374,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--max-rss-gib", type=float, default=14.0, help="kill a stage whose process tree exceeds this (shared host)"
+    )
+    parser.add_argument(
+        "--skip-asset", action="append", default=[], help="leave this asset out of training_cycle (repeat)"
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --keep: reuse a size's generated and ingested data, run only training_cycle (a new run)",
     )
     parser.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one, removed)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
@@ -364,20 +396,27 @@ def main() -> None:
     try:
         for u, d in sizes:
             home = root / f"u{u}_d{d}"
-            shutil.rmtree(home, ignore_errors=True)
             env = os.environ | {"RECSYS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
-            (home / "dagster").mkdir(parents=True)
-            (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-            gen = _run_stage(
-                ["_generate", str(u), str(d), str(args.seed)], env, args.time_limit, home / "generate.log", max_rss
-            )
+            reuse = args.reuse and args.keep is not None and (home / "generate.json").exists()
+            if reuse:
+                gen = json.loads((home / "generate.json").read_text().strip().splitlines()[-1])
+                seen = {r.run_id for r in _instance_runs(home / "dagster")}
+            else:
+                shutil.rmtree(home, ignore_errors=True)
+                (home / "dagster").mkdir(parents=True)
+                (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+                gen = _run_stage(
+                    ["_generate", str(u), str(d), str(args.seed)], env, args.time_limit, home / "generate.log", max_rss
+                )
+                seen = set()
+            stage = ["_cycle", str(args.hours_per_run), ",".join(args.skip_asset), "1" if reuse else "0"]
             cycle = (
-                _run_stage(["_cycle", str(args.hours_per_run)], env, args.time_limit, home / "cycle.log", max_rss)
+                _run_stage(stage, env, args.time_limit, home / "cycle.log", max_rss)
                 if "error" not in gen
                 else {"error": "no data"}
             )
             if "samples" in cycle:
-                cycle["steps"] = steps_from_instance(home / "dagster", cycle.pop("samples"))
+                cycle["steps"] = steps_from_instance(home / "dagster", cycle.pop("samples"), seen)
             gen.pop("samples", None)
             label = f"{u:,} users x {d} days"
             _print_size(label, gen, cycle)
