@@ -25,8 +25,7 @@ import numpy as np
 import polars as pl
 
 from recsys_platform import features as feats
-from recsys_platform.candidates import CandidateContext
-from recsys_platform.collaborative import fit_ease
+from recsys_platform.candidates import CandidateContext, build_context
 from recsys_platform.config import PipelineParams
 from recsys_platform.first_stage import Catalog, FirstStage, exact_top_k, frame_of, rerank_head
 from recsys_platform.hashing import sha256_uint64
@@ -133,14 +132,15 @@ class GlobalInputs:
     users: pl.DataFrame
     ease: Any
     item_features: pl.DataFrame
-    scorers: dict[tuple, Any] = field(default_factory=dict)  # scorers and shard numbers, built once per run
+    # built once per run and reused by every shard the run scores
+    scorers: dict[tuple, BatchScorer] = field(default_factory=dict)
+    shard_numbers: dict[int, tuple[pl.Series, pl.Series]] = field(default_factory=dict)
 
     def shards_of(self, user_ids: pl.Series, n_shards: int) -> pl.Series:
         """`user_shards(user_ids, n_shards)`, hashed once for the run's user list and reused by every shard."""
-        cached = self.scorers.get(("shards", n_shards))
+        cached = self.shard_numbers.get(n_shards)
         if cached is None or not cached[0].equals(user_ids):
-            cached = (user_ids, user_shards(user_ids, n_shards))
-            self.scorers[("shards", n_shards)] = cached
+            cached = self.shard_numbers[n_shards] = (user_ids, user_shards(user_ids, n_shards))
         return cached[1]
 
     def scorer(self, batch: BatchConfig, params: PipelineParams) -> BatchScorer:
@@ -157,43 +157,18 @@ class GlobalInputs:
         return self.scorers[key]
 
 
-def _ts(value: datetime) -> pl.Expr:
-    return pl.lit(value, dtype=TS)
-
-
 def build_global_inputs(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, cutoff: datetime
 ) -> GlobalInputs:
     """Fit the shared candidate sources and item features on everyone's history before `cutoff`."""
-    times = interactions["event_time"]
-    everything_before = times.null_count() == 0 and (times.len() == 0 or times.max() < cutoff)
-    history = (
-        interactions if everything_before else interactions.filter(pl.col("event_time") < pl.lit(cutoff, dtype=TS))
-    )
-    positive = history.filter(pl.col("weight") > 0).select("user_id", "item_id", "weight")
-    ease = fit_ease(positive, l2=200.0, binary=True) if positive.height else None
-    return GlobalInputs(cutoff, history, items, users, ease, feats.item_features(interactions, items, cutoff))
+    ctx = build_context(interactions, items, users, cutoff)
+    return GlobalInputs(cutoff, ctx.history, items, users, ctx.ease, feats.item_features(interactions, items, cutoff))
 
 
 def point_in_time_for(g: GlobalInputs, user_ids: pl.Series, params: PipelineParams) -> PointInTime:
     """`ranking.PointInTime` whose per-user tables cover only `user_ids` (same functions as `PointInTime.build`)."""
-    who = pl.DataFrame({"user_id": user_ids})
-    mine = g.history.join(who, on="user_id", how="semi")
-    ctx = CandidateContext(
-        cutoff=g.cutoff,
-        history=g.history,
-        items=g.items,
-        users=g.users,
-        ease=g.ease,
-        affinities=feats.user_item_affinities(mine, g.items, g.cutoff),
-    )
-    return PointInTime(
-        cutoff=g.cutoff,
-        candidates=ctx,
-        user_features=feats.user_features(mine, g.users.join(who, on="user_id", how="semi"), g.items, g.cutoff),
-        item_features=g.item_features,
-        ui_history=feats.user_item_history(mine, g.cutoff, params.repeat_cap),
-    )
+    ctx = CandidateContext(cutoff=g.cutoff, history=g.history, items=g.items, users=g.users, ease=g.ease, affinities={})
+    return PointInTime.from_context(ctx, g.item_features, user_ids, params)
 
 
 def score_users(model: Any, pit: PointInTime, user_ids: pl.Series, batch: BatchConfig) -> pl.DataFrame:

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from recsys_platform.collaborative import EaseModel, fit_ease
-from recsys_platform.features import user_item_affinities
+from recsys_platform.features import history_before
 
 logger = logging.getLogger(__name__)
 
@@ -56,31 +56,16 @@ def _ts(cutoff: datetime) -> pl.Expr:
 
 
 def build_context(
-    interactions: pl.DataFrame,
-    items: pl.DataFrame,
-    users: pl.DataFrame,
-    cutoff: datetime,
-    user_ids: pl.Series | list[str] | None = None,
+    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, cutoff: datetime
 ) -> CandidateContext:
-    """Fit the candidate sources on interactions strictly before `cutoff` (user affinities only for
-    `user_ids` when given; the global parts always on everyone)."""
-    # At serving time every event is before the cutoff: share the frame instead of copying it.
-    everything = interactions.height == 0 or interactions["event_time"].max() < cutoff
-    history = interactions if everything else interactions.filter(pl.col("event_time") < _ts(cutoff))
+    """Fit the global candidate sources (history, EASE) on interactions strictly before `cutoff`.
+
+    The per-user affinities are left empty: `ranking.PointInTime` computes them for the users it
+    serves, so their cost grows with those users, not with everyone."""
+    history = history_before(interactions, cutoff)
     positive = history.filter(pl.col("weight") > 0).select("user_id", "item_id", "weight")
     ease = fit_ease(positive, l2=200.0, binary=True) if positive.height else None
-    mine = history
-    if user_ids is not None:
-        who = pl.DataFrame({"user_id": pl.Series(list(user_ids), dtype=pl.String)})
-        mine = history.join(who, on="user_id", how="semi")
-    return CandidateContext(
-        cutoff=cutoff,
-        history=history,
-        items=items,
-        users=users,
-        ease=ease,
-        affinities=user_item_affinities(mine, items, cutoff),
-    )
+    return CandidateContext(cutoff=cutoff, history=history, items=items, users=users, ease=ease, affinities={})
 
 
 def _ranked(df: pl.DataFrame, by: list[str], source: str, n: int) -> pl.DataFrame:

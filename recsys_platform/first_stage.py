@@ -28,12 +28,13 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recsys_platform.candidates import POPULARITY_DAYS
 from recsys_platform.collaborative import EaseModel
+from recsys_platform.ranking import recently_completed
 
 logger = logging.getLogger(__name__)
 
 TS = pl.Datetime("us", "UTC")
-POPULARITY_DAYS = 14
 
 
 def index_of(ids: pl.Series, vocabulary: pl.Series) -> np.ndarray:
@@ -168,15 +169,7 @@ class FirstStage:
         counts = np.zeros(catalog.n_items, np.float32)
         idx = catalog.item_index(pop["item_id"])
         counts[idx[idx >= 0]] = pop["n"].to_numpy()[idx >= 0]
-        recent = (
-            history.filter(
-                (pl.col("event_type") == "content_complete")
-                & (pl.col("event_time") >= cut - pl.duration(days=exclude_completed_days))
-            )
-            .select("user_id", "item_id")
-            .unique()
-        )
-        ru, ri, _ = catalog.coded_pairs(recent)
+        ru, ri, _ = catalog.coded_pairs(recently_completed(history, cutoff, exclude_completed_days))
         shape = (catalog.n_users, catalog.n_items)
         if ease is not None:
             ease_row = index_of(catalog.user_ids, ease.data.user_ids)

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from recsys_platform import features as feats
 from recsys_platform.candidates import (
+    CONTENT_FACETS,
     MISSING_RANK,
     SOURCES,
     CandidateContext,
@@ -35,7 +36,7 @@ from recsys_platform.ranking import FEATURE_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-FACETS = {"topic": 1.0, "narrator": 0.6, "content_type": 0.4}  # weights of `candidates.source_content`
+FACETS = dict(CONTENT_FACETS)  # facet -> weight, as `candidates.source_content` sums them
 UI_COLUMNS = ("ui_plays", "ui_completed", "ui_favorited", "ui_bounced", "ui_days_since")
 UI_FILL = {"ui_plays": 0.0, "ui_completed": 0.0, "ui_favorited": 0.0, "ui_bounced": 0.0, "ui_days_since": 999.0}
 
@@ -48,6 +49,14 @@ def _entries(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_items: int)
     keys, rank, score = keys[keep], rank[keep], vals[keep].astype(np.float64)
     order = np.argsort(keys)
     return keys[order], rank[order], score[order]
+
+
+def _find(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position, found) of each query in the sorted `keys` (position is only meaningful where found)."""
+    if not len(keys):
+        return np.zeros(len(query), np.int64), np.zeros(len(query), bool)
+    at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return at, keys[at] == query
 
 
 def _codes(values: pl.Series, vocabulary: list) -> np.ndarray:
@@ -64,11 +73,9 @@ class ChunkSources:
     def lookup(self, name: str, pr: np.ndarray, pi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rank, score) of the pairs in source `name`; MISSING_RANK and 0 where it does not rank them."""
         keys, rank, score = self.entries[name]
-        q = pr.astype(np.int64) * self.n_items + pi
+        at, hit = _find(keys, pr.astype(np.int64) * self.n_items + pi)
         if not len(keys):
-            return np.full(len(q), MISSING_RANK, np.int32), np.zeros(len(q))
-        at = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
-        hit = keys[at] == q
+            return np.full(len(at), MISSING_RANK, np.int32), np.zeros(len(at))
         return np.where(hit, rank[at], MISSING_RANK), np.where(hit, score[at], 0.0)
 
 
@@ -110,7 +117,7 @@ class PairFeatures:
             name: self._item_table(fn(ctx, anyone, self.sizes.get(name, n_candidates)), name)
             for name, fn in (("pop", source_pop), ("new", source_new))
         }
-        seg = users.select("user_id", group=pl.concat_str([pl.col(c) for c in feats.SEGMENT_COLUMNS], separator=":"))
+        seg = feats.user_segments(users).rename({"segment": "group"})
         tod = users.select("user_id", group=pl.col("preferred_daypart"))
         self.group_sources = {
             "seg_pop": self._group_table(ctx, seg, source_segment_pop, "seg_pop"),
@@ -218,11 +225,9 @@ class PairFeatures:
             cols[c] = self.user_matrix[gu, k]
         for facet in FACETS:
             cols[f"aff_{facet}"] = self._lookup(self.affinity[facet], gu, self.item_facet[facet][pi])
-        keys = gu.astype(np.int64) * self.catalog.n_items + pi
-        at = np.minimum(np.searchsorted(self.ui_keys, keys), max(len(self.ui_keys) - 1, 0))
-        hit = (self.ui_keys[at] == keys) if len(self.ui_keys) else np.zeros(len(keys), bool)
+        at, hit = _find(self.ui_keys, gu.astype(np.int64) * self.catalog.n_items + pi)
         for c in UI_COLUMNS:
-            cols[c] = np.where(hit, self.ui[c][at], UI_FILL[c]) if len(self.ui_keys) else np.full(len(keys), UI_FILL[c])
+            cols[c] = np.where(hit, self.ui[c][at], UI_FILL[c]) if len(self.ui_keys) else np.full(len(at), UI_FILL[c])
         cols["level_gap"] = self.item_level[pi] - self.user_level[gu]
         il, ul = self.item_language[pi], self.user_language[gu]
         cols["language_match"] = np.where((il < 0) | (ul < 0), np.nan, (il == ul).astype(np.float64))

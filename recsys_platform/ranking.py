@@ -96,22 +96,23 @@ class PointInTime:
     ) -> PointInTime:
         """Compute the feature tables and fit the candidate sources as of `cutoff`; the per-user tables
         (user features, affinities, user-item history) only for `user_ids` when given (default: all)."""
-        ctx = build_context(interactions, items, users, cutoff, user_ids=[])
-        return cls._assemble(ctx, feats.item_features(ctx.history, items, cutoff), user_ids, params)
+        ctx = build_context(interactions, items, users, cutoff)
+        return cls.from_context(ctx, feats.item_features(ctx.history, items, cutoff), user_ids, params)
 
     def for_users(self, user_ids: pl.Series | list[str], params: PipelineParams) -> PointInTime:
         """The same global parts (history, EASE, item features) with the per-user tables rebuilt for
         `user_ids` only: memory that grows with those users, not with everyone."""
-        return self._assemble(self.candidates, self.item_features, user_ids, params)
+        return self.from_context(self.candidates, self.item_features, user_ids, params)
 
     @classmethod
-    def _assemble(
+    def from_context(
         cls,
         ctx: CandidateContext,
         item_features: pl.DataFrame,
         user_ids: pl.Series | list[str] | None,
         params: PipelineParams,
     ) -> PointInTime:
+        """Global parts from `ctx` and `item_features`; the per-user tables for `user_ids` (None: everyone)."""
         mine, users = ctx.history, ctx.users
         if user_ids is not None:
             who = pl.DataFrame({"user_id": pl.Series(list(user_ids), dtype=pl.String)})

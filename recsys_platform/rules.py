@@ -79,19 +79,29 @@ def rule(kind: str) -> Callable[[Callable[..., pl.DataFrame]], Callable[..., pl.
     return register
 
 
-def _position(frame: pl.DataFrame) -> pl.Series:
-    """0-based position of each row within its user's rows, in row order (as `int_range().over("user_id")`);
-    a numpy pass when each user's rows are contiguous and users ascend, as rules keep them."""
-    if frame.height == 0:
-        return pl.Series("_pos", [], dtype=pl.Int64)
+def _user_starts(frame: pl.DataFrame) -> np.ndarray | None:
+    """Mask of each user's first row when every user's rows are contiguous and users ascend (as rules keep
+    them), else None: the condition for the numpy passes below to equal their `over("user_id")` forms."""
     users = frame["user_id"]
     new = (users != users.shift(1)).fill_null(True)
     firsts = users.filter(new)
-    if not (firsts.slice(1) > firsts.slice(0, firsts.len() - 1)).all():
+    return new.to_numpy() if (firsts.slice(1) > firsts.slice(0, firsts.len() - 1)).all() else None
+
+
+def _offsets(starts: np.ndarray) -> np.ndarray:
+    """0-based offset of each row from the last row before it (itself included) where `starts` is True."""
+    idx = np.arange(len(starts))
+    return idx - np.maximum.accumulate(np.where(starts, idx, 0))
+
+
+def _position(frame: pl.DataFrame) -> pl.Series:
+    """0-based position of each row within its user's rows, in row order (as `int_range().over("user_id")`)."""
+    if frame.height == 0:
+        return pl.Series("_pos", [], dtype=pl.Int64)
+    starts = _user_starts(frame)
+    if starts is None:
         return frame.select(_pos=pl.int_range(pl.len()).over("user_id").cast(pl.Int64)).to_series()
-    idx = np.arange(frame.height)
-    start = np.maximum.accumulate(np.where(new.to_numpy(), idx, 0))
-    return pl.Series("_pos", idx - start, dtype=pl.Int64)
+    return pl.Series("_pos", _offsets(starts), dtype=pl.Int64)
 
 
 def _rerank(frame: pl.DataFrame, key: pl.Expr) -> pl.DataFrame:
@@ -167,20 +177,15 @@ def _nth_in_group(frame: pl.DataFrame, column: str) -> pl.Series:
     """0-based occurrence of each row's (user, `column`) value in row order (as `int_range().over(user, column)`)."""
     if frame.height == 0:
         return pl.Series("_nth", [], dtype=pl.Int64)
-    users = frame["user_id"]
-    new = (users != users.shift(1)).fill_null(True)
-    firsts = users.filter(new)
-    if not (firsts.slice(1) > firsts.slice(0, firsts.len() - 1)).all():
+    starts = _user_starts(frame)
+    if starts is None:
         return frame.select(_nth=pl.int_range(pl.len()).over("user_id", column).cast(pl.Int64)).to_series()
-    block = np.cumsum(new.to_numpy()).astype(np.int64)
     code = frame[column].rank("dense").fill_null(0).cast(pl.Int64).to_numpy()
-    key = block * (int(code.max()) + 1) + code
+    key = np.cumsum(starts).astype(np.int64) * (int(code.max()) + 1) + code
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
-    starts = np.r_[True, sorted_key[1:] != sorted_key[:-1]]
-    idx = np.arange(len(key))
     nth = np.empty(len(key), np.int64)
-    nth[order] = idx - np.maximum.accumulate(np.where(starts, idx, 0))
+    nth[order] = _offsets(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
     return pl.Series("_nth", nth)
 
 

@@ -66,12 +66,7 @@ def row_normalise(matrix: np.ndarray) -> np.ndarray:
 
 def ease_from_gram(gram: np.ndarray, l2: float) -> np.ndarray:
     """EASE weights (zero diagonal) for an item Gram matrix: B = I - P / diag(P), P = (G + l2 I)^-1."""
-    regularised = np.array(gram, dtype=np.float64)
-    regularised[np.diag_indices_from(regularised)] += l2
-    precision = np.linalg.inv(regularised)
-    weights = precision / (-np.diag(precision))
-    np.fill_diagonal(weights, 0.0)
-    return weights
+    return edlae_from_gram(gram, 0.0, l2)
 
 
 def edlae_from_gram(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:
