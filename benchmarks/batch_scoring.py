@@ -76,10 +76,14 @@ def run(data: Path, out: Path, shards: int, time_limit: float, chunk_users: int,
     print(f"start: load {os.getloadavg()}, cpus {os.cpu_count()}", flush=True)
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    cpu_at = [time.process_time()]
 
     def mark(name: str, since: float) -> float:
-        now_ = time.perf_counter()
+        now_, cpu_now = time.perf_counter(), time.process_time()
         phases[name] = phases.get(name, 0.0) + now_ - since
+        cpu[name] = cpu.get(name, 0.0) + cpu_now - cpu_at[0]
+        cpu_at[0] = cpu_now
         return now_
 
     items, users = pl.read_parquet(data / "items.parquet"), pl.read_parquet(data / "users.parquet")
@@ -151,6 +155,7 @@ def run(data: Path, out: Path, shards: int, time_limit: float, chunk_users: int,
     )
     print(f"on disk: lake {sizes['lake'] / 1024**3:.2f} GiB, exports {sizes['exports'] / 1024**3:.2f} GiB")
     print("phases: " + ", ".join(f"{k} {v:.0f}s" for k, v in phases.items()))
+    print("cpu (process seconds): " + ", ".join(f"{k} {v:.0f}s" for k, v in cpu.items()))
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     print(f"wall {wall:.0f}s; peak RSS {_peak_gib():.2f} GiB (children: {children:.2f} GiB)")
     if done < len(keys):

@@ -294,17 +294,33 @@ def build_sets(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Apply every set's rules to the scored lists, `chunk_users` users at a time (bounds memory);
     return (sets in RECOMMENDATION_SET_SCHEMA, rows removed and moved per set and rule)."""
-    users = scores["user_id"].unique(maintain_order=True)
+    users, offsets = _user_runs(scores["user_id"])
     ctx = _context_of(ctx, pl.DataFrame({"user_id": users}))
     parts, counts = [], []
     for start in range(0, max(users.len(), 1), chunk_users):
         who = pl.DataFrame({"user_id": users.slice(start, chunk_users)})
-        chunk = scores.join(who, on="user_id", how="semi", maintain_order="left")
+        if offsets is None:
+            chunk = scores.join(who, on="user_id", how="semi", maintain_order="left")
+        else:  # each user's rows are one contiguous run: the chunk is a slice (a semi join per chunk is quadratic)
+            end = offsets[start + chunk_users] if start + chunk_users < users.len() else scores.height
+            chunk = scores.slice(int(offsets[start]), int(end - offsets[start]))
         sets, c = _build_sets_chunk(chunk, items, _context_of(ctx, who), config)
         parts.append(sets)
         counts.append(c)
     total = pl.concat(counts).group_by("set_name", "step", "rule", maintain_order=True).agg(pl.all().sum())
     return pl.concat(parts), total.select([pl.col(c).cast(t) for c, t in RULE_COUNT_SCHEMA.items()])
+
+
+def _user_runs(user_ids: pl.Series) -> tuple[pl.Series, np.ndarray | None]:
+    """(distinct users in order of first appearance, first row of each) when every user's rows are one
+    contiguous run (as score_shard writes them), else (the distinct users, None)."""
+    if user_ids.len() == 0:
+        return user_ids.unique(maintain_order=True), None
+    starts = (user_ids != user_ids.shift(1)).fill_null(True)
+    firsts = user_ids.filter(starts)
+    if firsts.n_unique() != firsts.len():
+        return user_ids.unique(maintain_order=True), None
+    return firsts, np.flatnonzero(starts.to_numpy())
 
 
 def _context_of(ctx: RuleContext, who: pl.DataFrame) -> RuleContext:

@@ -349,11 +349,15 @@ def _renumber(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(rank=(_position(frame) + 1).cast(pl.Int64))
 
 
-def _moved(before: pl.DataFrame, after: pl.DataFrame) -> int:
-    """Rows that sit at another position among the rows both frames share (frames sorted by user, rank)."""
-    if before.height != after.height:
-        before = before.join(after.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi")
-        after = after.join(before.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi")
+def _moved(before: pl.DataFrame, after: pl.DataFrame, same_rows: bool) -> int:
+    """Rows that sit at another position among the rows both frames share (frames sorted by user, rank).
+
+    `same_rows`: the rule only reorders. Otherwise the shared rows are found by (user, item) even when
+    the heights match (a roll-up of one-item series replaces rows one for one)."""
+    if not same_rows or before.height != after.height:
+        shared = ["user_id", "item_id"]  # row order is what is compared: joins must keep it
+        before = before.join(after.select(shared), on=shared, how="semi", maintain_order="left")
+        after = after.join(before.select(shared), on=shared, how="semi", maintain_order="left")
     if before.height != after.height:  # duplicates; count by rank instead
         return int(after.height)
     return int((before["item_id"] != after["item_id"]).sum() + (before["user_id"] != after["user_id"]).sum())
@@ -379,7 +383,7 @@ def apply_rules(
         spec = RULES[step.name]
         out = _renumber(spec.fn(frame, ctx, **step.params))
         removed = frame.height - out.height
-        moved = 0 if spec.kind == FILTER else _moved(frame, out)
+        moved = 0 if spec.kind == FILTER else _moved(frame, out, same_rows=spec.kind == REORDER)
         counts.append({"rule": step.name, "rows_in": frame.height, "removed": removed, "moved": moved})
         logger.debug("rule %s: %d removed, %d moved", step.name, removed, moved)
         frame = out

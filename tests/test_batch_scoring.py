@@ -144,6 +144,18 @@ def test_sets_obey_their_rules_on_real_scores(world):
     assert counts.filter(pl.col("rule") == "content_type")["removed"][0] > 0
 
 
+def test_sets_are_independent_of_chunking_and_of_row_order(world):
+    scores, items, config = world["scores"], world["ds"].items, world["config"]
+    ctx = bs.rule_context(world["ds"].users, world["inter"], world["searches"], NOW.date(), world["cutoff"])
+    sets, counts = world["sets"], world["counts"]
+    key = ["set_name", "user_id", "rank"]  # chunks concatenate set by set within each chunk
+    chunked, chunked_counts = bs.build_sets(scores, items, ctx, config, chunk_users=37)  # contiguous users: slices
+    assert chunked.sort(key).equals(sets.sort(key)) and chunked_counts.equals(counts)
+    mixed = scores.sample(fraction=1.0, shuffle=True, seed=1)  # users not contiguous: the semi-join path
+    again, again_counts = bs.build_sets(mixed, items, ctx, config, chunk_users=37)
+    assert again.sort(key).equals(sets.sort(key)) and again_counts.equals(counts)
+
+
 def test_json_lines_export_is_one_row_per_user_per_set_in_the_batch_format(world, tmp_path: Path):
     sets = world["sets"].filter(pl.col("user_id").is_in(world["shards"]["shard-01"]["user_id"].unique().implode()))
     written = bs.export_sets(sets, tmp_path, "shard-01")
