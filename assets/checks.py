@@ -15,7 +15,7 @@ import polars as pl
 
 from assets.partitions import arrival_hours
 from recsys_platform.landing import EVENTS_PREFIX, FILE_FORMATS, partition_key_of
-from recsys_platform.quality import QualityResult, validate_frame
+from recsys_platform.quality import QualityResult, load_suite, validate_frame
 from recsys_platform.reconciliation import reconcile_files
 from recsys_platform.reporting import frame_preview_markdown
 from resources import LandingZoneResource
@@ -49,24 +49,62 @@ def quality_check_result(result: QualityResult, extra: dict[str, Any] | None = N
     )
 
 
-def _by_partition(df: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """Split stored events by arrival hour (the hour folder of their source file)."""
+PARTITION_COLUMN = "arrival_partition"
+
+
+def _keyed(df: pl.DataFrame) -> pl.DataFrame:
+    """Stored events with their arrival hour (the hour folder of their source file) as a column."""
     keys = {f: partition_key_of(f) or "" for f in df["source_file"].unique().to_list()}
-    keyed = df.with_columns(_partition=pl.col("source_file").replace_strict(keys, return_dtype=pl.String))
-    return {k: part.drop("_partition") for (k,), part in keyed.partition_by("_partition", as_dict=True).items()}
+    return df.with_columns(pl.col("source_file").replace_strict(keys, return_dtype=pl.String).alias(PARTITION_COLUMN))
 
 
-@dg.asset_check(asset="raw_events", blocking=True, partitions_def=arrival_hours)
-def raw_events_expectations(context: dg.AssetCheckExecutionContext, raw_events: pl.DataFrame) -> dg.AssetCheckResult:
-    """GX suite expectations/raw_events.json on each arrival hour of the run (blocking). event_id is
-    unique within an hour, so hours are validated one by one; a run over more than
-    MAX_PARTITIONS_VALIDATED hours validates the latest one plus a seeded sample of the others."""
-    parts = _by_partition(raw_events) if raw_events.height else {context.partition_keys[-1]: raw_events}
+def _by_partition(keyed: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Split keyed events by arrival hour."""
+    return {k: part.drop(PARTITION_COLUMN) for (k,), part in keyed.partition_by(PARTITION_COLUMN, as_dict=True).items()}
+
+
+def _suite_over_hours(spec: dict[str, Any]) -> dict[str, Any]:
+    """The raw_events suite for several arrival hours in one frame: the partition column is expected too,
+    and what is unique within an hour (event_id) is unique per (partition, value)."""
+    expectations = []
+    for exp in spec["expectations"]:
+        kwargs = exp["kwargs"]
+        if exp["type"] == "expect_table_columns_to_match_set":
+            exp = {**exp, "kwargs": {**kwargs, "column_set": [*kwargs["column_set"], PARTITION_COLUMN]}}
+        elif exp["type"] == "expect_column_values_to_be_unique":
+            column_list = [PARTITION_COLUMN, kwargs["column"]]
+            exp = {**exp, "type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": column_list}}
+        expectations.append(exp)
+    return {**spec, "expectations": expectations}
+
+
+def _validate_hours(parts: dict[str, pl.DataFrame]) -> dict[str, QualityResult]:
+    """Validate arrival hours one by one; above MAX_PARTITIONS_VALIDATED, the latest plus a seeded sample."""
     keys = sorted(parts)
     if len(keys) > MAX_PARTITIONS_VALIDATED:
         rng = random.Random(0)
         keys = sorted([*rng.sample(keys[:-1], MAX_PARTITIONS_VALIDATED - 1), keys[-1]])
-    results = {key: validate_frame(parts[key], "raw_events") for key in keys}
+    return {key: validate_frame(parts[key], "raw_events") for key in keys}
+
+
+@dg.asset_check(asset="raw_events", blocking=True, partitions_def=arrival_hours)
+def raw_events_expectations(context: dg.AssetCheckExecutionContext, raw_events: pl.DataFrame) -> dg.AssetCheckResult:
+    """GX suite expectations/raw_events.json on the run's arrival hours (blocking). A run over several
+    hours is validated in one GX call over a seeded sample of all its rows, event_id unique per hour;
+    only when that fails are hours validated one by one (the latest plus a seeded sample of
+    MAX_PARTITIONS_VALIDATED when there are more) to name the partitions that fail."""
+    keyed = _keyed(raw_events) if raw_events.height else None
+    hours = sorted(keyed[PARTITION_COLUMN].unique().to_list()) if keyed is not None else []
+    batch = validate_frame(keyed, _suite_over_hours(load_suite("raw_events"))) if len(hours) > 1 else None
+    if batch is not None and batch.success:
+        extra = {
+            "partitions_in_run": len(hours),
+            "partitions_validated": len(hours),
+            "partitions_failed": dg.MetadataValue.json([]),
+        }
+        return quality_check_result(replace(batch, suite="raw_events"), {**extra, "validation": "one call, all hours"})
+    parts = _by_partition(keyed) if keyed is not None else {context.partition_keys[-1]: raw_events}
+    results = _validate_hours(parts)
     failures = [replace(f, kwargs={**f.kwargs, "partition": k}) for k, r in results.items() for f in r.failures]
     merged = QualityResult(
         suite="raw_events",

@@ -180,3 +180,55 @@ def test_great_expectations_is_imported_lazily():
     code = "import sys, recsys_platform.quality, assets.checks; print('great_expectations' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _hours_run(tmp_path, frames: dict[str, pl.DataFrame]):
+    """Materialize raw_events over a range of arrival hours (one run, as ranged ingestion does) with its GX check."""
+    from recsys_platform.definitions import partition_range_tags
+    from resources import LakeIOManager
+
+    @dg.asset(name="raw_events", partitions_def=arrival_hours, backfill_policy=dg.BackfillPolicy.single_run())
+    def ranged_raw_events(context: dg.AssetExecutionContext) -> dict[str, pl.DataFrame]:
+        return {key: frames[key] for key in context.partition_keys}
+
+    keys = sorted(frames)
+    return dg.materialize(
+        [ranged_raw_events, raw_events_expectations],
+        tags=partition_range_tags(keys[0], keys[-1]),
+        resources={"io_manager": LakeIOManager(base_url=str(tmp_path / "lake"))},
+        raise_on_error=False,
+    )
+
+
+def _in_hour(df: pl.DataFrame, key: str) -> pl.DataFrame:
+    day, hour = key[:10], key[11:13]
+    return df.with_columns(source_file=pl.lit(f"events/dt={day}/hr={hour}/a.parquet"))
+
+
+def test_a_run_over_several_hours_is_validated_in_one_call_with_event_ids_unique_per_hour(tmp_path):
+    # the same event ids in both hours: unique within each hour, as the suite requires
+    good = {k: _in_hour(events(40), k) for k in ("2026-03-02-14:00", "2026-03-02-15:00")}
+    result = _hours_run(tmp_path, good)
+    assert result.success
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed and check.metadata["rows"].value == 80
+    assert (check.metadata["partitions_in_run"].value, check.metadata["partitions_validated"].value) == (2, 2)
+    assert check.metadata["validation"].value == "one call, all hours"
+
+
+def test_a_failing_run_over_several_hours_names_the_partitions_that_fail(tmp_path):
+    bad = events(40).with_columns(event_type=pl.lit("teleport"))
+    duplicated = pl.concat([events(40), events(40).head(2)])
+    frames = {
+        "2026-03-02-14:00": _in_hour(events(40), "2026-03-02-14:00"),
+        "2026-03-02-15:00": _in_hour(bad, "2026-03-02-15:00"),
+        "2026-03-02-16:00": _in_hour(duplicated, "2026-03-02-16:00"),
+    }
+    result = _hours_run(tmp_path, frames)
+    assert not result.success
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed
+    assert check.metadata["partitions_failed"].value == ["2026-03-02-15:00", "2026-03-02-16:00"]
+    failed = {(f["expectation"], f["kwargs"]["partition"]) for f in check.metadata["failures"].value}
+    assert ("expect_column_values_to_be_in_set", "2026-03-02-15:00") in failed
+    assert ("expect_column_values_to_be_unique", "2026-03-02-16:00") in failed
