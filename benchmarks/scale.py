@@ -180,9 +180,18 @@ def _aggregate(rows: list[dict]) -> list[dict]:
     return list(out.values())
 
 
+def training_cycle_job():
+    """The training_cycle job of the shared Definitions, as a function the multiprocess executor can
+    reconstruct in each step's process."""
+    from recsys_platform.definitions import defs
+
+    return defs.resolve_job_def("training_cycle")
+
+
 def stage_cycle(hours_per_run: int, skip_assets: list[str] | None = None, skip_ingest: bool = False) -> dict:
-    """Run ingest_events (arrival hours in runs of `hours_per_run`, 0 = one run; none with `skip_ingest`)
-    and training_cycle (minus `skip_assets`) in-process; per-step time and memory."""
+    """Run ingest_events in-process (arrival hours in runs of `hours_per_run`, 0 = one run; none with
+    `skip_ingest`), then training_cycle (minus `skip_assets`) on the executor RECSYS_EXECUTOR selects
+    (multiprocess: every step in its own process, so a finished step's memory is returned)."""
     import dagster as dg
 
     from recsys_platform.config import Settings
@@ -205,11 +214,21 @@ def stage_cycle(hours_per_run: int, skip_assets: list[str] | None = None, skip_i
         if skip_assets and job == "training_cycle":
             skipped = {dg.AssetKey(a) for a in skip_assets}
             selection = [k for k in job_def.asset_layer.selected_asset_keys if k not in skipped]
-        result = job_def.execute_in_process(
-            instance=instance, tags=tags, raise_on_error=False, asset_selection=selection
-        )
-        jobs.append({"job": job, "seconds": time.perf_counter() - t0, "success": result.success})
-        if not result.success:
+        if job == "training_cycle" and os.environ.get("RECSYS_EXECUTOR") == "multiprocess":
+            with dg.execute_job(
+                dg.reconstructable(training_cycle_job),
+                instance=instance,
+                tags=tags,
+                raise_on_error=False,
+                asset_selection=selection,
+            ) as result:
+                success = result.success
+        else:
+            success = job_def.execute_in_process(
+                instance=instance, tags=tags, raise_on_error=False, asset_selection=selection
+            ).success
+        jobs.append({"job": job, "seconds": time.perf_counter() - t0, "success": success})
+        if not success:
             break
     by_job: dict[str, dict] = {}
     for j in jobs:
@@ -255,6 +274,20 @@ def steps_from_instance(
 
 
 # --- driver -----------------------------------------------------------------------------------
+
+KEPT_FOR_REINGEST = ("landing", "generate.json", "generate.log")
+
+
+def _clear_all_but_landing(home: Path) -> None:
+    """Remove a kept size's lake, instance, stores and logs; keep its generated landing zone."""
+    for path in home.iterdir():
+        if path.name not in KEPT_FOR_REINGEST:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    (home / "dagster").mkdir()
+    (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
 
 
 def _running_step(log: Path) -> str:
@@ -383,6 +416,20 @@ def main() -> None:
         action="store_true",
         help="with --keep: reuse a size's generated and ingested data, run only training_cycle (a new run)",
     )
+    parser.add_argument(
+        "--reingest",
+        action="store_true",
+        help="with --reuse: keep only the generated landing zone and run ingestion again on a fresh lake and instance",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=["multiprocess", "in_process"],
+        default="multiprocess",
+        help="training_cycle executor: multiprocess runs each step in its own process (ingestion is always in-process)",
+    )
+    parser.add_argument(
+        "--max-concurrent", type=int, default=1, help="steps of training_cycle run at once (multiprocess)"
+    )
     parser.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one, removed)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
@@ -396,9 +443,18 @@ def main() -> None:
     try:
         for u, d in sizes:
             home = root / f"u{u}_d{d}"
-            env = os.environ | {"RECSYS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+            env = os.environ | {
+                "RECSYS_HOME": str(home),
+                "DAGSTER_HOME": str(home / "dagster"),
+                "RECSYS_EXECUTOR": args.executor,
+                "RECSYS_MAX_CONCURRENT": str(args.max_concurrent),
+            }
             reuse = args.reuse and args.keep is not None and (home / "generate.json").exists()
-            if reuse:
+            if reuse and args.reingest:
+                _clear_all_but_landing(home)
+                gen = json.loads((home / "generate.json").read_text().strip().splitlines()[-1])
+                seen, reuse = set(), False
+            elif reuse:
                 gen = json.loads((home / "generate.json").read_text().strip().splitlines()[-1])
                 seen = {r.run_id for r in _instance_runs(home / "dagster")}
             else:
