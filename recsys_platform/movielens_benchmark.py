@@ -2,8 +2,8 @@
 
 Protocol: every rating is an implicit positive; per-user stratified random split 75/25 with a
 fixed seed; top-10 excluding items seen in train; nDCG, precision, recall and MAP at 10 against
-the test ratings. Every choice (EASE l2, iALS l2, EDLAE dropout and l2, blend weights, ranker early stopping) is made
-on splits of the training part only. Peak memory is the process's resident-set high-water mark
+the test ratings. Every choice (EASE l2, iALS l2, EDLAE dropout and l2, blend weights, the availability
+slack, ranker early stopping) is made on splits of the training part only. Peak memory is the process's resident-set high-water mark
 (``ru_maxrss``) after each run, so it never decreases across runs within one process.
 """
 
@@ -57,6 +57,7 @@ def _ensemble(train: pl.DataFrame, data: MovieLensData, seed: int) -> tuple[pl.D
         "ials_l2": model.ials_reg,
         "edlae_dropout": model.edlae_params[0],
         "edlae_l2": model.edlae_params[1],
+        "availability_days": str(model.availability_days),
         "inner_ndcg": round(model.inner_ndcg, 5),
         **{f"weight_{name}": w for name, w in model.weights.items()},
     }
@@ -70,6 +71,7 @@ def _two_stage(train: pl.DataFrame, data: MovieLensData, seed: int) -> tuple[pl.
         "ials_l2": ranker.ensemble.ials_reg,
         "edlae_dropout": ranker.ensemble.edlae_params[0],
         "edlae_l2": ranker.ensemble.edlae_params[1],
+        "availability_days": str(ranker.ensemble.availability_days),
         **{f"weight_{name}": w for name, w in ranker.ensemble.weights.items()},
         "candidates": cfg.candidates,
         "inner_candidate_recall": round(ranker.candidate_recall, 4),

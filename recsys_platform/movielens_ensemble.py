@@ -14,6 +14,10 @@ Components (each a dense user x item score matrix, standardised per user over un
 Blend weights come from coordinate ascent on nDCG@10 of an inner split of the training part
 (per-user random 75/25, like the outer protocol). The components are then refitted on the whole
 training part and blended with those weights. The test split is never seen here.
+
+Availability: a title that nobody had rated until more than ``availability_days`` after a user's
+last rating was not in the catalogue while that user was active, so the blend ranks it below every
+title that was (the slack, or no rule, is picked on the inner split like everything else).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class EnsembleConfig:
     inner_ratio: float = 0.75
     weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
     weight_rounds: int = 2
+    availability_grid: tuple[float | None, ...] = (None, 0.0, 1.0, 3.0, 7.0)
     k: int = 10
 
 
@@ -110,20 +115,45 @@ def standardise(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
     return np.where(seen, -np.inf, z).astype(np.float32)
 
 
+# Far below any blend of z-scores, far above -inf (seen): unavailable titles come after available ones.
+UNAVAILABLE_PENALTY = np.float32(1000.0)
+DAY_S = 86400.0
+
+
 @dataclass
 class Components:
-    """Standardised component scores on one training set."""
+    """Standardised component scores on one training set.
+
+    ``arrival_gap_days[u, i]``: days from user u's last rating to the first rating of item i by anyone
+    (> 0: the item appeared after the user was last seen). With ``availability_days`` set, ``blend``
+    ranks items whose gap exceeds it below every other unseen item; None turns the rule off.
+    """
 
     seen: np.ndarray
     z: dict[str, np.ndarray] = field(default_factory=dict)
+    arrival_gap_days: np.ndarray | None = None
+    availability_days: float | None = None
 
     def blend(self, weights: dict[str, float]) -> np.ndarray:
-        """Weighted sum of the standardised components (seen items -inf)."""
+        """Weighted sum of the standardised components (seen items -inf, unavailable ones penalised)."""
         out = np.zeros(self.seen.shape, np.float32)
         for name, w in weights.items():
             if w:
                 out += np.float32(w) * np.where(self.seen, 0.0, self.z[name])
+        if self.availability_days is not None and self.arrival_gap_days is not None:
+            out -= UNAVAILABLE_PENALTY * (self.arrival_gap_days > self.availability_days)
         return np.where(self.seen, -np.inf, out)
+
+
+def arrival_gap_days(enc: Encoded) -> np.ndarray:
+    """Days from each user's last rating to each item's first rating (float32, users x items)."""
+    n_users, n_items = enc.shape
+    times = enc.times.astype(np.float64)
+    first_seen = np.full(n_items, np.inf)
+    np.minimum.at(first_seen, enc.items, times)
+    user_last = np.full(n_users, -np.inf)
+    np.maximum.at(user_last, enc.users, times)
+    return ((first_seen[None, :] - user_last[:, None]) / DAY_S).astype(np.float32)
 
 
 def _edlae_name(params: tuple[float, float]) -> str:
@@ -161,7 +191,8 @@ def fit_components(
     for reg in ials_regs:
         factors = fit_ials_matrix(x.tocsr(), cfg.ials_factors, cfg.ials_alpha, reg, cfg.ials_iterations, seed=0)
         raw[f"ials@{reg:g}"] = factors.scores()
-    comps = Components(seen=seen, z={name: standardise(s, seen) for name, s in raw.items()})
+    z = {name: standardise(s, seen) for name, s in raw.items()}
+    comps = Components(seen=seen, z=z, arrival_gap_days=arrival_gap_days(enc))
     logger.info("ensemble components on %d ratings in %.1fs", len(enc.users), time.perf_counter() - start)
     return comps
 
@@ -214,6 +245,11 @@ class TemporalEnsemble:
     inner_encoded: Encoded
 
     @property
+    def availability_days(self) -> float | None:
+        """Slack of the availability rule picked on the inner split (None: off)."""
+        return self.components.availability_days
+
+    @property
     def user_ids(self) -> pl.Series:
         """User vocabulary (row order of every matrix)."""
         return self.encoded.user_ids
@@ -261,8 +297,20 @@ def _keep_best(comps: Components, truth: np.ndarray, names: dict, component: str
     return best, scores
 
 
+def pick_availability(
+    comps: Components, weights: dict[str, float], truth: np.ndarray, cfg: EnsembleConfig
+) -> tuple[float | None, dict]:
+    """Set ``comps.availability_days`` to the grid value with the best nDCG@k (ties: the earlier, None first)."""
+    scores = {}
+    for days in cfg.availability_grid:
+        comps.availability_days = days
+        scores[days] = dense_ndcg(comps.blend(weights), truth, cfg.k)
+    comps.availability_days = max(scores, key=scores.__getitem__)
+    return comps.availability_days, scores
+
+
 def fit_temporal_ensemble(train: pl.DataFrame, cfg: EnsembleConfig | None = None, seed: int = 0) -> TemporalEnsemble:
-    """Choose iALS l2, EDLAE dropout/l2 and blend weights on an inner split of train, then refit on train."""
+    """Choose iALS l2, EDLAE dropout/l2, blend weights and the availability slack on an inner split, then refit."""
     cfg = cfg or EnsembleConfig()
     user_ids, item_ids = train["user_id"].unique().sort(), train["item_id"].unique().sort()
     inner_train, inner_val = stratified_split(train, cfg.inner_ratio, seed=seed + 1000)
@@ -271,15 +319,19 @@ def fit_temporal_ensemble(train: pl.DataFrame, cfg: EnsembleConfig | None = None
     truth = encode(inner_val, user_ids, item_ids).dense()
     reg, ials_scores = _keep_best(inner, truth, {r: f"ials@{r:g}" for r in cfg.ials_reg_grid}, "ials", cfg.k)
     edlae, edlae_scores = _keep_best(inner, truth, {p: _edlae_name(p) for p in cfg.edlae_grid}, "edlae", cfg.k)
-    weights, inner_ndcg = learn_weights(inner, truth, COMPONENTS, cfg)
+    weights, _ = learn_weights(inner, truth, COMPONENTS, cfg)
+    availability, availability_scores = pick_availability(inner, weights, truth, cfg)
+    inner_ndcg = availability_scores[availability]
     logger.info(
-        "inner split: stack %.4f, iALS %s -> l2=%g, EDLAE %s -> %s, blend %s -> nDCG@%d %.4f",
+        "inner split: stack %.4f, iALS %s -> l2=%g, EDLAE %s -> %s, blend %s, availability %s -> %s: nDCG@%d %.4f",
         dense_ndcg(inner.z["stack"], truth, cfg.k),
         {f"{k:g}": round(v, 4) for k, v in ials_scores.items()},
         reg,
         {_edlae_name(k): round(v, 4) for k, v in edlae_scores.items()},
         edlae,
         weights,
+        {str(k): round(v, 4) for k, v in availability_scores.items()},
+        availability,
         cfg.k,
         inner_ndcg,
     )
@@ -287,4 +339,5 @@ def fit_temporal_ensemble(train: pl.DataFrame, cfg: EnsembleConfig | None = None
     full = fit_components(enc, cfg, (reg,), (edlae,))
     full.z["ials"] = full.z.pop(f"ials@{reg:g}")
     full.z["edlae"] = full.z.pop(_edlae_name(edlae))
+    full.availability_days = availability
     return TemporalEnsemble(cfg, weights, reg, edlae, inner_ndcg, full, inner, truth, enc, inner_enc)

@@ -22,10 +22,13 @@ from recsys_platform.movielens import (
 from recsys_platform.movielens_ensemble import (
     COMPONENTS,
     Components,
+    Encoded,
     EnsembleConfig,
+    arrival_gap_days,
     dense_ndcg,
     fit_temporal_ensemble,
     learn_weights,
+    pick_availability,
     standardise,
     top_k_frame,
 )
@@ -217,3 +220,33 @@ def test_edlae_is_ease_with_dropout_scaled_item_l2() -> None:
         assert weights[j, j] == 0.0
     with pytest.raises(ValueError):
         edlae_from_gram(gram, 1.0, l2)
+
+
+def test_availability_ranks_items_that_appeared_after_the_user_left_last() -> None:
+    day = 86400
+    # user 0 rated item 0 on day 10 and left; item 2 was first rated (by user 1) on day 12, item 1 on day 5
+    enc = Encoded(
+        users=np.array([0, 1, 1, 1]),
+        items=np.array([0, 1, 2, 0]),
+        times=np.array([10, 5, 12, 11]) * day,
+        user_ids=pl.Series(["a", "b"]),
+        item_ids=pl.Series(["i0", "i1", "i2"]),
+    )
+    gaps = arrival_gap_days(enc)
+    np.testing.assert_allclose(gaps, [[0, -5, 2], [-2, -7, 0]])  # item first rating minus user last rating
+    seen = enc.dense()
+    z = {"cf": np.array([[0.0, 0.1, 0.9], [0.0, 0.0, 0.0]], np.float32)}
+    comps = Components(seen=seen, z=z, arrival_gap_days=gaps)
+    assert comps.blend({"cf": 1.0})[0].argmax() == 2  # no rule: item 2 wins on its score
+    comps.availability_days = 1.0
+    blended = comps.blend({"cf": 1.0})
+    assert blended[0].argmax() == 1 and np.isfinite(blended[0, 2]) and np.isneginf(blended[0, 0])
+    comps.availability_days = 3.0  # two days late is within a three-day slack
+    assert comps.blend({"cf": 1.0})[0].argmax() == 2
+    # picked on validation truth: user 0 did rate item 1, so the rule wins; ties keep the rule off
+    truth = np.array([[False, True, False], [False, False, False]])
+    best, scores = pick_availability(comps, {"cf": 1.0}, truth, EnsembleConfig(availability_grid=(None, 1.0, 3.0), k=1))
+    assert best == 1.0 and comps.availability_days == 1.0
+    assert scores == {None: 0.0, 1.0: 1.0, 3.0: 0.0}
+    tie, _ = pick_availability(comps, {"cf": 1.0}, truth, EnsembleConfig(availability_grid=(None, 3.0), k=1))
+    assert tie is None
