@@ -12,11 +12,10 @@ from recsys_platform.reporting import frame_preview_markdown
 GROUP = "features"
 
 
-def feature_cutoff(interactions: pl.DataFrame) -> datetime:
+def feature_cutoff(interactions: pl.LazyFrame | pl.DataFrame) -> datetime:
     """Serving features use every event up to the latest one."""
-    if interactions.height == 0:
-        return datetime.now(UTC)
-    return interactions["event_time"].max() + timedelta(microseconds=1)
+    latest = feats.latest_event_time(interactions)
+    return datetime.now(UTC) if latest is None else latest + timedelta(microseconds=1)
 
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
@@ -37,12 +36,12 @@ def interactions(context: dg.AssetExecutionContext, raw_events: pl.LazyFrame, it
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
 def user_features(
-    context: dg.AssetExecutionContext, interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame
+    context: dg.AssetExecutionContext, interactions: pl.LazyFrame, users: pl.DataFrame, items: pl.DataFrame
 ) -> pl.DataFrame:
     """Per-user activity, habits (night/morning share, sleep/movement share), level and cold-start
     segment, computed from events before the latest event (the serving point in time)."""
     cutoff = feature_cutoff(interactions)
-    df = feats.user_features(interactions, users, items, cutoff)
+    df = feats.user_features(feats.read_history(interactions), users, items, cutoff)
     context.add_output_metadata(
         {"feature_cutoff": cutoff.isoformat(), "active_users": int((df["user_starts"] > 0).sum())}
     )
@@ -50,10 +49,10 @@ def user_features(
 
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
-def item_features(context: dg.AssetExecutionContext, interactions: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+def item_features(context: dg.AssetExecutionContext, interactions: pl.LazyFrame, items: pl.DataFrame) -> pl.DataFrame:
     """Per-item popularity (all time, 7 days, 1 day), completion and bounce rates, freshness and level."""
     cutoff = feature_cutoff(interactions)
-    df = feats.item_features(interactions, items, cutoff)
+    df = feats.item_features(feats.read_history(interactions), items, cutoff)
     top = df.sort("item_completes_7d", descending=True).select("item_id", "title", "content_type", "item_completes_7d")
     context.add_output_metadata(
         {
@@ -65,9 +64,9 @@ def item_features(context: dg.AssetExecutionContext, interactions: pl.DataFrame,
 
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
-def similar_items(interactions: pl.DataFrame) -> pl.DataFrame:
+def similar_items(interactions: pl.LazyFrame) -> pl.DataFrame:
     """Item-to-item neighbours (Jaccard co-occurrence of positive interactions), 20 per item."""
-    positive = interactions.filter(pl.col("weight") > 0).select("user_id", "item_id", "weight")
+    positive = feats.read_history(interactions, ("user_id", "item_id", "weight"), positive_only=True)
     if positive.height == 0:
         return pl.DataFrame(
             schema={

@@ -9,6 +9,7 @@ from assets.features import feature_cutoff
 from recsys_platform import batch_scoring as bs
 from recsys_platform import experiments, registry, training
 from recsys_platform.config import CHAMPION_ALIAS, Settings
+from recsys_platform.features import latest_event_time, read_history
 from recsys_platform.reporting import frame_preview_markdown
 from recsys_platform.set_config import load_sets_config
 from resources import MlflowResource, PipelineResource
@@ -165,7 +166,7 @@ def experiment_exposures(
 def experiment_analysis(
     context: dg.AssetExecutionContext,
     experiment_exposures: pl.DataFrame,
-    interactions: pl.DataFrame,
+    interactions: pl.LazyFrame,
     set_config: RecommendationSetsResource,
 ) -> pl.DataFrame:
     """Per experiment, metric and arm: mean with 95% CI, difference vs control with its CI and p-value
@@ -177,8 +178,10 @@ def experiment_analysis(
         exposed = experiment_exposures.filter(pl.col("experiment") == exp.name)
         if exposed.height == 0:
             continue
-        _, end = experiments.experiment_window(exp, interactions["event_time"].max())
-        table = experiments.analyze(experiments.user_outcomes(exposed, interactions, end), exp.control)
+        _, end = experiments.experiment_window(exp, latest_event_time(interactions))
+        # Outcomes count from each user's exposure on: read the window from the first exposure only.
+        window = read_history(interactions, ("user_id", "event_type", "event_time"), exposed["exposed_at"].min(), end)
+        table = experiments.analyze(experiments.user_outcomes(exposed, window, end), exp.control)
         png = experiments.plot_analysis(table)
         path = set_config.exports / "experiments" / f"{exp.name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

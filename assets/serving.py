@@ -9,6 +9,7 @@ from assets.features import feature_cutoff
 from recsys_platform import deployment, ranking, registry, schemas, snapshot, training
 from recsys_platform.catalog import build_catalog
 from recsys_platform.config import CHAMPION_ALIAS
+from recsys_platform.features import read_history
 from resources import MlflowResource, OnlineStoreResource, PipelineResource
 
 GROUP = "serving"
@@ -38,7 +39,7 @@ LAKE_TABLES = [
 @dg.asset(group_name=GROUP, kinds={"lightgbm", "polars", "parquet"}, deps=["model_evaluation"])
 def recommendations(
     context: dg.AssetExecutionContext,
-    interactions: pl.DataFrame,
+    interactions: pl.LazyFrame,
     items: pl.DataFrame,
     users: pl.DataFrame,
     popularity_model: pl.DataFrame,
@@ -50,6 +51,7 @@ def recommendations(
     a champion, the popularity baseline is served and labelled as such."""
     params = pipeline.params()
     cutoff = feature_cutoff(interactions)
+    interactions = read_history(interactions)
     now = datetime.now(UTC)
     excluded = ranking.recently_completed(interactions, cutoff, params.recent_exclusion_days)
     champion = registry.alias_version(mlflow.tracking_uri, CHAMPION_ALIAS, mlflow.model_name)

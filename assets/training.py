@@ -5,6 +5,7 @@ import polars as pl
 
 from assets.features import feature_cutoff
 from recsys_platform import ranking, registry, training
+from recsys_platform.features import POSITIVE_COLUMNS, read_history
 from recsys_platform.reporting import frame_preview_markdown, metrics_markdown
 from resources import MlflowResource, PipelineResource
 
@@ -14,7 +15,7 @@ GROUP = "training"
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
 def training_set(
     context: dg.AssetExecutionContext,
-    interactions: pl.DataFrame,
+    interactions: pl.LazyFrame,
     items: pl.DataFrame,
     users: pl.DataFrame,
     pipeline: PipelineResource,
@@ -22,7 +23,7 @@ def training_set(
     """Ranker rows (candidates x features, graded labels) for two temporal windows: `train` (features
     before the training label window) and `eval` (features before the holdout window). Features only
     ever use events before their window's cutoff."""
-    df = training.build_training_set(interactions, items, users, pipeline.params())
+    df = training.build_training_set(read_history(interactions), items, users, pipeline.params())
     summary = df.group_by("split").agg(
         rows=pl.len(),
         users=pl.col("user_id").n_unique(),
@@ -34,10 +35,11 @@ def training_set(
 
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
-def popularity_model(interactions: pl.DataFrame, users: pl.DataFrame) -> pl.DataFrame:
+def popularity_model(interactions: pl.LazyFrame, users: pl.DataFrame) -> pl.DataFrame:
     """Popularity-count baseline (distinct users with a positive interaction), globally and per
     cold-start segment: the floor every model must beat and the fallback for unknown users."""
-    return training.popularity_table(interactions, users, feature_cutoff(interactions), k=100)
+    positive = read_history(interactions, POSITIVE_COLUMNS, positive_only=True)
+    return training.popularity_table(positive, users, feature_cutoff(interactions), k=100)
 
 
 @dg.asset(group_name=GROUP, kinds={"lightgbm", "mlflow"})
@@ -92,7 +94,7 @@ def model_evaluation(
     context: dg.AssetExecutionContext,
     training_set: pl.DataFrame,
     ranker_model: dict,
-    interactions: pl.DataFrame,
+    interactions: pl.LazyFrame,
     items: pl.DataFrame,
     users: pl.DataFrame,
     mlflow: MlflowResource,
@@ -102,6 +104,7 @@ def model_evaluation(
     coverage, novelty, diversity), logged to the ranker's MLflow run; then the promotion gate sets the
     `champion` or `challenger` alias."""
     params = pipeline.params()
+    interactions = read_history(interactions)
     ref = registry.ModelRef(**ranker_model)
     booster, _ = registry.load_ranker(mlflow.tracking_uri, ref.version, ref.name)
     eval_rows = ranking.score_frame(booster, training_set.filter(pl.col("split") == "eval"))

@@ -8,6 +8,7 @@ features and serving features (cutoff = now): train/serve parity and no leakage.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 import polars as pl
@@ -17,6 +18,10 @@ from recsys_platform import schemas
 logger = logging.getLogger(__name__)
 
 SEGMENT_COLUMNS = ("language", "experience_level")
+# The interaction columns every feature, candidate source and label reads (not event_id, seconds_listened,
+# completion_ratio): reading only these halves what a step holds of the history.
+HISTORY_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type", "event_time", "is_bounce", "weight")
+POSITIVE_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_time", "weight")
 
 
 def build_interactions(events: pl.LazyFrame | pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
@@ -45,6 +50,30 @@ def build_interactions(events: pl.LazyFrame | pl.DataFrame, items: pl.DataFrame)
         .sort("event_time", "event_id")
         .collect()
     )
+
+
+def read_history(
+    interactions: pl.LazyFrame | pl.DataFrame,
+    columns: Sequence[str] = HISTORY_COLUMNS,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    positive_only: bool = False,
+) -> pl.DataFrame:
+    """The interactions a step reads: `columns` only, events in [start, end) and of positive weight when
+    asked; on a lazy scan of the lake the selection and filters are pushed into the Parquet read."""
+    lf = interactions.lazy()
+    if start is not None:
+        lf = lf.filter(pl.col("event_time") >= pl.lit(start, dtype=pl.Datetime("us", "UTC")))
+    if end is not None:
+        lf = lf.filter(pl.col("event_time") < pl.lit(end, dtype=pl.Datetime("us", "UTC")))
+    if positive_only:
+        lf = lf.filter(pl.col("weight") > 0)
+    return lf.select(list(columns)).collect()
+
+
+def latest_event_time(interactions: pl.LazyFrame | pl.DataFrame) -> datetime | None:
+    """The time of the latest interaction (None when there are none); on a scan, one column is read."""
+    return interactions.lazy().select(pl.col("event_time").max()).collect().item()
 
 
 def history_before(interactions: pl.DataFrame, cutoff: datetime) -> pl.DataFrame:

@@ -3,6 +3,7 @@ sample of users, recommendations scored in user chunks, the generator writing ch
 
 import io
 from dataclasses import replace
+from datetime import timedelta
 
 import polars as pl
 import pytest
@@ -168,3 +169,46 @@ def test_content_source_equals_the_join_and_group_by_reference(world, monkeypatc
         expected.select("user_id", "item_id", "rank_content")
     )
     assert (got["score_content"] - expected["score_content"]).abs().max() < 1e-12
+
+
+def test_features_from_the_pruned_history_scan_equal_those_from_the_full_table(world, tmp_path):
+    """Steps read interactions as a lazy scan of the lake with only HISTORY_COLUMNS (and a window where
+    they need one): same features, training rows and outcomes as from the whole table in memory."""
+    from recsys_platform import experiments, training
+    from recsys_platform.features import (
+        HISTORY_COLUMNS,
+        POSITIVE_COLUMNS,
+        item_features,
+        latest_event_time,
+        read_history,
+        user_features,
+    )
+
+    ds, inter, cutoff = world["ds"], world["inter"], world["split"].end
+    inter.write_parquet(tmp_path / "interactions.parquet", statistics=True)
+    scan = pl.scan_parquet(tmp_path / "interactions.parquet")
+    pruned = read_history(scan)
+    assert pruned.columns == list(HISTORY_COLUMNS) and pruned.height == inter.height
+    assert latest_event_time(scan) == inter["event_time"].max()
+    # (their row order is not fixed, even between two calls on the same frame)
+    got, expected = user_features(pruned, ds.users, ds.items, cutoff), user_features(inter, ds.users, ds.items, cutoff)
+    assert got.sort("user_id").equals(expected.sort("user_id"))
+    got, expected = item_features(pruned, ds.items, cutoff), item_features(inter, ds.items, cutoff)
+    assert got.sort("item_id").equals(expected.sort("item_id"))
+    positive = read_history(scan, POSITIVE_COLUMNS, positive_only=True)
+    assert positive.height == inter.filter(pl.col("weight") > 0).height
+    pop = training.popularity_table(inter, ds.users, cutoff)
+    assert training.popularity_table(positive, ds.users, cutoff).equals(pop)
+    assert build_training_set(pruned, ds.items, ds.users, PARAMS).equals(
+        build_training_set(inter, ds.items, ds.users, PARAMS)
+    )
+    # experiment outcomes from the window after the first exposure equal those from every event
+    exposed_at = inter["event_time"].max() - timedelta(days=3)
+    who = ds.users.head(200).select("user_id")
+    exposed = who.with_columns(experiment=pl.lit("x"), arm=pl.lit("a"), exposed_at=pl.lit(exposed_at))
+    end = cutoff
+    window = read_history(scan, ("user_id", "event_type", "event_time"), exposed["exposed_at"].min(), end)
+    assert window.height < inter.height / 3
+    outcomes = experiments.user_outcomes(exposed, window, end)
+    assert outcomes.equals(experiments.user_outcomes(exposed, inter, end))
+    assert outcomes["content_starts"].sum() > 0
