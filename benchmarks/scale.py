@@ -1,17 +1,18 @@
 """Scale benchmark: the whole cycle (ingestion, features, training, scoring, deploy) at N users x D days.
 
-For each size, two fresh subprocesses: one generates the synthetic dataset into the landing zone of
+For each size, fresh subprocesses: one generates the synthetic dataset into the landing zone of
 its own RECSYS_HOME one user chunk at a time (`generate_to_landing`; not timed as part of the
-cycle), the other runs the cycle through the shared
-Definitions as `recsys quickstart` does: job `ingest_events` over the arrival hours (in runs of
-`--hours-per-run` hours, default a day: one run over all 720 hours holds every event in memory at
-once), then job `training_cycle`, all with `execute_in_process` on the Dagster instance in
-DAGSTER_HOME. The storage profile is whatever the environment selects (embedded default unless
-RECSYS_LAKE_URL etc. are set). The driver samples the resident memory of the stage's process tree
-every 0.2 s and stops a stage that passes `--max-rss-gib` (default 14: the host is shared), naming
-the step that was running. Per-step wall time comes from the runs' event log (so a stopped stage
-still gets its figures), and each step's peak is the highest sample between its
-start and end events (`delta` = peak minus RSS when it started).
+cycle), the next runs job `ingest_events` through the shared Definitions as `recsys quickstart`
+does, in-process over the arrival hours (in runs of `--hours-per-run` hours, default a day: one run
+over all 720 hours holds every event in memory at once), and the last runs job `training_cycle` on
+the multiprocess executor (each step in its own process, `--max-concurrent` at once; `--executor
+in_process` for one process), all on the Dagster instance in DAGSTER_HOME. The storage profile is
+whatever the environment selects (embedded default unless RECSYS_LAKE_URL etc. are set). The
+driver samples the resident memory of the stage's process tree every 0.2 s and stops a stage that
+passes `--max-rss-gib` (default 14: the host is shared), naming the step that was running. Per-step
+wall time comes from the runs' event log (so a stopped stage still gets its figures), and each
+step's peak is the highest sample between its start and end events (`delta` = peak minus RSS when
+it started).
 
     /work/venv/bin/python benchmarks/scale.py --users 10000 --users 100000
     /work/venv/bin/python benchmarks/scale.py --users 1000000 --time-limit 3600 --keep /tmp/scale
@@ -188,10 +189,11 @@ def training_cycle_job():
     return defs.resolve_job_def("training_cycle")
 
 
-def stage_cycle(hours_per_run: int, skip_assets: list[str] | None = None, skip_ingest: bool = False) -> dict:
-    """Run ingest_events in-process (arrival hours in runs of `hours_per_run`, 0 = one run; none with
-    `skip_ingest`), then training_cycle (minus `skip_assets`) on the executor RECSYS_EXECUTOR selects
-    (multiprocess: every step in its own process, so a finished step's memory is returned)."""
+def stage_cycle(hours_per_run: int, skip_assets: list[str] | None = None, jobs_to_run: str = "all") -> dict:
+    """Run ingest_events in-process (arrival hours in runs of `hours_per_run`, 0 = one run) unless
+    `jobs_to_run` is "train", then training_cycle (minus `skip_assets`) unless it is "ingest", on the
+    executor RECSYS_EXECUTOR selects (multiprocess: every step in its own process, so a finished step's
+    memory is returned)."""
     import dagster as dg
 
     from recsys_platform.config import Settings
@@ -205,8 +207,8 @@ def stage_cycle(hours_per_run: int, skip_assets: list[str] | None = None, skip_i
     instance = dg.DagsterInstance.get()
     jobs = []
     started = time.perf_counter()
-    ingest = [] if skip_ingest else [("ingest_events", tags) for tags in _chunks(keys, hours_per_run)]
-    plan = [*ingest, ("training_cycle", {})]
+    ingest = [] if jobs_to_run == "train" else [("ingest_events", tags) for tags in _chunks(keys, hours_per_run)]
+    plan = [*ingest, *([] if jobs_to_run == "ingest" else [("training_cycle", {})])]
     for job, tags in plan:
         t0 = time.perf_counter()
         job_def = defs.resolve_job_def(job)
@@ -331,6 +333,18 @@ def _run_stage(args: list[str], env: dict[str, str], timeout: float, log: Path, 
     return report
 
 
+def _joined(first: dict, second: dict) -> dict:
+    """One report for two consecutive stages: jobs and samples of both, times added, the higher peak."""
+    out = second | {
+        "jobs": first.get("jobs", []) + second.get("jobs", []),
+        "samples": first.get("samples", []) + second.get("samples", []),
+        "tree_peak_bytes": max(first.get("tree_peak_bytes", 0), second.get("tree_peak_bytes", 0)),
+    }
+    if "seconds" in second:
+        out["seconds"] = first["seconds"] + second["seconds"]
+    return out
+
+
 def _mib(b: float) -> str:
     return f"{b / 1024**2:,.0f}"
 
@@ -395,7 +409,7 @@ def main() -> None:
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_cycle":
         skip = [a for a in sys.argv[3].split(",") if a] if len(sys.argv) > 3 else []
-        print(json.dumps(stage_cycle(int(sys.argv[2]), skip, len(sys.argv) > 4 and sys.argv[4] == "1")))
+        print(json.dumps(stage_cycle(int(sys.argv[2]), skip, sys.argv[4] if len(sys.argv) > 4 else "all")))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, action="append", help="users per size (repeat); default 10k, 100k")
@@ -465,12 +479,19 @@ def main() -> None:
                     ["_generate", str(u), str(d), str(args.seed)], env, args.time_limit, home / "generate.log", max_rss
                 )
                 seen = set()
-            stage = ["_cycle", str(args.hours_per_run), ",".join(args.skip_asset), "1" if reuse else "0"]
-            cycle = (
-                _run_stage(stage, env, args.time_limit, home / "cycle.log", max_rss)
-                if "error" not in gen
-                else {"error": "no data"}
-            )
+            # Ingestion and training_cycle in two processes: what the in-process ingestion runs leave
+            # allocated is not carried into the training steps' memory.
+            stage = ["_cycle", str(args.hours_per_run), ",".join(args.skip_asset)]
+            if "error" in gen:
+                cycle = {"error": "no data"}
+            elif reuse:
+                cycle = _run_stage([*stage, "train"], env, args.time_limit, home / "cycle.log", max_rss)
+            else:
+                ingest = _run_stage([*stage, "ingest"], env, args.time_limit, home / "ingest.log", max_rss)
+                cycle = ingest
+                if "error" not in ingest:
+                    train = _run_stage([*stage, "train"], env, args.time_limit, home / "cycle.log", max_rss)
+                    cycle = _joined(ingest, train)
             if "samples" in cycle:
                 cycle["steps"] = steps_from_instance(home / "dagster", cycle.pop("samples"), seen)
             gen.pop("samples", None)
