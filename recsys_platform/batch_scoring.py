@@ -31,7 +31,7 @@ from recsys_platform.first_stage import Catalog, FirstStage, exact_top_k, frame_
 from recsys_platform.hashing import sha256_uint64
 from recsys_platform.pair_features import PairFeatures
 from recsys_platform.ranking import PointInTime, score_frame, top_n
-from recsys_platform.rules import ENTITY_ITEM, RuleContext, apply_rules
+from recsys_platform.rules import ENTITY_ITEM, RuleContext, apply_rules, ranked_frame
 from recsys_platform.set_config import BatchConfig, Eligibility, SetsConfig
 
 logger = logging.getLogger(__name__)
@@ -340,9 +340,10 @@ def _build_sets_chunk(
     base = scores.select("user_id", "rank", "item_id", "score").join(
         items.select("item_id", *ITEM_RULE_COLUMNS), on="item_id", how="inner", maintain_order="left"
     )
+    base = ranked_frame(base.with_columns(entity_type=pl.lit(ENTITY_ITEM)))
     out, counts = [], []
     for s in config.sets:
-        frame, steps = apply_rules(base.with_columns(entity_type=pl.lit(ENTITY_ITEM)), list(s.rules), ctx)
+        frame, steps = apply_rules(base, list(s.rules), ctx, ranked=True)
         frame = frame.filter(pl.col("rank") <= s.size)
         if "context" not in frame.columns:
             frame = frame.with_columns(context=pl.lit(None, dtype=pl.String))

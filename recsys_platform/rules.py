@@ -104,9 +104,44 @@ def _position(frame: pl.DataFrame) -> pl.Series:
     return pl.Series("_pos", _offsets(starts), dtype=pl.Int64)
 
 
+def _user_key(frame: pl.DataFrame) -> pl.Series | pl.Expr:
+    """A sort key ordering users as `user_id` does: an integer per user when rows come user by user in
+    ascending order (sorting on it is much cheaper than on the strings), else `user_id` itself."""
+    starts = _user_starts(frame) if frame.height else None
+    return pl.col("user_id") if starts is None else pl.Series("_user", np.cumsum(starts, dtype=np.int64))
+
+
+def _sorted_by_user(frame: pl.DataFrame, *by: str | pl.Expr) -> pl.DataFrame:
+    """`frame.sort(["user_id", *by])`, with the user key of `_user_key`."""
+    return frame.with_columns(_user=_user_key(frame)).sort(["_user", *by]).drop("_user")
+
+
+def _codes(frame: pl.DataFrame, column: str) -> pl.Series:
+    """An integer per distinct value of `column` (null stays null): what equality tests need, without the
+    sort of strings a dense rank costs."""
+    col = frame[column]
+    if col.dtype == pl.String:
+        return col.cast(pl.Categorical).to_physical().cast(pl.Int64)
+    return col.rank("dense").cast(pl.Int64)
+
+
+def _running_count(frame: pl.DataFrame, flag: pl.Series) -> pl.Series:
+    """Per row, how many of its user's rows up to it (itself included) have `flag` set
+    (as `flag.cum_sum().over("user_id")`)."""
+    starts = _user_starts(frame) if frame.height else None
+    if starts is None:
+        return (
+            frame.select("user_id", _n=flag).select(pl.col("_n").cast(pl.Int64).cum_sum().over("user_id")).to_series()
+        )
+    total = np.cumsum(flag.to_numpy(), dtype=np.int64)
+    first = np.flatnonzero(starts)
+    before = np.repeat(total[first] - flag.to_numpy()[first], np.diff(np.r_[first, len(starts)]))
+    return pl.Series("_n", total - before)
+
+
 def _rerank(frame: pl.DataFrame, key: pl.Expr) -> pl.DataFrame:
     """Order each user's rows by `key` (ties keep the current rank order)."""
-    return frame.with_columns(_key=key).sort(["user_id", "_key", "rank"]).drop("_key")
+    return _sorted_by_user(frame.with_columns(_key=key), "_key", "rank").drop("_key")
 
 
 # --- filters -----------------------------------------------------------------------
@@ -180,13 +215,20 @@ def _nth_in_group(frame: pl.DataFrame, column: str) -> pl.Series:
     starts = _user_starts(frame)
     if starts is None:
         return frame.select(_nth=pl.int_range(pl.len()).over("user_id", column).cast(pl.Int64)).to_series()
-    code = frame[column].rank("dense").fill_null(0).cast(pl.Int64).to_numpy()
+    order, first = _groups(frame, column, starts)
+    nth = np.empty(len(order), np.int64)
+    nth[order] = _offsets(first)
+    return pl.Series("_nth", nth)
+
+
+def _groups(frame: pl.DataFrame, column: str, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by (user, `column`) for users in contiguous ascending runs (`starts`): (row order that
+    sorts them stably by group, mask over that order of each group's first row). Nulls form a group too."""
+    code = (_codes(frame, column) + 1).fill_null(0).to_numpy()
     key = np.cumsum(starts).astype(np.int64) * (int(code.max()) + 1) + code
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
-    nth = np.empty(len(key), np.int64)
-    nth[order] = _offsets(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
-    return pl.Series("_nth", nth)
+    return order, np.r_[True, sorted_key[1:] != sorted_key[:-1]]
 
 
 @rule(FILTER)
@@ -195,14 +237,14 @@ def search_match(frame: pl.DataFrame, ctx: RuleContext) -> pl.DataFrame:
 
     A topic or type matches when every word of it (``body_scan`` -> body, scan) is in the
     query; users without a search get no rows. Adds the query as the ``context`` column."""
-    frame = frame.join(ctx.searches.select("user_id").unique(), on="user_id", how="semi", maintain_order="left")
     words = (
         ctx.searches.select("user_id", "query", word=pl.col("query").str.to_lowercase().str.extract_all(r"[a-z]+"))
         .explode("word")
         .drop_nulls("word")
         .unique(["user_id", "word"])
     )
-    matched = []
+    frame = frame.join(words.select("user_id").unique(), on="user_id", how="semi", maintain_order="left")
+    hit = pl.lit(False)
     for facet in ("topic", "content_type"):
         vocab = (
             frame.select(pl.col(facet).unique())
@@ -215,11 +257,12 @@ def search_match(frame: pl.DataFrame, ctx: RuleContext) -> pl.DataFrame:
             .group_by("user_id", facet)
             .agg(pl.len(), pl.first("n_words"))
             .filter(pl.col("len") == pl.col("n_words"))
+            .select("user_id", facet, **{f"_hit_{facet}": pl.lit(True)})
         )
-        matched.append(frame.join(hits.select("user_id", facet), on=["user_id", facet], how="semi"))
-    keep = pl.concat(matched).select("user_id", "item_id").unique()
+        frame = frame.join(hits, on=["user_id", facet], how="left", maintain_order="left")
+        hit = hit | pl.col(f"_hit_{facet}").fill_null(False)
     queries = ctx.searches.select("user_id", context=pl.col("query"))
-    out = frame.join(keep, on=["user_id", "item_id"], how="semi", maintain_order="left")
+    out = frame.filter(hit).drop("_hit_topic", "_hit_content_type")
     out = out.drop("context") if "context" in out.columns else out
     return out.join(queries, on="user_id", how="left", maintain_order="left")
 
@@ -239,13 +282,28 @@ def roll_up_series(frame: pl.DataFrame, ctx: RuleContext) -> pl.DataFrame:
     in_series = frame.filter(pl.col("series_id").is_not_null())
     if in_series.height == 0:
         return frame
+    starts = _user_starts(frame)
+    if starts is not None:  # rows in rank order user by user: a series' row takes the place of its best item
+        order, first = _groups(frame, "series_id", starts)
+        best = np.fmax.reduceat(frame["score"].to_numpy()[order], np.flatnonzero(first))  # max ignoring NaN
+        group_max, leads = np.empty(frame.height), np.zeros(frame.height, bool)
+        group_max[order], leads[order[first]] = best[np.cumsum(first) - 1], True
+        rolled = pl.col("series_id").is_not_null()
+        replaced = {"score": pl.col("_max"), "item_id": pl.col("series_id"), "entity_type": pl.lit(ENTITY_SERIES)}
+        replaced["series_position"] = pl.lit(None)
+        return (
+            frame.with_columns(_max=pl.Series(group_max), _lead=pl.Series(leads))
+            .filter(~rolled | pl.col("_lead"))
+            .with_columns(pl.when(rolled).then(e).otherwise(c).alias(c) for c, e in replaced.items() if c in frame)
+            .drop("_max", "_lead")
+        )
     rolled = (
         in_series.group_by("user_id", "series_id")
         .agg(pl.exclude("score").first(), score=pl.col("score").max())  # rows arrive in rank order
         .with_columns(item_id=pl.col("series_id"), entity_type=pl.lit(ENTITY_SERIES), series_position=pl.lit(None))
     )
     singles = frame.filter(pl.col("series_id").is_null())
-    return pl.concat([singles, rolled.select(frame.columns)], how="vertical_relaxed").sort("user_id", "rank")
+    return _sorted_by_user(pl.concat([singles, rolled.select(frame.columns)], how="vertical_relaxed"), "rank")
 
 
 # --- freshness and diversity ---------------------------------------------------------
@@ -261,11 +319,8 @@ def daily_shuffle(frame: pl.DataFrame, ctx: RuleContext, window: int = 4, keep_t
     pos = pl.col("_pos")
     noise = pl.concat_str("user_id", pl.lit(ctx.today.isoformat()), "item_id", separator="|").hash(_SHUFFLE_SEED)
     block = pl.when(pos < keep_top).then(pos - keep_top).otherwise((pos - keep_top) // window)
-    return (
-        frame.with_columns(_block=block, _noise=pl.when(pos < keep_top).then(0).otherwise(noise))
-        .sort(["user_id", "_block", "_noise"])
-        .drop("_block", "_noise", "_pos")
-    )
+    frame = frame.with_columns(_block=block, _noise=pl.when(pos < keep_top).then(0).otherwise(noise))
+    return _sorted_by_user(frame, "_block", "_noise").drop("_block", "_noise", "_pos")
 
 
 @rule(REORDER)
@@ -281,7 +336,7 @@ def max_consecutive(
         return frame
     codes = frame.select(
         user=pl.col("user_id").rle_id(),
-        value=pl.col(column).rank("dense").cast(pl.Int64).fill_null(-1 - pl.int_range(pl.len())),
+        value=pl.lit(_codes(frame, column)).fill_null(-1 - pl.int_range(pl.len())),
     )
     perm, converged = _consecutive_order(codes["user"].to_numpy(), codes["value"].to_numpy(), max_run)
     if not converged:
@@ -328,8 +383,8 @@ def new_release_slot(
     when they rank lower; nothing else changes order."""
     since = ctx.today - timedelta(days=days)
     is_new = (pl.col("release_date") > since) & (pl.col("release_date") <= ctx.today)
-    pos = pl.int_range(1, pl.len() + 1).over("user_id")
-    nth_new = (is_new.cast(pl.Int64).cum_sum().over("user_id")).cast(pl.Float64)
+    pos = pl.lit(_position(frame) + 1)
+    nth_new = pl.lit(_running_count(frame, frame.select(is_new.fill_null(False)).to_series())).cast(pl.Float64)
     lift = is_new & (nth_new <= count) & (pos > slot)
     key = pl.when(lift).then(slot - 0.5 + nth_new * 1e-3).otherwise(pos.cast(pl.Float64))
     return _rerank(frame, key)
@@ -371,17 +426,27 @@ class RuleStep:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def apply_rules(
-    frame: pl.DataFrame, steps: list[RuleStep], ctx: RuleContext
-) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """Apply the steps in order; return the frame (ranks renumbered) and per step the rows removed and moved."""
+def ranked_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` as rules receive it: sorted by (user_id, rank), ranks renumbered 1..n, with an entity_type."""
     frame = _renumber(frame if _sorted_by_user_rank(frame) else frame.sort("user_id", "rank"))
     if "entity_type" not in frame.columns:
         frame = frame.with_columns(entity_type=pl.lit(ENTITY_ITEM))
+    return frame
+
+
+def apply_rules(
+    frame: pl.DataFrame, steps: list[RuleStep], ctx: RuleContext, ranked: bool = False
+) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Apply the steps in order; return the frame (ranks renumbered) and per step the rows removed and moved.
+
+    `ranked`: `frame` is already what `ranked_frame` returns (several sets start from one frame)."""
+    frame = frame if ranked else ranked_frame(frame)
     counts = []
     for step in steps:
         spec = RULES[step.name]
-        out = _renumber(spec.fn(frame, ctx, **step.params))
+        out = spec.fn(frame, ctx, **step.params)
+        if spec.kind != FILTER or out.height != frame.height:  # a filter that kept every row changed no rank
+            out = _renumber(out)
         removed = frame.height - out.height
         moved = 0 if spec.kind == FILTER else _moved(frame, out, same_rows=spec.kind == REORDER)
         counts.append({"rule": step.name, "rows_in": frame.height, "removed": removed, "moved": moved})

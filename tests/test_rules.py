@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -221,6 +222,46 @@ def test_new_release_slot_lifts_the_best_new_release_to_the_slot():
     assert out["rank"].to_list() == list(range(1, 9))
     already = ranked("solo", [{"item_id": "n", "release_date": TODAY}] + [{"item_id": f"o{k}"} for k in range(4)])
     assert items_of(rules.new_release_slot(already, ctx(), slot=3)) == items_of(already)
+
+
+def test_fast_paths_equal_the_group_by_forms_on_many_users():
+    """Rules take numpy paths when users come in ascending contiguous runs; users in descending order take
+    the polars group-by / over() forms. Both must give every user the same rows, values and order."""
+    rng = np.random.default_rng(11)
+    users = [f"u{k:02d}" for k in range(12)]
+    frames = []
+    for u in users:
+        n = int(rng.integers(5, 30))
+        frames.append(
+            ranked(
+                u,
+                [
+                    {
+                        "item_id": f"i{j:03d}",
+                        "series_id": None if rng.random() < 0.4 else f"s{int(rng.integers(0, 4))}",
+                        "content_type": ["music", "sleep_story", None][int(rng.integers(0, 3))],
+                        "topic": ["sleep", "focus"][int(rng.integers(0, 2))],
+                        "release_date": TODAY - timedelta(days=int(rng.integers(0, 40))),
+                    }
+                    for j in rng.permutation(60)[:n]
+                ],
+            )
+        )
+    fast = pl.concat(frames).with_columns(entity_type=pl.lit("item"))
+    slow = pl.concat(frames[::-1]).with_columns(entity_type=pl.lit("item"))
+    assert rules._user_starts(fast) is not None and rules._user_starts(slow) is None
+    calls = [
+        ("roll_up_series", {}),
+        ("series_cap", {"max_per_series": 1}),
+        ("limit", {"n": 7}),
+        ("new_release_slot", {"days": 10, "slot": 2, "count": 2}),
+        ("max_consecutive", {"column": "content_type", "max_run": 1}),
+        ("daily_shuffle", {"window": 3, "keep_top": 1}),
+    ]
+    for name, params in calls:
+        a, b = rules.RULES[name].fn(fast, ctx(), **params), rules.RULES[name].fn(slow, ctx(), **params)
+        for u in users:
+            assert a.filter(pl.col("user_id") == u).equals(b.filter(pl.col("user_id") == u)), (name, u)
 
 
 def test_apply_rules_counts_removed_and_moved_rows_per_rule():
