@@ -290,13 +290,15 @@ def rule_context(
 
 
 def build_sets(
-    scores: pl.DataFrame, items: pl.DataFrame, ctx: RuleContext, config: SetsConfig, chunk_users: int = 10_000
+    scores: pl.DataFrame, items: pl.DataFrame, ctx: RuleContext, config: SetsConfig, chunk_users: int = 1000
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Apply every set's rules to the scored lists, `chunk_users` users at a time (bounds memory);
+    """Apply every set's rules to the scored lists, `chunk_users` users at a time (bounds memory; small
+    chunks are also faster: 1000 users take 1.9 CPU s per 4.9k users, 10k-user chunks 2.3);
     return (sets in RECOMMENDATION_SET_SCHEMA, rows removed and moved per set and rule)."""
     users, offsets = _user_runs(scores["user_id"])
     ctx = _context_of(ctx, pl.DataFrame({"user_id": users}))
-    parts, counts = [], []
+    parts: list[list[pl.DataFrame]] = []  # per chunk, per set
+    counts = []
     for start in range(0, max(users.len(), 1), chunk_users):
         who = pl.DataFrame({"user_id": users.slice(start, chunk_users)})
         if offsets is None:
@@ -308,7 +310,8 @@ def build_sets(
         parts.append(sets)
         counts.append(c)
     total = pl.concat(counts).group_by("set_name", "step", "rule", maintain_order=True).agg(pl.all().sum())
-    return pl.concat(parts), total.select([pl.col(c).cast(t) for c, t in RULE_COUNT_SCHEMA.items()])
+    sets = pl.concat([chunk[k] for k in range(len(config.sets)) for chunk in parts])  # set by set, as one chunk
+    return sets, total.select([pl.col(c).cast(t) for c, t in RULE_COUNT_SCHEMA.items()])
 
 
 def _user_runs(user_ids: pl.Series) -> tuple[pl.Series, np.ndarray | None]:
@@ -335,7 +338,7 @@ def _context_of(ctx: RuleContext, who: pl.DataFrame) -> RuleContext:
 
 def _build_sets_chunk(
     scores: pl.DataFrame, items: pl.DataFrame, ctx: RuleContext, config: SetsConfig
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+) -> tuple[list[pl.DataFrame], pl.DataFrame]:
     meta = scores.select("user_id", "model_version", "generated_at").unique("user_id")
     base = scores.select("user_id", "rank", "item_id", "score").join(
         items.select("item_id", *ITEM_RULE_COLUMNS), on="item_id", how="inner", maintain_order="left"
@@ -350,8 +353,7 @@ def _build_sets_chunk(
         out.append(frame.join(meta, on="user_id", how="left").with_columns(set_name=pl.lit(s.name)))
         counts += [{"set_name": s.name, "step": i + 1, **c} for i, c in enumerate(steps)]
         logger.debug("set %s: %d rows for %d users", s.name, frame.height, frame["user_id"].n_unique())
-    sets = pl.concat([f.select(list(RECOMMENDATION_SET_SCHEMA)) for f in out], how="vertical_relaxed")
-    sets = sets.select([pl.col(c).cast(t) for c, t in RECOMMENDATION_SET_SCHEMA.items()])
+    sets = [f.select([pl.col(c).cast(t) for c, t in RECOMMENDATION_SET_SCHEMA.items()]) for f in out]
     return sets, pl.DataFrame(counts, schema=RULE_COUNT_SCHEMA)
 
 

@@ -36,7 +36,7 @@ class BatchConfig:
     # show 20-30 items, and scoring all ~375 candidates of a million users would be ~375M model rows.
     rerank_depth: int = 50
     candidates_per_source: int = 150
-    chunk_users: int = 5000
+    chunk_users: int = 1000  # small enough that a chunk's dense users x items arrays stay in cache
     exclude_completed_days: int = 1  # first stage drops items completed this recently (sets may exclude more)
     popularity_weight: float = 0.1  # first stage: EASE score + weight x popularity share of the top item
     replay_weight: float = 1.0  # first stage: + weight x the user's own weight on the item / their top item's

@@ -148,12 +148,16 @@ def test_sets_are_independent_of_chunking_and_of_row_order(world):
     scores, items, config = world["scores"], world["ds"].items, world["config"]
     ctx = bs.rule_context(world["ds"].users, world["inter"], world["searches"], NOW.date(), world["cutoff"])
     sets, counts = world["sets"], world["counts"]
-    key = ["set_name", "user_id", "rank"]  # chunks concatenate set by set within each chunk
+    key = ["set_name", "user_id", "rank"]
     chunked, chunked_counts = bs.build_sets(scores, items, ctx, config, chunk_users=37)  # contiguous users: slices
     assert chunked.sort(key).equals(sets.sort(key)) and chunked_counts.equals(counts)
     mixed = scores.sample(fraction=1.0, shuffle=True, seed=1)  # users not contiguous: the semi-join path
     again, again_counts = bs.build_sets(mixed, items, ctx, config, chunk_users=37)
     assert again.sort(key).equals(sets.sort(key)) and again_counts.equals(counts)
+    shard = world["shards"]["shard-02"]  # one shard, users ascending: the same rows in the same order
+    assert bs.build_sets(shard, items, ctx, config, chunk_users=37)[0].equals(
+        bs.build_sets(shard, items, ctx, config)[0]
+    )
 
 
 def test_json_lines_export_is_one_row_per_user_per_set_in_the_batch_format(world, tmp_path: Path):
