@@ -76,7 +76,7 @@ def recommendations(
 @dg.asset(group_name=GROUP, kinds={"sqlite", "redis"})
 def feature_store_snapshot(
     context: dg.AssetExecutionContext,
-    recommendations: pl.DataFrame,
+    recommendations: pl.LazyFrame,
     user_features: pl.DataFrame,
     popularity_model: pl.DataFrame,
     similar_items: pl.DataFrame,
@@ -86,10 +86,10 @@ def feature_store_snapshot(
     """Blue-green deploy of the recommendations' model version: fill the standby slot (recs, user
     features, popularity fallbacks, similar items, item metadata), verify counts, checksum and a sample
     against these offline tables, then flip the pointer. The previous slot stays intact for rollback."""
-    version = recommendations["model_version"].first() if recommendations.height else POPULARITY_VERSION
-    payload = snapshot.build_payload(
-        recommendations, user_features, popularity_model, similar_items, items, datetime.now(UTC)
-    )
+    # The lists' columns only (at 1M users, 50M rows: model_version and generated_at are 1.2 GB of them).
+    version = recommendations.lazy().select(pl.col("model_version").first()).collect().item() or POPULARITY_VERSION
+    recs = recommendations.lazy().select(snapshot.RECOMMENDATION_COLUMNS).collect()
+    payload = snapshot.build_payload(recs, user_features, popularity_model, similar_items, items, datetime.now(UTC))
     snapshot_id = snapshot.snapshot_id_of(payload, version)
     with online_store.open() as store:
         report = deployment.deploy(store, version, snapshot_id, payload)

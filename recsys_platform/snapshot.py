@@ -25,6 +25,7 @@ ONLINE_USER_FEATURES = (
     "language",
     "preferred_daypart",
 )
+RECOMMENDATION_COLUMNS = ("user_id", "rank", "item_id", "score")  # what a slot's lists hold of recommendations
 ITEM_METADATA = (
     "title",
     "content_type",
