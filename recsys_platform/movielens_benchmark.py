@@ -3,8 +3,8 @@
 Protocol: every rating is an implicit positive; per-user stratified random split 75/25 with a
 fixed seed; top-10 excluding items seen in train; nDCG, precision, recall and MAP at 10 against
 the test ratings. Every choice (EASE l2, iALS l2, EDLAE dropout and l2, blend weights, the availability
-slack, ranker early stopping) is made on splits of the training part only. Peak memory is the process's resident-set high-water mark
-(``ru_maxrss``) after each run, so it never decreases across runs within one process.
+slack, ranker early stopping) is made on splits of the training part only. Peak memory is the process's
+resident-set high-water mark (``ru_maxrss``) after each run, so it never decreases across runs within one process.
 """
 
 from __future__ import annotations
