@@ -184,7 +184,7 @@ def _sql_blocks(markdown: str) -> list[str]:
     return re.findall(r"```sql\n(.*?)```", markdown, flags=re.S)
 
 
-def test_every_query_in_the_analyst_guide_runs_against_a_catalog(world, tmp_path: Path):
+def test_every_query_in_the_readme_and_analyst_guide_runs_against_a_catalog(world, tmp_path: Path):
     import duckdb
 
     ds, inter = world["ds"], world["inter"]
@@ -212,7 +212,7 @@ def test_every_query_in_the_analyst_guide_runs_against_a_catalog(world, tmp_path
     catalog = tmp_path / "catalog.duckdb"
     views = build_catalog(catalog, str(lake), [*tables, "batch_scores", "recommendation_sets"])
     assert len(views) == 8
-    blocks = _sql_blocks((PROJECT_ROOT / "docs" / "analyst.md").read_text())
+    blocks = [b for doc in ("README.md", "docs/analyst.md") for b in _sql_blocks((PROJECT_ROOT / doc).read_text())]
     assert len(blocks) >= 8
     con = duckdb.connect(str(catalog), read_only=True)
     try:
