@@ -91,7 +91,29 @@ def quickstart(
         "ingest_events", f"ingesting {len(keys)} arrival hours", partition_range_tags(keys[0], keys[-1])
     )
     _run_job_with_progress("training_cycle", "features, training, evaluation, deploy")
+    _run_batch_sets()
     print_summary(console, settings, time.perf_counter() - started)
+
+
+def _run_batch_sets(shards: list[str] | None = None) -> None:
+    """Run `recommendation_sets_batch` once per user shard (all shards by default)."""
+    from assets.recommendation_sets import SHARD_KEYS
+
+    for key in shards or SHARD_KEYS:
+        if key not in SHARD_KEYS:
+            raise typer.BadParameter(f"unknown shard {key!r}; shards are {SHARD_KEYS[0]} .. {SHARD_KEYS[-1]}")
+        _run_job_with_progress(
+            "recommendation_sets_batch", f"recommendation sets, shard {key}", {"dagster/partition": key}
+        )
+
+
+@app.command("batch-sets")
+def batch_sets(
+    shard: Annotated[list[str] | None, typer.Option(help="User shard to run (repeat); default every shard.")] = None,
+) -> None:
+    """Batch-score users with the champion, build the recommendation sets and their JSON-lines export."""
+    _prepare_environment()
+    _run_batch_sets(shard)
 
 
 @app.command()

@@ -63,10 +63,11 @@ push_job = dg.define_asset_job(
 
 recommendation_sets_job = dg.define_asset_job(
     "recommendation_sets_batch",
-    selection=dg.AssetSelection.assets(*recommendation_set_assets.SHARDED_ASSETS),
+    # the catalog is rebuilt too, so analysts get views over the sets as soon as the first shard lands
+    selection=dg.AssetSelection.assets(*recommendation_set_assets.SHARDED_ASSETS, "analyst_catalog"),
     partitions_def=recommendation_set_assets.user_shards,
     description="Batch-score one user shard with the champion, apply the recommendation-set rules, export "
-    "JSON lines (on demand: launch or backfill shards; scheduled every 2 days).",
+    "JSON lines, refresh the analyst catalog (on demand: launch or backfill shards; scheduled every 2 days).",
 )
 
 
