@@ -2,6 +2,8 @@
 by hand, loading by alias or number, and serving a registered version as an MLflow pyfunc."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -189,7 +191,8 @@ def test_mlflow_scoring_server_serves_the_champion(lifecycle, tmp_path) -> None:
     port = _free_port()
     argv, env = registry.pyfunc_serve_command(tracking, CHAMPION_ALIAS, port=port)
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # its own process group, so stopping it stops the server's workers too
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -211,6 +214,10 @@ def test_mlflow_scoring_server_serves_the_champion(lifecycle, tmp_path) -> None:
         status, body = _post(f"{base}/invocations", {"dataframe_split": {"columns": FEATURES[:2], "data": [[0, 1]]}})
         assert status == 400 and "missing inputs ['f2']" in body["message"]
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # a graceful shutdown can outlast 20 s on a loaded 2-core host
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
         log.close()
