@@ -99,9 +99,10 @@ def _run_batch_sets(shards: list[str] | None = None) -> None:
     """Run `recommendation_sets_batch` once per user shard (all shards by default)."""
     from assets.recommendation_sets import SHARD_KEYS
 
+    unknown = [key for key in shards or () if key not in SHARD_KEYS]
+    if unknown:  # refused before any shard runs
+        raise typer.BadParameter(f"unknown shard(s) {unknown}; shards are {SHARD_KEYS[0]} .. {SHARD_KEYS[-1]}")
     for key in shards or SHARD_KEYS:
-        if key not in SHARD_KEYS:
-            raise typer.BadParameter(f"unknown shard {key!r}; shards are {SHARD_KEYS[0]} .. {SHARD_KEYS[-1]}")
         _run_job_with_progress(
             "recommendation_sets_batch", f"recommendation sets, shard {key}", {"dagster/partition": key}
         )
