@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -75,12 +72,6 @@ def postgres_url() -> str:
     return url
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """An S3-compatible server on loopback (moto's server mode) for the whole session."""
@@ -88,22 +79,12 @@ def s3_endpoint() -> Iterator[str]:
         import moto  # noqa: F401
     except ImportError as exc:
         service_unavailable("moto S3 server", "127.0.0.1", f"moto not installed: {exc}")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while _port_open(url, port) is not None:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            service_unavailable("moto S3 server", url, "did not start")
-        time.sleep(0.1)
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    from recsys_platform.production_stack import start_moto_server
+
+    try:
+        proc, url = start_moto_server()
+    except RuntimeError as exc:
+        service_unavailable("moto S3 server", "127.0.0.1", str(exc))
     yield url
     proc.terminate()
     proc.wait(timeout=10)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from recsys_platform.config import PROJECT_ROOT
+from recsys_platform.production_stack import free_port
 from recsys_platform.realtime import INSTANCE_YAML, LAST_FILE_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -60,12 +60,6 @@ PREPARE = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[dict]:
     """A prepared RECSYS_HOME, then dagster-daemon (landing sensor running) and `recsys serve` on loopback."""
@@ -89,7 +83,7 @@ def stack(tmp_path: Path) -> Iterator[dict]:
     )
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     model_version = json.loads(prepared.stdout.strip().splitlines()[-1])["model_version"]
-    port = _free_port()
+    port = free_port()
     bin_dir = Path(sys.executable).parent
     procs = []
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("daemon", "serve")}  # noqa: SIM115

@@ -11,13 +11,10 @@ import importlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 import dagster as dg
@@ -30,6 +27,7 @@ from recsys_platform.definitions import build_definitions, partition_range_tags
 from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.landing import EVENTS_PREFIX, LocalLandingZone, S3LandingZone, partition_key_of
 from recsys_platform.online_store import open_online_store
+from recsys_platform.production_stack import CeleryWorkers, ProductionStack
 from recsys_platform.profiles import describe_profile, polars_s3_options
 from recsys_platform.serving import recommend
 from tests.conftest import FIXED_END, _port_open, service_unavailable
@@ -43,45 +41,12 @@ TUNABLES = {
 DATASET = GeneratorConfig(n_users=200, days=8, seed=11, end=FIXED_END)
 WORKERS = ("alpha", "beta")
 RUN_TIMEOUT_S = 200
-CELERY = str(Path(sys.executable).with_name("celery"))
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 
 
-def _pg(url: str, database: str) -> str:
-    """The same server as `url`, another database, with the psycopg2 driver SQLAlchemy needs."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(scheme="postgresql+psycopg2", path=f"/{database}"))
-
-
-def _pg_admin(url: str, statement: str) -> None:
-    import psycopg2
-
-    con = psycopg2.connect(url)
-    con.autocommit = True
-    try:
-        with con.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        con.close()
-
-
-def _redis_with(url: str, **query: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(query="&".join(f"{k}={v}" for k, v in query.items())))
-
-
-def _drop_redis_prefix(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.delete(key)
-    client.close()
-
-
 @pytest.fixture(scope="module")
-def services(s3_endpoint: str) -> tuple[str, str, str, str]:
-    """(postgres_url, redis_url, s3 endpoint, bucket) for the module: the conftest checks, module-scoped."""
+def services(s3_endpoint: str) -> tuple[str, str, str]:
+    """(postgres_url, redis_url, s3 endpoint) for the module: the conftest checks, module-scoped."""
     for module, package in (("dagster_celery", "dagster-celery"), ("s3fs", "s3fs"), ("psycopg2", "psycopg2-binary")):
         try:
             importlib.import_module(module)
@@ -92,9 +57,7 @@ def services(s3_endpoint: str) -> tuple[str, str, str, str]:
     for what, url, port in (("PostgreSQL", pg, 5432), ("Redis", rd, 6379)):
         if (err := _port_open(url, port)) is not None:
             service_unavailable(what, url, err)
-    bucket = f"recsys-prod-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    return pg, rd, s3_endpoint, bucket
+    return pg, rd, s3_endpoint
 
 
 @pytest.fixture(scope="module")
@@ -129,47 +92,18 @@ class Production:
 
     def __init__(self, env: dict[str, str], root: Path):
         self.env, self.root = env, root
-        self.workers: list[subprocess.Popen] = []
-        self.queue = env.get("RECSYS_CELERY_QUEUE", "dagster")
+        self.workers = CeleryWorkers(env, root, WORKERS)
 
     def materialize(self, dataset, zone) -> None:
         """Land the dataset, start the workers, ingest every arrival hour in one run, then the training cycle."""
         write_to_landing(dataset, zone)
         keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
-        self.start_workers()
+        self.workers.start()
         self.execute("ingest_events", partition_range_tags(keys[0], keys[-1]))
         self.execute("training_cycle")
 
-    def start_workers(self) -> None:
-        for name in WORKERS:
-            log = open(self.root / f"worker-{name}.log", "w")  # noqa: SIM115 (closed with the process)
-            self.workers.append(
-                subprocess.Popen(
-                    [CELERY, "-A", "dagster_celery.app", "worker", "-Q", self.queue, "--pool", "solo"]
-                    + ["-n", f"{name}-{self.env['RECSYS_TEST_ID']}@%h", "--loglevel", "INFO"],
-                    env=self.env,
-                    cwd=PROJECT_ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        deadline = time.monotonic() + 60
-        while not all("ready." in (self.root / f"worker-{n}.log").read_text() for n in WORKERS):
-            if time.monotonic() > deadline or any(w.poll() is not None for w in self.workers):
-                raise RuntimeError("celery workers did not start:\n" + self.worker_logs())
-            time.sleep(0.2)
-
-    def worker_logs(self) -> str:
-        return "\n".join((self.root / f"worker-{n}.log").read_text()[-3000:] for n in WORKERS)
-
     def stop_workers(self) -> None:
-        for proc in self.workers:
-            proc.terminate()
-        for proc in self.workers:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        self.workers.stop()
 
     def execute(self, job: str, tags: dict[str, str] | None = None) -> None:
         cmd = [DAGSTER, "job", "execute", "-m", "recsys_platform.definitions", "-a", "defs", "-j", job]
@@ -180,7 +114,8 @@ class Production:
         )
         if proc.returncode != 0:
             raise AssertionError(
-                f"{job} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{self.worker_logs()}"
+                f"{job} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n"
+                + self.workers.logs()
             )
 
     def lake(self, table: str) -> pl.DataFrame:
@@ -196,50 +131,18 @@ class Production:
 @pytest.fixture(scope="module")
 def production(dataset, tmp_path_factory, services):
     """The production profile materialized with the celery executor and two workers."""
-    postgres_url, redis_url, endpoint, bucket = services
-    test_id = uuid.uuid4().hex[:10]
+    postgres_url, redis_url, endpoint = services
     root = tmp_path_factory.mktemp("production")
-    dagster_home = root / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(PROJECT_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
-    dagster_db, mlflow_db = f"recsys_dagster_{test_id}", f"recsys_mlflow_{test_id}"
-    admin = urlsplit(postgres_url)._replace(scheme="postgresql").geturl()
-    for db in (dagster_db, mlflow_db):
-        _pg_admin(admin, f"CREATE DATABASE {db}")
-    store_prefix, queue_prefix, celery_prefix = (f"recsys-{what}-{test_id}" for what in ("store", "push", "celery"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "MLFLOW_", "DAGSTER_"))}
-    env |= TUNABLES | {
-        "RECSYS_TEST_ID": test_id,
-        "DAGSTER_HOME": str(dagster_home),
-        "DAGSTER_PG_URL": _pg(postgres_url, dagster_db),
-        "DAGSTER_COMPUTE_LOG_BUCKET": bucket,
-        "DAGSTER_COMPUTE_LOG_PREFIX": "compute-logs",
-        "RECSYS_HOME": str(root / "home"),
-        "RECSYS_LANDING_URL": f"s3://{bucket}/landing",
-        "RECSYS_LAKE_URL": f"s3://{bucket}/lake",
-        "RECSYS_S3_ENDPOINT_URL": endpoint,
-        "MLFLOW_TRACKING_URI": _pg(postgres_url, mlflow_db),
-        "RECSYS_MLFLOW_ARTIFACTS": f"s3://{bucket}/mlflow",
-        "MLFLOW_S3_ENDPOINT_URL": endpoint,
-        "RECSYS_ONLINE_STORE_URL": _redis_with(redis_url, prefix=store_prefix),
-        "RECSYS_PUSH_QUEUE_URL": _redis_with(redis_url, prefix=queue_prefix),
-        "RECSYS_EXECUTOR": "celery",
-        "RECSYS_CELERY_BROKER_URL": redis_url,
-        "RECSYS_CELERY_BACKEND_URL": redis_url,
-        "RECSYS_CELERY_KEY_PREFIX": f"{celery_prefix}:",
-        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "deploy"), str(PROJECT_ROOT)]),
-    }
-    zone = S3LandingZone(boto3.client("s3", endpoint_url=endpoint), bucket, "landing")
-    prod = Production(env, root)
+    stack = ProductionStack(postgres_url, redis_url, endpoint, root, extra_env=TUNABLES)
+    stack.create()
+    zone = S3LandingZone(boto3.client("s3", endpoint_url=endpoint), stack.bucket, "landing")
+    prod = Production(stack.env, root)
     try:
         prod.materialize(dataset, zone)
         yield prod
     finally:
         prod.stop_workers()
-        for db in (dagster_db, mlflow_db):
-            _pg_admin(admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        for prefix in (store_prefix, queue_prefix, celery_prefix):
-            _drop_redis_prefix(redis_url, prefix)
+        stack.drop()
 
 
 def _instance(prod: Production) -> dg.DagsterInstance:
@@ -512,7 +415,6 @@ def rabbitmq_run(dataset, tmp_path_factory):
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "MLFLOW_", "DAGSTER_"))}
     env |= TUNABLES | {
-        "RECSYS_TEST_ID": test_id,
         "DAGSTER_HOME": str(dagster_home),
         "RECSYS_HOME": str(root / "home"),
         "RECSYS_EXECUTOR": "celery",

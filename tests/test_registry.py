@@ -4,7 +4,6 @@ by hand, loading by alias or number, and serving a registered version as an MLfl
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,6 +17,7 @@ import pytest
 
 from recsys_platform import registry
 from recsys_platform.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL_NAME
+from recsys_platform.production_stack import free_port
 from resources import MlflowResource
 from sensors.registry import champion_sensor_for
 
@@ -167,12 +167,6 @@ def test_pyfunc_loads_by_alias_and_scores_like_the_booster(lifecycle) -> None:
     assert [c.name for c in model.metadata.get_input_schema().inputs] == FEATURES
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
@@ -188,7 +182,7 @@ def test_mlflow_scoring_server_serves_the_champion(lifecycle, tmp_path) -> None:
     """`recsys serve-model` runs this exact command: MLflow's scoring server on the registered champion."""
     tracking, (ref, _, _) = lifecycle
     registry.promotion_gate(tracking, ref, 0.30, 0.10, None, margin=0.05)
-    port = _free_port()
+    port = free_port()
     argv, env = registry.pyfunc_serve_command(tracking, CHAMPION_ALIAS, port=port)
     log = (tmp_path / "serve.log").open("w")
     # its own process group, so stopping it stops the server's workers too
