@@ -7,8 +7,13 @@ does, in-process over the arrival hours (in runs of `--hours-per-run` hours, def
 over all 720 hours holds every event in memory at once), and the last runs job `training_cycle` on
 the multiprocess executor (each step in its own process, `--max-concurrent` at once; `--executor
 in_process` for one process), all on the Dagster instance in DAGSTER_HOME. The storage profile is
-whatever the environment selects (embedded default unless RECSYS_LAKE_URL etc. are set). The
-driver samples the resident memory of the stage's process tree every 0.2 s and stops a stage that
+whatever the environment selects (embedded default unless RECSYS_LAKE_URL etc. are set), or with
+`--profile production` a deployment of its own per size (recsys_platform.production_stack): Dagster
+instance and MLflow backend in new PostgreSQL databases, landing zone, lake, MLflow artifacts and
+compute logs in a new bucket of an S3-compatible server (`--s3-endpoint`, default a moto server
+started on loopback), online store and push queue under Redis prefixes, and training_cycle's steps
+run by `--workers` Celery workers (Redis broker). The driver samples the resident memory of the
+stage's process tree (plus the Celery workers) every 0.2 s and stops a stage that
 passes `--max-rss-gib` (default 14: the host is shared), naming the step that was running. Per-step
 wall time comes from the runs' event log (so a stopped stage still gets its figures), and each
 step's peak is the highest sample between its start and end events (`delta` = peak minus RSS when
@@ -17,6 +22,7 @@ it started).
     /work/venv/bin/python benchmarks/scale.py --users 10000 --users 100000
     /work/venv/bin/python benchmarks/scale.py --users 1000000 --time-limit 3600 --keep /tmp/scale
     /work/venv/bin/python benchmarks/scale.py --users 20000 --days 15 --days 30 --days 60  # history growth
+    /work/venv/bin/python benchmarks/scale.py --profile production --users 10000 --users 100000
 
 Prints one table per size and a growth table (time and peak memory exponent between sizes:
 1.0 = linear). Targets on 2 cores: whole cycle at 1M users < 45 min, peak < 16 GiB.
@@ -25,6 +31,7 @@ Prints one table per size and a growth table (time and peak memory exponent betw
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +51,8 @@ TARGET_PEAK_GIB = 16.0
 GIB = 1024**3
 # Users simulated per chunk: the generator's peak is ~75 KiB per user of a 30-day chunk (7.2 GiB at 100k).
 GENERATE_CHUNK_USERS = 50_000
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_DEFAULT = "redis://127.0.0.1:6379/14"
 
 
 def _rss_bytes(pid: int) -> int:
@@ -216,7 +226,7 @@ def stage_cycle(hours_per_run: int, skip_assets: list[str] | None = None, jobs_t
         if skip_assets and job == "training_cycle":
             skipped = {dg.AssetKey(a) for a in skip_assets}
             selection = [k for k in job_def.asset_layer.selected_asset_keys if k not in skipped]
-        if job == "training_cycle" and os.environ.get("RECSYS_EXECUTOR") == "multiprocess":
+        if job == "training_cycle" and os.environ.get("RECSYS_EXECUTOR") in ("multiprocess", "celery"):
             with dg.execute_job(
                 dg.reconstructable(training_cycle_job),
                 instance=instance,
@@ -305,14 +315,17 @@ def _running_step(log: Path) -> str:
     return last
 
 
-def _run_stage(args: list[str], env: dict[str, str], timeout: float, log: Path, max_rss: int) -> dict:
-    """Run a stage in a subprocess (bounded in time and memory, output to `log`), return its JSON report."""
+def _run_stage(
+    args: list[str], env: dict[str, str], timeout: float, log: Path, max_rss: int, workers: tuple[int, ...] = ()
+) -> dict:
+    """Run a stage in a subprocess (bounded in time and memory, output to `log`), return its JSON report.
+    Memory is the stage's process tree plus the Celery `workers` (pids) that run its steps."""
     samples: list[tuple[float, int]] = []
     with open(log, "w") as err, open(log.with_suffix(".json"), "w") as out:
         proc = subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=out, stderr=err)
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
-            samples.append((time.time(), tree_rss_bytes(proc.pid)))
+            samples.append((time.time(), tree_rss_bytes(proc.pid) + sum(tree_rss_bytes(w) for w in workers)))
             peak = max(b for _, b in samples)
             if time.monotonic() > deadline or peak > max_rss:
                 proc.kill()
@@ -367,6 +380,9 @@ def _print_size(label: str, gen: dict, cycle: dict) -> None:
         )
     for j in cycle.get("jobs", []):
         print(f"   job {j['job']}: {j['runs']} run(s), {j['seconds']:.1f} s, success={j['success']}")
+    if "s3_server_rss_bytes" in cycle:
+        moto = _mib(cycle["s3_server_rss_bytes"])
+        print(f"   S3 server (moto, not counted in the peak): {moto} MiB resident at the end")
     if "seconds" in cycle:
         ok_t = "OK" if cycle["seconds"] < TARGET_SECONDS else "OVER"
         ok_m = "OK" if cycle["tree_peak_bytes"] < TARGET_PEAK_GIB * GIB else "OVER"
@@ -436,10 +452,21 @@ def main() -> None:
         help="with --reuse: keep only the generated landing zone and run ingestion again on a fresh lake and instance",
     )
     parser.add_argument(
+        "--profile",
+        choices=["embedded", "production"],
+        default="embedded",
+        help="embedded: SQLite instance, local lake, SQLite store, MLflow on SQLite; production: PostgreSQL "
+        "instance and MLflow backend, S3 landing, lake and artifacts, Redis store and queue (production_stack)",
+    )
+    parser.add_argument("--postgres-url", default=os.environ.get("RECSYS_TEST_POSTGRES_URL", PG_DEFAULT))
+    parser.add_argument("--redis-url", default=os.environ.get("RECSYS_TEST_REDIS_URL", REDIS_DEFAULT))
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint (production; default: a moto server on loopback)")
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers (executor celery)")
+    parser.add_argument(
         "--executor",
-        choices=["multiprocess", "in_process"],
-        default="multiprocess",
-        help="training_cycle executor: multiprocess runs each step in its own process (ingestion is always in-process)",
+        choices=["multiprocess", "in_process", "celery"],
+        help="training_cycle executor (default: multiprocess on embedded, celery on production): multiprocess "
+        "runs each step in its own process, celery in the workers; ingestion is always in-process",
     )
     parser.add_argument(
         "--max-concurrent", type=int, default=1, help="steps of training_cycle run at once (multiprocess)"
@@ -451,61 +478,117 @@ def main() -> None:
     days = args.days or [30]
     sizes = [(u, d) for u in users for d in days]
     root = args.keep or Path(tempfile.mkdtemp(prefix="recsys-scale-"))
+    if args.profile == "production" and args.reuse:
+        parser.error("--reuse needs the embedded profile (a production size gets a new bucket and databases)")
     print(f"load before: {os.getloadavg()}, cpus: {os.cpu_count()}, work dir: {root}")
-    max_rss = int(args.max_rss_gib * GIB)
     results = []
+    moto = None
+    if args.profile == "production" and not args.s3_endpoint:
+        from recsys_platform.production_stack import start_moto_server
+
+        moto, args.s3_endpoint = start_moto_server()
     try:
         for u, d in sizes:
-            home = root / f"u{u}_d{d}"
-            env = os.environ | {
-                "RECSYS_HOME": str(home),
-                "DAGSTER_HOME": str(home / "dagster"),
-                "RECSYS_EXECUTOR": args.executor,
-                "RECSYS_MAX_CONCURRENT": str(args.max_concurrent),
-            }
-            reuse = args.reuse and args.keep is not None and (home / "generate.json").exists()
-            if reuse and args.reingest:
-                _clear_all_but_landing(home)
-                gen = json.loads((home / "generate.json").read_text().strip().splitlines()[-1])
-                seen, reuse = set(), False
-            elif reuse:
-                gen = json.loads((home / "generate.json").read_text().strip().splitlines()[-1])
-                seen = {r.run_id for r in _instance_runs(home / "dagster")}
-            else:
-                shutil.rmtree(home, ignore_errors=True)
-                (home / "dagster").mkdir(parents=True)
-                (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-                gen = _run_stage(
-                    ["_generate", str(u), str(d), str(args.seed)], env, args.time_limit, home / "generate.log", max_rss
-                )
-                seen = set()
-            # Ingestion and training_cycle in two processes: what the in-process ingestion runs leave
-            # allocated is not carried into the training steps' memory.
-            stage = ["_cycle", str(args.hours_per_run), ",".join(args.skip_asset)]
-            if "error" in gen:
-                cycle = {"error": "no data"}
-            elif reuse:
-                cycle = _run_stage([*stage, "train"], env, args.time_limit, home / "cycle.log", max_rss)
-            else:
-                ingest = _run_stage([*stage, "ingest"], env, args.time_limit, home / "ingest.log", max_rss)
-                cycle = ingest
-                if "error" not in ingest:
-                    train = _run_stage([*stage, "train"], env, args.time_limit, home / "cycle.log", max_rss)
-                    cycle = _joined(ingest, train)
-            if "samples" in cycle:
-                cycle["steps"] = steps_from_instance(home / "dagster", cycle.pop("samples"), seen)
-            gen.pop("samples", None)
             label = f"{u:,} users x {d} days"
-            _print_size(label, gen, cycle)
+            results.append((label, _run_size(args, root / f"u{u}_d{d}", u, d, moto)))
+            _print_size(label, results[-1][1]["generate"], results[-1][1])
             print(f"   load after: {os.getloadavg()}")
-            results.append((label, cycle | {"generate": gen}))
             sys.stdout.flush()
         _print_growth(results)
         if args.json:
             args.json.write_text(json.dumps([{"size": label, **c} for label, c in results], indent=1))
     finally:
+        if moto is not None:
+            moto.terminate()
+            moto.wait(timeout=30)
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _size_env(args: argparse.Namespace, home: Path):
+    """(environment, ProductionStack or None) of one size: its own RECSYS_HOME and Dagster instance on
+    the embedded profile, its own databases, bucket and Redis prefixes on the production profile."""
+    executor = args.executor or ("celery" if args.profile == "production" else "multiprocess")
+    tuning = {"RECSYS_EXECUTOR": executor, "RECSYS_MAX_CONCURRENT": str(args.max_concurrent)}
+    if args.profile == "embedded":
+        return os.environ | {"RECSYS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")} | tuning, None
+    from recsys_platform.production_stack import ProductionStack
+
+    stack = ProductionStack(args.postgres_url, args.redis_url, args.s3_endpoint, home, extra_env=tuning)
+    return stack.env, stack
+
+
+def _run_size(args: argparse.Namespace, home: Path, users: int, days: int, moto) -> dict:
+    """Generate, ingest and train one size; the cycle report with its per-step table and generation figures."""
+    max_rss = int(args.max_rss_gib * GIB)
+    env, stack = _size_env(args, home)
+    dagster_home = Path(env["DAGSTER_HOME"])
+    reuse = args.reuse and args.keep is not None and (home / "generate.json").exists() and stack is None
+    if reuse and args.reingest:
+        _clear_all_but_landing(home)
+        gen = json.loads((home / "generate.json").read_text().strip().splitlines()[-1])
+        seen, reuse = set(), False
+    elif reuse:
+        gen = json.loads((home / "generate.json").read_text().strip().splitlines()[-1])
+        seen = {r.run_id for r in _instance_runs(dagster_home)}
+    else:
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        if stack is None:
+            dagster_home.mkdir()
+            (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        else:
+            stack.create()
+        gen = _run_stage(
+            ["_generate", str(users), str(days), str(args.seed)], env, args.time_limit, home / "generate.log", max_rss
+        )
+        seen = set()
+    from recsys_platform.production_stack import CeleryWorkers
+
+    workers = CeleryWorkers(env, home, tuple(f"w{i}" for i in range(args.workers)))
+    try:
+        # Ingestion and training_cycle in two processes: what the in-process ingestion runs leave
+        # allocated is not carried into the training steps' memory.
+        stage = ["_cycle", str(args.hours_per_run), ",".join(args.skip_asset)]
+        if "error" in gen:
+            cycle = {"error": "no data"}
+        elif reuse:
+            cycle = _run_stage([*stage, "train"], env, args.time_limit, home / "cycle.log", max_rss)
+        else:
+            cycle = _run_stage([*stage, "ingest"], env, args.time_limit, home / "ingest.log", max_rss)
+            if "error" not in cycle:
+                if env["RECSYS_EXECUTOR"] == "celery":
+                    workers.start()
+                pids = tuple(w.pid for w in workers.processes)
+                train = _run_stage([*stage, "train"], env, args.time_limit, home / "cycle.log", max_rss, pids)
+                cycle = _joined(cycle, train)
+        if "samples" in cycle:
+            with _instance_env(env):
+                cycle["steps"] = steps_from_instance(dagster_home, cycle.pop("samples"), seen)
+        if moto is not None:
+            cycle["s3_server_rss_bytes"] = tree_rss_bytes(moto.pid)
+    finally:
+        workers.stop()
+        if stack is not None and args.keep is None:
+            stack.drop()
+    gen.pop("samples", None)
+    return cycle | {"generate": gen}
+
+
+@contextlib.contextmanager
+def _instance_env(env: dict[str, str]) -> Iterator[None]:
+    """Export the variables the instance's dagster.yaml reads (PostgreSQL URL, compute-log bucket) meanwhile."""
+    keys = ("DAGSTER_PG_URL", "DAGSTER_COMPUTE_LOG_BUCKET", "DAGSTER_COMPUTE_LOG_PREFIX", "RECSYS_S3_ENDPOINT_URL")
+    saved = {k: os.environ.get(k) for k in keys if k in env}
+    os.environ.update({k: env[k] for k in saved})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 if __name__ == "__main__":
