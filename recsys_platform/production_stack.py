@@ -83,13 +83,18 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-def start_moto_server(timeout_s: float = 20) -> tuple[subprocess.Popen, str]:
-    """Start moto's S3-compatible server on a free loopback port: (process, endpoint URL)."""
+def start_moto_server(timeout_s: float = 20, key_buffer_bytes: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start moto's S3-compatible server on a free loopback port: (process, endpoint URL).
+
+    moto holds an object in memory up to `key_buffer_bytes` (its default: 5 MiB) and spills larger ones
+    to temporary files; a small value keeps gigabytes of small objects (scale runs) out of its memory."""
     port = free_port()
+    env = os.environ | ({"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(key_buffer_bytes)} if key_buffer_bytes else {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     deadline = time.monotonic() + timeout_s
     while not port_open("127.0.0.1", port):
