@@ -51,7 +51,9 @@ def recommendations(
     a champion, the popularity baseline is served and labelled as such."""
     params = pipeline.params()
     cutoff = feature_cutoff(interactions)
-    interactions = read_history(interactions)
+    # By user: each scoring chunk's history is then a slice (features.rows_of_users), not a semi join
+    # over every interaction, which made this step grow with users x history.
+    interactions = read_history(interactions, by_user=True)
     now = datetime.now(UTC)
     excluded = ranking.recently_completed(interactions, cutoff, params.recent_exclusion_days)
     champion = registry.alias_version(mlflow.tracking_uri, CHAMPION_ALIAS, mlflow.model_name)

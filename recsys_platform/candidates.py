@@ -43,6 +43,8 @@ class CandidateContext:
     # Global per-source tables (popularity by segment, daypart, ...), computed once per context and
     # shared by its copies, so scoring users chunk by chunk does not re-aggregate the whole history.
     tables: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False, compare=False)
+    # The history of the users this context serves (None: `history`), for the per-user sources.
+    user_history: pl.DataFrame | None = field(default=None, repr=False, compare=False)
 
     def table(self, key: str, build: Callable[[], pl.DataFrame]) -> pl.DataFrame:
         """The global table `key`, built on first use."""
@@ -211,7 +213,8 @@ def source_content(ctx: CandidateContext, user_ids: pl.DataFrame, n: int) -> pl.
 def source_history(ctx: CandidateContext, user_ids: pl.DataFrame, n: int) -> pl.DataFrame:
     """The user's own most-loved items (replays), by summed positive weight."""
     scores = (
-        ctx.history.join(user_ids, on="user_id", how="semi")
+        (ctx.history if ctx.user_history is None else ctx.user_history)
+        .join(user_ids, on="user_id", how="semi")
         .filter(pl.col("weight") > 0)
         .group_by("user_id", "item_id")
         .agg(score=pl.col("weight").sum())

@@ -2,7 +2,9 @@
 
 Every feature function takes a `cutoff` and reads only events strictly before it, so the
 same code builds training features (cutoff = start of the label window), evaluation
-features and serving features (cutoff = now): train/serve parity and no leakage.
+features and serving features (cutoff = now): train/serve parity and no leakage. Each one
+returns its rows sorted by its keys (joins and group-bys leave the order to the engine), so
+repeated runs write identical Parquet.
 """
 
 from __future__ import annotations
@@ -58,9 +60,11 @@ def read_history(
     start: datetime | None = None,
     end: datetime | None = None,
     positive_only: bool = False,
+    by_user: bool = False,
 ) -> pl.DataFrame:
     """The interactions a step reads: `columns` only, events in [start, end) and of positive weight when
-    asked; on a lazy scan of the lake the selection and filters are pushed into the Parquet read."""
+    asked; on a lazy scan of the lake the selection and filters are pushed into the Parquet read. With
+    `by_user`, sorted by user (stable) so that `rows_of_users` finds a user chunk's rows by binary search."""
     lf = interactions.lazy()
     if start is not None:
         lf = lf.filter(pl.col("event_time") >= pl.lit(start, dtype=pl.Datetime("us", "UTC")))
@@ -68,7 +72,21 @@ def read_history(
         lf = lf.filter(pl.col("event_time") < pl.lit(end, dtype=pl.Datetime("us", "UTC")))
     if positive_only:
         lf = lf.filter(pl.col("weight") > 0)
-    return lf.select(list(columns)).collect()
+    lf = lf.select(list(columns))
+    return (lf.sort("user_id", maintain_order=True) if by_user else lf).collect()
+
+
+def rows_of_users(frame: pl.DataFrame, user_ids: pl.Series) -> pl.DataFrame:
+    """The rows of `frame` whose user_id is in `user_ids`. When `frame` is sorted by user_id (the
+    sorted flag is set), only the slice between the smallest and largest of them is joined, so taking
+    many user chunks in turn costs each chunk's rows, not a pass over the whole frame per chunk."""
+    who = pl.DataFrame({"user_id": user_ids.cast(pl.String)})
+    if who.height and frame["user_id"].flags["SORTED_ASC"]:
+        col = frame["user_id"]
+        lo = int(col.search_sorted(who["user_id"].min(), side="left"))
+        hi = int(col.search_sorted(who["user_id"].max(), side="right"))
+        frame = frame.slice(lo, hi - lo)
+    return frame.join(who, on="user_id", how="semi", maintain_order="left")
 
 
 def latest_event_time(interactions: pl.LazyFrame | pl.DataFrame) -> datetime | None:
@@ -139,6 +157,7 @@ def item_features(interactions: pl.DataFrame, items: pl.DataFrame, cutoff: datet
             ),
             is_released=pl.col("release_date") <= cut.dt.date(),
         )
+        .sort("item_id")
         .collect()
     )
 
@@ -206,6 +225,7 @@ def user_features(
         .with_columns(
             user_level_played=pl.col("user_level_played").fill_null(pl.col("user_experience").cast(pl.Float64))
         )
+        .sort("user_id")
         .collect()
     )
 
@@ -224,6 +244,7 @@ def user_item_affinities(interactions: pl.DataFrame, items: pl.DataFrame, cutoff
             .agg(w=pl.col("weight").sum())
             .with_columns(**{f"aff_{facet}": pl.col("w") / pl.col("w").sum().over("user_id")})
             .drop("w")
+            .sort("user_id", facet)
             .collect()
         )
     return out
@@ -243,5 +264,6 @@ def user_item_history(interactions: pl.DataFrame, cutoff: datetime, repeat_cap: 
             ui_days_since=(cut - pl.col("event_time").max()).dt.total_seconds() / 86400.0,
             ui_last_completed=pl.col("event_time").filter(pl.col("event_type") == "content_complete").max(),
         )
+        .sort("user_id", "item_id")
         .collect()
     )

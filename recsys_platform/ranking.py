@@ -70,6 +70,8 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     *PAIR_COLUMNS,
 )
 CATEGORICAL_COLUMNS = ("item_type_code", "user_daypart_code")
+# The training window's features and candidates come from events before its cutoff: at least a day of them.
+MIN_FEATURE_DAYS = 1
 # Users per scoring chunk: a ranker frame is ~150 candidates x ~60 features per user (~0.5 GiB per 10k users).
 SCORING_CHUNK_USERS = 10_000
 
@@ -115,12 +117,14 @@ class PointInTime:
         """Global parts from `ctx` and `item_features`; the per-user tables for `user_ids` (None: everyone)."""
         mine, users = ctx.history, ctx.users
         if user_ids is not None:
-            who = pl.DataFrame({"user_id": pl.Series(list(user_ids), dtype=pl.String)})
-            mine = mine.join(who, on="user_id", how="semi")
-            users = users.join(who, on="user_id", how="semi")
+            who = pl.Series(list(user_ids), dtype=pl.String)
+            mine = feats.rows_of_users(mine, who)
+            users = users.join(pl.DataFrame({"user_id": who}), on="user_id", how="semi")
         return cls(
             cutoff=ctx.cutoff,
-            candidates=replace(ctx, affinities=feats.user_item_affinities(mine, ctx.items, ctx.cutoff)),
+            candidates=replace(
+                ctx, affinities=feats.user_item_affinities(mine, ctx.items, ctx.cutoff), user_history=mine
+            ),
             user_features=feats.user_features(mine, users, ctx.items, ctx.cutoff),
             item_features=item_features,
             ui_history=feats.user_item_history(mine, ctx.cutoff, params.repeat_cap),
@@ -192,6 +196,11 @@ class TemporalSplit:
         eval_cutoff = end - timedelta(days=label_days)
         return cls(train_cutoff=eval_cutoff - timedelta(days=label_days), eval_cutoff=eval_cutoff, end=end)
 
+    @staticmethod
+    def min_history_days(label_days: int) -> int:
+        """Days of events the protocol needs: MIN_FEATURE_DAYS of features, then two label windows."""
+        return MIN_FEATURE_DAYS + 2 * label_days
+
 
 def label_users(labels: pl.DataFrame, max_users: int | None, seed: int) -> pl.Series:
     """The users with a label, sorted; a seeded sample of `max_users` of them when there are more."""
@@ -239,6 +248,8 @@ def train_ranker(train: pl.DataFrame, params: PipelineParams, valid: pl.DataFram
 
     has_pos = train.group_by("user_id").agg(pl.col("relevance").max() > 0).filter(pl.col("relevance"))
     train = train.join(has_pos.select("user_id"), on="user_id", how="semi").sort("user_id", "item_id")
+    if train.height == 0:
+        raise ValueError("no training rows with a positive label: nothing for the ranker to learn from")
     groups = train.group_by("user_id", maintain_order=True).len()["len"].to_numpy()
     model = lgb.LGBMRanker(
         objective="lambdarank",

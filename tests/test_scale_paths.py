@@ -11,7 +11,7 @@ import pytest
 from recsys_platform import candidates, schemas
 from recsys_platform.candidates import CONTENT_FACETS, _ranked, _released, source_content
 from recsys_platform.config import PipelineParams
-from recsys_platform.features import build_interactions
+from recsys_platform.features import build_interactions, read_history, rows_of_users
 from recsys_platform.generator import GeneratorConfig, generate, generate_to_landing
 from recsys_platform.landing import EVENTS_PREFIX, ITEMS_PREFIX, USERS_PREFIX, LocalLandingZone, partition_key_of
 from recsys_platform.ranking import (
@@ -116,6 +116,24 @@ def test_recommend_in_chunks_equals_scoring_everyone_at_once(world):
     chunked = recommend(model, pit, ds.users["user_id"], excluded, PARAMS, chunk_users=73)
     assert chunked.height == expected.height > ds.users.height
     assert chunked.equals(expected)
+    # the serving step reads the history sorted by user: chunks take slices of it, with the same answer
+    by_user = inter.sort("user_id", maintain_order=True)
+    assert by_user["user_id"].flags["SORTED_ASC"]
+    pit = PointInTime.build(by_user, ds.items, ds.users, cutoff, PARAMS, user_ids=[])
+    assert recommend(model, pit, ds.users["user_id"], excluded, PARAMS, chunk_users=73).equals(expected)
+
+
+def test_rows_of_users_on_a_user_sorted_frame_equals_the_semi_join(world):
+    inter = world["inter"]
+    users = inter["user_id"].unique().sort()
+    by_user = read_history(inter, by_user=True)
+    assert by_user["user_id"].flags["SORTED_ASC"] and by_user.height == inter.height
+    for who in (users.slice(10, 37), users.gather([3, 90, 91, 400]), pl.Series(["nobody"]), users.head(0)):
+        want = inter.select(by_user.columns).join(pl.DataFrame({"user_id": who}), on="user_id", how="semi")
+        got = rows_of_users(by_user, who)
+        assert got.height == want.height
+        assert got.equals(want.sort("user_id", maintain_order=True))
+        assert rows_of_users(inter, who).equals(inter.join(pl.DataFrame({"user_id": who}), on="user_id", how="semi"))
 
 
 def _read_events(zone: LocalLandingZone) -> pl.DataFrame:
