@@ -12,6 +12,7 @@ from recsys_platform.candidates import candidate_recall
 from recsys_platform.config import PipelineParams
 from recsys_platform.features import user_segments
 from recsys_platform.ranking import (
+    MIN_FEATURE_DAYS,
     TemporalSplit,
     label_users,
     label_window,
@@ -26,15 +27,45 @@ logger = logging.getLogger(__name__)
 EVAL_K = 10
 
 
+class InsufficientHistoryError(ValueError):
+    """The interactions are too few or too short for a window of the temporal training protocol."""
+
+
+def _history_needed(params: PipelineParams) -> str:
+    days = TemporalSplit.min_history_days(params.label_days)
+    return f"the training cycle needs at least {days} days of events ({MIN_FEATURE_DAYS} of features + 2 x label_days)"
+
+
+def _check_window(
+    name: str, frame: pl.DataFrame, start: datetime, end: datetime, interactions: pl.DataFrame, params: PipelineParams
+) -> None:
+    """Raise InsufficientHistoryError when a window of the training set has no positive row."""
+    if frame.height > 0 and (frame["relevance"] > 0).any():
+        return
+    first, last = interactions["event_time"].min(), interactions["event_time"].max()
+    span = (last - first).total_seconds() / 86400
+    raise InsufficientHistoryError(
+        f"the {name!r} window of the training set has no positive row ({frame.height} rows): no candidate "
+        f"built from events before {start:%Y-%m-%d %H:%M} was completed or favourited in the label window "
+        f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC (label_days={params.label_days}). The interactions "
+        f"span {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M} ({span:.1f} days); {_history_needed(params)}"
+    )
+
+
 def build_training_set(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, params: PipelineParams
 ) -> pl.DataFrame:
     """Ranker rows for two windows: `train` (labels in the window before the holdout) and `eval` (holdout),
-    each for at most `params.max_training_users` seeded-sampled users with a label in the window."""
+    each for at most `params.max_training_users` seeded-sampled users with a label in the window;
+    InsufficientHistoryError when a window has no positive row to learn from or evaluate on."""
+    if interactions.height == 0:
+        raise InsufficientHistoryError(f"no interactions to build a training set from; {_history_needed(params)}")
     split = TemporalSplit.from_interactions(interactions, params.label_days)
     cap = params.max_training_users
     train = training_frame(interactions, items, users, split.train_cutoff, split.eval_cutoff, params, cap)
+    _check_window("train", train, split.train_cutoff, split.eval_cutoff, interactions, params)
     holdout = training_frame(interactions, items, users, split.eval_cutoff, split.end, params, cap)
+    _check_window("eval", holdout, split.eval_cutoff, split.end, interactions, params)
     return pl.concat(
         [train.with_columns(split=pl.lit("train")), holdout.with_columns(split=pl.lit("eval"))],
         how="vertical_relaxed",

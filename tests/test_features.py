@@ -7,9 +7,16 @@ import pytest
 
 from recsys_platform import schemas
 from recsys_platform.config import PipelineParams
-from recsys_platform.features import build_interactions, user_features, user_item_history
+from recsys_platform.features import (
+    build_interactions,
+    item_features,
+    user_features,
+    user_item_affinities,
+    user_item_history,
+)
 from recsys_platform.generator import GeneratorConfig, generate
-from recsys_platform.ranking import FEATURE_COLUMNS, TemporalSplit, label_window, training_frame
+from recsys_platform.ranking import FEATURE_COLUMNS, TemporalSplit, label_window, train_ranker, training_frame
+from recsys_platform.training import InsufficientHistoryError, build_training_set
 from tests.conftest import FIXED_END
 
 T0 = datetime(2026, 3, 1, 20, tzinfo=UTC)
@@ -130,3 +137,55 @@ def test_leaky_feature_is_detected(frame_and_data):
     corr = with_leak.select(pl.corr("len", "relevance")).item()
     assert corr > 0.3  # a future-derived feature is strongly label-correlated: exactly what must never enter
     assert "len" not in FEATURE_COLUMNS
+
+
+def test_feature_tables_are_sorted_by_their_keys_whatever_the_input_order(frame_and_data):
+    """Joins and group-bys leave row order to the engine: without the sort, reruns wrote different Parquet."""
+    _, inter, ds, _, split = frame_and_data
+    cut = split.eval_cutoff
+    for seed in (1, 2):
+        users = ds.users.sample(fraction=1.0, shuffle=True, seed=seed)
+        items = ds.items.sample(fraction=1.0, shuffle=True, seed=seed)
+        history = inter.sample(fraction=1.0, shuffle=True, seed=seed)
+        uf = user_features(history, users, items, cut)
+        assert uf["user_id"].to_list() == sorted(ds.users["user_id"].to_list())
+        assert uf.equals(user_features(inter, ds.users, ds.items, cut))
+        itf = item_features(history, items, cut)
+        assert itf["item_id"].to_list() == sorted(ds.items["item_id"].to_list())
+        assert itf.equals(item_features(inter, ds.items, cut))
+        for facet, table in user_item_affinities(history, items, cut).items():
+            assert table.equals(table.sort("user_id", facet)), facet
+        uih = user_item_history(history, cut, repeat_cap=3)
+        assert uih.height > 0 and uih.equals(uih.sort("user_id", "item_id"))
+
+
+def test_min_history_days_is_enough_for_a_training_set():
+    params = PipelineParams(label_days=4, candidates_per_source=20)
+    days = TemporalSplit.min_history_days(params.label_days)
+    assert days == 9 and TemporalSplit.min_history_days(7) == 15
+    ds = generate(GeneratorConfig(n_users=300, days=days, seed=11, end=FIXED_END))
+    df = build_training_set(build_interactions(ds.events, ds.items), ds.items, ds.users, params)
+    positives = df.filter(pl.col("relevance") > 0).group_by("split").len()
+    assert sorted(positives["split"].to_list()) == ["eval", "train"]
+
+
+def test_too_short_history_fails_naming_the_label_window_and_the_minimum(frame_and_data):
+    """Seven days with label_days=7 leave the training label window empty: say so, not a LightGBM error."""
+    _, inter, ds, _, _ = frame_and_data
+    last_week = inter.filter(pl.col("event_time") >= FIXED_END - timedelta(days=7))
+    params = PipelineParams(label_days=7, candidates_per_source=20)
+    split = TemporalSplit.from_interactions(last_week, params.label_days)
+    with pytest.raises(InsufficientHistoryError) as raised:
+        build_training_set(last_week, ds.items, ds.users, params)
+    message = str(raised.value)
+    assert "'train' window" in message and "label_days=7" in message
+    assert f"[{split.train_cutoff:%Y-%m-%d %H:%M}, {split.eval_cutoff:%Y-%m-%d %H:%M})" in message
+    assert "at least 15 days" in message
+    with pytest.raises(InsufficientHistoryError, match="no interactions"):
+        build_training_set(inter.head(0), ds.items, ds.users, params)
+
+
+def test_ranker_refuses_rows_without_a_positive_label(frame_and_data):
+    frame, _, _, params, _ = frame_and_data
+    with pytest.raises(ValueError, match="no training rows with a positive label"):
+        train_ranker(frame.filter(pl.col("relevance") == 0), params)
