@@ -49,9 +49,15 @@ def _add_realtime_instance_settings(dagster_yaml: Path) -> None:
         dagster_yaml.write_text(text.rstrip("\n") + "\n" + INSTANCE_YAML)
 
 
-def _run_job_with_progress(job_name: str, label: str, tags: dict[str, str] | None = None) -> object:
-    """Execute a job of the shared Definitions on the project instance, with a step progress bar."""
-    from recsys_platform.definitions import execute_job
+VerboseOption = Annotated[bool, typer.Option("--verbose", help="Print Dagster's DEBUG logs (default: INFO and up).")]
+
+
+def _run_job_with_progress(
+    job_name: str, label: str, tags: dict[str, str] | None = None, verbose: bool = False
+) -> object:
+    """Execute a job of the shared Definitions on the project instance, with a step progress bar;
+    exit with status 1 as soon as the run fails."""
+    from recsys_platform.definitions import JobRunFailed, execute_job
 
     with Progress(
         SpinnerColumn(),
@@ -62,17 +68,44 @@ def _run_job_with_progress(job_name: str, label: str, tags: dict[str, str] | Non
         console=console,
     ) as progress:
         task = progress.add_task(label, total=None)
-        return execute_job(job_name, tags, lambda done, total: progress.update(task, completed=done, total=total))
+        try:
+            return execute_job(
+                job_name,
+                tags,
+                lambda done, total: progress.update(task, completed=done, total=total),
+                log_level="DEBUG" if verbose else "INFO",
+            )
+        except JobRunFailed as exc:
+            progress.stop()
+            console.print(f"[red]{label} failed:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
+def _check_history_days(days: int) -> None:
+    """Refuse fewer days than the training cycle's windows need (RECSYS_LABEL_DAYS and the feature days)."""
+    from recsys_platform.config import PipelineParams
+    from recsys_platform.ranking import MIN_FEATURE_DAYS, TemporalSplit
+
+    label_days = PipelineParams.from_env().label_days
+    needed = TemporalSplit.min_history_days(label_days)
+    if days < needed:
+        raise typer.BadParameter(
+            f"{days} days of history is too short: the training cycle needs at least {needed} "
+            f"({MIN_FEATURE_DAYS} of features, then two label windows of RECSYS_LABEL_DAYS={label_days})",
+            param_hint="'--days'",
+        )
 
 
 @app.command()
 def quickstart(
-    users: Annotated[int, typer.Option(help="Synthetic users.")] = 5000,
-    days: Annotated[int, typer.Option(help="Days of history.")] = 28,
+    users: Annotated[int, typer.Option(min=1, help="Synthetic users.")] = 5000,
+    days: Annotated[int, typer.Option(help="Days of history (at least 1 + 2 x RECSYS_LABEL_DAYS).")] = 28,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     fmt: Annotated[str, typer.Option("--format", help="Landing file format: parquet or jsonl.")] = "parquet",
+    verbose: VerboseOption = False,
 ) -> None:
     """Generate synthetic data into the landing zone, materialize every asset, print a summary."""
+    _check_history_days(days)  # before anything is generated or run
     from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
     from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
     from recsys_platform.summary import print_summary
@@ -88,14 +121,14 @@ def quickstart(
     from recsys_platform.definitions import partition_range_tags
 
     _run_job_with_progress(
-        "ingest_events", f"ingesting {len(keys)} arrival hours", partition_range_tags(keys[0], keys[-1])
+        "ingest_events", f"ingesting {len(keys)} arrival hours", partition_range_tags(keys[0], keys[-1]), verbose
     )
-    _run_job_with_progress("training_cycle", "features, training, evaluation, deploy")
-    _run_batch_sets()
+    _run_job_with_progress("training_cycle", "features, training, evaluation, deploy", verbose=verbose)
+    _run_batch_sets(verbose=verbose)
     print_summary(console, settings, time.perf_counter() - started)
 
 
-def _run_batch_sets(shards: list[str] | None = None) -> None:
+def _run_batch_sets(shards: list[str] | None = None, verbose: bool = False) -> None:
     """Run `recommendation_sets_batch` once per user shard (all shards by default)."""
     from assets.recommendation_sets import SHARD_KEYS
 
@@ -104,17 +137,18 @@ def _run_batch_sets(shards: list[str] | None = None) -> None:
         raise typer.BadParameter(f"unknown shard(s) {unknown}; shards are {SHARD_KEYS[0]} .. {SHARD_KEYS[-1]}")
     for key in shards or SHARD_KEYS:
         _run_job_with_progress(
-            "recommendation_sets_batch", f"recommendation sets, shard {key}", {"dagster/partition": key}
+            "recommendation_sets_batch", f"recommendation sets, shard {key}", {"dagster/partition": key}, verbose
         )
 
 
 @app.command("batch-sets")
 def batch_sets(
     shard: Annotated[list[str] | None, typer.Option(help="User shard to run (repeat); default every shard.")] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Batch-score users with the champion, build the recommendation sets and their JSON-lines export."""
     _prepare_environment()
-    _run_batch_sets(shard)
+    _run_batch_sets(shard, verbose)
 
 
 @app.command()
@@ -231,6 +265,7 @@ def import_data(
     dataset: Annotated[str | None, typer.Option(help="Dataset name (event id prefix); default: file name.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Landing file format: parquet or jsonl.")] = "parquet",
     ingest: Annotated[bool, typer.Option(help="Then run ingest_events for the landed arrival hour.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Import interactions (+ items, users) into the landing zone in the native layout."""
     from recsys_platform import importer
@@ -278,7 +313,7 @@ def import_data(
         from recsys_platform.definitions import partition_range_tags
 
         tags = partition_range_tags(result.partition_key, result.partition_key)
-        _run_job_with_progress("ingest_events", f"ingesting {result.partition_key}", tags)
+        _run_job_with_progress("ingest_events", f"ingesting {result.partition_key}", tags, verbose)
     else:
         console.print(f"next: materialize raw_events for {result.partition_key} (`recsys ui`, or re-run with --ingest)")
 

@@ -1,0 +1,104 @@
+"""The CLI's job runs: refusing a too-short history up front, failing fast and cleanly, console log level."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+from rich.console import Console
+from rich.traceback import Traceback
+from typer.testing import CliRunner
+
+from assets.recommendation_sets import SHARD_KEYS
+from recsys_platform import definitions
+from recsys_platform.cli import app
+from recsys_platform.definitions import JobRunFailed, execute_job
+
+
+@dg.asset
+def upstream() -> int:
+    return 1
+
+
+@dg.asset
+def broken(upstream: int) -> int:
+    raise ValueError("nothing in the label window")
+
+
+SHARD = SHARD_KEYS[0]
+TINY = dg.Definitions(
+    assets=[upstream, broken],
+    jobs=[
+        dg.define_asset_job("fine", selection=dg.AssetSelection.assets("upstream")),
+        dg.define_asset_job("failing", selection=dg.AssetSelection.all()),
+    ],
+)
+
+
+@pytest.fixture
+def dagster_home(tmp_path, monkeypatch):
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exceptions a traceback printer visits (cause, else unsuppressed context); stops at a cycle."""
+    seen: list[BaseException] = []
+    while exc is not None and not any(exc is s for s in seen):
+        seen.append(exc)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if exc is not None:
+        raise AssertionError(f"exception chain has a cycle back to {type(exc).__name__}")
+    return seen
+
+
+def _plain(output: str) -> str:
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_a_failed_run_raises_one_acyclic_error_naming_the_step(dagster_home):
+    """Dagster's re-raised step error and its wrapper point at each other; rich's traceback (the CLI's
+    uncaught-exception printer) looped on that cycle for good, growing to gigabytes, after a failed run."""
+    with pytest.raises(JobRunFailed) as raised:
+        execute_job("failing", definitions=TINY)
+    err = raised.value
+    assert err.step == "broken" and err.job_name == "failing"
+    assert "at step broken: ValueError: nothing in the label window" in str(err)
+    assert isinstance(err.error, ValueError)
+    assert _chain(err) == [err]
+    Console(width=100, quiet=True).print(Traceback.from_exception(type(err), err, err.__traceback__))
+
+
+def test_console_logs_are_info_and_up_unless_debug_is_asked(dagster_home, capfd):
+    execute_job("fine", definitions=TINY)
+    assert " - DEBUG - " not in capfd.readouterr().err
+    execute_job("fine", definitions=TINY, log_level="DEBUG")
+    assert " - DEBUG - " in capfd.readouterr().err
+
+
+def test_quickstart_refuses_too_few_days_before_generating_anything(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RECSYS_LABEL_DAYS", raising=False)
+    out = CliRunner().invoke(app, ["quickstart", "--days", "7"])
+    assert out.exit_code == 2
+    assert "Invalid value for '--days'" in out.output and "needs at least 15" in _plain(out.output)
+    monkeypatch.setenv("RECSYS_LABEL_DAYS", "3")
+    out = CliRunner().invoke(app, ["quickstart", "--days", "6"])
+    assert out.exit_code == 2 and "needs at least 7" in _plain(out.output)
+    out = CliRunner().invoke(app, ["quickstart", "--users", "0"])
+    assert out.exit_code == 2 and "Invalid value for '--users'" in out.output
+    assert not (tmp_path / "home").exists()  # nothing generated, no directory made
+
+
+def test_a_failed_run_exits_1_with_the_error_instead_of_raising(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    real = definitions.execute_job
+    monkeypatch.setattr(
+        definitions, "execute_job", lambda name, tags, on_progress, log_level: real("failing", definitions=TINY)
+    )
+    out = CliRunner().invoke(app, ["batch-sets", "--shard", SHARD])
+    assert out.exit_code == 1 and isinstance(out.exception, SystemExit), out.exception
+    assert "failed at step broken: ValueError: nothing in the label window" in _plain(out.output)
