@@ -14,7 +14,7 @@ import dagster as dg
 import polars as pl
 
 from assets.partitions import arrival_hours
-from recsys_platform.landing import EVENTS_PREFIX, FILE_FORMATS, partition_key_of
+from recsys_platform.landing import FILE_FORMATS, partition_key_of
 from recsys_platform.quality import QualityResult, load_suite, validate_frame
 from recsys_platform.reconciliation import reconcile_files
 from recsys_platform.reporting import frame_preview_markdown
@@ -139,10 +139,8 @@ def raw_events_reconciliation(
     valid + quarantined + duplicates stored for that file. Files landed after the materialization
     (not ingested yet) warn; any other difference is an error."""
     zone = landing.zone()
-    wanted = set(context.partition_keys)
-    files = [
-        f for f in zone.list_files(EVENTS_PREFIX) if f.key.endswith(FILE_FORMATS) and partition_key_of(f.key) in wanted
-    ]
+    by_partition = zone.files_by_partition(context.partition_keys)
+    files = [f for key in sorted(by_partition) for f in by_partition[key] if f.key.endswith(FILE_FORMATS)]
     rec = reconcile_files(zone, files, raw_events, quarantined_events)
     bad = rec.files.filter(~pl.col("status").is_in(["ok", "file_quarantined"]))
     only_new_files = bad.height > 0 and (bad["status"] == "not_ingested").all()

@@ -8,11 +8,10 @@ import polars as pl
 from assets.partitions import arrival_hours
 from recsys_platform import schemas
 from recsys_platform.ingestion import ingest_files, read_table_updates
-from recsys_platform.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PREFIX, partition_key_of, partition_prefix
+from recsys_platform.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PREFIX
 from resources import LandingZoneResource
 
 GROUP = "ingestion"
-PER_HOUR_LISTING_MAX = 48
 
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
@@ -59,18 +58,7 @@ def _counts(df: pl.DataFrame, col: str) -> dict[str, int]:
 def raw_events(context: dg.AssetExecutionContext, landing: LandingZoneResource, items: pl.DataFrame):
     """Ingest every file landed in the run's arrival hours."""
     zone = landing.zone()
-    wanted = set(context.partition_keys)
-    by_partition: dict[str, list] = {}
-    # A few hours (the near-real-time path): list just those hours; a long range: one listing.
-    listed = (
-        [f for key in sorted(wanted) for f in zone.list_files(partition_prefix(key))]
-        if len(wanted) <= PER_HOUR_LISTING_MAX
-        else zone.list_files("events/")
-    )
-    for f in listed:
-        key = partition_key_of(f.key)
-        if key in wanted:
-            by_partition.setdefault(key, []).append(f)
+    by_partition = zone.files_by_partition(context.partition_keys)
     known = set(items["item_id"].to_list())
     events: dict[str, pl.DataFrame] = {}
     quarantined: dict[str, pl.DataFrame] = {}

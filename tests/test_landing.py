@@ -106,3 +106,38 @@ def test_zone_from_url(tmp_path, s3_bucket):
     listed = client.list_objects_v2(Bucket=bucket)["Contents"]
     assert [o["Key"] for o in listed] == ["some/prefix/users/a.jsonl"]
     assert [f.key for f in remote.list_files("users/")] == ["users/a.jsonl"]
+
+
+def test_files_by_partition_lists_by_day_never_everything(zone: LandingZone, monkeypatch):
+    keys = [
+        "events/dt=2026-03-01/hr=22/a.parquet",
+        "events/dt=2026-03-01/hr=23/a.parquet",
+        "events/dt=2026-03-02/hr=14/a.parquet",
+        "events/dt=2026-03-02/hr=14/b.jsonl",
+        "events/dt=2026-03-02/hr=14/notes.txt",
+        "events/dt=2026-03-02/hr=15/a.parquet",
+        "events/dt=2026-03-03/hr=00/a.parquet",
+    ]
+    for key in keys:
+        zone.write_bytes(key, b"x")
+    listed: list[str] = []
+    original = type(zone).list_files
+    monkeypatch.setattr(
+        type(zone), "list_files", lambda self, prefix, **kw: listed.append(prefix) or original(self, prefix, **kw)
+    )
+    got = zone.files_by_partition(["2026-03-02-14:00", "2026-03-02-15:00", "2026-03-01-23:00", "2026-03-04-00:00"])
+    assert {k: [f.key for f in fs] for k, fs in got.items()} == {
+        "2026-03-01-23:00": ["events/dt=2026-03-01/hr=23/a.parquet"],
+        "2026-03-02-14:00": [
+            "events/dt=2026-03-02/hr=14/a.parquet",
+            "events/dt=2026-03-02/hr=14/b.jsonl",
+            "events/dt=2026-03-02/hr=14/notes.txt",  # ingestion quarantines it with the reason
+        ],
+        "2026-03-02-15:00": ["events/dt=2026-03-02/hr=15/a.parquet"],
+    }
+    # a day with several wanted hours is one listing; a lone hour lists only that hour
+    assert sorted(listed) == [
+        "events/dt=2026-03-01/hr=23/",
+        "events/dt=2026-03-02/",
+        "events/dt=2026-03-04/hr=00/",
+    ]
