@@ -450,6 +450,7 @@ def main() -> None:
         action="store_true",
         help="with --keep: reuse a size's generated and ingested data, run only training_cycle (a new run)",
     )
+    parser.add_argument("--ingest-only", action="store_true", help="generate and run ingestion, not training_cycle")
     parser.add_argument(
         "--reingest",
         action="store_true",
@@ -560,7 +561,7 @@ def _run_size(args: argparse.Namespace, home: Path, users: int, days: int, moto)
             cycle = _run_stage([*stage, "train"], env, args.time_limit, home / "cycle.log", max_rss)
         else:
             cycle = _run_stage([*stage, "ingest"], env, args.time_limit, home / "ingest.log", max_rss)
-            if "error" not in cycle:
+            if "error" not in cycle and not args.ingest_only:
                 if env["RECSYS_EXECUTOR"] == "celery":
                     workers.start()
                 pids = tuple(w.pid for w in workers.processes)
