@@ -3,7 +3,8 @@
 Components (each a dense user x item score matrix, standardised per user over unseen items):
 
 * ``edlae``: full-rank EDLAE (EASE with a dropout-emphasised, per-item l2) on the same summed Gram
-  matrix as ``stack``; its dropout and l2 are picked on the inner split.
+  matrix as ``stack``; its dropout and l2, then how far it moves towards DLAE (``dlae_mix``, a
+  per-item rescaling of its columns), are picked on the inner split.
 * ``stack``: EASE on the sum of three item Gram matrices: users, 60-second sittings, and
   sequence neighbours (pairs at most 10 ratings apart), l2 = 1000.
 * ``ials``: implicit ALS, 64 factors; its l2 is picked on the inner split.
@@ -62,6 +63,7 @@ class EnsembleConfig:
     edlae_grid: tuple[tuple[float, float], ...] = tuple(
         (dropout, l2) for dropout in (0.25, 0.33, 0.5) for l2 in (200.0, 300.0, 600.0)
     )
+    dlae_mix_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
     inner_ratio: float = 0.75
     weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
     weight_rounds: int = 2
@@ -156,26 +158,32 @@ def arrival_gap_days(enc: Encoded) -> np.ndarray:
     return ((first_seen[None, :] - user_last[:, None]) / DAY_S).astype(np.float32)
 
 
-def _edlae_name(params: tuple[float, float]) -> str:
-    return f"edlae@{params[0]:g},{params[1]:g}"
+def _edlae_name(params: tuple[float, ...]) -> str:
+    return "edlae@" + ",".join(f"{p:g}" for p in params)
+
+
+def _stacked_gram(enc: Encoded, cfg: EnsembleConfig, x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(sequence co-occurrence, item Gram of users + sittings + weighted sequence neighbours) of ``enc``."""
+    n_items = enc.shape[1]
+    gram = (x.T @ x).toarray()
+    sittings, _ = session_matrix(enc.users, enc.items, enc.times, n_items, cfg.session_gap_s)
+    seq = sequence_cooccurrence(enc.users, enc.items, enc.times, n_items, cfg.seq_window, cfg.seq_decay)
+    seq_gram = seq + np.diag(np.diag(gram))
+    return seq, gram + (sittings.T @ sittings).toarray() + cfg.seq_gram_weight * seq_gram
 
 
 def fit_components(
     enc: Encoded,
     cfg: EnsembleConfig,
     ials_regs: tuple[float, ...],
-    edlae_params: tuple[tuple[float, float], ...],
+    edlae_params: tuple[tuple[float, ...], ...],
 ) -> Components:
-    """Fit every component on ``enc``; one ``ials@<reg>`` / ``edlae@<dropout>,<l2>`` entry per requested setting."""
+    """Fit every component on ``enc``; one ``ials@<reg>`` / ``edlae@<dropout>,<l2>[,<dlae_mix>]`` entry per setting."""
     start = time.perf_counter()
     n_users, n_items = enc.shape
     seen = enc.dense()
     x = sp.csr_matrix(seen.astype(np.float64))
-    gram = (x.T @ x).toarray()
-    sittings, _ = session_matrix(enc.users, enc.items, enc.times, n_items, cfg.session_gap_s)
-    seq = sequence_cooccurrence(enc.users, enc.items, enc.times, n_items, cfg.seq_window, cfg.seq_decay)
-    seq_gram = seq + np.diag(np.diag(gram))
-    stack_gram = gram + (sittings.T @ sittings).toarray() + cfg.seq_gram_weight * seq_gram
+    seq, stack_gram = _stacked_gram(enc, cfg, x)
     stack = ease_from_gram(stack_gram, cfg.stack_l2)
     same_second, owners = session_matrix(enc.users, enc.items, enc.times, n_items, 0.0)
     ts0 = (same_second.T @ same_second).toarray()
@@ -237,6 +245,7 @@ class TemporalEnsemble:
     weights: dict[str, float]
     ials_reg: float
     edlae_params: tuple[float, float]
+    dlae_mix: float
     inner_ndcg: float
     components: Components
     inner: Components
@@ -297,6 +306,24 @@ def _keep_best(comps: Components, truth: np.ndarray, names: dict, component: str
     return best, scores
 
 
+def pick_dlae_mix(
+    comps: Components, enc: Encoded, truth: np.ndarray, edlae: tuple[float, float], cfg: EnsembleConfig
+) -> tuple[float, dict]:
+    """Set ``comps.z["edlae"]`` (fitted with dlae_mix 0) to the grid's best mix by nDCG@k (ties: the earlier)."""
+    x = sp.csr_matrix(comps.seen.astype(np.float64))
+    _, gram = _stacked_gram(enc, cfg, x)
+    variants, scores = {}, {}
+    for mix in cfg.dlae_mix_grid:
+        if mix == 0.0:
+            variants[mix] = comps.z["edlae"]
+        else:
+            variants[mix] = standardise(np.asarray(x @ edlae_from_gram(gram, *edlae, mix)), comps.seen)
+        scores[mix] = dense_ndcg(variants[mix], truth, cfg.k)
+    best = max(scores, key=scores.__getitem__)
+    comps.z["edlae"] = variants[best]
+    return best, scores
+
+
 def pick_availability(
     comps: Components, weights: dict[str, float], truth: np.ndarray, cfg: EnsembleConfig
 ) -> tuple[float | None, dict]:
@@ -310,7 +337,7 @@ def pick_availability(
 
 
 def fit_temporal_ensemble(train: pl.DataFrame, cfg: EnsembleConfig | None = None, seed: int = 0) -> TemporalEnsemble:
-    """Choose iALS l2, EDLAE dropout/l2, blend weights and the availability slack on an inner split, then refit."""
+    """Choose iALS l2, EDLAE dropout/l2/DLAE mix, blend weights and the availability slack on an inner split, refit."""
     cfg = cfg or EnsembleConfig()
     user_ids, item_ids = train["user_id"].unique().sort(), train["item_id"].unique().sort()
     inner_train, inner_val = stratified_split(train, cfg.inner_ratio, seed=seed + 1000)
@@ -319,16 +346,20 @@ def fit_temporal_ensemble(train: pl.DataFrame, cfg: EnsembleConfig | None = None
     truth = encode(inner_val, user_ids, item_ids).dense()
     reg, ials_scores = _keep_best(inner, truth, {r: f"ials@{r:g}" for r in cfg.ials_reg_grid}, "ials", cfg.k)
     edlae, edlae_scores = _keep_best(inner, truth, {p: _edlae_name(p) for p in cfg.edlae_grid}, "edlae", cfg.k)
+    mix, mix_scores = pick_dlae_mix(inner, inner_enc, truth, edlae, cfg)
     weights, _ = learn_weights(inner, truth, COMPONENTS, cfg)
     availability, availability_scores = pick_availability(inner, weights, truth, cfg)
     inner_ndcg = availability_scores[availability]
     logger.info(
-        "inner split: stack %.4f, iALS %s -> l2=%g, EDLAE %s -> %s, blend %s, availability %s -> %s: nDCG@%d %.4f",
+        "inner split: stack %.4f, iALS %s -> l2=%g, EDLAE %s -> %s, DLAE mix %s -> %g, blend %s, availability %s -> %s:"
+        " nDCG@%d %.4f",
         dense_ndcg(inner.z["stack"], truth, cfg.k),
         {f"{k:g}": round(v, 4) for k, v in ials_scores.items()},
         reg,
         {_edlae_name(k): round(v, 4) for k, v in edlae_scores.items()},
         edlae,
+        {f"{k:g}": round(v, 4) for k, v in mix_scores.items()},
+        mix,
         weights,
         {str(k): round(v, 4) for k, v in availability_scores.items()},
         availability,
@@ -336,8 +367,8 @@ def fit_temporal_ensemble(train: pl.DataFrame, cfg: EnsembleConfig | None = None
         inner_ndcg,
     )
     enc = encode(train, user_ids, item_ids)
-    full = fit_components(enc, cfg, (reg,), (edlae,))
+    full = fit_components(enc, cfg, (reg,), ((*edlae, mix),))
     full.z["ials"] = full.z.pop(f"ials@{reg:g}")
-    full.z["edlae"] = full.z.pop(_edlae_name(edlae))
+    full.z["edlae"] = full.z.pop(_edlae_name((*edlae, mix)))
     full.availability_days = availability
-    return TemporalEnsemble(cfg, weights, reg, edlae, inner_ndcg, full, inner, truth, enc, inner_enc)
+    return TemporalEnsemble(cfg, weights, reg, edlae, mix, inner_ndcg, full, inner, truth, enc, inner_enc)

@@ -69,19 +69,29 @@ def ease_from_gram(gram: np.ndarray, l2: float) -> np.ndarray:
     return edlae_from_gram(gram, 0.0, l2)
 
 
-def edlae_from_gram(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:
+def edlae_from_gram(gram: np.ndarray, dropout: float, l2: float, dlae_mix: float = 0.0) -> np.ndarray:
     """Full-rank EDLAE weights (Steck 2020), zero diagonal: EASE with item l2 = l2 + dropout/(1-dropout) G_ii.
 
     The dropout term is the closed form of training the item-item model to reconstruct a profile
     from a copy with a fraction ``dropout`` of its items removed, which is what a random hold-out
     asks of it; it regularises frequent items more than EASE's single l2 does.
+
+    ``dlae_mix`` in [0, 1] moves towards DLAE (the same model without the zero-diagonal constraint):
+    off the diagonal, EDLAE's column j is -P[:, j] / P_jj and DLAE's -P[:, j] * l2_j, so the two rank
+    a user's unseen items differently only through the per-item factor l2_j * P_jj; column j is
+    multiplied by that factor to the power ``dlae_mix`` (0: EDLAE, 1: DLAE off the diagonal).
     """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if not 0.0 <= dlae_mix <= 1.0:
+        raise ValueError(f"dlae_mix must be in [0, 1], got {dlae_mix}")
+    item_l2 = l2 + dropout / (1.0 - dropout) * np.diag(gram)
     regularised = np.array(gram, dtype=np.float64)
-    regularised[np.diag_indices_from(regularised)] += l2 + dropout / (1.0 - dropout) * np.diag(gram)
+    regularised[np.diag_indices_from(regularised)] += item_l2
     precision = np.linalg.inv(regularised)
     weights = precision / (-np.diag(precision))
+    if dlae_mix:
+        weights *= (item_l2 * np.diag(precision)) ** dlae_mix
     np.fill_diagonal(weights, 0.0)
     return weights
 

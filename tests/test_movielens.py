@@ -163,6 +163,7 @@ def test_temporal_ensemble_beats_popularity_and_uses_train_only(subsample) -> No
     assert inner_truth.join(test, on=["user_id", "item_id"]).is_empty()
     assert inner_truth.join(train, on=["user_id", "item_id"]).height == inner_truth.height
     assert model.weights["edlae"] == 1.0 and set(model.weights) == set(COMPONENTS)
+    assert model.dlae_mix in FAST.dlae_mix_grid
     pop = fit_popularity(train).recommend(train["user_id"].unique(), 10)
     assert ndcg_at_k(test, recs, 10) > ndcg_at_k(test, pop, 10) + 0.1
     assert fit_temporal_ensemble(train, FAST, seed=7).recommend(10).equals(recs)  # deterministic
@@ -220,6 +221,25 @@ def test_edlae_is_ease_with_dropout_scaled_item_l2() -> None:
         assert weights[j, j] == 0.0
     with pytest.raises(ValueError):
         edlae_from_gram(gram, 1.0, l2)
+
+
+def test_dlae_mix_rescales_edlae_columns_towards_dlae() -> None:
+    x = (np.random.default_rng(4).random((50, 9)) < 0.3).astype(np.float64)
+    gram = x.T @ x
+    dropout, l2 = 0.33, 3.0
+    item_l2 = l2 + dropout / (1 - dropout) * np.diag(gram)
+    dlae = np.linalg.solve(gram + np.diag(item_l2), gram)  # DLAE: no zero-diagonal constraint
+    np.fill_diagonal(dlae, 0.0)
+    edlae, full = edlae_from_gram(gram, dropout, l2), edlae_from_gram(gram, dropout, l2, 1.0)
+    np.testing.assert_allclose(full, dlae, atol=1e-10)
+    half = edlae_from_gram(gram, dropout, l2, 0.5)  # per column, the geometric mean of the two (same signs)
+    np.testing.assert_allclose(half, np.sign(edlae) * np.sqrt(edlae * full), atol=1e-10)
+    assert np.all(np.sign(half) == np.sign(edlae))
+    # a per-item factor on the columns: within a column, EDLAE's ordering of the source items is kept
+    for j in range(9):
+        np.testing.assert_array_equal(np.argsort(half[:, j], kind="stable"), np.argsort(edlae[:, j], kind="stable"))
+    with pytest.raises(ValueError):
+        edlae_from_gram(gram, dropout, l2, 1.5)
 
 
 def test_availability_ranks_items_that_appeared_after_the_user_left_last() -> None:
