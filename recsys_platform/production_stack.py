@@ -84,14 +84,15 @@ def port_open(host: str, port: int) -> bool:
 
 
 def start_moto_server(timeout_s: float = 20, key_buffer_bytes: int | None = None) -> tuple[subprocess.Popen, str]:
-    """Start moto's S3-compatible server on a free loopback port: (process, endpoint URL).
+    """Start moto's S3-compatible server (with ranged reads of only the range: `loopback_s3`) on a free
+    loopback port: (process, endpoint URL).
 
     moto holds an object in memory up to `key_buffer_bytes` (its default: 5 MiB) and spills larger ones
     to temporary files; a small value keeps gigabytes of small objects (scale runs) out of its memory."""
     port = free_port()
     env = os.environ | ({"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(key_buffer_bytes)} if key_buffer_bytes else {})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "recsys_platform.loopback_s3", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

@@ -141,3 +141,21 @@ def test_files_by_partition_lists_by_day_never_everything(zone: LandingZone, mon
         "events/dt=2026-03-02/",
         "events/dt=2026-03-04/hr=00/",
     ]
+
+
+def test_loopback_s3_serves_ranged_reads_of_only_the_range(s3_bucket):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    endpoint, bucket = s3_bucket
+    client = boto3.client("s3", endpoint_url=endpoint)
+    data = bytes(range(256)) * 40_000  # ~10 MB: above moto's in-memory size, in its temporary file
+    client.put_object(Bucket=bucket, Key="lake/big.bin", Body=data)
+    for spec, want in (("bytes=0-9", data[:10]), ("bytes=1000-", data[1000:]), ("bytes=-7", data[-7:])):
+        got = client.get_object(Bucket=bucket, Key="lake/big.bin", Range=spec)
+        assert got["Body"].read() == want and got["ResponseMetadata"]["HTTPStatusCode"] == 206
+        first = len(data) - len(want) if spec.startswith("bytes=-") else int(spec[6:].split("-")[0])
+        assert got["ContentRange"] == f"bytes {first}-{first + len(want) - 1}/{len(data)}"
+    assert client.get_object(Bucket=bucket, Key="lake/big.bin")["Body"].read() == data
+    with pytest.raises(ClientError, match="InvalidRange"):
+        client.get_object(Bucket=bucket, Key="lake/big.bin", Range=f"bytes={len(data)}-")
