@@ -2,8 +2,8 @@
 
 Protocol: every rating is an implicit positive; per-user stratified random split 75/25 with a
 fixed seed; top-10 excluding items seen in train; nDCG, precision, recall and MAP at 10 against
-the test ratings. Every choice (EASE l2, iALS l2, EDLAE dropout, l2 and DLAE mix, blend weights, the availability
-slack, ranker early stopping) is made on splits of the training part only. Peak memory is the process's
+the test ratings. Every choice (EASE l2, iALS l2, EDLAE dropout, l2, DLAE mix and rating power, blend weights,
+the availability slack, ranker early stopping) is made on splits of the training part only. Peak memory is the process's
 resident-set high-water mark (``ru_maxrss``) after each run, so it never decreases across runs within one process.
 """
 
@@ -58,6 +58,7 @@ def _ensemble(train: pl.DataFrame, data: MovieLensData, seed: int) -> tuple[pl.D
         "edlae_dropout": model.edlae_params[0],
         "edlae_l2": model.edlae_params[1],
         "edlae_dlae_mix": model.dlae_mix,
+        "edlae_rating_power": model.rating_power,
         "availability_days": str(model.availability_days),
         "inner_ndcg": round(model.inner_ndcg, 5),
         **{f"weight_{name}": w for name, w in model.weights.items()},
@@ -73,6 +74,7 @@ def _two_stage(train: pl.DataFrame, data: MovieLensData, seed: int) -> tuple[pl.
         "edlae_dropout": ranker.ensemble.edlae_params[0],
         "edlae_l2": ranker.ensemble.edlae_params[1],
         "edlae_dlae_mix": ranker.ensemble.dlae_mix,
+        "edlae_rating_power": ranker.ensemble.rating_power,
         "availability_days": str(ranker.ensemble.availability_days),
         **{f"weight_{name}": w for name, w in ranker.ensemble.weights.items()},
         "candidates": cfg.candidates,

@@ -26,9 +26,12 @@ from recsys_platform.movielens_ensemble import (
     EnsembleConfig,
     arrival_gap_days,
     dense_ndcg,
+    encode,
+    fit_components,
     fit_temporal_ensemble,
     learn_weights,
     pick_availability,
+    pick_rating_power,
     standardise,
     top_k_frame,
 )
@@ -163,7 +166,7 @@ def test_temporal_ensemble_beats_popularity_and_uses_train_only(subsample) -> No
     assert inner_truth.join(test, on=["user_id", "item_id"]).is_empty()
     assert inner_truth.join(train, on=["user_id", "item_id"]).height == inner_truth.height
     assert model.weights["edlae"] == 1.0 and set(model.weights) == set(COMPONENTS)
-    assert model.dlae_mix in FAST.dlae_mix_grid
+    assert model.dlae_mix in FAST.dlae_mix_grid and model.rating_power in FAST.rating_power_grid
     pop = fit_popularity(train).recommend(train["user_id"].unique(), 10)
     assert ndcg_at_k(test, recs, 10) > ndcg_at_k(test, pop, 10) + 0.1
     assert fit_temporal_ensemble(train, FAST, seed=7).recommend(10).equals(recs)  # deterministic
@@ -240,6 +243,38 @@ def test_dlae_mix_rescales_edlae_columns_towards_dlae() -> None:
         np.testing.assert_array_equal(np.argsort(half[:, j], kind="stable"), np.argsort(edlae[:, j], kind="stable"))
     with pytest.raises(ValueError):
         edlae_from_gram(gram, dropout, l2, 1.5)
+
+
+def test_profile_weights_each_rating_by_its_value_to_the_power() -> None:
+    frame = pl.DataFrame(
+        {"user_id": ["a", "a", "b", "b"], "item_id": ["x", "y", "x", "x"], "rating": [4.0, 1.0, 2.0, 4.0]}
+    ).with_columns(timestamp=pl.Series([1, 2, 3, 4]))
+    enc = encode(frame, pl.Series(["a", "b"]), pl.Series(["x", "y"]))
+    np.testing.assert_allclose(enc.ratings, [4.0, 1.0, 3.0])  # a pair rated twice keeps its mean rating
+    np.testing.assert_array_equal(enc.profile(0.0).toarray(), [[1, 1], [1, 0]])
+    np.testing.assert_allclose(enc.profile(0.5).toarray(), [[2, 1], [np.sqrt(3), 0]])
+    unrated = encode(frame.drop("rating"), pl.Series(["a", "b"]), pl.Series(["x", "y"]))
+    np.testing.assert_array_equal(unrated.profile(1.0).toarray(), [[1, 1], [1, 0]])  # no values: binary
+
+
+def test_rating_power_is_kept_when_the_loved_title_leads_to_the_held_out_one() -> None:
+    # items a, b, x, y; six users rated (a, x), seven (b, y); user 0 loved a (5) and disliked b (1).
+    # Binary, y (one more co-rater of b) outranks x; weighted by rating, x wins, and x is the held-out title.
+    pairs = [(0, 0, 5.0), (0, 1, 1.0)]
+    pairs += [(u, i, 3.0) for u in range(1, 7) for i in (0, 2)] + [(u, i, 3.0) for u in range(7, 14) for i in (1, 3)]
+    users, items, ratings = (np.array(col) for col in zip(*pairs, strict=True))
+    enc = Encoded(users, items, users * 10_000, pl.Series(np.arange(14)), pl.Series(np.arange(4)), ratings)
+    cfg = EnsembleConfig(rating_power_grid=(0.0, 1.0), weight_grid=(0.0, 1.0), k=1)
+    comps = fit_components(enc, cfg, (), ((0.25, 1.0, 0.0),))
+    comps.z["edlae"] = comps.z.pop("edlae@0.25,1,0")
+    comps.z["ials"] = np.zeros(comps.seen.shape, np.float32)
+    binary = comps.z["edlae"]
+    assert binary[0, 3] > binary[0, 2]
+    truth = np.zeros(comps.seen.shape, bool)
+    truth[0, 2] = True
+    power, weights, scores = pick_rating_power(comps, enc, truth, (0.25, 1.0, 0.0), cfg)
+    assert power == 1.0 and scores == {0.0: 0.0, 1.0: 1.0}
+    assert weights["edlae"] == 1.0 and comps.z["edlae"][0].argmax() == 2
 
 
 def test_availability_ranks_items_that_appeared_after_the_user_left_last() -> None:
