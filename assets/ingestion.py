@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 
 from assets.partitions import arrival_hours
+from assets.pools import RAW_EVENTS_POOL
 from recsys_platform import schemas
 from recsys_platform.ingestion import ingest_files, read_table_updates
 from recsys_platform.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PREFIX
@@ -53,7 +54,7 @@ def _counts(df: pl.DataFrame, col: str) -> dict[str, int]:
     },
     partitions_def=arrival_hours,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    pool="raw_events",
+    pool=RAW_EVENTS_POOL,
 )
 def raw_events(context: dg.AssetExecutionContext, landing: LandingZoneResource, items: pl.DataFrame):
     """Ingest every file landed in the run's arrival hours."""

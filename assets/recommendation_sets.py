@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 
 from assets.features import feature_cutoff
+from assets.pools import HISTORY_POOL
 from recsys_platform import batch_scoring as bs
 from recsys_platform import experiments, registry, training
 from recsys_platform.config import CHAMPION_ALIAS, Settings
@@ -141,7 +142,7 @@ def recommendation_export(
     )
 
 
-@dg.asset(group_name=EXPERIMENTS, kinds={"polars", "parquet"}, ins={"raw_events": ALL_EVENT_HOURS})
+@dg.asset(group_name=EXPERIMENTS, kinds={"polars", "parquet"}, ins={"raw_events": ALL_EVENT_HOURS}, pool=HISTORY_POOL)
 def experiment_exposures(
     context: dg.AssetExecutionContext, raw_events: pl.LazyFrame, set_config: RecommendationSetsResource
 ) -> pl.DataFrame:
@@ -162,7 +163,7 @@ def experiment_exposures(
     return out
 
 
-@dg.asset(group_name=EXPERIMENTS, kinds={"scipy", "matplotlib", "parquet"})
+@dg.asset(group_name=EXPERIMENTS, kinds={"scipy", "matplotlib", "parquet"}, pool=HISTORY_POOL)
 def experiment_analysis(
     context: dg.AssetExecutionContext,
     experiment_exposures: pl.DataFrame,

@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 
 from assets.features import feature_cutoff
+from assets.pools import HISTORY_POOL
 from recsys_platform import deployment, ranking, registry, schemas, snapshot, training
 from recsys_platform.catalog import build_catalog
 from recsys_platform.config import CHAMPION_ALIAS
@@ -36,7 +37,7 @@ LAKE_TABLES = [
 ]
 
 
-@dg.asset(group_name=GROUP, kinds={"lightgbm", "polars", "parquet"}, deps=["model_evaluation"])
+@dg.asset(group_name=GROUP, kinds={"lightgbm", "polars", "parquet"}, deps=["model_evaluation"], pool=HISTORY_POOL)
 def recommendations(
     context: dg.AssetExecutionContext,
     interactions: pl.LazyFrame,

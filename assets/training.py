@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 
 from assets.features import feature_cutoff
+from assets.pools import HISTORY_POOL
 from recsys_platform import ranking, registry, training
 from recsys_platform.features import POSITIVE_COLUMNS, read_history
 from recsys_platform.reporting import frame_preview_markdown, metrics_markdown
@@ -12,7 +13,7 @@ from resources import MlflowResource, PipelineResource
 GROUP = "training"
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
 def training_set(
     context: dg.AssetExecutionContext,
     interactions: pl.LazyFrame,
@@ -34,7 +35,7 @@ def training_set(
     return df
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"})
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
 def popularity_model(interactions: pl.LazyFrame, users: pl.DataFrame) -> pl.DataFrame:
     """Popularity-count baseline (distinct users with a positive interaction), globally and per
     cold-start segment: the floor every model must beat and the fallback for unknown users."""
@@ -42,7 +43,7 @@ def popularity_model(interactions: pl.LazyFrame, users: pl.DataFrame) -> pl.Data
     return training.popularity_table(positive, users, feature_cutoff(interactions), k=100)
 
 
-@dg.asset(group_name=GROUP, kinds={"lightgbm", "mlflow"})
+@dg.asset(group_name=GROUP, kinds={"lightgbm", "mlflow"}, pool=HISTORY_POOL)
 def ranker_model(
     context: dg.AssetExecutionContext,
     training_set: pl.DataFrame,
@@ -89,7 +90,7 @@ def ranker_model(
     return ref.to_dict()
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"})
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, pool=HISTORY_POOL)
 def model_evaluation(
     context: dg.AssetExecutionContext,
     training_set: pl.DataFrame,

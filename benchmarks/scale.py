@@ -550,7 +550,7 @@ def _run_size(args: argparse.Namespace, home: Path, users: int, days: int, moto)
         seen = set()
     from recsys_platform.production_stack import CeleryWorkers
 
-    workers = CeleryWorkers(env, home, tuple(f"w{i}" for i in range(args.workers)))
+    workers = CeleryWorkers(env, home, tuple(f"w{i}" for i in range(args.workers)), fresh_process_per_step=True)
     try:
         # Ingestion and training_cycle in two processes: what the in-process ingestion runs leave
         # allocated is not carried into the training steps' memory.
@@ -564,8 +564,7 @@ def _run_size(args: argparse.Namespace, home: Path, users: int, days: int, moto)
             if "error" not in cycle and not args.ingest_only:
                 if env["RECSYS_EXECUTOR"] == "celery":
                     workers.start()
-                pids = tuple(w.pid for w in workers.processes)
-                train = _run_stage([*stage, "train"], env, args.time_limit, home / "cycle.log", max_rss, pids)
+                train = _run_stage([*stage, "train"], env, args.time_limit, home / "cycle.log", max_rss, workers.pids())
                 cycle = _joined(cycle, train)
         if "samples" in cycle:
             with _instance_env(env):

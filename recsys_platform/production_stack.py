@@ -117,6 +117,9 @@ class CeleryWorkers:
     log_dir: Path
     names: tuple[str, ...] = ("alpha", "beta")
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    # Each step in a fresh child process that exits after it (prefork, one task per child), so what a
+    # heavy step allocated is returned before the next; False: the steps run in the worker process.
+    fresh_process_per_step: bool = False
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -132,7 +135,7 @@ class CeleryWorkers:
             log = open(self._log(name), "w")  # noqa: SIM115 (closed with the process)
             self.processes.append(
                 subprocess.Popen(
-                    [CELERY, "-A", "dagster_celery.app", "worker", "-Q", self.queue, "--pool", "solo"]
+                    [CELERY, "-A", "dagster_celery.app", "worker", "-Q", self.queue, *self._pool_args()]
                     + ["-n", f"{name}-{self.tag}@%h", "--loglevel", "INFO"],
                     env=self.env,
                     cwd=PROJECT_ROOT,
@@ -145,6 +148,15 @@ class CeleryWorkers:
             if time.monotonic() > deadline or any(w.poll() is not None for w in self.processes):
                 raise RuntimeError("celery workers did not start:\n" + self.logs())
             time.sleep(0.2)
+
+    def _pool_args(self) -> list[str]:
+        if self.fresh_process_per_step:
+            return ["--pool", "prefork", "--concurrency", "1", "--max-tasks-per-child", "1"]
+        return ["--pool", "solo"]
+
+    def pids(self) -> tuple[int, ...]:
+        """The worker processes (their step children are in their process trees)."""
+        return tuple(p.pid for p in self.processes)
 
     def logs(self, tail: int = 3000) -> str:
         """The end of every worker's log (for failure messages)."""

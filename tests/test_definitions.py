@@ -71,3 +71,18 @@ def test_dagster_definitions_validate(tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Validation successful" in proc.stdout + proc.stderr
+
+
+def test_history_sized_steps_share_one_pool_the_production_instance_limits():
+    import yaml
+
+    from assets.pools import HISTORY_POOL, RAW_EVENTS_POOL
+
+    pools = {key.to_user_string(): a.op.pool for a in defs.assets for key in a.keys}
+    pools |= {key.name: c.op.pool for c in defs.asset_checks for key in c.check_keys}
+    heavy = {"interactions", "user_features", "item_features", "similar_items", "popularity_model", "training_set"}
+    heavy |= {"ranker_model", "model_evaluation", "recommendations", "experiment_exposures", "experiment_analysis"}
+    assert {name for name, pool in pools.items() if pool == HISTORY_POOL} == heavy | {"interactions_expectations"}
+    assert pools["raw_events"] == RAW_EVENTS_POOL and pools["items"] is None and pools["recommendation_sets"] is None
+    instance = yaml.safe_load((PROJECT_ROOT / "deploy" / "dagster.yaml").read_text())
+    assert instance["concurrency"]["pools"]["default_limit"] == 1
