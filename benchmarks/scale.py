@@ -31,7 +31,6 @@ Prints one table per size and a growth table (time and peak memory exponent betw
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -41,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -567,7 +565,9 @@ def _run_size(args: argparse.Namespace, home: Path, users: int, days: int, moto)
                 train = _run_stage([*stage, "train"], env, args.time_limit, home / "cycle.log", max_rss, workers.pids())
                 cycle = _joined(cycle, train)
         if "samples" in cycle:
-            with _instance_env(env):
+            from recsys_platform.production_stack import instance_environment
+
+            with instance_environment(env):
                 cycle["steps"] = steps_from_instance(dagster_home, cycle.pop("samples"), seen)
         if moto is not None:
             cycle["s3_server_rss_bytes"] = tree_rss_bytes(moto.pid)
@@ -577,22 +577,6 @@ def _run_size(args: argparse.Namespace, home: Path, users: int, days: int, moto)
             stack.drop()
     gen.pop("samples", None)
     return cycle | {"generate": gen}
-
-
-@contextlib.contextmanager
-def _instance_env(env: dict[str, str]) -> Iterator[None]:
-    """Export the variables the instance's dagster.yaml reads (PostgreSQL URL, compute-log bucket) meanwhile."""
-    keys = ("DAGSTER_PG_URL", "DAGSTER_COMPUTE_LOG_BUCKET", "DAGSTER_COMPUTE_LOG_PREFIX", "RECSYS_S3_ENDPOINT_URL")
-    saved = {k: os.environ.get(k) for k in keys if k in env}
-    os.environ.update({k: env[k] for k in saved})
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 if __name__ == "__main__":

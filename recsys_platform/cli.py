@@ -84,14 +84,13 @@ def _run_job_with_progress(
 def _check_history_days(days: int) -> None:
     """Refuse fewer days than the training cycle's windows need (RECSYS_LABEL_DAYS and the feature days)."""
     from recsys_platform.config import PipelineParams
-    from recsys_platform.ranking import MIN_FEATURE_DAYS, TemporalSplit
+    from recsys_platform.ranking import TemporalSplit
 
     label_days = PipelineParams.from_env().label_days
-    needed = TemporalSplit.min_history_days(label_days)
-    if days < needed:
+    if days < TemporalSplit.min_history_days(label_days):
         raise typer.BadParameter(
-            f"{days} days of history is too short: the training cycle needs at least {needed} "
-            f"({MIN_FEATURE_DAYS} of features, then two label windows of RECSYS_LABEL_DAYS={label_days})",
+            f"{days} days of history is too short: {TemporalSplit.history_requirement(label_days)}; "
+            "label_days is RECSYS_LABEL_DAYS",
             param_hint="'--days'",
         )
 

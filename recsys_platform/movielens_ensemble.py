@@ -151,6 +151,8 @@ class Components:
     z: dict[str, np.ndarray] = field(default_factory=dict)
     arrival_gap_days: np.ndarray | None = None
     availability_days: float | None = None
+    # The summed item Gram matrix EDLAE and ``stack`` were fitted on (kept for refits of EDLAE variants).
+    stack_gram: np.ndarray | None = field(default=None, repr=False)
 
     def blend(self, weights: dict[str, float]) -> np.ndarray:
         """Weighted sum of the standardised components (seen items -inf, unavailable ones penalised)."""
@@ -221,7 +223,7 @@ def fit_components(
         factors = fit_ials_matrix(x.tocsr(), cfg.ials_factors, cfg.ials_alpha, reg, cfg.ials_iterations, seed=0)
         raw[f"ials@{reg:g}"] = factors.scores()
     z = {name: standardise(s, seen) for name, s in raw.items()}
-    comps = Components(seen=seen, z=z, arrival_gap_days=arrival_gap_days(enc))
+    comps = Components(seen=seen, z=z, arrival_gap_days=arrival_gap_days(enc), stack_gram=stack_gram)
     logger.info("ensemble components on %d ratings in %.1fs", len(enc.users), time.perf_counter() - start)
     return comps
 
@@ -329,11 +331,11 @@ def _keep_best(comps: Components, truth: np.ndarray, names: dict, component: str
 
 
 def pick_dlae_mix(
-    comps: Components, enc: Encoded, truth: np.ndarray, edlae: tuple[float, float], cfg: EnsembleConfig
+    comps: Components, truth: np.ndarray, edlae: tuple[float, float], cfg: EnsembleConfig
 ) -> tuple[float, dict]:
     """Set ``comps.z["edlae"]`` (fitted with dlae_mix 0) to the grid's best mix by nDCG@k (ties: the earlier)."""
     x = sp.csr_matrix(comps.seen.astype(np.float64))
-    _, gram = _stacked_gram(enc, cfg, x)
+    gram = comps.stack_gram
     variants, scores = {}, {}
     for mix in cfg.dlae_mix_grid:
         if mix == 0.0:
@@ -354,9 +356,7 @@ def pick_rating_power(
     Judged on the blend, not on EDLAE alone: on MovieLens the two prefer different powers, and the blend is served.
     ``comps.z["edlae"]`` (fitted on the binary profile) becomes the chosen variant; ties keep the earlier power.
     """
-    x = sp.csr_matrix(comps.seen.astype(np.float64))
-    _, gram = _stacked_gram(enc, cfg, x)
-    weights = edlae_from_gram(gram, *edlae)
+    weights = edlae_from_gram(comps.stack_gram, *edlae)
     binary = comps.z["edlae"]
     variants, fitted, scores = {}, {}, {}
     for power in cfg.rating_power_grid:
@@ -393,7 +393,7 @@ def fit_temporal_ensemble(train: pl.DataFrame, cfg: EnsembleConfig | None = None
     truth = encode(inner_val, user_ids, item_ids).dense()
     reg, ials_scores = _keep_best(inner, truth, {r: f"ials@{r:g}" for r in cfg.ials_reg_grid}, "ials", cfg.k)
     edlae, edlae_scores = _keep_best(inner, truth, {p: _edlae_name(p) for p in cfg.edlae_grid}, "edlae", cfg.k)
-    mix, mix_scores = pick_dlae_mix(inner, inner_enc, truth, edlae, cfg)
+    mix, mix_scores = pick_dlae_mix(inner, truth, edlae, cfg)
     power, weights, power_scores = pick_rating_power(inner, inner_enc, truth, (*edlae, mix), cfg)
     availability, availability_scores = pick_availability(inner, weights, truth, cfg)
     inner_ndcg = availability_scores[availability]

@@ -11,6 +11,7 @@ on loopback for tests and benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -74,13 +76,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_open(host: str, port: int) -> bool:
-    """Whether something accepts TCP connections on host:port."""
+def port_error(host: str, port: int) -> str | None:
+    """None when something accepts TCP connections on host:port, else why not."""
     try:
         with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
+            return None
+    except OSError as exc:
+        return str(exc)
+
+
+@contextlib.contextmanager
+def instance_environment(env: dict[str, str]) -> Iterator[None]:
+    """Export, meanwhile, the variables a deployment's dagster.yaml reads (PostgreSQL URL, compute-log
+    bucket and endpoint), so this process can open its instance with `DagsterInstance.from_config`."""
+    keys = ("DAGSTER_PG_URL", "DAGSTER_COMPUTE_LOG_BUCKET", "DAGSTER_COMPUTE_LOG_PREFIX", "RECSYS_S3_ENDPOINT_URL")
+    saved = {k: os.environ.get(k) for k in keys if k in env}
+    os.environ.update({k: env[k] for k in saved})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def start_moto_server(timeout_s: float = 20, key_buffer_bytes: int | None = None) -> tuple[subprocess.Popen, str]:
@@ -98,7 +117,7 @@ def start_moto_server(timeout_s: float = 20, key_buffer_bytes: int | None = None
         env=env,
     )
     deadline = time.monotonic() + timeout_s
-    while not port_open("127.0.0.1", port):
+    while port_error("127.0.0.1", port) is not None:
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             raise RuntimeError(f"moto S3 server did not start on 127.0.0.1:{port}")

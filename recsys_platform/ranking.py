@@ -201,6 +201,14 @@ class TemporalSplit:
         """Days of events the protocol needs: MIN_FEATURE_DAYS of features, then two label windows."""
         return MIN_FEATURE_DAYS + 2 * label_days
 
+    @staticmethod
+    def history_requirement(label_days: int) -> str:
+        """What the protocol needs, said for error messages."""
+        return (
+            f"the training cycle needs at least {TemporalSplit.min_history_days(label_days)} days of events "
+            f"({MIN_FEATURE_DAYS} of features, then two label windows of label_days={label_days})"
+        )
+
 
 def label_users(labels: pl.DataFrame, max_users: int | None, seed: int) -> pl.Series:
     """The users with a label, sorted; a seeded sample of `max_users` of them when there are more."""

@@ -12,7 +12,6 @@ from recsys_platform.candidates import candidate_recall
 from recsys_platform.config import PipelineParams
 from recsys_platform.features import user_segments
 from recsys_platform.ranking import (
-    MIN_FEATURE_DAYS,
     TemporalSplit,
     label_users,
     label_window,
@@ -31,11 +30,6 @@ class InsufficientHistoryError(ValueError):
     """The interactions are too few or too short for a window of the temporal training protocol."""
 
 
-def _history_needed(params: PipelineParams) -> str:
-    days = TemporalSplit.min_history_days(params.label_days)
-    return f"the training cycle needs at least {days} days of events ({MIN_FEATURE_DAYS} of features + 2 x label_days)"
-
-
 def _check_window(
     name: str, frame: pl.DataFrame, start: datetime, end: datetime, interactions: pl.DataFrame, params: PipelineParams
 ) -> None:
@@ -48,7 +42,8 @@ def _check_window(
         f"the {name!r} window of the training set has no positive row ({frame.height} rows): no candidate "
         f"built from events before {start:%Y-%m-%d %H:%M} was completed or favourited in the label window "
         f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC (label_days={params.label_days}). The interactions "
-        f"span {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M} ({span:.1f} days); {_history_needed(params)}"
+        f"span {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M} ({span:.1f} days); "
+        + TemporalSplit.history_requirement(params.label_days)
     )
 
 
@@ -59,7 +54,9 @@ def build_training_set(
     each for at most `params.max_training_users` seeded-sampled users with a label in the window;
     InsufficientHistoryError when a window has no positive row to learn from or evaluate on."""
     if interactions.height == 0:
-        raise InsufficientHistoryError(f"no interactions to build a training set from; {_history_needed(params)}")
+        raise InsufficientHistoryError(
+            "no interactions to build a training set from; " + TemporalSplit.history_requirement(params.label_days)
+        )
     split = TemporalSplit.from_interactions(interactions, params.label_days)
     cap = params.max_training_users
     train = training_frame(interactions, items, users, split.train_cutoff, split.eval_cutoff, params, cap)

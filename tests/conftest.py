@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,12 +23,11 @@ def service_unavailable(what: str, url: str, reason: str) -> None:
 
 
 def _port_open(url: str, default_port: int) -> str | None:
+    """None when the service of `url` accepts connections, else why not."""
+    from recsys_platform.production_stack import port_error
+
     parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=1.0):
-            return None
-    except OSError as exc:
-        return str(exc)
+    return port_error(parsed.hostname or "127.0.0.1", parsed.port or default_port)
 
 
 @pytest.fixture

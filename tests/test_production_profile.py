@@ -27,7 +27,7 @@ from recsys_platform.definitions import build_definitions, partition_range_tags
 from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.landing import EVENTS_PREFIX, LocalLandingZone, S3LandingZone, partition_key_of
 from recsys_platform.online_store import open_online_store
-from recsys_platform.production_stack import CeleryWorkers, ProductionStack
+from recsys_platform.production_stack import CeleryWorkers, ProductionStack, instance_environment
 from recsys_platform.profiles import describe_profile, polars_s3_options
 from recsys_platform.serving import recommend
 from tests.conftest import FIXED_END, _port_open, service_unavailable
@@ -146,10 +146,7 @@ def production(dataset, tmp_path_factory, services):
 
 
 def _instance(prod: Production) -> dg.DagsterInstance:
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("DAGSTER_PG_URL", "DAGSTER_COMPUTE_LOG_BUCKET", "DAGSTER_COMPUTE_LOG_PREFIX"):
-            mp.setenv(key, prod.env[key])
-        mp.setenv("RECSYS_S3_ENDPOINT_URL", prod.env["RECSYS_S3_ENDPOINT_URL"])
+    with instance_environment(prod.env):
         return dg.DagsterInstance.from_config(prod.env["DAGSTER_HOME"])
 
 
