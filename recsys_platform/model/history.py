@@ -1,0 +1,192 @@
+"""Interactions as the models read them: one row per (user, item) pair, coded on integer vocabularies.
+
+Every model input is built from a `PairHistory`: the content interactions strictly before a cutoff,
+aggregated per (user, item) into times, counts and engagement, with users and items replaced by
+their positions in a sorted `Vocabulary`. Rows are ordered by user, then first interaction time,
+then item, so a user's rows are one contiguous run in the order they were consumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+DAY_S = 86400.0
+TS = pl.Datetime("us", "UTC")
+
+
+def epoch_s(moment: datetime) -> float:
+    """Seconds since the epoch of an aware datetime."""
+    return moment.timestamp()
+
+
+def index_of(ids: pl.Series, vocabulary: pl.Series) -> np.ndarray:
+    """Position of each id in `vocabulary` (int64), -1 for ids it does not hold."""
+    lookup = pl.DataFrame({"_id": vocabulary, "_idx": np.arange(vocabulary.len(), dtype=np.int64)})
+    query = pl.DataFrame({"_id": ids.cast(vocabulary.dtype, strict=False)})
+    return query.join(lookup, on="_id", how="left", maintain_order="left")["_idx"].fill_null(-1).to_numpy()
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Sorted user and item ids: a user's row and an item's column in every matrix of a model."""
+
+    user_ids: pl.Series
+    item_ids: pl.Series
+
+    @classmethod
+    def build(cls, users: pl.Series, items: pl.Series) -> Vocabulary:
+        """Vocabulary of the distinct, sorted ids."""
+        return cls(
+            users.cast(pl.String).unique().sort().rename("user_id"),
+            items.cast(pl.String).unique().sort().rename("item_id"),
+        )
+
+    @property
+    def n_users(self) -> int:
+        """Number of users."""
+        return self.user_ids.len()
+
+    @property
+    def n_items(self) -> int:
+        """Number of items."""
+        return self.item_ids.len()
+
+    def user_rows(self, user_ids: pl.Series | list[str]) -> np.ndarray:
+        """Rows of `user_ids` (-1 for unknown users)."""
+        return index_of(pl.Series(user_ids, dtype=pl.String), self.user_ids)
+
+    def item_cols(self, item_ids: pl.Series | list[str]) -> np.ndarray:
+        """Columns of `item_ids` (-1 for unknown items)."""
+        return index_of(pl.Series(item_ids, dtype=pl.String), self.item_ids)
+
+
+@dataclass
+class PairHistory:
+    """Content interactions before `cutoff_s`, one row per (user, item) pair (see the module docstring)."""
+
+    vocab: Vocabulary
+    cutoff_s: float
+    user: np.ndarray  # int64 row
+    item: np.ndarray  # int64 column
+    first_s: np.ndarray  # float64 epoch seconds of the first interaction with the item
+    last_s: np.ndarray  # float64 epoch seconds of the latest
+    plays: np.ndarray  # float32 content starts
+    completes: np.ndarray  # float32
+    favorites: np.ndarray  # float32
+    bounces: np.ndarray  # float32
+    weight: np.ndarray  # float32 sum of event weights (negative for bounces)
+
+    @classmethod
+    def build(cls, interactions: pl.DataFrame, vocab: Vocabulary, cutoff: datetime) -> PairHistory:
+        """Aggregate `interactions` (INTERACTION_SCHEMA columns) strictly before `cutoff` onto `vocab`."""
+        cut = pl.lit(cutoff, dtype=TS)
+        pairs = (
+            interactions.lazy()
+            .filter(pl.col("event_time") < cut)
+            .group_by("user_id", "item_id")
+            .agg(
+                first_s=pl.col("event_time").min().dt.epoch("us") / 1e6,
+                last_s=pl.col("event_time").max().dt.epoch("us") / 1e6,
+                plays=(pl.col("event_type") == "content_start").sum(),
+                completes=(pl.col("event_type") == "content_complete").sum(),
+                favorites=(pl.col("event_type") == "favorite").sum(),
+                bounces=pl.col("is_bounce").sum(),
+                weight=pl.col("weight").sum(),
+            )
+            .collect()
+        )
+        u = vocab.user_rows(pairs["user_id"])
+        i = vocab.item_cols(pairs["item_id"])
+        keep = (u >= 0) & (i >= 0)
+        pairs = pairs.filter(pl.Series(keep))
+        return cls.from_arrays(
+            vocab,
+            epoch_s(cutoff),
+            u[keep],
+            i[keep],
+            **{c: pairs[c].to_numpy() for c in ("first_s", "last_s", "plays", "completes", "favorites", "bounces", "weight")},
+        )
+
+    @classmethod
+    def from_arrays(cls, vocab: Vocabulary, cutoff_s: float, user: np.ndarray, item: np.ndarray, **cols) -> PairHistory:
+        """A history from parallel arrays (sorted here into user, first time, item order)."""
+        first = np.asarray(cols["first_s"], np.float64)
+        order = np.lexsort((item, first, user))
+        typed = {
+            "first_s": first,
+            "last_s": np.asarray(cols.get("last_s", first), np.float64),
+            **{
+                c: np.asarray(cols.get(c, np.zeros(len(user))), np.float32)
+                for c in ("plays", "completes", "favorites", "bounces", "weight")
+            },
+        }
+        return cls(
+            vocab,
+            float(cutoff_s),
+            np.asarray(user, np.int64)[order],
+            np.asarray(item, np.int64)[order],
+            **{c: v[order] for c, v in typed.items()},
+        )
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def take(self, mask: np.ndarray) -> PairHistory:
+        """The rows where `mask` holds (order kept), same vocabulary and cutoff."""
+        kw = {f.name: getattr(self, f.name)[mask] for f in fields(self) if f.name not in ("vocab", "cutoff_s")}
+        return PairHistory(self.vocab, self.cutoff_s, **kw)
+
+    def before(self, cutoff_s: float) -> PairHistory:
+        """Pairs first seen before `cutoff_s` (their later repeats are not split off: used for global windows)."""
+        out = self.take(self.first_s < cutoff_s)
+        out.cutoff_s = cutoff_s
+        return out
+
+    def matrix(self, values: np.ndarray | None = None, n_rows: int | None = None) -> sp.csr_matrix:
+        """users x items CSR of `values` (default 1.0 per pair)."""
+        data = np.ones(len(self), np.float32) if values is None else np.asarray(values, np.float32)
+        shape = (n_rows or self.vocab.n_users, self.vocab.n_items)
+        m = sp.csr_matrix((data, (self.user, self.item)), shape=shape)
+        m.sum_duplicates()
+        return m
+
+    def user_counts(self) -> np.ndarray:
+        """Pairs per user (float64, all users of the vocabulary)."""
+        return np.bincount(self.user, minlength=self.vocab.n_users).astype(np.float64)
+
+    def item_counts(self, mask: np.ndarray | None = None) -> np.ndarray:
+        """Distinct users per item (float64), of the rows in `mask` when given."""
+        items = self.item if mask is None else self.item[mask]
+        return np.bincount(items, minlength=self.vocab.n_items).astype(np.float64)
+
+    def user_last_s(self) -> np.ndarray:
+        """Latest interaction time per user (NaN for users without one)."""
+        out = np.full(self.vocab.n_users, -np.inf)
+        np.maximum.at(out, self.user, self.last_s)
+        return np.where(np.isfinite(out), out, np.nan)
+
+    def user_first_s(self) -> np.ndarray:
+        """First interaction time per user (NaN for users without one)."""
+        out = np.full(self.vocab.n_users, np.inf)
+        np.minimum.at(out, self.user, self.first_s)
+        return np.where(np.isfinite(out), out, np.nan)
+
+    def item_first_s(self) -> np.ndarray:
+        """First interaction time per item by anyone (NaN for items nobody has played)."""
+        out = np.full(self.vocab.n_items, np.inf)
+        np.minimum.at(out, self.item, self.first_s)
+        return np.where(np.isfinite(out), out, np.nan)
+
+    def positions_from_end(self) -> np.ndarray:
+        """Per row: how many of the user's pairs came after it (0 = the user's latest item)."""
+        if not len(self):
+            return np.zeros(0, np.int64)
+        starts = np.r_[0, np.flatnonzero(np.diff(self.user)) + 1]
+        counts = np.diff(np.r_[starts, len(self)])
+        ends = np.repeat(starts + counts, counts)
+        return ends - 1 - np.arange(len(self))

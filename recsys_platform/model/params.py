@@ -1,0 +1,45 @@
+"""Every parameter that defines a model's candidate lists and feature values, carried by each model version."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Source, candidate and ranker settings. The data-dependent ones (l2, half-lives) are picked by
+    `model.tuning` on the training window of each cycle; the rest are fixed defaults."""
+
+    ease_l2: float = 300.0
+    recency_half_life: float = 8.0  # positions from the user's latest item
+    recent_half_life_days: float = 14.0
+    knn_neighbours: int = 100
+    seq_window: int = 3
+    seq_last_k: int = 5
+    ials_factors: int = 64
+    ials_l2: float = 10.0
+    ials_alpha: float = 5.0
+    ials_iterations: int = 15
+    depth: int = 50  # candidates per source
+    exclude_seen: bool = True
+    seed: int = 7
+
+    def with_(self, **changes: Any) -> ModelParams:
+        """A copy with `changes`."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for MLflow params and JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelParams:
+        """Inverse of `to_dict` (unknown keys ignored, types restored from the defaults)."""
+        known = cls.__dataclass_fields__
+        out = {}
+        for k, v in values.items():
+            if k in known:
+                default = known[k].default
+                out[k] = (v in (True, "True", "true", 1, "1")) if isinstance(default, bool) else type(default)(v)
+        return cls(**out)

@@ -1,0 +1,225 @@
+"""Candidate sources: the registry that candidate generation, the ranker's features and candidate recall read.
+
+A source is fitted once per cutoff on a `PairHistory` (`SourceSpec.fit`) and then scores blocks of
+users (`Source.score(profiles)`: a dense users x items float32 array, higher is better, -inf where
+it has nothing to say). Each source contributes its top `SourceSpec.depth` items per user to the
+candidates and two features per (user, item): its score and the item's rank in its list. Adding a
+source is one `SourceSpec` in `SOURCES`; nothing else names the sources.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys_platform.model.history import DAY_S, PairHistory
+from recsys_platform.model.params import ModelParams
+from recsys_platform.model.profiles import Profiles
+
+logger = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    """A fitted candidate source."""
+
+    def score(self, profiles: Profiles) -> np.ndarray:
+        """users x items scores (float32), higher is better; -inf: not a candidate."""
+        ...
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One candidate source: how it is fitted, how many candidates it gives, whether it is personal."""
+
+    name: str
+    fit: Callable[[PairHistory, ModelParams], Source]
+    personalised: bool
+    description: str
+
+
+# --- global sources ------------------------------------------------------------------------
+
+
+@dataclass
+class ItemScores:
+    """The same score vector for every user (popularity-like sources)."""
+
+    scores: np.ndarray  # float32 per item
+
+    def score(self, profiles: Profiles) -> np.ndarray:
+        """The vector repeated for each user."""
+        return np.broadcast_to(self.scores, (len(profiles), len(self.scores))).copy()
+
+
+def fit_popularity(history: PairHistory, params: ModelParams) -> ItemScores:
+    """Distinct users per item, all time (log-scaled)."""
+    return ItemScores(np.log1p(history.item_counts()).astype(np.float32))
+
+
+def fit_recent_popularity(history: PairHistory, params: ModelParams) -> ItemScores:
+    """Distinct users per item, each pair weighted by 2 ** -(age / half-life) at the cutoff."""
+    age = (history.cutoff_s - history.last_s) / DAY_S
+    w = np.exp2(-age / max(params.recent_half_life_days, 1e-3))
+    counts = np.bincount(history.item, weights=w, minlength=history.vocab.n_items)
+    return ItemScores(np.log1p(counts).astype(np.float32))
+
+
+# --- collaborative sources -------------------------------------------------------------------
+
+
+def _gram(history: PairHistory) -> np.ndarray:
+    x = history.matrix()
+    x.data[:] = 1.0
+    return (x.T @ x).toarray().astype(np.float64)
+
+
+def ease_weights(gram: np.ndarray, l2: float, dropout: float = 0.0) -> np.ndarray:
+    """EASE / EDLAE item-item weights (zero diagonal) from an item Gram matrix (Steck 2019, 2020).
+
+    With `dropout` > 0 each item's l2 grows by dropout/(1-dropout) x its own count (EDLAE), which
+    regularises frequent items more than a single l2 does."""
+    reg = np.array(gram, dtype=np.float64)
+    reg[np.diag_indices_from(reg)] += l2 + dropout / (1.0 - dropout) * np.diag(gram)
+    p = np.linalg.inv(reg)
+    b = p / (-np.diag(p))
+    np.fill_diagonal(b, 0.0)
+    return b.astype(np.float32)
+
+
+@dataclass
+class ItemItem:
+    """Scores = profile @ W for an item-item matrix W; `profile` picks which view of the user's pairs."""
+
+    weights: np.ndarray
+    profile: str = "seen"  # "seen" (binary) or "recent" (recency-weighted)
+    half_life: float = 1.0
+
+    def score(self, profiles: Profiles) -> np.ndarray:
+        """Item-item scores of each user's (weighted) profile."""
+        x = profiles.seen if self.profile == "seen" else profiles.recency_weighted(self.half_life)
+        return np.asarray(x @ self.weights, dtype=np.float32)
+
+
+def fit_ease(history: PairHistory, params: ModelParams) -> ItemItem:
+    """EASE on the binary user x item matrix, scored on the whole profile."""
+    return ItemItem(ease_weights(_gram(history), params.ease_l2))
+
+
+def fit_ease_recent(history: PairHistory, params: ModelParams) -> ItemItem:
+    """The same EASE weights scored on a profile that weights the user's latest items more."""
+    return ItemItem(ease_weights(_gram(history), params.ease_l2), "recent", params.recency_half_life)
+
+
+def fit_item_knn(history: PairHistory, params: ModelParams) -> ItemItem:
+    """Item-kNN: cosine similarity of item co-occurrence, the `knn_neighbours` nearest per item."""
+    gram = _gram(history)
+    d = np.sqrt(np.diag(gram))
+    sim = gram / np.where(np.outer(d, d) > 0, np.outer(d, d), 1.0)
+    np.fill_diagonal(sim, 0.0)
+    k = min(params.knn_neighbours, sim.shape[1])
+    if k < sim.shape[1]:
+        cut = -np.partition(-sim, k - 1, axis=1)[:, k - 1 : k]
+        sim = np.where(sim >= cut, sim, 0.0)
+    return ItemItem(sim.astype(np.float32))
+
+
+@dataclass
+class Sequential:
+    """Next-item transitions: what other users consumed right after the items this user consumed last."""
+
+    transitions: np.ndarray  # item x item, row-normalised
+    last_k: int
+
+    def score(self, profiles: Profiles) -> np.ndarray:
+        """Transitions from the user's last items, the latest weighted most."""
+        return np.asarray(profiles.last_items(self.last_k) @ self.transitions, dtype=np.float32)
+
+
+def fit_sequential(history: PairHistory, params: ModelParams) -> Sequential:
+    """Counts of item j following item i within `seq_window` steps of a user's sequence (decayed by distance)."""
+    n = history.vocab.n_items
+    u, i = history.user, history.item  # already in user, first-time order
+    rows, cols, vals = [], [], []
+    for d in range(1, params.seq_window + 1):
+        same = u[d:] == u[:-d]
+        rows.append(i[:-d][same])
+        cols.append(i[d:][same])
+        vals.append(np.full(int(same.sum()), 0.7 ** (d - 1)))
+    counts = sp.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    ).toarray()
+    counts = counts + 0.5 * counts.T  # what came just before also predicts, less
+    np.fill_diagonal(counts, 0.0)
+    sums = counts.sum(axis=1, keepdims=True)
+    return Sequential((counts / np.where(sums > 0, sums, 1.0)).astype(np.float32), params.seq_last_k)
+
+
+@dataclass
+class Factors:
+    """Implicit-feedback matrix factorisation: user factors are solved from the profile at scoring time."""
+
+    item_factors: np.ndarray
+    regularization: float
+    alpha: float
+
+    def score(self, profiles: Profiles) -> np.ndarray:
+        """Scores of each user's least-squares factors given the fixed item factors (iALS user step)."""
+        y = self.item_factors.astype(np.float64)
+        x = profiles.seen
+        k = y.shape[1]
+        base = y.T @ y + self.regularization * np.eye(k)
+        out = np.zeros((x.shape[0], k))
+        for r in range(x.shape[0]):
+            cols = x.indices[x.indptr[r] : x.indptr[r + 1]]
+            if len(cols):
+                sub = y[cols]
+                out[r] = np.linalg.solve(base + self.alpha * sub.T @ sub, (1.0 + self.alpha) * sub.sum(axis=0))
+        return (out @ y.T).astype(np.float32)
+
+
+def fit_ials(history: PairHistory, params: ModelParams) -> Factors:
+    """iALS (Hu, Koren & Volinsky 2008) with the `implicit` library; confidence 1 + alpha per pair."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    x = history.matrix()
+    x.data[:] = 1.0
+    model = AlternatingLeastSquares(
+        factors=params.ials_factors,
+        regularization=params.ials_l2,
+        alpha=params.ials_alpha,
+        iterations=params.ials_iterations,
+        random_state=params.seed,
+        num_threads=1,
+    )
+    model.fit(x.tocsr(), show_progress=False)
+    return Factors(np.asarray(model.item_factors), params.ials_l2, params.ials_alpha)
+
+
+SOURCES: tuple[SourceSpec, ...] = (
+    SourceSpec("pop", fit_popularity, False, "distinct users per item, all time"),
+    SourceSpec("pop_recent", fit_recent_popularity, False, "distinct users per item, recency-decayed"),
+    SourceSpec("ease", fit_ease, True, "EASE item-item model on the whole profile"),
+    SourceSpec("ease_recent", fit_ease_recent, True, "EASE on a profile weighting the latest items more"),
+    SourceSpec("knn", fit_item_knn, True, "item-kNN, cosine co-occurrence"),
+    SourceSpec("seq", fit_sequential, True, "next-item transitions from the latest items"),
+    SourceSpec("ials", fit_ials, True, "implicit ALS matrix factorisation"),
+)
+SOURCE_NAMES: tuple[str, ...] = tuple(s.name for s in SOURCES)
+
+
+def spec(name: str) -> SourceSpec:
+    """The registered source `name`."""
+    for s in SOURCES:
+        if s.name == name:
+            return s
+    raise KeyError(f"unknown candidate source {name!r}; registered: {SOURCE_NAMES}")
+
+
+def fit_sources(history: PairHistory, params: ModelParams, names: tuple[str, ...] = SOURCE_NAMES) -> dict[str, Any]:
+    """Fit the named sources on `history`."""
+    return {name: spec(name).fit(history, params) for name in names}
