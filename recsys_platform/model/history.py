@@ -8,7 +8,7 @@ then item, so a user's rows are one contiguous run in the order they were consum
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 import numpy as np
@@ -80,6 +80,8 @@ class PairHistory:
     favorites: np.ndarray  # float32
     bounces: np.ndarray  # float32
     weight: np.ndarray  # float32 sum of event weights (negative for bounces)
+    # Derived matrices shared by the sources fitted on this history (the item Gram matrix, EASE weights).
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, interactions: pl.DataFrame, vocab: Vocabulary, cutoff: datetime) -> PairHistory:
@@ -109,7 +111,10 @@ class PairHistory:
             epoch_s(cutoff),
             u[keep],
             i[keep],
-            **{c: pairs[c].to_numpy() for c in ("first_s", "last_s", "plays", "completes", "favorites", "bounces", "weight")},
+            **{
+                c: pairs[c].to_numpy()
+                for c in ("first_s", "last_s", "plays", "completes", "favorites", "bounces", "weight")
+            },
         )
 
     @classmethod
@@ -138,14 +143,8 @@ class PairHistory:
 
     def take(self, mask: np.ndarray) -> PairHistory:
         """The rows where `mask` holds (order kept), same vocabulary and cutoff."""
-        kw = {f.name: getattr(self, f.name)[mask] for f in fields(self) if f.name not in ("vocab", "cutoff_s")}
+        kw = {f.name: getattr(self, f.name)[mask] for f in fields(self) if f.name not in ("vocab", "cutoff_s", "cache")}
         return PairHistory(self.vocab, self.cutoff_s, **kw)
-
-    def before(self, cutoff_s: float) -> PairHistory:
-        """Pairs first seen before `cutoff_s` (their later repeats are not split off: used for global windows)."""
-        out = self.take(self.first_s < cutoff_s)
-        out.cutoff_s = cutoff_s
-        return out
 
     def matrix(self, values: np.ndarray | None = None, n_rows: int | None = None) -> sp.csr_matrix:
         """users x items CSR of `values` (default 1.0 per pair)."""
