@@ -1,10 +1,26 @@
 """Synthetic wellness-app data: a catalog, user profiles and a behavioural event stream.
 
-Behaviour has structure a model can learn and popularity cannot: each user has latent
-topic, narrator and content-type tastes, a time-of-day habit (sleep content at night), an
-experience level that progresses with completions, a few favourites replayed often, and
-new releases spike after their release date. Everything is vectorized with numpy and
-deterministic for a seed and an end time.
+Two taste modes (`GeneratorConfig.tastes`) decide which item each play picks and when sessions happen:
+
+* ``"latent"``: utility = hidden user . item factors (`latent_tastes.py`) + a shared item quality
+  + a release-recency bump; sessions fall around a hidden per-user hour. Item metadata
+  correlates with the item factors (as genres do), but choices and session times read no
+  profile column and no metadata besides the release date, and the factors are never written
+  out, so a model has to learn tastes from behaviour. The one exception is the kids rule (kids
+  items only for ``household_type == "family_with_kids"``), a hard filter the product applies
+  too. Collaborative filtering beats popularity clearly on it without being near-perfect
+  (benchmarks/synthetic_tastes.py). The quickstart's default.
+* ``"profile"`` (the config's default, kept so tests and benchmarks keep their data): each user has
+  favourite topics and narrators and content-type leanings, prefers items in their profile's
+  language and near their profile's experience level (which progresses over the window), and
+  plays in their profile's preferred daypart, where content types follow the time of day (sleep
+  content at night). Each of these terms has a matching ranker feature, so this mode flatters
+  the ranker.
+
+Both share the rest: a head-heavy exposure of items, a latent per-user repeat propensity (a few
+favourites replayed often), new releases spiking after their release date, completions, bounces
+and favourites as functions of utility, searches, biometrics and late arrivals. Everything is
+vectorized with numpy and deterministic for a seed, an end time and a chunk size.
 """
 
 from __future__ import annotations
@@ -13,12 +29,14 @@ import io
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal, get_args
 
 import numpy as np
 import polars as pl
 
 from recsys_platform import schemas
 from recsys_platform.landing import ITEMS_PREFIX, USERS_PREFIX, LandingZone, event_file_key, new_batch_id
+from recsys_platform.latent_tastes import CANDIDATES, UTILITY_OFFSET, LatentTastes, draw_latent_tastes
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +77,8 @@ APP_LAUNCH = datetime(2019, 1, 1, tzinfo=UTC)
 # Users simulated together: each chunk has its own random stream (and event-id prefix), so the
 # dataset depends on the chunk size. `generate_to_landing` holds one chunk's events at a time.
 DEFAULT_CHUNK_USERS = 200_000
+Tastes = Literal["profile", "latent"]
+TASTES: tuple[str, ...] = get_args(Tastes)
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,13 @@ class GeneratorConfig:
     sessions_per_day: float = 0.55
     wearable_share: float = 0.3
     late_event_share: float = 0.02
+    # "profile": tastes partly read from profile columns (the ranker has a feature for each term);
+    # "latent": hidden factor tastes that no table holds (see the module docstring).
+    tastes: Tastes = "profile"
+
+    def __post_init__(self) -> None:
+        if self.tastes not in TASTES:
+            raise ValueError(f"unknown tastes {self.tastes!r}; use one of {', '.join(TASTES)}")
 
     def resolved_end(self) -> datetime:
         """End of the simulated window (default: the current hour, UTC)."""
@@ -344,6 +371,33 @@ def _profile_choices(
     return cand[np.arange(n_p), pick], util[np.arange(n_p), pick]
 
 
+def _latent_choices(
+    rng: np.random.Generator,
+    cat: _Catalog,
+    tastes: LatentTastes,
+    p_user: np.ndarray,
+    p_time0: np.ndarray,
+    has_kids: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item and utility of each play: the best of CANDIDATES items drawn by exposure from the whole catalog
+    (kids items only in families), by hidden taste + quality + recency."""
+    n_p = len(p_user)
+    cand = np.empty((n_p, CANDIDATES), dtype=np.int64)
+    kids = cat.content_type == schemas.CONTENT_TYPES.index("kids")
+    for pool, mask in ((np.flatnonzero(~kids), ~has_kids[p_user]), (np.arange(len(kids)), has_kids[p_user])):
+        p = cat.exposure[pool] / cat.exposure[pool].sum()
+        cand[mask] = pool[rng.choice(pool.size, size=(int(mask.sum()), CANDIDATES), p=p)]
+    age_days = (p_time0[:, None] - cat.release_sec[cand]) / 86400.0
+    util = UTILITY_OFFSET + tastes.affinity(p_user, cand) + cat.quality[cand] + _recency_bump(age_days)
+    pick = np.argmax(util + rng.gumbel(size=util.shape), axis=1)
+    return cand[np.arange(n_p), pick], util[np.arange(n_p), pick]
+
+
+def _latent_tastes(cfg: GeneratorConfig, items: pl.DataFrame, n_users: int, chunk: int) -> LatentTastes:
+    """Internal (and the tests' only way to see them): the hidden tastes of one chunk in latent mode."""
+    return draw_latent_tastes(items, n_users, cfg.seed, chunk)
+
+
 def _simulate_events(
     cfg: GeneratorConfig,
     items: pl.DataFrame,
@@ -356,8 +410,9 @@ def _simulate_events(
     n_users, days = users.height, cfg.days
     topics = _all_topics()
     cat = _Catalog.of(items, start, cfg.seed)
-    has_kids = (users["household_type"] == "family_with_kids").to_numpy()
-    profile = _ProfileTastes.draw(rng, users, cat, has_kids)
+    has_kids = (users["household_type"] == "family_with_kids").to_numpy()  # a hard filter in both modes
+    latent = _latent_tastes(cfg, items, n_users, chunk) if cfg.tastes == "latent" else None
+    profile = _ProfileTastes.draw(rng, users, cat, has_kids) if latent is None else None
     repeat_p = rng.beta(1.2, 5.0, size=n_users)
     activity = rng.lognormal(0.0, 0.8, size=n_users)
     activity /= activity.mean()
@@ -369,8 +424,11 @@ def _simulate_events(
     s_day = rng.integers(0, days, size=n_s)
     # Seconds since `start`; `start` need not be midnight, so shift to UTC wall-clock hours.
     start_of_day = start.hour * 3600.0 + start.minute * 60.0
-    offset = users["utc_offset_hours"].to_numpy()
-    s_sec, s_daypart = _profile_session_times(rng, profile, offset, s_user, s_day, start_of_day)
+    if profile is not None:
+        offset = users["utc_offset_hours"].to_numpy()
+        s_sec, s_daypart = _profile_session_times(rng, profile, offset, s_user, s_day, start_of_day)
+    else:
+        s_sec = s_day * 86400.0 + latent.session_hours(s_user, rng) * 3600.0 - start_of_day
     s_sec = np.mod(s_sec, days * 86400.0)  # wrap sessions across the window edges (no spikes)
 
     # Plays: 1-3 per session
@@ -379,8 +437,11 @@ def _simulate_events(
     p_user = s_user[p_sess]
     n_p = len(p_sess)
     p_time0 = s_sec[p_sess]
-    level_now = profile.base_level[p_user] + profile.progress[p_user] * (s_day[p_sess] / max(days, 1)) * 2.0
-    p_item, p_util = _profile_choices(rng, cat, profile, p_user, p_time0, s_daypart[p_sess], level_now)
+    if profile is not None:
+        level_now = profile.base_level[p_user] + profile.progress[p_user] * (s_day[p_sess] / max(days, 1)) * 2.0
+        p_item, p_util = _profile_choices(rng, cat, profile, p_user, p_time0, s_daypart[p_sess], level_now)
+    else:
+        p_item, p_util = _latent_choices(rng, cat, latent, p_user, p_time0, has_kids)
 
     # Favourites: each user replays a couple of items they love.
     fav = np.full((n_users, 2), -1)
@@ -534,9 +595,13 @@ def _catalog_and_profiles(cfg: GeneratorConfig) -> tuple[pl.DataFrame, pl.DataFr
     return items, users, start
 
 
-def generate(cfg: GeneratorConfig, chunk_users: int = DEFAULT_CHUNK_USERS) -> SyntheticDataset:
-    """Generate the catalog, the users and their events over `cfg.days` days before `cfg.end`."""
-    items, users, start = _catalog_and_profiles(cfg)
+def generate(
+    cfg: GeneratorConfig, chunk_users: int = DEFAULT_CHUNK_USERS, users: pl.DataFrame | None = None
+) -> SyntheticDataset:
+    """Generate the catalog, the users and their events over `cfg.days` days before `cfg.end`;
+    `users` (USER_SCHEMA) replaces the generated profiles, e.g. to check what behaviour reads."""
+    items, generated, start = _catalog_and_profiles(cfg)
+    users = generated if users is None else users
     chunks = [
         _simulate_events(cfg, items, users.slice(off, chunk_users), start, k)
         for k, off in enumerate(range(0, users.height, chunk_users))
