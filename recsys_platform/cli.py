@@ -7,7 +7,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -87,6 +87,13 @@ def quickstart(
     days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 28,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     fmt: Annotated[str, typer.Option("--format", help="Landing file format: parquet or jsonl.")] = "parquet",
+    tastes: Annotated[
+        Literal["latent", "profile"],
+        typer.Option(
+            help="Where users' tastes come from: hidden factors no feature can read (latent), or terms "
+            "that each have a matching ranker feature (profile, which flatters the ranker)."
+        ),
+    ] = "latent",
     verbose: VerboseOption = False,
 ) -> None:
     """Generate synthetic data into the landing zone, materialize every asset, print a summary."""
@@ -97,8 +104,8 @@ def quickstart(
     started = time.perf_counter()
     settings = _prepare_environment()
     zone = landing_zone_from_url(settings.landing_url)
-    with console.status(f"generating {users:,} users x {days} days of events (seed {seed})"):
-        ds = generate(GeneratorConfig(n_users=users, days=days, seed=seed, end=datetime.now(UTC)))
+    with console.status(f"generating {users:,} users x {days} days of events (seed {seed}, {tastes} tastes)"):
+        ds = generate(GeneratorConfig(n_users=users, days=days, seed=seed, end=datetime.now(UTC), tastes=tastes))
         n_files = write_to_landing(ds, zone, fmt=f".{fmt.lstrip('.')}")
     console.print(f"landed {ds.events.height:,} events for {users:,} users in {n_files:,} files under {zone.url}")
     keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
