@@ -347,27 +347,6 @@ def deploy_rollback() -> None:
     console.print(f"active slot is now {pointer.active_slot} (model {pointer.model_version}) after {elapsed:.1f} ms")
 
 
-@benchmark_app.command("movielens")
-def benchmark_movielens(
-    path: Annotated[
-        Path | None, typer.Option(help="RecBole ml-100k dir, u.data or ratings.csv (default: fetch RecBole's).")
-    ] = None,
-    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Split seeds (repeatable).")] = None,
-    mlflow: Annotated[bool, typer.Option(help="Log every run to MLflow.")] = True,
-) -> None:
-    """MovieLens-100k on the Microsoft Recommenders protocol: popularity, EASE, temporal ensemble, two-stage."""
-    from recsys_platform.movielens_benchmark import HEADLINE_METRICS, run_movielens_benchmark
-
-    _prepare_environment()
-    result = run_movielens_benchmark(path, seeds=tuple(seeds or (42, 43, 44)), log_to_mlflow=mlflow)
-    table = Table("model", *HEADLINE_METRICS, "wall s", "peak MiB", title=f"MovieLens ({result['protocol']})")
-    for model, s in result["summary"].items():
-        cells = [f"{s[m]['mean']:.4f} ± {s[m]['std']:.3f}" for m in HEADLINE_METRICS]
-        table.add_row(model, *cells, f"{s['wall_s']['mean']:.1f} ± {s['wall_s']['std']:.1f}", f"{s['peak_mib']:.0f}")
-    console.print(table)
-    console.print(f"mean ± sample std over seeds {list(seeds or (42, 43, 44))}; {result['memory_measure']}")
-
-
 @app.command("push-worker")
 def push_worker(
     sender: Annotated[str, typer.Option(help="Where to deliver: file (JSON lines) or webhook (HTTP POST).")] = "file",
