@@ -253,12 +253,21 @@ def import_data(
     complete_at: Annotated[float, typer.Option(help="Weight at or above which a row is a completion.")] = 4.0,
     start_at: Annotated[float, typer.Option(help="Weight at or above which a row is a start (below: bounce).")] = 3.0,
     rebase_time: Annotated[bool, typer.Option(help="Shift times so the newest event is now (order kept).")] = False,
+    keep_history: Annotated[
+        bool,
+        typer.Option(
+            help="Keep event times older than the app launch (RECSYS_APP_LAUNCH, default 2019-01-01): the import "
+            "records its earliest event time and ingestion accepts its events back to it. --no-keep-history "
+            "refuses such data."
+        ),
+    ] = True,
     dataset: Annotated[str | None, typer.Option(help="Dataset name (event id prefix); default: file name.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Landing file format: parquet or jsonl.")] = "parquet",
     ingest: Annotated[bool, typer.Option(help="Then run ingest_events for the landed arrival hour.")] = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Import interactions (+ items, users) into the landing zone in the native layout."""
+    """Import interactions (+ items, users) into the landing zone in the native layout; print what became of
+    every row (kept, merged as an exact duplicate, refused with a reason)."""
     from recsys_platform import importer
     from recsys_platform.landing import landing_zone_from_url
 
@@ -267,6 +276,7 @@ def import_data(
     opts = {
         "thresholds": importer.WeightThresholds(complete_at=complete_at, start_at=start_at),
         "rebase_time": rebase_time,
+        "keep_history": keep_history,
         "fmt": f".{fmt.lstrip('.')}",
     }
     try:
@@ -298,15 +308,36 @@ def import_data(
         f"landed {result.dataset}: {result.events:,} events, {result.items:,} items, {result.users:,} users "
         f"in {len(result.files)} files under {zone.url} (arrival hour {result.partition_key}{shift})"
     )
+    refused = sum(result.refused.values())
+    console.print(
+        f"rows: {result.rows_in:,} read, {result.kept:,} kept, {result.merged:,} merged (exact duplicates), "
+        f"{refused:,} refused; earliest event {result.earliest_event_time:%Y-%m-%d %H:%M:%S} UTC, "
+        f"recorded in {result.manifest_key}"
+    )
+    if refused:
+        reasons = ", ".join(f"{n:,} {reason}" for reason, n in result.refused.items())
+        console.print(f"[yellow]refused:[/yellow] {reasons}; each row with its reason in {result.refused_file}")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if ingest:
         from recsys_platform.definitions import partition_range_tags
 
         tags = partition_range_tags(result.partition_key, result.partition_key)
-        _run_job_with_progress("ingest_events", f"ingesting {result.partition_key}", tags, verbose)
+        run = _run_job_with_progress("ingest_events", f"ingesting {result.partition_key}", tags, verbose)
+        _print_ingested(run)
     else:
         console.print(f"next: materialize raw_events for {result.partition_key} (`recsys ui`, or re-run with --ingest)")
+
+
+def _print_ingested(run: object) -> None:
+    """One line from raw_events' metadata: rows in, valid, duplicates, quarantined by reason."""
+    meta = run.asset_materializations_for_node("raw_events")[0].metadata  # type: ignore[attr-defined]
+    reasons = meta["quarantine_reasons"].value or {}
+    by_reason = f" ({', '.join(f'{n:,} {r}' for r, n in sorted(reasons.items()))})" if reasons else ""
+    console.print(
+        f"ingested: {meta['rows_in'].value:,} rows, {meta['valid'].value:,} valid, "
+        f"{meta['duplicates'].value:,} duplicates, {meta['quarantined'].value:,} quarantined{by_reason}"
+    )
 
 
 @deploy_app.command("status")
