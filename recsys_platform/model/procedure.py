@@ -168,9 +168,11 @@ def evaluate(
     base: ModelParams | None = None,
     max_users: int = 4000,
     threads: int = 1,
+    champion: tuple[Any, ModelParams] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Run the procedure on the protocol's known part, recommend K for its held-out users and score the
-    ranker and every baseline (the same fitted sources and candidate rules) against what they did next."""
+    ranker and every baseline (the same fitted sources and candidate rules) against what they did next;
+    with `champion` (scorer, params), also the serving version as it is, on the same known part."""
     split = split_for(protocol, interactions)
     known, truth = split.known(interactions), split.truth(interactions)
     rec = fit_recommender(known, items, users, split.known_until, base, max_users, threads)
@@ -181,9 +183,16 @@ def evaluate(
     cut = user_cutoffs(split, rec.vocab, rec.vocab.user_rows(test_users).clip(0))
     pop = pl.DataFrame({"item_id": rec.vocab.item_ids, "count": rec.stats.users})
     rows = []
-    scorers = {"ranker": rec.scorer, **{name: ColumnScorer(col) for name, col in BASELINES.items()}}
-    for model, scorer in scorers.items():
-        recs = rec.with_scorer(scorer).recommend(test_users, K, cut)
+    fitted = {name: rec.with_scorer(ColumnScorer(col)) for name, col in BASELINES.items()}
+    fitted = {"ranker": rec, **fitted}
+    if champion is not None:
+        scorer, params = champion
+        same = params.to_dict() == rec.params.to_dict()
+        fitted["champion"] = (
+            rec.with_scorer(scorer) if same else fit_serving(known, items, users, split.known_until, params, scorer)
+        )
+    for model, fit in fitted.items():
+        recs = fit.recommend(test_users, K, cut)
         metrics = evaluation.evaluate_all(
             truth.select("user_id", "item_id"), recs, K, n_items=rec.vocab.n_items, item_popularity=pop
         )
