@@ -26,7 +26,7 @@ from recsys_platform.model.ranker import ColumnScorer, train_ranker
 from recsys_platform.model.recommender import BLOCK_USERS, Recommender, build_vocab, fit_serving
 from recsys_platform.model.sources import SOURCES, fit_sources
 from recsys_platform.model.tuning import tune
-from recsys_platform.model.windows import Split, global_split, per_user_split, repeat_share
+from recsys_platform.model.windows import Split, global_split, per_user_split, random_pair_split, repeat_share
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +83,27 @@ def user_cutoffs(split: Split, vocab: Vocabulary, rows: np.ndarray) -> np.ndarra
 def training_set(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, params: ModelParams, max_users: int
 ) -> pl.DataFrame:
-    """The ranker's training rows: candidates of the inner per-user split's users (at most `max_users`,
-    seeded sample) with every feature as of each user's cutoff and the relevance of their held-out pairs."""
-    split = per_user_split(interactions, name="training")
-    known, truth = split.known(interactions), split.truth(interactions)
+    """The ranker's training rows: candidates of the held-out users of each training window (at most
+    `max_users`, seeded sample) with every feature as of each user's cutoff in that window and the
+    relevance of their held-out pairs. Windows: `params.training_windows`."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
+    windows = {
+        "temporal": lambda: per_user_split(interactions, name="training"),
+        "random": lambda: random_pair_split(interactions, 0.2, params.seed, name="training-random"),
+    }
+    frames = [
+        _window_rows(windows[w](), interactions, vocab, catalogue, params, max_users)
+        for w in params.training_windows.split("+")
+    ]
+    out = pl.concat(frames)
+    return out.with_columns(
+        label_pairs=pl.lit(int(sum(f["label_pairs"][0] for f in frames if f.height)), dtype=pl.Int64)
+    )
+
+
+def _window_rows(split, interactions, vocab, catalogue, params, max_users) -> pl.DataFrame:
+    known, truth = split.known(interactions), split.truth(interactions)
     history = PairHistory.build(known, vocab, split.end)
     fitted = Recommender(
         params, catalogue, history, fit_sources(history, catalogue, params), ItemStats.fit(history), None
