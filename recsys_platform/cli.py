@@ -127,6 +127,33 @@ def quickstart(
     print_summary(console, settings, time.perf_counter() - started)
 
 
+@app.command()
+def train(verbose: VerboseOption = False) -> None:
+    """Run the training cycle on the project's ingested events (features, training, evaluation and gate,
+    batch recommendations, blue-green deploy), then print the quickstart's summary."""
+    from recsys_platform.summary import print_summary
+
+    started = time.perf_counter()
+    settings = _prepare_environment()
+    _require_ingested_events(settings)
+    _run_job_with_progress("training_cycle", "features, training, evaluation, deploy", verbose=verbose)
+    print_summary(console, settings, time.perf_counter() - started)
+
+
+def _require_ingested_events(settings: Settings) -> None:
+    """Exit 1 with one line when the project instance has never ingested events (the cycle would fail on
+    an empty lake with a column error several steps in)."""
+    import dagster as dg
+
+    if dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("raw_events")) is None:
+        console.print(
+            f"[red]nothing to train on:[/red] no events ingested under RECSYS_HOME={settings.home}; "
+            "run `recsys import ... --ingest` (or `recsys quickstart`) first",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
 def _run_batch_sets(shards: list[str] | None = None, verbose: bool = False) -> None:
     """Run `recommendation_sets_batch` once per user shard (all shards by default)."""
     from assets.recommendation_sets import SHARD_KEYS
