@@ -492,7 +492,7 @@ def benchmark_quality(
         raise typer.Exit(1) from None
     finally:
         package.removeHandler(handler)
-    console.print(format_tables(result), markup=False, highlight=False)
+    console.print(format_tables(result), markup=False, highlight=False, soft_wrap=True)
     if json_path:
         json_path.write_text(json.dumps(result, indent=2, default=str))
         console.print(f"every figure in {json_path}")
