@@ -127,39 +127,41 @@ def realtime_recommendations(
     """Re-scores only the users whose events triggered this run, with the model bound to the ACTIVE
     slot, re-weighted by their session context, and writes their recommendations and features to that
     slot (refused if a deploy flipped the slot meanwhile; then re-scored for the new slot)."""
+    from recsys_platform.model.serving import serving_recommender
     from recsys_platform.realtime import refresh
-    from recsys_platform.realtime.ease_cache import cached_ease_weights, file_fingerprint
-    from recsys_platform.realtime.models import load_model_version
 
     started = time.perf_counter()
     params = pipeline.params()
-    cache = Settings.from_env().home / "cache"
+    settings = Settings.from_env()
     user_ids, after, upper = touched_user_ids(context, raw_events)
     batch = refresh.batch_interactions(pipeline.lake_url)
-    batch_df = batch.collect() if batch is not None else None
-    since = batch_df["event_time"].max() if batch_df is not None and batch_df.height else datetime.now(UTC)
-    recent = refresh.recent_raw_events(pipeline.lake_url, since, user_ids) if user_ids else raw_events.head(0)
-    everything, mine = refresh.touched_interactions(batch_df, recent, items, user_ids)
-    fingerprint = file_fingerprint(f"{pipeline.lake_url.rstrip('/')}/interactions.parquet")
-    ease = cached_ease_weights(batch_df, fingerprint, cache / "realtime") if batch_df is not None else None
-    t_read = time.perf_counter()
-    frame, user_feats = refresh.build_scoring_frame(
-        everything, mine, items, users, user_ids, params, datetime.now(UTC), ease
+    since = (batch.select(pl.col("event_time").max()).collect().item() if batch is not None else None) or datetime.now(
+        UTC
     )
-    t_features = time.perf_counter()
-    with online_store.open() as store:
-        report = refresh.refresh_users(
-            store,
-            frame,
-            user_feats,
-            session_features,
+    recent = refresh.recent_raw_events(pipeline.lake_url, since, user_ids) if user_ids else raw_events.head(0)
+    mine = refresh.touched_interactions(batch, recent, items, user_ids)
+    now = datetime.now(UTC)
+    user_feats = refresh.touched_user_features(mine, items, users, user_ids, now)
+    t_read = time.perf_counter()
+
+    def scored_for(version: str) -> pl.DataFrame:
+        rec, _ = serving_recommender(
+            lambda: batch.collect() if batch is not None else mine,
             items,
-            params,
-            lambda version: load_model_version(mlflow.tracking_uri, mlflow.model_name, version, cache / "models"),
+            users,
+            now,
+            version,
+            mlflow.tracking_uri,
+            mlflow.model_name,
+            pipeline.lake_url,
+            settings.s3_endpoint_url,
         )
+        return refresh.score_touched(rec, mine, users, user_ids, now, 3 * params.top_n)
+
+    with online_store.open() as store:
+        report = refresh.refresh_users(store, user_feats, session_features, items, params.top_n, scored_for, now)
     timings = {
         "read_s": t_read - started,
-        "features_s": t_features - t_read,
         **report.timings,
         "total_s": time.perf_counter() - started,
     }

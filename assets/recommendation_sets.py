@@ -8,9 +8,11 @@ import polars as pl
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
 from recsys_platform import batch_scoring as bs
-from recsys_platform import experiments, registry, training
+from recsys_platform import experiments, registry
 from recsys_platform.config import CHAMPION_ALIAS, Settings
 from recsys_platform.features import latest_event_time, read_history
+from recsys_platform.model import fallback
+from recsys_platform.model.serving import serving_recommender
 from recsys_platform.reporting import frame_preview_markdown
 from recsys_platform.set_config import load_sets_config
 from resources import MlflowResource, PipelineResource
@@ -53,10 +55,9 @@ def batch_scores(
     set_config: RecommendationSetsResource,
 ) -> pl.DataFrame:
     """Up to `batch.items_per_user` items per eligible user of this shard (stable hash of the user id):
-    a vectorized first stage (EASE + popularity) ranks the list, the `champion` ranker re-orders its first
-    `batch.rerank_depth` items on the ranker's own features; the popularity baseline when there is no champion."""
+    the `champion` version's ranked candidates, then the other recommendable items by recency-weighted EASE
+    and popularity; the popularity baseline when there is no champion."""
     config = _checked_config(set_config)
-    params = pipeline.params()
     cutoff, now = feature_cutoff(interactions), datetime.now(UTC)
     eligible = bs.eligible_users(users, interactions, cutoff, config.eligibility)
     key = context.partition_key
@@ -65,16 +66,25 @@ def batch_scores(
         context.log.warning("no champion model registered: batch scores come from the popularity baseline")
         mine = bs.users_of_shard(eligible, key, config.batch.shards)
         empty = pl.DataFrame(schema={"user_id": pl.String, "item_id": pl.String})
-        recs = training.popularity_recommendations(
+        recs = fallback.popularity_recommendations(
             popularity_model, mine, empty, items, users, config.batch.items_per_user
         )
         out = recs.with_columns(
             shard=pl.lit(key), model_version=pl.lit(POPULARITY_VERSION), generated_at=pl.lit(now, dtype=bs.TS)
         ).select(list(bs.BATCH_SCORE_SCHEMA))
     else:
-        model, version = registry.load_ranker(mlflow.tracking_uri, champion, mlflow.model_name)
-        g = bs.build_global_inputs(interactions, items, users, cutoff)
-        out = bs.score_shard(model, version, g, eligible, key, config.batch, params, now)
+        rec, version = serving_recommender(
+            interactions,
+            items,
+            users,
+            cutoff,
+            champion,
+            mlflow.tracking_uri,
+            mlflow.model_name,
+            pipeline.lake_url,
+            Settings.from_env().s3_endpoint_url,
+        )
+        out = bs.score_shard(rec, version, interactions, users, eligible, key, config.batch, cutoff, now)
     per_user = out.group_by("user_id").len()["len"]
     context.add_output_metadata(
         {
@@ -82,7 +92,6 @@ def batch_scores(
             "eligible_users_all_shards": eligible.len(),
             "users": per_user.len(),
             "mean_items_per_user": float(per_user.mean() or 0.0),
-            "rerank_depth": config.batch.rerank_depth if champion is not None else 0,
             "feature_cutoff": cutoff.isoformat(),
         }
     )

@@ -7,10 +7,11 @@ import polars as pl
 
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
-from recsys_platform import deployment, ranking, registry, schemas, snapshot, training
+from recsys_platform import deployment, registry, schemas, snapshot
 from recsys_platform.catalog import build_catalog
-from recsys_platform.config import CHAMPION_ALIAS
+from recsys_platform.config import CHAMPION_ALIAS, Settings
 from recsys_platform.features import read_history
+from recsys_platform.model import fallback
 from resources import MlflowResource, OnlineStoreResource, PipelineResource
 
 GROUP = "serving"
@@ -47,31 +48,47 @@ def recommendations(
     mlflow: MlflowResource,
     pipeline: PipelineResource,
 ) -> pl.DataFrame:
-    """Top-N items per user scored by the `champion` ranker on serving features (every event so far);
-    items completed in the last few days are excluded and kids content only goes to families. Without
-    a champion, the popularity baseline is served and labelled as such."""
+    """Top-N items per user from the `champion` version (the ranker, or the personalised baseline the gate
+    chose over it) on every event so far: its sources refitted on all the history with the params the
+    version carries; unreleased items, items the data says are not replayed (or were completed in the last
+    few days where they are), and kids content outside families are never recommended. The fit is saved
+    for the near-real-time refresh. Without any champion, the popularity baseline is served as such."""
+    from recsys_platform.model.params import ModelParams
+    from recsys_platform.model.recommender import fit_serving
+    from recsys_platform.model.state import save_state, state_url
+
     params = pipeline.params()
     cutoff = feature_cutoff(interactions)
-    # By user: each scoring chunk's history is then a slice (features.rows_of_users), not a semi join
-    # over every interaction, which made this step grow with users x history.
-    interactions = read_history(interactions, by_user=True)
+    history = read_history(interactions, by_user=True)
     now = datetime.now(UTC)
-    excluded = ranking.recently_completed(interactions, cutoff, params.recent_exclusion_days)
     champion = registry.alias_version(mlflow.tracking_uri, CHAMPION_ALIAS, mlflow.model_name)
+    facts: dict[str, object] = {}
     if champion is None:
         context.log.warning("no champion model registered: serving the popularity baseline")
-        recs = training.popularity_recommendations(
+        excluded = fallback.recently_completed(history, cutoff, params.recent_exclusion_days)
+        recs = fallback.popularity_recommendations(
             popularity_model, users["user_id"], excluded, items, users, params.top_n
         )
         version = POPULARITY_VERSION
     else:
-        booster, version = registry.load_ranker(mlflow.tracking_uri, champion, mlflow.model_name)
-        pit = ranking.PointInTime.build(interactions, items, users, cutoff, params, user_ids=[])
-        recs = ranking.recommend(booster, pit, users["user_id"], excluded, params)
+        scorer, model_params, version = registry.load_scorer(mlflow.tracking_uri, champion, mlflow.model_name)
+        rec = fit_serving(history, items, users, cutoff, ModelParams.from_dict(model_params), scorer)
+        recs = rec.recommend(users["user_id"], params.top_n)
+        save_state(rec, version, state_url(pipeline.lake_url), Settings.from_env().s3_endpoint_url)
+        facts = {
+            "scorer": registry.version_tags(mlflow.tracking_uri, version, mlflow.model_name).get(
+                registry.SCORER_TAG, "ranker"
+            )
+        }
     out = recs.with_columns(model_version=pl.lit(version), generated_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))
     out = schemas.conform(out, schemas.RECOMMENDATION_SCHEMA)
     context.add_output_metadata(
-        {"model_version": version, "users": out["user_id"].n_unique(), "feature_cutoff": cutoff.isoformat()}
+        {
+            "model_version": version,
+            "users": out["user_id"].n_unique(),
+            "feature_cutoff": cutoff.isoformat(),
+            **facts,
+        }
     )
     return out
 

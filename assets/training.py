@@ -1,16 +1,55 @@
-"""Training assets: training set, popularity baseline, LightGBM ranker (MLflow), evaluation and gate."""
+"""Training assets: model params, training set, ranker (MLflow), evaluation on two protocols and the gate.
+
+Each step calls one function of `recsys_platform.model.procedure`, the procedure `evaluate` runs
+whole on each protocol's holdout: what the gate measures is what `recommendations` serves.
+"""
+
+import json
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
-from recsys_platform import ranking, registry, training
+from recsys_platform import registry
 from recsys_platform.features import POSITIVE_COLUMNS, read_history
-from recsys_platform.reporting import frame_preview_markdown, metrics_markdown
+from recsys_platform.model import fallback, procedure
+from recsys_platform.model.candidates import FEATURES
+from recsys_platform.model.params import ModelParams
+from recsys_platform.model.ranker import feature_importance
+from recsys_platform.model.windows import require_enough
+from recsys_platform.reporting import frame_preview_markdown
 from resources import MlflowResource, PipelineResource
 
 GROUP = "training"
+
+
+@dg.asset(group_name=GROUP, kinds={"polars"}, pool=HISTORY_POOL)
+def model_params(
+    context: dg.AssetExecutionContext,
+    interactions: pl.LazyFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    pipeline: PipelineResource,
+) -> dict:
+    """Settings read off the data (whether replays are recommended, the recency half-life in days) and the
+    source settings picked on an inner per-user split (EASE l2, recency half-life of its profile): every
+    parameter that defines the candidates and the feature values of the next ranker version."""
+    history = read_history(interactions)
+    require_enough(history)
+    params, report = procedure.choose_params(
+        history, items, users, pipeline.model_params(), pipeline.params().max_training_users
+    )
+    best = max(report["tuning_ndcg@10"].items(), key=lambda kv: kv[1]) if report["tuning_ndcg@10"] else ("", 0.0)
+    context.add_output_metadata(
+        {
+            "params": dg.MetadataValue.json(params.to_dict()),
+            "repeat_share": report["repeat_share"],
+            "tuning_best": f"{best[0]}: nDCG@10 {best[1]:.4f}",
+        }
+    )
+    return {"params": params.to_dict(), **report}
 
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
@@ -19,69 +58,71 @@ def training_set(
     interactions: pl.LazyFrame,
     items: pl.DataFrame,
     users: pl.DataFrame,
+    model_params: dict,
     pipeline: PipelineResource,
 ) -> pl.DataFrame:
-    """Ranker rows (candidates x features, graded labels) for two temporal windows: `train` (features
-    before the training label window) and `eval` (features before the holdout window). Features only
-    ever use events before their window's cutoff."""
-    df = training.build_training_set(read_history(interactions), items, users, pipeline.params())
-    summary = df.group_by("split").agg(
-        rows=pl.len(),
-        users=pl.col("user_id").n_unique(),
-        positives=(pl.col("relevance") > 0).sum(),
-        feature_cutoff=pl.col("feature_cutoff").first(),
+    """The ranker's rows: each sampled user's candidates (every source's top `depth`) with every feature as
+    of the user's cutoff (their newest 20% of interactions held out), labelled with the relevance of the
+    held-out pairs (favourite 3, completion 2, play 1). Features only ever read events before the cutoff."""
+    params = ModelParams.from_dict(model_params["params"])
+    df = procedure.training_set(read_history(interactions), items, users, params, pipeline.params().max_training_users)
+    positives = int((df["relevance"] > 0).sum())
+    context.add_output_metadata(
+        {
+            "users": df["user_id"].n_unique(),
+            "positives": positives,
+            "candidate_recall": round(positives / max(int(df["label_pairs"][0]) if df.height else 1, 1), 4),
+        }
     )
-    context.add_output_metadata({"splits": dg.MetadataValue.md(frame_preview_markdown(summary.sort("split")))})
     return df
 
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
 def popularity_model(interactions: pl.LazyFrame, users: pl.DataFrame) -> pl.DataFrame:
     """Popularity-count baseline (distinct users with a positive interaction), globally and per
-    cold-start segment: the floor every model must beat and the fallback for unknown users."""
+    cold-start segment: the fallback the API serves to users it does not know."""
     positive = read_history(interactions, POSITIVE_COLUMNS, positive_only=True)
-    return training.popularity_table(positive, users, feature_cutoff(interactions), k=100)
+    return fallback.popularity_table(positive, users, feature_cutoff(interactions), k=100)
 
 
 @dg.asset(group_name=GROUP, kinds={"lightgbm", "mlflow"}, pool=HISTORY_POOL)
 def ranker_model(
     context: dg.AssetExecutionContext,
     training_set: pl.DataFrame,
+    model_params: dict,
     mlflow: MlflowResource,
     pipeline: PipelineResource,
 ) -> dict:
-    """LightGBM LambdaRank ranker over the candidates, trained on the `train` window, logged to MLflow
-    with params, feature importance, signature and input example, and registered as a new version."""
-    params = pipeline.params()
-    train = training_set.filter(pl.col("split") == "train")
-    model = ranking.train_ranker(train, params)
-    importance = ranking.feature_importance(model)
+    """LightGBM LambdaRank over the candidates, early-stopped on 20% of the training users, logged to MLflow
+    (params, tuning, feature importance, signature, input example) and registered as a new version that
+    carries its model params."""
+    params = ModelParams.from_dict(model_params["params"])
+    booster, facts = procedure.train(training_set, params, pipeline.params().ranker_threads)
+    importance = pl.DataFrame(feature_importance(booster), schema=["feature", "gain"], orient="row")
     ref = registry.log_ranker(
         tracking_uri=mlflow.tracking_uri,
         artifact_uri=mlflow.artifact_uri,
         experiment=mlflow.experiment,
-        model=model,
-        input_example=train.select([pl.col(c).cast(pl.Float32) for c in ranking.FEATURE_COLUMNS]).head(20),
+        model=booster,
+        input_example=training_set.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).head(20),
         params={
             "objective": "lambdarank",
-            "n_estimators": params.ranker_rounds,
-            "label_days": params.label_days,
-            "candidates_per_source": params.candidates_per_source,
-            "train_rows": train.height,
-            "train_users": train["user_id"].n_unique(),
-            "feature_cutoff": str(train["feature_cutoff"].first()),
-            "n_features": len(ranking.FEATURE_COLUMNS),
+            "n_features": len(FEATURES),
+            **{f"model.{k}": v for k, v in params.to_dict().items()},
         },
-        metrics={},
-        tags={"dagster.run_id": context.run.run_id, "dataset": "synthetic"},
+        metrics={k: v for k, v in facts.items()},
+        tags={"dagster.run_id": context.run.run_id},
         importance=importance,
         model_name=mlflow.model_name,
+        model_params=params.to_dict(),
+        documents={"model_params.json": model_params},
     )
     context.add_output_metadata(
         {
             "model_version": ref.version,
             "mlflow_run_id": ref.run_id,
             "model_uri": ref.model_uri,
+            "training": dg.MetadataValue.json({k: round(v, 4) for k, v in facts.items()}),
             "feature_importance": dg.MetadataValue.md(
                 frame_preview_markdown(importance.with_columns(pl.col("gain").round(1)), 20)
             ),
@@ -93,58 +134,120 @@ def ranker_model(
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, pool=HISTORY_POOL)
 def model_evaluation(
     context: dg.AssetExecutionContext,
-    training_set: pl.DataFrame,
     ranker_model: dict,
+    training_set: pl.DataFrame,
     interactions: pl.LazyFrame,
     items: pl.DataFrame,
     users: pl.DataFrame,
     mlflow: MlflowResource,
     pipeline: PipelineResource,
 ) -> pl.DataFrame:
-    """Ranker vs popularity on the temporal holdout (precision, recall, NDCG, MAP, MRR, hit rate at 10,
-    coverage, novelty, diversity), logged to the ranker's MLflow run; then the promotion gate sets the
-    `champion` or `challenger` alias."""
+    """The training procedure run whole on two holdouts, per-user temporal (each user's newest 20%) and
+    global temporal (the newest 10% of time), scored at 10 (precision, recall, NDCG, MAP, MRR, hit rate,
+    coverage, novelty) beside all-time popularity, recent popularity, EASE and item-kNN fitted on the same
+    rows. The gate makes the new ranker `champion` only if it beats the strongest baseline on the per-user
+    holdout by `promotion_margin`; otherwise the best personalised baseline is registered and served."""
     params = pipeline.params()
-    interactions = read_history(interactions)
+    history = read_history(interactions)
     ref = registry.ModelRef(**ranker_model)
-    booster, _ = registry.load_ranker(mlflow.tracking_uri, ref.version, ref.name)
-    eval_rows = ranking.score_frame(booster, training_set.filter(pl.col("split") == "eval"))
-    table, recall = training.evaluate_holdout(eval_rows, interactions, items, users, params)
-    ranker_ndcg = training.metric(table, "ranker", "ndcg@10")
-    pop_ndcg = training.metric(table, "popularity", "ndcg@10")
-    champion = registry.alias_version(mlflow.tracking_uri, model_name=ref.name)
-    champion_ndcg = None
-    if champion and champion != ref.version:
-        champ_booster, _ = registry.load_ranker(mlflow.tracking_uri, champion, ref.name)
-        champ_rows = ranking.score_frame(champ_booster, training_set.filter(pl.col("split") == "eval"))
-        champ_table, _ = training.evaluate_holdout(champ_rows, interactions, items, users, params)
-        champion_ndcg = training.metric(champ_table, "ranker", "ndcg@10")
-        table = pl.concat(
-            [table, champ_table.filter(pl.col("model") == "ranker").with_columns(model=pl.lit("champion"))]
+    champion_version = registry.alias_version(mlflow.tracking_uri, model_name=ref.name)
+    champion = None
+    if champion_version and champion_version != ref.version:
+        scorer, champion_params, _ = registry.load_scorer(mlflow.tracking_uri, champion_version, ref.name)
+        champion = (scorer, ModelParams.from_dict(champion_params))
+    tables, facts = [], {}
+    for protocol in procedure.PROTOCOLS:
+        table, about = procedure.evaluate(
+            history,
+            items,
+            users,
+            protocol,
+            pipeline.model_params(),
+            params.max_training_users,
+            params.ranker_threads,
+            champion,
         )
-    lift = ranker_ndcg / pop_ndcg - 1.0 if pop_ndcg > 0 else float("inf")
-    logged = {
-        f"ranker.{r['metric']}": r["value"] for r in table.filter(pl.col("model") == "ranker").iter_rows(named=True)
-    }
-    logged |= {
-        f"popularity.{r['metric']}": r["value"]
-        for r in table.filter(pl.col("model") == "popularity").iter_rows(named=True)
-    }
-    logged |= {f"candidate_recall.{k}": v for k, v in recall.items()} | {"ndcg_lift_over_popularity": lift}
+        tables.append(table)
+        facts[protocol] = about
+    table = pl.concat(tables)
+    decision = _gate(context, table, ref, training_set, mlflow, params.promotion_margin, champion_version)
+    served = registry.alias_version(mlflow.tracking_uri, model_name=ref.name) or "none"
+    logged = {f"{r['protocol']}.{r['model']}.{r['metric']}": r["value"] for r in table.iter_rows(named=True)}
     registry.log_run_metrics(mlflow.tracking_uri, ref.run_id, logged)
-    decision = registry.promotion_gate(
-        mlflow.tracking_uri, ref, ranker_ndcg, pop_ndcg, champion_ndcg, params.promotion_margin
-    )
     context.add_output_metadata(
         {
-            "metrics": dg.MetadataValue.md(metrics_markdown(table)),
-            "ranker_ndcg@10": ranker_ndcg,
-            "popularity_ndcg@10": pop_ndcg,
-            "ndcg_lift_over_popularity": lift,
-            "candidate_recall": dg.MetadataValue.json({k: round(v, 4) for k, v in recall.items()}),
+            **{f"{p}_ndcg@10": dg.MetadataValue.md(_ndcg_markdown(table, p)) for p in procedure.PROTOCOLS},
+            "metrics": dg.MetadataValue.md(_metrics_markdown(table)),
             "gate_decision": decision.alias,
             "gate_reason": decision.reason,
+            "served_version": served,
             "model_version": ref.version,
+            "protocols": dg.MetadataValue.json(
+                {p: {k: str(v) for k, v in f.items() if k != "tuning_ndcg@10"} for p, f in facts.items()}
+            ),
         }
     )
-    return table.with_columns(model_version=pl.lit(ref.version))
+    return table.with_columns(model_version=pl.lit(ref.version), served_version=pl.lit(served))
+
+
+def _gate(
+    context, table: pl.DataFrame, ref, training_set: pl.DataFrame, mlflow, margin: float, champion: str | None
+) -> registry.GateDecision:
+    """Promote the ranker if it beats the strongest baseline and the serving champion on the primary protocol.
+    Otherwise the champion stays when it beats the strongest baseline; if nothing does, the best personalised
+    baseline is registered as a version of its own (same params) and served."""
+    primary = procedure.PRIMARY_PROTOCOL
+    ranker = procedure.metric(table, primary, "ranker")
+    name, best = procedure.strongest_baseline(table, primary)
+    champion_score = procedure.metric(table, primary, "champion") if champion and champion != ref.version else None
+    if champion_score is not None and np.isnan(champion_score):
+        champion_score = None
+    decision = registry.promotion_gate(
+        mlflow.tracking_uri, ref, ranker, best, champion_score, margin, baseline_name=name
+    )
+    if decision.alias == "champion" or (champion_score is not None and champion_score > best):
+        return decision
+    personal, score = procedure.strongest_baseline(table, primary, procedure.PERSONALISED_BASELINES)
+    params = json.loads(
+        registry.version_tags(mlflow.tracking_uri, ref.version, ref.name).get(registry.PARAMS_TAG, "{}")
+    )
+    feature = procedure.BASELINES[personal]
+    if champion:
+        tags = registry.version_tags(mlflow.tracking_uri, champion, ref.name)
+        if (
+            tags.get(registry.SCORER_TAG) == f"column:{feature}"
+            and json.loads(tags.get(registry.PARAMS_TAG, "{}")) == params
+        ):
+            context.log.info(f"champion v{champion} already serves {personal} with these params: kept")
+            return decision
+    baseline_ref = registry.log_baseline_version(
+        tracking_uri=mlflow.tracking_uri,
+        artifact_uri=mlflow.artifact_uri,
+        experiment=mlflow.experiment,
+        feature=feature,
+        input_example=training_set.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).head(20),
+        model_params=params,
+        tags={"dagster.run_id": context.run.run_id, "baseline": personal},
+        model_name=ref.name,
+    )
+    reason = (
+        f"ranker v{ref.version} ({ranker:.4f}) did not beat {name} ({best:.4f}) on the {primary} holdout"
+        + (f" and champion v{champion} ({champion_score:.4f}) does not either" if champion_score is not None else "")
+        + f": serving the best personalised baseline, {personal} ({score:.4f})"
+    )
+    context.log.warning(reason)
+    return registry.promote(
+        mlflow.tracking_uri, baseline_ref, reason, {"gate.candidate_score": score, "gate.ranker_score": ranker}
+    )
+
+
+def _ndcg_markdown(table: pl.DataFrame, protocol: str) -> str:
+    rows = table.filter((pl.col("protocol") == protocol) & (pl.col("metric") == "ndcg@10")).select("model", "value")
+    return frame_preview_markdown(rows.with_columns(pl.col("value").round(4)), rows=rows.height)
+
+
+def _metrics_markdown(table: pl.DataFrame) -> str:
+    wide = table.with_columns(model=pl.col("protocol") + ":" + pl.col("model")).pivot(
+        on="model", index="metric", values="value"
+    )
+    return frame_preview_markdown(wide.with_columns(pl.exclude("metric").round(4)), rows=wide.height, max_cols=20)

@@ -1,14 +1,12 @@
 """Batch scoring by user shard, recommendation sets from the scored lists, and the JSON-lines export.
 
 A user's shard is a stable hash of the user id modulo the number of shards, so the shards
-partition the users exactly and each can run on its own (a Dagster partition each). Global
-inputs (the EASE model, item features, and the integer-coded scorer built from them) are fitted
-once per run on everyone's history and shared by every shard the run scores.
+partition the users exactly and each can run on its own (a Dagster partition each). The fitted
+sources are shared by every shard: fitted once per training cycle on everyone's history.
 
-`score_shard` is two-stage (`first_stage`, `pair_features`): a vectorized EASE + popularity first
-stage ranks `items_per_user` items, the LightGBM ranker re-ranks the first `rerank_depth` of them
-on the ranker's own features. `score_users` is the single-stage reference (every candidate of
-`PointInTime.ranker_frame` through the model), kept for small runs and parity checks.
+`score_shard` lists each user's candidates in the champion's order (the same `Recommender` the
+`recommendations` step serves with, loaded from its saved fit), then the other recommendable items
+down to `items_per_user`, ordered by the recency-weighted EASE score and popularity.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -25,12 +23,8 @@ import numpy as np
 import polars as pl
 
 from recsys_platform import features as feats
-from recsys_platform.candidates import CandidateContext, build_context
-from recsys_platform.config import PipelineParams
-from recsys_platform.first_stage import Catalog, FirstStage, exact_top_k, frame_of, rerank_head
 from recsys_platform.hashing import sha256_uint64
-from recsys_platform.pair_features import PairFeatures
-from recsys_platform.ranking import PointInTime, score_frame, top_n
+from recsys_platform.model.recommender import Recommender
 from recsys_platform.rules import ENTITY_ITEM, RuleContext, apply_rules, ranked_frame
 from recsys_platform.set_config import BatchConfig, Eligibility, SetsConfig
 
@@ -122,136 +116,24 @@ def eligible_users(users: pl.DataFrame, interactions: pl.DataFrame, cutoff: date
 # --- scoring -----------------------------------------------------------------------------
 
 
-@dataclass
-class GlobalInputs:
-    """What every shard shares: history before the cutoff, the EASE model, item features, the coded scorer."""
-
-    cutoff: datetime
-    history: pl.DataFrame
-    items: pl.DataFrame
-    users: pl.DataFrame
-    ease: Any
-    item_features: pl.DataFrame
-    # built once per run and reused by every shard the run scores
-    scorers: dict[tuple, BatchScorer] = field(default_factory=dict)
-    shard_numbers: dict[int, tuple[pl.Series, pl.Series]] = field(default_factory=dict)
-
-    def shards_of(self, user_ids: pl.Series, n_shards: int) -> pl.Series:
-        """`user_shards(user_ids, n_shards)`, hashed once for the run's user list and reused by every shard."""
-        cached = self.shard_numbers.get(n_shards)
-        if cached is None or not cached[0].equals(user_ids):
-            cached = self.shard_numbers[n_shards] = (user_ids, user_shards(user_ids, n_shards))
-        return cached[1]
-
-    def scorer(self, batch: BatchConfig, params: PipelineParams) -> BatchScorer:
-        """The two-stage scorer for these inputs, built on first use and reused by every shard."""
-        key = (
-            batch.candidates_per_source,
-            batch.exclude_completed_days,
-            batch.popularity_weight,
-            batch.replay_weight,
-            params.repeat_cap,
-        )
-        if key not in self.scorers:
-            self.scorers[key] = BatchScorer.build(self, batch, params)
-        return self.scorers[key]
-
-
-def build_global_inputs(
-    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, cutoff: datetime
-) -> GlobalInputs:
-    """Fit the shared candidate sources and item features on everyone's history before `cutoff`."""
-    ctx = build_context(interactions, items, users, cutoff)
-    return GlobalInputs(cutoff, ctx.history, items, users, ctx.ease, feats.item_features(interactions, items, cutoff))
-
-
-def point_in_time_for(g: GlobalInputs, user_ids: pl.Series, params: PipelineParams) -> PointInTime:
-    """`ranking.PointInTime` whose per-user tables cover only `user_ids` (same functions as `PointInTime.build`)."""
-    ctx = CandidateContext(cutoff=g.cutoff, history=g.history, items=g.items, users=g.users, ease=g.ease, affinities={})
-    return PointInTime.from_context(ctx, g.item_features, user_ids, params)
-
-
-def score_users(model: Any, pit: PointInTime, user_ids: pl.Series, batch: BatchConfig) -> pl.DataFrame:
-    """Up to `batch.items_per_user` scored items per user as [user_id, rank, item_id, score], chunk by chunk."""
-    parts = []
-    for start in range(0, user_ids.len(), batch.chunk_users):
-        chunk = user_ids.slice(start, batch.chunk_users)
-        frame = pit.ranker_frame(chunk, batch.candidates_per_source)
-        parts.append(top_n(score_frame(model, frame), batch.items_per_user))
-        logger.debug("scored users %d..%d: %d rows", start, start + chunk.len(), frame.height)
-    if not parts:
-        return pl.DataFrame(schema={"user_id": pl.String, "rank": pl.Int64, "item_id": pl.String, "score": pl.Float64})
-    return pl.concat(parts)
-
-
-@dataclass
-class BatchScorer:
-    """Two-stage scoring on integer indices: first stage over the catalogue, the ranker on the head."""
-
-    catalog: Catalog
-    first: FirstStage
-    pairs: PairFeatures
-
-    @classmethod
-    def build(cls, g: GlobalInputs, batch: BatchConfig, params: PipelineParams) -> BatchScorer:
-        """Code users and items, fit the first stage and the pair-feature tables once."""
-        catalog = Catalog.build(g.items, g.users, g.cutoff)
-        first = FirstStage.build(
-            catalog, g.history, g.ease, g.cutoff, batch.exclude_completed_days, batch.popularity_weight
-        )
-        pairs = PairFeatures(
-            catalog,
-            g.history,
-            g.items,
-            g.users,
-            g.item_features,
-            g.cutoff,
-            batch.candidates_per_source,
-            params.repeat_cap,
-        )
-        return cls(catalog, first.with_replays(pairs.history, batch.replay_weight), pairs)
-
-    def score(self, model: Any, user_ids: pl.Series, batch: BatchConfig) -> pl.DataFrame:
-        """Up to `batch.items_per_user` items per user as [user_id, rank, item_id, score]: the first
-        `batch.rerank_depth` ordered by the ranker, the rest in first-stage order."""
-        rows_all = self.catalog.user_index(user_ids)
-        rows_all = np.unique(rows_all[rows_all >= 0])
-        booster = getattr(model, "booster_", model) if model is not None else None
-        parts = []
-        for start in range(0, len(rows_all), batch.chunk_users):
-            rows = rows_all[start : start + batch.chunk_users]
-            known, ease = self.first.ease_scores(rows)
-            idx, first = exact_top_k(self.first.scores(rows, known, ease), batch.items_per_user)
-            depth = min(batch.rerank_depth, idx.shape[1]) if booster is not None else 0
-            model_score = np.zeros((len(rows), depth))
-            head = np.isfinite(first[:, :depth])
-            if head.any():
-                src = self.pairs.chunk_sources(self.first, rows, known, ease)
-                pr = np.repeat(np.arange(len(rows)), depth).reshape(len(rows), depth)[head]
-                model_score[head] = booster.predict(self.pairs.matrix(src, rows, pr, idx[:, :depth][head]))
-            r, i, rank, score = rerank_head(idx, first, model_score, depth)
-            parts.append(frame_of(self.catalog, rows[r], i, rank, score))
-            logger.debug("scored users %d..%d: %d rows, %d re-ranked", start, start + len(rows), len(r), head.sum())
-        if not parts:
-            return pl.DataFrame(
-                schema={"user_id": pl.String, "rank": pl.Int64, "item_id": pl.String, "score": pl.Float64}
-            )
-        return pl.concat(parts)
-
-
 def score_shard(
-    model: Any,
+    rec: Recommender,
     version: str,
-    g: GlobalInputs,
+    interactions: pl.DataFrame,
+    users: pl.DataFrame,
     user_ids: pl.Series,
     key: str,
     batch: BatchConfig,
-    params: PipelineParams,
+    cutoff: datetime,
     now: datetime,
 ) -> pl.DataFrame:
-    """The batch scores of one shard's users in `BATCH_SCORE_SCHEMA`."""
-    mine = user_ids.filter(g.shards_of(user_ids, batch.shards) == shard_index(key))
-    scores = g.scorer(batch, params).score(model, mine, batch)
+    """The batch scores of one shard's users in `BATCH_SCORE_SCHEMA`: the model's ranked candidates, then the
+    other recommendable items down to `batch.items_per_user` (`Recommender.recommend(fill=True)`)."""
+    mine = users_of_shard(user_ids, key, batch.shards)
+    history = feats.rows_of_users(interactions, mine)
+    scores = rec.rescore(
+        history, users, mine.to_list(), cutoff, batch.items_per_user, fill=True, block_users=batch.chunk_users
+    )
     return scores.select(
         shard=pl.lit(key),
         user_id="user_id",

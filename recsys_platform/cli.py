@@ -7,7 +7,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -81,30 +81,22 @@ def _run_job_with_progress(
             raise typer.Exit(1) from None
 
 
-def _check_history_days(days: int) -> None:
-    """Refuse fewer days than the training cycle's windows need (RECSYS_LABEL_DAYS and the feature days)."""
-    from recsys_platform.config import PipelineParams
-    from recsys_platform.ranking import TemporalSplit
-
-    label_days = PipelineParams.from_env().label_days
-    if days < TemporalSplit.min_history_days(label_days):
-        raise typer.BadParameter(
-            f"{days} days of history is too short: {TemporalSplit.history_requirement(label_days)}; "
-            "label_days is RECSYS_LABEL_DAYS",
-            param_hint="'--days'",
-        )
-
-
 @app.command()
 def quickstart(
     users: Annotated[int, typer.Option(min=1, help="Synthetic users.")] = 5000,
-    days: Annotated[int, typer.Option(help="Days of history (at least 1 + 2 x RECSYS_LABEL_DAYS).")] = 28,
+    days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 28,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     fmt: Annotated[str, typer.Option("--format", help="Landing file format: parquet or jsonl.")] = "parquet",
+    tastes: Annotated[
+        Literal["latent", "profile"],
+        typer.Option(
+            help="Where users' tastes come from: hidden factors no feature can read (latent), or terms "
+            "that each have a matching ranker feature (profile, which flatters the ranker)."
+        ),
+    ] = "latent",
     verbose: VerboseOption = False,
 ) -> None:
     """Generate synthetic data into the landing zone, materialize every asset, print a summary."""
-    _check_history_days(days)  # before anything is generated or run
     from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
     from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
     from recsys_platform.summary import print_summary
@@ -112,8 +104,8 @@ def quickstart(
     started = time.perf_counter()
     settings = _prepare_environment()
     zone = landing_zone_from_url(settings.landing_url)
-    with console.status(f"generating {users:,} users x {days} days of events (seed {seed})"):
-        ds = generate(GeneratorConfig(n_users=users, days=days, seed=seed, end=datetime.now(UTC)))
+    with console.status(f"generating {users:,} users x {days} days of events (seed {seed}, {tastes} tastes)"):
+        ds = generate(GeneratorConfig(n_users=users, days=days, seed=seed, end=datetime.now(UTC), tastes=tastes))
         n_files = write_to_landing(ds, zone, fmt=f".{fmt.lstrip('.')}")
     console.print(f"landed {ds.events.height:,} events for {users:,} users in {n_files:,} files under {zone.url}")
     keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
@@ -288,12 +280,21 @@ def import_data(
     complete_at: Annotated[float, typer.Option(help="Weight at or above which a row is a completion.")] = 4.0,
     start_at: Annotated[float, typer.Option(help="Weight at or above which a row is a start (below: bounce).")] = 3.0,
     rebase_time: Annotated[bool, typer.Option(help="Shift times so the newest event is now (order kept).")] = False,
+    keep_history: Annotated[
+        bool,
+        typer.Option(
+            help="Keep event times older than the app launch (RECSYS_APP_LAUNCH, default 2019-01-01): the import "
+            "records its earliest event time and ingestion accepts its events back to it. --no-keep-history "
+            "refuses such data."
+        ),
+    ] = True,
     dataset: Annotated[str | None, typer.Option(help="Dataset name (event id prefix); default: file name.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Landing file format: parquet or jsonl.")] = "parquet",
     ingest: Annotated[bool, typer.Option(help="Then run ingest_events for the landed arrival hour.")] = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Import interactions (+ items, users) into the landing zone in the native layout."""
+    """Import interactions (+ items, users) into the landing zone in the native layout; print what became of
+    every row (kept, merged as an exact duplicate, refused with a reason)."""
     from recsys_platform import importer
     from recsys_platform.landing import landing_zone_from_url
 
@@ -302,6 +303,7 @@ def import_data(
     opts = {
         "thresholds": importer.WeightThresholds(complete_at=complete_at, start_at=start_at),
         "rebase_time": rebase_time,
+        "keep_history": keep_history,
         "fmt": f".{fmt.lstrip('.')}",
     }
     try:
@@ -333,15 +335,36 @@ def import_data(
         f"landed {result.dataset}: {result.events:,} events, {result.items:,} items, {result.users:,} users "
         f"in {len(result.files)} files under {zone.url} (arrival hour {result.partition_key}{shift})"
     )
+    refused = sum(result.refused.values())
+    console.print(
+        f"rows: {result.rows_in:,} read, {result.kept:,} kept, {result.merged:,} merged (exact duplicates), "
+        f"{refused:,} refused; earliest event {result.earliest_event_time:%Y-%m-%d %H:%M:%S} UTC, "
+        f"recorded in {result.manifest_key}"
+    )
+    if refused:
+        reasons = ", ".join(f"{n:,} {reason}" for reason, n in result.refused.items())
+        console.print(f"[yellow]refused:[/yellow] {reasons}; each row with its reason in {result.refused_file}")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if ingest:
         from recsys_platform.definitions import partition_range_tags
 
         tags = partition_range_tags(result.partition_key, result.partition_key)
-        _run_job_with_progress("ingest_events", f"ingesting {result.partition_key}", tags, verbose)
+        run = _run_job_with_progress("ingest_events", f"ingesting {result.partition_key}", tags, verbose)
+        _print_ingested(run)
     else:
         console.print(f"next: materialize raw_events for {result.partition_key} (`recsys ui`, or re-run with --ingest)")
+
+
+def _print_ingested(run: object) -> None:
+    """One line from raw_events' metadata: rows in, valid, duplicates, quarantined by reason."""
+    meta = run.asset_materializations_for_node("raw_events")[0].metadata  # type: ignore[attr-defined]
+    reasons = meta["quarantine_reasons"].value or {}
+    by_reason = f" ({', '.join(f'{n:,} {r}' for r, n in sorted(reasons.items()))})" if reasons else ""
+    console.print(
+        f"ingested: {meta['rows_in'].value:,} rows, {meta['valid'].value:,} valid, "
+        f"{meta['duplicates'].value:,} duplicates, {meta['quarantined'].value:,} quarantined{by_reason}"
+    )
 
 
 @deploy_app.command("status")
@@ -380,27 +403,6 @@ def deploy_rollback() -> None:
         pointer = rollback(store)
     elapsed = (time.perf_counter() - started) * 1000
     console.print(f"active slot is now {pointer.active_slot} (model {pointer.model_version}) after {elapsed:.1f} ms")
-
-
-@benchmark_app.command("movielens")
-def benchmark_movielens(
-    path: Annotated[
-        Path | None, typer.Option(help="RecBole ml-100k dir, u.data or ratings.csv (default: fetch RecBole's).")
-    ] = None,
-    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Split seeds (repeatable).")] = None,
-    mlflow: Annotated[bool, typer.Option(help="Log every run to MLflow.")] = True,
-) -> None:
-    """MovieLens-100k on the Microsoft Recommenders protocol: popularity, EASE, temporal ensemble, two-stage."""
-    from recsys_platform.movielens_benchmark import HEADLINE_METRICS, run_movielens_benchmark
-
-    _prepare_environment()
-    result = run_movielens_benchmark(path, seeds=tuple(seeds or (42, 43, 44)), log_to_mlflow=mlflow)
-    table = Table("model", *HEADLINE_METRICS, "wall s", "peak MiB", title=f"MovieLens ({result['protocol']})")
-    for model, s in result["summary"].items():
-        cells = [f"{s[m]['mean']:.4f} ± {s[m]['std']:.3f}" for m in HEADLINE_METRICS]
-        table.add_row(model, *cells, f"{s['wall_s']['mean']:.1f} ± {s['wall_s']['std']:.1f}", f"{s['peak_mib']:.0f}")
-    console.print(table)
-    console.print(f"mean ± sample std over seeds {list(seeds or (42, 43, 44))}; {result['memory_measure']}")
 
 
 @benchmark_app.command("quality")

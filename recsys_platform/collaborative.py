@@ -1,11 +1,9 @@
-"""Collaborative candidate sources: popularity, SAR-style item co-occurrence and EASE.
+"""SAR-style item co-occurrence: the `similar_items` table ("more like this") of the online store.
 
-Every model is fitted on a polars frame of ``(user_id, item_id, weight)`` rows (duplicate pairs are
-summed) and answers ``recommend(user_ids, k, exclude_seen=True)`` with a frame
-``[user_id, item_id, score, rank]`` (rank 1 = best, ties broken by item index so output is
-deterministic). Ids are mapped to dense indices internally; the maps are kept on the model as
-``user_index`` / ``item_index`` (id -> row/column of the matrices) for the serving layer.
-Users unknown to a personalised model get no rows; the popularity model answers for anyone.
+The model is fitted on a polars frame of ``(user_id, item_id, weight)`` rows (duplicate pairs are
+summed) and answers ``similar_items(item_ids, k)`` and ``recommend(user_ids, k, exclude_seen=True)``
+with ranked frames (rank 1 = best, ties broken by item index so output is deterministic). The
+recommendation models themselves are the candidate sources of `recsys_platform.model.sources`.
 """
 
 from __future__ import annotations
@@ -155,79 +153,6 @@ class _MatrixRecommender:
                 "rank": rank[keep],
             }
         )
-
-
-class PopularityModel(_MatrixRecommender):
-    """Recommends the items most users interacted with."""
-
-    def __init__(self, data: InteractionMatrix):
-        self.data = data
-        self.item_scores = np.asarray((data.matrix > 0).sum(axis=0), dtype=np.float32).ravel()
-
-    def _score_rows(self, rows: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.item_scores, (len(rows), self.n_items)).copy()
-
-    def recommend(self, user_ids: Iterable | pl.Series | None, k: int, exclude_seen: bool = True) -> pl.DataFrame:
-        """Top-k popular items per user; users unseen at fit time get the global top-k."""
-        known = super().recommend(user_ids, k, exclude_seen)
-        if user_ids is None:
-            return known
-        series = user_ids if isinstance(user_ids, pl.Series) else pl.Series(list(user_ids))
-        unknown = series.unique(maintain_order=True).filter(
-            _encode(series.unique(maintain_order=True), self.data.user_ids) < 0
-        )
-        if unknown.is_empty():
-            return known
-        idx, vals = top_k_from_scores(self.item_scores[None, :], k)
-        top = pl.DataFrame(
-            {
-                "item_id": self.data.item_ids.gather(idx[0]),
-                "score": vals[0].astype(np.float32),
-                "rank": np.arange(1, idx.shape[1] + 1, dtype=np.uint32),
-            }
-        )
-        cold = pl.DataFrame({"user_id": unknown.cast(known["user_id"].dtype)}).join(top, how="cross")
-        return pl.concat([known, cold])
-
-
-def popularity_scores(interactions: pl.DataFrame) -> pl.DataFrame:
-    """Items by number of distinct users who interacted: [item_id, score, rank] (rank 1 = most popular)."""
-    return (
-        interactions.group_by("item_id")
-        .agg(score=pl.col("user_id").n_unique().cast(pl.Float64))
-        .sort(["score", "item_id"], descending=[True, False])
-        .with_columns(rank=pl.int_range(1, pl.len() + 1, dtype=pl.UInt32))
-    )
-
-
-def fit_popularity(interactions: pl.DataFrame) -> PopularityModel:
-    """Fit the popularity-count baseline."""
-    return PopularityModel(build_interaction_matrix(interactions))
-
-
-class EaseModel(_MatrixRecommender):
-    """Embarrassingly Shallow Autoencoder (Steck 2019): scores = X @ B with zero-diagonal B."""
-
-    def __init__(self, data: InteractionMatrix, weights: np.ndarray, l2: float):
-        self.data = data
-        self.weights = weights
-        self.l2 = l2
-
-    def _score_rows(self, rows: np.ndarray) -> np.ndarray:
-        return self.data.matrix[rows] @ self.weights
-
-
-def fit_ease(interactions: pl.DataFrame, l2: float = 500.0, binary: bool = True) -> EaseModel:
-    """Fit closed-form EASE on a dense item Gram matrix (meant for up to ~5k items)."""
-    data = build_interaction_matrix(interactions, binary=binary)
-    x = data.matrix
-    gram = (x.T @ x).toarray().astype(np.float64)
-    gram[np.diag_indices_from(gram)] += l2
-    precision = np.linalg.inv(gram)
-    weights = precision / (-np.diag(precision))
-    weights[np.diag_indices_from(weights)] = 0.0
-    logger.info("EASE fitted: %d users x %d items, l2=%.1f", x.shape[0], x.shape[1], l2)
-    return EaseModel(data, weights.astype(np.float32), l2)
 
 
 class ItemItemModel(_MatrixRecommender):

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from recsys_platform.model.params import ModelParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPECTATIONS_DIR = PROJECT_ROOT / "expectations"
@@ -26,21 +30,27 @@ def fields_of(cls: type) -> list[str]:
 
 @dataclass(frozen=True)
 class PipelineParams:
-    """Tunables of the modelling pipeline (windows, sizes, seeds)."""
+    """Tunables of the pipeline (list sizes, sampling, seeds, the gate's margin). The model's windows and
+    source settings are not here: the training cycle derives them from the data (`model.procedure`)."""
 
-    label_days: int = 7
     top_n: int = 50
-    candidates_per_source: int = 40
+    candidates_per_source: int = 50
     recent_exclusion_days: int = 3
-    repeat_cap: int = 3
     watermark_minutes: int = 10
     seed: int = 7
-    ranker_rounds: int = 150
     # One thread by default: on a 2-core box shared with the daemon, API and other runs, two OpenMP
     # threads made LambdaRank training ~4x slower than one (measured 85 s vs 22 s under load).
     ranker_threads: int = 1
     promotion_margin: float = 0.0
     max_training_users: int = 4000
+
+    def model_params(self) -> ModelParams:
+        """The starting point of the model's params (the cycle fills in the data-dependent ones)."""
+        from recsys_platform.model.params import ModelParams
+
+        return ModelParams(
+            depth=self.candidates_per_source, seed=self.seed, recent_completion_days=float(self.recent_exclusion_days)
+        )
 
     @classmethod
     def from_env(cls) -> PipelineParams:

@@ -1,10 +1,26 @@
 """Synthetic wellness-app data: a catalog, user profiles and a behavioural event stream.
 
-Behaviour has structure a model can learn and popularity cannot: each user has latent
-topic, narrator and content-type tastes, a time-of-day habit (sleep content at night), an
-experience level that progresses with completions, a few favourites replayed often, and
-new releases spike after their release date. Everything is vectorized with numpy and
-deterministic for a seed and an end time.
+Two taste modes (`GeneratorConfig.tastes`) decide which item each play picks and when sessions happen:
+
+* ``"latent"``: utility = hidden user . item factors (`latent_tastes.py`) + a shared item quality
+  + a release-recency bump; sessions fall around a hidden per-user hour. Item metadata
+  correlates with the item factors (as genres do), but choices and session times read no
+  profile column and no metadata besides the release date, and the factors are never written
+  out, so a model has to learn tastes from behaviour. The one exception is the kids rule (kids
+  items only for ``household_type == "family_with_kids"``), a hard filter the product applies
+  too. Collaborative filtering beats popularity clearly on it without being near-perfect
+  (benchmarks/synthetic_tastes.py). The quickstart's default.
+* ``"profile"`` (the config's default, kept so tests and benchmarks keep their data): each user has
+  favourite topics and narrators and content-type leanings, prefers items in their profile's
+  language and near their profile's experience level (which progresses over the window), and
+  plays in their profile's preferred daypart, where content types follow the time of day (sleep
+  content at night). Each of these terms has a matching ranker feature, so this mode flatters
+  the ranker.
+
+Both share the rest: a head-heavy exposure of items, a latent per-user repeat propensity (a few
+favourites replayed often), new releases spiking after their release date, completions, bounces
+and favourites as functions of utility, searches, biometrics and late arrivals. Everything is
+vectorized with numpy and deterministic for a seed, an end time and a chunk size.
 """
 
 from __future__ import annotations
@@ -13,12 +29,14 @@ import io
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal, get_args
 
 import numpy as np
 import polars as pl
 
 from recsys_platform import schemas
 from recsys_platform.landing import ITEMS_PREFIX, USERS_PREFIX, LandingZone, event_file_key, new_batch_id
+from recsys_platform.latent_tastes import CANDIDATES, UTILITY_OFFSET, LatentTastes, draw_latent_tastes
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +77,8 @@ APP_LAUNCH = datetime(2019, 1, 1, tzinfo=UTC)
 # Users simulated together: each chunk has its own random stream (and event-id prefix), so the
 # dataset depends on the chunk size. `generate_to_landing` holds one chunk's events at a time.
 DEFAULT_CHUNK_USERS = 200_000
+Tastes = Literal["profile", "latent"]
+TASTES: tuple[str, ...] = get_args(Tastes)
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,13 @@ class GeneratorConfig:
     sessions_per_day: float = 0.55
     wearable_share: float = 0.3
     late_event_share: float = 0.02
+    # "profile": tastes partly read from profile columns (the ranker has a feature for each term);
+    # "latent": hidden factor tastes that no table holds (see the module docstring).
+    tastes: Tastes = "profile"
+
+    def __post_init__(self) -> None:
+        if self.tastes not in TASTES:
+            raise ValueError(f"unknown tastes {self.tastes!r}; use one of {', '.join(TASTES)}")
 
     def resolved_end(self) -> datetime:
         """End of the simulated window (default: the current hour, UTC)."""
@@ -193,6 +220,184 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+@dataclass(frozen=True)
+class _Catalog:
+    """The catalog as arrays the simulation indexes (one row per item, in `items` order)."""
+
+    topic: np.ndarray  # index into _all_topics()
+    content_type: np.ndarray  # index into schemas.CONTENT_TYPES
+    narrator: np.ndarray
+    level: np.ndarray  # index into schemas.LEVELS
+    duration: np.ndarray
+    language: np.ndarray
+    release_sec: np.ndarray  # release time, seconds since the window's start
+    quality: np.ndarray  # shared item quality: the part of behaviour popularity can learn
+    exposure: np.ndarray  # how often an item is shown (featured items far more, as in real apps)
+
+    @classmethod
+    def of(cls, items: pl.DataFrame, start: datetime, seed: int) -> _Catalog:
+        """Index the catalog and draw its quality and exposure."""
+        topic_index = {t: k for k, t in enumerate(_all_topics())}
+        type_index = {t: k for k, t in enumerate(schemas.CONTENT_TYPES)}
+        release_sec = np.array(
+            [
+                (datetime.combine(d, datetime.min.time(), UTC) - start).total_seconds()
+                for d in items["release_date"].to_list()
+            ]
+        )
+        item_rng = np.random.default_rng([seed, 2])
+        quality = item_rng.normal(0.0, 0.6, size=items.height)
+        return cls(
+            topic=np.array([topic_index[t] for t in items["topic"].to_list()]),
+            content_type=np.array([type_index[t] for t in items["content_type"].to_list()]),
+            narrator=np.array([int(n.split("_")[1]) for n in items["narrator"].to_list()]),
+            level=np.array([schemas.LEVELS.index(v) for v in items["level"].to_list()]),
+            duration=items["duration_seconds"].to_numpy().astype(np.float64),
+            language=items["language"].to_numpy(),
+            release_sec=release_sec,
+            quality=quality,
+            exposure=item_rng.lognormal(0.0, 1.0, size=items.height) * np.exp(quality),
+        )
+
+
+@dataclass(frozen=True)
+class _ProfileTastes:
+    """Profile mode's tastes: drawn per user, and read from the profile's language, daypart and level."""
+
+    topic_aff: np.ndarray  # (users, topics): a few favourite topics
+    narr_aff: np.ndarray  # (users, narrators): a couple of favourite narrators
+    type_pref: np.ndarray  # (users, content types)
+    language: np.ndarray
+    base_level: np.ndarray
+    progress: np.ndarray  # how fast a user's level grows over the window
+    daypart: np.ndarray  # index into schemas.DAYPARTS
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, users: pl.DataFrame, cat: _Catalog, has_kids: np.ndarray) -> _ProfileTastes:
+        """Draw the tastes of `users` and read their profile columns."""
+        n_users, n_topics = users.height, len(_all_topics())
+        topic_aff = rng.normal(0.0, 0.4, size=(n_users, n_topics))
+        fav_topics = rng.integers(0, n_topics, size=(n_users, 3))
+        np.put_along_axis(topic_aff, fav_topics, 2.2 + rng.random((n_users, 3)), axis=1)
+        n_narr = int(cat.narrator.max()) + 1
+        narr_aff = rng.normal(0.0, 0.3, size=(n_users, n_narr))
+        np.put_along_axis(narr_aff, rng.integers(0, n_narr, size=(n_users, 2)), 1.6, axis=1)
+        type_pref = rng.normal(0.0, 0.7, size=(n_users, len(schemas.CONTENT_TYPES))) + np.log(TYPE_SHARE)
+        kids_col = schemas.CONTENT_TYPES.index("kids")
+        type_pref[:, kids_col] = np.where(has_kids, type_pref[:, kids_col] + 1.2, -8.0)
+        return cls(
+            topic_aff=topic_aff,
+            narr_aff=narr_aff,
+            type_pref=type_pref,
+            language=users["language"].to_numpy(),
+            base_level=np.array([schemas.LEVELS.index(v) for v in users["experience_level"].to_list()], dtype=float),
+            progress=rng.random(n_users) * 1.5,
+            daypart=np.array([schemas.DAYPARTS.index(v) for v in users["preferred_daypart"].to_list()]),
+        )
+
+
+def _recency_bump(age_days: np.ndarray) -> np.ndarray:
+    """Utility of a new release by its age (unreleased items cannot be played)."""
+    return np.where(age_days >= 0, 1.8 * np.exp(-np.clip(age_days, 0, None) / 5.0), -np.inf)
+
+
+def _profile_session_times(
+    rng: np.random.Generator,
+    tastes: _ProfileTastes,
+    offset: np.ndarray,
+    s_user: np.ndarray,
+    s_day: np.ndarray,
+    start_of_day: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Session start (seconds since the window's start, unwrapped) and daypart: mostly in the preferred daypart."""
+    n_s = len(s_user)
+    daypart = tastes.daypart[s_user]
+    in_habit = rng.random(n_s) < 0.7
+    lo = np.array([DAYPART_HOURS[d][0] for d in schemas.DAYPARTS])[daypart]
+    hi = np.array([DAYPART_HOURS[d][1] for d in schemas.DAYPARTS])[daypart]
+    local_hour = np.where(in_habit, rng.integers(lo, hi + 1), rng.integers(6, 30, size=n_s)) % 24
+    s_sec = s_day * 86400.0 + (local_hour - offset[s_user]) * 3600.0 + rng.random(n_s) * 3600.0 - start_of_day
+    s_daypart = np.select(
+        [
+            (local_hour >= 6) & (local_hour < 12),
+            (local_hour >= 12) & (local_hour < 18),
+            (local_hour >= 18) & (local_hour < 22),
+        ],
+        [0, 1, 2],
+        3,
+    )
+    return s_sec, s_daypart
+
+
+def _profile_choices(
+    rng: np.random.Generator,
+    cat: _Catalog,
+    tastes: _ProfileTastes,
+    p_user: np.ndarray,
+    p_time0: np.ndarray,
+    p_daypart: np.ndarray,
+    level_now: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item and utility of each play: a content type by taste x time of day, then the best of 24 of that type."""
+    n_p = len(p_user)
+    pools = [np.flatnonzero(cat.content_type == t) for t in range(len(schemas.CONTENT_TYPES))]
+    type_logits = tastes.type_pref[p_user] + DAYPART_TYPE_BOOST[p_daypart]
+    chosen_type = np.argmax(type_logits + rng.gumbel(size=type_logits.shape), axis=1)
+    k = 24
+    cand = np.empty((n_p, k), dtype=np.int64)
+    for t, pool in enumerate(pools):
+        mask = chosen_type == t
+        if pool.size == 0:
+            chosen_type[mask] = 0
+            continue
+        p = cat.exposure[pool] / cat.exposure[pool].sum()
+        cand[mask] = pool[rng.choice(pool.size, size=(int(mask.sum()), k), p=p)]
+    empty = np.array([pools[t].size == 0 for t in range(len(pools))])
+    if empty.any():
+        cand[empty[chosen_type]] = pools[0][rng.integers(0, pools[0].size, size=(int(empty[chosen_type].sum()), k))]
+    age_days = (p_time0[:, None] - cat.release_sec[cand]) / 86400.0
+    lang_pen = np.where(
+        cat.language[cand] == tastes.language[p_user][:, None], 0.0, np.where(cat.language[cand] == "en", -0.6, -2.0)
+    )
+    util = (
+        np.take_along_axis(tastes.topic_aff[p_user], cat.topic[cand], axis=1)
+        + np.take_along_axis(tastes.narr_aff[p_user], cat.narrator[cand], axis=1)
+        + cat.quality[cand]
+        - 0.9 * np.abs(cat.level[cand] - level_now[:, None])
+        + _recency_bump(age_days)
+        + lang_pen
+    )
+    pick = np.argmax(util + rng.gumbel(size=util.shape), axis=1)
+    return cand[np.arange(n_p), pick], util[np.arange(n_p), pick]
+
+
+def _latent_choices(
+    rng: np.random.Generator,
+    cat: _Catalog,
+    tastes: LatentTastes,
+    p_user: np.ndarray,
+    p_time0: np.ndarray,
+    has_kids: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item and utility of each play: the best of CANDIDATES items drawn by exposure from the whole catalog
+    (kids items only in families), by hidden taste + quality + recency."""
+    n_p = len(p_user)
+    cand = np.empty((n_p, CANDIDATES), dtype=np.int64)
+    kids = cat.content_type == schemas.CONTENT_TYPES.index("kids")
+    for pool, mask in ((np.flatnonzero(~kids), ~has_kids[p_user]), (np.arange(len(kids)), has_kids[p_user])):
+        p = cat.exposure[pool] / cat.exposure[pool].sum()
+        cand[mask] = pool[rng.choice(pool.size, size=(int(mask.sum()), CANDIDATES), p=p)]
+    age_days = (p_time0[:, None] - cat.release_sec[cand]) / 86400.0
+    util = UTILITY_OFFSET + tastes.affinity(p_user, cand) + cat.quality[cand] + _recency_bump(age_days)
+    pick = np.argmax(util + rng.gumbel(size=util.shape), axis=1)
+    return cand[np.arange(n_p), pick], util[np.arange(n_p), pick]
+
+
+def _latent_tastes(cfg: GeneratorConfig, items: pl.DataFrame, n_users: int, chunk: int) -> LatentTastes:
+    """Internal (and the tests' only way to see them): the hidden tastes of one chunk in latent mode."""
+    return draw_latent_tastes(items, n_users, cfg.seed, chunk)
+
+
 def _simulate_events(
     cfg: GeneratorConfig,
     items: pl.DataFrame,
@@ -204,43 +409,10 @@ def _simulate_events(
     rng = np.random.default_rng([cfg.seed, 1, chunk])
     n_users, days = users.height, cfg.days
     topics = _all_topics()
-    topic_index = {t: k for k, t in enumerate(topics)}
-    item_topic = np.array([topic_index[t] for t in items["topic"].to_list()])
-    type_index = {t: k for k, t in enumerate(schemas.CONTENT_TYPES)}
-    item_type = np.array([type_index[t] for t in items["content_type"].to_list()])
-    item_narr = np.array([int(n.split("_")[1]) for n in items["narrator"].to_list()])
-    item_level = np.array([schemas.LEVELS.index(v) for v in items["level"].to_list()])
-    item_dur = items["duration_seconds"].to_numpy().astype(np.float64)
-    item_lang = items["language"].to_numpy()
-    release_sec = np.array(
-        [
-            (datetime.combine(d, datetime.min.time(), UTC) - start).total_seconds()
-            for d in items["release_date"].to_list()
-        ]
-    )
-    # Shared item quality: the part of behaviour popularity can learn.
-    item_rng = np.random.default_rng([cfg.seed, 2])
-    item_quality = item_rng.normal(0.0, 0.6, size=items.height)
-    # Exposure: featured items are shown far more often (head-heavy popularity, as in real apps).
-    exposure = item_rng.lognormal(0.0, 1.0, size=items.height) * np.exp(item_quality)
-    n_narr = int(item_narr.max()) + 1
-    pools = [np.flatnonzero(item_type == t) for t in range(len(schemas.CONTENT_TYPES))]
-
-    # Latent tastes: a few favourite topics and narrators, content-type leanings.
-    topic_aff = rng.normal(0.0, 0.4, size=(n_users, len(topics)))
-    fav_topics = rng.integers(0, len(topics), size=(n_users, 3))
-    np.put_along_axis(topic_aff, fav_topics, 2.2 + rng.random((n_users, 3)), axis=1)
-    narr_aff = rng.normal(0.0, 0.3, size=(n_users, n_narr))
-    np.put_along_axis(narr_aff, rng.integers(0, n_narr, size=(n_users, 2)), 1.6, axis=1)
-    type_pref = rng.normal(0.0, 0.7, size=(n_users, len(schemas.CONTENT_TYPES))) + np.log(TYPE_SHARE)
-    kids_col = type_index["kids"]
-    has_kids = (users["household_type"] == "family_with_kids").to_numpy()
-    type_pref[:, kids_col] = np.where(has_kids, type_pref[:, kids_col] + 1.2, -8.0)
-    user_lang = users["language"].to_numpy()
-    base_level = np.array([schemas.LEVELS.index(v) for v in users["experience_level"].to_list()], dtype=float)
-    progress = rng.random(n_users) * 1.5
-    offset = users["utc_offset_hours"].to_numpy()
-    daypart = np.array([schemas.DAYPARTS.index(v) for v in users["preferred_daypart"].to_list()])
+    cat = _Catalog.of(items, start, cfg.seed)
+    has_kids = (users["household_type"] == "family_with_kids").to_numpy()  # a hard filter in both modes
+    latent = _latent_tastes(cfg, items, n_users, chunk) if cfg.tastes == "latent" else None
+    profile = _ProfileTastes.draw(rng, users, cat, has_kids) if latent is None else None
     repeat_p = rng.beta(1.2, 5.0, size=n_users)
     activity = rng.lognormal(0.0, 0.8, size=n_users)
     activity /= activity.mean()
@@ -250,23 +422,14 @@ def _simulate_events(
     s_user = np.repeat(np.arange(n_users), n_sess)
     n_s = len(s_user)
     s_day = rng.integers(0, days, size=n_s)
-    in_habit = rng.random(n_s) < 0.7
-    lo = np.array([DAYPART_HOURS[d][0] for d in schemas.DAYPARTS])[daypart[s_user]]
-    hi = np.array([DAYPART_HOURS[d][1] for d in schemas.DAYPARTS])[daypart[s_user]]
-    local_hour = np.where(in_habit, rng.integers(lo, hi + 1), rng.integers(6, 30, size=n_s)) % 24
     # Seconds since `start`; `start` need not be midnight, so shift to UTC wall-clock hours.
     start_of_day = start.hour * 3600.0 + start.minute * 60.0
-    s_sec = s_day * 86400.0 + (local_hour - offset[s_user]) * 3600.0 + rng.random(n_s) * 3600.0 - start_of_day
+    if profile is not None:
+        offset = users["utc_offset_hours"].to_numpy()
+        s_sec, s_daypart = _profile_session_times(rng, profile, offset, s_user, s_day, start_of_day)
+    else:
+        s_sec = s_day * 86400.0 + latent.session_hours(s_user, rng) * 3600.0 - start_of_day
     s_sec = np.mod(s_sec, days * 86400.0)  # wrap sessions across the window edges (no spikes)
-    s_daypart = np.select(
-        [
-            (local_hour >= 6) & (local_hour < 12),
-            (local_hour >= 12) & (local_hour < 18),
-            (local_hour >= 18) & (local_hour < 22),
-        ],
-        [0, 1, 2],
-        3,
-    )
 
     # Plays: 1-3 per session
     n_play = rng.choice([1, 2, 3], size=n_s, p=[0.6, 0.3, 0.1])
@@ -274,38 +437,11 @@ def _simulate_events(
     p_user = s_user[p_sess]
     n_p = len(p_sess)
     p_time0 = s_sec[p_sess]
-    level_now = base_level[p_user] + progress[p_user] * (s_day[p_sess] / max(days, 1)) * 2.0
-
-    # content type by taste x time of day
-    type_logits = type_pref[p_user] + DAYPART_TYPE_BOOST[s_daypart[p_sess]]
-    chosen_type = np.argmax(type_logits + rng.gumbel(size=type_logits.shape), axis=1)
-    k = 24
-    cand = np.empty((n_p, k), dtype=np.int64)
-    for t, pool in enumerate(pools):
-        mask = chosen_type == t
-        if pool.size == 0:
-            chosen_type[mask] = 0
-            continue
-        p = exposure[pool] / exposure[pool].sum()
-        cand[mask] = pool[rng.choice(pool.size, size=(int(mask.sum()), k), p=p)]
-    empty = np.array([pools[t].size == 0 for t in range(len(pools))])
-    if empty.any():
-        cand[empty[chosen_type]] = pools[0][rng.integers(0, pools[0].size, size=(int(empty[chosen_type].sum()), k))]
-    age_days = (p_time0[:, None] - release_sec[cand]) / 86400.0
-    lang_pen = np.where(
-        item_lang[cand] == user_lang[p_user][:, None], 0.0, np.where(item_lang[cand] == "en", -0.6, -2.0)
-    )
-    util = (
-        np.take_along_axis(topic_aff[p_user], item_topic[cand], axis=1)
-        + np.take_along_axis(narr_aff[p_user], item_narr[cand], axis=1)
-        + item_quality[cand]
-        - 0.9 * np.abs(item_level[cand] - level_now[:, None])
-        + np.where(age_days >= 0, 1.8 * np.exp(-np.clip(age_days, 0, None) / 5.0), -np.inf)
-        + lang_pen
-    )
-    pick = np.argmax(util + rng.gumbel(size=util.shape), axis=1)
-    p_item = cand[np.arange(n_p), pick]
-    p_util = util[np.arange(n_p), pick]
+    if profile is not None:
+        level_now = profile.base_level[p_user] + profile.progress[p_user] * (s_day[p_sess] / max(days, 1)) * 2.0
+        p_item, p_util = _profile_choices(rng, cat, profile, p_user, p_time0, s_daypart[p_sess], level_now)
+    else:
+        p_item, p_util = _latent_choices(rng, cat, latent, p_user, p_time0, has_kids)
 
     # Favourites: each user replays a couple of items they love.
     fav = np.full((n_users, 2), -1)
@@ -318,12 +454,12 @@ def _simulate_events(
     fav[:, 0] = np.where(fav[:, 0] < 0, fav[:, 1], fav[:, 0])
     replay = (rng.random(n_p) < repeat_p[p_user]) & (fav[p_user, 1] >= 0) & (np.arange(n_p) > 0)
     fav_pick = fav[p_user, rng.integers(0, 2, size=n_p)]
-    replay &= release_sec[np.maximum(fav_pick, 0)] <= p_time0
+    replay &= cat.release_sec[np.maximum(fav_pick, 0)] <= p_time0
     p_item = np.where(replay, fav_pick, p_item)
     p_util = np.where(replay, p_util + 1.0, p_util)
 
     # Outcomes
-    dur = item_dur[p_item]
+    dur = cat.duration[p_item]
     p_complete = _sigmoid(1.1 * (p_util - 1.2))
     completed = rng.random(n_p) < p_complete
     bounce = ~completed & (rng.random(n_p) < _sigmoid(-1.5 * p_util))
@@ -346,15 +482,15 @@ def _simulate_events(
     searched = rng.random(n_s) < 0.18
     first_idx = np.flatnonzero(np.r_[True, p_sess[1:] != p_sess[:-1]])
     first_type = np.full(n_s, 0)
-    first_type[p_sess[first_idx]] = item_type[p_item[first_idx]]
-    topic_words = np.array(topics)[item_topic[p_item[first_idx]]]
+    first_type[p_sess[first_idx]] = cat.content_type[p_item[first_idx]]
+    topic_words = np.array(topics)[cat.topic[p_item[first_idx]]]
     query_topic = np.full(n_s, "", dtype=object)
     query_topic[p_sess[first_idx]] = topic_words
     search_words = np.array([SEARCH_WORDS[t] for t in schemas.CONTENT_TYPES], dtype=object)
     queries = search_words[first_type] + " " + np.char.replace(query_topic.astype(str), "_", " ")
 
     wearable = rng.random(n_users) < cfg.wearable_share
-    move_play = (item_type[p_item] == type_index["movement"]) & wearable[p_user]
+    move_play = (cat.content_type[p_item] == schemas.CONTENT_TYPES.index("movement")) & wearable[p_user]
     bio_user_daily = np.repeat(np.flatnonzero(wearable), days * 3)
     n_bd = len(bio_user_daily)
     bio_sec = np.tile(np.repeat(np.arange(days), 3), int(wearable.sum())) * 86400.0 + rng.random(n_bd) * 86400.0
@@ -459,9 +595,13 @@ def _catalog_and_profiles(cfg: GeneratorConfig) -> tuple[pl.DataFrame, pl.DataFr
     return items, users, start
 
 
-def generate(cfg: GeneratorConfig, chunk_users: int = DEFAULT_CHUNK_USERS) -> SyntheticDataset:
-    """Generate the catalog, the users and their events over `cfg.days` days before `cfg.end`."""
-    items, users, start = _catalog_and_profiles(cfg)
+def generate(
+    cfg: GeneratorConfig, chunk_users: int = DEFAULT_CHUNK_USERS, users: pl.DataFrame | None = None
+) -> SyntheticDataset:
+    """Generate the catalog, the users and their events over `cfg.days` days before `cfg.end`;
+    `users` (USER_SCHEMA) replaces the generated profiles, e.g. to check what behaviour reads."""
+    items, generated, start = _catalog_and_profiles(cfg)
+    users = generated if users is None else users
     chunks = [
         _simulate_events(cfg, items, users.slice(off, chunk_users), start, k)
         for k, off in enumerate(range(0, users.height, chunk_users))

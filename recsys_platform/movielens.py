@@ -1,5 +1,5 @@
-"""MovieLens data: loaders for RecBole / GroupLens files, a reproducible fetch, the stratified split,
-and the quality benchmark (``run_movielens_benchmark``) on the Microsoft Recommenders protocol."""
+"""MovieLens data: loaders for RecBole / GroupLens files, a reproducible fetch, and the stratified split
+of the Microsoft Recommenders protocol (the quality benchmark runs the product on these)."""
 
 from __future__ import annotations
 
@@ -174,15 +174,3 @@ def stratified_split(ratings: pl.DataFrame, ratio: float = 0.75, seed: int = 42)
     is_train = pl.col("_pos") <= pl.col("_cut")
     drop = ["_key", "_pos", "_cut"]
     return ranked.filter(is_train).drop(drop), ranked.filter(~is_train).drop(drop)
-
-
-def run_movielens_benchmark(
-    path: Path | None,
-    seeds: tuple[int, ...] = (42, 43, 44),
-    log_to_mlflow: bool = True,
-    tracking_uri: str | None = None,
-) -> dict:
-    """Run the MovieLens quality benchmark (see ``recsys_platform.movielens_benchmark``)."""
-    from recsys_platform.movielens_benchmark import run_movielens_benchmark as run
-
-    return run(path, seeds=seeds, log_to_mlflow=log_to_mlflow, tracking_uri=tracking_uri)

@@ -5,6 +5,7 @@ mlflow is imported inside the functions so that code locations and sensors load 
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -18,6 +19,9 @@ from recsys_platform.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_
 logger = logging.getLogger(__name__)
 
 GATE_METRIC = "ndcg@10"
+# Model-version tags that make a version servable on its own: the params its features need, and its scorer.
+PARAMS_TAG = "recsys.model_params"
+SCORER_TAG = "recsys.scorer"  # "ranker" (a LightGBM booster) or "column:<feature>" (a baseline's own score)
 
 
 @dataclass(frozen=True)
@@ -78,28 +82,35 @@ def log_ranker(
     tags: dict[str, str],
     importance: pl.DataFrame | None = None,
     model_name: str = REGISTERED_MODEL_NAME,
+    model_params: dict[str, Any] | None = None,
+    documents: dict[str, Any] | None = None,
 ) -> ModelRef:
-    """Log a LightGBM ranker run (params, metrics, importance plot, model + signature) and register it."""
+    """Log a LightGBM ranker run (params, metrics, importance plot, model + signature, JSON `documents`)
+    and register it; `model_params` (what its features need) is tagged on the version."""
     import mlflow
     from mlflow.models import infer_signature
 
+    booster = getattr(model, "booster_", model)  # an sklearn wrapper or a bare Booster
     _client(tracking_uri)
     exp_id = ensure_experiment(tracking_uri, experiment, artifact_uri)
     example = input_example.to_pandas()
-    signature = infer_signature(example, model.booster_.predict(example.to_numpy()))
+    signature = infer_signature(example, booster.predict(example.to_numpy()))
     with mlflow.start_run(experiment_id=exp_id, tags=tags) as run:
         mlflow.log_params(params)
         mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()})
         if importance is not None:
             _log_importance(importance)
+        for name, doc in (documents or {}).items():
+            mlflow.log_dict(doc, name)
         info = mlflow.lightgbm.log_model(
-            model.booster_,
+            booster,
             name="model",
             signature=signature,
             input_example=example.head(5),
             registered_model_name=model_name,
         )
     version = str(info.registered_model_version)
+    _tag_version(tracking_uri, model_name, version, model_params, "ranker")
     logger.info("logged run %s, registered %s version %s", run.info.run_id, model_name, version)
     return ModelRef(
         name=model_name,
@@ -108,6 +119,77 @@ def log_ranker(
         model_uri=f"models:/{model_name}/{version}",
         experiment=experiment,
     )
+
+
+def _tag_version(
+    tracking_uri: str, model_name: str, version: str, model_params: dict[str, Any] | None, scorer: str
+) -> None:
+    client = _client(tracking_uri)
+    client.set_model_version_tag(model_name, version, SCORER_TAG, scorer)
+    if model_params is not None:
+        client.set_model_version_tag(model_name, version, PARAMS_TAG, json.dumps(model_params, sort_keys=True))
+
+
+def log_baseline_version(
+    tracking_uri: str,
+    artifact_uri: str | None,
+    experiment: str,
+    feature: str,
+    input_example: pl.DataFrame,
+    model_params: dict[str, Any],
+    tags: dict[str, str],
+    model_name: str = REGISTERED_MODEL_NAME,
+) -> ModelRef:
+    """Register a baseline as a model version: a pyfunc that scores candidate rows by its own `feature`
+    (e.g. score_ease), so it is served, rolled back and inspected like a ranker version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from recsys_platform.model.baseline_pyfunc import ColumnScoreModel
+
+    _client(tracking_uri)
+    exp_id = ensure_experiment(tracking_uri, experiment, artifact_uri)
+    example = input_example.to_pandas()
+    model = ColumnScoreModel(feature)
+    signature = infer_signature(example, model.predict(None, example))
+    with mlflow.start_run(experiment_id=exp_id, tags=tags) as run:
+        mlflow.log_params({"scorer": f"column:{feature}", **{f"model.{k}": v for k, v in model_params.items()}})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            signature=signature,
+            input_example=example.head(5),
+            registered_model_name=model_name,
+        )
+    version = str(info.registered_model_version)
+    _tag_version(tracking_uri, model_name, version, model_params, f"column:{feature}")
+    logger.info("registered baseline %s as %s version %s", feature, model_name, version)
+    return ModelRef(model_name, version, run.info.run_id, f"models:/{model_name}/{version}", experiment)
+
+
+def version_tags(tracking_uri: str, version: str, model_name: str = REGISTERED_MODEL_NAME) -> dict[str, str]:
+    """The tags of a model version."""
+    return dict(_client(tracking_uri).get_model_version(model_name, version).tags)
+
+
+def load_scorer(
+    tracking_uri: str, version_or_alias: str, model_name: str = REGISTERED_MODEL_NAME
+) -> tuple[Any, dict[str, Any], str]:
+    """(scorer with .predict(features), the model params it was trained with, version) of a registered version."""
+    client = _client(tracking_uri)
+    if version_or_alias.isdigit():
+        version = version_or_alias
+    else:
+        version = str(client.get_model_version_by_alias(model_name, version_or_alias).version)
+    tags = version_tags(tracking_uri, version, model_name)
+    params = json.loads(tags.get(PARAMS_TAG, "{}"))
+    kind = tags.get(SCORER_TAG, "ranker")
+    if kind.startswith("column:"):
+        from recsys_platform.model.ranker import ColumnScorer
+
+        return ColumnScorer(kind.removeprefix("column:")), params, version
+    booster, _ = load_ranker(tracking_uri, version, model_name)
+    return booster, params, version
 
 
 def _log_importance(importance: pl.DataFrame) -> None:
@@ -174,8 +256,9 @@ def promotion_gate(
     baseline_score: float,
     champion_score_on_holdout: float | None,
     margin: float,
+    baseline_name: str = "popularity",
 ) -> GateDecision:
-    """Promote `ref` to champion if it beats the baseline and the current champion by `margin`."""
+    """Promote `ref` to champion if it beats the (strongest) baseline and the current champion by `margin`."""
     client = _client(tracking_uri)
     champion = alias_version(tracking_uri, CHAMPION_ALIAS, ref.name)
     beats_baseline = candidate_score > baseline_score * (1.0 + margin)
@@ -188,14 +271,16 @@ def promotion_gate(
     if champion == ref.version:
         reason = "already champion"
     elif not beats_baseline:
-        reason = f"{GATE_METRIC} {candidate_score:.4f} does not beat popularity {baseline_score:.4f} by {margin:.0%}"
+        reason = (
+            f"{GATE_METRIC} {candidate_score:.4f} does not beat {baseline_name} {baseline_score:.4f} by {margin:.0%}"
+        )
     elif not beats_champion:
         reason = (
             f"{GATE_METRIC} {candidate_score:.4f} does not beat champion v{champion} "
             f"({champion_score_on_holdout:.4f}) by {margin:.0%}"
         )
     else:
-        reason = f"beats popularity and {'champion v' + champion if champion else 'no previous champion'}"
+        reason = f"beats {baseline_name} and {'champion v' + champion if champion else 'no previous champion'}"
     alias = CHAMPION_ALIAS if promoted or champion == ref.version else CHALLENGER_ALIAS
     client.set_registered_model_alias(ref.name, alias, ref.version)
     numbers = {
@@ -208,6 +293,7 @@ def promotion_gate(
         "gate.decision": "promoted" if promoted else ("kept" if champion == ref.version else "challenger"),
         "gate.reason": reason,
         "gate.champion_before": champion or "none",
+        "gate.baseline": baseline_name,
         "gate.metric": GATE_METRIC,
         **{k: "none" if v is None else f"{v:.6f}" for k, v in numbers.items()},
     }.items():
@@ -227,6 +313,25 @@ def promotion_gate(
         champion_version=champion,
         champion_score=champion_score_on_holdout,
     )
+
+
+def promote(tracking_uri: str, ref: ModelRef, reason: str, numbers: dict[str, float]) -> GateDecision:
+    """Make `ref` champion outright (a baseline version served because it beat the ranker), recording why."""
+    client = _client(tracking_uri)
+    before = alias_version(tracking_uri, CHAMPION_ALIAS, ref.name)
+    client.set_registered_model_alias(ref.name, CHAMPION_ALIAS, ref.version)
+    for key, value in {
+        "gate.decision": "promoted",
+        "gate.reason": reason,
+        "gate.champion_before": before or "none",
+        "gate.metric": GATE_METRIC,
+        **{k: f"{v:.6f}" for k, v in numbers.items()},
+    }.items():
+        client.set_model_version_tag(ref.name, ref.version, key, value)
+        client.set_tag(ref.run_id, key, value)
+    logger.info("v%s is champion: %s", ref.version, reason)
+    score = numbers.get("gate.candidate_score", float("nan"))
+    return GateDecision(ref.version, True, CHAMPION_ALIAS, reason, score, score, before, None)
 
 
 def load_ranker(tracking_uri: str, version_or_alias: str, model_name: str = REGISTERED_MODEL_NAME) -> tuple[Any, str]:

@@ -28,18 +28,12 @@ class SetsConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """How batch scoring runs: shards, list depth, re-rank depth, candidate pool size, users per scoring chunk."""
+    """How batch scoring runs: shards, list depth, users per scoring block. What the candidates and their
+    features are is the champion version's own params, not configured here."""
 
     shards: int = 8
     items_per_user: int = 500
-    # The LightGBM ranker re-ranks only the first `rerank_depth` items of the first-stage list: the sets
-    # show 20-30 items, and scoring all ~375 candidates of a million users would be ~375M model rows.
-    rerank_depth: int = 50
-    candidates_per_source: int = 150
-    chunk_users: int = 1000  # small enough that a chunk's dense users x items arrays stay in cache
-    exclude_completed_days: int = 1  # first stage drops items completed this recently (sets may exclude more)
-    popularity_weight: float = 0.1  # first stage: EASE score + weight x popularity share of the top item
-    replay_weight: float = 1.0  # first stage: + weight x the user's own weight on the item / their top item's
+    chunk_users: int = 1000  # users scored at once: a few dense users x items arrays per source
 
 
 @dataclass(frozen=True)

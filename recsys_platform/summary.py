@@ -19,6 +19,12 @@ SAMPLE_SQL = (
 )
 
 
+HOLDOUTS = {
+    "per_user": "per-user temporal (each user's newest 20% of interactions)",
+    "global": "global temporal (the newest 10% of interactions in time)",
+}
+
+
 def lake_row_counts(lake: Path) -> dict[str, int]:
     """Rows per table in a local lake (partitioned tables summed over their files)."""
     counts: dict[str, int] = {}
@@ -41,25 +47,31 @@ def print_summary(console: Console, settings: Settings, elapsed_s: float) -> Non
     console.print(rows)
 
     evaluation = pl.read_parquet(lake / "model_evaluation.parquet")
-    wide = evaluation.pivot(on="model", index="metric", values="value")
-    quality = Table(*wide.columns, title="Temporal holdout (last label window)")
-    for row in wide.iter_rows():
-        quality.add_row(row[0], *[f"{v:.4f}" if v is not None else "" for v in row[1:]])
-    console.print(quality)
-    ndcg = dict(
-        zip(
-            evaluation.filter(pl.col("metric") == "ndcg@10")["model"],
-            evaluation.filter(pl.col("metric") == "ndcg@10")["value"],
-            strict=True,
+    for protocol in evaluation["protocol"].unique(maintain_order=True):
+        wide = evaluation.filter(pl.col("protocol") == protocol).pivot(on="model", index="metric", values="value")
+        quality = Table(*wide.columns, title=f"Holdout: {HOLDOUTS.get(protocol, protocol)}")
+        for row in wide.iter_rows():
+            quality.add_row(row[0], *[f"{v:.4f}" if v is not None else "" for v in row[1:]])
+        console.print(quality)
+        ndcg = {
+            r["model"]: r["value"]
+            for r in evaluation.filter((pl.col("protocol") == protocol) & (pl.col("metric") == "ndcg@10")).iter_rows(
+                named=True
+            )
+        }
+        baselines = {k: v for k, v in ndcg.items() if k != "ranker"}
+        best = max(baselines, key=baselines.__getitem__)
+        lift = ndcg["ranker"] / baselines[best] - 1 if baselines[best] else float("nan")
+        console.print(
+            f"NDCG@10 ({protocol}) ranker {ndcg['ranker']:.4f} vs the strongest baseline, {best}, "
+            f"{baselines[best]:.4f}: {lift:+.0%} relative"
         )
-    )
-    lift = ndcg["ranker"] / ndcg["popularity"] - 1 if ndcg.get("popularity") else float("nan")
-    console.print(f"NDCG@10 ranker {ndcg['ranker']:.4f} vs popularity {ndcg['popularity']:.4f}: {lift:+.0%} relative")
-
+    served = evaluation["served_version"][0] if "served_version" in evaluation.columns else None
     ref = json.loads((lake / "ranker_model.json").read_text())
     console.print(
         f"MLflow: registered model {ref['name']} version {ref['version']} (run {ref['run_id']}), "
         f"tracking {settings.mlflow_tracking_uri}"
+        + (f"; champion (served) version {served}" if served and served != ref["version"] else "")
     )
     with open_online_store(settings.online_store_url) as store:
         pointer = store.pointer()

@@ -7,6 +7,7 @@ from dagster_aws.s3 import S3Resource
 
 from recsys_platform.config import REGISTERED_MODEL_NAME, PipelineParams, fields_of
 from recsys_platform.landing import LandingZone, LocalLandingZone, S3LandingZone
+from recsys_platform.model.params import ModelParams
 from recsys_platform.online_store import OnlineStore, open_online_store
 
 _DEFAULTS = PipelineParams()
@@ -51,14 +52,11 @@ class PipelineResource(dg.ConfigurableResource):
 
     lake_url: str
     catalog_path: str
-    label_days: int = _DEFAULTS.label_days
     top_n: int = _DEFAULTS.top_n
     candidates_per_source: int = _DEFAULTS.candidates_per_source
     recent_exclusion_days: int = _DEFAULTS.recent_exclusion_days
-    repeat_cap: int = _DEFAULTS.repeat_cap
     watermark_minutes: int = _DEFAULTS.watermark_minutes
     seed: int = _DEFAULTS.seed
-    ranker_rounds: int = _DEFAULTS.ranker_rounds
     ranker_threads: int = _DEFAULTS.ranker_threads
     promotion_margin: float = _DEFAULTS.promotion_margin
     max_training_users: int = _DEFAULTS.max_training_users
@@ -66,6 +64,10 @@ class PipelineResource(dg.ConfigurableResource):
     def params(self) -> PipelineParams:
         """The core's parameter object."""
         return PipelineParams(**{name: getattr(self, name) for name in fields_of(PipelineParams)})
+
+    def model_params(self) -> ModelParams:
+        """The model's starting params (`PipelineParams.model_params`)."""
+        return self.params().model_params()
 
     @property
     def catalog(self) -> Path:

@@ -142,8 +142,9 @@ def _read_events(zone: LocalLandingZone) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(io.BytesIO(zone.read_bytes(f.key))) for f in files])
 
 
-def test_generate_to_landing_writes_the_same_events_as_generate(tmp_path):
-    cfg = GeneratorConfig(n_users=300, days=3, seed=5, end=FIXED_END)
+@pytest.mark.parametrize("tastes", ["profile", "latent"])
+def test_generate_to_landing_writes_the_same_events_as_generate(tmp_path, tastes):
+    cfg = GeneratorConfig(n_users=300, days=3, seed=5, end=FIXED_END, tastes=tastes)
     ds = generate(cfg, chunk_users=120)
     zone = LocalLandingZone(str(tmp_path))
     counts = generate_to_landing(cfg, zone, chunk_users=120)

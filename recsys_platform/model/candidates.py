@@ -2,8 +2,8 @@
 
 For each user of a `Profiles` block, every fitted source scores the whole catalogue; the union of
 the sources' top `depth` items (minus what may not be recommended) are the candidates. Each
-candidate gets the features `FEATURES` names, in that order, from the source scores and from
-`ItemStats` (per-item facts fitted with the sources). Nothing else builds ranker features.
+candidate gets the features `FEATURES` names, in that order, from the source scores, per-item
+facts (`ItemStats`) and metadata (`Catalogue`). Nothing else builds ranker features.
 """
 
 from __future__ import annotations
@@ -12,23 +12,44 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
+from recsys_platform.model.catalogue import FACETS, Catalogue
 from recsys_platform.model.history import DAY_S, PairHistory
 from recsys_platform.model.profiles import Profiles
 from recsys_platform.model.sources import SOURCE_NAMES
 
 MISSING_RANK = 10_000.0
 
-ITEM_FEATURES = ("item_users_log", "item_days_known", "item_mean_age_days")
-USER_FEATURES = ("user_items_log", "user_days_since_last", "user_span_days")
-PAIR_FEATURES = ("pair_available_days", "pair_time_gap_days", "n_sources")
-FEATURES: tuple[str, ...] = (
+SOURCE_FEATURES: tuple[str, ...] = (
     *[f"score_{s}" for s in SOURCE_NAMES],
+    *[f"z_{s}" for s in SOURCE_NAMES],  # the score as a z-score over the user's candidates (scale-free)
     *[f"rank_{s}" for s in SOURCE_NAMES],
-    *ITEM_FEATURES,
-    *USER_FEATURES,
-    *PAIR_FEATURES,
 )
+ITEM_FEATURES = (
+    "item_users_log",
+    "item_days_known",
+    "item_mean_age_days",
+    "item_completion_rate",
+    "item_bounce_rate",
+    "item_duration_min",
+    "item_level",
+    "item_type_code",
+)
+USER_FEATURES = ("user_items_log", "user_days_since_last", "user_span_days", "user_completion_rate")
+PAIR_FEATURES = (
+    "pair_available_days",
+    "pair_time_gap_days",
+    "aff_topic",
+    "aff_narrator",
+    "aff_content_type",
+    "level_gap",
+    "ui_plays",
+    "ui_days_since",
+    "n_sources",
+)
+FEATURES: tuple[str, ...] = (*SOURCE_FEATURES, *ITEM_FEATURES, *USER_FEATURES, *PAIR_FEATURES)
+CATEGORICAL_FEATURES: tuple[str, ...] = ("item_type_code",)
 
 
 @dataclass
@@ -37,31 +58,41 @@ class ItemStats:
 
     users: np.ndarray  # distinct users
     first_s: np.ndarray  # first interaction by anyone (NaN: never)
-    mean_s: np.ndarray  # mean interaction time (NaN: never)
-    recommendable: np.ndarray  # bool: may be recommended at all (released, known)
+    mean_s: np.ndarray  # mean first-interaction time (NaN: never)
+    completion_rate: np.ndarray  # (completions + 1) / (pairs + 2)
+    bounce_rate: np.ndarray  # (bounced pairs + 0.5) / (pairs + 2)
 
     @classmethod
-    def fit(cls, history: PairHistory, recommendable: np.ndarray | None = None) -> ItemStats:
-        """Counts and times from `history`; every item recommendable unless a mask is given."""
+    def fit(cls, history: PairHistory) -> ItemStats:
+        """Counts, rates and times from `history`."""
         n = history.vocab.n_items
         users = history.item_counts()
         sums = np.bincount(history.item, weights=history.first_s, minlength=n)
-        mean = np.where(users > 0, sums / np.maximum(users, 1), np.nan)
-        rec = np.ones(n, bool) if recommendable is None else np.asarray(recommendable, bool)
-        return cls(users, history.item_first_s(), mean, rec)
+        done = np.bincount(history.item, weights=(history.completes > 0), minlength=n)
+        bounced = np.bincount(history.item, weights=(history.bounces > 0), minlength=n)
+        return cls(
+            users=users,
+            first_s=history.item_first_s(),
+            mean_s=np.where(users > 0, sums / np.maximum(users, 1), np.nan),
+            completion_rate=(done + 1.0) / (users + 2.0),
+            bounce_rate=(bounced + 0.5) / (users + 2.0),
+        )
 
 
 @dataclass
 class CandidateBlock:
     """The candidates of a block of users: block row, item column and the feature matrix (FEATURES order)."""
 
-    rows: np.ndarray  # block-local row
+    rows: np.ndarray  # block-local row, ascending
     items: np.ndarray
     features: np.ndarray  # float32 (n_pairs, len(FEATURES))
 
     def column(self, name: str) -> np.ndarray:
         """One feature column."""
         return self.features[:, FEATURES.index(name)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def _ranks(scores: np.ndarray) -> np.ndarray:
@@ -72,25 +103,43 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(scores), ranks, MISSING_RANK)
 
 
-def candidate_block(
-    sources: dict, stats: ItemStats, profiles: Profiles, depth: int, exclude_seen: bool, blocked=None
-) -> CandidateBlock:
-    """Candidates (union of every source's top `depth`) and their features for the users of `profiles`.
+def _per_row_z(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """z-score of each value among the finite values of its row (NaN stays NaN)."""
+    ok = np.isfinite(values)
+    v = np.where(ok, values, 0.0).astype(np.float64)
+    n = np.bincount(rows, ok, minlength=n_rows)
+    mean = np.bincount(rows, v, minlength=n_rows) / np.maximum(n, 1)
+    dev = np.where(ok, v - mean[rows], 0.0)
+    sd = np.sqrt(np.bincount(rows, dev**2, minlength=n_rows) / np.maximum(n, 1))
+    return np.where(ok, dev / np.where(sd > 0, sd, 1.0)[rows], np.nan)
 
-    Items that are not recommendable, items the user has seen (when `exclude_seen`) and the
-    (row, item) pairs `blocked` marks (a bool block-rows x items array) are never candidates."""
-    n, m = len(profiles), len(stats.users)
-    allowed = np.broadcast_to(stats.recommendable, (n, m)).copy()
+
+def allowed_items(profiles: Profiles, catalogue: Catalogue, exclude_seen: bool, blocked=None) -> np.ndarray:
+    """block rows x items: what may be recommended (released, the kids rule, unseen when asked, not `blocked`)."""
+    allowed = np.broadcast_to(catalogue.released(float(np.max(profiles.cutoff_s))), (len(profiles), profiles.n_items))
+    allowed = allowed & ~catalogue.blocked_kids(profiles.rows)
     if exclude_seen:
         r, c = profiles.seen_mask_rows_cols()
         allowed[r, c] = False
     if blocked is not None:
         allowed &= ~blocked
-    chosen = np.zeros((n, m), bool)
+    return allowed
+
+
+def candidate_block(
+    sources: dict,
+    stats: ItemStats,
+    catalogue: Catalogue,
+    profiles: Profiles,
+    depth: int,
+    allowed: np.ndarray,
+) -> CandidateBlock:
+    """Candidates (union of every source's top `depth` among `allowed` items) with their features."""
+    n = len(profiles)
+    chosen = np.zeros(allowed.shape, bool)
     scores, ranks = {}, {}
     for name in SOURCE_NAMES:
-        s = sources[name].score(profiles)
-        s = np.where(allowed, s, -np.inf).astype(np.float32)
+        s = np.where(allowed, sources[name].score(profiles), -np.inf).astype(np.float32)
         rk = _ranks(s)
         chosen |= rk <= depth
         scores[name], ranks[name] = s, rk
@@ -99,27 +148,70 @@ def candidate_block(
     for name in SOURCE_NAMES:
         s = scores[name][rows, items]
         cols[f"score_{name}"] = np.where(np.isfinite(s), s, np.nan)
+        cols[f"z_{name}"] = _per_row_z(s, rows, n)
         cols[f"rank_{name}"] = ranks[name][rows, items]
     cols["n_sources"] = sum((cols[f"rank_{s}"] <= depth).astype(np.float32) for s in SOURCE_NAMES)
-    cut = profiles.cutoff_s
-    cols["item_users_log"] = np.log1p(stats.users[items])
-    cols["item_days_known"] = (cut - stats.first_s[items]) / DAY_S
-    cols["item_mean_age_days"] = (cut - stats.mean_s[items]) / DAY_S
-    user_items = np.asarray(profiles.seen.sum(axis=1)).ravel()
-    cols["user_items_log"] = np.log1p(user_items[rows])
-    cols["user_days_since_last"] = ((cut - profiles.last_s) / DAY_S)[rows]
-    cols["user_span_days"] = ((profiles.last_s - profiles.first_s) / DAY_S)[rows]
-    cols["pair_available_days"] = (profiles.last_s[rows] - stats.first_s[items]) / DAY_S
-    user_mean = _user_mean_time(profiles)
-    cols["pair_time_gap_days"] = (stats.mean_s[items] - user_mean[rows]) / DAY_S
+    cols.update(_item_columns(stats, catalogue, profiles, rows, items))
+    cols.update(_user_columns(profiles, rows))
+    cols.update(_pair_columns(stats, catalogue, profiles, rows, items))
     matrix = np.empty((len(rows), len(FEATURES)), np.float32)
     for k, name in enumerate(FEATURES):
         matrix[:, k] = cols[name]
     return CandidateBlock(rows, items, matrix)
 
 
+def _item_columns(stats: ItemStats, catalogue: Catalogue, profiles: Profiles, rows, items) -> dict[str, np.ndarray]:
+    cut = profiles.cutoff_s[rows]
+    return {
+        "item_users_log": np.log1p(stats.users[items]),
+        "item_days_known": (cut - stats.first_s[items]) / DAY_S,
+        "item_mean_age_days": (cut - stats.mean_s[items]) / DAY_S,
+        "item_completion_rate": stats.completion_rate[items],
+        "item_bounce_rate": stats.bounce_rate[items],
+        "item_duration_min": catalogue.duration_min[items],
+        "item_level": catalogue.level[items],
+        "item_type_code": catalogue.type_code[items],
+    }
+
+
+def _row_sums(m: sp.csr_matrix) -> np.ndarray:
+    return np.asarray(m.sum(axis=1)).ravel()
+
+
+def _user_columns(profiles: Profiles, rows: np.ndarray) -> dict[str, np.ndarray]:
+    n_items = _row_sums(profiles.seen)
+    completed = profiles.engagement.copy()
+    completed.data = (completed.data > 0).astype(np.float32)
+    return {
+        "user_items_log": np.log1p(n_items)[rows],
+        "user_days_since_last": ((profiles.cutoff_s - profiles.last_s) / DAY_S)[rows],
+        "user_span_days": ((profiles.last_s - profiles.first_s) / DAY_S)[rows],
+        "user_completion_rate": ((_row_sums(completed) + 1.0) / (n_items + 2.0))[rows],
+    }
+
+
+def _pair_columns(stats: ItemStats, catalogue: Catalogue, profiles: Profiles, rows, items) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    n_items = np.maximum(_row_sums(profiles.seen), 1.0)
+    for facet in FACETS:
+        f = catalogue.facets[facet]
+        share = (profiles.seen @ f.onehot).toarray() / n_items[:, None]  # users x values
+        code = f.codes[items]
+        out[f"aff_{facet}"] = np.where(code >= 0, share[rows, np.maximum(code, 0)], np.nan)
+    level_sum = profiles.seen @ np.nan_to_num(catalogue.level, nan=0.0)
+    level_n = profiles.seen @ np.isfinite(catalogue.level).astype(np.float64)
+    user_level = np.where(level_n > 0, level_sum / np.maximum(level_n, 1), np.nan)
+    out["level_gap"] = catalogue.level[items] - user_level[rows]
+    out["ui_plays"] = np.asarray(profiles.plays[rows, items]).ravel()
+    age = np.asarray(profiles.age_days[rows, items]).ravel()
+    out["ui_days_since"] = np.where(age > 0, age, np.nan)
+    out["pair_available_days"] = (profiles.last_s[rows] - stats.first_s[items]) / DAY_S
+    out["pair_time_gap_days"] = (stats.mean_s[items] - _user_mean_time(profiles)[rows]) / DAY_S
+    return out
+
+
 def _user_mean_time(profiles: Profiles) -> np.ndarray:
-    """Mean time of each user's interactions (from the age matrix; NaN without any)."""
+    """Mean time of each user's pairs (from the age matrix; NaN without any)."""
     age = profiles.age_days
     n = np.diff(age.indptr)
     sums = np.bincount(np.repeat(np.arange(len(n)), n), weights=age.data, minlength=len(n))
@@ -127,11 +219,8 @@ def _user_mean_time(profiles: Profiles) -> np.ndarray:
     return profiles.cutoff_s - mean_age * DAY_S
 
 
-def frame_of(block: CandidateBlock, profiles: Profiles, vocab) -> pl.DataFrame:
+def pairs_frame(block: CandidateBlock, profiles: Profiles, user_ids: pl.Series, item_ids: pl.Series) -> pl.DataFrame:
     """The block's pairs as [user_id, item_id] (for joins with labels)."""
     return pl.DataFrame(
-        {
-            "user_id": vocab.user_ids.gather(profiles.rows[block.rows]),
-            "item_id": vocab.item_ids.gather(block.items),
-        }
+        {"user_id": user_ids.gather(profiles.rows[block.rows]), "item_id": item_ids.gather(block.items)}
     )

@@ -8,7 +8,7 @@ then item, so a user's rows are one contiguous run in the order they were consum
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 import numpy as np
@@ -80,6 +80,9 @@ class PairHistory:
     favorites: np.ndarray  # float32
     bounces: np.ndarray  # float32
     weight: np.ndarray  # float32 sum of event weights (negative for bounces)
+    last_complete_s: np.ndarray  # float64 epoch seconds of the latest completion (NaN: never completed)
+    # Derived matrices shared by the sources fitted on this history (the item Gram matrix, EASE weights).
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, interactions: pl.DataFrame, vocab: Vocabulary, cutoff: datetime) -> PairHistory:
@@ -97,6 +100,11 @@ class PairHistory:
                 favorites=(pl.col("event_type") == "favorite").sum(),
                 bounces=pl.col("is_bounce").sum(),
                 weight=pl.col("weight").sum(),
+                last_complete_s=pl.col("event_time")
+                .filter(pl.col("event_type") == "content_complete")
+                .max()
+                .dt.epoch("us")
+                / 1e6,
             )
             .collect()
         )
@@ -109,7 +117,19 @@ class PairHistory:
             epoch_s(cutoff),
             u[keep],
             i[keep],
-            **{c: pairs[c].to_numpy() for c in ("first_s", "last_s", "plays", "completes", "favorites", "bounces", "weight")},
+            **{
+                c: pairs[c].to_numpy()
+                for c in (
+                    "first_s",
+                    "last_s",
+                    "plays",
+                    "completes",
+                    "favorites",
+                    "bounces",
+                    "weight",
+                    "last_complete_s",
+                )
+            },
         )
 
     @classmethod
@@ -120,6 +140,7 @@ class PairHistory:
         typed = {
             "first_s": first,
             "last_s": np.asarray(cols.get("last_s", first), np.float64),
+            "last_complete_s": np.asarray(cols.get("last_complete_s", np.full(len(user), np.nan)), np.float64),
             **{
                 c: np.asarray(cols.get(c, np.zeros(len(user))), np.float32)
                 for c in ("plays", "completes", "favorites", "bounces", "weight")
@@ -138,14 +159,8 @@ class PairHistory:
 
     def take(self, mask: np.ndarray) -> PairHistory:
         """The rows where `mask` holds (order kept), same vocabulary and cutoff."""
-        kw = {f.name: getattr(self, f.name)[mask] for f in fields(self) if f.name not in ("vocab", "cutoff_s")}
+        kw = {f.name: getattr(self, f.name)[mask] for f in fields(self) if f.name not in ("vocab", "cutoff_s", "cache")}
         return PairHistory(self.vocab, self.cutoff_s, **kw)
-
-    def before(self, cutoff_s: float) -> PairHistory:
-        """Pairs first seen before `cutoff_s` (their later repeats are not split off: used for global windows)."""
-        out = self.take(self.first_s < cutoff_s)
-        out.cutoff_s = cutoff_s
-        return out
 
     def matrix(self, values: np.ndarray | None = None, n_rows: int | None = None) -> sp.csr_matrix:
         """users x items CSR of `values` (default 1.0 per pair)."""

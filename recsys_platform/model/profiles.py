@@ -25,15 +25,18 @@ class Profiles:
     age_days: sp.csr_matrix  # days from the pair's latest interaction to the cutoff, +1e-6 so that 0 means absent
     engagement: sp.csr_matrix  # completions + favourites - bounces per pair (0 for a plain play)
     plays: sp.csr_matrix  # starts per pair
+    completed_days: sp.csr_matrix  # days from the pair's latest completion to the cutoff, +1e-6 (absent: never)
     last_s: np.ndarray  # latest interaction time per user (NaN: none)
     first_s: np.ndarray  # first interaction time per user (NaN: none)
     n_items: int
-    cutoff_s: float
+    cutoff_s: np.ndarray  # per user: the time the profile is as of (float64 epoch seconds)
 
     @classmethod
-    def of(cls, history: PairHistory, rows: np.ndarray) -> Profiles:
-        """Profiles of global user rows `rows` from their pairs in `history`."""
+    def of(cls, history: PairHistory, rows: np.ndarray, cutoff_s: np.ndarray | None = None) -> Profiles:
+        """Profiles of global user rows `rows` from their pairs in `history`, as of `cutoff_s` per user
+        (default: the history's cutoff for everyone)."""
         rows = np.asarray(rows, np.int64)
+        cut = np.full(len(rows), history.cutoff_s) if cutoff_s is None else np.asarray(cutoff_s, np.float64)
         local = np.full(history.vocab.n_users, -1, np.int64)
         local[rows] = np.arange(len(rows))
         mine = local[history.user] >= 0
@@ -54,13 +57,14 @@ class Profiles:
             rows=rows,
             seen=csr(np.ones(len(h))),
             order=csr(_positions_by_last(r, h.last_s, h.item) + 1.0),
-            age_days=csr((history.cutoff_s - h.last_s) / DAY_S + 1e-6),
+            age_days=csr((cut[r] - h.last_s) / DAY_S + 1e-6),
             engagement=csr(h.completes.clip(0, 1) + h.favorites.clip(0, 1) - h.bounces.clip(0, 1)),
             plays=csr(h.plays),
+            completed_days=_completed(r, h, cut, n, m),
             last_s=np.where(np.isfinite(last), last, np.nan),
             first_s=np.where(np.isfinite(first), first, np.nan),
             n_items=m,
-            cutoff_s=history.cutoff_s,
+            cutoff_s=cut,
         )
 
     def __len__(self) -> int:
@@ -83,6 +87,14 @@ class Profiles:
         """(row, col) of every seen pair, for masking dense score blocks."""
         coo = self.seen.tocoo()
         return coo.row, coo.col
+
+
+def _completed(r: np.ndarray, h: PairHistory, cut: np.ndarray, n: int, m: int) -> sp.csr_matrix:
+    done = np.isfinite(h.last_complete_s)
+    days = (cut[r[done]] - h.last_complete_s[done]) / DAY_S + 1e-6
+    out = sp.csr_matrix((days.astype(np.float32), (r[done], h.item[done])), shape=(n, m))
+    out.sum_duplicates()
+    return out
 
 
 def _positions_by_last(rows: np.ndarray, last_s: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_platform.model.catalogue import FACETS, Catalogue
 from recsys_platform.model.history import DAY_S, PairHistory
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.profiles import Profiles
@@ -37,7 +38,7 @@ class SourceSpec:
     """One candidate source: how it is fitted, how many candidates it gives, whether it is personal."""
 
     name: str
-    fit: Callable[[PairHistory, ModelParams], Source]
+    fit: Callable[[PairHistory, Catalogue, ModelParams], Source]
     personalised: bool
     description: str
 
@@ -56,12 +57,12 @@ class ItemScores:
         return np.broadcast_to(self.scores, (len(profiles), len(self.scores))).copy()
 
 
-def fit_popularity(history: PairHistory, params: ModelParams) -> ItemScores:
+def fit_popularity(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> ItemScores:
     """Distinct users per item, all time (log-scaled)."""
     return ItemScores(np.log1p(history.item_counts()).astype(np.float32))
 
 
-def fit_recent_popularity(history: PairHistory, params: ModelParams) -> ItemScores:
+def fit_recent_popularity(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> ItemScores:
     """Distinct users per item, each pair weighted by 2 ** -(age / half-life) at the cutoff."""
     age = (history.cutoff_s - history.last_s) / DAY_S
     w = np.exp2(-age / max(params.recent_half_life_days, 1e-3))
@@ -73,9 +74,20 @@ def fit_recent_popularity(history: PairHistory, params: ModelParams) -> ItemScor
 
 
 def _gram(history: PairHistory) -> np.ndarray:
-    x = history.matrix()
-    x.data[:] = 1.0
-    return (x.T @ x).toarray().astype(np.float64)
+    """Item x item co-occurrence counts of the binary user x item matrix (computed once per history)."""
+    if "gram" not in history.cache:
+        x = history.matrix()
+        x.data[:] = 1.0
+        history.cache["gram"] = (x.T @ x).toarray().astype(np.float64)
+    return history.cache["gram"]
+
+
+def _ease(history: PairHistory, l2: float) -> np.ndarray:
+    """EASE weights of `history` for `l2` (computed once per history and l2)."""
+    key = ("ease", float(l2))
+    if key not in history.cache:
+        history.cache[key] = ease_weights(_gram(history), l2)
+    return history.cache[key]
 
 
 def ease_weights(gram: np.ndarray, l2: float, dropout: float = 0.0) -> np.ndarray:
@@ -105,17 +117,17 @@ class ItemItem:
         return np.asarray(x @ self.weights, dtype=np.float32)
 
 
-def fit_ease(history: PairHistory, params: ModelParams) -> ItemItem:
+def fit_ease(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> ItemItem:
     """EASE on the binary user x item matrix, scored on the whole profile."""
-    return ItemItem(ease_weights(_gram(history), params.ease_l2))
+    return ItemItem(_ease(history, params.ease_l2))
 
 
-def fit_ease_recent(history: PairHistory, params: ModelParams) -> ItemItem:
+def fit_ease_recent(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> ItemItem:
     """The same EASE weights scored on a profile that weights the user's latest items more."""
-    return ItemItem(ease_weights(_gram(history), params.ease_l2), "recent", params.recency_half_life)
+    return ItemItem(_ease(history, params.ease_l2), "recent", params.recency_half_life)
 
 
-def fit_item_knn(history: PairHistory, params: ModelParams) -> ItemItem:
+def fit_item_knn(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> ItemItem:
     """Item-kNN: cosine similarity of item co-occurrence, the `knn_neighbours` nearest per item."""
     gram = _gram(history)
     d = np.sqrt(np.diag(gram))
@@ -140,7 +152,7 @@ class Sequential:
         return np.asarray(profiles.last_items(self.last_k) @ self.transitions, dtype=np.float32)
 
 
-def fit_sequential(history: PairHistory, params: ModelParams) -> Sequential:
+def fit_sequential(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> Sequential:
     """Counts of item j following item i within `seq_window` steps of a user's sequence (decayed by distance)."""
     n = history.vocab.n_items
     u, i = history.user, history.item  # already in user, first-time order
@@ -150,9 +162,7 @@ def fit_sequential(history: PairHistory, params: ModelParams) -> Sequential:
         rows.append(i[:-d][same])
         cols.append(i[d:][same])
         vals.append(np.full(int(same.sum()), 0.7 ** (d - 1)))
-    counts = sp.coo_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-    ).toarray()
+    counts = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)).toarray()
     counts = counts + 0.5 * counts.T  # what came just before also predicts, less
     np.fill_diagonal(counts, 0.0)
     sums = counts.sum(axis=1, keepdims=True)
@@ -182,7 +192,7 @@ class Factors:
         return (out @ y.T).astype(np.float32)
 
 
-def fit_ials(history: PairHistory, params: ModelParams) -> Factors:
+def fit_ials(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> Factors:
     """iALS (Hu, Koren & Volinsky 2008) with the `implicit` library; confidence 1 + alpha per pair."""
     from implicit.cpu.als import AlternatingLeastSquares
 
@@ -200,6 +210,60 @@ def fit_ials(history: PairHistory, params: ModelParams) -> Factors:
     return Factors(np.asarray(model.item_factors), params.ials_l2, params.ials_alpha)
 
 
+# --- sources for repeat consumption and metadata -------------------------------------------
+
+
+@dataclass
+class Replays:
+    """The user's own items, by how often and how recently they played them (repeat listening)."""
+
+    half_life_days: float
+
+    def score(self, profiles: Profiles) -> np.ndarray:
+        """plays x 2 ** -(days since the pair's latest play / half-life); -inf for unplayed items."""
+        out = np.full((len(profiles), profiles.n_items), -np.inf, np.float32)
+        plays, age = profiles.plays.tocoo(), profiles.age_days.tocoo()
+        out[plays.row, plays.col] = np.maximum(plays.data, 1.0) * np.exp2(-age.data / self.half_life_days)
+        return out
+
+
+def fit_replays(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> Replays:
+    """Nothing to fit: scores come from the profile."""
+    return Replays(params.recent_half_life_days)
+
+
+@dataclass
+class Content:
+    """Metadata affinity: the user's share of plays per topic, narrator and content type, summed per item."""
+
+    facets: dict[str, sp.csr_matrix]  # items x values one-hot per facet
+    weights: dict[str, float]
+
+    def score(self, profiles: Profiles) -> np.ndarray:
+        """Sum over facets of weight x the user's share of that facet's value."""
+        out = np.zeros((len(profiles), profiles.n_items), np.float32)
+        n = np.asarray(profiles.seen.sum(axis=1)).ravel()
+        scale = sp.diags(1.0 / np.maximum(n, 1.0))
+        for facet, onehot in self.facets.items():
+            share = (scale @ (profiles.seen @ onehot)).toarray()  # users x values
+            out += np.float32(self.weights[facet]) * np.asarray(share @ onehot.T.toarray(), np.float32)
+        return np.where(out > 0, out, -np.inf).astype(np.float32)
+
+
+def fit_content(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> Content:
+    """Facets with at least two values (a facet every item shares says nothing)."""
+    kept = {f: catalogue.facets[f].onehot for f in FACETS if catalogue.facets[f].onehot.shape[1] > 1}
+    return Content(kept, {"topic": 1.0, "narrator": 0.6, "content_type": 0.4})
+
+
+def fit_new_releases(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> ItemScores:
+    """Items released within two recent half-lives of the cutoff, ranked by their early uptake."""
+    window = 2 * params.recent_half_life_days * DAY_S
+    fresh = catalogue.released(history.cutoff_s) & (catalogue.release_s > history.cutoff_s - window)
+    uptake = history.item_counts()
+    return ItemScores(np.where(fresh, np.log1p(uptake) + 1.0, -np.inf).astype(np.float32))
+
+
 SOURCES: tuple[SourceSpec, ...] = (
     SourceSpec("pop", fit_popularity, False, "distinct users per item, all time"),
     SourceSpec("pop_recent", fit_recent_popularity, False, "distinct users per item, recency-decayed"),
@@ -208,6 +272,9 @@ SOURCES: tuple[SourceSpec, ...] = (
     SourceSpec("knn", fit_item_knn, True, "item-kNN, cosine co-occurrence"),
     SourceSpec("seq", fit_sequential, True, "next-item transitions from the latest items"),
     SourceSpec("ials", fit_ials, True, "implicit ALS matrix factorisation"),
+    SourceSpec("replays", fit_replays, True, "the user's own items, by plays and recency (repeat listening)"),
+    SourceSpec("content", fit_content, True, "metadata affinity: topic, narrator, content type"),
+    SourceSpec("new", fit_new_releases, False, "recent releases by early uptake"),
 )
 SOURCE_NAMES: tuple[str, ...] = tuple(s.name for s in SOURCES)
 
@@ -220,6 +287,8 @@ def spec(name: str) -> SourceSpec:
     raise KeyError(f"unknown candidate source {name!r}; registered: {SOURCE_NAMES}")
 
 
-def fit_sources(history: PairHistory, params: ModelParams, names: tuple[str, ...] = SOURCE_NAMES) -> dict[str, Any]:
+def fit_sources(
+    history: PairHistory, catalogue: Catalogue, params: ModelParams, names: tuple[str, ...] = SOURCE_NAMES
+) -> dict[str, Any]:
     """Fit the named sources on `history`."""
-    return {name: spec(name).fit(history, params) for name in names}
+    return {name: spec(name).fit(history, catalogue, params) for name in names}

@@ -2,10 +2,10 @@
 
 Only touched users are recomputed. Their interactions are the batch `interactions` table's rows
 for them plus the raw events ingested since (deduplicated by event_id); from these the same
-feature functions as the batch pipeline build their user, affinity and user-item features (train/
-serve parity). The global parts (candidate sources, item features) are fitted on the batch history
-plus the touched users' new interactions. The users are re-scored with the model bound to the
-ACTIVE slot, re-weighted by their session context (`recsys_platform.realtime.context`), and their
+code as the batch pipeline builds their user features and their candidates and ranker features
+(`Recommender.rescore`, train/serve parity), against the sources the last `recommendations` run
+fitted for the served model (saved beside the lake). The users are re-scored with the model bound
+to the ACTIVE slot, re-weighted by their session context (`recsys_platform.realtime.context`), and their
 `user_features` and `recs` rows are written to that slot with `deployment.write_user_updates`; if
 the slot's model changes meanwhile (a deploy flipped the pointer), the write is refused and the
 users are re-scored with the new slot's model and written there.
@@ -19,16 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import polars as pl
 
 from recsys_platform import features as feats
 from recsys_platform import schemas
-from recsys_platform.config import PipelineParams
 from recsys_platform.deployment import write_user_updates
 from recsys_platform.landing import PARTITION_KEY_FORMAT
+from recsys_platform.model.recommender import Recommender
 from recsys_platform.online_store import OnlineStore, StaleWriteError
 from recsys_platform.realtime.context import ContextWeights, apply_context
 from recsys_platform.realtime.sessions import SESSION_SCHEMA
@@ -105,65 +103,36 @@ def recent_raw_events(lake_url: str, since: datetime, user_ids: list[str]) -> pl
 
 def touched_interactions(
     batch: pl.DataFrame | pl.LazyFrame | None, recent_events: pl.DataFrame, items: pl.DataFrame, user_ids: list[str]
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(all interactions = batch + new, the touched users' interactions), deduplicated by event_id."""
+) -> pl.DataFrame:
+    """The touched users' interactions: their batch rows plus the new events, deduplicated by event_id
+    (only their rows of the batch table are read)."""
     new = feats.build_interactions(recent_events.filter(pl.col("user_id").is_in(user_ids)), items)
     if batch is None:
         base = schemas.empty_frame(schemas.INTERACTION_SCHEMA)
     else:
-        base = batch.collect() if isinstance(batch, pl.LazyFrame) else batch
+        base = batch.lazy().filter(pl.col("user_id").is_in(user_ids)).collect()
     base = schemas.conform(base, schemas.INTERACTION_SCHEMA)
-    fresh = new.join(base.filter(pl.col("user_id").is_in(user_ids)).select("event_id"), on="event_id", how="anti")
-    everything = pl.concat([base, fresh]).sort("event_time", "event_id")
-    return everything, everything.filter(pl.col("user_id").is_in(user_ids))
+    fresh = new.join(base.select("event_id"), on="event_id", how="anti")
+    return pl.concat([base, fresh]).sort("event_time", "event_id")
 
 
-def build_scoring_frame(
-    everything: pl.DataFrame,
-    mine: pl.DataFrame,
-    items: pl.DataFrame,
-    users: pl.DataFrame,
-    user_ids: list[str],
-    params: PipelineParams,
-    now: datetime,
-    ease_weights: tuple[np.ndarray, pl.Series] | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(ranker frame of the touched users minus recently completed items, their updated user features).
-
-    `ease_weights` are the batch's cached EASE weights (see `ease_cache`); without them EASE is fitted here.
-    """
-    from recsys_platform.candidates import CandidateContext
-    from recsys_platform.collaborative import fit_ease
-    from recsys_platform.ranking import PointInTime, recently_completed
-    from recsys_platform.realtime.ease_cache import EASE_L2, ease_for_users
-
-    latest = everything["event_time"].max() if everything.height else None
+def score_touched(
+    rec: Recommender, mine: pl.DataFrame, users: pl.DataFrame, user_ids: list[str], now: datetime, k: int
+) -> pl.DataFrame:
+    """The touched users' top-k candidates [user_id, rank, item_id, score] from their current interactions,
+    against the fitted sources of the served model (`Recommender.rescore`)."""
+    latest = mine["event_time"].max() if mine.height else None
     cutoff = max(now, latest + timedelta(microseconds=1)) if latest is not None else now
-    my_users = users.filter(pl.col("user_id").is_in(user_ids))
-    if ease_weights is not None:
-        ease = ease_for_users(*ease_weights, mine)
-    else:
-        positive = everything.filter(pl.col("weight") > 0).select("user_id", "item_id", "weight")
-        ease = fit_ease(positive, l2=EASE_L2, binary=True) if positive.height else None
-    ctx = CandidateContext(
-        cutoff=cutoff,
-        history=everything,
-        items=items,
-        users=users,
-        ease=ease,
-        affinities=feats.user_item_affinities(mine, items, cutoff),
-    )
-    user_feats = feats.user_features(mine, my_users, items, cutoff)
-    pit = PointInTime(
-        cutoff=cutoff,
-        candidates=ctx,
-        user_features=user_feats,
-        item_features=feats.item_features(everything, items, cutoff),
-        ui_history=feats.user_item_history(mine, cutoff, params.repeat_cap),
-    )
-    frame = pit.ranker_frame(my_users["user_id"], params.candidates_per_source)
-    excluded = recently_completed(mine, cutoff, params.recent_exclusion_days)
-    return frame.join(excluded, on=["user_id", "item_id"], how="anti"), user_feats
+    return rec.rescore(mine, users, user_ids, cutoff, k)
+
+
+def touched_user_features(
+    mine: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, user_ids: list[str], now: datetime
+) -> pl.DataFrame:
+    """The touched users' `user_features` rows from their current interactions (same function as the batch)."""
+    latest = mine["event_time"].max() if mine.height else None
+    cutoff = max(now, latest + timedelta(microseconds=1)) if latest is not None else now
+    return feats.user_features(mine, users.filter(pl.col("user_id").is_in(user_ids)), items, cutoff)
 
 
 def encode_recs(recs: pl.DataFrame, items: pl.DataFrame, generated_at: datetime) -> dict[str, str]:
@@ -203,18 +172,16 @@ def encode_user_features(user_feats: pl.DataFrame, sessions: pl.DataFrame, refre
 
 def refresh_users(
     store: OnlineStore,
-    frame: pl.DataFrame,
     user_feats: pl.DataFrame,
     sessions: pl.DataFrame,
     items: pl.DataFrame,
-    params: PipelineParams,
-    load_model: Callable[[str], Any],
+    top_n: int,
+    scored_for: Callable[[str], pl.DataFrame],
     now: datetime | None = None,
     weights: ContextWeights | None = None,
 ) -> RefreshReport:
-    """Re-score the users of `frame` with the active slot's model and write them there (retrying after a flip)."""
-    from recsys_platform.ranking import score_frame, top_n
-
+    """Re-score the users of `user_feats` with the active slot's model and write them there (retrying after a
+    flip). `scored_for(version)` gives their candidates [user_id, rank, item_id, score] under a model version."""
     now = now or datetime.now(UTC)
     report = RefreshReport(users=user_feats.height)
     if user_feats.height == 0:
@@ -224,6 +191,7 @@ def refresh_users(
         sessions = pl.DataFrame(schema=SESSION_SCHEMA)
     sessions = sessions.filter(pl.col("user_id").is_in(user_feats["user_id"].implode()))
     feature_rows = encode_user_features(user_feats, sessions, now)
+    meta = items.select("item_id", "content_type")
     for attempt in range(1, MAX_STALE_ATTEMPTS + 1):
         report.attempts = attempt
         pointer = store.pointer()
@@ -234,13 +202,13 @@ def refresh_users(
         recs_rows: dict[str, str] = {}
         if pointer.model_version.isdigit():
             t0 = time.perf_counter()
-            model = load_model(pointer.model_version)
+            scored = scored_for(pointer.model_version).join(meta, on="item_id", how="left")
             t1 = time.perf_counter()
-            scored = apply_context(score_frame(model, frame), sessions, weights)
-            recs_rows = encode_recs(top_n(scored, params.top_n, score_col="score_context"), items, now)
-            report.timings |= {"model_load_s": t1 - t0, "score_s": time.perf_counter() - t1}
+            ranked = top_n_rows(apply_context(scored, sessions, weights), top_n, "score_context")
+            recs_rows = encode_recs(ranked, items, now)
+            report.timings |= {"score_s": t1 - t0, "context_s": time.perf_counter() - t1}
         else:
-            report.skipped = f"active slot serves {pointer.model_version!r}, which is not a ranker: features only"
+            report.skipped = f"active slot serves {pointer.model_version!r}, which is not a model: features only"
         t2 = time.perf_counter()
         try:
             # Features first, then the list the API serves: a crash in between leaves the old list visible.
@@ -254,3 +222,13 @@ def refresh_users(
         report.rescored_users = len(recs_rows)
         return report
     raise StaleWriteError(f"the active slot kept changing during {MAX_STALE_ATTEMPTS} refresh attempts")
+
+
+def top_n_rows(scored: pl.DataFrame, n: int, score_col: str) -> pl.DataFrame:
+    """Best `n` rows per user by `score_col` (ties by item) as [user_id, rank, item_id, score]."""
+    return (
+        scored.sort(["user_id", score_col, "item_id"], descending=[False, True, False])
+        .with_columns(rank=pl.int_range(1, pl.len() + 1).over("user_id").cast(pl.Int64))
+        .filter(pl.col("rank") <= n)
+        .select("user_id", "rank", "item_id", pl.col(score_col).alias("score"))
+    )

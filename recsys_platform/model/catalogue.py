@@ -1,0 +1,125 @@
+"""Item metadata and user facts coded on a model's vocabulary: facets, durations, release dates, the kids rule.
+
+Every column is optional: an imported dataset without narrators or durations gets empty facets
+and NaN features (LightGBM treats them as missing), not an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recsys_platform import schemas
+from recsys_platform.model.history import Vocabulary
+
+FACETS: tuple[str, ...] = ("topic", "narrator", "content_type")
+
+
+@dataclass
+class Facet:
+    """One categorical item column: a code per item (-1: none) and the items x values one-hot matrix."""
+
+    codes: np.ndarray
+    onehot: sp.csr_matrix
+
+    @classmethod
+    def of(cls, values: pl.Series) -> Facet:
+        """Code a string column (nulls get -1 and no one-hot entry)."""
+        vocab = values.drop_nulls().unique().sort()
+        codes = (
+            pl.DataFrame({"v": values})
+            .join(
+                pl.DataFrame({"v": vocab, "c": np.arange(vocab.len(), dtype=np.int64)}),
+                on="v",
+                how="left",
+                maintain_order="left",
+            )["c"]
+            .fill_null(-1)
+            .to_numpy()
+        )
+        has = codes >= 0
+        onehot = sp.csr_matrix(
+            (np.ones(int(has.sum()), np.float32), (np.flatnonzero(has), codes[has])),
+            shape=(len(codes), max(vocab.len(), 1)),
+        )
+        return cls(codes, onehot)
+
+
+@dataclass
+class Catalogue:
+    """Items and users of a vocabulary with the metadata models and rules read."""
+
+    vocab: Vocabulary
+    facets: dict[str, Facet]
+    duration_min: np.ndarray  # per item, NaN when unknown
+    level: np.ndarray  # per item: index in schemas.LEVELS, NaN when unknown
+    type_code: np.ndarray  # per item: index in schemas.CONTENT_TYPES, NaN when unknown
+    release_s: np.ndarray  # per item: release date as epoch seconds, NaN when unknown
+    kids: np.ndarray  # per item: kids content
+    family: np.ndarray  # per user: household with kids (the only users who get kids content)
+
+    @classmethod
+    def build(cls, vocab: Vocabulary, items: pl.DataFrame, users: pl.DataFrame) -> Catalogue:
+        """Align the items and users tables (ITEM_SCHEMA / USER_SCHEMA columns, any subset) with `vocab`."""
+        it = pl.DataFrame({"item_id": vocab.item_ids}).join(
+            schemas.conform(items, schemas.ITEM_SCHEMA).unique("item_id", keep="last"),
+            on="item_id",
+            how="left",
+            maintain_order="left",
+        )
+        us = pl.DataFrame({"user_id": vocab.user_ids}).join(
+            schemas.conform(users, schemas.USER_SCHEMA).unique("user_id", keep="last"),
+            on="user_id",
+            how="left",
+            maintain_order="left",
+        )
+        level = it["level"].replace_strict(
+            list(schemas.LEVELS), list(range(len(schemas.LEVELS))), default=None, return_dtype=pl.Float64
+        )
+        ctype = it["content_type"].replace_strict(
+            list(schemas.CONTENT_TYPES), list(range(len(schemas.CONTENT_TYPES))), default=None, return_dtype=pl.Float64
+        )
+        release = it["release_date"].cast(pl.Datetime("us")).dt.epoch("us").cast(pl.Float64) / 1e6
+        return cls(
+            vocab=vocab,
+            facets={f: Facet.of(it[f]) for f in FACETS},
+            duration_min=(it["duration_seconds"].cast(pl.Float64) / 60.0).fill_null(np.nan).to_numpy(),
+            level=level.fill_null(np.nan).to_numpy(),
+            type_code=ctype.fill_null(np.nan).to_numpy(),
+            release_s=release.fill_null(np.nan).to_numpy(),
+            kids=it["is_kids"].fill_null(False).to_numpy(),
+            family=(us["household_type"] == "family_with_kids").fill_null(False).to_numpy(),
+        )
+
+    def with_users(self, vocab: Vocabulary, users: pl.DataFrame) -> Catalogue:
+        """The same items for another set of users (`vocab` must hold the same items)."""
+        us = pl.DataFrame({"user_id": vocab.user_ids}).join(
+            schemas.conform(users, schemas.USER_SCHEMA).unique("user_id", keep="last"),
+            on="user_id",
+            how="left",
+            maintain_order="left",
+        )
+        family = (us["household_type"] == "family_with_kids").fill_null(False).to_numpy()
+        return Catalogue(
+            vocab,
+            self.facets,
+            self.duration_min,
+            self.level,
+            self.type_code,
+            self.release_s,
+            self.kids,
+            family,
+        )
+
+    def released(self, cutoff_s: float) -> np.ndarray:
+        """Items released on or before the cutoff's date (unknown release dates count as released)."""
+        day = datetime.fromtimestamp(cutoff_s, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        return ~(self.release_s > day)
+
+    def blocked_kids(self, rows: np.ndarray) -> np.ndarray:
+        """block rows x items: kids items for users whose household has no kids."""
+        return np.outer(~self.family[rows], self.kids)

@@ -1,0 +1,216 @@
+"""The one model path: the training procedure, its evaluation on two protocols, and the gate's choice.
+
+`fit_recommender` is the whole procedure on the interactions it is given: settings read off the
+data and picked on an inner per-user split (`choose_params`), the ranker trained on that split's
+labels (`training_set`, `train`), then every source refitted on all of them (`fit_serving`). The
+training cycle's assets call these same steps on all the data to serve, and `evaluate` runs the
+whole procedure on each protocol's known part, so what is measured is what is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys_platform import evaluation
+from recsys_platform.model.candidates import FEATURES, ItemStats, pairs_frame
+from recsys_platform.model.catalogue import Catalogue
+from recsys_platform.model.history import DAY_S, PairHistory, Vocabulary, epoch_s
+from recsys_platform.model.params import ModelParams
+from recsys_platform.model.ranker import ColumnScorer, train_ranker
+from recsys_platform.model.recommender import BLOCK_USERS, Recommender, build_vocab, fit_serving
+from recsys_platform.model.sources import SOURCES, fit_sources
+from recsys_platform.model.tuning import tune
+from recsys_platform.model.windows import Split, global_split, per_user_split, repeat_share
+
+logger = logging.getLogger(__name__)
+
+K = 10
+# Below this share of plays that replay an earlier item, already-played items are not recommended.
+REPEAT_SHARE_TO_KEEP_SEEN = 0.05
+PRIMARY_PROTOCOL = "per_user"
+PROTOCOLS = ("per_user", "global")
+PERSONALISED_BASELINES = ("ease", "item_knn")
+# The baselines every cycle fits beside the ranker, each served by one source's own score.
+BASELINES: dict[str, str] = {
+    "popularity": "score_pop",
+    "recent_popularity": "score_pop_recent",
+    "ease": "score_ease",
+    "item_knn": "score_knn",
+}
+PERSONAL_SOURCES = tuple(s.name for s in SOURCES if s.personalised)
+
+
+def data_params(interactions: pl.DataFrame, params: ModelParams) -> ModelParams:
+    """Settings read off the data: whether replays are recommended, and the recency half-life in days
+    (the time span of the newest 10% of plays)."""
+    share = repeat_share(interactions)
+    starts = interactions.filter(pl.col("event_type") == "content_start")["event_time"]
+    times = starts if starts.len() else interactions["event_time"]
+    newest = times.quantile(0.9, interpolation="lower")
+    span_days = (times.max() - newest).total_seconds() / DAY_S if newest is not None else 1.0
+    return params.with_(
+        exclude_seen=share < REPEAT_SHARE_TO_KEEP_SEEN, recent_half_life_days=round(max(span_days, 1.0), 2)
+    )
+
+
+def choose_params(
+    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, base: ModelParams, max_users: int
+) -> tuple[ModelParams, dict[str, Any]]:
+    """Params for these interactions: read off the data, then tuned on their inner per-user split."""
+    vocab = build_vocab(interactions, items, users)
+    catalogue = Catalogue.build(vocab, items, users)
+    params = data_params(interactions, base)
+    params, scores = tune(interactions, catalogue, params, max_users)
+    report = {"repeat_share": round(repeat_share(interactions), 4), "tuning_ndcg@10": scores}
+    return params, report
+
+
+def user_cutoffs(split: Split, vocab: Vocabulary, rows: np.ndarray) -> np.ndarray:
+    """Epoch seconds of each row's cutoff in `split` (the split's end for users it does not hold out)."""
+    frame = pl.DataFrame({"user_id": vocab.user_ids.gather(rows)}).join(
+        split.cutoffs, on="user_id", how="left", maintain_order="left"
+    )
+    cut = frame["cutoff"].dt.epoch("us").cast(pl.Float64) / 1e6
+    return cut.fill_null(epoch_s(split.end)).to_numpy()
+
+
+def training_set(
+    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, params: ModelParams, max_users: int
+) -> pl.DataFrame:
+    """The ranker's training rows: candidates of the inner per-user split's users (at most `max_users`,
+    seeded sample) with every feature as of each user's cutoff and the relevance of their held-out pairs."""
+    split = per_user_split(interactions, name="training")
+    known, truth = split.known(interactions), split.truth(interactions)
+    vocab = build_vocab(interactions, items, users)
+    catalogue = Catalogue.build(vocab, items, users)
+    history = PairHistory.build(known, vocab, split.end)
+    fitted = Recommender(
+        params, catalogue, history, fit_sources(history, catalogue, params), ItemStats.fit(history), None
+    )
+    who = truth["user_id"].unique().sort()
+    if max_users and who.len() > max_users:
+        who = who.sample(max_users, seed=params.seed).sort()
+    rows = np.unique(vocab.user_rows(who))
+    rows = rows[rows >= 0]
+    parts = []
+    for start in range(0, len(rows), BLOCK_USERS):
+        r = rows[start : start + BLOCK_USERS]
+        profiles, block = fitted.block(r, user_cutoffs(split, vocab, r))
+        pairs = pairs_frame(block, profiles, vocab.user_ids, vocab.item_ids)
+        feats = pl.DataFrame(block.features, schema=list(FEATURES), orient="row")
+        parts.append(pl.concat([pairs, feats], how="horizontal"))
+    frame = pl.concat(parts) if parts else pl.DataFrame(schema={"user_id": pl.String, "item_id": pl.String})
+    out = frame.join(truth, on=["user_id", "item_id"], how="left", maintain_order="left").with_columns(
+        pl.col("relevance").fill_null(0)
+    )
+    labelled = truth.join(pl.DataFrame({"user_id": vocab.user_ids.gather(rows)}), on="user_id", how="semi")
+    logger.info(
+        "training set: %d rows for %d users, candidate recall %.3f of %d held-out pairs",
+        out.height,
+        len(rows),
+        int((out["relevance"] > 0).sum()) / max(labelled.height, 1),
+        labelled.height,
+    )
+    return out.with_columns(label_pairs=pl.lit(labelled.height, dtype=pl.Int64))
+
+
+def train(frame: pl.DataFrame, params: ModelParams, threads: int = 1) -> tuple[Any, dict[str, float]]:
+    """Train the ranker on `training_set` rows (grouped by user in their order)."""
+    users = frame["user_id"].rle_id().to_numpy()
+    features = frame.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).to_numpy()
+    booster, facts = train_ranker(features, frame["relevance"].to_numpy(), users, params.seed, threads)
+    pairs = float(frame["label_pairs"][0]) if frame.height else 0.0
+    facts["training_candidate_recall"] = float((frame["relevance"] > 0).sum()) / max(pairs, 1.0)
+    return booster, facts
+
+
+def fit_recommender(
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    cutoff: datetime,
+    base: ModelParams | None = None,
+    max_users: int = 4000,
+    threads: int = 1,
+) -> Recommender:
+    """The whole training procedure on `interactions` (all before `cutoff`): params, ranker, serving sources."""
+    started = time.perf_counter()
+    params, report = choose_params(interactions, items, users, base or ModelParams(), max_users)
+    booster, facts = train(training_set(interactions, items, users, params, max_users), params, threads)
+    rec = fit_serving(interactions, items, users, cutoff, params, booster)
+    rec.facts = {**report, **facts, "fit_seconds": round(time.perf_counter() - started, 2)}
+    return rec
+
+
+# --- evaluation --------------------------------------------------------------------------------------------
+
+
+def split_for(protocol: str, interactions: pl.DataFrame) -> Split:
+    """The holdout of a protocol: `per_user` (each user's newest 20%) or `global` (the newest 10% of time)."""
+    if protocol == "per_user":
+        return per_user_split(interactions, 0.2, name=protocol)
+    if protocol == "global":
+        return global_split(interactions, 0.1, name=protocol)
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+
+
+def evaluate(
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    protocol: str,
+    base: ModelParams | None = None,
+    max_users: int = 4000,
+    threads: int = 1,
+    champion: tuple[Any, ModelParams] | None = None,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Run the procedure on the protocol's known part, recommend K for its held-out users and score the
+    ranker and every baseline (the same fitted sources and candidate rules) against what they did next;
+    with `champion` (scorer, params), also the serving version as it is, on the same known part."""
+    split = split_for(protocol, interactions)
+    known, truth = split.known(interactions), split.truth(interactions)
+    rec = fit_recommender(known, items, users, split.known_until, base, max_users, threads)
+    test_users = truth["user_id"].unique().sort()
+    if max_users and test_users.len() > max_users:
+        test_users = test_users.sample(max_users, seed=rec.params.seed).sort()
+        truth = truth.join(pl.DataFrame({"user_id": test_users}), on="user_id", how="semi")
+    cut = user_cutoffs(split, rec.vocab, rec.vocab.user_rows(test_users).clip(0))
+    pop = pl.DataFrame({"item_id": rec.vocab.item_ids, "count": rec.stats.users})
+    rows = []
+    fitted = {name: rec.with_scorer(ColumnScorer(col)) for name, col in BASELINES.items()}
+    fitted = {"ranker": rec, **fitted}
+    if champion is not None:
+        scorer, params = champion
+        same = params.to_dict() == rec.params.to_dict()
+        fitted["champion"] = (
+            rec.with_scorer(scorer) if same else fit_serving(known, items, users, split.known_until, params, scorer)
+        )
+    for model, fit in fitted.items():
+        recs = fit.recommend(test_users, K, cut)
+        metrics = evaluation.evaluate_all(
+            truth.select("user_id", "item_id"), recs, K, n_items=rec.vocab.n_items, item_popularity=pop
+        )
+        rows += [{"protocol": protocol, "model": model, "metric": m, "value": float(v)} for m, v in metrics.items()]
+    facts = {**split.describe(), "test_users": test_users.len(), "params": rec.params.to_dict(), **rec.facts}
+    return pl.DataFrame(rows), facts
+
+
+def metric(table: pl.DataFrame, protocol: str, model: str, name: str = f"ndcg@{K}") -> float:
+    """One value of a long metrics frame (NaN when absent)."""
+    hit = table.filter((pl.col("protocol") == protocol) & (pl.col("model") == model) & (pl.col("metric") == name))
+    return float(hit["value"][0]) if hit.height else float("nan")
+
+
+def strongest_baseline(
+    table: pl.DataFrame, protocol: str = PRIMARY_PROTOCOL, names=tuple(BASELINES)
+) -> tuple[str, float]:
+    """(name, nDCG@K) of the best of `names` on `protocol`."""
+    scores = {name: metric(table, protocol, name) for name in names}
+    best = max(scores, key=lambda n: -np.inf if np.isnan(scores[n]) else scores[n])
+    return best, scores[best]

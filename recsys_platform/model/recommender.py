@@ -1,0 +1,189 @@
+"""A fitted recommender: candidate sources, item facts and a scorer as of a cutoff; the only producer of lists.
+
+`fit_serving` fits the sources on every interaction before a cutoff for a given scorer (a registered
+ranker or baseline version and the params it was trained with); `Recommender.recommend` turns users
+into ranked lists, a block of users at a time; `Recommender.rescore` does the same for users whose
+newest events the fitted history does not hold yet (the near-real-time refresh).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys_platform.model.candidates import CandidateBlock, ItemStats, allowed_items, candidate_block
+from recsys_platform.model.catalogue import Catalogue
+from recsys_platform.model.history import PairHistory, Vocabulary
+from recsys_platform.model.params import ModelParams
+from recsys_platform.model.profiles import Profiles
+from recsys_platform.model.sources import fit_sources
+
+logger = logging.getLogger(__name__)
+
+BLOCK_USERS = 1000
+
+
+@dataclass
+class Recommender:
+    """Fitted sources and a scorer (the ranker, or one source's score) as of a cutoff."""
+
+    params: ModelParams
+    catalogue: Catalogue
+    history: PairHistory
+    sources: dict[str, Any]
+    stats: ItemStats
+    scorer: Any  # .predict(features) -> scores
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vocab(self) -> Vocabulary:
+        """The users and items the recommender knows."""
+        return self.catalogue.vocab
+
+    def with_scorer(self, scorer: Any) -> Recommender:
+        """The same fitted sources scored by another scorer (a baseline column, another ranker version)."""
+        return Recommender(self.params, self.catalogue, self.history, self.sources, self.stats, scorer, self.facts)
+
+    def block(self, rows: np.ndarray, cutoff_s: np.ndarray | None = None) -> tuple[Profiles, CandidateBlock]:
+        """Profiles and candidates (with features) of global user rows `rows`."""
+        profiles = Profiles.of(self.history, rows, cutoff_s)
+        allowed = allowed_items(profiles, self.catalogue, self.params.exclude_seen, self._recently_completed(profiles))
+        return profiles, candidate_block(self.sources, self.stats, self.catalogue, profiles, self.params.depth, allowed)
+
+    def _recently_completed(self, profiles: Profiles) -> np.ndarray | None:
+        """block rows x items: pairs completed within `recent_completion_days` (when seen items are not excluded)."""
+        if self.params.exclude_seen:
+            return None
+        done = profiles.completed_days.tocoo()
+        recent = np.zeros((len(profiles), profiles.n_items), bool)
+        keep = done.data <= self.params.recent_completion_days
+        recent[done.row[keep], done.col[keep]] = True
+        return recent
+
+    def recommend(
+        self,
+        user_ids: pl.Series,
+        k: int,
+        cutoff_s: np.ndarray | None = None,
+        block_users: int = BLOCK_USERS,
+        fill: bool = False,
+    ) -> pl.DataFrame:
+        """Top-k [user_id, rank, item_id, score] for the known users of `user_ids`, a block of users at a time.
+
+        The scorer orders the candidates; with `fill`, lists shorter than k continue with the other
+        recommendable items in the order of the recency-weighted EASE score, then popularity (deep batch
+        lists), scored below the user's last candidate."""
+        rows_all = self.vocab.user_rows(user_ids)
+        keep = rows_all >= 0
+        rows_all = rows_all[keep]
+        cut_all = None if cutoff_s is None else np.asarray(cutoff_s, np.float64)[keep]
+        parts = []
+        for start in range(0, len(rows_all), block_users):
+            rows = rows_all[start : start + block_users]
+            cut = None if cut_all is None else cut_all[start : start + block_users]
+            profiles, block = self.block(rows, cut)
+            score = np.asarray(self.scorer.predict(block.features), np.float64) if len(block) else np.zeros(0)
+            r, i, s = block.rows, block.items, score
+            if fill:
+                r, i, s = self._filled(profiles, r, i, s, k)
+            parts.append(_top_k(r, i, s, k, profiles.rows, self.vocab))
+        if not parts:
+            return pl.DataFrame(
+                schema={"user_id": pl.String, "rank": pl.Int64, "item_id": pl.String, "score": pl.Float64}
+            )
+        return pl.concat(parts)
+
+    def _filled(self, profiles: Profiles, rows, items, score, k: int):
+        """Candidates plus every other allowed item, the others ordered by (EASE on the recent profile, popularity)
+        and scored below the row's lowest candidate."""
+        allowed = allowed_items(profiles, self.catalogue, self.params.exclude_seen, self._recently_completed(profiles))
+        allowed[rows, items] = False
+        ease = np.where(allowed, self.sources["ease_recent"].score(profiles), -np.inf)
+        pop = self.sources["pop"].score(profiles)
+        # rank within the row by (ease, pop), both descending; only the first k per row can be needed
+        order = np.lexsort((-pop, -np.where(np.isfinite(ease), ease, -1e30)), axis=1)[:, :k]
+        tr = np.repeat(np.arange(len(profiles)), order.shape[1])
+        ti = order.ravel()
+        ok = allowed[tr, ti]
+        tr, ti = tr[ok], ti[ok]
+        floor = np.full(len(profiles), np.inf)
+        finite = np.isfinite(score)
+        np.minimum.at(floor, rows[finite], score[finite])
+        floor = np.where(np.isfinite(floor), floor, 0.0)
+        tail_score = floor[tr] - 1.0 - _run_positions(tr) * 1e-3
+        return np.r_[rows, tr], np.r_[items, ti], np.r_[score, tail_score]
+
+    def rescore(
+        self,
+        interactions: pl.DataFrame,
+        users: pl.DataFrame,
+        user_ids: list[str],
+        cutoff: datetime,
+        k: int,
+        fill: bool = False,
+        block_users: int = BLOCK_USERS,
+    ) -> pl.DataFrame:
+        """Lists for `user_ids` from their own current interactions (e.g. the batch rows plus events that
+        arrived since), against the fitted sources: the near-real-time refresh."""
+        vocab = Vocabulary(pl.Series("user_id", sorted(set(user_ids)), dtype=pl.String), self.vocab.item_ids)
+        history = PairHistory.build(interactions, vocab, cutoff)
+        view = Recommender(
+            self.params, self.catalogue.with_users(vocab, users), history, self.sources, self.stats, self.scorer
+        )
+        return view.recommend(vocab.user_ids, k, fill=fill, block_users=block_users)
+
+
+def _run_positions(rows: np.ndarray) -> np.ndarray:
+    """0-based position of each element within its run of equal consecutive `rows`."""
+    if not len(rows):
+        return np.zeros(0, np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+    return np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+
+
+def _top_k(rows: np.ndarray, items: np.ndarray, score: np.ndarray, k: int, users: np.ndarray, vocab) -> pl.DataFrame:
+    """Best k per block row by score (ties by item), finite scores only."""
+    ok = np.isfinite(score)
+    rows, items, score = rows[ok], items[ok], score[ok]
+    order = np.lexsort((items, -score, rows))
+    rows, items, score = rows[order], items[order], score[order]
+    rank = _run_positions(rows) + 1
+    top = rank <= k
+    return pl.DataFrame(
+        {
+            "user_id": vocab.user_ids.gather(users[rows[top]]),
+            "rank": rank[top].astype(np.int64),
+            "item_id": vocab.item_ids.gather(items[top]),
+            "score": score[top],
+        }
+    )
+
+
+def build_vocab(interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame) -> Vocabulary:
+    """Every user and item of the tables and of the interactions."""
+    return Vocabulary.build(
+        pl.concat([users["user_id"].cast(pl.String), interactions["user_id"].cast(pl.String)]),
+        pl.concat([items["item_id"].cast(pl.String), interactions["item_id"].cast(pl.String)]),
+    )
+
+
+def fit_serving(
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    cutoff: datetime,
+    params: ModelParams,
+    scorer: Any,
+) -> Recommender:
+    """Fit every source on the interactions before `cutoff` for `scorer` (trained with `params`)."""
+    vocab = build_vocab(interactions, items, users)
+    catalogue = Catalogue.build(vocab, items, users)
+    history = PairHistory.build(interactions, vocab, cutoff)
+    sources = fit_sources(history, catalogue, params)
+    logger.info("serving sources fitted on %d pairs of %d users x %d items", len(history), vocab.n_users, vocab.n_items)
+    return Recommender(params, catalogue, history, sources, ItemStats.fit(history), scorer)

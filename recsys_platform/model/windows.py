@@ -1,0 +1,145 @@
+"""Feature and label windows derived from the data itself, for training and for the two evaluation protocols.
+
+A `Split` cuts the interactions at a time per user: events before a user's cutoff are what the
+models may know (features, candidates, fitted sources), events from the cutoff until `end` are
+what they must predict (labels or held-out truth). Two protocols, both as `Split`s:
+
+* per-user temporal: each user's newest `fraction` of interactions (by count, at least one) is
+  held out, so every user with a few interactions is evaluated, whatever the calendar looks like;
+* global temporal: the newest `fraction` of all interactions (a time quantile) is held out, users
+  with history before it are evaluated: the live situation, where everyone's future is unknown.
+
+Nothing here reads a calendar constant: windows are quantiles of the interactions, so a dataset
+with sparse last weeks (or one spanning decades) trains with the defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import polars as pl
+
+logger = logging.getLogger(__name__)
+
+TS = pl.Datetime("us", "UTC")
+# Below these, a dataset is too small for a training window and a holdout: one message says so.
+MIN_INTERACTIONS = 1000
+MIN_USERS_WITH_LABELS = 20
+# A user needs this many interactions before the per-user protocol holds any of them out.
+MIN_USER_EVENTS = 3
+# Relevance of a label pair: the best of its events in the window.
+RELEVANCE = {"favorite": 3, "content_complete": 2, "content_start": 1, "content_exit": 1}
+
+
+class InsufficientHistoryError(ValueError):
+    """The interactions are too few for a training window and a holdout."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Per-user cutoffs: events before a user's cutoff are known, events in [cutoff, end) are to predict."""
+
+    name: str
+    cutoffs: pl.DataFrame  # user_id, cutoff (users absent: every event of theirs is known, none predicted)
+    end: datetime
+    known_until: datetime  # the latest cutoff: when the known part ends for everyone
+
+    def known(self, interactions: pl.DataFrame) -> pl.DataFrame:
+        """The interactions the models may read (before each user's cutoff)."""
+        lf = interactions.lazy().join(self.cutoffs.lazy(), on="user_id", how="left")
+        return (
+            lf.filter(pl.col("event_time") < pl.coalesce("cutoff", pl.lit(self.end, dtype=TS))).drop("cutoff").collect()
+        )
+
+    def truth(self, interactions: pl.DataFrame) -> pl.DataFrame:
+        """(user, item, relevance) of the pairs to predict: the best event of each in [cutoff, end)."""
+        return (
+            interactions.lazy()
+            .join(self.cutoffs.lazy(), on="user_id", how="inner")
+            .filter((pl.col("event_time") >= pl.col("cutoff")) & (pl.col("event_time") < pl.lit(self.end, dtype=TS)))
+            .filter(pl.col("event_type").is_in(list(RELEVANCE)))
+            .group_by("user_id", "item_id")
+            .agg(relevance=pl.col("event_type").replace_strict(RELEVANCE, return_dtype=pl.Int64).max())
+            .sort("user_id", "item_id")
+            .collect()
+        )
+
+    def describe(self) -> dict[str, object]:
+        """Plain facts for run metadata."""
+        return {
+            "protocol": self.name,
+            "users_held_out": self.cutoffs.height,
+            "first_cutoff": str(self.cutoffs["cutoff"].min()) if self.cutoffs.height else None,
+            "last_cutoff": str(self.known_until),
+            "end": str(self.end),
+        }
+
+
+def _plays(interactions: pl.DataFrame) -> pl.LazyFrame:
+    """The events that count as one interaction each: plays (content starts), or every event without any."""
+    lf = interactions.lazy()
+    has_starts = interactions.select((pl.col("event_type") == "content_start").any()).item()
+    return lf.filter(pl.col("event_type") == "content_start") if has_starts else lf
+
+
+def _end(interactions: pl.DataFrame) -> datetime:
+    return interactions["event_time"].max() + timedelta(microseconds=1)
+
+
+def per_user_split(interactions: pl.DataFrame, fraction: float = 0.2, name: str = "per_user") -> Split:
+    """Each user's newest `fraction` of content events (at least one) to predict, users with fewer than
+    MIN_USER_EVENTS events kept whole; events at the same time as the cutoff event go with it."""
+    end = _end(interactions)
+    ranked = (
+        _plays(interactions)
+        .select("user_id", "event_time")
+        .sort("user_id", "event_time")
+        .with_columns(n=pl.len().over("user_id"), pos=pl.int_range(pl.len()).over("user_id"))
+        .filter(pl.col("n") >= MIN_USER_EVENTS)
+        .with_columns(held=(pl.col("n") * fraction).round().clip(1, pl.col("n") - 1))
+        .filter(pl.col("pos") == pl.col("n") - pl.col("held"))
+        .select("user_id", cutoff=pl.col("event_time"))
+        .sort("user_id")
+        .collect()
+    )
+    known_until = ranked["cutoff"].max() if ranked.height else end
+    return Split(name, ranked, end, known_until)
+
+
+def global_split(interactions: pl.DataFrame, fraction: float = 0.1, name: str = "global") -> Split:
+    """The newest `fraction` of content events to predict (a time quantile), for users with events before it."""
+    end = _end(interactions)
+    cutoff = (
+        _plays(interactions)
+        .select(pl.col("event_time").quantile(1.0 - fraction, interpolation="lower"))
+        .collect()
+        .item()
+    )
+    before = interactions.filter(pl.col("event_time") < cutoff).select("user_id").unique()
+    after = interactions.filter(pl.col("event_time") >= cutoff).select("user_id").unique()
+    users = before.join(after, on="user_id", how="semi").sort("user_id")
+    cutoffs = users.with_columns(cutoff=pl.lit(cutoff, dtype=TS))
+    return Split(name, cutoffs, end, cutoff)
+
+
+def repeat_share(interactions: pl.DataFrame) -> float:
+    """Share of plays that replay an item the user had played before (0 when every pair is played once)."""
+    starts = interactions.filter(pl.col("event_type") == "content_start")
+    if starts.height == 0:
+        return 0.0
+    pairs = starts.select("user_id", "item_id").unique().height
+    return 1.0 - pairs / starts.height
+
+
+def require_enough(interactions: pl.DataFrame) -> None:
+    """InsufficientHistoryError, naming the minimum, when the data cannot hold a training window and a holdout."""
+    n = interactions.height
+    users = interactions.group_by("user_id").len().filter(pl.col("len") >= MIN_USER_EVENTS).height if n else 0
+    if n < MIN_INTERACTIONS or users < MIN_USERS_WITH_LABELS:
+        raise InsufficientHistoryError(
+            f"{n:,} content interactions from {users:,} users with at least {MIN_USER_EVENTS} each: the training "
+            f"cycle needs at least {MIN_INTERACTIONS:,} interactions and {MIN_USERS_WITH_LABELS} such users "
+            "(each user's newest interactions are held out to train and to evaluate on)"
+        )
