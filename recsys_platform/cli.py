@@ -435,9 +435,6 @@ def benchmark_quality(
     env: Annotated[
         list[str] | None, typer.Option(help="Setting for the product's processes, e.g. RECSYS_TOP_N=100.")
     ] = None,
-    workarounds: Annotated[
-        bool, typer.Option(help="Apply today's temporary settings (RECSYS_APP_LAUNCH, RECSYS_LABEL_DAYS on failure).")
-    ] = True,
     work_dir: Annotated[
         Path | None, typer.Option(help="Keep homes, train files and logs here (default: removed).")
     ] = None,
@@ -479,7 +476,6 @@ def benchmark_quality(
         seeds=tuple(seed or DEFAULT_SEEDS),
         users=users,
         product_env=product_env,
-        workarounds=workarounds,
         work_dir=work_dir,
     )
     handler = RichHandler(console=console, show_path=False)

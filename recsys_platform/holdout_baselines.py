@@ -1,15 +1,15 @@
 """Reference recommenders for a holdout, fitted on its train rows with the product's own candidate sources.
 
 The rows become a `PairHistory` (one row per user-item pair, first and latest time, count), each baseline
-is a source of `recsys_platform.model.sources` fitted on it, and each test user gets the top `k` items
-the source scores highest among the items that user has not interacted with in train. So the baselines
-and the product share the code that fits and scores them.
+is a source of the product's registry (`recsys_platform.model.sources.spec`) fitted on it with an empty
+catalogue (no metadata), and each test user gets the top `k` items the source scores highest among the
+items that user has not interacted with in train. So the baselines and the product share the code that
+fits and scores them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,25 +17,16 @@ import polars as pl
 
 from recsys_platform.evaluation import evaluate_all
 from recsys_platform.holdout import ITEM, TIME, USER, per_user_temporal, random_stratified
+from recsys_platform.model.catalogue import Catalogue
 from recsys_platform.model.history import PairHistory, Vocabulary
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.profiles import Profiles
-from recsys_platform.model.sources import (
-    Source,
-    fit_ease,
-    fit_item_knn,
-    fit_popularity,
-    fit_recent_popularity,
-)
+from recsys_platform.model.sources import Source, spec
 
 logger = logging.getLogger(__name__)
 
-BASELINES: dict[str, Callable[[PairHistory, ModelParams], Source]] = {
-    "popularity": fit_popularity,
-    "recent popularity": fit_recent_popularity,
-    "item-kNN": fit_item_knn,
-    "EASE": fit_ease,
-}
+# Column title -> name of the candidate source in the product's registry (`model.sources.SOURCES`).
+BASELINES: dict[str, str] = {"popularity": "pop", "recent popularity": "pop_recent", "item-kNN": "knn", "EASE": "ease"}
 EASE_L2_GRID: tuple[float, ...] = (50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0)
 INNER_TEST_SHARE = 0.2
 SCORING_BLOCK = 1024  # users per dense score block
@@ -65,6 +56,15 @@ def pair_history(train: pl.DataFrame, cutoff_s: float) -> PairHistory:
         last_s=pairs["last_s"].to_numpy(),
         plays=pairs["plays"].to_numpy(),
     )
+
+
+def fit_baseline(name: str, history: PairHistory, params: ModelParams) -> Source:
+    """Fit the registered source `name` (a value of BASELINES) on `history`, without item or user metadata."""
+    vocab = history.vocab
+    catalogue = Catalogue.build(
+        vocab, pl.DataFrame({"item_id": vocab.item_ids}), pl.DataFrame({"user_id": vocab.user_ids})
+    )
+    return spec(name).fit(history, catalogue, params)
 
 
 def top_k_unseen(source: Source, history: PairHistory, users: pl.Series, k: int) -> pl.DataFrame:
@@ -120,7 +120,7 @@ def pick_ease_l2(
     truth = truth_of(inner_test)
     scores = {}
     for l2 in grid:
-        recs = top_k_unseen(fit_ease(history, ModelParams(ease_l2=l2)), history, users, k)
+        recs = top_k_unseen(fit_baseline(BASELINES["EASE"], history, ModelParams(ease_l2=l2)), history, users, k)
         scores[l2] = evaluate_all(truth, recs, k)[f"ndcg@{k}"]
     best = max(grid, key=lambda l2: scores[l2])
     logger.info("EASE l2 %s picked on the inner split (%s): nDCG@%d %s", best, how, k, scores)

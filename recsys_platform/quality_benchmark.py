@@ -24,7 +24,6 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from unittest import mock
 from urllib.parse import quote
@@ -36,7 +35,6 @@ from recsys_platform.config import PROJECT_ROOT, Settings
 from recsys_platform.evaluation import evaluate_all
 from recsys_platform.holdout import (
     ITEM,
-    TIME,
     USER,
     Holdout,
     InteractionsFile,
@@ -49,6 +47,7 @@ from recsys_platform.holdout import (
 from recsys_platform.holdout_baselines import (
     BASELINES,
     baseline_params,
+    fit_baseline,
     pair_history,
     pick_ease_l2,
     top_k_unseen,
@@ -65,7 +64,6 @@ TABLE_METRICS = {"precision": "P", "recall": "R", "ndcg": "nDCG", "map": "MAP", 
 # Seeds 42-44 were looked at while the model was developed; reported random-protocol runs use others.
 DEVELOPMENT_SEEDS = (42, 43, 44)
 DEFAULT_SEEDS = (1,)
-DAY_S = 86400.0
 
 
 class BenchmarkRunError(RuntimeError):
@@ -87,7 +85,6 @@ class QualityConfig:
     users: int | None = None  # a seeded sample of this many users
     k: int = K
     product_env: dict[str, str] = field(default_factory=dict)  # explicit settings for the product's processes
-    workarounds: bool = True  # see _temporary_environment
     work_dir: Path | None = None  # kept when given (homes, train files, logs); else a removed temporary directory
 
 
@@ -97,30 +94,8 @@ class ProductRun:
 
     store_url: str
     environment: dict[str, str]  # what was set for the product beyond the inherited environment
-    workarounds: dict[str, str]
     import_s: float
     train_s: float
-    default_settings_failure: str | None = None  # why `recsys train` failed before a workaround was added
-
-
-# TODO(issue 14, item 2): delete this function, its two call sites and the --no-workarounds options once
-# `recsys import` records the earliest accepted event time (ml-100k's 1997-98 events are quarantined as
-# earlier than the default RECSYS_APP_LAUNCH) and the training cycle sizes its windows from the data (its
-# fixed 7-day label windows can hold no positive row on a small or sparse train part: InsufficientHistoryError).
-def _temporary_environment(train: pl.DataFrame, failed_train_output: str | None = None) -> dict[str, str]:
-    """Settings the product needs today to take this train part; each one is printed and stored in the JSON."""
-    from recsys_platform.ingestion import APP_LAUNCH
-    from recsys_platform.ranking import TemporalSplit
-
-    env = {}
-    first, last = float(train[TIME].min()), float(train[TIME].max())
-    if datetime.fromtimestamp(first, UTC) < APP_LAUNCH:
-        env["RECSYS_APP_LAUNCH"] = f"{datetime.fromtimestamp(first, UTC):%Y-%m-%d}"
-    if failed_train_output and "InsufficientHistoryError" in failed_train_output:
-        span_days = int((last - first) // DAY_S)
-        label_days = min(365, max(d for d in range(1, span_days + 1) if TemporalSplit.min_history_days(d) <= span_days))
-        env["RECSYS_LABEL_DAYS"] = str(label_days)
-    return env
 
 
 def recsys_command() -> list[str]:
@@ -169,30 +144,21 @@ def import_arguments(source: Path, config: QualityConfig) -> list[str]:
     return args
 
 
-def run_product(source: Path, train: pl.DataFrame, config: QualityConfig, run_dir: Path) -> ProductRun:
+def run_product(source: Path, config: QualityConfig, run_dir: Path) -> ProductRun:
     """`recsys import ... --ingest` then `recsys train` on a fresh home under `run_dir`, as a user runs them."""
-    workarounds = _temporary_environment(train) if config.workarounds else {}
-    settings = {**workarounds, **config.product_env}
-    env, dropped = product_environment(run_dir / "home", settings)
+    env, dropped = product_environment(run_dir / "home", config.product_env)
     if dropped:
         logger.info("not passed to the product: %s", ", ".join(dropped))
-    import_s, code, output = _run(import_arguments(source, config), env, run_dir / "import.log")
-    if code:
-        raise BenchmarkRunError(f"recsys import exited {code}: {_last_lines(output)} (log: {run_dir / 'import.log'})")
-    train_s, code, output = _run(["train"], env, run_dir / "train.log")
-    failure = None
-    if code and config.workarounds and (more := _temporary_environment(train, output)) != workarounds:
-        failure = _last_lines(output)
-        logger.warning("recsys train failed with the product's defaults (%s); retrying with %s", failure, more)
-        workarounds = more
-        env, _ = product_environment(run_dir / "home", {**workarounds, **config.product_env})
-        train_s, code, output = _run(["train"], env, run_dir / "train.log")
-    if code:
-        raise BenchmarkRunError(f"recsys train exited {code}: {_last_lines(output)} (log: {run_dir / 'train.log'})")
+    timings = {}
+    for step, args in (("import", import_arguments(source, config)), ("train", ["train"])):
+        timings[step], code, output = _run(args, env, run_dir / f"{step}.log")
+        if code:
+            log = run_dir / f"{step}.log"
+            raise BenchmarkRunError(f"recsys {step} exited {code}: {_last_lines(output)} (log: {log})")
     with mock.patch.dict(os.environ, env, clear=True):
         store_url = Settings.from_env().online_store_url
     set_here = {k: v for k, v in env.items() if os.environ.get(k) != v}
-    return ProductRun(store_url, set_here, workarounds, import_s, train_s, failure)
+    return ProductRun(store_url, set_here, timings["import"], timings["train"])
 
 
 def served_lists(store_url: str, users: pl.Series, k: int) -> tuple[pl.DataFrame, dict]:
@@ -230,7 +196,7 @@ def measure_holdout(data: InteractionsFile, holdout: Holdout, config: QualityCon
     source = write_part(data, holdout.train, run_dir / "data")
     name = _label(holdout.protocol, holdout.seed)
     logger.info("%s: %s train rows written to %s; importing and training", name, holdout.train.height, source)
-    product = run_product(source, holdout.train, config, run_dir)
+    product = run_product(source, config, run_dir)
     truth = truth_of(holdout.test)
     users = truth["user_id"].unique().sort()
     started = time.perf_counter()
@@ -247,9 +213,9 @@ def measure_holdout(data: InteractionsFile, holdout: Holdout, config: QualityCon
     started = time.perf_counter()
     ease = pick_ease_l2(holdout.train, holdout.protocol, holdout.seed, k)
     fit_s = {"EASE l2 selection": time.perf_counter() - started}
-    for baseline, fit in BASELINES.items():
+    for baseline, source in BASELINES.items():
         started = time.perf_counter()
-        recs = top_k_unseen(fit(history, baseline_params(ease)), history, users, k)
+        recs = top_k_unseen(fit_baseline(source, history, baseline_params(ease)), history, users, k)
         fit_s[baseline] = time.perf_counter() - started
         models[baseline] = _metrics(truth, recs, k, data.n_items, popularity)
     logger.info("%s: served nDCG@%d %.4f", name, k, models[SERVED][f"ndcg@{k}"])
@@ -267,8 +233,6 @@ def measure_holdout(data: InteractionsFile, holdout: Holdout, config: QualityCon
         },
         "product": {
             "environment": product.environment,
-            "workarounds": product.workarounds,
-            "default_settings_failure": product.default_settings_failure,
             "served": served_stats,
             "served_items": shown.height,
             "seen_items_removed": shown.height - served.height,
@@ -415,8 +379,9 @@ def _notes(run: dict) -> list[str]:
     ]
     if p["served"]["http_errors"]:
         notes.append(f"  HTTP errors (users scored 0): {p['served']['http_errors']}")
-    if p["workarounds"]:
-        notes.append(f"  temporary settings (quality_benchmark._temporary_environment): {p['workarounds']}")
-    if p["default_settings_failure"]:
-        notes.append(f"  recsys train failed with the product's defaults: {p['default_settings_failure']}")
+    settings = {
+        k: v for k, v in p["environment"].items() if k.startswith(("RECSYS_", "MLFLOW_")) and k != "RECSYS_HOME"
+    }
+    if settings:
+        notes.append(f"  product settings given with --env: {settings}")
     return notes

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 from rich.console import Console
 from rich.traceback import Traceback
@@ -19,6 +20,7 @@ from recsys_platform.definitions import JobRunFailed, execute_job, partition_ran
 from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.landing import LocalLandingZone, partition_key_of
 from recsys_platform.online_store import open_online_store
+from recsys_platform.summary import HOLDOUTS
 from tests.conftest import FIXED_END
 
 
@@ -112,7 +114,7 @@ def test_a_failed_run_exits_1_with_the_error_instead_of_raising(tmp_path, monkey
     assert "failed at step broken: ValueError: nothing in the label window" in _plain(out.output)
 
 
-SMALL_CYCLE = {"RECSYS_LABEL_DAYS": "3", "RECSYS_RANKER_ROUNDS": "40", "RECSYS_CANDIDATES_PER_SOURCE": "20"}
+SMALL_CYCLE = {"RECSYS_CANDIDATES_PER_SOURCE": "20", "RECSYS_TOP_N": "20"}  # as tests/test_pipeline_e2e.py
 
 
 @pytest.mark.slow
@@ -143,4 +145,6 @@ def test_train_runs_the_cycle_on_the_ingested_events_and_prints_the_summary(tmp_
     assert pointer is not None  # the cycle deployed
     assert f"registered model recsys-ranker version {ref['version']} (run {ref['run_id']})" in text
     assert f"Online store: active slot {pointer.active_slot} serving model {pointer.model_version}" in text
-    assert "Temporal holdout (last label window)" in text and "ndcg@10" in text
+    protocols = pl.read_parquet(Path(settings.lake_url) / "model_evaluation.parquet")["protocol"].unique().to_list()
+    assert protocols and all(f"Holdout: {HOLDOUTS.get(p, p)}" in text for p in protocols)
+    assert all(f"NDCG@10 ({p}) ranker" in text for p in protocols)

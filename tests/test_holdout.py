@@ -22,9 +22,8 @@ from recsys_platform.holdout import (
     split,
     write_part,
 )
-from recsys_platform.holdout_baselines import pair_history, pick_ease_l2, top_k_unseen
+from recsys_platform.holdout_baselines import fit_baseline, pair_history, pick_ease_l2, top_k_unseen
 from recsys_platform.model.params import ModelParams
-from recsys_platform.model.sources import fit_popularity
 
 DAY = 86400
 
@@ -159,11 +158,11 @@ def test_baseline_lists_skip_seen_items_and_break_score_ties_by_item_id():
     train = _rows([("u0", "x", 1), ("u0", "y", 2), ("u1", "x", 3), ("u1", "z", 4), ("u2", "x", 5), ("u2", "w", 6),
                    ("u3", "y", 7), ("u3", "z", 8)])  # fmt: skip
     history = pair_history(train, 9.0)
-    recs = top_k_unseen(fit_popularity(history, ModelParams()), history, pl.Series(["u0", "u2"]), 2)
+    recs = top_k_unseen(fit_baseline("pop", history, ModelParams()), history, pl.Series(["u0", "u2"]), 2)
     # u0: z (2 users) then w (1); u2: y and z tie at 2 users -> item id order
     assert recs.rows() == [("u0", "z", 1), ("u0", "w", 2), ("u2", "y", 1), ("u2", "z", 2)]
     with pytest.raises(ValueError, match="1 users have no train rows"):
-        top_k_unseen(fit_popularity(history, ModelParams()), history, pl.Series(["nobody"]), 2)
+        top_k_unseen(fit_baseline("pop", history, ModelParams()), history, pl.Series(["nobody"]), 2)
 
 
 def test_ease_l2_is_picked_on_the_inner_split_of_the_train_rows_only():

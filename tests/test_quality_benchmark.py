@@ -1,24 +1,21 @@
-"""The real-data quality benchmark through the product: how it runs the product (environment, temporary
-settings), and a CI-sized run on ml-100k that asks whether what the product serves beats popularity."""
+"""The real-data quality benchmark through the product: how it runs the product (its environment and
+commands), and a CI-sized run on ml-100k that asks whether what the product serves beats popularity."""
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from recsys_platform.config import PROJECT_ROOT
-from recsys_platform.holdout import TIME, TableColumns, per_user_temporal, read_interactions, sample_users
+from recsys_platform.holdout import TableColumns, per_user_temporal, read_interactions, sample_users
 from recsys_platform.holdout_baselines import EASE_L2_GRID
 from recsys_platform.quality_benchmark import (
     SERVED,
     SERVED_AS_SHOWN,
     QualityConfig,
-    _temporary_environment,
     format_tables,
     import_arguments,
     product_environment,
@@ -32,20 +29,6 @@ SHARED_ML100K = next(
     PROJECT_ROOT.parent / "shared" / "data" / "ml-100k",
 )
 CI_USERS = 250
-
-
-def _times(*isodates: str) -> pl.DataFrame:
-    return pl.DataFrame({TIME: pl.Series(list(isodates)).str.to_datetime(time_zone="UTC").dt.epoch("s").cast(float)})
-
-
-def test_old_data_gets_an_app_launch_and_label_days_only_after_the_cycle_refused_the_defaults():
-    old = _times("1997-09-20 05:00:00", "1998-04-22 23:10:38")
-    assert _temporary_environment(old) == {"RECSYS_APP_LAUNCH": "1997-09-20"}
-    assert _temporary_environment(_times("2024-01-01 00:00:00", "2024-03-01 00:00:00")) == {}
-    refused = "training_cycle failed at step training_set: InsufficientHistoryError: no positive row in ..."
-    assert _temporary_environment(old, "recsys train failed: ValueError: something else") == _temporary_environment(old)
-    # 214 days of history: the widest label window the cycle's protocol fits (1 + 2 x 106 <= 214 days)
-    assert _temporary_environment(old, refused) == {"RECSYS_APP_LAUNCH": "1997-09-20", "RECSYS_LABEL_DAYS": "106"}
 
 
 def test_the_product_runs_on_its_own_home_with_this_code_and_no_inherited_settings(tmp_path, monkeypatch):
@@ -99,8 +82,8 @@ def test_the_ci_run_measures_every_test_user_through_the_api(ci_run):
         assert metrics[SERVED]["ndcg@10"] >= metrics[SERVED_AS_SHOWN]["ndcg@10"]
     assert run["baselines"]["params"]["ease_l2"] in EASE_L2_GRID
     assert metrics["EASE"]["ndcg@10"] > metrics["popularity"]["ndcg@10"]  # the baselines themselves are sane
-    first_rating = datetime.fromtimestamp(train[TIME].min(), UTC)  # 1997: before the default app launch
-    assert run["product"]["workarounds"].get("RECSYS_APP_LAUNCH") == f"{first_rating:%Y-%m-%d}"
+    # the product took 1997-98 ratings and trained with its default settings: nothing but its home was set
+    assert {k for k in run["product"]["environment"] if k.startswith("RECSYS_")} == {"RECSYS_HOME"}
     assert run["timings_s"]["import"] > 0 and run["timings_s"]["train"] > 0
     assert ci_run["git_commit"] and ci_run["machine"]["cores"] == os.cpu_count()
     json.dumps(ci_run)  # every figure is JSON
@@ -108,13 +91,9 @@ def test_the_ci_run_measures_every_test_user_through_the_api(ci_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 14: today's cycle keeps its popularity baseline (the ranker loses on the cycle's own holdout) and "
-    "serves every user one all-time popularity list that excludes only the last 3 days' completions, so 1,158 of its "
-    "2,500 slots hold movies the user already rated; measured on these 250 users: served nDCG@10 0.0587 (0.0434 as "
-    "shown) vs all-time popularity 0.1036, item-kNN 0.1728, EASE 0.1781",
-)
 def test_what_the_product_serves_beats_all_time_popularity_on_the_same_rows(ci_run):
+    """Issue 14's point. On these 250 users the cycle before the new model path served everyone its popularity
+    list, seen movies included: 0.0587 nDCG@10 vs all-time popularity 0.1036 (item-kNN 0.1728, EASE 0.1781).
+    With the new model path (merge f6e8fde): served 0.2160."""
     metrics = ci_run["runs"][0]["metrics"]
     assert metrics[SERVED]["ndcg@10"] > metrics["popularity"]["ndcg@10"], format_tables(ci_run)
