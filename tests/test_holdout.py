@@ -56,16 +56,18 @@ def test_per_user_breaks_ties_in_time_by_item_id_whatever_the_row_order():
         assert _pairs(test) == {("u", "i4")}  # the largest item id is the "newest"
 
 
-def test_global_holds_out_the_last_tenth_of_the_span_for_users_seen_before_it():
-    # span 0..100 days: the cutoff is day 90
+def test_global_holds_out_the_newest_tenth_of_the_rows_for_users_seen_before_it():
+    # 21 rows (days 0..15, 16 twice, 17, 18, 19): the 90% quantile ("lower") is the sorted value at position
+    # 0.9 x 20 = 18, day 17, so the rows of days 17, 18, 19 are the newest tenth (rounded to whole rows)
     rows = _rows(
-        [("a", "x", 0), ("a", "y", 89 * DAY), ("a", "z", 90 * DAY), ("b", "x", 95 * DAY), ("c", "y", 100 * DAY)]
-        + [("c", "x", 50 * DAY)]
+        [("a", f"x{d}", d * DAY) for d in range(0, 17, 2)]  # a: days 0, 2, ..., 16
+        + [("c", f"y{d}", d * DAY) for d in range(1, 17, 2)]  # c: days 1, 3, ..., 15
+        + [("c", "q", 16 * DAY), ("a", "z", 17 * DAY), ("b", "w", 18 * DAY), ("c", "v", 19 * DAY)]
     )
     holdout = split(InteractionsFile(Path("f"), "table", rows), "global")
-    assert holdout.cutoff_s == 90 * DAY
-    assert _pairs(holdout.train) == {("a", "x"), ("a", "y"), ("c", "x")}
-    assert _pairs(holdout.test) == {("a", "z"), ("c", "y")}  # b has nothing before the cutoff: not a test user
+    assert holdout.cutoff_s == 17 * DAY
+    assert holdout.train.height == 18
+    assert _pairs(holdout.test) == {("a", "z"), ("c", "v")}  # b has nothing before the cutoff: not a test user
 
 
 def test_random_is_the_stratified_split_per_seed():
