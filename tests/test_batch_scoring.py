@@ -18,45 +18,59 @@ from recsys_platform.catalog import build_catalog
 from recsys_platform.config import PROJECT_ROOT, PipelineParams, Settings
 from recsys_platform.experiment_sim import simulate_arms
 from recsys_platform.features import build_interactions
-from recsys_platform.first_stage import exact_top_k, rerank_head
 from recsys_platform.generator import GeneratorConfig, generate
-from recsys_platform.ranking import (
-    FEATURE_COLUMNS,
-    PointInTime,
-    TemporalSplit,
-    _matrix,
-    top_n,
-    train_ranker,
-    training_frame,
-)
+from recsys_platform.model import procedure
+from recsys_platform.model.candidates import allowed_items
+from recsys_platform.model.state import load_state, save_state
+from recsys_platform.realtime.tree_model import TreeEnsemble
 from recsys_platform.set_config import BatchConfig, Eligibility, load_sets_config
 
 END = datetime(2026, 10, 1, 12, tzinfo=UTC)
 NOW = datetime(2026, 10, 1, 13, tzinfo=UTC)
-BATCH = BatchConfig(shards=4, items_per_user=60, rerank_depth=20, candidates_per_source=30, chunk_users=150)
+BATCH = BatchConfig(shards=4, items_per_user=60, chunk_users=150)
+UNRELEASED = 12  # items announced for next week (clones of popular items): never recommended before their date
 
 
 @pytest.fixture(scope="module")
-def world() -> dict:
-    """A small synthetic world with the experiment simulated, a trained ranker and every shard scored."""
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small synthetic world with the experiment simulated, the recommender fitted by the training procedure
+    and saved as the serving state (as `recommendations` saves it), and every shard scored from that state."""
     config = load_sets_config(Settings.from_env().recommendation_sets_path)
     config = replace(config, batch=BATCH)
     ds = simulate_arms(generate(GeneratorConfig(n_users=600, days=21, seed=3, end=END)), config.experiments[0], seed=3)
     inter = build_interactions(ds.events, ds.items)
-    params = PipelineParams(ranker_rounds=25)
-    split = TemporalSplit.from_interactions(inter, params.label_days)
-    model = train_ranker(training_frame(inter, ds.items, ds.users, split.eval_cutoff, split.end, params), params)
-    cutoff = split.end
+    cutoff = inter["event_time"].max() + timedelta(microseconds=1)
+    popular = inter.group_by("item_id").agg(n=pl.col("user_id").n_unique()).sort("n", "item_id", descending=True)
+    unreleased = (
+        ds.items.join(popular.head(UNRELEASED), on="item_id", how="semi")
+        .with_columns(
+            item_id="next-" + pl.col("item_id"),
+            release_date=pl.lit(cutoff.date() + timedelta(days=7)),
+            series_id=pl.lit(None, dtype=pl.String),
+            series_position=pl.lit(None, dtype=ds.items.schema["series_position"]),
+        )
+        .select(ds.items.columns)
+    )
+    items = pl.concat([ds.items, unreleased])
+    ds = replace(ds, items=items)
+    params = PipelineParams()
+    rec = procedure.fit_recommender(inter, items, ds.users, cutoff, params.model_params(), params.max_training_users)
+    path = str(tmp_path_factory.mktemp("lake") / "serving_state.pkl")
+    save_state(rec, "7", path)
+    version, served = load_state(path)
+    assert version == "7" and served.history.user.size == 0  # the refresh and the shards rebuild histories
     eligible = bs.eligible_users(ds.users, inter, cutoff, config.eligibility)
-    g = bs.build_global_inputs(inter, ds.items, ds.users, cutoff)
-    shards = {k: bs.score_shard(model, "7", g, eligible, k, BATCH, params, NOW) for k in bs.shard_keys(BATCH.shards)}
+    shards = {
+        k: bs.score_shard(served, "7", inter, ds.users, eligible, k, BATCH, cutoff, NOW)
+        for k in bs.shard_keys(BATCH.shards)
+    }
     scores = pl.concat(shards.values())
     searches = bs.last_search_queries(ds.events, before=cutoff)
     ctx = bs.rule_context(ds.users, inter, searches, NOW.date(), cutoff)
     sets, counts = bs.build_sets(scores, ds.items, ctx, config)
     return dict(
-        ds=ds, inter=inter, model=model, params=params, g=g, config=config, cutoff=cutoff, eligible=eligible,
-        shards=shards, scores=scores, sets=sets, counts=counts, searches=searches,
+        ds=ds, inter=inter, rec=rec, served=served, config=config, cutoff=cutoff, eligible=eligible,
+        shards=shards, scores=scores, sets=sets, counts=counts, searches=searches, unreleased=unreleased,
     )  # fmt: skip
 
 
@@ -90,7 +104,7 @@ def test_eligibility_filters_on_status_language_and_recent_activity(world):
     assert recent.to_list() == active.to_list()
 
 
-def test_shards_score_each_eligible_user_once_with_the_shared_features(world):
+def test_shards_score_each_eligible_user_once_from_the_saved_serving_state(world):
     scores, eligible = world["scores"], world["eligible"]
     per_shard_users = [s["user_id"].unique() for s in world["shards"].values()]
     assert sum(u.len() for u in per_shard_users) == scores["user_id"].n_unique()
@@ -100,16 +114,15 @@ def test_shards_score_each_eligible_user_once_with_the_shared_features(world):
     assert per_user["n"].max() == BATCH.items_per_user
     assert all(r.to_list() == list(range(1, len(r) + 1)) for r in per_user["ranks"])
     assert scores.columns == list(bs.BATCH_SCORE_SCHEMA)
-    # parity: the shard-restricted PointInTime scores exactly like PointInTime.build for these users
+    # parity: a shard scored from the saved state (its users' rows only, the numpy tree evaluator) lists exactly
+    # what the fitted recommender lists for these users from everyone's history
+    assert isinstance(world["served"].scorer, TreeEnsemble) and not isinstance(world["rec"].scorer, TreeEnsemble)
     users = per_shard_users[0].sort().head(40)
-    pit = PointInTime.build(world["inter"], world["ds"].items, world["ds"].users, world["cutoff"], world["params"])
-    full = top_n(bs.score_frame(world["model"], pit.ranker_frame(users, BATCH.candidates_per_source)), 60)
-    mine = bs.score_users(world["model"], bs.point_in_time_for(world["g"], users, world["params"]), users, BATCH)
-    assert (
-        mine.sort("user_id", "rank")
-        .select("user_id", "item_id")
-        .equals(full.sort("user_id", "rank").select("user_id", "item_id"))
-    )
+    full = world["rec"].recommend(users, BATCH.items_per_user, fill=True).sort("user_id", "rank")
+    mine = scores.filter(pl.col("user_id").is_in(users.implode())).sort("user_id", "rank")
+    assert full["user_id"].n_unique() == 40
+    assert mine.select("user_id", "rank", "item_id").equals(full.select("user_id", "rank", "item_id"))
+    assert mine["score"].to_list() == pytest.approx(full["score"].to_list(), abs=1e-6)
 
 
 def test_sets_obey_their_rules_on_real_scores(world):
@@ -193,7 +206,8 @@ def test_every_query_in_the_readme_and_analyst_guide_runs_against_a_catalog(worl
     exp = world["config"].experiments[0]
     start, end = ex.experiment_window(exp, inter["event_time"].max())
     exposures = ex.log_exposures(ds.events, exp, start, end)
-    recs = top_n(world["scores"], 10).with_columns(model_version=pl.lit("7"), generated_at=pl.lit(NOW))
+    recs = world["scores"].filter(pl.col("rank") <= 10).select("user_id", "rank", "item_id", "score")
+    recs = recs.with_columns(model_version=pl.lit("7"), generated_at=pl.lit(NOW))
     tables = {
         "items": ds.items,
         "users": ds.users,
@@ -226,129 +240,100 @@ def test_every_query_in_the_readme_and_analyst_guide_runs_against_a_catalog(worl
     assert {row[2] for row in experiment} == {"control", "popularity", "model"}
 
 
-# --- two-stage scorer ------------------------------------------------------------------
+# --- the lists: exclusions, depth, the filled tail, determinism ---------------------------------
 
 
-def _first_stage_lists(scorer: bs.BatchScorer, rows: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    known, ease = scorer.first.ease_scores(rows)
-    return exact_top_k(scorer.first.scores(rows, known, ease), depth)
-
-
-def test_exact_top_k_breaks_every_tie_by_column_like_a_full_sort():
-    rng = np.random.default_rng(5)
-    scores = rng.integers(0, 6, size=(300, 80)).astype(np.float64)
-    scores[rng.random(scores.shape) < 0.2] = -np.inf
-    idx, vals = exact_top_k(scores, 25)
-    full = np.lexsort((np.broadcast_to(np.arange(80), scores.shape), -scores), axis=1)[:, :25]
-    assert np.array_equal(idx, full)
-    assert np.array_equal(vals, np.take_along_axis(scores, full, axis=1))
-
-
-def test_pair_features_equal_the_ranker_frame_for_every_candidate(world):
-    """Train/serve parity: the vectorized features of a pair are the ones `PointInTime.ranker_frame` joins."""
-    g, params = world["g"], world["params"]
-    scorer = g.scorer(BATCH, params)
-    users = world["scores"]["user_id"].unique().sort().head(60)
-    frame = bs.point_in_time_for(g, users, params).ranker_frame(users, BATCH.candidates_per_source)
-    rows_of_pair = scorer.catalog.user_index(frame["user_id"])
-    rows = np.unique(rows_of_pair)
-    known, ease = scorer.first.ease_scores(rows)
-    src = scorer.pairs.chunk_sources(scorer.first, rows, known, ease)
-    pairs = np.searchsorted(rows, rows_of_pair), scorer.catalog.item_index(frame["item_id"])
-    mine = scorer.pairs.matrix(src, rows, *pairs)
-    ref = _matrix(frame)
-    assert mine.shape == ref.shape and frame.height > 60 * 50
-    same = (mine == ref) | (np.isnan(mine) & np.isnan(ref))
-    assert [c for k, c in enumerate(FEATURE_COLUMNS) if not same[:, k].all()] == []
-
-
-def test_two_stage_lists_rerank_the_head_and_keep_the_tail_in_first_stage_order(world):
-    g, params, model = world["g"], world["params"], world["model"]
-    scorer = g.scorer(BATCH, params)
-    users = world["eligible"].head(80)
-    out = scorer.score(model, users, BATCH)
-    rows = np.unique(scorer.catalog.user_index(users))
-    idx, first = _first_stage_lists(scorer, rows, BATCH.items_per_user)
-    known, ease = scorer.first.ease_scores(rows)
-    src = scorer.pairs.chunk_sources(scorer.first, rows, known, ease)
-    depth = BATCH.rerank_depth
-    assert 0 < depth < BATCH.items_per_user
-    for r, row in enumerate(rows[:25]):
-        mine = out.filter(pl.col("user_id") == scorer.catalog.user_ids[int(row)]).sort("rank")
-        items = scorer.catalog.item_index(mine["item_id"])
-        assert mine["rank"].to_list() == list(range(1, mine.height + 1))
-        assert len(set(items)) == len(items) == np.isfinite(first[r]).sum()
-        # head: the first-stage top `depth`, ordered by the ranker's score on the ranker's features
-        head = items[:depth]
-        assert set(head) == set(idx[r, :depth])
-        model_score = model.booster_.predict(scorer.pairs.matrix(src, rows, np.full(depth, r), head))
-        assert np.allclose(mine["score"].to_numpy()[:depth], model_score)
-        assert all(model_score[:-1] >= model_score[1:])
-        # tail: first-stage order, below every head score
-        assert np.array_equal(items[depth:], idx[r, depth : len(items)])
-        assert (np.diff(mine["score"].to_numpy()) <= 0).all()
-
-
-def test_first_stage_excludes_recent_completions_unreleased_and_kids_items_for_adults(world):
-    g, params, model = world["g"], world["params"], world["model"]
-    scorer = g.scorer(BATCH, params)
-    out = scorer.score(model, world["eligible"], BATCH)
-    cutoff = world["cutoff"]
-    recent = world["inter"].filter(
-        (pl.col("event_type") == "content_complete")
-        & (pl.col("event_time") >= cutoff - timedelta(days=BATCH.exclude_completed_days))
-        & (pl.col("event_time") < cutoff)
-    )
+def test_batch_lists_exclude_recent_completions_unreleased_and_kids_items_for_adults(world):
+    out, cutoff, params = world["scores"], world["cutoff"], world["rec"].params
+    assert not params.exclude_seen  # this world replays its favourites: played items stay recommendable...
+    done = world["inter"].filter((pl.col("event_type") == "content_complete") & (pl.col("event_time") < cutoff))
+    recent = done.filter(pl.col("event_time") >= cutoff - timedelta(days=params.recent_completion_days))
     assert recent.height > 0
-    assert out.join(recent, on=["user_id", "item_id"], how="semi").height == 0
+    assert out.join(recent, on=["user_id", "item_id"], how="semi").height == 0  # ...except recent completions
+    older = done.join(recent, on=["user_id", "item_id"], how="anti")
+    assert out.join(older, on=["user_id", "item_id"], how="semi").height > 0  # replays of older ones come back
     items, users = world["ds"].items, world["ds"].users
     joined = out.join(items.select("item_id", "release_date", "is_kids"), on="item_id").join(
         users.select("user_id", "household_type"), on="user_id"
     )
+    assert joined.height == out.height
     assert (joined["release_date"] <= cutoff.date()).all()
     assert joined.filter(pl.col("is_kids") & (pl.col("household_type") != "family_with_kids")).height == 0
+    assert joined.filter(pl.col("is_kids") & (pl.col("household_type") == "family_with_kids")).height > 0
     assert out.select(pl.struct("user_id", "item_id").is_unique().all()).item()
     # as deep as the catalogue allows: every user gets items_per_user unless fewer items are left
     per_user = out.group_by("user_id").len()
     assert per_user["len"].min() == BATCH.items_per_user  # 600-user world: ~700 items, few masked per user
 
 
-def test_two_stage_scores_are_deterministic_and_independent_of_chunking(world):
-    g, params, model = world["g"], world["params"], world["model"]
-    users = world["eligible"].head(120)
-    a = g.scorer(BATCH, params).score(model, users, BATCH)
-    b = g.scorer(BATCH, params).score(model, users.reverse(), replace(BATCH, chunk_users=7))
-    assert a.equals(b)
-    no_model = g.scorer(BATCH, params).score(None, users, BATCH)
-    assert no_model.select("user_id", "item_id").head(10).height == 10
-    assert a.join(no_model, on=["user_id", "item_id"], how="inner").height == a.height  # same items, re-ordered
+def test_a_list_as_deep_as_the_catalogue_holds_every_recommendable_item_and_nothing_else(world):
+    """With `items_per_user` above the catalogue, a list is exactly the items the rules allow: the exclusions
+    remove precisely the recent completions, the unreleased items and (for adults) the kids items."""
+    key, cutoff = "shard-02", world["cutoff"]
+    items, users, inter = world["ds"].items, world["ds"].users, world["inter"]
+    deep = replace(BATCH, items_per_user=items.height + 10)
+    out = bs.score_shard(world["served"], "7", inter, users, world["eligible"], key, deep, cutoff, NOW)
+    shard_users = world["shards"][key]["user_id"].unique()
+    assert set(out["user_id"].unique()) == set(shard_users)
+    days = world["rec"].params.recent_completion_days
+    recent = inter.filter(
+        (pl.col("event_type") == "content_complete")
+        & (pl.col("event_time") >= cutoff - timedelta(days=days))
+        & (pl.col("event_time") < cutoff)
+    ).select("user_id", "item_id")
+    adults = users.filter(pl.col("household_type") != "family_with_kids").select("user_id")
+    expected = (
+        pl.DataFrame({"user_id": shard_users})
+        .join(items.filter(pl.col("release_date") <= cutoff.date()).select("item_id", "is_kids"), how="cross")
+        .join(recent, on=["user_id", "item_id"], how="anti")
+    )
+    expected = expected.filter(~(pl.col("is_kids") & pl.col("user_id").is_in(adults["user_id"].implode())))
+    key_cols = ["user_id", "item_id"]
+    assert out.select(key_cols).sort(key_cols).equals(expected.select(key_cols).sort(key_cols))
+    assert out.join(world["unreleased"], on="item_id", how="semi").height == 0 < world["unreleased"].height
 
 
-def test_rerank_head_orders_the_head_by_model_and_keeps_the_tail():
-    idx = np.array([[5, 3, 9, 1, 7], [2, 4, 6, 0, 0]])
-    first = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.9, 0.8, 0.1, -np.inf, -np.inf]])
-    model = np.array([[1.0, 3.0, 2.0], [0.5, 0.5, 0.7]])
-    rows, items, rank, score = rerank_head(idx, first, model, 3)
-    assert rows.tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
-    assert items.tolist() == [3, 9, 5, 1, 7, 6, 2, 4]  # ties on the model score by item index
-    assert rank.tolist() == [1, 2, 3, 4, 5, 1, 2, 3]
-    assert score[:5].tolist() == pytest.approx([3.0, 2.0, 1.0, 1.0 - 1e-6, 0.9 - 1e-6])
+def test_the_deep_lists_tail_comes_after_every_ranked_candidate(world):
+    """`fill=True`: the ranker orders the candidates; the other allowed items follow, ordered by the
+    recency-weighted EASE score, then popularity, every one scored below the user's last candidate."""
+    rec = world["rec"]
+    users = world["eligible"].head(30)
+    out = rec.recommend(users, rec.vocab.n_items, fill=True)
+    rows = rec.vocab.user_rows(users)
+    profiles, block = rec.block(rows)
+    model = np.asarray(rec.scorer.predict(block.features), np.float64)
+    allowed = allowed_items(profiles, rec.catalogue, rec.params.exclude_seen, rec._recently_completed(profiles))
+    ease = rec.sources["ease_recent"].score(profiles)
+    pop = rec.sources["pop"].score(profiles)
+    ids = rec.vocab.item_ids
+    tails = 0
+    for r, user in enumerate(users):
+        mine = out.filter(pl.col("user_id") == user).sort("rank")
+        assert mine["rank"].to_list() == list(range(1, mine.height + 1))
+        score = mine["score"].to_numpy()
+        cand, cand_score = block.items[block.rows == r], model[block.rows == r]
+        head = cand[np.lexsort((cand, -cand_score))]  # by the model's score, ties by item
+        assert mine["item_id"].head(len(head)).to_list() == ids.gather(head).to_list()
+        assert score[: len(head)] == pytest.approx(np.sort(cand_score)[::-1])
+        others = np.flatnonzero(allowed[r] & ~np.isin(np.arange(len(ids)), cand))
+        tail = others[np.lexsort((others, -pop[r, others], -ease[r, others]))]
+        assert mine["item_id"].slice(len(head)).to_list() == ids.gather(tail).to_list()
+        assert mine.height == len(head) + len(tail)
+        assert (np.diff(score[len(head) - 1 :]) < 0).all()  # strictly below the last candidate, in order
+        tails += len(tail) > 0
+    assert tails == len(users)
+    # at the batch depth (60) the candidates (over 100 per user here) fill the lists: the head of these
+    batch = world["scores"].filter(pl.col("user_id").is_in(users.implode())).select("user_id", "rank", "item_id")
+    deep = out.filter(pl.col("rank") <= BATCH.items_per_user).select("user_id", "rank", "item_id")
+    assert batch.sort("user_id", "rank").equals(deep.sort("user_id", "rank"))
 
 
-def test_first_stage_adds_the_users_own_replays_to_ease_and_popularity(world):
-    scorer = world["g"].scorer(BATCH, world["params"])
-    first = scorer.first
-    assert first.replay_weight == BATCH.replay_weight > 0
-    rows = np.unique(scorer.catalog.user_index(world["eligible"].head(50)))
-    known, ease = first.ease_scores(rows)
-    with_replays = first.scores(rows, known, ease)
-    saved, first.replay_weight = first.replay_weight, 0.0
-    try:
-        without = first.scores(rows, known, ease)
-    finally:
-        first.replay_weight = saved
-    own = first.replay[rows].toarray()
-    finite = np.isfinite(without)
-    assert np.array_equal(finite, np.isfinite(with_replays))
-    assert np.allclose(with_replays[finite], without[finite] + saved * own[finite], atol=1e-6)
-    assert (own.max(axis=1) == 1.0).sum() > 40  # scaled to each user's favourite
+def test_lists_are_deterministic_and_independent_of_chunk_users_and_row_order(world):
+    key, served, cutoff = "shard-01", world["served"], world["cutoff"]
+    users, inter, eligible = world["ds"].users, world["inter"], world["eligible"]
+    a = world["shards"][key]
+    b = bs.score_shard(served, "7", inter, users, eligible.reverse(), key, replace(BATCH, chunk_users=7), cutoff, NOW)
+    assert a.height > 0 and a.equals(b)
+    shuffled = inter.sample(fraction=1.0, shuffle=True, seed=2)  # not sorted by user: the semi-join path
+    c = bs.score_shard(served, "7", shuffled, users, eligible, key, replace(BATCH, chunk_users=1000), cutoff, NOW)
+    assert a.equals(c)
