@@ -4,7 +4,7 @@ and the experiment assets, on a real lake, MLflow registry and the shipped YAML.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -13,14 +13,17 @@ import pytest
 
 from assets import recommendation_sets as set_assets
 from assets.partitions import arrival_hours
+from recsys_platform import batch_scoring as bs
 from recsys_platform import registry
 from recsys_platform.config import CHAMPION_ALIAS, REGISTERED_MODEL_NAME, PipelineParams, Settings
 from recsys_platform.experiment_sim import simulate_arms
 from recsys_platform.features import build_interactions
 from recsys_platform.generator import GeneratorConfig, generate
-from recsys_platform.ranking import FEATURE_COLUMNS, TemporalSplit, train_ranker, training_frame
+from recsys_platform.model import procedure
+from recsys_platform.model.candidates import FEATURES
+from recsys_platform.model.fallback import popularity_table
+from recsys_platform.model.recommender import fit_serving
 from recsys_platform.set_config import load_sets_config
-from recsys_platform.training import popularity_table
 from resources import LakeIOManager, MlflowResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
 
@@ -70,19 +73,20 @@ def _materialize(lake: dict, tracking: str, selection: list, key: str | None) ->
 def test_one_shard_with_the_champion_scores_applies_rules_and_exports(lake: dict):
     root, inter, ds = lake["root"], lake["inter"], lake["ds"]
     tracking = f"sqlite:///{root / 'mlflow.db'}"
-    params = PipelineParams(ranker_rounds=20)
-    split = TemporalSplit.from_interactions(inter, params.label_days)
-    train = training_frame(inter, ds.items, ds.users, split.eval_cutoff, split.end, params)
-    model = train_ranker(train, params)
+    base = PipelineParams().model_params()
+    params, _ = procedure.choose_params(inter, ds.items, ds.users, base, max_users=4000)
+    train = procedure.training_set(inter, ds.items, ds.users, params, max_users=4000)
+    booster, facts = procedure.train(train, params)
     ref = registry.log_ranker(
         tracking,
         (root / "mlartifacts").as_uri(),
         "sets-test",
-        model,
-        train.select(FEATURE_COLUMNS).head(20),
+        booster,
+        train.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).head(20),
         {},
+        facts,
         {},
-        {},
+        model_params=params.to_dict(),
     )
     registry._client(tracking).set_registered_model_alias(REGISTERED_MODEL_NAME, CHAMPION_ALIAS, ref.version)
 
@@ -92,6 +96,16 @@ def test_one_shard_with_the_champion_scores_applies_rules_and_exports(lake: dict
     )
     scores = pl.read_parquet(root / "lake" / "batch_scores" / f"{key}.parquet")
     assert (scores["model_version"] == ref.version).all() and (scores["shard"] == key).all()
+    # No serving fit was saved: the asset fitted the champion's sources with the params its version carries.
+    cutoff = inter["event_time"].max() + timedelta(microseconds=1)
+    here = fit_serving(inter, ds.items, ds.users, cutoff, params, booster)
+    config = load_sets_config(Settings.from_env().recommendation_sets_path)
+    eligible = bs.eligible_users(ds.users, inter, cutoff, config.eligibility)
+    expected = bs.score_shard(
+        here, ref.version, inter, ds.users, eligible, key, config.batch, cutoff, datetime.now(UTC)
+    )
+    cols = ["user_id", "rank", "item_id"]
+    assert scores.height > 0 and scores.select(cols).equals(expected.select(cols))
     sets = pl.read_parquet(root / "lake" / "recommendation_sets" / f"{key}.parquet")
     assert set(sets["user_id"]) <= set(scores["user_id"])
     meta = result.asset_materializations_for_node("recommendation_sets")[0].metadata
