@@ -35,13 +35,13 @@ PREPARE = textwrap.dedent(
     from recsys_platform.definitions import ALL_ASSETS, INGESTION_ASSETS, build_resources, partition_range_tags
     from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
     from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
+    from recsys_platform.model.state import load_state, state_url
     from recsys_platform.online_store import open_online_store
-    from recsys_platform.realtime.models import load_model_version
 
     settings = Settings.from_env()
     settings.ensure_local_dirs()
     zone = landing_zone_from_url(settings.landing_url)
-    write_to_landing(generate(GeneratorConfig(n_users=150, days=3, seed=11, end=datetime.now(UTC))), zone)
+    write_to_landing(generate(GeneratorConfig(n_users=150, days=7, seed=11, end=datetime.now(UTC))), zone)
     keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
     instance = dg.DagsterInstance.get()
     resources = build_resources(settings)
@@ -53,8 +53,9 @@ PREPARE = textwrap.dedent(
     assert dg.materialize(ALL_ASSETS, selection=serving, resources=resources, instance=instance).success
     with open_online_store(settings.online_store_url) as store:
         version = store.pointer().model_version
-    # Warm the refresh path's model file cache (the first load of a version goes through MLflow).
-    load_model_version(settings.mlflow_tracking_uri, "recsys-ranker", version, settings.home / "cache" / "models")
+    # The refresh scores with the serving fit `recommendations` saved beside the lake for the deployed version.
+    saved = load_state(state_url(settings.lake_url))
+    assert saved is not None and saved[0] == version, (saved and saved[0], version)
     print(json.dumps({"model_version": version}))
     """
 )
@@ -69,9 +70,7 @@ def stack(tmp_path: Path) -> Iterator[dict]:
         "RECSYS_HOME": str(home),
         "DAGSTER_HOME": str(home / "dagster"),
         "RECSYS_LANDING_SENSOR": "running",
-        "RECSYS_RANKER_ROUNDS": "40",
-        "RECSYS_LABEL_DAYS": "1",
-        # A few hundred users and 40 trees cannot reliably beat popularity; this test is about the refresh
+        # 150 users over 7 days cannot reliably train a ranker that beats popularity; this test is about the refresh
         # path, so let the gate promote whatever is trained (a negative margin accepts any candidate).
         "RECSYS_PROMOTION_MARGIN": "-1.0",
         "PYTHONUNBUFFERED": "1",
