@@ -57,7 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rec = procedure.fit_recommender(inter, items, ds.users, cutoff, params.model_params(), params.max_training_users)
     path = str(tmp_path_factory.mktemp("lake") / "serving_state.pkl")
     save_state(rec, "7", path)
-    version, served = load_state(path)
+    version, served = load_state(path, lightgbm=True)  # as batch_scores loads it
     assert version == "7" and served.history.user.size == 0  # the refresh and the shards rebuild histories
     eligible = bs.eligible_users(ds.users, inter, cutoff, config.eligibility)
     shards = {
@@ -71,6 +71,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return dict(
         ds=ds, inter=inter, rec=rec, served=served, config=config, cutoff=cutoff, eligible=eligible,
         shards=shards, scores=scores, sets=sets, counts=counts, searches=searches, unreleased=unreleased,
+        state_path=path,
     )  # fmt: skip
 
 
@@ -114,15 +115,20 @@ def test_shards_score_each_eligible_user_once_from_the_saved_serving_state(world
     assert per_user["n"].max() == BATCH.items_per_user
     assert all(r.to_list() == list(range(1, len(r) + 1)) for r in per_user["ranks"])
     assert scores.columns == list(bs.BATCH_SCORE_SCHEMA)
-    # parity: a shard scored from the saved state (its users' rows only, the numpy tree evaluator) lists exactly
-    # what the fitted recommender lists for these users from everyone's history
-    assert isinstance(world["served"].scorer, TreeEnsemble) and not isinstance(world["rec"].scorer, TreeEnsemble)
+    # parity: a shard scored from the saved state (its users' rows only) lists exactly what the fitted recommender
+    # lists for these users from everyone's history, with LightGBM (batch) and with the numpy trees (refresh)
     users = per_shard_users[0].sort().head(40)
     full = world["rec"].recommend(users, BATCH.items_per_user, fill=True).sort("user_id", "rank")
     mine = scores.filter(pl.col("user_id").is_in(users.implode())).sort("user_id", "rank")
+    _, numpy_trees = load_state(world["state_path"])
+    assert isinstance(numpy_trees.scorer, TreeEnsemble) and not isinstance(world["served"].scorer, TreeEnsemble)
+    one_shard = replace(BATCH, shards=1)
+    inter, cutoff = world["inter"], world["cutoff"]
+    refresh_like = bs.score_shard(numpy_trees, "7", inter, world["ds"].users, users, "shard-00", one_shard, cutoff, NOW)
     assert full["user_id"].n_unique() == 40
-    assert mine.select("user_id", "rank", "item_id").equals(full.select("user_id", "rank", "item_id"))
-    assert mine["score"].to_list() == pytest.approx(full["score"].to_list(), abs=1e-6)
+    for other in (mine, refresh_like.sort("user_id", "rank")):
+        assert other.select("user_id", "rank", "item_id").equals(full.select("user_id", "rank", "item_id"))
+        assert other["score"].to_list() == pytest.approx(full["score"].to_list(), abs=1e-6)
 
 
 def test_sets_obey_their_rules_on_real_scores(world):

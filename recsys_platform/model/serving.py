@@ -26,10 +26,12 @@ def serving_recommender(
     model_name: str,
     lake_url: str,
     endpoint_url: str | None = None,
+    lightgbm: bool = False,
 ) -> tuple[Recommender, str]:
     """(recommender, version) of model `version`: the fit the last `recommendations` run saved when it was for
-    this version, else the version's scorer and params with every source fitted here on `interactions`."""
-    saved = load_state(state_url(lake_url), endpoint_url)
+    this version, else the version's scorer and params with every source fitted here on `interactions`.
+    `lightgbm`: a saved ranker predicts with LightGBM itself (batch scoring) instead of the numpy evaluator."""
+    saved = load_state(state_url(lake_url), endpoint_url, lightgbm)
     if saved is not None and saved[0] == version:
         logger.info("using the saved serving fit of model %s", version)
         return saved[1], version

@@ -54,8 +54,12 @@ def save_state(rec: Recommender, version: str, url: str, endpoint_url: str | Non
     logger.info("saved the serving state of model %s (%.1f MB) to %s", version, len(payload) / 2**20, url)
 
 
-def load_state(url: str, endpoint_url: str | None = None) -> tuple[str, Recommender] | None:
-    """(model version, recommender without per-user history) saved at `url`, or None when there is none."""
+def load_state(url: str, endpoint_url: str | None = None, lightgbm: bool = False) -> tuple[str, Recommender] | None:
+    """(model version, recommender without per-user history) saved at `url`, or None when there is none.
+
+    A ranker predicts with the numpy evaluator (no lightgbm import, so refresh runs start fast), or with
+    `lightgbm` itself where many rows are scored: batch scoring's blocks of ~160k candidate rows took 10 s
+    with the numpy evaluator and 1.75 s with LightGBM on one thread (354 trees, same scores)."""
     if "://" in url:
         path = _remote(url, endpoint_url)
         if not path.exists():
@@ -67,18 +71,20 @@ def load_state(url: str, endpoint_url: str | None = None) -> tuple[str, Recommen
         data = Path(url).read_bytes()
     payload = pickle.loads(data)  # noqa: S301 - written by save_state of this project
     kind, stored = payload["scorer"]
-    scorer = _tree_model(stored) if kind == "lightgbm" else stored
+    scorer = _tree_model(stored, lightgbm) if kind == "lightgbm" else stored
     return payload["version"], payload["recommender"].with_scorer(scorer)
 
 
-def _tree_model(text: str):
-    """A numpy evaluator of a LightGBM model text (no lightgbm import: refresh runs start fast), or a Booster."""
+def _tree_model(text: str, native: bool = False):
+    """A numpy evaluator of a LightGBM model text (no lightgbm import: refresh runs start fast), or a Booster
+    (when `native`, or when the evaluator cannot represent the model)."""
     from recsys_platform.realtime.tree_model import TreeEnsemble, UnsupportedModelError
 
-    try:
-        return TreeEnsemble.from_text(text)
-    except UnsupportedModelError as exc:
-        import lightgbm as lgb
+    if not native:
+        try:
+            return TreeEnsemble.from_text(text)
+        except UnsupportedModelError as exc:
+            logger.info("the ranker needs lightgbm to predict: %s", exc)
+    import lightgbm as lgb
 
-        logger.info("the ranker needs lightgbm to predict: %s", exc)
-        return lgb.Booster(model_str=text)
+    return lgb.Booster(model_str=text)
