@@ -3,18 +3,29 @@
     python benchmarks/batch_scoring.py prepare --users 1000000 --days 14 --out /tmp/bench-batch
     python benchmarks/batch_scoring.py run --data /tmp/bench-batch --shards 16
 
-`prepare` (not timed) generates the synthetic history, builds interactions and trains a ranker
-on a sample; `run` (timed, peak memory of its own process) builds the shared inputs once, scores
-every shard with the two-stage scorer (first stage over the catalogue, the ranker on the head),
-applies the recommendation-set rules and writes the lake tables and the JSON-lines export. The
-next shard is scored in a thread while the current one's sets are built and written (numpy and
-LightGBM release the GIL, polars too), as two Dagster partitions would run at once on two cores;
-`--no-overlap` runs the phases one after the other and prints each one's CPU seconds.
+`prepare` (not timed) generates the synthetic history, builds interactions, runs the training
+procedure (`model.procedure.fit_recommender`: params tuned and the ranker trained on a sample of
+users, every candidate source refitted on all of them) and saves the serving state as the
+`recommendations` step does; `run` (timed, peak memory of its own process) loads that state and,
+shard by shard, scores every user with `batch_scoring.score_shard` (the shard's own histories
+against the saved sources, the ranker on the candidates, the rest of the list filled in EASE and
+popularity order, as the `batch_scores` asset does), applies the recommendation-set rules and writes
+the lake tables and the JSON-lines export. The next shard is scored in a thread while the current
+one's sets are built and written (numpy and polars release the GIL), as two Dagster partitions would
+run at once on two cores; `--no-overlap` runs the phases one after the other and prints each one's
+CPU seconds.
 
-Measured on the 2-core / 24 GiB box (commit 8a52b23, 1M users, 14 days, `--shards 16`, load average
-about 3 from other jobs): 673 s wall, peak RSS 7.9 GiB; setup 58 s, scoring thread 495 s, rules and
-sets 521 s, writes 62 s (the last three overlap); 500M scored rows, 82.5M set rows, 3.6M JSON lines.
-Again at 012086a with the command above: 674 s, 7.6 GiB.
+Measured on the shared 2-core box (load 1.3-3 from other jobs), library code at d635776:
+  10k users, 14 days, `run --shards 4`: 37 s wall, peak RSS 0.80 GiB; scoring thread 34 s, rules and
+  sets 9 s, writes 3 s (overlapping); 5.0M scored rows, 0.83M set rows, 36k JSON lines. `prepare` 69 s
+  (the procedure 68 s; early stopping kept 354 trees).
+  100k users, 14 days, `run --shards 8`: 161 s wall, peak RSS 1.62 GiB; scoring thread 154 s, rules and
+  sets 48 s, writes 10 s; 50M scored rows, 8.3M set rows, 363k JSON lines. `prepare` 77 s, peak RSS
+  2.6 GiB (58 trees).
+Scoring takes 1.5-3.4 ms of wall time per user (LightGBM with its default OpenMP threads), growing with
+the ranker's trees; at 1M users that is roughly 25-60 minutes (not measured). The previous two-stage
+scorer, which ranked 20 candidates per user where this one ranks all of them (~160), ran 1M users in
+673 s with a 7.9 GiB peak (8a52b23).
 """
 
 from __future__ import annotations
@@ -29,25 +40,23 @@ from pathlib import Path
 import polars as pl
 
 FIXED_END = datetime(2026, 10, 1, 12, tzinfo=UTC)
+STATE_FILE = "serving_state.pkl"
+STATE_VERSION = "bench"
 
 
 def prepare(out: Path, n_users: int, days: int, seed: int, chunk_users: int = 100_000) -> None:
-    """Generate data chunk by chunk (as `generator.generate` does), keep interactions and searches, train a ranker."""
-    from datetime import timedelta
-
-    import numpy as np
-
+    """Generate data chunk by chunk (as `generator.generate` does), keep interactions and searches, run the
+    training procedure and save its serving state."""
     from recsys_platform import generator
     from recsys_platform.config import PipelineParams
     from recsys_platform.features import build_interactions
-    from recsys_platform.ranking import TemporalSplit, train_ranker, training_frame
+    from recsys_platform.model import procedure
+    from recsys_platform.model.state import save_state
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cfg = generator.GeneratorConfig(n_users=n_users, days=days, seed=seed, end=FIXED_END)
-    start = cfg.resolved_end() - timedelta(days=cfg.days)
-    items = generator._make_items(cfg, np.random.default_rng([cfg.seed, 0]), start)
-    users = generator._make_users(cfg, np.random.default_rng([cfg.seed, 3]), start)
+    items, users, start = generator._catalog_and_profiles(cfg)
     items.write_parquet(out / "items.parquet")
     users.write_parquet(out / "users.parquet")
     parts, searches = [], []
@@ -63,10 +72,13 @@ def prepare(out: Path, n_users: int, days: int, seed: int, chunk_users: int = 10
     interactions.write_parquet(out / "interactions.parquet")
     print(f"{interactions.height:,} interactions at {time.perf_counter() - t0:.0f}s", flush=True)
     params = PipelineParams()
-    split = TemporalSplit.from_interactions(interactions, params.label_days)
-    train = training_frame(interactions, items, users, split.eval_cutoff, split.end, params, params.max_training_users)
-    model = train_ranker(train, params)
-    model.booster_.save_model(str(out / "ranker.txt"))
+    cutoff = interactions["event_time"].max() + timedelta(microseconds=1)
+    rec = procedure.fit_recommender(
+        interactions, items, users, cutoff, params.model_params(), params.max_training_users, params.ranker_threads
+    )
+    save_state(rec, STATE_VERSION, str(out / STATE_FILE))
+    facts = {k: rec.facts[k] for k in ("best_iteration", "training_candidate_recall", "fit_seconds") if k in rec.facts}
+    print(f"fitted {facts}; params {rec.params}", flush=True)
     print(f"prepared {out} in {time.perf_counter() - t0:.0f}s; peak RSS {_peak_gib():.1f} GiB", flush=True)
 
 
@@ -76,7 +88,6 @@ def run(
     shards: int,
     time_limit: float,
     chunk_users: int | None,
-    rerank_depth: int | None,
     overlap: bool = True,
 ) -> None:
     """Score every user shard by shard, write batch scores, sets and the export; print the figures."""
@@ -84,10 +95,9 @@ def run(
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
-    import lightgbm as lgb
-
     from recsys_platform import batch_scoring as bs
-    from recsys_platform.config import PipelineParams, Settings
+    from recsys_platform.config import Settings
+    from recsys_platform.model.state import load_state
     from recsys_platform.set_config import Eligibility, load_sets_config
 
     print(f"start: load {os.getloadavg()}, cpus {os.cpu_count()}", flush=True)
@@ -108,13 +118,9 @@ def run(
     needed = ["user_id", "item_id", "event_type", "event_time", "is_bounce", "weight"]
     interactions = pl.read_parquet(data / "interactions.parquet", columns=needed)
     searches = pl.read_parquet(data / "searches.parquet").with_columns(event_type=pl.lit("search"))
-    model = lgb.Booster(model_file=str(data / "ranker.txt"))
     config = load_sets_config(Settings.from_env().recommendation_sets_path)
     batch = replace(config.batch, shards=shards, chunk_users=chunk_users or config.batch.chunk_users)
-    if rerank_depth is not None:
-        batch = replace(batch, rerank_depth=rerank_depth)
     config = replace(config, batch=batch)
-    params = PipelineParams()
     cutoff = interactions["event_time"].max() + timedelta(microseconds=1)
     now = datetime.now(UTC)
     t = mark("load", t0)
@@ -124,12 +130,11 @@ def run(
     ctx = bs.rule_context(users, interactions, bs.last_search_queries(searches, before=cutoff), cutoff.date(), cutoff)
     del searches
     t = mark("eligibility + rule context", t)
-    g = bs.build_global_inputs(interactions, items, users, cutoff)
-    del interactions
-    t = mark("global inputs (history, EASE fit, item features)", t)
-    g.scorer(batch, params)
-    g.history = g.history.clear()  # everything the shards need is coded in the scorer now
-    t = mark("scorer (coding, first stage, pair-feature tables)", t)
+    saved = load_state(str(data / STATE_FILE), lightgbm=True)  # as batch_scores loads it
+    if saved is None:
+        raise SystemExit(f"no serving state in {data}: run `prepare` first")
+    version, rec = saved
+    t = mark("serving state (fitted sources, ranker)", t)
     t_setup = t - t0
     print(f"setup {t_setup:.0f}s: {phases}; {eligible.len():,} users; peak RSS {_peak_gib():.1f} GiB", flush=True)
     lake = out / "lake"
@@ -141,10 +146,10 @@ def run(
 
     def score(key: str) -> tuple[pl.DataFrame, float, float]:
         start, cpu0 = time.perf_counter(), time.process_time()
-        scores = bs.score_shard(model, "bench", g, eligible, key, batch, params, now)
+        scores = bs.score_shard(rec, version, interactions, users, eligible, key, batch, cutoff, now)
         return scores, time.perf_counter() - start, time.process_time() - cpu0
 
-    # With --overlap the next shard is scored (numpy, LightGBM: both release the GIL) while this one's
+    # With --overlap the next shard is scored (numpy and polars release the GIL) while this one's
     # rules and writes run (polars), as two Dagster partitions would run at once on two cores.
     pool = ThreadPoolExecutor(max_workers=1) if overlap else None
     pending = pool.submit(score, keys[0]) if pool else None
@@ -153,13 +158,11 @@ def run(
         if pool:
             scores, score_wall, _ = pending.result()
             t = mark("waiting for the scoring thread", t)
-            phases["score (two-stage), in the scoring thread"] = (
-                phases.get("score (two-stage), in the scoring thread", 0.0) + score_wall
-            )
+            phases["score (in the scoring thread)"] = phases.get("score (in the scoring thread)", 0.0) + score_wall
             pending = pool.submit(score, keys[k + 1]) if k + 1 < len(keys) else None
         else:
             scores, _, _ = score(key)
-            t = mark("score (two-stage)", t)
+            t = mark("score", t)
         sets, _ = bs.build_sets(scores, items, ctx, config)
         t = mark("rules + sets", t)
         scores.write_parquet(lake / "batch_scores" / f"{key}.parquet")
@@ -189,7 +192,7 @@ def run(
     sizes = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in (lake, out / "exports")}
     print(
         f"\nusers scored {totals['users']:,} of {eligible.len():,} ({totals['rows']:,} rows, "
-        f"{totals['rows'] / max(totals['users'], 1):.0f} per user, re-rank depth {batch.rerank_depth}), "
+        f"{totals['rows'] / max(totals['users'], 1):.0f} per user of {batch.items_per_user}), "
         f"set rows {totals['set_rows']:,}, JSON lines {totals['lines']:,}"
     )
     print(f"on disk: lake {sizes['lake'] / 1024**3:.2f} GiB, exports {sizes['exports'] / 1024**3:.2f} GiB")
@@ -223,7 +226,6 @@ def main() -> None:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--shards", type=int, default=16)
     r.add_argument("--chunk-users", type=int, default=None, help="override batch.chunk_users of the YAML")
-    r.add_argument("--rerank-depth", type=int, default=None, help="override batch.rerank_depth of the YAML")
     r.add_argument("--time-limit", type=float, default=1e9, help="stop after the shard that passes this")
     r.add_argument(
         "--no-overlap",
@@ -236,7 +238,7 @@ def main() -> None:
     if args.cmd == "prepare":
         prepare(args.out, args.users, args.days, args.seed)
     else:
-        run(args.data, args.out, args.shards, args.time_limit, args.chunk_users, args.rerank_depth, args.overlap)
+        run(args.data, args.out, args.shards, args.time_limit, args.chunk_users, args.overlap)
 
 
 if __name__ == "__main__":
