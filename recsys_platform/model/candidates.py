@@ -37,7 +37,9 @@ ITEM_FEATURES = (
     "item_level",
     "item_type_code",
 )
-USER_FEATURES = ("user_items_log", "user_span_days", "user_completion_rate")
+# user_days_inactive is measured to the end of the data, not to the user's cutoff: in a per-user window a
+# user's cutoff is their next event (unknowable when serving); the data's end is known in every window.
+USER_FEATURES = ("user_items_log", "user_span_days", "user_completion_rate", "user_days_inactive")
 PAIR_FEATURES = (
     "pair_available_days",
     "pair_time_gap_days",
@@ -96,12 +98,27 @@ class CandidateBlock:
         return len(self.rows)
 
 
-def _ranks(scores: np.ndarray) -> np.ndarray:
-    """1-based rank of each column within its row (ties by column), MISSING_RANK where -inf."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    ranks = np.empty(scores.shape, np.float32)
-    np.put_along_axis(ranks, order, np.arange(1, scores.shape[1] + 1, dtype=np.float32)[None, :], axis=1)
-    return np.where(np.isfinite(scores), ranks, MISSING_RANK)
+def _ranks_of(scores: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """1-based rank of each (row, item) within its row: 1 + how many of the row's scores are higher (ties
+    share the best rank); MISSING_RANK where the score is -inf. `rows` ascending (as np.nonzero gives them).
+    One sort per row and a binary search per candidate, instead of an argsort of every row's whole ranking."""
+    neg = np.sort(-scores, axis=1)  # each row's scores, best first, negated (ascending)
+    value = -scores[rows, items]
+    rank = np.empty(len(rows), np.float32)
+    bounds = np.r_[0, np.flatnonzero(np.diff(rows)) + 1, len(rows)]
+    for a, b in zip(bounds[:-1], bounds[1:], strict=False):
+        if b > a:
+            rank[a:b] = np.searchsorted(neg[rows[a]], value[a:b], side="left") + 1
+    return np.where(np.isfinite(value), rank, MISSING_RANK)
+
+
+def _top_depth(scores: np.ndarray, depth: int) -> np.ndarray:
+    """bool mask of each row's `depth` best finite scores (ties at the boundary: all of them)."""
+    k = min(depth, scores.shape[1])
+    if k <= 0:
+        return np.zeros(scores.shape, bool)
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+    return (scores >= kth) & np.isfinite(scores)
 
 
 def _per_row_z(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
@@ -138,19 +155,18 @@ def candidate_block(
     """Candidates (union of every source's top `depth` among `allowed` items) with their features."""
     n = len(profiles)
     chosen = np.zeros(allowed.shape, bool)
-    scores, ranks = {}, {}
+    scores = {}
     for name in SOURCE_NAMES:
         s = np.where(allowed, sources[name].score(profiles), -np.inf).astype(np.float32)
-        rk = _ranks(s)
-        chosen |= rk <= depth
-        scores[name], ranks[name] = s, rk
+        chosen |= _top_depth(s, depth)
+        scores[name] = s
     rows, items = np.nonzero(chosen & allowed)
     cols: dict[str, np.ndarray] = {}
     for name in SOURCE_NAMES:
         s = scores[name][rows, items]
         cols[f"score_{name}"] = np.where(np.isfinite(s), s, np.nan)
         cols[f"z_{name}"] = _per_row_z(s, rows, n)
-        cols[f"rank_{name}"] = ranks[name][rows, items]
+        cols[f"rank_{name}"] = _ranks_of(scores[name], rows, items)
     cols["n_sources"] = sum((cols[f"rank_{s}"] <= depth).astype(np.float32) for s in SOURCE_NAMES)
     cols.update(_item_columns(stats, catalogue, profiles, rows, items))
     cols.update(_user_columns(profiles, rows))
@@ -183,6 +199,7 @@ def _user_columns(profiles: Profiles, rows: np.ndarray) -> dict[str, np.ndarray]
     return {
         "user_items_log": np.log1p(n_items)[rows],
         "user_span_days": ((profiles.last_s - profiles.first_s) / DAY_S)[rows],
+        "user_days_inactive": ((profiles.data_end_s - profiles.last_s) / DAY_S)[rows],
         "user_completion_rate": ((_row_sums(completed) + 1.0) / (n_items + 2.0))[rows],
     }
 

@@ -66,7 +66,7 @@ def choose_params(
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
     params = data_params(interactions, base)
-    params, scores = tune(interactions, catalogue, params, max_users)
+    params, scores = tune(interactions, catalogue, params, max_users, params.training_windows.startswith("random"))
     report = {"repeat_share": round(repeat_share(interactions), 4), "tuning_ndcg@10": scores}
     return params, report
 
@@ -89,17 +89,33 @@ def training_set(
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
     windows = {
-        "temporal": lambda: per_user_split(interactions, name="training"),
-        "random": lambda: random_pair_split(interactions, 0.2, params.seed, name="training-random"),
+        "temporal": lambda: [(per_user_split(interactions, name="training"), interactions)],
+        "random": lambda: [(random_pair_split(interactions, 0.2, params.seed, name="training-random"), interactions)],
+        "global": lambda: [(global_split(interactions, 0.1, name="training-global"), interactions)],
+        "global3": lambda: _global_windows(interactions, 3),
     }
     frames = [
-        _window_rows(windows[w](), interactions, vocab, catalogue, params, max_users)
+        _window_rows(split, data, vocab, catalogue, params, max_users)
         for w in params.training_windows.split("+")
+        for split, data in windows[w]()
     ]
     out = pl.concat(frames)
     return out.with_columns(
         label_pairs=pl.lit(int(sum(f["label_pairs"][0] for f in frames if f.height)), dtype=pl.Int64)
     )
+
+
+def _global_windows(interactions: pl.DataFrame, n: int) -> list[tuple[Split, pl.DataFrame]]:
+    """`n` global windows: the newest tenth of the plays, then the tenth before it (the data cut there), ..."""
+    out = []
+    data = interactions
+    for k in range(n):
+        split = global_split(data, 0.1, name=f"training-global-{k}")
+        out.append((split, data))
+        data = data.filter(pl.col("event_time") < split.known_until)
+        if data.height < 2:
+            break
+    return out
 
 
 def _window_rows(split, interactions, vocab, catalogue, params, max_users) -> pl.DataFrame:
@@ -132,14 +148,23 @@ def _window_rows(split, interactions, vocab, catalogue, params, max_users) -> pl
         int((out["relevance"] > 0).sum()) / max(labelled.height, 1),
         labelled.height,
     )
-    return out.with_columns(label_pairs=pl.lit(labelled.height, dtype=pl.Int64))
+    return out.with_columns(label_pairs=pl.lit(labelled.height, dtype=pl.Int64), window=pl.lit(split.name))
 
 
 def train(frame: pl.DataFrame, params: ModelParams, threads: int = 1) -> tuple[Any, dict[str, float]]:
     """Train the ranker on `training_set` rows (grouped by user in their order)."""
     users = frame["user_id"].rle_id().to_numpy()
     features = frame.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).to_numpy()
-    booster, facts = train_ranker(features, frame["relevance"].to_numpy(), users, params.seed, threads)
+    # Each kind of window (per-user, global, random) carries the same total weight, however many users it holds.
+    kind = frame["window"].str.replace(r"-\d+$", "")
+    per_query = frame.select(kind=kind, q=pl.Series(users)).unique().group_by("kind").len()
+    weight = pl.DataFrame({"kind": kind}).join(per_query, on="kind", how="left", maintain_order="left")["len"]
+    weights = None
+    if params.balance_windows:
+        # a kind's weight w scales it from its own size towards the same total as every other kind (w = 1)
+        even = per_query["len"].sum() / per_query.height
+        weights = ((even / weight) ** params.balance_windows).to_numpy()
+    booster, facts = train_ranker(features, frame["relevance"].to_numpy(), users, params.seed, threads, weights)
     pairs = float(frame["label_pairs"][0]) if frame.height else 0.0
     facts["training_candidate_recall"] = float((frame["relevance"] > 0).sum()) / max(pairs, 1.0)
     return booster, facts

@@ -33,6 +33,7 @@ class Profiles:
     first_s: np.ndarray  # first interaction time per user (NaN: none)
     n_items: int
     cutoff_s: np.ndarray  # per user: the time the profile is as of (float64 epoch seconds)
+    data_end_s: float  # the end of the history the profiles come from (the newest data anyone has)
 
     @classmethod
     def of(cls, history: PairHistory, rows: np.ndarray, cutoff_s: np.ndarray | None = None) -> Profiles:
@@ -68,6 +69,7 @@ class Profiles:
             first_s=np.where(np.isfinite(first), first, np.nan),
             n_items=m,
             cutoff_s=cut,
+            data_end_s=history.cutoff_s,
         )
 
     def __len__(self) -> int:

@@ -32,6 +32,7 @@ LGBM_PARAMS: dict[str, Any] = {
     "subsample_freq": 1,
     "colsample_bytree": 0.8,
     "lambdarank_truncation_level": 20,
+    "max_bin": 63,
     "verbose": -1,
 }
 EARLY_STOPPING_ROUNDS = 100
@@ -56,7 +57,12 @@ def _groups(rows: np.ndarray) -> np.ndarray:
 
 
 def train_ranker(
-    features: np.ndarray, labels: np.ndarray, users: np.ndarray, seed: int, threads: int = 1
+    features: np.ndarray,
+    labels: np.ndarray,
+    users: np.ndarray,
+    seed: int,
+    threads: int = 1,
+    weights: np.ndarray | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """Fit LambdaRank on candidate rows grouped by `users` (contiguous), early-stopped on a seeded 20% of
     the users; users without a positive candidate carry no gradient and are dropped. Returns (booster, facts)."""
@@ -75,9 +81,11 @@ def train_ranker(
         model.fit(
             features[fit],
             labels[fit],
+            sample_weight=None if weights is None else weights[fit],
             group=_groups(users[fit]),
             eval_set=[(features[stop], labels[stop])],
             eval_group=[_groups(users[stop])],
+            eval_sample_weight=None if weights is None else [weights[stop]],
             eval_at=[10],
             feature_name=list(FEATURES),
             callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],

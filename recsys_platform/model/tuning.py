@@ -17,7 +17,7 @@ from recsys_platform.model.history import PairHistory
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.profiles import Profiles
 from recsys_platform.model.sources import ItemItem, _ease
-from recsys_platform.model.windows import per_user_split
+from recsys_platform.model.windows import per_user_split, random_pair_split
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,10 @@ def dense_ndcg(scores: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
     s, t = scores[ok], truth[ok]
     if not len(s):
         return 0.0
-    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    k = min(k, s.shape[1])
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    order = np.lexsort((part, -np.take_along_axis(s, part, axis=1)), axis=1)  # score desc, then column
+    top = np.take_along_axis(part, order, axis=1)
     gain = np.take_along_axis(t, top, axis=1) & np.isfinite(np.take_along_axis(s, top, axis=1))
     dcg = (gain * _DISCOUNT[: top.shape[1]]).sum(axis=1)
     ideal = np.cumsum(_DISCOUNT[:k])[np.minimum(t.sum(axis=1), k) - 1]
@@ -40,10 +43,15 @@ def dense_ndcg(scores: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
 
 
 def tune(
-    interactions: pl.DataFrame, catalogue: Catalogue, params: ModelParams, max_users: int
+    interactions: pl.DataFrame, catalogue: Catalogue, params: ModelParams, max_users: int, random: bool = False
 ) -> tuple[ModelParams, dict[str, float]]:
-    """Params with `ease_l2` and `recency_half_life` set to the grid's best on the inner split, and the scores."""
-    split = per_user_split(interactions, name="tuning")
+    """Params with `ease_l2` and `recency_half_life` set to the grid's best on the inner split (per-user
+    temporal, or a per-user random one when the ranker learns from random windows), and the scores."""
+    split = (
+        random_pair_split(interactions, 0.2, params.seed, name="tuning")
+        if random
+        else per_user_split(interactions, name="tuning")
+    )
     truth = split.truth(interactions)
     history = PairHistory.build(split.known(interactions), catalogue.vocab, split.end)
     users = truth["user_id"].unique().sort()
