@@ -22,8 +22,10 @@ FIXED_END = datetime(2026, 10, 1, 12, tzinfo=UTC)
 
 def holdout_scores(events: pl.DataFrame, cutoff: datetime, l2: float, k: int = 10) -> dict[str, float]:
     """nDCG@k of EASE and of popularity fitted on plays before `cutoff`, on new items played after it."""
-    from recsys_platform.collaborative import fit_ease, fit_popularity
     from recsys_platform.evaluation import ndcg_at_k
+    from recsys_platform.holdout import ITEM, TIME, USER
+    from recsys_platform.holdout_baselines import fit_baseline, pair_history, top_k_unseen
+    from recsys_platform.model.params import ModelParams
 
     plays = events.filter(pl.col("event_type") == "content_start").select("user_id", "item_id", "event_time")
     train = plays.filter(pl.col("event_time") < cutoff).select("user_id", "item_id").unique()
@@ -35,9 +37,16 @@ def holdout_scores(events: pl.DataFrame, cutoff: datetime, l2: float, k: int = 1
         .join(train.select("user_id").unique(), on="user_id", how="semi")
     )
     users = truth["user_id"].unique()
+    history = pair_history(
+        train.select(pl.col("user_id").alias(USER), pl.col("item_id").alias(ITEM), pl.lit(0.0).alias(TIME)), 1.0
+    )
+
+    def top(source: str) -> pl.DataFrame:
+        return top_k_unseen(fit_baseline(source, history, ModelParams(ease_l2=l2)), history, users, k)
+
     return {
-        "ease": ndcg_at_k(truth, fit_ease(train, l2=l2).recommend(users, k), k),
-        "popularity": ndcg_at_k(truth, fit_popularity(train).recommend(users, k), k),
+        "ease": ndcg_at_k(truth, top("ease"), k),
+        "popularity": ndcg_at_k(truth, top("pop"), k),
         "test_users": float(users.len()),
     }
 

@@ -8,10 +8,12 @@ import polars as pl
 import pytest
 
 from recsys_platform import schemas
-from recsys_platform.collaborative import fit_ease, fit_popularity
 from recsys_platform.evaluation import ndcg_at_k
 from recsys_platform.generator import GeneratorConfig, _latent_tastes, generate, write_to_landing
+from recsys_platform.holdout import ITEM, TIME, USER
+from recsys_platform.holdout_baselines import fit_baseline, pair_history, top_k_unseen
 from recsys_platform.landing import LocalLandingZone, partition_key_of
+from recsys_platform.model.params import ModelParams
 from tests.conftest import FIXED_END
 
 LATENT = GeneratorConfig(n_users=400, days=14, seed=3, end=FIXED_END, tastes="latent")
@@ -207,6 +209,13 @@ def test_latent_behaviour_reads_no_profile_column(small, latent):
     assert kept / moved.height < 0.3
 
 
+def _top_10_unseen(train: pl.DataFrame, users: pl.Series, source: str, l2: float) -> pl.DataFrame:
+    """The product's candidate source `source` (binary profile) fitted on the train pairs, 10 unseen items each."""
+    rows = train.select(pl.col("user_id").alias(USER), pl.col("item_id").alias(ITEM), pl.lit(0.0).alias(TIME))
+    history = pair_history(rows, 1.0)
+    return top_k_unseen(fit_baseline(source, history, ModelParams(ease_l2=l2)), history, users, 10)
+
+
 def test_latent_tastes_are_learnable_by_collaborative_filtering_not_by_popularity():
     # Temporal split: plays before the cutoff train EASE (binary, l2 200) and all-time popularity;
     # each user's new items after it are the truth. benchmarks/synthetic_tastes.py at 3000 users.
@@ -222,8 +231,8 @@ def test_latent_tastes_are_learnable_by_collaborative_filtering_not_by_popularit
         .join(train.select("user_id").unique(), on="user_id", how="semi")
     )
     users = truth["user_id"].unique()
-    ease = ndcg_at_k(truth, fit_ease(train, l2=200.0).recommend(users, 10), 10)
-    popularity = ndcg_at_k(truth, fit_popularity(train).recommend(users, 10), 10)
+    ease = ndcg_at_k(truth, _top_10_unseen(train, users, "ease", 200.0), 10)
+    popularity = ndcg_at_k(truth, _top_10_unseen(train, users, "pop", 200.0), 10)
     # 697 users with new items after the cutoff: EASE 0.1611, popularity 0.0964 (1.67x)
     assert users.len() == 697
     assert ease == pytest.approx(0.1611, abs=1e-3)
