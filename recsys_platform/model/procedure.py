@@ -72,12 +72,13 @@ def choose_params(
 
 
 def user_cutoffs(split: Split, vocab: Vocabulary, rows: np.ndarray) -> np.ndarray:
-    """Epoch seconds of each row's cutoff in `split` (the split's end for users it does not hold out)."""
+    """Epoch seconds of each row's cutoff in `split` (for users it does not hold out: its cutoff of the others,
+    else its end)."""
     frame = pl.DataFrame({"user_id": vocab.user_ids.gather(rows)}).join(
         split.cutoffs, on="user_id", how="left", maintain_order="left"
     )
     cut = frame["cutoff"].dt.epoch("us").cast(pl.Float64) / 1e6
-    return cut.fill_null(epoch_s(split.end)).to_numpy()
+    return cut.fill_null(epoch_s(split.others_cutoff or split.end)).to_numpy()
 
 
 def training_set(

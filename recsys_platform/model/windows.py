@@ -42,16 +42,18 @@ class Split:
     """Per-user cutoffs: events before a user's cutoff are known, events in [cutoff, end) are to predict."""
 
     name: str
-    cutoffs: pl.DataFrame  # user_id, cutoff (users absent: every event of theirs is known, none predicted)
+    cutoffs: pl.DataFrame  # user_id, cutoff of the users held out
     end: datetime
     known_until: datetime  # the latest cutoff: when the known part ends for everyone
+    # The cutoff of users absent from `cutoffs`. None (per-user): their every event is known, none predicted.
+    # The global split's one cutoff: users it does not evaluate (no history before it) are still unknown from it on.
+    others_cutoff: datetime | None = None
 
     def known(self, interactions: pl.DataFrame) -> pl.DataFrame:
         """The interactions the models may read (before each user's cutoff)."""
+        others = pl.lit(self.others_cutoff or self.end, dtype=TS)
         lf = interactions.lazy().join(self.cutoffs.lazy(), on="user_id", how="left")
-        return (
-            lf.filter(pl.col("event_time") < pl.coalesce("cutoff", pl.lit(self.end, dtype=TS))).drop("cutoff").collect()
-        )
+        return lf.filter(pl.col("event_time") < pl.coalesce("cutoff", others)).drop("cutoff").collect()
 
     def truth(self, interactions: pl.DataFrame) -> pl.DataFrame:
         """(user, item, relevance) of the pairs to predict: the best event of each in [cutoff, end)."""
@@ -121,7 +123,7 @@ def global_split(interactions: pl.DataFrame, fraction: float = 0.1, name: str = 
     after = interactions.filter(pl.col("event_time") >= cutoff).select("user_id").unique()
     users = before.join(after, on="user_id", how="semi").sort("user_id")
     cutoffs = users.with_columns(cutoff=pl.lit(cutoff, dtype=TS))
-    return Split(name, cutoffs, end, cutoff)
+    return Split(name, cutoffs, end, cutoff, others_cutoff=cutoff)
 
 
 def repeat_share(interactions: pl.DataFrame) -> float:
