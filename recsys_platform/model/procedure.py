@@ -72,25 +72,36 @@ def choose_params(
 
 
 def user_cutoffs(split: Split, vocab: Vocabulary, rows: np.ndarray) -> np.ndarray:
-    """Epoch seconds of each row's cutoff in `split` (for users it does not hold out: its cutoff of the others,
-    else its end)."""
+    """Epoch seconds of each row's cutoff in `split` (for users it does not hold out: its common cutoff, else
+    its end)."""
     frame = pl.DataFrame({"user_id": vocab.user_ids.gather(rows)}).join(
         split.cutoffs, on="user_id", how="left", maintain_order="left"
     )
     cut = frame["cutoff"].dt.epoch("us").cast(pl.Float64) / 1e6
-    return cut.fill_null(epoch_s(split.others_cutoff or split.end)).to_numpy()
+    return cut.fill_null(epoch_s(split.common_cutoff or split.end)).to_numpy()
+
+
+def feature_times(split: Split, vocab: Vocabulary, rows: np.ndarray, history: PairHistory) -> np.ndarray:
+    """Epoch seconds each row's features and candidates are as of. A global split's cutoff is one time for
+    everyone, as serving's now is; a per-user cutoff is the time of the user's own next event, which no feature
+    may read, so under a per-user split it is just after the user's latest known event in `history`."""
+    if split.common_cutoff is not None:
+        return user_cutoffs(split, vocab, rows)
+    last = history.user_last_s()[rows]
+    return np.where(np.isfinite(last), last + 1e-6, epoch_s(split.known_until))
 
 
 def training_set(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, params: ModelParams, max_users: int
 ) -> pl.DataFrame:
     """The ranker's training rows: candidates of the inner per-user split's users (at most `max_users`,
-    seeded sample) with every feature as of each user's cutoff and the relevance of their held-out pairs."""
+    seeded sample) with every feature as of the user's latest known event (`feature_times`) and the relevance of
+    their held-out pairs."""
     split = per_user_split(interactions, name="training")
     known, truth = split.known(interactions), split.truth(interactions)
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
-    history = PairHistory.build(known, vocab, split.end)
+    history = PairHistory.build(known, vocab, split.known_until)
     fitted = Recommender(
         params, catalogue, history, fit_sources(history, catalogue, params), ItemStats.fit(history), None
     )
@@ -102,7 +113,7 @@ def training_set(
     parts = []
     for start in range(0, len(rows), BLOCK_USERS):
         r = rows[start : start + BLOCK_USERS]
-        profiles, block = fitted.block(r, user_cutoffs(split, vocab, r))
+        profiles, block = fitted.block(r, feature_times(split, vocab, r, history))
         pairs = pairs_frame(block, profiles, vocab.user_ids, vocab.item_ids)
         feats = pl.DataFrame(block.features, schema=list(FEATURES), orient="row")
         parts.append(pl.concat([pairs, feats], how="horizontal"))
@@ -179,7 +190,7 @@ def evaluate(
     if max_users and test_users.len() > max_users:
         test_users = test_users.sample(max_users, seed=rec.params.seed).sort()
         truth = truth.join(pl.DataFrame({"user_id": test_users}), on="user_id", how="semi")
-    cut = user_cutoffs(split, rec.vocab, rec.vocab.user_rows(test_users).clip(0))
+    cut = feature_times(split, rec.vocab, rec.vocab.user_rows(test_users).clip(0), rec.history)
     pop = pl.DataFrame({"item_id": rec.vocab.item_ids, "count": rec.stats.users})
     rows = []
     scorers = {"ranker": rec.scorer, **{name: ColumnScorer(col) for name, col in BASELINES.items()}}

@@ -44,14 +44,15 @@ class Split:
     name: str
     cutoffs: pl.DataFrame  # user_id, cutoff of the users held out
     end: datetime
-    known_until: datetime  # the latest cutoff: when the known part ends for everyone
-    # The cutoff of users absent from `cutoffs`. None (per-user): their every event is known, none predicted.
-    # The global split's one cutoff: users it does not evaluate (no history before it) are still unknown from it on.
-    others_cutoff: datetime | None = None
+    known_until: datetime  # when the known part ends: just after its newest event (global: the cutoff)
+    # The global split's one cutoff, for every user: users it does not evaluate are unknown from it on too, and
+    # features are as of it. None for a per-user split: users absent from `cutoffs` are known whole, and each
+    # cutoff is the time of that user's next event, which features must not read (`procedure.feature_times`).
+    common_cutoff: datetime | None = None
 
     def known(self, interactions: pl.DataFrame) -> pl.DataFrame:
         """The interactions the models may read (before each user's cutoff)."""
-        others = pl.lit(self.others_cutoff or self.end, dtype=TS)
+        others = pl.lit(self.common_cutoff or self.end, dtype=TS)
         lf = interactions.lazy().join(self.cutoffs.lazy(), on="user_id", how="left")
         return lf.filter(pl.col("event_time") < pl.coalesce("cutoff", others)).drop("cutoff").collect()
 
@@ -106,7 +107,9 @@ def per_user_split(interactions: pl.DataFrame, fraction: float = 0.2, name: str 
         .sort("user_id")
         .collect()
     )
-    known_until = ranked["cutoff"].max() if ranked.height else end
+    # Not the latest cutoff: that is the time of a held-out event.
+    newest = Split(name, ranked, end, end).known(interactions)["event_time"].max()
+    known_until = newest + timedelta(microseconds=1) if newest is not None else end
     return Split(name, ranked, end, known_until)
 
 
@@ -123,7 +126,7 @@ def global_split(interactions: pl.DataFrame, fraction: float = 0.1, name: str = 
     after = interactions.filter(pl.col("event_time") >= cutoff).select("user_id").unique()
     users = before.join(after, on="user_id", how="semi").sort("user_id")
     cutoffs = users.with_columns(cutoff=pl.lit(cutoff, dtype=TS))
-    return Split(name, cutoffs, end, cutoff, others_cutoff=cutoff)
+    return Split(name, cutoffs, end, cutoff, common_cutoff=cutoff)
 
 
 def repeat_share(interactions: pl.DataFrame) -> float:
