@@ -8,7 +8,7 @@ import polars as pl
 from assets.partitions import arrival_hours
 from assets.pools import RAW_EVENTS_POOL
 from recsys_platform import schemas
-from recsys_platform.ingestion import ingest_files, read_table_updates
+from recsys_platform.ingestion import imported_event_floors, ingest_files, read_table_updates
 from recsys_platform.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PREFIX
 from resources import LandingZoneResource
 
@@ -61,13 +61,15 @@ def raw_events(context: dg.AssetExecutionContext, landing: LandingZoneResource, 
     zone = landing.zone()
     by_partition = zone.files_by_partition(context.partition_keys)
     known = set(items["item_id"].to_list())
+    # Once per run, the imports that landed in these hours: their history is accepted back to its earliest time.
+    floors = imported_event_floors(zone, context.partition_keys)
     events: dict[str, pl.DataFrame] = {}
     quarantined: dict[str, pl.DataFrame] = {}
     totals = {"rows_in": 0, "valid": 0, "quarantined": 0, "duplicates": 0, "files": 0, "unreadable_files": 0}
     reasons: dict[str, int] = {}
     for key in sorted(by_partition):
         hour = datetime.strptime(key, PARTITION_KEY_FORMAT).replace(tzinfo=UTC)
-        result = ingest_files(zone, by_partition[key], key, hour, known)
+        result = ingest_files(zone, by_partition[key], key, hour, known, floors)
         events[key], quarantined[key] = result.events, result.quarantined
         for name in totals:
             totals[name] += result.stats[name]

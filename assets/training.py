@@ -7,6 +7,7 @@ whole on each protocol's holdout: what the gate measures is what `recommendation
 import json
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from assets.features import feature_cutoff
@@ -149,15 +150,28 @@ def model_evaluation(
     params = pipeline.params()
     history = read_history(interactions)
     ref = registry.ModelRef(**ranker_model)
+    champion_version = registry.alias_version(mlflow.tracking_uri, model_name=ref.name)
+    champion = None
+    if champion_version and champion_version != ref.version:
+        scorer, champion_params, _ = registry.load_scorer(mlflow.tracking_uri, champion_version, ref.name)
+        champion = (scorer, ModelParams.from_dict(champion_params))
     tables, facts = [], {}
     for protocol in procedure.PROTOCOLS:
         table, about = procedure.evaluate(
-            history, items, users, protocol, pipeline.model_params(), params.max_training_users, params.ranker_threads
+            history,
+            items,
+            users,
+            protocol,
+            pipeline.model_params(),
+            params.max_training_users,
+            params.ranker_threads,
+            champion,
         )
         tables.append(table)
         facts[protocol] = about
     table = pl.concat(tables)
-    decision = _gate(context, table, ref, training_set, mlflow, params.promotion_margin, facts)
+    decision = _gate(context, table, ref, training_set, mlflow, params.promotion_margin, champion_version)
+    served = registry.alias_version(mlflow.tracking_uri, model_name=ref.name) or "none"
     logged = {f"{r['protocol']}.{r['model']}.{r['metric']}": r["value"] for r in table.iter_rows(named=True)}
     registry.log_run_metrics(mlflow.tracking_uri, ref.run_id, logged)
     context.add_output_metadata(
@@ -166,42 +180,60 @@ def model_evaluation(
             "metrics": dg.MetadataValue.md(_metrics_markdown(table)),
             "gate_decision": decision.alias,
             "gate_reason": decision.reason,
-            "served_version": decision.version,
+            "served_version": served,
             "model_version": ref.version,
             "protocols": dg.MetadataValue.json(
                 {p: {k: str(v) for k, v in f.items() if k != "tuning_ndcg@10"} for p, f in facts.items()}
             ),
         }
     )
-    return table.with_columns(model_version=pl.lit(ref.version), served_version=pl.lit(decision.version))
+    return table.with_columns(model_version=pl.lit(ref.version), served_version=pl.lit(served))
 
 
 def _gate(
-    context, table: pl.DataFrame, ref, training_set: pl.DataFrame, mlflow, margin: float, facts
+    context, table: pl.DataFrame, ref, training_set: pl.DataFrame, mlflow, margin: float, champion: str | None
 ) -> registry.GateDecision:
-    """Promote the ranker if it beats the strongest baseline on the primary protocol, else serve the best
-    personalised baseline (registered as a version of its own, with the same params)."""
+    """Promote the ranker if it beats the strongest baseline and the serving champion on the primary protocol.
+    Otherwise the champion stays when it beats the strongest baseline; if nothing does, the best personalised
+    baseline is registered as a version of its own (same params) and served."""
     primary = procedure.PRIMARY_PROTOCOL
     ranker = procedure.metric(table, primary, "ranker")
     name, best = procedure.strongest_baseline(table, primary)
-    decision = registry.promotion_gate(mlflow.tracking_uri, ref, ranker, best, None, margin, baseline_name=name)
-    if decision.promoted or decision.alias == "champion":
+    champion_score = procedure.metric(table, primary, "champion") if champion and champion != ref.version else None
+    if champion_score is not None and np.isnan(champion_score):
+        champion_score = None
+    decision = registry.promotion_gate(
+        mlflow.tracking_uri, ref, ranker, best, champion_score, margin, baseline_name=name
+    )
+    if decision.alias == "champion" or (champion_score is not None and champion_score > best):
         return decision
     personal, score = procedure.strongest_baseline(table, primary, procedure.PERSONALISED_BASELINES)
-    tags = registry.version_tags(mlflow.tracking_uri, ref.version, ref.name)
+    params = json.loads(
+        registry.version_tags(mlflow.tracking_uri, ref.version, ref.name).get(registry.PARAMS_TAG, "{}")
+    )
+    feature = procedure.BASELINES[personal]
+    if champion:
+        tags = registry.version_tags(mlflow.tracking_uri, champion, ref.name)
+        if (
+            tags.get(registry.SCORER_TAG) == f"column:{feature}"
+            and json.loads(tags.get(registry.PARAMS_TAG, "{}")) == params
+        ):
+            context.log.info(f"champion v{champion} already serves {personal} with these params: kept")
+            return decision
     baseline_ref = registry.log_baseline_version(
         tracking_uri=mlflow.tracking_uri,
         artifact_uri=mlflow.artifact_uri,
         experiment=mlflow.experiment,
-        feature=procedure.BASELINES[personal],
+        feature=feature,
         input_example=training_set.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).head(20),
-        model_params=json.loads(tags.get(registry.PARAMS_TAG, "{}")),
+        model_params=params,
         tags={"dagster.run_id": context.run.run_id, "baseline": personal},
         model_name=ref.name,
     )
     reason = (
-        f"ranker v{ref.version} ({ranker:.4f}) did not beat {name} ({best:.4f}) on the {primary} holdout: "
-        f"serving the best personalised baseline, {personal} ({score:.4f})"
+        f"ranker v{ref.version} ({ranker:.4f}) did not beat {name} ({best:.4f}) on the {primary} holdout"
+        + (f" and champion v{champion} ({champion_score:.4f}) does not either" if champion_score is not None else "")
+        + f": serving the best personalised baseline, {personal} ({score:.4f})"
     )
     context.log.warning(reason)
     return registry.promote(

@@ -119,6 +119,33 @@ def quickstart(
     print_summary(console, settings, time.perf_counter() - started)
 
 
+@app.command()
+def train(verbose: VerboseOption = False) -> None:
+    """Run the training cycle on the project's ingested events (features, training, evaluation and gate,
+    batch recommendations, blue-green deploy), then print the quickstart's summary."""
+    from recsys_platform.summary import print_summary
+
+    started = time.perf_counter()
+    settings = _prepare_environment()
+    _require_ingested_events(settings)
+    _run_job_with_progress("training_cycle", "features, training, evaluation, deploy", verbose=verbose)
+    print_summary(console, settings, time.perf_counter() - started)
+
+
+def _require_ingested_events(settings: Settings) -> None:
+    """Exit 1 with one line when the project instance has never ingested events (the cycle would fail on
+    an empty lake with a column error several steps in)."""
+    import dagster as dg
+
+    if dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("raw_events")) is None:
+        console.print(
+            f"[red]nothing to train on:[/red] no events ingested under RECSYS_HOME={settings.home}; "
+            "run `recsys import ... --ingest` (or `recsys quickstart`) first",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
 def _run_batch_sets(shards: list[str] | None = None, verbose: bool = False) -> None:
     """Run `recommendation_sets_batch` once per user shard (all shards by default)."""
     from assets.recommendation_sets import SHARD_KEYS
@@ -253,12 +280,21 @@ def import_data(
     complete_at: Annotated[float, typer.Option(help="Weight at or above which a row is a completion.")] = 4.0,
     start_at: Annotated[float, typer.Option(help="Weight at or above which a row is a start (below: bounce).")] = 3.0,
     rebase_time: Annotated[bool, typer.Option(help="Shift times so the newest event is now (order kept).")] = False,
+    keep_history: Annotated[
+        bool,
+        typer.Option(
+            help="Keep event times older than the app launch (RECSYS_APP_LAUNCH, default 2019-01-01): the import "
+            "records its earliest event time and ingestion accepts its events back to it. --no-keep-history "
+            "refuses such data."
+        ),
+    ] = True,
     dataset: Annotated[str | None, typer.Option(help="Dataset name (event id prefix); default: file name.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Landing file format: parquet or jsonl.")] = "parquet",
     ingest: Annotated[bool, typer.Option(help="Then run ingest_events for the landed arrival hour.")] = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Import interactions (+ items, users) into the landing zone in the native layout."""
+    """Import interactions (+ items, users) into the landing zone in the native layout; print what became of
+    every row (kept, merged as an exact duplicate, refused with a reason)."""
     from recsys_platform import importer
     from recsys_platform.landing import landing_zone_from_url
 
@@ -267,6 +303,7 @@ def import_data(
     opts = {
         "thresholds": importer.WeightThresholds(complete_at=complete_at, start_at=start_at),
         "rebase_time": rebase_time,
+        "keep_history": keep_history,
         "fmt": f".{fmt.lstrip('.')}",
     }
     try:
@@ -298,15 +335,36 @@ def import_data(
         f"landed {result.dataset}: {result.events:,} events, {result.items:,} items, {result.users:,} users "
         f"in {len(result.files)} files under {zone.url} (arrival hour {result.partition_key}{shift})"
     )
+    refused = sum(result.refused.values())
+    console.print(
+        f"rows: {result.rows_in:,} read, {result.kept:,} kept, {result.merged:,} merged (exact duplicates), "
+        f"{refused:,} refused; earliest event {result.earliest_event_time:%Y-%m-%d %H:%M:%S} UTC, "
+        f"recorded in {result.manifest_key}"
+    )
+    if refused:
+        reasons = ", ".join(f"{n:,} {reason}" for reason, n in result.refused.items())
+        console.print(f"[yellow]refused:[/yellow] {reasons}; each row with its reason in {result.refused_file}")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if ingest:
         from recsys_platform.definitions import partition_range_tags
 
         tags = partition_range_tags(result.partition_key, result.partition_key)
-        _run_job_with_progress("ingest_events", f"ingesting {result.partition_key}", tags, verbose)
+        run = _run_job_with_progress("ingest_events", f"ingesting {result.partition_key}", tags, verbose)
+        _print_ingested(run)
     else:
         console.print(f"next: materialize raw_events for {result.partition_key} (`recsys ui`, or re-run with --ingest)")
+
+
+def _print_ingested(run: object) -> None:
+    """One line from raw_events' metadata: rows in, valid, duplicates, quarantined by reason."""
+    meta = run.asset_materializations_for_node("raw_events")[0].metadata  # type: ignore[attr-defined]
+    reasons = meta["quarantine_reasons"].value or {}
+    by_reason = f" ({', '.join(f'{n:,} {r}' for r, n in sorted(reasons.items()))})" if reasons else ""
+    console.print(
+        f"ingested: {meta['rows_in'].value:,} rows, {meta['valid'].value:,} valid, "
+        f"{meta['duplicates'].value:,} duplicates, {meta['quarantined'].value:,} quarantined{by_reason}"
+    )
 
 
 @deploy_app.command("status")
@@ -345,6 +403,97 @@ def deploy_rollback() -> None:
         pointer = rollback(store)
     elapsed = (time.perf_counter() - started) * 1000
     console.print(f"active slot is now {pointer.active_slot} (model {pointer.model_version}) after {elapsed:.1f} ms")
+
+
+@benchmark_app.command("quality")
+def benchmark_quality(
+    path: Annotated[
+        Path | None,
+        typer.Option(help="MovieLens u.data, ratings.csv or RecBole dir / .inter (default: fetch RecBole's ml-100k)."),
+    ] = None,
+    interactions: Annotated[
+        Path | None, typer.Option(help="A generic CSV/Parquet interactions file instead (columns as `recsys import`).")
+    ] = None,
+    user_col: Annotated[str, typer.Option(help="--interactions: column of the user id.")] = "user_id",
+    item_col: Annotated[str, typer.Option(help="--interactions: column of the item id.")] = "item_id",
+    time_col: Annotated[str, typer.Option(help="--interactions: column of the timestamp.")] = "timestamp",
+    weight_col: Annotated[str | None, typer.Option(help="--interactions: column of a weight/rating.")] = None,
+    event_col: Annotated[str | None, typer.Option(help="--interactions: column of the event type.")] = None,
+    event_type: Annotated[
+        list[str] | None, typer.Option(help="--interactions: map an event, e.g. click=content_start.")
+    ] = None,
+    protocol: Annotated[
+        list[str] | None, typer.Option(help="per-user (default), global or random (repeatable).")
+    ] = None,
+    seed: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="random protocol split seeds (repeatable; default 1). 42-44 were used in development: report others."
+        ),
+    ] = None,
+    users: Annotated[int | None, typer.Option(min=1, help="Measure a seeded sample of this many users.")] = None,
+    env: Annotated[
+        list[str] | None, typer.Option(help="Setting for the product's processes, e.g. RECSYS_TOP_N=100.")
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Keep homes, train files and logs here (default: removed).")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every figure to this JSON file.")] = None,
+) -> None:
+    """Real-data quality through the product: split, `recsys import --ingest` + `recsys train` per split, score
+    what the API serves against the held-out rows beside popularity, recent popularity, item-kNN and EASE."""
+    import json
+    import logging
+
+    from rich.logging import RichHandler
+
+    from recsys_platform.holdout import PROTOCOLS, TableColumns
+    from recsys_platform.importer import DatasetImportError, parse_pairs
+    from recsys_platform.quality_benchmark import (
+        DEFAULT_SEEDS,
+        BenchmarkRunError,
+        QualityConfig,
+        format_tables,
+        run_quality_benchmark,
+    )
+
+    if path is not None and interactions is not None:
+        raise typer.BadParameter("give --path (MovieLens) or --interactions (a table), not both")
+    unknown = [p for p in protocol or () if p not in PROTOCOLS]
+    if unknown:
+        raise typer.BadParameter(f"unknown protocol(s) {unknown}; expected {list(PROTOCOLS)}", param_hint="--protocol")
+    try:
+        product_env = parse_pairs(env, "--env")
+    except DatasetImportError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--env") from None
+    config = QualityConfig(
+        path=interactions or path,
+        columns=TableColumns(user_col, item_col, time_col) if interactions else None,
+        weight_col=weight_col,
+        event_col=event_col,
+        event_types=tuple(event_type or ()),
+        protocols=tuple(protocol or ("per-user",)),
+        seeds=tuple(seed or DEFAULT_SEEDS),
+        users=users,
+        product_env=product_env,
+        work_dir=work_dir,
+    )
+    handler = RichHandler(console=console, show_path=False)
+    package = logging.getLogger("recsys_platform")
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        with console.status("measuring through the product (import, train, serve per split)"):
+            result = run_quality_benchmark(config, command=sys.argv)
+    except BenchmarkRunError as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        package.removeHandler(handler)
+    console.print(format_tables(result), markup=False, highlight=False, soft_wrap=True)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2, default=str))
+        console.print(f"every figure in {json_path}")
 
 
 @app.command("push-worker")

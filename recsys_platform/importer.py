@@ -9,12 +9,28 @@ are quarantined by ingestion like any others. Built-in readers cover MovieLens: 
 
 Event ids are derived from the content (dataset, user, item, time, occurrence), so importing the same
 file twice lands the same ids and the second copy is deduplicated downstream.
+
+What each interaction row becomes:
+- a weight (rating) column only: >= complete_at a completion, >= start_at a start, below a bounce;
+  completions and bounces get the start they imply (`WeightThresholds`);
+- neither an event type nor a weight column (implicit feedback): every row is a play (`content_start`);
+- both: the event type decides (through the `event_types` mapping); the weight decides only the rows
+  whose event type is empty, as in a ratings file; weights on rows with an event type are not used
+  (counted in a warning).
+
+Nothing is dropped silently: each source row is kept, merged as an exact duplicate or refused with a
+reason (`recsys_platform.import_rows`). Refused rows are written with their reason, row number and
+content next to the import's manifest (imports/<import-id>/, see `recsys_platform.landing.ImportManifest`)
+rather than landed as events: they have no usable id or time to land under, and an events/ partition
+reconciles exactly the rows that landed in it. The manifest also records the earliest event time landed;
+ingestion accepts the import's events back to it in every later process
+(`recsys_platform.ingestion.imported_event_floors`), so historical data needs no RECSYS_APP_LAUNCH.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,11 +38,24 @@ import polars as pl
 
 from recsys_platform import schemas
 from recsys_platform.generator import encode_frame
-from recsys_platform.ingestion import app_launch, parse_event_times
+from recsys_platform.import_rows import (
+    ColumnMapping,
+    DatasetImportError,
+    check_mapping,
+    event_type_text,
+    read_table,
+    require_columns,
+    screen_interactions,
+    to_datetime,
+    weight_value,
+)
+from recsys_platform.ingestion import app_launch
 from recsys_platform.landing import (
+    IMPORTS_PREFIX,
     ITEMS_PREFIX,
     PARTITION_KEY_FORMAT,
     USERS_PREFIX,
+    ImportManifest,
     LandingZone,
     event_file_key,
     new_batch_id,
@@ -35,7 +64,6 @@ from recsys_platform.movielens import load_movielens
 
 logger = logging.getLogger(__name__)
 
-EVENT_METADATA_COLUMNS = ("session_id", "seconds_listened", "query")
 VOCABULARIES: dict[str, tuple[str, ...]] = {
     "content_type": schemas.CONTENT_TYPES,
     "level": schemas.LEVELS,
@@ -44,26 +72,8 @@ VOCABULARIES: dict[str, tuple[str, ...]] = {
     "household_type": schemas.HOUSEHOLD_TYPES,
     "subscription_status": schemas.SUBSCRIPTION_STATUSES,
 }
+DEFAULT_MAPPING = ColumnMapping()  # user_id, item_id, timestamp; every row a play
 MOVIELENS_ITEM_COLUMNS = {"title": "movie_title", "topic": "genres", "release_date": "release_year"}
-
-
-class DatasetImportError(ValueError):
-    """The dataset cannot be imported as given (missing column, bad mapping, unusable timestamps)."""
-
-
-@dataclass(frozen=True)
-class ColumnMapping:
-    """Which source column holds each platform column. `item_columns`, `user_columns` and
-    `event_columns` map platform column -> source column for metadata (e.g. {"title": "movie_title"})."""
-
-    user_id: str = "user_id"
-    item_id: str = "item_id"
-    timestamp: str = "timestamp"
-    event_type: str | None = None
-    weight: str | None = None
-    event_columns: dict[str, str] = field(default_factory=dict)
-    item_columns: dict[str, str] = field(default_factory=dict)
-    user_columns: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ class WeightThresholds:
 
 @dataclass
 class ImportResult:
-    """What an import landed."""
+    """What an import landed, and what became of each source row (rows_in = kept + merged + refused)."""
 
     dataset: str
     events: int
@@ -89,6 +99,13 @@ class ImportResult:
     derived_users: bool
     time_shift: timedelta | None
     warnings: list[str] = field(default_factory=list)
+    rows_in: int = 0
+    kept: int = 0
+    merged: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    earliest_event_time: datetime | None = None
+    manifest_key: str | None = None
+    refused_file: str | None = None
 
 
 def parse_pairs(pairs: list[str] | None, what: str = "mapping") -> dict[str, str]:
@@ -100,44 +117,6 @@ def parse_pairs(pairs: list[str] | None, what: str = "mapping") -> dict[str, str
             raise DatasetImportError(f"{what} {pair!r} is not of the form name=value")
         out[key.strip()] = value.strip()
     return out
-
-
-def read_table(path: Path) -> pl.DataFrame:
-    """Read a CSV (.csv, .tsv, .txt) or Parquet file."""
-    path = Path(path)
-    if not path.exists():
-        raise DatasetImportError(f"{path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pl.read_parquet(path)
-    if suffix in (".csv", ".tsv", ".txt"):
-        sep = "\t" if suffix == ".tsv" else ","
-        return pl.read_csv(path, separator=sep, infer_schema_length=10_000, encoding="utf8-lossy")
-    raise DatasetImportError(f"{path}: expected .csv, .tsv or .parquet")
-
-
-def _require(df: pl.DataFrame, columns: list[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise DatasetImportError(f"{what} has no column {', '.join(missing)} (columns: {', '.join(df.columns)})")
-
-
-def _to_datetime(s: pl.Series) -> pl.Series:
-    """Epoch seconds or milliseconds (numbers), ISO strings or datetimes to UTC datetimes."""
-    if isinstance(s.dtype, pl.Datetime):
-        return s.dt.replace_time_zone("UTC") if s.dtype.time_zone is None else s.dt.convert_time_zone("UTC")
-    if s.dtype.is_numeric():
-        f = s.cast(pl.Float64)
-        millis = f.abs().max() is not None and f.abs().max() > 1e11  # after year 5138 in seconds: milliseconds
-        us = (f * (1_000 if millis else 1_000_000)).round().cast(pl.Int64)
-        return us.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-    if s.dtype == pl.String:
-        parsed = parse_event_times(s)
-        if (parsed.is_null() & s.is_not_null()).any():
-            bad = s.filter(parsed.is_null() & s.is_not_null()).head(3).to_list()
-            raise DatasetImportError(f"timestamps not understood, e.g. {bad}")
-        return parsed
-    raise DatasetImportError(f"timestamp column of type {s.dtype} is not a datetime, an epoch or an ISO string")
 
 
 def _first(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
@@ -162,7 +141,7 @@ def _map_columns(
     unknown = sorted(set(mapping) - set(schema))
     if unknown:
         raise DatasetImportError(f"cannot map onto unknown platform columns {unknown}; known: {list(schema)}")
-    _require(df, [key_col, *mapping.values()], "the file")
+    require_columns(df, [key_col, *mapping.values()], "the file")
     exprs = [pl.col(key_col).cast(pl.String).alias(key)]
     warnings = []
     for native, source in mapping.items():
@@ -186,20 +165,12 @@ def to_events(
     event_types: dict[str, str] | None = None,
     thresholds: WeightThresholds = WeightThresholds(),
 ) -> pl.DataFrame:
-    """Native raw events (RAW_EVENT_SCHEMA) from an interactions table."""
-    cols = [mapping.user_id, mapping.item_id, mapping.timestamp, *mapping.event_columns.values()]
-    cols += [c for c in (mapping.event_type, mapping.weight) if c]
-    _require(interactions, cols, "the interactions file")
-    bad = sorted(set(mapping.event_columns) - set(EVENT_METADATA_COLUMNS))
-    if bad:
-        raise DatasetImportError(f"event metadata can map onto {EVENT_METADATA_COLUMNS}, not {bad}")
-    if mapping.event_type:
-        kind = pl.col(mapping.event_type).cast(pl.String)
-        if event_types:
-            kind = kind.replace(event_types)  # unmapped values pass through; ingestion quarantines unknown ones
-    elif mapping.weight:
-        w = pl.col(mapping.weight).cast(pl.Float64, strict=False)
-        kind = (
+    """Native raw events (RAW_EVENT_SCHEMA) from an interactions table (screened: see `screen_interactions`)."""
+    check_mapping(interactions, mapping)
+    from_weight: pl.Expr = pl.lit(False)
+    if mapping.weight:
+        w = weight_value(mapping.weight)
+        by_weight = (
             pl.when(w >= thresholds.complete_at)
             .then(pl.lit("content_complete"))
             .when(w >= thresholds.start_at)
@@ -207,16 +178,26 @@ def to_events(
             .when(w.is_not_null())
             .then(pl.lit("content_exit"))
         )
+    if mapping.event_type:
+        kind = event_type_text(mapping.event_type, interactions.schema[mapping.event_type])
+        if event_types:
+            kind = kind.replace(event_types)  # unmapped values pass through; ingestion quarantines unknown ones
+        if mapping.weight:  # the weight types the rows without an event type
+            from_weight = kind.is_null() & by_weight.is_not_null()
+            kind = pl.coalesce(kind, by_weight)
+    elif mapping.weight:
+        kind, from_weight = by_weight, by_weight.is_not_null()
     else:
         kind = pl.lit("content_start")  # implicit feedback: every row is a play
     frame = interactions.select(
         user_id=pl.col(mapping.user_id).cast(pl.String),
         item_id=pl.col(mapping.item_id).cast(pl.String),
-        event_time=_to_datetime(interactions[mapping.timestamp]),
+        event_time=to_datetime(interactions[mapping.timestamp]),
         event_type=kind,
+        _from_weight=from_weight,
         **{native: pl.col(src) for native, src in mapping.event_columns.items()},
     )
-    if mapping.weight and not mapping.event_type:
+    if mapping.weight:
         frame = _with_implied_starts(frame, bounce_seconds="seconds_listened" not in mapping.event_columns)
     stamp = pl.col("event_time").dt.epoch("us").cast(pl.String)
     occurrence = pl.int_range(pl.len()).over("user_id", "item_id", "event_time", "event_type").cast(pl.String)
@@ -229,10 +210,12 @@ def to_events(
 
 
 def _with_implied_starts(frame: pl.DataFrame, bounce_seconds: bool) -> pl.DataFrame:
-    """A completion or a bounce implies the play started: add that start, as the app would have sent it."""
-    outcomes = pl.col("event_type").is_in(["content_complete", "content_exit"])
+    """A completion or a bounce read from a weight implies the play started: add that start, as the app
+    would have sent it (rows typed by an event type column are taken as given)."""
+    outcomes = pl.col("event_type").is_in(["content_complete", "content_exit"]) & pl.col("_from_weight")
     if bounce_seconds:
-        frame = frame.with_columns(seconds_listened=pl.when(pl.col("event_type") == "content_exit").then(pl.lit(0.0)))
+        bounce = (pl.col("event_type") == "content_exit") & pl.col("_from_weight")
+        frame = frame.with_columns(seconds_listened=pl.when(bounce).then(pl.lit(0.0)))
     starts = frame.filter(outcomes).with_columns(
         event_type=pl.lit("content_start"), seconds_listened=pl.lit(None, dtype=frame.schema["seconds_listened"])
     )
@@ -277,27 +260,44 @@ def import_frames(
     event_types: dict[str, str] | None = None,
     thresholds: WeightThresholds = WeightThresholds(),
     rebase_time: bool = False,
+    keep_history: bool = False,
     fmt: str = ".parquet",
     arrival: datetime | None = None,
     rows_per_file: int = 1_000_000,
+    source: str | None = None,
 ) -> ImportResult:
-    """Convert the three tables to the native layout and write them into the landing zone."""
+    """Convert the three tables to the native layout and write them, with the import's manifest and its
+    refused rows, into the landing zone.
+
+    Events older than the app launch (`recsys_platform.ingestion.app_launch`) need a decision, else
+    nothing lands: `keep_history` keeps their times (the manifest's earliest event time is what ingestion
+    then accepts for this import's files), `rebase_time` shifts the timeline to end a minute before the
+    import. `source` names the interactions file in the refused rows (default: the dataset name)."""
     arrival = arrival or datetime.now(UTC)
-    events = to_events(interactions, mapping, dataset, event_types, thresholds)
-    if events.height == 0:
+    partition_key = f"{arrival:{PARTITION_KEY_FORMAT}}"
+    if interactions.height == 0:
         raise DatasetImportError("the interactions file has no rows")
+    screened = screen_interactions(interactions, mapping, source or dataset, partition_key)
+    refused = screened.refused_by_reason()
+    if screened.rows.height == 0:
+        first = screened.refused.row(0, named=True)
+        raise DatasetImportError(
+            f"none of the {screened.rows_in:,} interaction rows can be imported ({_counts_text(refused)}); "
+            f"e.g. row {first['source_row']}: {first['detail']}"
+        )
+    events = to_events(screened.rows, mapping, dataset, event_types, thresholds)
     shift = None
     if rebase_time:  # keep the order and the gaps, end one minute before the import
         shift = (arrival - timedelta(minutes=1)) - events["event_time"].max()
         events = events.with_columns(pl.col("event_time") + shift)
-    floor = app_launch()
-    early = events.filter(pl.col("event_time") < floor).height
-    if early:
+    launch = app_launch()
+    early = events.filter(pl.col("event_time") < launch).height
+    if early and not keep_history:
         raise DatasetImportError(
-            f"{early:,} of {events.height:,} events are before {floor:%Y-%m-%d}, the earliest event time ingestion "
-            "accepts (RECSYS_APP_LAUNCH); they would all be quarantined. Import with rebase_time (--rebase-time) to "
-            f"shift the timeline to end now, or set RECSYS_APP_LAUNCH (e.g. {events['event_time'].min():%Y-%m-%d}) "
-            "for the import and for Dagster."
+            f"{early:,} of {events.height:,} events are before {launch:%Y-%m-%d}, the earliest time ingestion "
+            "accepts from the app (RECSYS_APP_LAUNCH). Import with keep_history (--keep-history, the default) "
+            "to keep their times (ingestion then accepts this import's events back to its earliest one), or with "
+            "rebase_time (--rebase-time) to shift the timeline to end now."
         )
     item_meta, item_warn = _map_columns(items, "item_id", mapping.item_id, mapping.item_columns, schemas.ITEM_SCHEMA)
     user_meta, user_warn = _map_columns(users, "user_id", mapping.user_id, mapping.user_columns, schemas.USER_SCHEMA)
@@ -305,41 +305,92 @@ def import_frames(
         item_meta = _shift_dates(item_meta, "release_date", shift)
         user_meta = _shift_dates(user_meta, "signup_date", shift)
     item_table, user_table = _derived_items(events, item_meta), _derived_users(events, user_meta)
-    files = [
-        f"{ITEMS_PREFIX}{new_batch_id(arrival)}{fmt}",
-        f"{USERS_PREFIX}{new_batch_id(arrival)}{fmt}",
-    ]
-    zone.write_bytes(files[0], encode_frame(item_table, fmt))
-    zone.write_bytes(files[1], encode_frame(user_table, fmt))
-    # Catalog and profiles land first, so the events' items are known when the hour is ingested.
+    import_id = new_batch_id(arrival)
+    tables = {f"{ITEMS_PREFIX}{new_batch_id(arrival)}{fmt}": item_table}
+    tables[f"{USERS_PREFIX}{new_batch_id(arrival)}{fmt}"] = user_table
+    chunks: dict[str, pl.DataFrame] = {}
     for n, start in enumerate(range(0, events.height, rows_per_file)):
-        key = event_file_key(arrival, fmt, new_batch_id(arrival + timedelta(microseconds=n)))
-        zone.write_bytes(key, encode_frame(events.slice(start, rows_per_file), fmt))
-        files.append(key)
-    warnings = item_warn + user_warn
+        batch_id = new_batch_id(arrival + timedelta(microseconds=n))
+        chunks[event_file_key(arrival, fmt, batch_id)] = events.slice(start, rows_per_file)
+    refused_file = f"{IMPORTS_PREFIX}{import_id}/refused{fmt}" if screened.refused.height else None
+    warnings = screened.warnings + item_warn + user_warn
+    manifest = ImportManifest(
+        import_id=import_id,
+        dataset=dataset,
+        source=source or dataset,
+        status="landing",
+        imported_at=arrival.isoformat(),
+        partition_key=partition_key,
+        earliest_event_time=events["event_time"].min().isoformat(),
+        latest_event_time=events["event_time"].max().isoformat(),
+        rows={
+            "in": screened.rows_in,
+            "kept": screened.rows.height,
+            "merged": screened.merged,
+            "refused": len(screened.refused),
+        },
+        refused_by_reason=refused,
+        events=events.height,
+        items=item_table.height,
+        users=user_table.height,
+        event_files=list(chunks),
+        table_files=list(tables),
+        refused_file=refused_file,
+        time_shift_seconds=shift.total_seconds() if shift is not None else None,
+        warnings=warnings,
+    )
+    # The manifest lands before the events: a landing sensor may ingest an event file as soon as it is
+    # visible, and must find the import's earliest time already there. Catalog and profiles land next,
+    # so the events' items are known when the hour is ingested; "landed" marks the import complete.
+    if refused_file:
+        zone.write_bytes(refused_file, encode_frame(screened.refused, fmt))
+    zone.write_bytes(manifest.key, manifest.to_json())
+    for key, frame in (tables | chunks).items():
+        zone.write_bytes(key, encode_frame(frame, fmt))
+    zone.write_bytes(manifest.key, replace(manifest, status="landed").to_json())
     for w in warnings:
         logger.warning("import %s: %s", dataset, w)
     logger.info(
-        "imported %s: %d events, %d items, %d users", dataset, events.height, item_table.height, user_table.height
+        "imported %s: %d rows in, %d kept, %d merged, %d refused %s; %d events, %d items, %d users",
+        dataset,
+        screened.rows_in,
+        screened.rows.height,
+        screened.merged,
+        len(screened.refused),
+        refused,
+        events.height,
+        item_table.height,
+        user_table.height,
     )
     return ImportResult(
         dataset=dataset,
         events=events.height,
         items=item_table.height,
         users=user_table.height,
-        partition_key=f"{arrival:{PARTITION_KEY_FORMAT}}",
-        files=files,
+        partition_key=partition_key,
+        files=[*tables, *chunks],
         derived_items=items is None,
         derived_users=users is None,
         time_shift=shift,
         warnings=warnings,
+        rows_in=screened.rows_in,
+        kept=screened.rows.height,
+        merged=screened.merged,
+        refused=refused,
+        earliest_event_time=events["event_time"].min(),
+        manifest_key=manifest.key,
+        refused_file=refused_file,
     )
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n:,} {reason}" for reason, n in counts.items())
 
 
 def import_files(
     zone: LandingZone,
     interactions: Path,
-    mapping: ColumnMapping = ColumnMapping(),
+    mapping: ColumnMapping = DEFAULT_MAPPING,
     items: Path | None = None,
     users: Path | None = None,
     dataset: str | None = None,
@@ -353,6 +404,7 @@ def import_files(
         dataset or Path(interactions).stem,
         items=read_table(items) if items else None,
         users=read_table(users) if users else None,
+        source=str(interactions),
         **options,  # type: ignore[arg-type]
     )
 
@@ -364,9 +416,12 @@ def import_movielens(zone: LandingZone, path: Path, dataset: str | None = None, 
         data = load_movielens(path)
     except FileNotFoundError as exc:
         raise DatasetImportError(str(exc)) from exc
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        raise DatasetImportError(f"cannot read MovieLens files at {path}: {str(exc).splitlines()[0]}") from exc
     item_columns = {}
     if data.items is not None:
         item_columns = {k: v for k, v in MOVIELENS_ITEM_COLUMNS.items() if v in data.items.columns}
     mapping = ColumnMapping(weight="rating", item_columns=item_columns)
     name = dataset or (path.name if path.is_dir() else path.stem if path.suffix == ".inter" else path.parent.name)
+    options.setdefault("source", str(path))
     return import_frames(zone, data.ratings, mapping, name, items=data.items, users=data.users, **options)  # type: ignore[arg-type]

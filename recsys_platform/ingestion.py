@@ -6,6 +6,11 @@ file and line/row number, the raw payload) or duplicates of an event_id seen ear
 quarantined-file record (source_row null); so does a notice that a file carried unexpected columns
 (its rows are still ingested). `IngestResult.stats` reconciles rows_in = valid + quarantined +
 duplicates; `recsys_platform.reconciliation` re-counts the landed files to check a stored partition.
+
+An event from the app dated before the app launch (`app_launch()`) is quarantined
+(`timestamp_before_app_launch`). Events that `recsys import` landed are accepted back to the earliest
+event time their import recorded in its manifest (`imported_event_floors`), so historical datasets
+ingest in every later process without RECSYS_APP_LAUNCH.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +27,7 @@ import polars as pl
 
 from recsys_platform import schemas
 from recsys_platform.event_files import ROW_COLUMN, FileFormatError, RawFile, read_jsonl, read_parquet
-from recsys_platform.landing import FILE_FORMATS, LandedFile, LandingZone, arrival_time_of
+from recsys_platform.landing import FILE_FORMATS, LandedFile, LandingZone, arrival_time_of, read_import_manifests
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +73,25 @@ _LINEAGE = (ROW_COLUMN, "source_file", "arrival_time")
 
 
 def app_launch() -> datetime:
-    """Earliest plausible event time: RECSYS_APP_LAUNCH (ISO date) or 2019-01-01 UTC."""
+    """Earliest plausible time of an event from the app: RECSYS_APP_LAUNCH (ISO date, optional) or 2019-01-01 UTC."""
     raw = os.environ.get("RECSYS_APP_LAUNCH", "").strip()
     if not raw:
         return APP_LAUNCH
     parsed = datetime.fromisoformat(raw)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def imported_event_floors(zone: LandingZone, partition_keys: Iterable[str] | None = None) -> dict[str, datetime]:
+    """{event file key: earliest event time accepted in it} for the files imports landed with history
+    older than the app launch, from the manifests of the imports that landed in `partition_keys` (every
+    import when None). Read it once per run. Files not in it (the app's own events) keep `app_launch()`."""
+    launch = app_launch()
+    floors: dict[str, datetime] = {}
+    for manifest in read_import_manifests(zone, partition_keys):
+        earliest = manifest.earliest()
+        if earliest < launch:
+            floors.update(dict.fromkeys(manifest.event_files, earliest))
+    return floors
 
 
 @dataclass
@@ -193,11 +212,24 @@ def _blank(col: str) -> pl.Expr:
     return c.is_null() | (c.str.strip_chars() == "") if schemas.RAW_EVENT_SCHEMA[col] == pl.String else c.is_null()
 
 
-def _rules(known_items: set[str] | None) -> list[tuple[str, pl.Expr, pl.Expr]]:
+def _earliest_time(floors: Mapping[str, datetime] | None) -> pl.Expr:
+    """The earliest event time accepted for each row: its file's import floor, else the app launch."""
+    launch = app_launch()
+    earlier = {key: floor for key, floor in (floors or {}).items() if floor < launch}
+    if not earlier:
+        return pl.lit(launch, dtype=_UTC)
+    return pl.col("source_file").replace_strict(
+        list(earlier), list(earlier.values()), default=pl.lit(launch, dtype=_UTC), return_dtype=_UTC
+    )
+
+
+def _rules(
+    known_items: set[str] | None, floors: Mapping[str, datetime] | None = None
+) -> list[tuple[str, pl.Expr, pl.Expr]]:
     """(reason, condition, detail) of each row rule, in the order they apply."""
     content = pl.col("event_type").is_in(list(schemas.CONTENT_EVENT_TYPES))
     seconds, hr, steps = pl.col("seconds_listened"), pl.col("heart_rate"), pl.col("steps")
-    launch = app_launch()
+    earliest = _earliest_time(floors)
     too_long = [pl.col(c).str.len_chars() > MAX_FIELD_CHARS for c in TEXT_FIELDS]
     return [
         (
@@ -240,8 +272,8 @@ def _rules(known_items: set[str] | None) -> list[tuple[str, pl.Expr, pl.Expr]]:
         ),
         (
             "timestamp_before_app_launch",
-            pl.col("event_time") < pl.lit(launch, dtype=_UTC),
-            pl.format(f"event_time {{}} before {launch:%Y-%m-%d}", pl.col("event_time")),
+            pl.col("event_time") < earliest,
+            pl.format("event_time {} before {}", pl.col("event_time"), earliest.dt.strftime("%Y-%m-%d")),
         ),
         (
             "timestamp_in_future",
@@ -252,10 +284,14 @@ def _rules(known_items: set[str] | None) -> list[tuple[str, pl.Expr, pl.Expr]]:
 
 
 def validate_events(
-    typed: pl.DataFrame, known_items: set[str] | None, partition_key: str
+    typed: pl.DataFrame,
+    known_items: set[str] | None,
+    partition_key: str,
+    floors: Mapping[str, datetime] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Apply the row rules in one pass; return (valid rows, quarantined records with reason codes)."""
-    rules = _rules(known_items)
+    """Apply the row rules in one pass; return (valid rows, quarantined records with reason codes).
+    `floors` ({source file: earliest accepted event time}) lets imported history through."""
+    rules = _rules(known_items, floors)
     reason = pl.when(rules[0][1].fill_null(False)).then(pl.lit(rules[0][0]))
     for name, cond, _ in rules[1:]:
         reason = reason.when(cond.fill_null(False)).then(pl.lit(name))
@@ -336,9 +372,15 @@ def ingest_files(
     partition_key: str,
     arrival_time: datetime,
     known_items: set[str] | None = None,
+    floors: Mapping[str, datetime] | None = None,
 ) -> IngestResult:
-    """Read, type, validate and deduplicate the given files of one arrival-hour partition."""
+    """Read, type, validate and deduplicate the given files of one arrival-hour partition. `floors`
+    ({file key: earliest accepted event time}, from `imported_event_floors`) is read from the manifests
+    of the imports that landed in this hour when not given; pass it when ingesting several hours in one run."""
     files = sorted(files, key=lambda f: f.key)  # key order is arrival order: the first copy of an event wins
+    if floors is None:
+        floors = imported_event_floors(zone, [partition_key])
+    floors = {f.key: floors[f.key] for f in files if f.key in floors}
     typed_parts: list[pl.DataFrame] = []
     quarantine: list[pl.DataFrame] = []
     counts = {"rows_in": 0, "files_quarantined": 0, "files_with_unexpected_columns": 0}
@@ -380,7 +422,7 @@ def ingest_files(
         typed_parts.append(typed.select(list(schemas.EVENT_SCHEMA)))
 
     typed_all = pl.concat(typed_parts) if typed_parts else schemas.empty_frame(schemas.EVENT_SCHEMA)
-    valid, rejected = validate_events(typed_all, known_items, partition_key)
+    valid, rejected = validate_events(typed_all, known_items, partition_key, floors)
     events, duplicates = _split_duplicates(valid, partition_key)
     quarantined = pl.concat([q.select(list(schemas.QUARANTINE_SCHEMA)) for q in [*quarantine, rejected, duplicates]])
     row_records = quarantined.filter(pl.col("source_row").is_not_null())

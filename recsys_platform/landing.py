@@ -4,6 +4,8 @@ Layout (keys are relative to the zone's root):
     events/dt=YYYY-MM-DD/hr=HH/<batch-id>.{parquet,jsonl}
     items/<batch-id>.{parquet,jsonl}
     users/<batch-id>.{parquet,jsonl}
+    imports/<import-id>/manifest.json        what one import landed (see `ImportManifest`)
+    imports/<import-id>/refused.{parquet,jsonl}   the rows it refused, each with its reason
 
 Batch ids start with the arrival timestamp, so lexicographic key order is arrival order and
 a listing can resume after a cursor key. A file is visible only once complete: local writes
@@ -12,12 +14,13 @@ go to a temporary name and are renamed; S3 puts are atomic.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ logger = logging.getLogger(__name__)
 EVENTS_PREFIX = "events/"
 ITEMS_PREFIX = "items/"
 USERS_PREFIX = "users/"
+IMPORTS_PREFIX = "imports/"
+IMPORT_MANIFEST_NAME = "manifest.json"
 FILE_FORMATS = (".parquet", ".jsonl")
 PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:00"
 
@@ -79,6 +84,85 @@ def partition_prefix(partition_key: str) -> str:
     """Return the events prefix for an hourly partition key (YYYY-MM-DD-HH:00)."""
     arrival = datetime.strptime(partition_key, PARTITION_KEY_FORMAT)
     return hour_prefix(arrival)
+
+
+@dataclass(frozen=True)
+class ImportManifest:
+    """What one import landed, kept in the landing zone so that every later process (ingestion, an
+    analyst) can read it: the earliest event time it landed, which ingestion accepts for the import's
+    own event files however old (`recsys_platform.ingestion.imported_event_floors`), and the counts of
+    source rows kept, merged and refused. `status` is "landing" until every file is written, then "landed".
+    """
+
+    import_id: str
+    dataset: str
+    source: str
+    status: str
+    imported_at: str
+    partition_key: str
+    earliest_event_time: str
+    latest_event_time: str
+    rows: dict[str, int]  # in = kept + merged + refused
+    refused_by_reason: dict[str, int]
+    events: int
+    items: int
+    users: int
+    event_files: list[str]
+    table_files: list[str]
+    refused_file: str | None = None
+    time_shift_seconds: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """Where the manifest lives in the landing zone."""
+        return import_manifest_key(self.import_id)
+
+    def earliest(self) -> datetime:
+        """The earliest event time the import landed, as a UTC datetime."""
+        parsed = datetime.fromisoformat(self.earliest_event_time)
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    def to_json(self) -> bytes:
+        """The manifest as indented JSON."""
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ImportManifest:
+        """Parse a manifest; fields this version does not know are ignored."""
+        raw = json.loads(data)
+        manifest = cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+        manifest.earliest()  # a manifest whose floor does not parse is unreadable, not a crash later
+        return manifest
+
+
+def import_manifest_key(import_id: str) -> str:
+    """Return the key of an import's manifest, e.g. imports/<import-id>/manifest.json."""
+    return f"{IMPORTS_PREFIX}{import_id}/{IMPORT_MANIFEST_NAME}"
+
+
+def read_import_manifests(zone: LandingZone, partition_keys: Iterable[str] | None = None) -> list[ImportManifest]:
+    """Every import manifest in the zone, oldest first, or only those of imports that landed in the given
+    arrival hours (an import id starts with its arrival time): one listing of imports/, one read per import.
+
+    A manifest that cannot be fetched raises (a transient S3 error must fail the run, to be retried,
+    rather than let ingestion misjudge that import's events); one that does not parse is logged and skipped."""
+    hours = set(partition_keys) if partition_keys is not None else None
+    out = []
+    for f in zone.list_files(IMPORTS_PREFIX):
+        import_id, _, name = f.key[len(IMPORTS_PREFIX) :].partition("/")
+        if name != IMPORT_MANIFEST_NAME:
+            continue
+        if hours is not None:
+            arrival = arrival_time_of(import_id)
+            if arrival is not None and f"{arrival:{PARTITION_KEY_FORMAT}}" not in hours:
+                continue
+        data = zone.read_bytes(f.key)
+        try:
+            out.append(ImportManifest.from_json(data))
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.error("skipping unreadable import manifest %s: %s: %s", f.key, type(exc).__name__, exc)
+    return out
 
 
 class LandingZone(ABC):

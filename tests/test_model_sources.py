@@ -186,15 +186,19 @@ def test_ials_separates_two_taste_blocks_and_is_seeded() -> None:
 
 
 def test_replays_rank_the_users_own_most_played_recent_item_first() -> None:
-    # half-life 7 days: x 3 plays a day ago -> 3 x 2^(-1/7) = 2.71; y 5 plays 30 days ago -> 5 x 2^(-30/7)
-    # = 0.26; z 1 play an hour ago -> ~1.0; w never played by u0 (only by u1) -> not a candidate
+    # ages count from the user's own latest play (z, an hour before the cutoff), half-life 7 days:
+    # x 3 plays, 23/24 day before z -> 3 x 2^(-(23/24)/7) = 2.73; y 5 plays, 30 - 1/24 days -> 5 x 2^(-29.96/7)
+    # = 0.26; z 1 play -> 1.0; w never played by u0 (only by u1) -> not a candidate
     pairs = [("u0", "x"), ("u0", "y"), ("u0", "z"), ("u1", "w")]
     history = history_of(pairs, days_before=[1, 30, 1 / 24, 2], plays=[3, 5, 1, 1])
     src = sources.fit_replays(history, None, ModelParams(recent_half_life_days=7.0))
     scores = src.score(everyone(history))[0]
-    expected = {"w": -np.inf, "x": 3 * 2 ** (-1 / 7), "y": 5 * 2 ** (-30 / 7), "z": 2 ** (-1 / 24 / 7)}
+    expected = {"w": -np.inf, "x": 3 * 2 ** (-(23 / 24) / 7), "y": 5 * 2 ** (-(30 - 1 / 24) / 7), "z": 1.0}
     assert dict(zip(history.vocab.item_ids, scores.tolist(), strict=True)) == pytest.approx(expected, rel=1e-5)
     assert history.vocab.item_ids[int(scores.argmax())] == "x"
+    # the same history seen a month later scores the same: replays do not read the cutoff
+    later = Profiles.of(history, np.arange(2), np.full(2, CUT_S + 30 * DAY_S))
+    np.testing.assert_array_equal(src.score(later)[0], scores)
 
 
 CONTENT_ITEMS = pl.DataFrame(

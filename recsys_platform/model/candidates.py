@@ -26,17 +26,18 @@ SOURCE_FEATURES: tuple[str, ...] = (
     *[f"z_{s}" for s in SOURCE_NAMES],  # the score as a z-score over the user's candidates (scale-free)
     *[f"rank_{s}" for s in SOURCE_NAMES],
 )
+# Time features are relative to the user's own latest interaction, never to the cutoff: in training a user
+# is held out at their next event, in serving they are scored "now" after any absence, and a feature of the
+# cutoff (days since last seen, item age at the cutoff) would differ between the two for the same history.
 ITEM_FEATURES = (
     "item_users_log",
-    "item_days_known",
-    "item_mean_age_days",
     "item_completion_rate",
     "item_bounce_rate",
     "item_duration_min",
     "item_level",
     "item_type_code",
 )
-USER_FEATURES = ("user_items_log", "user_days_since_last", "user_span_days", "user_completion_rate")
+USER_FEATURES = ("user_items_log", "user_span_days", "user_completion_rate")
 PAIR_FEATURES = (
     "pair_available_days",
     "pair_time_gap_days",
@@ -161,11 +162,8 @@ def candidate_block(
 
 
 def _item_columns(stats: ItemStats, catalogue: Catalogue, profiles: Profiles, rows, items) -> dict[str, np.ndarray]:
-    cut = profiles.cutoff_s[rows]
     return {
         "item_users_log": np.log1p(stats.users[items]),
-        "item_days_known": (cut - stats.first_s[items]) / DAY_S,
-        "item_mean_age_days": (cut - stats.mean_s[items]) / DAY_S,
         "item_completion_rate": stats.completion_rate[items],
         "item_bounce_rate": stats.bounce_rate[items],
         "item_duration_min": catalogue.duration_min[items],
@@ -184,7 +182,6 @@ def _user_columns(profiles: Profiles, rows: np.ndarray) -> dict[str, np.ndarray]
     completed.data = (completed.data > 0).astype(np.float32)
     return {
         "user_items_log": np.log1p(n_items)[rows],
-        "user_days_since_last": ((profiles.cutoff_s - profiles.last_s) / DAY_S)[rows],
         "user_span_days": ((profiles.last_s - profiles.first_s) / DAY_S)[rows],
         "user_completion_rate": ((_row_sums(completed) + 1.0) / (n_items + 2.0))[rows],
     }
@@ -211,12 +208,12 @@ def _pair_columns(stats: ItemStats, catalogue: Catalogue, profiles: Profiles, ro
 
 
 def _user_mean_time(profiles: Profiles) -> np.ndarray:
-    """Mean time of each user's pairs (from the age matrix; NaN without any)."""
+    """Mean time of each user's pairs (from the age matrix, relative to the user's latest; NaN without any)."""
     age = profiles.age_days
     n = np.diff(age.indptr)
     sums = np.bincount(np.repeat(np.arange(len(n)), n), weights=age.data, minlength=len(n))
     mean_age = np.where(n > 0, sums / np.maximum(n, 1), np.nan)
-    return profiles.cutoff_s - mean_age * DAY_S
+    return profiles.last_s - mean_age * DAY_S
 
 
 def pairs_frame(block: CandidateBlock, profiles: Profiles, user_ids: pl.Series, item_ids: pl.Series) -> pl.DataFrame:

@@ -80,6 +80,7 @@ class PairHistory:
     favorites: np.ndarray  # float32
     bounces: np.ndarray  # float32
     weight: np.ndarray  # float32 sum of event weights (negative for bounces)
+    last_complete_s: np.ndarray  # float64 epoch seconds of the latest completion (NaN: never completed)
     # Derived matrices shared by the sources fitted on this history (the item Gram matrix, EASE weights).
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -99,6 +100,11 @@ class PairHistory:
                 favorites=(pl.col("event_type") == "favorite").sum(),
                 bounces=pl.col("is_bounce").sum(),
                 weight=pl.col("weight").sum(),
+                last_complete_s=pl.col("event_time")
+                .filter(pl.col("event_type") == "content_complete")
+                .max()
+                .dt.epoch("us")
+                / 1e6,
             )
             .collect()
         )
@@ -113,7 +119,16 @@ class PairHistory:
             i[keep],
             **{
                 c: pairs[c].to_numpy()
-                for c in ("first_s", "last_s", "plays", "completes", "favorites", "bounces", "weight")
+                for c in (
+                    "first_s",
+                    "last_s",
+                    "plays",
+                    "completes",
+                    "favorites",
+                    "bounces",
+                    "weight",
+                    "last_complete_s",
+                )
             },
         )
 
@@ -125,6 +140,7 @@ class PairHistory:
         typed = {
             "first_s": first,
             "last_s": np.asarray(cols.get("last_s", first), np.float64),
+            "last_complete_s": np.asarray(cols.get("last_complete_s", np.full(len(user), np.nan)), np.float64),
             **{
                 c: np.asarray(cols.get(c, np.zeros(len(user))), np.float32)
                 for c in ("plays", "completes", "favorites", "bounces", "weight")

@@ -15,6 +15,8 @@ class ModelParams:
     recency_half_life: float = 8.0  # positions from the user's latest item
     recent_half_life_days: float = 14.0
     knn_neighbours: int = 100
+    session_gap_minutes: float = 30.0
+    ease_session_l2: float = 1000.0
     seq_window: int = 5  # window and last_k: the best of 1-5 x 1-10 on ml-100k's inner per-user split
     seq_last_k: int = 10
     ials_factors: int = 64
@@ -22,6 +24,7 @@ class ModelParams:
     ials_alpha: float = 5.0
     ials_iterations: int = 15
     depth: int = 50  # candidates per source
+    training_windows: str = "temporal"  # the ranker's labels: "temporal", "random" or "temporal+random"
     exclude_seen: bool = True
     recent_completion_days: float = 3.0  # where replays are recommended, not a pair completed this recently
     seed: int = 7

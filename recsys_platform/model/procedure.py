@@ -26,7 +26,7 @@ from recsys_platform.model.ranker import ColumnScorer, train_ranker
 from recsys_platform.model.recommender import BLOCK_USERS, Recommender, build_vocab, fit_serving
 from recsys_platform.model.sources import SOURCES, fit_sources
 from recsys_platform.model.tuning import tune
-from recsys_platform.model.windows import Split, global_split, per_user_split, repeat_share
+from recsys_platform.model.windows import Split, global_split, per_user_split, random_pair_split, repeat_share
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +94,27 @@ def feature_times(split: Split, vocab: Vocabulary, rows: np.ndarray, history: Pa
 def training_set(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, params: ModelParams, max_users: int
 ) -> pl.DataFrame:
-    """The ranker's training rows: candidates of the inner per-user split's users (at most `max_users`,
-    seeded sample) with every feature as of the user's latest known event (`feature_times`) and the relevance of
-    their held-out pairs."""
-    split = per_user_split(interactions, name="training")
-    known, truth = split.known(interactions), split.truth(interactions)
+    """The ranker's training rows: candidates of the held-out users of each training window (at most
+    `max_users`, seeded sample) with every feature as of the user's time in that window (`feature_times`)
+    and the relevance of their held-out pairs. Windows: `params.training_windows`."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
+    windows = {
+        "temporal": lambda: per_user_split(interactions, name="training"),
+        "random": lambda: random_pair_split(interactions, 0.2, params.seed, name="training-random"),
+    }
+    frames = [
+        _window_rows(windows[w](), interactions, vocab, catalogue, params, max_users)
+        for w in params.training_windows.split("+")
+    ]
+    out = pl.concat(frames)
+    return out.with_columns(
+        label_pairs=pl.lit(int(sum(f["label_pairs"][0] for f in frames if f.height)), dtype=pl.Int64)
+    )
+
+
+def _window_rows(split, interactions, vocab, catalogue, params, max_users) -> pl.DataFrame:
+    known, truth = split.known(interactions), split.truth(interactions)
     history = PairHistory.build(known, vocab, split.known_until)
     fitted = Recommender(
         params, catalogue, history, fit_sources(history, catalogue, params), ItemStats.fit(history), None
@@ -180,9 +194,11 @@ def evaluate(
     base: ModelParams | None = None,
     max_users: int = 4000,
     threads: int = 1,
+    champion: tuple[Any, ModelParams] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Run the procedure on the protocol's known part, recommend K for its held-out users and score the
-    ranker and every baseline (the same fitted sources and candidate rules) against what they did next."""
+    ranker and every baseline (the same fitted sources and candidate rules) against what they did next;
+    with `champion` (scorer, params), also the serving version as it is, on the same known part."""
     split = split_for(protocol, interactions)
     known, truth = split.known(interactions), split.truth(interactions)
     rec = fit_recommender(known, items, users, split.known_until, base, max_users, threads)
@@ -193,9 +209,16 @@ def evaluate(
     cut = feature_times(split, rec.vocab, rec.vocab.user_rows(test_users).clip(0), rec.history)
     pop = pl.DataFrame({"item_id": rec.vocab.item_ids, "count": rec.stats.users})
     rows = []
-    scorers = {"ranker": rec.scorer, **{name: ColumnScorer(col) for name, col in BASELINES.items()}}
-    for model, scorer in scorers.items():
-        recs = rec.with_scorer(scorer).recommend(test_users, K, cut)
+    fitted = {name: rec.with_scorer(ColumnScorer(col)) for name, col in BASELINES.items()}
+    fitted = {"ranker": rec, **fitted}
+    if champion is not None:
+        scorer, params = champion
+        same = params.to_dict() == rec.params.to_dict()
+        fitted["champion"] = (
+            rec.with_scorer(scorer) if same else fit_serving(known, items, users, split.known_until, params, scorer)
+        )
+    for model, fit in fitted.items():
+        recs = fit.recommend(test_users, K, cut)
         metrics = evaluation.evaluate_all(
             truth.select("user_id", "item_id"), recs, K, n_items=rec.vocab.n_items, item_popularity=pop
         )

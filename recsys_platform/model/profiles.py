@@ -22,9 +22,13 @@ class Profiles:
     rows: np.ndarray
     seen: sp.csr_matrix  # 1 per consumed (user, item) pair
     order: sp.csr_matrix  # position of the pair from the user's latest (0 = latest), +1 so that 0 means absent
-    age_days: sp.csr_matrix  # days from the pair's latest interaction to the cutoff, +1e-6 so that 0 means absent
+    # Days from the pair's latest interaction to the user's latest interaction (+1e-6 so that 0 means absent):
+    # relative to the user's own activity, never to the cutoff, so that a user held out at their next event
+    # (training) and a user served now (after any absence) get the same values for the same history.
+    age_days: sp.csr_matrix
     engagement: sp.csr_matrix  # completions + favourites - bounces per pair (0 for a plain play)
     plays: sp.csr_matrix  # starts per pair
+    completed_days: sp.csr_matrix  # days from the pair's latest completion to the cutoff, +1e-6 (absent: never)
     last_s: np.ndarray  # latest interaction time per user (NaN: none)
     first_s: np.ndarray  # first interaction time per user (NaN: none)
     n_items: int
@@ -56,9 +60,10 @@ class Profiles:
             rows=rows,
             seen=csr(np.ones(len(h))),
             order=csr(_positions_by_last(r, h.last_s, h.item) + 1.0),
-            age_days=csr((cut[r] - h.last_s) / DAY_S + 1e-6),
+            age_days=csr((last[r] - h.last_s) / DAY_S + 1e-6),
             engagement=csr(h.completes.clip(0, 1) + h.favorites.clip(0, 1) - h.bounces.clip(0, 1)),
             plays=csr(h.plays),
+            completed_days=_completed(r, h, cut, n, m),
             last_s=np.where(np.isfinite(last), last, np.nan),
             first_s=np.where(np.isfinite(first), first, np.nan),
             n_items=m,
@@ -85,6 +90,14 @@ class Profiles:
         """(row, col) of every seen pair, for masking dense score blocks."""
         coo = self.seen.tocoo()
         return coo.row, coo.col
+
+
+def _completed(r: np.ndarray, h: PairHistory, cut: np.ndarray, n: int, m: int) -> sp.csr_matrix:
+    done = np.isfinite(h.last_complete_s)
+    days = (cut[r[done]] - h.last_complete_s[done]) / DAY_S + 1e-6
+    out = sp.csr_matrix((days.astype(np.float32), (r[done], h.item[done])), shape=(n, m))
+    out.sum_duplicates()
+    return out
 
 
 def _positions_by_last(rows: np.ndarray, last_s: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -56,13 +56,13 @@ class Recommender:
         return profiles, candidate_block(self.sources, self.stats, self.catalogue, profiles, self.params.depth, allowed)
 
     def _recently_completed(self, profiles: Profiles) -> np.ndarray | None:
+        """block rows x items: pairs completed within `recent_completion_days` (when seen items are not excluded)."""
         if self.params.exclude_seen:
             return None
-        done = profiles.engagement.copy()
-        age = profiles.age_days.tocoo()
+        done = profiles.completed_days.tocoo()
         recent = np.zeros((len(profiles), profiles.n_items), bool)
-        keep = (done.tocoo().data > 0) & (age.data <= self.params.recent_completion_days)
-        recent[age.row[keep], age.col[keep]] = True
+        keep = done.data <= self.params.recent_completion_days
+        recent[done.row[keep], done.col[keep]] = True
         return recent
 
     def recommend(

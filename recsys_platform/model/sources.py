@@ -140,6 +140,51 @@ def fit_item_knn(history: PairHistory, catalogue: Catalogue, params: ModelParams
     return ItemItem(sim.astype(np.float32))
 
 
+def _sessions(history: PairHistory, gap_s: float) -> sp.csr_matrix:
+    """Binary sittings x items: a user's pairs whose first plays are at most `gap_s` apart form one sitting."""
+    u, t = history.user, history.first_s  # ordered by user, then first time
+    if not len(u):
+        return sp.csr_matrix((0, history.vocab.n_items), dtype=np.float32)
+    new = np.r_[True, (u[1:] != u[:-1]) | (np.diff(t) > gap_s)]
+    sitting = np.cumsum(new) - 1
+    m = sp.csr_matrix(
+        (np.ones(len(u), np.float32), (sitting, history.item)), shape=(sitting[-1] + 1, history.vocab.n_items)
+    )
+    m.data[:] = 1.0
+    return m
+
+
+def _neighbour_gram(history: PairHistory, window: int, decay: float) -> np.ndarray:
+    """Symmetric counts of pairs at most `window` steps apart in a user's sequence, decay ** (steps - 1) each."""
+    n = history.vocab.n_items
+    u, i = history.user, history.item
+    rows, cols, vals = [], [], []
+    for d in range(1, window + 1):
+        same = u[d:] == u[:-d]
+        rows.append(i[:-d][same])
+        cols.append(i[d:][same])
+        vals.append(np.full(int(same.sum()), decay ** (d - 1)))
+    counts = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)).toarray()
+    counts = counts + counts.T
+    np.fill_diagonal(counts, 0.0)
+    return counts
+
+
+def fit_ease_session(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> ItemItem:
+    """EASE on a Gram matrix that also counts co-occurrence within sittings and between near neighbours of a
+    user's sequence, scored on the whole profile: items consumed together, not only by the same users."""
+    key = ("ease_session", params.session_gap_minutes, params.ease_session_l2)
+    if key not in history.cache:
+        s = _sessions(history, params.session_gap_minutes * 60.0)
+        gram = (
+            _gram(history)
+            + (s.T @ s).toarray()
+            + 0.5 * (_neighbour_gram(history, 10, 0.8) + np.diag(np.diag(_gram(history))))
+        )
+        history.cache[key] = ease_weights(gram, params.ease_session_l2)
+    return ItemItem(history.cache[key])
+
+
 @dataclass
 class Sequential:
     """Next-item transitions: what other users consumed right after the items this user consumed last."""
@@ -270,6 +315,7 @@ SOURCES: tuple[SourceSpec, ...] = (
     SourceSpec("ease", fit_ease, True, "EASE item-item model on the whole profile"),
     SourceSpec("ease_recent", fit_ease_recent, True, "EASE on a profile weighting the latest items more"),
     SourceSpec("knn", fit_item_knn, True, "item-kNN, cosine co-occurrence"),
+    SourceSpec("ease_session", fit_ease_session, True, "EASE on co-occurrence by users, sittings and sequence"),
     SourceSpec("seq", fit_sequential, True, "next-item transitions from the latest items"),
     SourceSpec("ials", fit_ials, True, "implicit ALS matrix factorisation"),
     SourceSpec("replays", fit_replays, True, "the user's own items, by plays and recency (repeat listening)"),

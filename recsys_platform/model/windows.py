@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,66 @@ class Split:
             "last_cutoff": str(self.known_until),
             "end": str(self.end),
         }
+
+
+@dataclass(frozen=True)
+class PairSplit:
+    """Held-out (user, item) pairs anywhere in the users' histories: every event of a held-out pair is to
+    predict, everything else is known (a per-user random split, the Microsoft Recommenders protocol's kind)."""
+
+    name: str
+    held: pl.DataFrame  # user_id, item_id
+    end: datetime
+
+    @property
+    def cutoffs(self) -> pl.DataFrame:
+        """Every held-out user is scored as of the end (their known part spans their whole history)."""
+        return self.held.select("user_id").unique().sort("user_id").with_columns(cutoff=pl.lit(self.end, dtype=TS))
+
+    @property
+    def known_until(self) -> datetime:
+        """The known part runs to the end."""
+        return self.end
+
+    @property
+    def common_cutoff(self) -> datetime:
+        """Every user's features are as of the end, as after a global cutoff (`procedure.feature_times`)."""
+        return self.end
+
+    def known(self, interactions: pl.DataFrame) -> pl.DataFrame:
+        """The interactions of pairs not held out."""
+        return interactions.join(self.held, on=["user_id", "item_id"], how="anti", maintain_order="left")
+
+    def truth(self, interactions: pl.DataFrame) -> pl.DataFrame:
+        """(user, item, relevance) of the held-out pairs."""
+        return (
+            interactions.join(self.held, on=["user_id", "item_id"], how="semi")
+            .filter(pl.col("event_type").is_in(list(RELEVANCE)))
+            .group_by("user_id", "item_id")
+            .agg(relevance=pl.col("event_type").replace_strict(RELEVANCE, return_dtype=pl.Int64).max())
+            .sort("user_id", "item_id")
+        )
+
+    def describe(self) -> dict[str, object]:
+        """Plain facts for run metadata."""
+        return {"protocol": self.name, "users_held_out": self.held["user_id"].n_unique(), "end": str(self.end)}
+
+
+def random_pair_split(
+    interactions: pl.DataFrame, fraction: float = 0.2, seed: int = 0, name: str = "random"
+) -> PairSplit:
+    """A seeded random `fraction` of each user's distinct items (at least one), users with fewer than
+    MIN_USER_EVENTS items kept whole."""
+    pairs = _plays(interactions).select("user_id", "item_id").unique().sort("user_id", "item_id").collect()
+    keys = np.random.default_rng(seed).random(pairs.height)
+    held = (
+        pairs.with_columns(_k=pl.Series(keys))
+        .with_columns(n=pl.len().over("user_id"), pos=pl.col("_k").rank("ordinal").over("user_id"))
+        .filter(pl.col("n") >= MIN_USER_EVENTS)
+        .filter(pl.col("pos") <= (pl.col("n") * fraction).round().clip(1, pl.col("n") - 1))
+        .select("user_id", "item_id")
+    )
+    return PairSplit(name, held, _end(interactions))
 
 
 def _plays(interactions: pl.DataFrame) -> pl.LazyFrame:
