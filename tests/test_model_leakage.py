@@ -316,6 +316,6 @@ def test_the_harness_detects_features_as_of_the_end_of_the_data(world: World, mo
     split = windows.per_user_split(world.interactions, name="training")
     changed = delay_held_out(world.interactions, split, world.items, seed=3)
     monkeypatch.setattr(
-        procedure, "feature_times", lambda split, vocab, rows, history: np.full(len(rows), split.end.timestamp())
+        procedure, "feature_times", lambda split, vocab, rows: np.full(len(rows), split.end.timestamp())
     )
     assert differences(training_rows(world, world.interactions), training_rows(world, changed)) != []

@@ -74,17 +74,15 @@ def test_training_labels_come_only_from_each_users_held_out_part(world) -> None:
     assert candidates.height == positives.height
     assert set(frame["user_id"]) == set(truth["user_id"])
     assert frame["label_pairs"].unique().to_list() == [truth.height]
-    # candidates are as of just after each user's latest known event, not as of their next (held-out) one:
-    # nothing released after that day
-    last_known = (
-        per_user_split(inter, name="training")
-        .known(inter)
-        .group_by("user_id")
-        .agg(last=pl.col("event_time").max().dt.date())
-    )
-    released = frame.join(ds.items.select("item_id", "release_date"), on="item_id").join(last_known, on="user_id")
-    assert released.height == frame.height
-    assert (released["release_date"] <= released["last"]).all()
+    # candidates are as of the end of the known part for everyone, not as of each user's next (held-out)
+    # event: nothing released after that day, items released after a user's cutoff included
+    split = per_user_split(inter, name="training")
+    last_day = split.known_until.date()
+    assert split.known_until == split.known(inter)["event_time"].max() + timedelta(microseconds=1)
+    released = frame.join(ds.items.select("item_id", "release_date"), on="item_id")
+    assert released.height == frame.height and (released["release_date"] <= last_day).all()
+    late = released.join(split.cutoffs, on="user_id").filter(pl.col("release_date") > pl.col("cutoff").dt.date())
+    assert late.height > 0
 
 
 def test_train_refuses_a_frame_without_a_positive_and_reports_recall(world) -> None:

@@ -157,7 +157,7 @@ def test_feature_matrix_is_in_features_order_from_the_sources(world) -> None:
 def test_recommend_in_blocks_of_1_7_and_1000_users_gives_the_same_lists(world) -> None:
     rec, users = world["rec"], world["ds"].users["user_id"]
     some = users.head(40)
-    # each user as of their own time as well: the per-user split's case
+    # each user as of their own time as well (recommend's cutoff_s)
     cut = rec.history.user_last_s()[rec.vocab.user_rows(some)] + 1e-6
     cut = np.where(np.isfinite(cut), cut, rec.history.cutoff_s)
     for cutoff_s in (None, cut):

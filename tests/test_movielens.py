@@ -172,8 +172,8 @@ def test_the_procedure_learns_from_train_only_and_serves_unseen_titles(subsample
 @pytest.mark.xfail(
     strict=True,
     reason="issue 14 item 7: on the MS protocol the product path is not yet clearly above popularity. nDCG@10 "
-    "on these 200 users: ranker 0.258, popularity 0.234, EASE 0.396 (the deleted ensemble passed this); on "
-    "all of ml-100k (seed 7, default params): ranker 0.235, popularity 0.246, EASE 0.471",
+    "on these 200 users: ranker 0.275, popularity 0.234, EASE 0.396 (the deleted ensemble passed this); on "
+    "all of ml-100k (seed 7, default params): ranker 0.234, popularity 0.246, EASE 0.471",
 )
 def test_the_procedure_beats_popularity_on_the_ms_protocol(subsample, fitted) -> None:
     train, test = subsample

@@ -45,7 +45,7 @@ def _rows(rec: Recommender, rows: np.ndarray, cutoff_s: np.ndarray) -> pl.DataFr
 
 def test_candidates_of_some_users_equal_the_full_block_restricted_to_them(world):
     """Nothing of a user's candidates or features depends on the other users of the block, even when each
-    user's features are as of their own time (the per-user split's case: just after their latest event)."""
+    user is scored as of their own time (recommend's cutoff_s; here just after each user's latest event)."""
     rec = world["rec"]
     everyone = np.arange(rec.vocab.n_users)
     last = rec.history.user_last_s()

@@ -81,22 +81,21 @@ def user_cutoffs(split: Split, vocab: Vocabulary, rows: np.ndarray) -> np.ndarra
     return cut.fill_null(epoch_s(split.common_cutoff or split.end)).to_numpy()
 
 
-def feature_times(split: Split, vocab: Vocabulary, rows: np.ndarray, history: PairHistory) -> np.ndarray:
-    """Epoch seconds each row's features and candidates are as of. A global split's cutoff is one time for
-    everyone, as serving's now is; a per-user cutoff is the time of the user's own next event, which no feature
-    may read, so under a per-user split it is just after the user's latest known event in `history`."""
+def feature_times(split: Split, vocab: Vocabulary, rows: np.ndarray) -> np.ndarray:
+    """Epoch seconds each row's features and candidates are as of: one time for everyone, as serving's now is.
+    A global split's cutoff; under a per-user split the end of the known part, not the users' own cutoffs:
+    each is the time of that user's next event, which no feature or candidate may depend on."""
     if split.common_cutoff is not None:
         return user_cutoffs(split, vocab, rows)
-    last = history.user_last_s()[rows]
-    return np.where(np.isfinite(last), last + 1e-6, epoch_s(split.known_until))
+    return np.full(len(rows), epoch_s(split.known_until))
 
 
 def training_set(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, params: ModelParams, max_users: int
 ) -> pl.DataFrame:
     """The ranker's training rows: candidates of the held-out users of each training window (at most
-    `max_users`, seeded sample) with every feature as of the user's time in that window (`feature_times`)
-    and the relevance of their held-out pairs. Windows: `params.training_windows`."""
+    `max_users`, seeded sample) with every feature as of the window's feature time (`feature_times`) and
+    the relevance of their held-out pairs. Windows: `params.training_windows`."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
     windows = {
@@ -127,7 +126,7 @@ def _window_rows(split, interactions, vocab, catalogue, params, max_users) -> pl
     parts = []
     for start in range(0, len(rows), BLOCK_USERS):
         r = rows[start : start + BLOCK_USERS]
-        profiles, block = fitted.block(r, feature_times(split, vocab, r, history))
+        profiles, block = fitted.block(r, feature_times(split, vocab, r))
         pairs = pairs_frame(block, profiles, vocab.user_ids, vocab.item_ids)
         feats = pl.DataFrame(block.features, schema=list(FEATURES), orient="row")
         parts.append(pl.concat([pairs, feats], how="horizontal"))
@@ -206,7 +205,7 @@ def evaluate(
     if max_users and test_users.len() > max_users:
         test_users = test_users.sample(max_users, seed=rec.params.seed).sort()
         truth = truth.join(pl.DataFrame({"user_id": test_users}), on="user_id", how="semi")
-    cut = feature_times(split, rec.vocab, rec.vocab.user_rows(test_users).clip(0), rec.history)
+    cut = feature_times(split, rec.vocab, rec.vocab.user_rows(test_users).clip(0))
     pop = pl.DataFrame({"item_id": rec.vocab.item_ids, "count": rec.stats.users})
     rows = []
     fitted = {name: rec.with_scorer(ColumnScorer(col)) for name, col in BASELINES.items()}

@@ -48,7 +48,8 @@ class Split:
     known_until: datetime  # when the known part ends: just after its newest event (global: the cutoff)
     # The global split's one cutoff, for every user: users it does not evaluate are unknown from it on too, and
     # features are as of it. None for a per-user split: users absent from `cutoffs` are known whole, and each
-    # cutoff is the time of that user's next event, which features must not read (`procedure.feature_times`).
+    # cutoff is the time of that user's next event, which features must not read: they are as of known_until
+    # (`procedure.feature_times`).
     common_cutoff: datetime | None = None
 
     def known(self, interactions: pl.DataFrame) -> pl.DataFrame:
