@@ -1,4 +1,7 @@
-"""Interactions, point-in-time features and the temporal split: dedup, weights, no leakage."""
+"""Interactions and point-in-time tables: dedup, weights, nothing at or after the cutoff, rows sorted by key.
+
+(The ranker's training rows, labels and leakage are tested in test_model_procedure.py and
+test_model_leakage.py; the windows in test_model_windows.py.)"""
 
 from datetime import UTC, datetime, timedelta
 
@@ -6,7 +9,6 @@ import polars as pl
 import pytest
 
 from recsys_platform import schemas
-from recsys_platform.config import PipelineParams
 from recsys_platform.features import (
     build_interactions,
     item_features,
@@ -15,8 +17,7 @@ from recsys_platform.features import (
     user_item_history,
 )
 from recsys_platform.generator import GeneratorConfig, generate
-from recsys_platform.ranking import FEATURE_COLUMNS, TemporalSplit, label_window, train_ranker, training_frame
-from recsys_platform.training import InsufficientHistoryError, build_training_set
+from recsys_platform.model.history import PairHistory, Vocabulary
 from tests.conftest import FIXED_END
 
 T0 = datetime(2026, 3, 1, 20, tzinfo=UTC)
@@ -80,69 +81,49 @@ def test_features_ignore_events_at_or_after_cutoff():
     assert hist["ui_plays"].to_list() == [1]
 
 
-@pytest.fixture(scope="module")
-def frame_and_data():
-    ds = generate(GeneratorConfig(n_users=300, days=16, seed=11, end=FIXED_END))
-    inter = build_interactions(ds.events, ds.items)
-    params = PipelineParams(label_days=4, candidates_per_source=20)
-    split = TemporalSplit.from_interactions(inter, params.label_days)
-    frame = training_frame(inter, ds.items, ds.users, split.train_cutoff, split.eval_cutoff, params)
-    return frame, inter, ds, params, split
-
-
-def test_training_labels_come_only_from_the_label_window(frame_and_data):
-    frame, inter, _, params, split = frame_and_data
-    labels = label_window(inter, split.train_cutoff, split.eval_cutoff)
-    positives = frame.filter(pl.col("relevance") > 0).select("user_id", "item_id", "relevance")
-    joined = positives.join(labels, on=["user_id", "item_id"], how="left", suffix="_window")
-    assert joined["relevance_window"].null_count() == 0
-    assert (joined["relevance"] == joined["relevance_window"]).all()
-    assert frame["feature_cutoff"].unique().to_list() == [split.train_cutoff]
-
-
-def test_no_feature_uses_events_after_cutoff(frame_and_data):
-    """Leakage check: recomputing with every post-cutoff event deleted must give identical features."""
-    frame, inter, ds, params, split = frame_and_data
-    truncated_frame = training_frame(
-        inter.filter(pl.col("event_time") < split.train_cutoff).vstack(
-            inter.filter(pl.col("event_time") >= split.train_cutoff)  # labels still need the window
+def test_pair_history_aggregates_each_pair_before_the_cutoff_only():
+    events = schemas.conform(
+        pl.DataFrame(
+            [
+                _event("e1", "content_start", "a", 0),
+                _event("e2", "content_complete", "a", 10, 600.0),
+                _event("e3", "favorite", "a", 11),
+                _event("e4", "content_start", "a", 30),  # a replay
+                _event("e5", "content_start", "b", 40),
+                _event("e6", "content_exit", "b", 40.2, 12.0),  # bounce
+                _event("e7", "content_start", "b", 60),  # at the cutoff: not known
+                _event("e8", "content_start", "a", 61, user="u2"),  # after it
+            ]
         ),
-        ds.items,
-        ds.users,
-        split.train_cutoff,
-        split.eval_cutoff,
-        params,
+        schemas.EVENT_SCHEMA,
     )
-    assert truncated_frame.select(FEATURE_COLUMNS).equals(frame.select(FEATURE_COLUMNS))
-    # Now shift one post-cutoff event of a candidate user: features must not move, labels may.
-    future = inter.filter(pl.col("event_time") >= split.train_cutoff)
-    scrambled = inter.filter(pl.col("event_time") < split.train_cutoff).vstack(
-        future.with_columns(item_id=pl.col("item_id").shuffle(seed=1))
-    )
-    shifted = training_frame(scrambled, ds.items, ds.users, split.train_cutoff, split.eval_cutoff, params)
-    keys = ["user_id", "item_id"]
-    both = frame.select(*keys, *FEATURE_COLUMNS).join(
-        shifted.select(*keys, *FEATURE_COLUMNS), on=keys, how="inner", suffix="_s"
-    )
-    assert both.height > 0
-    for col in FEATURE_COLUMNS:
-        assert (both[col] == both[f"{col}_s"]).all(), col
+    inter = build_interactions(events, ITEMS)
+    vocab = Vocabulary.build(pl.Series(["u1", "u2"]), pl.Series(["a", "b"]))
+    cutoff = T0 + timedelta(minutes=60)
+    history = PairHistory.build(inter, vocab, cutoff)
+    assert history.cutoff_s == cutoff.timestamp()
+    # rows by user, then first time: u1's a (minute 0) then b (minute 40); u2 has nothing before the cutoff
+    assert history.user.tolist() == [0, 0] and history.item.tolist() == [0, 1]
+    assert history.plays.tolist() == [2, 1] and history.completes.tolist() == [1, 0]
+    assert history.favorites.tolist() == [1, 0] and history.bounces.tolist() == [0, 1]
+    assert history.weight.tolist() == [1 + 3 + 2 + 1, 1 - 1]  # start 1, complete 3, favourite 2; bounce -1
+    minute = 60.0
+    assert (history.first_s - T0.timestamp()).tolist() == [0, 40 * minute]
+    assert (history.last_s - T0.timestamp()).tolist() == [30 * minute, 40.2 * minute]
+    assert history.item_counts().tolist() == [1, 1] and history.user_counts().tolist() == [2, 0]
+    assert history.positions_from_end().tolist() == [1, 0]
 
 
-def test_leaky_feature_is_detected(frame_and_data):
-    """The check above would catch a feature computed after the cutoff (guards the guard)."""
-    frame, inter, _, _, split = frame_and_data
-    leaky = inter.filter(pl.col("event_time") >= split.train_cutoff).group_by("user_id", "item_id").len()
-    with_leak = frame.join(leaky, on=["user_id", "item_id"], how="left").with_columns(pl.col("len").fill_null(0))
-    corr = with_leak.select(pl.corr("len", "relevance")).item()
-    assert corr > 0.3  # a future-derived feature is strongly label-correlated: exactly what must never enter
-    assert "len" not in FEATURE_COLUMNS
+@pytest.fixture(scope="module")
+def data():
+    ds = generate(GeneratorConfig(n_users=300, days=16, seed=11, end=FIXED_END))
+    return build_interactions(ds.events, ds.items), ds
 
 
-def test_feature_tables_are_sorted_by_their_keys_whatever_the_input_order(frame_and_data):
+def test_feature_tables_are_sorted_by_their_keys_whatever_the_input_order(data):
     """Joins and group-bys leave row order to the engine: without the sort, reruns wrote different Parquet."""
-    _, inter, ds, _, split = frame_and_data
-    cut = split.eval_cutoff
+    inter, ds = data
+    cut = FIXED_END - timedelta(days=4)
     for seed in (1, 2):
         users = ds.users.sample(fraction=1.0, shuffle=True, seed=seed)
         items = ds.items.sample(fraction=1.0, shuffle=True, seed=seed)
@@ -157,35 +138,3 @@ def test_feature_tables_are_sorted_by_their_keys_whatever_the_input_order(frame_
             assert table.equals(table.sort("user_id", facet)), facet
         uih = user_item_history(history, cut, repeat_cap=3)
         assert uih.height > 0 and uih.equals(uih.sort("user_id", "item_id"))
-
-
-def test_min_history_days_is_enough_for_a_training_set():
-    params = PipelineParams(label_days=4, candidates_per_source=20)
-    days = TemporalSplit.min_history_days(params.label_days)
-    assert days == 9 and TemporalSplit.min_history_days(7) == 15
-    ds = generate(GeneratorConfig(n_users=300, days=days, seed=11, end=FIXED_END))
-    df = build_training_set(build_interactions(ds.events, ds.items), ds.items, ds.users, params)
-    positives = df.filter(pl.col("relevance") > 0).group_by("split").len()
-    assert sorted(positives["split"].to_list()) == ["eval", "train"]
-
-
-def test_too_short_history_fails_naming_the_label_window_and_the_minimum(frame_and_data):
-    """Seven days with label_days=7 leave the training label window empty: say so, not a LightGBM error."""
-    _, inter, ds, _, _ = frame_and_data
-    last_week = inter.filter(pl.col("event_time") >= FIXED_END - timedelta(days=7))
-    params = PipelineParams(label_days=7, candidates_per_source=20)
-    split = TemporalSplit.from_interactions(last_week, params.label_days)
-    with pytest.raises(InsufficientHistoryError) as raised:
-        build_training_set(last_week, ds.items, ds.users, params)
-    message = str(raised.value)
-    assert "'train' window" in message and "label_days=7" in message
-    assert f"[{split.train_cutoff:%Y-%m-%d %H:%M}, {split.eval_cutoff:%Y-%m-%d %H:%M})" in message
-    assert "at least 15 days" in message
-    with pytest.raises(InsufficientHistoryError, match="no interactions"):
-        build_training_set(inter.head(0), ds.items, ds.users, params)
-
-
-def test_ranker_refuses_rows_without_a_positive_label(frame_and_data):
-    frame, _, _, params, _ = frame_and_data
-    with pytest.raises(ValueError, match="no training rows with a positive label"):
-        train_ranker(frame.filter(pl.col("relevance") == 0), params)

@@ -1,126 +1,127 @@
-"""Bounded-memory paths give the same answers as the all-at-once ones: per-user tables built for a
-sample of users, recommendations scored in user chunks, the generator writing chunk by chunk."""
+"""Bounded-memory paths give the same answers as the all-at-once ones: candidates and features built for a
+block or a sample of users, recommendations scored in user blocks, the content source as a sparse product,
+the generator writing chunk by chunk, steps reading a pruned scan of the history."""
 
 import io
-from dataclasses import replace
 from datetime import timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 
-from recsys_platform import candidates, schemas
-from recsys_platform.candidates import CONTENT_FACETS, _ranked, _released, source_content
-from recsys_platform.config import PipelineParams
+from recsys_platform import schemas
 from recsys_platform.features import build_interactions, read_history, rows_of_users
 from recsys_platform.generator import GeneratorConfig, generate, generate_to_landing
 from recsys_platform.landing import EVENTS_PREFIX, ITEMS_PREFIX, USERS_PREFIX, LocalLandingZone, partition_key_of
-from recsys_platform.ranking import (
-    PointInTime,
-    TemporalSplit,
-    label_users,
-    label_window,
-    recently_completed,
-    recommend,
-    score_frame,
-    top_n,
-    train_ranker,
-    training_frame,
-)
-from recsys_platform.training import build_training_set, evaluate_holdout
+from recsys_platform.model import procedure
+from recsys_platform.model.candidates import FEATURES, pairs_frame
+from recsys_platform.model.params import ModelParams
+from recsys_platform.model.profiles import Profiles
+from recsys_platform.model.ranker import ColumnScorer
+from recsys_platform.model.recommender import Recommender, fit_serving
+from recsys_platform.model.sources import fit_content
 from tests.conftest import FIXED_END
 
-PARAMS = PipelineParams(ranker_rounds=15, max_training_users=120)
+PARAMS = ModelParams(ials_factors=8, ials_iterations=3, depth=20)
+MAX_USERS = 120
 
 
 @pytest.fixture(scope="module")
 def world() -> dict:
-    """A small dataset, its interactions and the temporal split."""
+    """A small dataset, its interactions and a fitted recommender as of the end of the data."""
     ds = generate(GeneratorConfig(n_users=500, days=21, seed=11, end=FIXED_END))
     inter = build_interactions(ds.events, ds.items)
-    return {"ds": ds, "inter": inter, "split": TemporalSplit.from_interactions(inter, PARAMS.label_days)}
+    end = inter["event_time"].max() + timedelta(microseconds=1)
+    rec = fit_serving(inter, ds.items, ds.users, end, PARAMS, ColumnScorer("score_ease_recent"))
+    return {"ds": ds, "inter": inter, "end": end, "rec": rec}
 
 
-def _sorted(df: pl.DataFrame) -> pl.DataFrame:
-    return df.select(sorted(df.columns)).sort("user_id", "item_id")
+def _rows(rec: Recommender, rows: np.ndarray, cutoff_s: np.ndarray) -> pl.DataFrame:
+    """The candidate rows (user, item, every feature) of global user rows `rows`, built as one block."""
+    profiles, block = rec.block(rows, cutoff_s)
+    pairs = pairs_frame(block, profiles, rec.vocab.user_ids, rec.vocab.item_ids)
+    return pl.concat([pairs, pl.DataFrame(block.features, schema=list(FEATURES))], how="horizontal")
 
 
-def test_point_in_time_for_some_users_equals_the_full_build_for_them(world):
-    ds, inter, cutoff = world["ds"], world["inter"], world["split"].eval_cutoff
-    some = ds.users["user_id"].sample(60, seed=1).sort()
-    full = PointInTime.build(inter, ds.items, ds.users, cutoff, PARAMS)
-    sampled = PointInTime.build(inter, ds.items, ds.users, cutoff, PARAMS, user_ids=some)
-    assert sampled.user_features.height == 60 and full.user_features.height == ds.users.height
-    expected = full.ranker_frame(some, PARAMS.candidates_per_source)
-    assert expected.height > 60 * 20
-    assert _sorted(sampled.ranker_frame(some, PARAMS.candidates_per_source)).equals(_sorted(expected))
-    # restricting an already-built PointInTime to other users gives the same as building for them
-    others = ds.users["user_id"].sample(40, seed=2).sort()
-    assert _sorted(sampled.for_users(others, PARAMS).ranker_frame(others, 30)).equals(
-        _sorted(full.ranker_frame(others, 30))
-    )
+def test_candidates_of_some_users_equal_the_full_block_restricted_to_them(world):
+    """Nothing of a user's candidates or features depends on the other users of the block, even when each
+    user is scored as of their own time (recommend's cutoff_s; here just after each user's latest event)."""
+    rec = world["rec"]
+    everyone = np.arange(rec.vocab.n_users)
+    last = rec.history.user_last_s()
+    as_of = np.where(np.isfinite(last), last + 1e-6, rec.history.cutoff_s)
+    # items released between the earliest and the latest of these times: the rule must be per user
+    released = rec.catalogue.release_s
+    assert ((released > np.nanmin(as_of) - 86400) & (released < np.nanmax(as_of) - 86400)).sum() > 5
+    full = _rows(rec, everyone, as_of)
+    rng = np.random.default_rng(1)
+    for some in (np.sort(rng.choice(everyone, 60, replace=False)), np.array([17]), everyone[::-7]):
+        expected = full.join(pl.DataFrame({"user_id": rec.vocab.user_ids.gather(some)}), on="user_id", how="semi")
+        assert expected.height > len(some) * PARAMS.depth
+        got = _rows(rec, some, as_of[some])
+        assert got.sort("user_id", "item_id").equals(expected.sort("user_id", "item_id"))
 
 
-def test_training_frame_for_a_sample_equals_the_full_point_in_time_restricted_to_it(world):
-    ds, inter, split = world["ds"], world["inter"], world["split"]
-    labels = label_window(inter, split.train_cutoff, split.eval_cutoff)
-    assert labels["user_id"].n_unique() > PARAMS.max_training_users  # the sample is a real sample
-    frame = training_frame(
-        inter, ds.items, ds.users, split.train_cutoff, split.eval_cutoff, PARAMS, PARAMS.max_training_users
-    )
-    sample = label_users(labels, PARAMS.max_training_users, PARAMS.seed)
-    assert frame["user_id"].unique().sort().equals(sample.alias("user_id"))
-    # the frame as it was built before per-user tables were restricted: everyone's PointInTime
-    full = PointInTime.build(inter, ds.items, ds.users, split.train_cutoff, PARAMS)
-    excluded = recently_completed(inter, split.train_cutoff, PARAMS.recent_exclusion_days)
-    expected = (
-        full.ranker_frame(sample, PARAMS.candidates_per_source)
-        .join(excluded, on=["user_id", "item_id"], how="anti")
-        .join(labels, on=["user_id", "item_id"], how="left")
-        .with_columns(relevance=pl.col("relevance").fill_null(0))
-    )
-    assert _sorted(frame.drop("feature_cutoff")).equals(_sorted(expected))
+def test_training_set_for_a_sample_equals_the_full_build_restricted_to_it(world):
+    ds, inter = world["ds"], world["inter"]
+    split = procedure.per_user_split(inter, name="training")
+    truth_users = split.truth(inter)["user_id"].unique().sort()
+    assert truth_users.len() > MAX_USERS  # the sample is a real sample
+    frame = procedure.training_set(inter, ds.items, ds.users, PARAMS, MAX_USERS)
+    sample = truth_users.sample(MAX_USERS, seed=PARAMS.seed).sort()
+    assert frame["user_id"].unique().sort().equals(sample)
+    full = procedure.training_set(inter, ds.items, ds.users, PARAMS, 0)
+    assert full["user_id"].n_unique() == truth_users.len()
+    expected = full.join(pl.DataFrame({"user_id": sample}), on="user_id", how="semi")
+    # label_pairs counts the held-out pairs of the users trained on, so it is the one column that differs
+    assert frame.drop("label_pairs").equals(expected.drop("label_pairs"))
     assert frame["relevance"].sum() > 0
+    held = split.truth(inter).join(pl.DataFrame({"user_id": sample}), on="user_id", how="semi")
+    assert frame["label_pairs"].unique().to_list() == [held.height]
 
 
-def test_holdout_is_sampled_and_evaluated_on_the_same_users(world):
-    ds, inter, split = world["ds"], world["inter"], world["split"]
-    rows = build_training_set(inter, ds.items, ds.users, PARAMS)
-    holdout = rows.filter(pl.col("split") == "eval")
-    truth_users = label_window(inter, split.eval_cutoff, split.end)["user_id"].n_unique()
-    assert truth_users > PARAMS.max_training_users
-    assert holdout["user_id"].n_unique() == PARAMS.max_training_users
-    model = train_ranker(rows.filter(pl.col("split") == "train"), PARAMS)
-    table, recall = evaluate_holdout(score_frame(model, holdout), inter, ds.items, ds.users, PARAMS)
-    assert set(table["model"]) == {"ranker", "popularity"}
-    assert 0.0 < recall["all"] <= 1.0
-    # the same evaluation with no cap: every label user, more rows, metrics of the same kind
-    uncapped = replace(PARAMS, max_training_users=0)
-    full_rows = build_training_set(inter, ds.items, ds.users, uncapped).filter(pl.col("split") == "eval")
-    assert full_rows["user_id"].n_unique() == truth_users
-    full_table, _ = evaluate_holdout(score_frame(model, full_rows), inter, ds.items, ds.users, uncapped)
+def test_evaluation_is_capped_and_every_model_scored_on_the_same_users(world, monkeypatch):
+    """With max_users, evaluate scores a seeded sample of the held-out users, the same users for the ranker and
+    every baseline; without it, every held-out user."""
+    from recsys_platform import evaluation
+
+    ds, inter = world["ds"], world["inter"]
+    calls: list[tuple[pl.DataFrame, pl.DataFrame]] = []
+    real = evaluation.evaluate_all
+
+    def recording(truth, recs, k, **kwargs):
+        calls.append((truth, recs))
+        return real(truth, recs, k, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_all", recording)
+    truth_users = procedure.split_for("per_user", inter).truth(inter)["user_id"].n_unique()
+    assert truth_users > MAX_USERS
+    table, facts = procedure.evaluate(inter, ds.items, ds.users, "per_user", PARAMS, max_users=MAX_USERS)
+    assert facts["test_users"] == MAX_USERS
+    assert set(table["model"]) == {"ranker", *procedure.BASELINES}
+    assert len(calls) == 1 + len(procedure.BASELINES)
+    first_truth = calls[0][0]
+    assert first_truth["user_id"].n_unique() == MAX_USERS
+    for truth, recs in calls:
+        assert truth.equals(first_truth)
+        assert set(recs["user_id"]) <= set(first_truth["user_id"])
+        assert recs["user_id"].n_unique() > 0.9 * MAX_USERS
+    calls.clear()
+    full_table, full_facts = procedure.evaluate(inter, ds.items, ds.users, "per_user", PARAMS, max_users=0)
+    assert full_facts["test_users"] == truth_users == calls[0][0]["user_id"].n_unique()
     assert full_table.height == table.height
 
 
-def test_recommend_in_chunks_equals_scoring_everyone_at_once(world):
-    ds, inter, split = world["ds"], world["inter"], world["split"]
-    model = train_ranker(
-        training_frame(inter, ds.items, ds.users, split.eval_cutoff, split.end, PARAMS, PARAMS.max_training_users),
-        PARAMS,
-    )
-    cutoff = split.end
-    excluded = recently_completed(inter, cutoff, PARAMS.recent_exclusion_days)
-    full = PointInTime.build(inter, ds.items, ds.users, cutoff, PARAMS)
-    frame = full.ranker_frame(ds.users["user_id"], PARAMS.candidates_per_source)
-    expected = top_n(score_frame(model, frame.join(excluded, on=["user_id", "item_id"], how="anti")), PARAMS.top_n)
-    pit = PointInTime.build(inter, ds.items, ds.users, cutoff, PARAMS, user_ids=[])
-    chunked = recommend(model, pit, ds.users["user_id"], excluded, PARAMS, chunk_users=73)
-    assert chunked.height == expected.height > ds.users.height
-    assert chunked.equals(expected)
-    # the serving step reads the history sorted by user: chunks take slices of it, with the same answer
+def test_recommend_in_blocks_equals_scoring_everyone_at_once(world):
+    ds, inter, end, rec = world["ds"], world["inter"], world["end"], world["rec"]
+    who = ds.users["user_id"]
+    expected = rec.recommend(who, 20, block_users=10_000)
+    assert expected.height > who.len() * 10
+    assert rec.recommend(who, 20, block_users=73).equals(expected)
+    # the input order of the history does not matter either (serving reads it sorted by user)
     by_user = inter.sort("user_id", maintain_order=True)
-    assert by_user["user_id"].flags["SORTED_ASC"]
-    pit = PointInTime.build(by_user, ds.items, ds.users, cutoff, PARAMS, user_ids=[])
-    assert recommend(model, pit, ds.users["user_id"], excluded, PARAMS, chunk_users=73).equals(expected)
+    again = fit_serving(by_user, ds.items, ds.users, end, PARAMS, ColumnScorer("score_ease_recent"))
+    assert again.recommend(who, 20, block_users=73).equals(expected)
 
 
 def test_rows_of_users_on_a_user_sorted_frame_equals_the_semi_join(world):
@@ -161,39 +162,39 @@ def test_generate_to_landing_writes_the_same_events_as_generate(tmp_path, tastes
     assert len(hours) < counts.files - 2 <= 3 * len(hours)
 
 
-def _content_by_joins(ctx, user_ids: pl.DataFrame, n: int) -> pl.DataFrame:
-    """The content source as it was written before (a join per facet, a group-by, a sort): the reference."""
-    items = ctx.items.join(_released(ctx), on="item_id", how="semi")
-    parts = [
-        ctx.affinities[facet]
-        .join(user_ids, on="user_id", how="semi")
-        .join(items.select("item_id", facet), on=facet)
-        .select("user_id", "item_id", s=pl.col(f"aff_{facet}") * weight)
-        for facet, weight in CONTENT_FACETS
-    ]
-    # rounded like the source: sums of the same shares in another order differ in the last bits
-    scores = pl.concat(parts).group_by("user_id", "item_id").agg(score=pl.col("s").sum().round(12))
-    return _ranked(scores, ["user_id"], "content", n)
-
-
-def test_content_source_equals_the_join_and_group_by_reference(world, monkeypatch):
-    ds, inter, cutoff = world["ds"], world["inter"], world["split"].eval_cutoff
-    monkeypatch.setattr(candidates, "CONTENT_BLOCK_USERS", 37)  # several blocks
-    ctx = PointInTime.build(inter, ds.items, ds.users, cutoff, PARAMS).candidates
-    who = pl.DataFrame({"user_id": ds.users["user_id"].sample(150, seed=4)})
-    got = source_content(ctx, who, 25).sort("user_id", "rank_content")
-    expected = _content_by_joins(ctx, who, 25).sort("user_id", "rank_content")
-    assert got.height == expected.height > 150 * 10
-    assert got.select("user_id", "item_id", "rank_content").equals(
-        expected.select("user_id", "item_id", "rank_content")
+def test_content_source_equals_the_join_and_group_by_reference(world):
+    """The content source as a sparse product equals the same scores written as joins: per user and facet,
+    the share of their distinct items with each value, joined to the items with that value, weighted, summed."""
+    ds, inter, end, rec = world["ds"], world["inter"], world["end"], world["rec"]
+    source = fit_content(rec.history, rec.catalogue, PARAMS)
+    rows = np.sort(np.random.default_rng(4).choice(rec.vocab.n_users, 150, replace=False))
+    who = pl.DataFrame({"user_id": rec.vocab.user_ids.gather(rows)})
+    got = source.score(Profiles.of(rec.history, rows))
+    pairs = (
+        inter.filter(pl.col("event_time") < end)
+        .join(who, on="user_id", how="semi")
+        .select("user_id", "item_id")
+        .unique()
+        .with_columns(n=pl.len().over("user_id"))
     )
-    assert (got["score_content"] - expected["score_content"]).abs().max() < 1e-12
+    parts = []
+    for facet, weight in source.weights.items():
+        values = ds.items.select("item_id", facet).drop_nulls()
+        shares = pairs.join(values, on="item_id").group_by("user_id", facet).agg(share=pl.len() / pl.col("n").first())
+        parts.append(shares.join(values, on=facet).select("user_id", "item_id", s=pl.col("share") * weight))
+    expected = pl.concat(parts).group_by("user_id", "item_id").agg(score=pl.col("s").sum())
+    assert expected.height > 150 * 50
+    r = rows.searchsorted(rec.vocab.user_rows(expected["user_id"]))
+    c = rec.vocab.item_cols(expected["item_id"])
+    np.testing.assert_allclose(got[r, c], expected["score"].to_numpy(), rtol=1e-5)
+    # and nothing else is a content candidate
+    assert np.isfinite(got).sum() == expected.height
 
 
 def test_features_from_the_pruned_history_scan_equal_those_from_the_full_table(world, tmp_path):
     """Steps read interactions as a lazy scan of the lake with only HISTORY_COLUMNS (and a window where
     they need one): same features, training rows and outcomes as from the whole table in memory."""
-    from recsys_platform import experiments, training
+    from recsys_platform import experiments
     from recsys_platform.features import (
         HISTORY_COLUMNS,
         POSITIVE_COLUMNS,
@@ -202,8 +203,9 @@ def test_features_from_the_pruned_history_scan_equal_those_from_the_full_table(w
         read_history,
         user_features,
     )
+    from recsys_platform.model.fallback import popularity_table
 
-    ds, inter, cutoff = world["ds"], world["inter"], world["split"].end
+    ds, inter, cutoff = world["ds"], world["inter"], world["end"]
     inter.write_parquet(tmp_path / "interactions.parquet", statistics=True)
     scan = pl.scan_parquet(tmp_path / "interactions.parquet")
     pruned = read_history(scan)
@@ -216,10 +218,10 @@ def test_features_from_the_pruned_history_scan_equal_those_from_the_full_table(w
     assert got.sort("item_id").equals(expected.sort("item_id"))
     positive = read_history(scan, POSITIVE_COLUMNS, positive_only=True)
     assert positive.height == inter.filter(pl.col("weight") > 0).height
-    pop = training.popularity_table(inter, ds.users, cutoff)
-    assert training.popularity_table(positive, ds.users, cutoff).equals(pop)
-    assert build_training_set(pruned, ds.items, ds.users, PARAMS).equals(
-        build_training_set(inter, ds.items, ds.users, PARAMS)
+    pop = popularity_table(inter, ds.users, cutoff)
+    assert popularity_table(positive, ds.users, cutoff).equals(pop)
+    assert procedure.training_set(pruned, ds.items, ds.users, PARAMS, MAX_USERS).equals(
+        procedure.training_set(inter, ds.items, ds.users, PARAMS, MAX_USERS)
     )
     # experiment outcomes from the window after the first exposure equal those from every event
     exposed_at = inter["event_time"].max() - timedelta(days=3)

@@ -134,8 +134,8 @@ def _per_row_z(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
 
 def allowed_items(profiles: Profiles, catalogue: Catalogue, exclude_seen: bool, blocked=None) -> np.ndarray:
     """block rows x items: what may be recommended (released, the kids rule, unseen when asked, not `blocked`)."""
-    allowed = np.broadcast_to(catalogue.released(float(np.max(profiles.cutoff_s))), (len(profiles), profiles.n_items))
-    allowed = allowed & ~catalogue.blocked_kids(profiles.rows)
+    # each user's own time: with the block's latest, a user would get items released after their cutoff
+    allowed = catalogue.released(profiles.cutoff_s) & ~catalogue.blocked_kids(profiles.rows)
     if exclude_seen:
         r, c = profiles.seen_mask_rows_cols()
         allowed[r, c] = False

@@ -7,14 +7,13 @@ and NaN features (LightGBM treats them as missing), not an error.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
 from recsys_platform import schemas
-from recsys_platform.model.history import Vocabulary
+from recsys_platform.model.history import DAY_S, Vocabulary
 
 FACETS: tuple[str, ...] = ("topic", "narrator", "content_type")
 
@@ -115,10 +114,12 @@ class Catalogue:
             family,
         )
 
-    def released(self, cutoff_s: float) -> np.ndarray:
-        """Items released on or before the cutoff's date (unknown release dates count as released)."""
-        day = datetime.fromtimestamp(cutoff_s, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-        return ~(self.release_s > day)
+    def released(self, cutoff_s: float | np.ndarray) -> np.ndarray:
+        """Items released on or before the cutoff's date (unknown release dates count as released); for an
+        array of cutoffs (one per user of a block), a cutoffs x items mask."""
+        cut = np.asarray(cutoff_s, np.float64)
+        day = cut - np.mod(cut, DAY_S)  # midnight UTC of the cutoff's date
+        return ~(self.release_s > day[..., None]) if day.ndim else ~(self.release_s > day)
 
     def blocked_kids(self, rows: np.ndarray) -> np.ndarray:
         """block rows x items: kids items for users whose household has no kids."""

@@ -72,20 +72,30 @@ def choose_params(
 
 
 def user_cutoffs(split: Split, vocab: Vocabulary, rows: np.ndarray) -> np.ndarray:
-    """Epoch seconds of each row's cutoff in `split` (the split's end for users it does not hold out)."""
+    """Epoch seconds of each row's cutoff in `split` (for users it does not hold out: its common cutoff, else
+    its end)."""
     frame = pl.DataFrame({"user_id": vocab.user_ids.gather(rows)}).join(
         split.cutoffs, on="user_id", how="left", maintain_order="left"
     )
     cut = frame["cutoff"].dt.epoch("us").cast(pl.Float64) / 1e6
-    return cut.fill_null(epoch_s(split.end)).to_numpy()
+    return cut.fill_null(epoch_s(split.common_cutoff or split.end)).to_numpy()
+
+
+def feature_times(split: Split, vocab: Vocabulary, rows: np.ndarray) -> np.ndarray:
+    """Epoch seconds each row's features and candidates are as of: one time for everyone, as serving's now is.
+    A global split's cutoff; under a per-user split the end of the known part, not the users' own cutoffs:
+    each is the time of that user's next event, which no feature or candidate may depend on."""
+    if split.common_cutoff is not None:
+        return user_cutoffs(split, vocab, rows)
+    return np.full(len(rows), epoch_s(split.known_until))
 
 
 def training_set(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, params: ModelParams, max_users: int
 ) -> pl.DataFrame:
     """The ranker's training rows: candidates of the held-out users of each training window (at most
-    `max_users`, seeded sample) with every feature as of each user's cutoff in that window and the
-    relevance of their held-out pairs. Windows: `params.training_windows`."""
+    `max_users`, seeded sample) with every feature as of the window's feature time (`feature_times`) and
+    the relevance of their held-out pairs. Windows: `params.training_windows`."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
     windows = {
@@ -120,7 +130,7 @@ def _global_windows(interactions: pl.DataFrame, n: int) -> list[tuple[Split, pl.
 
 def _window_rows(split, interactions, vocab, catalogue, params, max_users) -> pl.DataFrame:
     known, truth = split.known(interactions), split.truth(interactions)
-    history = PairHistory.build(known, vocab, split.end)
+    history = PairHistory.build(known, vocab, split.known_until)
     fitted = Recommender(
         params, catalogue, history, fit_sources(history, catalogue, params), ItemStats.fit(history), None
     )
@@ -132,7 +142,7 @@ def _window_rows(split, interactions, vocab, catalogue, params, max_users) -> pl
     parts = []
     for start in range(0, len(rows), BLOCK_USERS):
         r = rows[start : start + BLOCK_USERS]
-        profiles, block = fitted.block(r, user_cutoffs(split, vocab, r))
+        profiles, block = fitted.block(r, feature_times(split, vocab, r))
         pairs = pairs_frame(block, profiles, vocab.user_ids, vocab.item_ids)
         feats = pl.DataFrame(block.features, schema=list(FEATURES), orient="row")
         parts.append(pl.concat([pairs, feats], how="horizontal"))
@@ -220,7 +230,7 @@ def evaluate(
     if max_users and test_users.len() > max_users:
         test_users = test_users.sample(max_users, seed=rec.params.seed).sort()
         truth = truth.join(pl.DataFrame({"user_id": test_users}), on="user_id", how="semi")
-    cut = user_cutoffs(split, rec.vocab, rec.vocab.user_rows(test_users).clip(0))
+    cut = feature_times(split, rec.vocab, rec.vocab.user_rows(test_users).clip(0))
     pop = pl.DataFrame({"item_id": rec.vocab.item_ids, "count": rec.stats.users})
     rows = []
     fitted = {name: rec.with_scorer(ColumnScorer(col)) for name, col in BASELINES.items()}

@@ -43,16 +43,20 @@ class Split:
     """Per-user cutoffs: events before a user's cutoff are known, events in [cutoff, end) are to predict."""
 
     name: str
-    cutoffs: pl.DataFrame  # user_id, cutoff (users absent: every event of theirs is known, none predicted)
+    cutoffs: pl.DataFrame  # user_id, cutoff of the users held out
     end: datetime
-    known_until: datetime  # the latest cutoff: when the known part ends for everyone
+    known_until: datetime  # when the known part ends: just after its newest event (global: the cutoff)
+    # The global split's one cutoff, for every user: users it does not evaluate are unknown from it on too, and
+    # features are as of it. None for a per-user split: users absent from `cutoffs` are known whole, and each
+    # cutoff is the time of that user's next event, which features must not read: they are as of known_until
+    # (`procedure.feature_times`).
+    common_cutoff: datetime | None = None
 
     def known(self, interactions: pl.DataFrame) -> pl.DataFrame:
         """The interactions the models may read (before each user's cutoff)."""
+        others = pl.lit(self.common_cutoff or self.end, dtype=TS)
         lf = interactions.lazy().join(self.cutoffs.lazy(), on="user_id", how="left")
-        return (
-            lf.filter(pl.col("event_time") < pl.coalesce("cutoff", pl.lit(self.end, dtype=TS))).drop("cutoff").collect()
-        )
+        return lf.filter(pl.col("event_time") < pl.coalesce("cutoff", others)).drop("cutoff").collect()
 
     def truth(self, interactions: pl.DataFrame) -> pl.DataFrame:
         """(user, item, relevance) of the pairs to predict: the best event of each in [cutoff, end)."""
@@ -95,6 +99,11 @@ class PairSplit:
     @property
     def known_until(self) -> datetime:
         """The known part runs to the end."""
+        return self.end
+
+    @property
+    def common_cutoff(self) -> datetime:
+        """Every user's features are as of the end, as after a global cutoff (`procedure.feature_times`)."""
         return self.end
 
     def known(self, interactions: pl.DataFrame) -> pl.DataFrame:
@@ -160,7 +169,9 @@ def per_user_split(interactions: pl.DataFrame, fraction: float = 0.2, name: str 
         .sort("user_id")
         .collect()
     )
-    known_until = ranked["cutoff"].max() if ranked.height else end
+    # Not the latest cutoff: that is the time of a held-out event.
+    newest = Split(name, ranked, end, end).known(interactions)["event_time"].max()
+    known_until = newest + timedelta(microseconds=1) if newest is not None else end
     return Split(name, ranked, end, known_until)
 
 
@@ -177,7 +188,7 @@ def global_split(interactions: pl.DataFrame, fraction: float = 0.1, name: str = 
     after = interactions.filter(pl.col("event_time") >= cutoff).select("user_id").unique()
     users = before.join(after, on="user_id", how="semi").sort("user_id")
     cutoffs = users.with_columns(cutoff=pl.lit(cutoff, dtype=TS))
-    return Split(name, cutoffs, end, cutoff)
+    return Split(name, cutoffs, end, cutoff, common_cutoff=cutoff)
 
 
 def repeat_share(interactions: pl.DataFrame) -> float:

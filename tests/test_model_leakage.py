@@ -1,0 +1,321 @@
+"""Leakage: nothing at or after a user's cutoff reaches a feature or a candidate, in training or in evaluation.
+
+The harness builds the ranker's training rows (`procedure.training_set`) and the evaluation's inputs (what
+`procedure.evaluate` fits on and the candidate rows it scores), then rewrites *everything* after each
+user's cutoff - which users the events belong to, their items, times (still after the cutoff), how many
+there are (rows dropped and duplicated) and their event types - and builds them again. Every candidate
+(user, item) and every feature value must be the same; only labels may move.
+
+A split is the experiment's design, not a feature: the per-user split places each cutoff by counting the
+user's plays, held-out ones included, and the global split's cutoff is a quantile of all plays, so
+rewriting the counts after the cutoff would move the cutoffs themselves. The harness therefore holds the
+split fixed (computed once on the original data). What the cutoff *time* may reveal is checked separately:
+moving each user's held-out events later, which keeps the per-user split's positions, must not change any
+feature either - the cutoff is the time of the user's next event, which no feature may read.
+
+Each harness also catches a leaky feature planted on purpose (the last tests), so it can fail.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys_platform import schemas
+from recsys_platform.features import build_interactions
+from recsys_platform.generator import GeneratorConfig, generate
+from recsys_platform.model import candidates, procedure, windows
+from recsys_platform.model.candidates import FEATURES
+from recsys_platform.model.params import ModelParams
+from recsys_platform.model.ranker import ColumnScorer
+from recsys_platform.model.recommender import Recommender, build_vocab, fit_serving
+from recsys_platform.model.windows import Split
+from tests.conftest import FIXED_END
+
+KEYS = ["user_id", "item_id"]
+# Small and fast: the harness compares feature values, not model quality.
+BASE = ModelParams(ials_factors=8, ials_iterations=3, depth=30)
+
+
+@dataclass
+class World:
+    items: pl.DataFrame
+    users: pl.DataFrame
+    interactions: pl.DataFrame
+    params: ModelParams
+
+
+@pytest.fixture(scope="module", params=["profile", "latent"])
+def world(request) -> World:
+    """A small generated dataset in each taste mode, with its data-derived params (held fixed: choose_params
+    reads all the interactions it is given, and evaluate gives it only the known part)."""
+    ds = generate(GeneratorConfig(n_users=200, days=14, seed=11, end=FIXED_END, tastes=request.param))
+    inter = build_interactions(ds.events, ds.items)
+    return World(ds.items, ds.users, inter, procedure.data_params(inter, BASE))
+
+
+# --- the perturbation -------------------------------------------------------------------------------------
+
+
+def cutoff_expr(split: Split) -> pl.Expr:
+    """Each row's cutoff under `split` (users it does not hold out: its cutoff of the others, else never)."""
+    others = split.common_cutoff or split.end
+    return pl.coalesce("cutoff", pl.lit(others, dtype=windows.TS))
+
+
+def rewrite_after(inter: pl.DataFrame, split: Split, items: pl.DataFrame, owners: pl.Series, seed: int) -> pl.DataFrame:
+    """`inter` with every event at or after its user's cutoff replaced: resampled (some dropped, some
+    duplicated, 30% more in all), each given to one of `owners` (every owner at least once) at a random time
+    between that owner's cutoff and the split's end, a random catalogue item and a random event type."""
+    rng = np.random.default_rng(seed)
+    tagged = inter.join(split.cutoffs, on="user_id", how="left")
+    after = pl.col("event_time") >= cutoff_expr(split)
+    before, held = tagged.filter(~after).drop("cutoff"), tagged.filter(after).drop("cutoff")
+    n = int(held.height * 1.3)
+    assert n > len(owners)
+    new = held[rng.integers(0, held.height, n)]
+    who = pl.DataFrame(
+        {"user_id": owners.gather(np.r_[np.arange(len(owners)), rng.integers(0, len(owners), n - len(owners))])}
+    )
+    start = who.join(split.cutoffs, on="user_id", how="left", maintain_order="left").select(cutoff_expr(split))
+    start_us = start.to_series().dt.epoch("us").to_numpy()
+    end_us = int(split.end.timestamp() * 1e6)
+    times = start_us + (rng.random(n) * (end_us - start_us)).astype(np.int64)
+    kinds = np.array(schemas.CONTENT_EVENT_TYPES)[rng.integers(0, len(schemas.CONTENT_EVENT_TYPES), n)]
+    new = new.with_columns(
+        user_id=who["user_id"],
+        item_id=items["item_id"].gather(rng.integers(0, items.height, n)),
+        event_time=pl.Series(times).cast(pl.Datetime("us", "UTC")),
+        event_type=pl.Series(kinds),
+        is_bounce=pl.Series(kinds == "content_exit") & pl.Series(rng.random(n) < 0.5),
+    ).with_columns(
+        weight=pl.when(pl.col("is_bounce"))
+        .then(schemas.BOUNCE_WEIGHT)
+        .otherwise(pl.col("event_type").replace_strict(schemas.EVENT_WEIGHTS, return_dtype=pl.Float64))
+    )
+    return pl.concat([before, new.select(before.columns)]).sample(fraction=1.0, shuffle=True, seed=seed)
+
+
+def delay_held_out(inter: pl.DataFrame, split: Split, items: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """`inter` with each held-out user's events from the cutoff on moved later by up to three days (one
+    random delay per user, so their order and the per-user split's positions stay), on random items, and
+    their non-play events of a random non-play type."""
+    rng = np.random.default_rng(seed)
+    delay = split.cutoffs.select(
+        "user_id", delay=pl.Series((rng.random(split.cutoffs.height) * 3 * 86400e6).astype(np.int64))
+    )
+    tagged = inter.join(split.cutoffs, on="user_id", how="left")
+    after = pl.col("event_time") >= cutoff_expr(split)
+    before, held = tagged.filter(~after).drop("cutoff"), tagged.filter(after).drop("cutoff")
+    others = ["content_complete", "content_exit", "favorite"]
+    kinds = np.array(others)[rng.integers(0, 3, held.height)]
+    held = (
+        held.join(delay, on="user_id")
+        .with_columns(
+            event_time=pl.col("event_time") + pl.duration(microseconds=pl.col("delay")),
+            item_id=items["item_id"].gather(rng.integers(0, items.height, held.height)),
+            event_type=pl.when(pl.col("event_type") == "content_start")
+            .then(pl.col("event_type"))
+            .otherwise(pl.Series(kinds)),
+        )
+        .drop("delay")
+    )
+    return pl.concat([before, held.select(before.columns)])
+
+
+# --- what is compared ---------------------------------------------------------------------------------------
+
+
+def differences(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:
+    """What differs between two frames of candidate rows: "candidates" when the (user, item) pairs do,
+    else the features whose values do (NaN equal to NaN)."""
+    a, b = a.sort(KEYS), b.sort(KEYS)
+    if not a.select(KEYS).equals(b.select(KEYS)):
+        return ["candidates"]
+    return [f for f in FEATURES if not a[f].equals(b[f])]
+
+
+@contextmanager
+def fixed_split(monkeypatch: pytest.MonkeyPatch, split: Split):
+    """The procedure's per-user split and evaluation split replaced by `split`."""
+    with monkeypatch.context() as m:
+        m.setattr(procedure, "per_user_split", lambda *a, **k: split)
+        m.setattr(procedure, "split_for", lambda *a, **k: split)
+        yield
+
+
+def training_rows(world: World, interactions: pl.DataFrame) -> pl.DataFrame:
+    return procedure.training_set(interactions, world.items, world.users, world.params, 0)
+
+
+@dataclass
+class EvaluationInputs:
+    known: pl.DataFrame  # what the whole procedure is fitted on
+    fitted_until: object  # the cutoff the serving sources are fitted with
+    rows: pl.DataFrame  # every candidate row evaluate scores: user, item, features
+
+
+def evaluation_inputs(
+    world: World, interactions: pl.DataFrame, protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> EvaluationInputs:
+    """Run `procedure.evaluate` and record what it fits on and every candidate row it scores (the fit is the
+    serving fit with fixed params and one baseline scorer: tuning and the ranker are functions of `known`)."""
+    seen: dict = {"rows": []}
+
+    def fit(known, items, users, cutoff, *args, **kwargs):
+        seen["known"], seen["until"] = known, cutoff
+        return fit_serving(known, items, users, cutoff, world.params, ColumnScorer("score_ease"))
+
+    original_block = Recommender.block
+
+    def block(self, rows, cutoff_s=None):
+        profiles, cands = original_block(self, rows, cutoff_s)
+        pairs = candidates.pairs_frame(cands, profiles, self.vocab.user_ids, self.vocab.item_ids)
+        seen["rows"].append(pl.concat([pairs, pl.DataFrame(cands.features, schema=list(FEATURES))], how="horizontal"))
+        return profiles, cands
+
+    with monkeypatch.context() as m:
+        m.setattr(procedure, "fit_recommender", fit)
+        m.setattr(Recommender, "block", block)
+        procedure.evaluate(interactions, world.items, world.users, protocol, max_users=0)
+    known = seen["known"].sort("event_time", "event_id")
+    # every model is scored on the same candidate rows: keep one copy
+    rows = pl.concat(seen["rows"]).unique(KEYS, keep="first", maintain_order=True)
+    return EvaluationInputs(known, seen["until"], rows)
+
+
+def assert_same_evaluation_inputs(a: EvaluationInputs, b: EvaluationInputs) -> None:
+    assert a.known.equals(b.known)
+    assert a.fitted_until == b.fitted_until
+    assert a.rows.height > 1000
+    assert differences(a.rows, b.rows) == []
+
+
+# --- per-user protocol ------------------------------------------------------------------------------------
+
+
+def test_training_rows_ignore_everything_after_each_users_cutoff(world: World, monkeypatch) -> None:
+    split = windows.per_user_split(world.interactions, name="training")
+    changed = rewrite_after(world.interactions, split, world.items, split.cutoffs["user_id"], seed=1)
+    assert changed.height > world.interactions.height  # rows were duplicated as well as dropped
+    with fixed_split(monkeypatch, split):
+        before, after = training_rows(world, world.interactions), training_rows(world, changed)
+    assert before.height > 5000 and before["relevance"].sum() > 100
+    assert differences(before, after) == []
+    # ... while the labels did change: the rewrite reached the held-out part
+    labels = before.select(*KEYS, "relevance").join(after.select(*KEYS, "relevance"), on=KEYS, suffix="_after")
+    assert (labels["relevance"] != labels["relevance_after"]).sum() > 50
+
+
+def test_evaluation_inputs_ignore_everything_after_each_users_cutoff(world: World, monkeypatch) -> None:
+    split = procedure.split_for("per_user", world.interactions)
+    changed = rewrite_after(world.interactions, split, world.items, split.cutoffs["user_id"], seed=2)
+    with fixed_split(monkeypatch, split):
+        before = evaluation_inputs(world, world.interactions, "per_user", monkeypatch)
+        after = evaluation_inputs(world, changed, "per_user", monkeypatch)
+    assert_same_evaluation_inputs(before, after)
+
+
+def test_no_feature_reads_when_the_held_out_events_happened(world: World) -> None:
+    """The per-user cutoff is the time of the user's next event: moving the held-out events later (the same
+    events stay held out) must change no feature and no candidate, in training and in evaluation."""
+    split = windows.per_user_split(world.interactions, name="training")
+    changed = delay_held_out(world.interactions, split, world.items, seed=3)
+    moved = windows.per_user_split(changed, name="training")
+    assert moved.cutoffs["user_id"].equals(split.cutoffs["user_id"])  # the same users held out ...
+    assert (moved.cutoffs["cutoff"] > split.cutoffs["cutoff"]).mean() > 0.9  # ... from later cutoffs
+    assert moved.known(changed).sort("event_id").equals(split.known(world.interactions).sort("event_id"))
+    assert differences(training_rows(world, world.interactions), training_rows(world, changed)) == []
+
+
+def test_evaluation_inputs_ignore_when_the_held_out_events_happened(world: World, monkeypatch) -> None:
+    split = procedure.split_for("per_user", world.interactions)
+    changed = delay_held_out(world.interactions, split, world.items, seed=4)
+    before = evaluation_inputs(world, world.interactions, "per_user", monkeypatch)
+    after = evaluation_inputs(world, changed, "per_user", monkeypatch)
+    assert_same_evaluation_inputs(before, after)
+
+
+# --- global protocol --------------------------------------------------------------------------------------
+
+
+def test_global_protocol_ignores_everything_after_the_cutoff_of_anyone(world: World, monkeypatch) -> None:
+    """Every event from the global cutoff on - of evaluated users, of users it does not evaluate and of
+    users never seen before - is rewritten: the training rows and evaluation inputs stay the same."""
+    split = procedure.split_for("global", world.interactions)
+    owners = pl.concat([world.users["user_id"], pl.Series(["newcomer-1", "newcomer-2"])])
+    changed = rewrite_after(world.interactions, split, world.items, owners, seed=5)
+    assert changed.filter(pl.col("user_id").str.starts_with("newcomer")).height > 0
+    with fixed_split(monkeypatch, split):
+        before = evaluation_inputs(world, world.interactions, "global", monkeypatch)
+        after = evaluation_inputs(world, changed, "global", monkeypatch)
+    assert_same_evaluation_inputs(before, after)
+    assert before.known["event_time"].max() < split.known_until
+    # the ranker evaluate trains is trained on the known part alone
+    assert differences(training_rows(world, before.known), training_rows(world, after.known)) == []
+
+
+# --- the harness can fail -----------------------------------------------------------------------------------
+
+
+def _count_every_event(monkeypatch: pytest.MonkeyPatch, world: World) -> None:
+    """Plant a leak: `user_items_log` counts every interaction of the user given to training_set, including
+    those after the cutoff (the kind of user-level count the old leakage test could not see)."""
+    totals: dict[str, np.ndarray] = {}
+    original_set, original_user_columns = procedure.training_set, candidates._user_columns
+
+    def training_set(interactions, items, users, *args, **kwargs):
+        vocab = build_vocab(interactions, items, users)
+        counts = pl.DataFrame({"user_id": vocab.user_ids}).join(
+            interactions.group_by("user_id").len(), on="user_id", how="left", maintain_order="left"
+        )
+        totals["n"] = counts["len"].fill_null(0).to_numpy()
+        return original_set(interactions, items, users, *args, **kwargs)
+
+    def user_columns(profiles, rows):
+        cols = original_user_columns(profiles, rows)
+        cols["user_items_log"] = np.log1p(totals["n"][profiles.rows])[rows]
+        return cols
+
+    monkeypatch.setattr(procedure, "training_set", training_set)
+    monkeypatch.setattr(candidates, "_user_columns", user_columns)
+
+
+def test_the_harness_detects_a_user_count_that_reads_after_the_cutoff(world: World, monkeypatch) -> None:
+    split = windows.per_user_split(world.interactions, name="training")
+    changed = rewrite_after(world.interactions, split, world.items, split.cutoffs["user_id"], seed=1)
+    _count_every_event(monkeypatch, world)
+    with fixed_split(monkeypatch, split):
+        found = differences(
+            procedure.training_set(world.interactions, world.items, world.users, world.params, 0),
+            procedure.training_set(changed, world.items, world.users, world.params, 0),
+        )
+    assert found == ["user_items_log"]
+
+
+def test_the_harness_detects_a_known_part_that_includes_the_future(world: World, monkeypatch) -> None:
+    """The bug the global split had: a known part holding events from after the cutoff."""
+    split = procedure.split_for("global", world.interactions)
+    changed = rewrite_after(world.interactions, split, world.items, world.users["user_id"], seed=5)
+    leaky = Split(split.name, split.cutoffs, split.end, split.known_until)  # without common_cutoff
+    with fixed_split(monkeypatch, leaky):
+        before = evaluation_inputs(world, world.interactions, "global", monkeypatch)
+        after = evaluation_inputs(world, changed, "global", monkeypatch)
+    with pytest.raises(AssertionError):
+        assert_same_evaluation_inputs(before, after)
+    # and the ranker trained on it: its training rows move with the rewritten future
+    assert differences(training_rows(world, before.known), training_rows(world, after.known)) != []
+
+
+def test_the_harness_detects_features_as_of_the_end_of_the_data(world: World, monkeypatch) -> None:
+    """Features computed as of the split's end (the newest event of all) read held-out times."""
+    split = windows.per_user_split(world.interactions, name="training")
+    changed = delay_held_out(world.interactions, split, world.items, seed=3)
+    monkeypatch.setattr(
+        procedure, "feature_times", lambda split, vocab, rows: np.full(len(rows), split.end.timestamp())
+    )
+    assert differences(training_rows(world, world.interactions), training_rows(world, changed)) != []

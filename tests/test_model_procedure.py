@@ -1,0 +1,152 @@
+"""The training procedure: settings read off the data, the ranker's training rows and labels, evaluation on
+both protocols and the gate's choice of the strongest baseline."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys_platform import schemas
+from recsys_platform.features import build_interactions
+from recsys_platform.generator import GeneratorConfig, generate
+from recsys_platform.model import procedure, tuning
+from recsys_platform.model.params import ModelParams
+from recsys_platform.model.windows import per_user_split, require_enough
+from tests.conftest import FIXED_END
+
+FAST = ModelParams(ials_factors=8, ials_iterations=3, depth=30)
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def plays(rows: list[tuple[str, str, float]]) -> pl.DataFrame:
+    """content_start interactions from (user, item, day) rows."""
+    return schemas.conform(
+        pl.DataFrame(
+            {
+                "user_id": [r[0] for r in rows],
+                "item_id": [r[1] for r in rows],
+                "event_time": [T0 + timedelta(days=r[2]) for r in rows],
+                "event_type": ["content_start"] * len(rows),
+            }
+        ),
+        schemas.INTERACTION_SCHEMA,
+    )
+
+
+def test_data_params_read_replays_and_the_recent_time_span_off_the_data() -> None:
+    # 20 plays on days 0-19, each pair once: no replays -> seen items excluded; the newest 10% of plays span
+    # from the 0.9 quantile (lower: index floor(0.9 x 19) = 17, day 17) to day 19 -> a 2-day half-life
+    once = plays([(f"u{d % 4}", f"i{d}", d) for d in range(20)])
+    params = procedure.data_params(once, ModelParams())
+    assert params.exclude_seen is True and params.recent_half_life_days == 2.0
+    # the same plus u0 replaying i0 on day 19.5: 1 of 21 plays replays a pair (0.048 < 0.05) -> still excluded
+    once_more = once.vstack(plays([("u0", "i0", 19.5)]))
+    assert procedure.data_params(once_more, ModelParams()).exclude_seen is True
+    # two replays: 1 - 20 / 22 = 0.091 of plays -> replays are recommended
+    twice = once_more.vstack(plays([("u1", "i1", 19.6)]))
+    assert procedure.data_params(twice, ModelParams()).exclude_seen is False
+    # a burst within one day: the half-life never goes below a day
+    burst = plays([("u0", f"i{k}", k / 100) for k in range(20)])
+    assert procedure.data_params(burst, ModelParams()).recent_half_life_days == 1.0
+
+
+@pytest.fixture(scope="module")
+def world() -> dict:
+    ds = generate(GeneratorConfig(n_users=300, days=14, seed=7, end=FIXED_END, tastes="latent"))
+    inter = build_interactions(ds.events, ds.items)
+    return {"ds": ds, "inter": inter, "params": procedure.data_params(inter, FAST)}
+
+
+def test_training_labels_come_only_from_each_users_held_out_part(world) -> None:
+    ds, inter, params = world["ds"], world["inter"], world["params"]
+    frame = procedure.training_set(inter, ds.items, ds.users, params, 0)
+    truth = per_user_split(inter, name="training").truth(inter)
+    positives = frame.filter(pl.col("relevance") > 0).select("user_id", "item_id", "relevance")
+    joined = positives.join(truth, on=["user_id", "item_id"], how="left", suffix="_held_out")
+    assert positives.height > 100
+    assert joined["relevance_held_out"].null_count() == 0  # every label is a held-out pair ...
+    assert (joined["relevance"] == joined["relevance_held_out"]).all()  # ... with its relevance
+    # ... and every held-out pair that is a candidate is labelled
+    candidates = truth.join(frame.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi")
+    assert candidates.height == positives.height
+    assert set(frame["user_id"]) == set(truth["user_id"])
+    assert frame["label_pairs"].unique().to_list() == [truth.height]
+    # candidates are as of the end of the known part for everyone, not as of each user's next (held-out)
+    # event: nothing released after that day, items released after a user's cutoff included
+    split = per_user_split(inter, name="training")
+    last_day = split.known_until.date()
+    assert split.known_until == split.known(inter)["event_time"].max() + timedelta(microseconds=1)
+    released = frame.join(ds.items.select("item_id", "release_date"), on="item_id")
+    assert released.height == frame.height and (released["release_date"] <= last_day).all()
+    late = released.join(split.cutoffs, on="user_id").filter(pl.col("release_date") > pl.col("cutoff").dt.date())
+    assert late.height > 0
+
+
+def test_train_refuses_a_frame_without_a_positive_and_reports_recall(world) -> None:
+    ds, inter, params = world["ds"], world["inter"], world["params"]
+    frame = procedure.training_set(inter, ds.items, ds.users, params, 0)
+    with pytest.raises(ValueError, match="no candidate of any training user is a label"):
+        procedure.train(frame.filter(pl.col("relevance") == 0), params)
+    booster, facts = procedure.train(frame, params)
+    assert facts["training_candidate_recall"] == pytest.approx((frame["relevance"] > 0).sum() / frame["label_pairs"][0])
+    assert 0 < facts["train_users"] <= frame["user_id"].n_unique()
+    assert booster.num_trees() == facts["best_iteration"]
+
+
+def test_choose_params_picks_from_the_grids_on_the_inner_split(world) -> None:
+    ds, inter = world["ds"], world["inter"]
+    params, report = procedure.choose_params(inter, ds.items, ds.users, FAST, max_users=200)
+    assert params.ease_l2 in tuning.EASE_L2_GRID and params.recency_half_life in tuning.HALF_LIFE_GRID
+    scores = report["tuning_ndcg@10"]
+    assert len(scores) == len(tuning.EASE_L2_GRID) * len(tuning.HALF_LIFE_GRID)
+    best = f"l2={params.ease_l2:g},half_life={params.recency_half_life:g}"
+    assert scores[best] == max(scores.values())
+
+
+@pytest.mark.parametrize("protocol", procedure.PROTOCOLS)
+def test_evaluate_reports_every_metric_for_the_ranker_and_every_baseline(world, protocol: str) -> None:
+    ds, inter = world["ds"], world["inter"]
+    table, facts = procedure.evaluate(inter, ds.items, ds.users, protocol, FAST, max_users=0)
+    truth = procedure.split_for(protocol, inter).truth(inter)
+    assert facts["protocol"] == protocol and facts["test_users"] == truth["user_id"].n_unique() > 50
+    assert set(table["protocol"]) == {protocol}
+    expected = {"ranker", "popularity", "recent_popularity", "ease", "item_knn"}
+    assert set(table["model"]) == expected == {"ranker", *procedure.BASELINES}
+    metrics = table.group_by("model").agg(pl.col("metric").sort())
+    assert metrics["metric"].n_unique() == 1  # the same metrics for every model
+    bounded = {f"{m}@10" for m in ("precision", "recall", "ndcg", "map", "mrr", "hit_rate", "catalog_coverage")}
+    assert bounded <= set(metrics["metric"][0])
+    assert table.filter(pl.col("metric").is_in(bounded))["value"].is_between(0.0, 1.0).all()
+    assert procedure.metric(table, protocol, "ranker") > 0
+
+
+def test_strongest_baseline_picks_the_best_and_ignores_missing_figures() -> None:
+    table = pl.DataFrame(
+        {
+            "protocol": ["per_user"] * 4 + ["global"] * 2,
+            "model": ["popularity", "recent_popularity", "ease", "ranker", "popularity", "ease"],
+            "metric": ["ndcg@10"] * 6,
+            "value": [0.10, 0.20, 0.15, 0.30, 0.05, 0.04],
+        }
+    )
+    # item_knn has no figure (NaN): never the strongest
+    assert procedure.strongest_baseline(table) == ("recent_popularity", 0.20)
+    assert procedure.strongest_baseline(table, names=procedure.PERSONALISED_BASELINES) == ("ease", 0.15)
+    assert procedure.strongest_baseline(table, "global") == ("popularity", 0.05)
+    assert np.isnan(procedure.metric(table, "per_user", "item_knn"))
+
+
+def test_a_small_dataset_trains_with_the_default_settings() -> None:
+    """A week of 150 users (about two thousand interactions) is enough: the windows are read off the data."""
+    ds = generate(GeneratorConfig(n_users=150, days=7, seed=2, end=FIXED_END))
+    inter = build_interactions(ds.events, ds.items)
+    require_enough(inter)
+    assert inter.height < 2500
+    rec = procedure.fit_recommender(inter, ds.items, ds.users, inter["event_time"].max())
+    assert rec.facts["train_users"] > 20 and rec.facts["best_iteration"] >= 1
+    recs = rec.recommend(ds.users["user_id"], 10)
+    # everyone gets ten, the 13 users without a play too (from the popularity-like sources)
+    assert recs.group_by("user_id").len()["len"].to_list() == [10] * ds.users.height

@@ -1,0 +1,211 @@
+"""Candidates and lists: what may be recommended, the feature matrix, blocks, fill and rescore."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys_platform import schemas
+from recsys_platform.features import build_interactions
+from recsys_platform.generator import GeneratorConfig, generate
+from recsys_platform.model import procedure
+from recsys_platform.model.candidates import FEATURES, MISSING_RANK
+from recsys_platform.model.params import ModelParams
+from recsys_platform.model.profiles import Profiles
+from recsys_platform.model.ranker import ColumnScorer
+from recsys_platform.model.recommender import fit_serving
+from recsys_platform.model.sources import SOURCE_NAMES
+from tests.conftest import FIXED_END
+
+CUTOFF = datetime(2026, 3, 1, 12, tzinfo=UTC)
+FAST = ModelParams(ials_factors=4, ials_iterations=2)
+
+
+# --- the rules, on a hand-made catalogue ------------------------------------------------------------------
+
+ITEMS = schemas.conform(
+    pl.DataFrame(
+        {
+            "item_id": ["kids", "n0", "n1", "n2", "n3", "n4", "soon"],
+            "topic": ["t"] * 7,
+            "release_date": [date(2025, 1, 1)] * 6 + [CUTOFF.date() + timedelta(days=5)],
+            "is_kids": [True] + [False] * 6,
+        }
+    ),
+    schemas.ITEM_SCHEMA,
+)
+USERS = schemas.conform(
+    pl.DataFrame(
+        {
+            "user_id": ["fam", "single", "unknown_household", "r"] + [f"f{k}" for k in range(6)],
+            "household_type": ["family_with_kids", "single", None, "couple"] + ["couple"] * 6,
+        }
+    ),
+    schemas.USER_SCHEMA,
+)
+
+
+def interactions(rows: list[tuple[str, str, str, float]]) -> pl.DataFrame:
+    """Interactions from (user, item, event_type, days before CUTOFF) rows."""
+    return schemas.conform(
+        pl.DataFrame(
+            {
+                "event_id": [f"e{k}" for k in range(len(rows))],
+                "user_id": [r[0] for r in rows],
+                "item_id": [r[1] for r in rows],
+                "event_type": [r[2] for r in rows],
+                "event_time": [CUTOFF - timedelta(days=r[3]) for r in rows],
+                "is_bounce": [False] * len(rows),
+                "weight": [schemas.EVENT_WEIGHTS[r[2]] for r in rows],
+            }
+        ),
+        schemas.INTERACTION_SCHEMA,
+    )
+
+
+# six filler users make "kids" and the unreleased "soon" the most popular items (pre-release plays happen in
+# imported data); fam, single and unknown_household played n4 once; r played n0, n1, n2 in the past days.
+RULES = interactions(
+    [(f"f{k}", item, "content_start", 5) for k in range(6) for item in ("kids", "soon")]
+    + [(f"f{k}", "n3", "content_start", 5) for k in range(3)]
+    + [(u, "n4", "content_start", 4) for u in ("fam", "single", "unknown_household")]
+    + [
+        ("r", "n0", "content_start", 1.0),
+        ("r", "n0", "content_complete", 1.0),  # completed a day ago: within recent_completion_days (3)
+        ("r", "n1", "content_start", 1.0),  # played a day ago, never completed
+        ("r", "n2", "content_start", 10.0),
+        ("r", "n2", "content_complete", 10.0),  # completed ten days ago
+    ]
+)
+
+
+def lists(exclude_seen: bool, fill: bool, users=("fam", "single", "unknown_household", "r")) -> dict[str, list]:
+    rec = fit_serving(RULES, ITEMS, USERS, CUTOFF, FAST.with_(exclude_seen=exclude_seen), ColumnScorer("score_pop"))
+    recs = rec.recommend(pl.Series(users), k=10, fill=fill)
+    return {u: recs.filter(pl.col("user_id") == u)["item_id"].to_list() for u in users}
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_kids_items_only_for_families_and_unreleased_items_never(fill: bool) -> None:
+    got = lists(exclude_seen=True, fill=fill)
+    assert got["fam"][0] == "kids"  # the most popular released item
+    assert "kids" not in got["single"] and "kids" not in got["unknown_household"]  # no household: no kids items
+    assert all("soon" not in items for items in got.values())  # the most played item, but released in 5 days
+    if fill:  # every other allowed item: 5 released non-kids items minus n4 (seen)
+        assert sorted(got["single"]) == ["n0", "n1", "n2", "n3"]
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_seen_items_excluded_when_asked_else_replays_minus_recent_completions(fill: bool) -> None:
+    assert set(lists(exclude_seen=True, fill=fill)["r"]).isdisjoint({"n0", "n1", "n2"})
+    replays = lists(exclude_seen=False, fill=fill)["r"]
+    assert {"n1", "n2"} <= set(replays)  # played a day ago / completed ten days ago: may be played again
+    assert "n0" not in replays  # completed a day ago: not yet
+
+
+def test_unknown_users_are_skipped() -> None:
+    rec = fit_serving(RULES, ITEMS, USERS, CUTOFF, FAST, ColumnScorer("score_pop"))
+    assert rec.recommend(pl.Series(["nobody", "single"]), k=3)["user_id"].unique().to_list() == ["single"]
+
+
+# --- a generated world, with a trained ranker -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world() -> dict:
+    ds = generate(GeneratorConfig(n_users=300, days=14, seed=5, end=FIXED_END))
+    inter = build_interactions(ds.events, ds.items)
+    params = procedure.data_params(inter, FAST.with_(depth=20))
+    booster, _ = procedure.train(procedure.training_set(inter, ds.items, ds.users, params, 0), params)
+    end = inter["event_time"].max() + timedelta(microseconds=1)
+    rec = fit_serving(inter, ds.items, ds.users, end, params, booster)
+    return {"ds": ds, "inter": inter, "params": params, "end": end, "rec": rec}
+
+
+def test_feature_matrix_is_in_features_order_from_the_sources(world) -> None:
+    rec = world["rec"]
+    rows = np.arange(0, rec.vocab.n_users, 3)
+    profiles, block = rec.block(rows)
+    assert block.features.shape == (len(block), len(FEATURES)) and block.features.dtype == np.float32
+    assert np.all(np.diff(block.rows) >= 0)  # grouped by user, as the ranker's queries need
+    for name in SOURCE_NAMES:
+        scores = rec.sources[name].score(profiles)[block.rows, block.items]
+        np.testing.assert_array_equal(
+            block.column(f"score_{name}"), np.where(np.isfinite(scores), scores, np.nan).astype(np.float32)
+        )
+        rank = block.column(f"rank_{name}")
+        assert np.all((rank >= 1) & ((rank <= rec.vocab.n_items) | (rank == MISSING_RANK)))
+        assert np.all(np.isnan(block.column(f"score_{name}")) == (rank == MISSING_RANK))
+        # z-scores per user: mean 0, and standard deviation 1 where the user's scores differ
+        z = pl.DataFrame({"u": block.rows, "z": block.column(f"z_{name}")}).drop_nans()
+        per_user = z.group_by("u").agg(mean=pl.col("z").mean(), sd=pl.col("z").std(ddof=0), n=pl.len())
+        assert per_user["mean"].abs().max() < 1e-5, name
+        varied = per_user.filter(pl.col("sd") > 0)
+        assert varied.height > 0 and (varied["sd"] - 1).abs().max() < 1e-4, name
+    # a candidate is in some source's top depth: n_sources counts them
+    n = sum((block.column(f"rank_{s}") <= rec.params.depth).astype(int) for s in SOURCE_NAMES)
+    np.testing.assert_array_equal(block.column("n_sources"), n)
+    assert n.min() >= 1
+    # features read off the user's own profile
+    seen = np.asarray(profiles.seen.sum(axis=1)).ravel()
+    np.testing.assert_allclose(block.column("user_items_log"), np.log1p(seen)[block.rows], rtol=1e-6)
+
+
+def test_recommend_in_blocks_of_1_7_and_1000_users_gives_the_same_lists(world) -> None:
+    rec, users = world["rec"], world["ds"].users["user_id"]
+    some = users.head(40)
+    # each user as of their own time as well (recommend's cutoff_s)
+    cut = rec.history.user_last_s()[rec.vocab.user_rows(some)] + 1e-6
+    cut = np.where(np.isfinite(cut), cut, rec.history.cutoff_s)
+    for cutoff_s in (None, cut):
+        expected = rec.recommend(some, 10, cutoff_s, block_users=1000)
+        assert expected["user_id"].n_unique() == some.len() and expected.height == 10 * some.len()
+        for size in (1, 7):
+            assert rec.recommend(some, 10, cutoff_s, block_users=size).equals(expected)
+
+
+def test_fill_reaches_k_with_the_tail_below_every_candidate(world) -> None:
+    rec, users = world["rec"], world["ds"].users["user_id"].head(30)
+    k = 150  # well past the candidates of a depth of 20 per source
+    short = rec.recommend(users, k)
+    filled = rec.recommend(users, k, fill=True)
+    assert (short.group_by("user_id").len()["len"] < k).all()
+    assert (filled.group_by("user_id").len()["len"] == k).all()
+    for user in users:
+        head = short.filter(pl.col("user_id") == user)
+        mine = filled.filter(pl.col("user_id") == user)
+        # the candidates come first, as they were; every item after them scores below all of them
+        assert mine.head(head.height).equals(head)
+        tail = mine.slice(head.height)
+        assert tail["score"].max() < head["score"].min()
+        assert tail["item_id"].is_in(head["item_id"].implode()).sum() == 0
+        assert mine["item_id"].n_unique() == k
+
+
+def test_rescore_on_the_same_interactions_gives_the_same_lists_as_recommend(world) -> None:
+    rec, inter, ds, end = world["rec"], world["inter"], world["ds"], world["end"]
+    who = sorted(ds.users["user_id"].sample(25, seed=3).to_list())
+    for fill in (False, True):
+        expected = rec.recommend(pl.Series(who), 20, fill=fill)
+        mine = inter.filter(pl.col("user_id").is_in(who))
+        assert rec.rescore(mine, ds.users, who, end, 20, fill=fill).equals(expected)
+
+
+def test_the_fit_and_the_lists_are_the_same_for_the_same_seed(world) -> None:
+    ds, inter, params, end = world["ds"], world["inter"], world["params"], world["end"]
+    users = ds.users["user_id"]
+    booster, _ = procedure.train(procedure.training_set(inter, ds.items, ds.users, params, 0), params)
+    assert booster.model_to_string() == world["rec"].scorer.model_to_string()
+    again = fit_serving(inter, ds.items, ds.users, end, params, booster)
+    assert again.recommend(users, 10).equals(world["rec"].recommend(users, 10))
+
+
+def test_profiles_of_a_block_are_the_users_own_rows(world) -> None:
+    rec = world["rec"]
+    rows = np.array([5, 2, 9])
+    block, alone = Profiles.of(rec.history, rows), Profiles.of(rec.history, np.array([2]))
+    assert (block.seen[1] != alone.seen[0]).nnz == 0
+    assert block.last_s[1] == alone.last_s[0]
