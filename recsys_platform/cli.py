@@ -102,10 +102,12 @@ def quickstart(
     from recsys_platform.summary import print_summary
 
     started = time.perf_counter()
-    settings = _prepare_environment()
-    zone = landing_zone_from_url(settings.landing_url)
     with console.status(f"generating {users:,} users x {days} days of events (seed {seed}, {tastes} tastes)"):
         ds = generate(GeneratorConfig(n_users=users, days=days, seed=seed, end=datetime.now(UTC), tastes=tastes))
+    _require_enough_generated(ds.events)  # before anything is written or run
+    settings = _prepare_environment()
+    zone = landing_zone_from_url(settings.landing_url)
+    with console.status("writing the landing zone"):
         n_files = write_to_landing(ds, zone, fmt=f".{fmt.lstrip('.')}")
     console.print(f"landed {ds.events.height:,} events for {users:,} users in {n_files:,} files under {zone.url}")
     keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
@@ -127,23 +129,44 @@ def train(verbose: VerboseOption = False) -> None:
 
     started = time.perf_counter()
     settings = _prepare_environment()
-    _require_ingested_events(settings)
+    _require_trainable(settings)
     _run_job_with_progress("training_cycle", "features, training, evaluation, deploy", verbose=verbose)
     print_summary(console, settings, time.perf_counter() - started)
 
 
-def _require_ingested_events(settings: Settings) -> None:
-    """Exit 1 with one line when the project instance has never ingested events (the cycle would fail on
-    an empty lake with a column error several steps in)."""
-    import dagster as dg
+def _require_enough_generated(events) -> None:
+    """Refuse (exit 2, naming the minimum) a synthetic dataset too small for the training cycle's windows."""
+    from recsys_platform.model.windows import InsufficientHistoryError, require_enough
 
-    if dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("raw_events")) is None:
+    try:
+        require_enough(events)
+    except InsufficientHistoryError as exc:
+        raise typer.BadParameter(f"{exc}; generate more --users or --days", param_hint="'--users' / '--days'") from None
+
+
+def _require_trainable(settings: Settings) -> None:
+    """Exit 1 with one line, before any run starts, when there are no ingested events or too few to train on
+    (the minimum is named): the cycle would otherwise fail several steps in."""
+    import polars as pl
+
+    from recsys_platform.model.windows import InsufficientHistoryError, require_enough
+    from recsys_platform.profiles import is_s3, polars_s3_options
+
+    source = f"{settings.lake_url.rstrip('/')}/raw_events/*.parquet"
+    options = polars_s3_options(settings.s3_endpoint_url) if is_s3(settings.lake_url) else None
+    try:
+        events = pl.scan_parquet(source, storage_options=options).select("user_id", "event_type")
+        require_enough(events)
+    except InsufficientHistoryError as exc:
+        console.print(f"[red]too little to train on:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except (FileNotFoundError, OSError, pl.exceptions.ComputeError) as exc:
         console.print(
-            f"[red]nothing to train on:[/red] no events ingested under RECSYS_HOME={settings.home}; "
+            f"[red]nothing to train on:[/red] no events ingested under {settings.lake_url} ({type(exc).__name__}); "
             "run `recsys import ... --ingest` (or `recsys quickstart`) first",
             soft_wrap=True,
         )
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 def _run_batch_sets(shards: list[str] | None = None, verbose: bool = False) -> None:

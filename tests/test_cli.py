@@ -88,18 +88,19 @@ def test_console_logs_are_info_and_up_unless_debug_is_asked(dagster_home, capfd)
     assert " - DEBUG - " in capfd.readouterr().err
 
 
-def test_quickstart_refuses_too_few_days_before_generating_anything(tmp_path, monkeypatch):
+def test_quickstart_refuses_too_little_data_before_writing_anything(tmp_path, monkeypatch):
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("RECSYS_LABEL_DAYS", raising=False)
-    out = CliRunner().invoke(app, ["quickstart", "--days", "7"])
+    # 20 users x 2 days: a few dozen plays, under the cycle's minimum of 1,000 interactions
+    out = CliRunner().invoke(app, ["quickstart", "--users", "20", "--days", "2"])
     assert out.exit_code == 2
-    assert "Invalid value for '--days'" in out.output and "needs at least 15" in _plain(out.output)
-    monkeypatch.setenv("RECSYS_LABEL_DAYS", "3")
-    out = CliRunner().invoke(app, ["quickstart", "--days", "6"])
-    assert out.exit_code == 2 and "needs at least 7" in _plain(out.output)
+    text = _plain(out.output)
+    assert "Invalid value for '--users' / '--days'" in out.output
+    assert "needs at least 1,000 interactions and 20 users with 3 or more" in text
     out = CliRunner().invoke(app, ["quickstart", "--users", "0"])
     assert out.exit_code == 2 and "Invalid value for '--users'" in out.output
-    assert not (tmp_path / "home").exists()  # nothing generated, no directory made
+    out = CliRunner().invoke(app, ["quickstart", "--days", "0"])
+    assert out.exit_code == 2 and "Invalid value for '--days'" in out.output
+    assert not (tmp_path / "home").exists()  # nothing written, no directory made
 
 
 def test_a_failed_run_exits_1_with_the_error_instead_of_raising(tmp_path, monkeypatch):
@@ -127,7 +128,7 @@ def test_train_runs_the_cycle_on_the_ingested_events_and_prints_the_summary(tmp_
     monkeypatch.setattr(definitions, "defs", definitions.build_definitions())
     out = CliRunner().invoke(app, ["train"])
     assert out.exit_code == 1, out.output  # nothing ingested yet: refused before any run, in one line
-    assert _plain(out.output).startswith("nothing to train on: no events ingested under RECSYS_HOME=")
+    assert _plain(out.output).startswith("nothing to train on: no events ingested under ")
     assert len(out.output.strip().splitlines()) == 1
 
     settings = cli._prepare_environment()

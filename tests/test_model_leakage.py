@@ -19,7 +19,7 @@ Each harness also catches a leaky feature planted on purpose (the last tests), s
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -38,7 +38,8 @@ from tests.conftest import FIXED_END
 
 KEYS = ["user_id", "item_id"]
 # Small and fast: the harness compares feature values, not model quality.
-BASE = ModelParams(ials_factors=8, ials_iterations=3, depth=30)
+# The per-user window alone: the per-user tests fix its split; the global windows have a test of their own.
+BASE = ModelParams(ials_factors=8, ials_iterations=3, depth=30, training_windows="temporal")
 
 
 @dataclass
@@ -257,6 +258,36 @@ def test_global_protocol_ignores_everything_after_the_cutoff_of_anyone(world: Wo
     assert before.known["event_time"].max() < split.known_until
     # the ranker evaluate trains is trained on the known part alone
     assert differences(training_rows(world, before.known), training_rows(world, after.known)) == []
+
+
+def test_global_training_windows_ignore_everything_after_their_cutoffs(world: World, monkeypatch) -> None:
+    """The ranker's global windows (the newest tenth of the plays, the tenth before it, ...): every event from
+    the newest window's cutoff on is rewritten; no window's features or candidates may change."""
+    fixed = procedure._global_windows(world.interactions, 3)
+    assert len(fixed) == 3
+    newest = fixed[0][0]
+    owners = pl.concat([world.users["user_id"], pl.Series(["newcomer-1"])])
+    changed = rewrite_after(world.interactions, newest, world.items, owners, seed=6)
+
+    def same_windows(interactions: pl.DataFrame, n: int) -> list:
+        # the splits of the original data; each window's data cut where the procedure cuts it
+        out, data = [], interactions
+        for split, _ in fixed[:n]:
+            out.append((split, data))
+            data = data.filter(pl.col("event_time") < split.known_until)
+        return out
+
+    params = replace(world.params, training_windows="global3")
+    monkeypatch.setattr(procedure, "_global_windows", same_windows)
+    before = procedure.training_set(world.interactions, world.items, world.users, params, 0)
+    after = procedure.training_set(changed, world.items, world.users, params, 0)
+    assert set(before["window"].unique()) == {"training-global-0", "training-global-1", "training-global-2"}
+    assert before.height > 2000
+    assert differences(before, after) == []
+    newest_labels = before.filter(pl.col("window") == "training-global-0").select(*KEYS, "relevance")
+    changed_labels = after.filter(pl.col("window") == "training-global-0").select(*KEYS, "relevance")
+    both = newest_labels.join(changed_labels, on=KEYS, suffix="_after")
+    assert (both["relevance"] != both["relevance_after"]).sum() > 20  # the rewrite reached the labels
 
 
 # --- the harness can fail -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from recsys_platform.model.params import ModelParams
 from recsys_platform.model.windows import per_user_split, require_enough
 from tests.conftest import FIXED_END
 
-FAST = ModelParams(ials_factors=8, ials_iterations=3, depth=30)
+FAST = ModelParams(ials_factors=8, ials_iterations=3, depth=30, training_windows="temporal")
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 

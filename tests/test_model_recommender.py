@@ -169,7 +169,7 @@ def test_recommend_in_blocks_of_1_7_and_1000_users_gives_the_same_lists(world) -
 
 def test_fill_reaches_k_with_the_tail_below_every_candidate(world) -> None:
     rec, users = world["rec"], world["ds"].users["user_id"].head(30)
-    k = 150  # well past the candidates of a depth of 20 per source
+    k = 20 * len(SOURCE_NAMES) + 10  # past the most candidates a depth of 20 per source can give
     short = rec.recommend(users, k)
     filled = rec.recommend(users, k, fill=True)
     assert (short.group_by("user_id").len()["len"] < k).all()

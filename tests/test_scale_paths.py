@@ -22,7 +22,8 @@ from recsys_platform.model.recommender import Recommender, fit_serving
 from recsys_platform.model.sources import fit_content
 from tests.conftest import FIXED_END
 
-PARAMS = ModelParams(ials_factors=8, ials_iterations=3, depth=20)
+# the per-user window alone: this file checks the sampling of its users
+PARAMS = ModelParams(ials_factors=8, ials_iterations=3, depth=20, training_windows="temporal")
 MAX_USERS = 120
 
 

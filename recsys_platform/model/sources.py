@@ -243,6 +243,9 @@ def fit_ials(history: PairHistory, catalogue: Catalogue, params: ModelParams) ->
 
     x = history.matrix()
     x.data[:] = 1.0
+    # Only the users with pairs: implicit draws its random start for every row, so empty rows (users of the
+    # vocabulary seen only later) would change the factors of everyone else.
+    x = x[np.unique(history.user)]
     model = AlternatingLeastSquares(
         factors=params.ials_factors,
         regularization=params.ials_l2,
