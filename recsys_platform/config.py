@@ -43,13 +43,19 @@ class PipelineParams:
     ranker_threads: int = 1
     promotion_margin: float = 0.0
     max_training_users: int = 4000
+    # What the ranker learns to predict (model.params.ModelParams.training_windows): each user's next
+    # interactions and the newest ones in time by default; "random" for data whose order carries no meaning.
+    training_windows: str = "temporal+global3"
 
     def model_params(self) -> ModelParams:
         """The starting point of the model's params (the cycle fills in the data-dependent ones)."""
         from recsys_platform.model.params import ModelParams
 
         return ModelParams(
-            depth=self.candidates_per_source, seed=self.seed, recent_completion_days=float(self.recent_exclusion_days)
+            depth=self.candidates_per_source,
+            seed=self.seed,
+            recent_completion_days=float(self.recent_exclusion_days),
+            training_windows=self.training_windows,
         )
 
     @classmethod

@@ -60,6 +60,7 @@ class PipelineResource(dg.ConfigurableResource):
     ranker_threads: int = _DEFAULTS.ranker_threads
     promotion_margin: float = _DEFAULTS.promotion_margin
     max_training_users: int = _DEFAULTS.max_training_users
+    training_windows: str = _DEFAULTS.training_windows
 
     def params(self) -> PipelineParams:
         """The core's parameter object."""

@@ -104,6 +104,12 @@ def training_set(
         "global": lambda: [(global_split(interactions, 0.1, name="training-global"), interactions)],
         "global3": lambda: _global_windows(interactions, 3),
     }
+    unknown = [w for w in params.training_windows.split("+") if w not in windows]
+    if unknown:
+        raise ValueError(
+            f"unknown training window(s) {unknown} in {params.training_windows!r}; "
+            f"join any of {sorted(windows)} with '+' (RECSYS_TRAINING_WINDOWS)"
+        )
     frames = [
         _window_rows(split, data, vocab, catalogue, params, max_users)
         for w in params.training_windows.split("+")
