@@ -4,17 +4,14 @@ Each step calls one function of `recsys_platform.model.procedure`, the procedure
 whole on each protocol's holdout: what the gate measures is what `recommendations` serves.
 """
 
-import json
-
 import dagster as dg
-import numpy as np
 import polars as pl
 
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
 from recsys_platform import registry
 from recsys_platform.features import POSITIVE_COLUMNS, read_history
-from recsys_platform.model import fallback, procedure
+from recsys_platform.model import fallback, gate, procedure
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.ranker import feature_importance
@@ -170,7 +167,17 @@ def model_evaluation(
         tables.append(table)
         facts[protocol] = about
     table = pl.concat(tables)
-    decision = _gate(context, table, ref, training_set, mlflow, params.promotion_margin, champion_version)
+    decision = gate.decide(
+        table,
+        ref,
+        example=training_set.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).head(20),
+        tracking_uri=mlflow.tracking_uri,
+        artifact_uri=mlflow.artifact_uri,
+        experiment=mlflow.experiment,
+        margin=params.promotion_margin,
+        champion=champion_version,
+        run_tags={"dagster.run_id": context.run.run_id},
+    )
     served = registry.alias_version(mlflow.tracking_uri, model_name=ref.name) or "none"
     logged = {f"{r['protocol']}.{r['model']}.{r['metric']}": r["value"] for r in table.iter_rows(named=True)}
     registry.log_run_metrics(mlflow.tracking_uri, ref.run_id, logged)
@@ -188,57 +195,6 @@ def model_evaluation(
         }
     )
     return table.with_columns(model_version=pl.lit(ref.version), served_version=pl.lit(served))
-
-
-def _gate(
-    context, table: pl.DataFrame, ref, training_set: pl.DataFrame, mlflow, margin: float, champion: str | None
-) -> registry.GateDecision:
-    """Promote the ranker if it beats the strongest baseline and the serving champion on the primary protocol.
-    Otherwise the champion stays when it beats the strongest baseline; if nothing does, the best personalised
-    baseline is registered as a version of its own (same params) and served."""
-    primary = procedure.PRIMARY_PROTOCOL
-    ranker = procedure.metric(table, primary, "ranker")
-    name, best = procedure.strongest_baseline(table, primary)
-    champion_score = procedure.metric(table, primary, "champion") if champion and champion != ref.version else None
-    if champion_score is not None and np.isnan(champion_score):
-        champion_score = None
-    decision = registry.promotion_gate(
-        mlflow.tracking_uri, ref, ranker, best, champion_score, margin, baseline_name=name
-    )
-    if decision.alias == "champion" or (champion_score is not None and champion_score > best):
-        return decision
-    personal, score = procedure.strongest_baseline(table, primary, procedure.PERSONALISED_BASELINES)
-    params = json.loads(
-        registry.version_tags(mlflow.tracking_uri, ref.version, ref.name).get(registry.PARAMS_TAG, "{}")
-    )
-    feature = procedure.BASELINES[personal]
-    if champion:
-        tags = registry.version_tags(mlflow.tracking_uri, champion, ref.name)
-        if (
-            tags.get(registry.SCORER_TAG) == f"column:{feature}"
-            and json.loads(tags.get(registry.PARAMS_TAG, "{}")) == params
-        ):
-            context.log.info(f"champion v{champion} already serves {personal} with these params: kept")
-            return decision
-    baseline_ref = registry.log_baseline_version(
-        tracking_uri=mlflow.tracking_uri,
-        artifact_uri=mlflow.artifact_uri,
-        experiment=mlflow.experiment,
-        feature=feature,
-        input_example=training_set.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).head(20),
-        model_params=params,
-        tags={"dagster.run_id": context.run.run_id, "baseline": personal},
-        model_name=ref.name,
-    )
-    reason = (
-        f"ranker v{ref.version} ({ranker:.4f}) did not beat {name} ({best:.4f}) on the {primary} holdout"
-        + (f" and champion v{champion} ({champion_score:.4f}) does not either" if champion_score is not None else "")
-        + f": serving the best personalised baseline, {personal} ({score:.4f})"
-    )
-    context.log.warning(reason)
-    return registry.promote(
-        mlflow.tracking_uri, baseline_ref, reason, {"gate.candidate_score": score, "gate.ranker_score": ranker}
-    )
 
 
 def _ndcg_markdown(table: pl.DataFrame, protocol: str) -> str:

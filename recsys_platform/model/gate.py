@@ -1,0 +1,75 @@
+"""The promotion gate's choice of the served version: the new ranker, the current champion, or a baseline.
+
+The ranker is promoted only if it beats the strongest baseline (and the serving champion) on the primary
+holdout; the champion stays while it beats the strongest baseline; when nothing does, the best
+*personalised* baseline is registered as a version of its own (same params, a pyfunc scoring candidates by
+its score) and made champion, so users never get one global list when a personalised one is better.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import polars as pl
+
+from recsys_platform import registry
+from recsys_platform.model import procedure
+
+logger = logging.getLogger(__name__)
+
+
+def decide(
+    table: pl.DataFrame,
+    ref: registry.ModelRef,
+    example: pl.DataFrame,
+    tracking_uri: str,
+    artifact_uri: str | None,
+    experiment: str,
+    margin: float,
+    champion: str | None,
+    run_tags: dict[str, str] | None = None,
+) -> registry.GateDecision:
+    """Apply the gate to the long metrics `table` of `procedure.evaluate` (with a `champion` model when the
+    serving version was scored too) for the new ranker version `ref`; `example` is an input example (FEATURES
+    rows) for a baseline version's signature."""
+    primary = procedure.PRIMARY_PROTOCOL
+    ranker = procedure.metric(table, primary, "ranker")
+    name, best = procedure.strongest_baseline(table, primary)
+    champion_score = procedure.metric(table, primary, "champion") if champion and champion != ref.version else None
+    if champion_score is not None and np.isnan(champion_score):
+        champion_score = None
+    decision = registry.promotion_gate(tracking_uri, ref, ranker, best, champion_score, margin, baseline_name=name)
+    if decision.alias == registry.CHAMPION_ALIAS or (champion_score is not None and champion_score > best):
+        return decision
+    personal, score = procedure.strongest_baseline(table, primary, procedure.PERSONALISED_BASELINES)
+    params = json.loads(registry.version_tags(tracking_uri, ref.version, ref.name).get(registry.PARAMS_TAG, "{}"))
+    feature = procedure.BASELINES[personal]
+    if champion:
+        tags = registry.version_tags(tracking_uri, champion, ref.name)
+        if (
+            tags.get(registry.SCORER_TAG) == f"column:{feature}"
+            and json.loads(tags.get(registry.PARAMS_TAG, "{}")) == params
+        ):
+            logger.info("champion v%s already serves %s with these params: kept", champion, personal)
+            return decision
+    baseline_ref = registry.log_baseline_version(
+        tracking_uri=tracking_uri,
+        artifact_uri=artifact_uri,
+        experiment=experiment,
+        feature=feature,
+        input_example=example,
+        model_params=params,
+        tags={**(run_tags or {}), "baseline": personal},
+        model_name=ref.name,
+    )
+    reason = (
+        f"ranker v{ref.version} ({ranker:.4f}) did not beat {name} ({best:.4f}) on the {primary} holdout"
+        + (f" and champion v{champion} ({champion_score:.4f}) does not either" if champion_score is not None else "")
+        + f": serving the best personalised baseline, {personal} ({score:.4f})"
+    )
+    logger.warning(reason)
+    return registry.promote(
+        tracking_uri, baseline_ref, reason, {"gate.candidate_score": score, "gate.ranker_score": ranker}
+    )

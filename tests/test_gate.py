@@ -1,0 +1,90 @@
+"""The gate's choice of the served version on a real local MLflow registry: the ranker when it beats every
+baseline, else the best personalised baseline registered as a servable version of its own."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys_platform import registry
+from recsys_platform.config import CHAMPION_ALIAS
+from recsys_platform.model import gate
+from recsys_platform.model.candidates import FEATURES
+from recsys_platform.model.ranker import ColumnScorer, train_ranker
+
+PARAMS = {"ease_l2": 300.0, "depth": 20}
+
+
+def _table(ranker: float, ease: float, knn: float, champion: float | None = None) -> pl.DataFrame:
+    scores = {"ranker": ranker, "popularity": 0.10, "recent_popularity": 0.12, "ease": ease, "item_knn": knn}
+    if champion is not None:
+        scores["champion"] = champion
+    rows = [{"protocol": "per_user", "model": m, "metric": "ndcg@10", "value": v} for m, v in scores.items()]
+    rows += [{"protocol": "global", "model": m, "metric": "ndcg@10", "value": 0.5} for m in scores]
+    return pl.DataFrame(rows)
+
+
+@pytest.fixture
+def registered(tmp_path):
+    """A registry holding ranker version 1 (with its model params tagged), and an input example."""
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, len(FEATURES))).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)
+    booster, _ = train_ranker(x, y, np.repeat(np.arange(20), 10), seed=1)
+    example = pl.DataFrame(x[:20], schema=list(FEATURES), orient="row")
+    ref = registry.log_ranker(
+        tracking, str(tmp_path / "art"), "gate-test", booster, example, {}, {}, {}, model_params=PARAMS
+    )
+    return tracking, str(tmp_path / "art"), ref, example
+
+
+def _decide(registered, table, champion=None):
+    tracking, artifacts, ref, example = registered
+    return gate.decide(table, ref, example, tracking, artifacts, "gate-test", 0.0, champion)
+
+
+def test_a_ranker_beating_every_baseline_is_served(registered) -> None:
+    tracking, _, ref, _ = registered
+    decision = _decide(registered, _table(ranker=0.30, ease=0.25, knn=0.20))
+    assert decision.promoted and registry.alias_version(tracking, CHAMPION_ALIAS) == ref.version == "1"
+    assert registry.version_tags(tracking, "1")["gate.baseline"] == "ease"  # the strongest baseline was the bar
+
+
+def test_a_ranker_losing_to_a_baseline_serves_the_best_personalised_one(registered) -> None:
+    tracking, _, ref, example = registered
+    # EASE beats the ranker; item-kNN is the best *personalised* baseline here only if it beats EASE: it does not
+    decision = _decide(registered, _table(ranker=0.20, ease=0.25, knn=0.22))
+    assert decision.version == "2" and registry.alias_version(tracking, CHAMPION_ALIAS) == "2"
+    tags = registry.version_tags(tracking, "2")
+    assert tags[registry.SCORER_TAG] == "column:score_ease" and "did not beat ease (0.2500)" in tags["gate.reason"]
+    assert registry.version_tags(tracking, "1")["gate.decision"] == "challenger"
+    scorer, params, version = registry.load_scorer(tracking, CHAMPION_ALIAS)
+    assert isinstance(scorer, ColumnScorer) and scorer.feature == "score_ease" and params == PARAMS and version == "2"
+    # the registered pyfunc scores candidate rows exactly as the serving scorer does
+    pyfunc = registry.load_pyfunc(tracking, "2")
+    got = np.asarray(pyfunc.predict(example.to_pandas()))
+    np.testing.assert_allclose(got, scorer.predict(example.to_numpy()))
+
+
+def test_popularity_beating_the_ranker_still_serves_a_personalised_baseline(registered) -> None:
+    tracking, _, _, _ = registered
+    table = _table(ranker=0.11, ease=0.09, knn=0.095).with_columns(
+        value=pl.when((pl.col("model") == "recent_popularity") & (pl.col("protocol") == "per_user"))
+        .then(0.2)
+        .otherwise(pl.col("value"))
+    )
+    _decide(registered, table)
+    scorer, _, _ = registry.load_scorer(tracking, CHAMPION_ALIAS)
+    assert scorer.feature == "score_knn"  # never one global list
+
+
+def test_a_champion_beating_the_baselines_is_kept_over_a_weaker_ranker(registered) -> None:
+    tracking, artifacts, first, example = registered
+    registry.promote(tracking, first, "by hand", {})
+    booster = registry.load_ranker(tracking, "1")[0]
+    second = registry.log_ranker(tracking, artifacts, "gate-test", booster, example, {}, {}, {}, model_params=PARAMS)
+    table = _table(ranker=0.20, ease=0.25, knn=0.22, champion=0.28)
+    decision = gate.decide(table, second, example, tracking, artifacts, "gate-test", 0.0, champion="1")
+    assert not decision.promoted and decision.alias == "challenger"
+    assert registry.alias_version(tracking, CHAMPION_ALIAS) == "1"  # no baseline version registered either
+    assert registry.version_tags(tracking, "2")["gate.champion_score"] == "0.280000"
