@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,8 +57,17 @@ class GateDecision:
 def _client(tracking_uri: str) -> Any:
     import mlflow
 
+    # the fluent API (start_run, log_model) reads the process-wide URI; MLflow also exports it to the environment
+    # for subprocesses, which would make every later Settings.from_env in this process (tests, a Dagster
+    # code server) point at this store: set it for this process, keep the environment as it was.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

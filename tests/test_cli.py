@@ -95,7 +95,7 @@ def test_quickstart_refuses_too_little_data_before_writing_anything(tmp_path, mo
     assert out.exit_code == 2
     text = _plain(out.output)
     assert "Invalid value for '--users' / '--days'" in out.output
-    assert "needs at least 1,000 interactions and 20 users with 3 or more" in text
+    assert "needs at least 1,000 interactions and 20 such users" in text
     out = CliRunner().invoke(app, ["quickstart", "--users", "0"])
     assert out.exit_code == 2 and "Invalid value for '--users'" in out.output
     out = CliRunner().invoke(app, ["quickstart", "--days", "0"])

@@ -209,3 +209,21 @@ def test_profiles_of_a_block_are_the_users_own_rows(world) -> None:
     block, alone = Profiles.of(rec.history, rows), Profiles.of(rec.history, np.array([2]))
     assert (block.seen[1] != alone.seen[0]).nnz == 0
     assert block.last_s[1] == alone.last_s[0]
+
+
+def test_a_source_gives_at_most_depth_candidates_and_none_when_it_cannot_tell_items_apart() -> None:
+    from recsys_platform.model.candidates import _top_depth
+
+    scores = np.array(
+        [
+            [5.0, 1.0, 1.0, 1.0, 1.0, -np.inf],  # ties at the boundary: exactly `depth`, the best one among them
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # all equal and more than depth: no information, no candidates
+            [-np.inf, 2.0, -np.inf, -np.inf, -np.inf, -np.inf],  # fewer finite scores than depth: all of them
+        ]
+    )
+    mask = _top_depth(scores, 2)
+    assert mask.sum(axis=1).tolist() == [2, 0, 1]
+    assert mask[0, 0] and not mask[0, 5] and mask[2, 1]
+    # each row on its own gives the same mask (no dependence on the rest of the block)
+    for r in range(3):
+        np.testing.assert_array_equal(_top_depth(scores[r : r + 1], 2)[0], mask[r])

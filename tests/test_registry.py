@@ -215,3 +215,16 @@ def test_mlflow_scoring_server_serves_the_champion(lifecycle, tmp_path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=20)
         log.close()
+
+
+def test_using_a_registry_leaves_the_process_environment_alone(tmp_path, monkeypatch) -> None:
+    # MLflow exports the URI it is given to MLFLOW_TRACKING_URI; a later Settings.from_env in the same process
+    # (another test, a code server) would then read this store instead of its own RECSYS_HOME's
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry.ensure_experiment(uri, "leak-check", str(tmp_path / "artifacts"))
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    registry.ensure_experiment(uri, "leak-check", str(tmp_path / "artifacts"))
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"

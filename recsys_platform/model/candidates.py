@@ -113,12 +113,24 @@ def _ranks_of(scores: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.nda
 
 
 def _top_depth(scores: np.ndarray, depth: int) -> np.ndarray:
-    """bool mask of each row's `depth` best finite scores (ties at the boundary: all of them)."""
-    k = min(depth, scores.shape[1])
-    if k <= 0:
+    """bool mask of each row's `depth` best finite scores: at most `depth` per row (ties at the boundary are
+    broken by a per-row partition, the same whatever else is in the block). A row whose finite scores are all
+    equal and more than `depth` contributes nothing: the source cannot tell those items apart (EASE or kNN
+    for a user with no history), and taking all of them would make every item a candidate."""
+    n_rows, n_items = scores.shape
+    k = min(depth, n_items)
+    if k <= 0 or n_rows == 0:
         return np.zeros(scores.shape, bool)
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
-    return (scores >= kth) & np.isfinite(scores)
+    finite = np.isfinite(scores)
+    top = np.argpartition(-np.where(finite, scores, -np.inf), k - 1, axis=1)[:, :k]
+    mask = np.zeros(scores.shape, bool)
+    np.put_along_axis(mask, top, True, axis=1)
+    mask &= finite
+    hi = np.where(finite, scores, -np.inf).max(axis=1)
+    lo = np.where(finite, scores, np.inf).min(axis=1)
+    flat = (hi == lo) & (finite.sum(axis=1) > k)
+    mask[flat] = False
+    return mask
 
 
 def _per_row_z(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:

@@ -203,18 +203,19 @@ def repeat_share(interactions: pl.DataFrame) -> float:
 def require_enough(interactions: pl.DataFrame | pl.LazyFrame) -> None:
     """InsufficientHistoryError, naming the minimum, when the data cannot hold a training window and a holdout.
 
-    Counts plays (content starts) the way the windows do, or every content event when there are none;
+    Counts content interactions (plays, completions, exits, favourites); the users who count are those with at least
+    MIN_USER_EVENTS plays (content starts) the way the windows hold them out, or content events when there are no plays.
     `interactions` needs `user_id` and `event_type` only (raw events do)."""
     lf = interactions.lazy().filter(pl.col("event_type").is_in(list(RELEVANCE)))
     counts = lf.group_by("event_type").len().collect()
+    n = int(counts["len"].sum())
     plays = counts.filter(pl.col("event_type") == "content_start")["len"].sum()
     what = lf.filter(pl.col("event_type") == "content_start") if plays else lf
     per_user = what.group_by("user_id").len().collect()
-    n = int(per_user["len"].sum())
     users = per_user.filter(pl.col("len") >= MIN_USER_EVENTS).height
     if n < MIN_INTERACTIONS or users < MIN_USERS_WITH_LABELS:
         raise InsufficientHistoryError(
-            f"{n:,} interactions from {users:,} users with at least {MIN_USER_EVENTS} each: the training cycle "
-            f"needs at least {MIN_INTERACTIONS:,} interactions and {MIN_USERS_WITH_LABELS} users with "
-            f"{MIN_USER_EVENTS} or more (each user's newest interactions are held out to train and to evaluate on)"
+            f"{n:,} content interactions from {users:,} users with at least {MIN_USER_EVENTS} each: the training "
+            f"cycle needs at least {MIN_INTERACTIONS:,} interactions and {MIN_USERS_WITH_LABELS} such users "
+            f"(each user's newest interactions are held out to train and to evaluate on)"
         )
