@@ -5,12 +5,13 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import polars as pl
 
+from assets import groups
 from assets.pools import HISTORY_POOL
 from recsys_platform import features as feats
 from recsys_platform.collaborative import fit_item_cooccurrence
 from recsys_platform.reporting import frame_preview_markdown
 
-GROUP = "features"
+GROUP = groups.FEATURES
 
 
 def feature_cutoff(interactions: pl.LazyFrame | pl.DataFrame) -> datetime:

@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from assets import groups
 from assets.partitions import arrival_hours
 from assets.pools import RAW_EVENTS_POOL
 from recsys_platform import schemas
@@ -12,7 +13,7 @@ from recsys_platform.ingestion import imported_event_floors, ingest_files, read_
 from recsys_platform.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PREFIX
 from resources import LandingZoneResource
 
-GROUP = "ingestion"
+GROUP = groups.INGESTION
 
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"})

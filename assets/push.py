@@ -5,12 +5,13 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from assets import groups
 from recsys_platform import schemas
 from recsys_platform.push.selection import PushRules, schedule_pushes
 from recsys_platform.reporting import frame_preview_markdown
 from resources import OnlineStoreResource, PushQueueResource
 
-GROUP = "serving"
+GROUP = groups.SERVING
 _DEFAULT_RULES = PushRules()
 
 

@@ -1,7 +1,7 @@
 """Near-real-time assets: session features per arrival hour and the refresh of touched users' recommendations.
 
-`refresh_realtime_job` is what the landing sensor runs for each arrival hour that received files:
-raw_events[hour] -> session_features[hour] -> realtime_recommendations[hour]. It runs in-process
+The `refresh_realtime` job (orchestration/jobs.py) is what the landing sensor runs for each arrival hour
+that received files: raw_events[hour] -> session_features[hour] -> realtime_recommendations[hour]. It runs in-process
 (no per-step processes), at most one run per partition at a time (run tag
 `recsys/refresh_partition`, limited by the instance's tag concurrency limits), and failed runs are
 retried (`dagster/max_retries`; needs `run_retries: enabled: true` on the instance). Each run
@@ -18,16 +18,12 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from assets import groups
 from assets.partitions import arrival_hours
 from recsys_platform.config import Settings
 from recsys_platform.landing import PARTITION_KEY_FORMAT
 from recsys_platform.realtime import FIRST_FILE_TAG
 from resources import MlflowResource, OnlineStoreResource, PipelineResource
-
-FEATURES_GROUP = "features"
-SERVING_GROUP = "serving"
-REALTIME_ASSETS = ("session_features", "realtime_recommendations")
-REFRESH_MAX_RETRIES = 3
 
 
 def _this_and_previous_hour() -> dg.TimeWindowPartitionMapping:
@@ -69,7 +65,7 @@ def touched_user_ids(context: dg.AssetExecutionContext, events: pl.DataFrame) ->
 
 @dg.asset(
     partitions_def=arrival_hours,
-    group_name=FEATURES_GROUP,
+    group_name=groups.FEATURES,
     kinds={"polars", "parquet"},
     ins={"raw_events": dg.AssetIn(partition_mapping=_this_and_previous_hour())},
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -109,7 +105,7 @@ def session_features(
 
 @dg.asset(
     partitions_def=arrival_hours,
-    group_name=SERVING_GROUP,
+    group_name=groups.SERVING,
     kinds={"lightgbm", "sqlite", "redis"},
     deps=["interactions"],
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -180,15 +176,3 @@ def realtime_recommendations(
             "users_preview": dg.MetadataValue.json(user_ids[:20]),
         }
     )
-
-
-refresh_realtime_job = dg.define_asset_job(
-    "refresh_realtime",
-    # Without the asset checks of raw_events: the data-quality suites run with the batch jobs; importing
-    # and running them here would add ~10 s to every refresh.
-    selection=dg.AssetSelection.assets("raw_events", "quarantined_events", *REALTIME_ASSETS).without_checks(),
-    executor_def=dg.in_process_executor,
-    tags={"dagster/max_retries": str(REFRESH_MAX_RETRIES), "dagster/retry_strategy": "ALL_STEPS"},
-    description="Near-real-time refresh of one arrival hour (what the landing sensor runs): ingest its files, "
-    "session features, re-score the users who produced the new events and write them to the active slot.",
-)

@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from assets import groups
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
 from recsys_platform import batch_scoring as bs
@@ -18,13 +19,10 @@ from recsys_platform.set_config import load_sets_config
 from resources import MlflowResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
 
-SERVING = "serving"
-EXPERIMENTS = "experiments"
 POPULARITY_VERSION = "popularity-baseline"
 
 SHARD_KEYS = bs.shard_keys(load_sets_config(Settings.from_env().recommendation_sets_path).batch.shards)
 user_shards = dg.StaticPartitionsDefinition(SHARD_KEYS)
-SHARDED_ASSETS = ("batch_scores", "recommendation_sets", "recommendation_export")
 ALL_EVENT_HOURS = dg.AssetIn("raw_events", partition_mapping=dg.AllPartitionMapping())
 
 
@@ -39,7 +37,7 @@ def _checked_config(resource: RecommendationSetsResource):
 
 
 @dg.asset(
-    group_name=SERVING,
+    group_name=groups.SERVING,
     partitions_def=user_shards,
     kinds={"lightgbm", "polars", "parquet"},
     deps=["model_evaluation"],
@@ -100,7 +98,7 @@ def batch_scores(
 
 
 @dg.asset(
-    group_name=SERVING,
+    group_name=groups.SERVING,
     partitions_def=user_shards,
     kinds={"polars", "parquet"},
     ins={"raw_events": ALL_EVENT_HOURS},
@@ -137,7 +135,7 @@ def recommendation_sets(
     return sets
 
 
-@dg.asset(group_name=SERVING, partitions_def=user_shards, kinds={"json"})
+@dg.asset(group_name=groups.SERVING, partitions_def=user_shards, kinds={"json"})
 def recommendation_export(
     context: dg.AssetExecutionContext, recommendation_sets: pl.DataFrame, set_config: RecommendationSetsResource
 ) -> dg.MaterializeResult:
@@ -152,7 +150,9 @@ def recommendation_export(
     )
 
 
-@dg.asset(group_name=EXPERIMENTS, kinds={"polars", "parquet"}, ins={"raw_events": ALL_EVENT_HOURS}, pool=HISTORY_POOL)
+@dg.asset(
+    group_name=groups.EXPERIMENTS, kinds={"polars", "parquet"}, ins={"raw_events": ALL_EVENT_HOURS}, pool=HISTORY_POOL
+)
 def experiment_exposures(
     context: dg.AssetExecutionContext, raw_events: pl.LazyFrame, set_config: RecommendationSetsResource
 ) -> pl.DataFrame:
@@ -173,7 +173,7 @@ def experiment_exposures(
     return out
 
 
-@dg.asset(group_name=EXPERIMENTS, kinds={"scipy", "matplotlib", "parquet"}, pool=HISTORY_POOL)
+@dg.asset(group_name=groups.EXPERIMENTS, kinds={"scipy", "matplotlib", "parquet"}, pool=HISTORY_POOL)
 def experiment_analysis(
     context: dg.AssetExecutionContext,
     experiment_exposures: pl.DataFrame,

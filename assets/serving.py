@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from assets import groups
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
 from recsys_platform import deployment, registry, schemas, snapshot
@@ -14,7 +15,7 @@ from recsys_platform.features import read_history
 from recsys_platform.model import fallback
 from resources import MlflowResource, OnlineStoreResource, PipelineResource
 
-GROUP = "serving"
+GROUP = groups.SERVING
 POPULARITY_VERSION = "popularity-baseline"
 LAKE_TABLES = [
     "raw_events",

@@ -7,6 +7,7 @@ whole on each protocol's holdout: what the gate measures is what `recommendation
 import dagster as dg
 import polars as pl
 
+from assets import groups
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
 from recsys_platform import registry
@@ -19,7 +20,7 @@ from recsys_platform.model.windows import require_enough
 from recsys_platform.reporting import frame_preview_markdown
 from resources import MlflowResource, PipelineResource
 
-GROUP = "training"
+GROUP = groups.TRAINING
 
 
 @dg.asset(group_name=GROUP, kinds={"polars"}, pool=HISTORY_POOL)

@@ -192,7 +192,7 @@ def _pct(values: list[float], q: float) -> float:
 def _import_seconds(env: dict, repeats: int = 3) -> str:
     """Median wall time of importing the code location (what every run process does) and of dagster alone."""
     out = []
-    for module in ("recsys_platform.definitions", "dagster"):
+    for module in ("orchestration.definitions", "dagster"):
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -240,7 +240,7 @@ def main() -> None:
         cwd=ROOT,
         check=True,
     )  # project-local dagster.yaml with the refresh path's settings
-    print(f"code location load (import recsys_platform.definitions, fresh process): {_import_seconds(env)}", flush=True)
+    print(f"code location load (import orchestration.definitions, fresh process): {_import_seconds(env)}", flush=True)
     logs = home / "freshness-logs"
     logs.mkdir(exist_ok=True)
     api_port, ui_port = _free_port(), _free_port()

@@ -174,7 +174,7 @@ def _step_table(instance, run_id: str, samples: list[tuple[float, int]]) -> list
 
 
 def _chunks(keys: list[str], size: int) -> list[dict[str, str]]:
-    from recsys_platform.definitions import partition_range_tags
+    from orchestration.runner import partition_range_tags
 
     if size <= 0:
         return [partition_range_tags(keys[0], keys[-1])]
@@ -196,7 +196,7 @@ def _aggregate(rows: list[dict]) -> list[dict]:
 def training_cycle_job():
     """The training_cycle job of the shared Definitions, as a function the multiprocess executor can
     reconstruct in each step's process."""
-    from recsys_platform.definitions import defs
+    from orchestration.definitions import defs
 
     return defs.resolve_job_def("training_cycle")
 
@@ -208,8 +208,8 @@ def stage_cycle(hours_per_run: int, skip_assets: list[str] | None = None, jobs_t
     memory is returned)."""
     import dagster as dg
 
+    from orchestration.definitions import defs
     from recsys_platform.config import Settings
-    from recsys_platform.definitions import defs
     from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
     from recsys_platform.profiles import describe_profile
 

@@ -57,7 +57,7 @@ def _run_job_with_progress(
 ) -> object:
     """Execute a job of the shared Definitions on the project instance, with a step progress bar;
     exit with status 1 as soon as the run fails."""
-    from recsys_platform.definitions import JobRunFailed, execute_job
+    from orchestration.runner import JobRunFailed, execute_job
 
     with Progress(
         SpinnerColumn(),
@@ -111,7 +111,7 @@ def quickstart(
         n_files = write_to_landing(ds, zone, fmt=f".{fmt.lstrip('.')}")
     console.print(f"landed {ds.events.height:,} events for {users:,} users in {n_files:,} files under {zone.url}")
     keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
-    from recsys_platform.definitions import partition_range_tags
+    from orchestration.runner import partition_range_tags
 
     _run_job_with_progress(
         "ingest_events", f"ingesting {len(keys)} arrival hours", partition_range_tags(keys[0], keys[-1]), verbose
@@ -171,7 +171,7 @@ def _require_trainable(settings: Settings) -> None:
 
 def _run_batch_sets(shards: list[str] | None = None, verbose: bool = False) -> None:
     """Run `recommendation_sets_batch` once per user shard (all shards by default)."""
-    from assets.recommendation_sets import SHARD_KEYS
+    from orchestration.jobs import SHARD_KEYS
 
     unknown = [key for key in shards or () if key not in SHARD_KEYS]
     if unknown:  # refused before any shard runs
@@ -370,7 +370,7 @@ def import_data(
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if ingest:
-        from recsys_platform.definitions import partition_range_tags
+        from orchestration.runner import partition_range_tags
 
         tags = partition_range_tags(result.partition_key, result.partition_key)
         run = _run_job_with_progress("ingest_events", f"ingesting {result.partition_key}", tags, verbose)

@@ -1,7 +1,7 @@
 """The deployment profile: which backend serves each concern and which executor runs the jobs.
 
 Everything is read from environment variables (see deploy/ENVIRONMENT.md); nothing here
-imports Dagster. `recsys_platform/definitions.py` turns `ExecutorSettings` into a Dagster
+imports Dagster. `orchestration/environment.py` turns `ExecutorSettings` into a Dagster
 executor, the Celery workers read `celery_app_settings()` through `deploy/dagster_celery_config.py`,
 and the lake IO manager and the analyst catalog take their S3 options from here.
 """

@@ -13,10 +13,11 @@ from rich.console import Console
 from rich.traceback import Traceback
 from typer.testing import CliRunner
 
-from assets.recommendation_sets import SHARD_KEYS
-from recsys_platform import cli, definitions
+from orchestration import definitions, runner
+from orchestration.jobs import SHARD_KEYS
+from orchestration.runner import JobRunFailed, execute_job, partition_range_tags
+from recsys_platform import cli
 from recsys_platform.cli import app
-from recsys_platform.definitions import JobRunFailed, execute_job, partition_range_tags
 from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.landing import LocalLandingZone, partition_key_of
 from recsys_platform.online_store import open_online_store
@@ -106,9 +107,9 @@ def test_quickstart_refuses_too_little_data_before_writing_anything(tmp_path, mo
 def test_a_failed_run_exits_1_with_the_error_instead_of_raising(tmp_path, monkeypatch):
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    real = definitions.execute_job
+    real = runner.execute_job
     monkeypatch.setattr(
-        definitions, "execute_job", lambda name, tags, on_progress, log_level: real("failing", definitions=TINY)
+        runner, "execute_job", lambda name, tags, on_progress, log_level: real("failing", definitions=TINY)
     )
     out = CliRunner().invoke(app, ["batch-sets", "--shard", SHARD])
     assert out.exit_code == 1 and isinstance(out.exception, SystemExit), out.exception

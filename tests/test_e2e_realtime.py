@@ -34,7 +34,10 @@ PREPARE = textwrap.dedent(
     from datetime import UTC, datetime
     import dagster as dg
     from recsys_platform.config import Settings
-    from recsys_platform.definitions import ALL_ASSETS, INGESTION_ASSETS, build_resources, partition_range_tags
+    from orchestration.definitions import ASSETS
+    from orchestration.environment import build_resources
+    from orchestration.jobs import INGESTION
+    from orchestration.runner import partition_range_tags
     from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
     from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
     from recsys_platform.model.state import load_state, state_url
@@ -47,12 +50,12 @@ PREPARE = textwrap.dedent(
     keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
     instance = dg.DagsterInstance.get()
     resources = build_resources(settings)
-    ingest = dg.AssetSelection.assets(*INGESTION_ASSETS).without_checks()
-    assert dg.materialize(ALL_ASSETS, selection=ingest, resources=resources, instance=instance,
+    ingest = INGESTION.without_checks()
+    assert dg.materialize(ASSETS, selection=ingest, resources=resources, instance=instance,
                           tags=partition_range_tags(keys[0], keys[-1])).success
     serving = (dg.AssetSelection.assets("feature_store_snapshot").upstream()
-               - dg.AssetSelection.assets(*INGESTION_ASSETS)).without_checks()
-    assert dg.materialize(ALL_ASSETS, selection=serving, resources=resources, instance=instance).success
+               - INGESTION).without_checks()
+    assert dg.materialize(ASSETS, selection=serving, resources=resources, instance=instance).success
     with open_online_store(settings.online_store_url) as store:
         version = store.pointer().model_version
     # The refresh scores with the serving fit `recommendations` saved beside the lake for the deployed version.

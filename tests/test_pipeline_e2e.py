@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from orchestration.definitions import build_definitions
 from recsys_platform import registry
 from recsys_platform.config import Settings
-from recsys_platform.definitions import build_definitions
 from recsys_platform.deployment import rollback
 from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.landing import LocalLandingZone, partition_key_of

@@ -21,9 +21,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from orchestration.definitions import build_definitions
+from orchestration.runner import partition_range_tags
 from recsys_platform import registry
 from recsys_platform.config import PROJECT_ROOT, Settings
-from recsys_platform.definitions import build_definitions, partition_range_tags
 from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.landing import EVENTS_PREFIX, LocalLandingZone, S3LandingZone, partition_key_of
 from recsys_platform.online_store import open_online_store
@@ -106,7 +107,7 @@ class Production:
         self.workers.stop()
 
     def execute(self, job: str, tags: dict[str, str] | None = None) -> None:
-        cmd = [DAGSTER, "job", "execute", "-m", "recsys_platform.definitions", "-a", "defs", "-j", job]
+        cmd = [DAGSTER, "job", "execute", "-m", "orchestration.definitions", "-a", "defs", "-j", job]
         if tags:
             cmd += ["--tags", json.dumps(tags)]
         proc = subprocess.run(
@@ -260,7 +261,7 @@ def test_recommendations_equal_and_redis_serves_them(production, embedded):
 
 
 def test_executor_is_chosen_by_environment(monkeypatch):
-    from recsys_platform.definitions import executor_from_env
+    from orchestration.environment import executor_from_env
     from recsys_platform.profiles import ProfileError, executor_settings_from_env
 
     for key in ("RECSYS_EXECUTOR", "RECSYS_MAX_CONCURRENT", "RECSYS_CELERY_BROKER_URL", "RECSYS_CELERY_KEY_PREFIX"):
@@ -382,7 +383,7 @@ def test_k8s_path_loads_and_accepts_the_example_values(monkeypatch, tmp_path):
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     (deployment,) = values["dagster-user-deployments"]["deployments"]
     assert {"name": "RECSYS_EXECUTOR", "value": "k8s"} in deployment["env"]
-    assert deployment["dagsterApiGrpcArgs"][:2] == ["--module-name", "recsys_platform.definitions"]
+    assert deployment["dagsterApiGrpcArgs"][:2] == ["--module-name", "orchestration.definitions"]
     container = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]
     job = defs.resolve_job_def("training_cycle")
     step_config = {"container_config": container}

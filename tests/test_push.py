@@ -436,8 +436,9 @@ def test_push_notifications_asset_materializes(tmp_path: Path, monkeypatch: pyte
     import dagster as dg
 
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    from orchestration.definitions import ASSETS
+    from orchestration.environment import build_resources
     from recsys_platform.config import Settings
-    from recsys_platform.definitions import ALL_ASSETS, build_resources
 
     settings = Settings.from_env()
     settings.ensure_local_dirs()
@@ -451,7 +452,7 @@ def test_push_notifications_asset_materializes(tmp_path: Path, monkeypatch: pyte
     items.write_parquet(lake / "items.parquet")
     deploy_store(settings.online_store_url, items)
 
-    result = dg.materialize(ALL_ASSETS, selection=["push_notifications"], resources=build_resources(settings))
+    result = dg.materialize(ASSETS, selection=["push_notifications"], resources=build_resources(settings))
     assert result.success
     frame = result.output_for_node("push_notifications")
     assert sorted(frame["user_id"]) == ["u_both", "u_done", "u_night", "u_night2"]

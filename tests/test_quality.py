@@ -161,7 +161,7 @@ def test_blocking_checks_stop_downstream_assets(tmp_path):
 
 
 def test_checks_are_in_the_definitions_and_blocking_where_it_matters():
-    from recsys_platform.definitions import defs
+    from orchestration.definitions import defs
 
     specs = {
         (spec.asset_key.to_user_string(), spec.name): spec
@@ -184,7 +184,7 @@ def test_great_expectations_is_imported_lazily():
 
 def _hours_run(tmp_path, frames: dict[str, pl.DataFrame]):
     """Materialize raw_events over a range of arrival hours (one run, as ranged ingestion does) with its GX check."""
-    from recsys_platform.definitions import partition_range_tags
+    from orchestration.runner import partition_range_tags
     from resources import LakeIOManager
 
     @dg.asset(name="raw_events", partitions_def=arrival_hours, backfill_policy=dg.BackfillPolicy.single_run())

@@ -1,0 +1,45 @@
+"""The composition root: the single Definitions that `dagster dev`, the CLI and the tests load."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets import features, ingestion, push, realtime, recommendation_sets, serving, training
+from assets.checks import ALL_CHECKS
+from orchestration.environment import build_resources, executor_from_env
+from orchestration.jobs import (
+    JOBS,
+    SHARD_KEYS,
+    deploy_job,
+    recommendation_sets_job,
+    refresh_realtime_job,
+    training_cycle_job,
+)
+from recsys_platform.config import Settings
+from sensors.landing import landing_sensor_for
+from sensors.recommendation_sets import batch_sets_schedule_for
+from sensors.registry import champion_sensor_for
+from sensors.schedules import retrain_schedule_for
+
+ASSETS = dg.load_assets_from_modules([ingestion, features, training, serving, push, realtime, recommendation_sets])
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    """Build the Definitions for the given (default: environment) settings."""
+    settings = settings or Settings.from_env()
+    settings.ensure_local_dirs()
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=JOBS,
+        sensors=[landing_sensor_for(refresh_realtime_job), champion_sensor_for(deploy_job)],
+        schedules=[
+            retrain_schedule_for(training_cycle_job),
+            batch_sets_schedule_for(recommendation_sets_job, SHARD_KEYS),
+        ],
+        resources=build_resources(settings),
+        executor=executor_from_env(),
+    )
+
+
+defs = build_definitions()
