@@ -47,8 +47,8 @@ STATE_VERSION = "bench"
 def prepare(out: Path, n_users: int, days: int, seed: int, chunk_users: int = 100_000) -> None:
     """Generate data chunk by chunk (as `generator.generate` does), keep interactions and searches, run the
     training procedure and save its serving state."""
-    from recsys_platform import generator
     from recsys_platform.config import PipelineParams
+    from recsys_platform.dev import generator
     from recsys_platform.features import build_interactions
     from recsys_platform.model import procedure
     from recsys_platform.model.state import save_state

@@ -37,7 +37,8 @@ def land(root: Path, n_events: int, n_files: int, seed: int) -> dict[str, int]:
     import polars as pl
 
     from recsys_platform import schemas
-    from recsys_platform.generator import GeneratorConfig, encode_frame, generate
+    from recsys_platform.dev.generator import GeneratorConfig, generate
+    from recsys_platform.event_files import encode_frame
     from recsys_platform.landing import LocalLandingZone, event_file_key, new_batch_id
 
     # A pool of realistic rows from the generator, re-keyed and spread over the hour up to n_events.

@@ -8,7 +8,7 @@ over all 720 hours holds every event in memory at once), and the last runs job `
 the multiprocess executor (each step in its own process, `--max-concurrent` at once; `--executor
 in_process` for one process), all on the Dagster instance in DAGSTER_HOME. The storage profile is
 whatever the environment selects (embedded default unless RECSYS_LAKE_URL etc. are set), or with
-`--profile production` a deployment of its own per size (recsys_platform.production_stack): Dagster
+`--profile production` a deployment of its own per size (recsys_platform.dev.production_stack): Dagster
 instance and MLflow backend in new PostgreSQL databases, landing zone, lake, MLflow artifacts and
 compute logs in a new bucket of an S3-compatible server (`--s3-endpoint`, default a moto server
 started on loopback), online store and push queue under Redis prefixes, and training_cycle's steps
@@ -116,7 +116,7 @@ class MemorySampler(threading.Thread):
 def stage_generate(users: int, days: int, seed: int) -> dict:
     """Generate the dataset into the landing zone of RECSYS_HOME; report its size and cost."""
     from recsys_platform.config import Settings
-    from recsys_platform.generator import GeneratorConfig, generate_to_landing
+    from recsys_platform.dev.generator import GeneratorConfig, generate_to_landing
     from recsys_platform.landing import landing_zone_from_url
 
     sampler = MemorySampler()
@@ -487,7 +487,7 @@ def main() -> None:
     results = []
     moto = None
     if args.profile == "production" and not args.s3_endpoint:
-        from recsys_platform.production_stack import start_moto_server
+        from recsys_platform.dev.production_stack import start_moto_server
 
         moto, args.s3_endpoint = start_moto_server(key_buffer_bytes=MOTO_KEY_BUFFER_BYTES)
     try:
@@ -515,7 +515,7 @@ def _size_env(args: argparse.Namespace, home: Path):
     tuning = {"RECSYS_EXECUTOR": executor, "RECSYS_MAX_CONCURRENT": str(args.max_concurrent)}
     if args.profile == "embedded":
         return os.environ | {"RECSYS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")} | tuning, None
-    from recsys_platform.production_stack import ProductionStack
+    from recsys_platform.dev.production_stack import ProductionStack
 
     stack = ProductionStack(args.postgres_url, args.redis_url, args.s3_endpoint, home, extra_env=tuning)
     return stack.env, stack
@@ -546,7 +546,7 @@ def _run_size(args: argparse.Namespace, home: Path, users: int, days: int, moto)
             ["_generate", str(users), str(days), str(args.seed)], env, args.time_limit, home / "generate.log", max_rss
         )
         seen = set()
-    from recsys_platform.production_stack import CeleryWorkers
+    from recsys_platform.dev.production_stack import CeleryWorkers
 
     workers = CeleryWorkers(env, home, tuple(f"w{i}" for i in range(args.workers)), fresh_process_per_step=True)
     try:
@@ -565,7 +565,7 @@ def _run_size(args: argparse.Namespace, home: Path, users: int, days: int, moto)
                 train = _run_stage([*stage, "train"], env, args.time_limit, home / "cycle.log", max_rss, workers.pids())
                 cycle = _joined(cycle, train)
         if "samples" in cycle:
-            from recsys_platform.production_stack import instance_environment
+            from recsys_platform.dev.production_stack import instance_environment
 
             with instance_environment(env):
                 cycle["steps"] = steps_from_instance(dagster_home, cycle.pop("samples"), seen)

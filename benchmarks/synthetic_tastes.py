@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--tastes", choices=["latent", "profile"], action="append")
     args = parser.parse_args()
-    from recsys_platform.generator import GeneratorConfig, generate
+    from recsys_platform.dev.generator import GeneratorConfig, generate
 
     header = ("ease", "pop", "ratio", "users", "top1%", "top10%", "compl", "s")
     print(f"{'tastes':8} " + " ".join(f"{h:>7}" for h in header))

@@ -97,7 +97,7 @@ def quickstart(
     verbose: VerboseOption = False,
 ) -> None:
     """Generate synthetic data into the landing zone, materialize every asset, print a summary."""
-    from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
+    from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
     from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
     from recsys_platform.summary import print_summary
 
@@ -242,7 +242,7 @@ def simulate(
     """Stream live events for existing users and items (through the API or into the landing zone)."""
     import polars as pl
 
-    from recsys_platform.simulator import EventStream, api_sender, landing_sender, run_simulation
+    from recsys_platform.dev.simulator import EventStream, api_sender, landing_sender, run_simulation
 
     settings = _prepare_environment()
     lake = Path(settings.lake_url)

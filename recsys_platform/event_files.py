@@ -1,4 +1,4 @@
-"""Reading landed event files (Parquet, JSON lines) into raw frames that keep their line/row numbers.
+"""Writing and reading landed event files (Parquet, JSON lines) into raw frames that keep their line/row numbers.
 
 The happy path is vectorized: a whole JSON-lines file is parsed by polars in one call. Only a file
 that polars refuses (a malformed line, invalid UTF-8, blank lines shifting the line numbers) is
@@ -187,3 +187,15 @@ def _read_jsonl_lines(body: bytes) -> RawFile:
         }
     )
     return RawFile(frame, bad)
+
+
+def encode_frame(df: pl.DataFrame, fmt: str) -> bytes:
+    """Serialize a frame as a landing file: Parquet or JSON lines."""
+    buf = io.BytesIO()
+    if fmt == ".parquet":
+        df.write_parquet(buf)
+    elif fmt == ".jsonl":
+        df.write_ndjson(buf)
+    else:
+        raise ValueError(f"unknown landing file format {fmt!r}; use .parquet or .jsonl")
+    return buf.getvalue()

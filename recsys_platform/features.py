@@ -94,14 +94,6 @@ def latest_event_time(interactions: pl.LazyFrame | pl.DataFrame) -> datetime | N
     return interactions.lazy().select(pl.col("event_time").max()).collect().item()
 
 
-def history_before(interactions: pl.DataFrame, cutoff: datetime) -> pl.DataFrame:
-    """Interactions strictly before `cutoff`; the frame itself, not a copy, when all of it is (serving time)."""
-    times = interactions["event_time"]
-    if times.null_count() == 0 and (times.len() == 0 or times.max() < cutoff):
-        return interactions
-    return interactions.filter(pl.col("event_time") < pl.lit(cutoff, dtype=pl.Datetime("us", "UTC")))
-
-
 def _before(df: pl.DataFrame, cutoff: datetime) -> pl.LazyFrame:
     return df.lazy().filter(pl.col("event_time") < pl.lit(cutoff, dtype=pl.Datetime("us", "UTC")))
 

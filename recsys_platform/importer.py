@@ -37,7 +37,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_platform import schemas
-from recsys_platform.generator import encode_frame
+from recsys_platform.event_files import encode_frame
 from recsys_platform.import_rows import (
     ColumnMapping,
     DatasetImportError,

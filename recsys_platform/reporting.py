@@ -16,9 +16,3 @@ def frame_preview_markdown(df: pl.DataFrame, rows: int = 5, max_cols: int = 12) 
     if len(df.columns) > max_cols:
         lines.append(f"\n({len(df.columns) - max_cols} more columns)")
     return "\n".join(lines)
-
-
-def metrics_markdown(table: pl.DataFrame) -> str:
-    """Render a long metrics frame (model, metric, value) as a model x metric Markdown table."""
-    wide = table.pivot(on="model", index="metric", values="value")
-    return frame_preview_markdown(wide.with_columns(pl.exclude("metric").round(4)), rows=wide.height, max_cols=20)

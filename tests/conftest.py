@@ -24,7 +24,7 @@ def service_unavailable(what: str, url: str, reason: str) -> None:
 
 def _port_open(url: str, default_port: int) -> str | None:
     """None when the service of `url` accepts connections, else why not."""
-    from recsys_platform.production_stack import port_error
+    from recsys_platform.dev.production_stack import port_error
 
     parsed = urlparse(url)
     return port_error(parsed.hostname or "127.0.0.1", parsed.port or default_port)
@@ -77,7 +77,7 @@ def s3_endpoint() -> Iterator[str]:
         import moto  # noqa: F401
     except ImportError as exc:
         service_unavailable("moto S3 server", "127.0.0.1", f"moto not installed: {exc}")
-    from recsys_platform.production_stack import start_moto_server
+    from recsys_platform.dev.production_stack import start_moto_server
 
     try:
         proc, url = start_moto_server()

@@ -16,9 +16,9 @@ from recsys_platform import batch_scoring as bs
 from recsys_platform import experiments as ex
 from recsys_platform.catalog import build_catalog
 from recsys_platform.config import PROJECT_ROOT, PipelineParams, Settings
-from recsys_platform.experiment_sim import simulate_arms
+from recsys_platform.dev.experiment_sim import simulate_arms
+from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.features import build_interactions
-from recsys_platform.generator import GeneratorConfig, generate
 from recsys_platform.model import procedure
 from recsys_platform.model.candidates import allowed_items
 from recsys_platform.model.state import load_state, save_state

@@ -20,7 +20,7 @@ import pytest
 from dagster._core.storage.dagster_run import RunsFilter
 
 from recsys_platform.config import PROJECT_ROOT
-from recsys_platform.production_stack import free_port
+from recsys_platform.dev.production_stack import free_port
 from recsys_platform.realtime import INSTANCE_YAML, LAST_FILE_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -38,7 +38,7 @@ PREPARE = textwrap.dedent(
     from orchestration.environment import build_resources
     from orchestration.jobs import INGESTION
     from orchestration.runner import partition_range_tags
-    from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
+    from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
     from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
     from recsys_platform.model.state import load_state, state_url
     from recsys_platform.online_store import open_online_store

@@ -12,9 +12,9 @@ import pytest
 from scipy import stats
 
 from recsys_platform import experiments as ex
-from recsys_platform.experiment_sim import ArmEffects, simulate_arms, structured_users
+from recsys_platform.dev.experiment_sim import ArmEffects, simulate_arms, structured_users
+from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.features import build_interactions
-from recsys_platform.generator import GeneratorConfig, generate
 from recsys_platform.set_config import ExperimentConfig
 
 EXP = ExperimentConfig(

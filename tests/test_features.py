@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from recsys_platform import schemas
+from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.features import (
     build_interactions,
     item_features,
@@ -16,7 +17,6 @@ from recsys_platform.features import (
     user_item_affinities,
     user_item_history,
 )
-from recsys_platform.generator import GeneratorConfig, generate
 from recsys_platform.model.history import PairHistory, Vocabulary
 from tests.conftest import FIXED_END
 

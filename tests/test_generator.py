@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from recsys_platform import schemas
+from recsys_platform.dev.generator import GeneratorConfig, _latent_tastes, generate, write_to_landing
 from recsys_platform.evaluation import ndcg_at_k
-from recsys_platform.generator import GeneratorConfig, _latent_tastes, generate, write_to_landing
 from recsys_platform.holdout import ITEM, TIME, USER
 from recsys_platform.holdout_baselines import fit_baseline, pair_history, top_k_unseen
 from recsys_platform.landing import LocalLandingZone, partition_key_of

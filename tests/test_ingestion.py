@@ -13,8 +13,8 @@ from dagster_aws.s3 import S3Resource
 from assets.checks import raw_events_reconciliation
 from assets.ingestion import items, raw_events, users
 from recsys_platform import schemas
-from recsys_platform.event_files import read_jsonl
-from recsys_platform.generator import GeneratorConfig, encode_frame, generate, write_to_landing
+from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
+from recsys_platform.event_files import encode_frame, read_jsonl
 from recsys_platform.ingestion import ingest_files
 from recsys_platform.landing import LandingZone, LocalLandingZone, event_file_key, new_batch_id, partition_key_of
 from recsys_platform.reconciliation import reconcile_files

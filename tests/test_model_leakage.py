@@ -26,8 +26,8 @@ import polars as pl
 import pytest
 
 from recsys_platform import schemas
+from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.features import build_interactions
-from recsys_platform.generator import GeneratorConfig, generate
 from recsys_platform.model import candidates, procedure, windows
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.params import ModelParams

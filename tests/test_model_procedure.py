@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from recsys_platform import schemas
+from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.features import build_interactions
-from recsys_platform.generator import GeneratorConfig, generate
 from recsys_platform.model import procedure, tuning
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.windows import per_user_split, require_enough

@@ -18,7 +18,7 @@ from orchestration.definitions import build_definitions
 from recsys_platform import registry
 from recsys_platform.config import Settings
 from recsys_platform.deployment import rollback
-from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
+from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.landing import LocalLandingZone, partition_key_of
 from recsys_platform.online_store import open_online_store
 from recsys_platform.serving import recommend

@@ -25,10 +25,10 @@ from orchestration.definitions import build_definitions
 from orchestration.runner import partition_range_tags
 from recsys_platform import registry
 from recsys_platform.config import PROJECT_ROOT, Settings
-from recsys_platform.generator import GeneratorConfig, generate, write_to_landing
+from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
+from recsys_platform.dev.production_stack import CeleryWorkers, ProductionStack, instance_environment
 from recsys_platform.landing import EVENTS_PREFIX, LocalLandingZone, S3LandingZone, partition_key_of
 from recsys_platform.online_store import open_online_store
-from recsys_platform.production_stack import CeleryWorkers, ProductionStack, instance_environment
 from recsys_platform.profiles import describe_profile, polars_s3_options
 from recsys_platform.serving import recommend
 from tests.conftest import FIXED_END, _port_open, service_unavailable

@@ -13,8 +13,8 @@ import pytest
 
 from recsys_platform import deployment, schemas, serving
 from recsys_platform.config import PipelineParams
+from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.features import build_interactions
-from recsys_platform.generator import GeneratorConfig, generate
 from recsys_platform.model import procedure
 from recsys_platform.model.serving import serving_recommender
 from recsys_platform.model.state import save_state, state_url

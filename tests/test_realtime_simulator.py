@@ -6,10 +6,10 @@ from pathlib import Path
 
 import polars as pl
 
+from recsys_platform.dev.simulator import EventStream, landing_sender, run_simulation
 from recsys_platform.events_api import EventIn
 from recsys_platform.landing import LocalLandingZone
 from recsys_platform.realtime.collector import EventCollector
-from recsys_platform.simulator import EventStream, landing_sender, run_simulation
 
 ITEMS = pl.DataFrame(
     {

@@ -16,9 +16,9 @@ from assets.partitions import arrival_hours
 from recsys_platform import batch_scoring as bs
 from recsys_platform import registry
 from recsys_platform.config import CHAMPION_ALIAS, REGISTERED_MODEL_NAME, PipelineParams, Settings
-from recsys_platform.experiment_sim import simulate_arms
+from recsys_platform.dev.experiment_sim import simulate_arms
+from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.features import build_interactions
-from recsys_platform.generator import GeneratorConfig, generate
 from recsys_platform.model import procedure
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.fallback import popularity_table

@@ -17,7 +17,7 @@ import pytest
 
 from recsys_platform import registry
 from recsys_platform.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL_NAME
-from recsys_platform.production_stack import free_port
+from recsys_platform.dev.production_stack import free_port
 from resources import MlflowResource
 from sensors.registry import champion_sensor_for
 

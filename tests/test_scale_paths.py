@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from recsys_platform import schemas
+from recsys_platform.dev.generator import GeneratorConfig, generate, generate_to_landing
 from recsys_platform.features import build_interactions, read_history, rows_of_users
-from recsys_platform.generator import GeneratorConfig, generate, generate_to_landing
 from recsys_platform.landing import EVENTS_PREFIX, ITEMS_PREFIX, USERS_PREFIX, LocalLandingZone, partition_key_of
 from recsys_platform.model import procedure
 from recsys_platform.model.candidates import FEATURES, pairs_frame

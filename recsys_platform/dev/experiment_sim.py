@@ -23,8 +23,8 @@ import numpy as np
 import polars as pl
 
 from recsys_platform import schemas
+from recsys_platform.dev.generator import SyntheticDataset
 from recsys_platform.experiments import assign_arms
-from recsys_platform.generator import GeneratorConfig, SyntheticDataset, generate
 from recsys_platform.set_config import ExperimentConfig
 
 logger = logging.getLogger(__name__)
@@ -138,10 +138,3 @@ def simulate_arms(
     logger.info("experiment %s: %d extra sessions over %d days", experiment.name, n, days)
     events = pl.concat([ds.events, added.select(ds.events.columns)]).sort("arrival_time", "event_id")
     return SyntheticDataset(items=ds.items, users=ds.users, events=events)
-
-
-def simulate_experiment(
-    cfg: GeneratorConfig, experiment: ExperimentConfig, effects: ArmEffects = ArmEffects()
-) -> SyntheticDataset:
-    """The generator's dataset for `cfg` plus the simulated effect of each arm (opt-in; defaults untouched)."""
-    return simulate_arms(generate(cfg), experiment, effects, seed=cfg.seed)

@@ -111,7 +111,7 @@ def start_moto_server(timeout_s: float = 20, key_buffer_bytes: int | None = None
     port = free_port()
     env = os.environ | ({"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(key_buffer_bytes)} if key_buffer_bytes else {})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "recsys_platform.loopback_s3", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "recsys_platform.dev.loopback_s3", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys_platform.generator import SEARCH_WORDS
+from recsys_platform.dev.generator import SEARCH_WORDS
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ moto 5 answers `GET` with `Range: bytes=a-b` by reading the whole object and sli
 reader's many ranged requests on one large lake file (polars/object_store, s3fs) cost the object's size
 each: at 1M users a single `interactions` read took minutes. Here a single-range GET reads just those
 bytes from the object's buffer; headers and status are what moto sends for the same request (206 with
-Content-Range), and every other request is moto's own. Run as `python -m recsys_platform.loopback_s3
+Content-Range), and every other request is moto's own. Run as `python -m recsys_platform.dev.loopback_s3
 -H 127.0.0.1 -p PORT` (the arguments of `moto.server`); `production_stack.start_moto_server` does.
 """
 

@@ -25,7 +25,6 @@ vectorized with numpy and deterministic for a seed, an end time and a chunk size
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,8 +34,9 @@ import numpy as np
 import polars as pl
 
 from recsys_platform import schemas
+from recsys_platform.dev.latent_tastes import CANDIDATES, UTILITY_OFFSET, LatentTastes, draw_latent_tastes
+from recsys_platform.event_files import encode_frame
 from recsys_platform.landing import ITEMS_PREFIX, USERS_PREFIX, LandingZone, event_file_key, new_batch_id
-from recsys_platform.latent_tastes import CANDIDATES, UTILITY_OFFSET, LatentTastes, draw_latent_tastes
 
 logger = logging.getLogger(__name__)
 
@@ -656,15 +656,3 @@ def _write_events(events: pl.DataFrame, zone: LandingZone, fmt: str, batches_per
             zone.write_bytes(key, encode_frame(part.select(list(schemas.RAW_EVENT_SCHEMA)), fmt))
             n_files += 1
     return n_files
-
-
-def encode_frame(df: pl.DataFrame, fmt: str) -> bytes:
-    """Serialize a frame as Parquet or JSON lines."""
-    buf = io.BytesIO()
-    if fmt == ".parquet":
-        df.write_parquet(buf)
-    elif fmt == ".jsonl":
-        df.write_ndjson(buf)
-    else:
-        raise ValueError(f"unknown landing file format {fmt!r}; use .parquet or .jsonl")
-    return buf.getvalue()
