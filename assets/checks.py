@@ -15,10 +15,10 @@ import polars as pl
 
 from assets.partitions import arrival_hours
 from assets.pools import HISTORY_POOL
-from recsys_platform.landing import FILE_FORMATS, partition_key_of
-from recsys_platform.quality import QualityResult, load_suite, validate_frame
-from recsys_platform.reconciliation import reconcile_files
-from recsys_platform.reporting import frame_preview_markdown
+from recsys_platform.analytics.reporting import frame_preview_markdown
+from recsys_platform.ingest.landing import FILE_FORMATS, partition_key_of
+from recsys_platform.ingest.quality import QualityResult, load_suite, validate_frame
+from recsys_platform.ingest.reconciliation import reconcile_files
 from resources import LandingZoneResource
 
 MAX_PARTITIONS_VALIDATED = 24  # GX costs ~0.3 s per hour; a month-long backfill validates a sample of hours

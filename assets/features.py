@@ -7,9 +7,9 @@ import polars as pl
 
 from assets import groups
 from assets.pools import HISTORY_POOL
-from recsys_platform import features as feats
-from recsys_platform.collaborative import fit_item_cooccurrence
-from recsys_platform.reporting import frame_preview_markdown
+from recsys_platform.analytics.reporting import frame_preview_markdown
+from recsys_platform.features import tables as feats
+from recsys_platform.features.item_cooccurrence import fit_item_cooccurrence
 
 GROUP = groups.FEATURES
 

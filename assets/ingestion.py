@@ -9,8 +9,8 @@ from assets import groups
 from assets.partitions import arrival_hours
 from assets.pools import RAW_EVENTS_POOL
 from recsys_platform import schemas
-from recsys_platform.ingestion import imported_event_floors, ingest_files, read_table_updates
-from recsys_platform.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PREFIX
+from recsys_platform.ingest.ingestion import imported_event_floors, ingest_files, read_table_updates
+from recsys_platform.ingest.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PREFIX
 from resources import LandingZoneResource
 
 GROUP = groups.INGESTION

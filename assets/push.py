@@ -7,8 +7,8 @@ import polars as pl
 
 from assets import groups
 from recsys_platform import schemas
+from recsys_platform.analytics.reporting import frame_preview_markdown
 from recsys_platform.push.selection import PushRules, schedule_pushes
-from recsys_platform.reporting import frame_preview_markdown
 from resources import OnlineStoreResource, PushQueueResource
 
 GROUP = groups.SERVING

@@ -21,7 +21,7 @@ import polars as pl
 from assets import groups
 from assets.partitions import arrival_hours
 from recsys_platform.config import Settings
-from recsys_platform.landing import PARTITION_KEY_FORMAT
+from recsys_platform.ingest.landing import PARTITION_KEY_FORMAT
 from recsys_platform.realtime import FIRST_FILE_TAG
 from resources import MlflowResource, OnlineStoreResource, PipelineResource
 

@@ -8,14 +8,14 @@ import polars as pl
 from assets import groups
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
-from recsys_platform import batch_scoring as bs
-from recsys_platform import experiments, registry
+from recsys_platform.analytics.reporting import frame_preview_markdown
+from recsys_platform.batch import scoring as bs
+from recsys_platform.batch.set_config import load_sets_config
 from recsys_platform.config import CHAMPION_ALIAS, Settings
-from recsys_platform.features import latest_event_time, read_history
-from recsys_platform.model import fallback
+from recsys_platform.experiments import ab_tests as experiments
+from recsys_platform.features.tables import latest_event_time, read_history
+from recsys_platform.model import fallback, registry
 from recsys_platform.model.serving import serving_recommender
-from recsys_platform.reporting import frame_preview_markdown
-from recsys_platform.set_config import load_sets_config
 from resources import MlflowResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
 

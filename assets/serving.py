@@ -8,11 +8,12 @@ import polars as pl
 from assets import groups
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
-from recsys_platform import deployment, registry, schemas, snapshot
-from recsys_platform.catalog import build_catalog
+from recsys_platform import schemas
+from recsys_platform.analytics.duckdb_catalog import build_catalog
 from recsys_platform.config import CHAMPION_ALIAS, Settings
-from recsys_platform.features import read_history
-from recsys_platform.model import fallback
+from recsys_platform.features.tables import read_history
+from recsys_platform.model import fallback, registry
+from recsys_platform.serve import deployment, snapshot
 from resources import MlflowResource, OnlineStoreResource, PipelineResource
 
 GROUP = groups.SERVING

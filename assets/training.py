@@ -10,14 +10,13 @@ import polars as pl
 from assets import groups
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
-from recsys_platform import registry
-from recsys_platform.features import POSITIVE_COLUMNS, read_history
-from recsys_platform.model import fallback, gate, procedure
+from recsys_platform.analytics.reporting import frame_preview_markdown
+from recsys_platform.features.tables import POSITIVE_COLUMNS, read_history
+from recsys_platform.model import fallback, gate, procedure, registry
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.ranker import feature_importance
 from recsys_platform.model.windows import require_enough
-from recsys_platform.reporting import frame_preview_markdown
 from resources import MlflowResource, PipelineResource
 
 GROUP = groups.TRAINING

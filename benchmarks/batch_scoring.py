@@ -49,7 +49,7 @@ def prepare(out: Path, n_users: int, days: int, seed: int, chunk_users: int = 10
     training procedure and save its serving state."""
     from recsys_platform.config import PipelineParams
     from recsys_platform.dev import generator
-    from recsys_platform.features import build_interactions
+    from recsys_platform.features.tables import build_interactions
     from recsys_platform.model import procedure
     from recsys_platform.model.state import save_state
 
@@ -95,10 +95,10 @@ def run(
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
-    from recsys_platform import batch_scoring as bs
+    from recsys_platform.batch import scoring as bs
+    from recsys_platform.batch.set_config import Eligibility, load_sets_config
     from recsys_platform.config import Settings
     from recsys_platform.model.state import load_state
-    from recsys_platform.set_config import Eligibility, load_sets_config
 
     print(f"start: load {os.getloadavg()}, cpus {os.cpu_count()}", flush=True)
     t0 = time.perf_counter()

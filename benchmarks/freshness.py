@@ -159,7 +159,7 @@ def _run_breakdown(instance, record) -> dict:
 
 def _runs_with_breakdown(instance, records: list) -> list[dict]:
     """Breakdowns of the successful refresh runs, with the landing-file range each one covered."""
-    from recsys_platform.landing import arrival_time_of
+    from recsys_platform.ingest.landing import arrival_time_of
     from recsys_platform.realtime import LAST_FILE_TAG
 
     out = []

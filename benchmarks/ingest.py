@@ -38,8 +38,8 @@ def land(root: Path, n_events: int, n_files: int, seed: int) -> dict[str, int]:
 
     from recsys_platform import schemas
     from recsys_platform.dev.generator import GeneratorConfig, generate
-    from recsys_platform.event_files import encode_frame
-    from recsys_platform.landing import LocalLandingZone, event_file_key, new_batch_id
+    from recsys_platform.ingest.event_files import encode_frame
+    from recsys_platform.ingest.landing import LocalLandingZone, event_file_key, new_batch_id
 
     # A pool of realistic rows from the generator, re-keyed and spread over the hour up to n_events.
     ds = generate(GeneratorConfig(n_users=20_000, days=2, seed=seed, end=HOUR))
@@ -74,8 +74,8 @@ def measure(root: Path, fmt: str) -> dict[str, float]:
     """Ingest the landed partition of one format in this process; return timings and peak memory."""
     import polars as pl
 
-    from recsys_platform.ingestion import ingest_files
-    from recsys_platform.landing import LocalLandingZone
+    from recsys_platform.ingest.ingestion import ingest_files
+    from recsys_platform.ingest.landing import LocalLandingZone
 
     zone = LocalLandingZone(root / fmt)
     files = zone.partition_files(PARTITION)

@@ -47,9 +47,9 @@ import logging
 import sys
 from pathlib import Path
 
-from recsys_platform.holdout import PROTOCOLS, TableColumns
-from recsys_platform.importer import parse_pairs
-from recsys_platform.quality_benchmark import DEFAULT_SEEDS, QualityConfig, format_tables, run_quality_benchmark
+from recsys_platform.ingest.importer import parse_pairs
+from recsys_platform.quality_benchmark.holdout import PROTOCOLS, TableColumns
+from recsys_platform.quality_benchmark.run import DEFAULT_SEEDS, QualityConfig, format_tables, run_quality_benchmark
 
 
 def main() -> None:

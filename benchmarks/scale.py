@@ -117,7 +117,7 @@ def stage_generate(users: int, days: int, seed: int) -> dict:
     """Generate the dataset into the landing zone of RECSYS_HOME; report its size and cost."""
     from recsys_platform.config import Settings
     from recsys_platform.dev.generator import GeneratorConfig, generate_to_landing
-    from recsys_platform.landing import landing_zone_from_url
+    from recsys_platform.ingest.landing import landing_zone_from_url
 
     sampler = MemorySampler()
     sampler.start()
@@ -210,8 +210,8 @@ def stage_cycle(hours_per_run: int, skip_assets: list[str] | None = None, jobs_t
 
     from orchestration.definitions import defs
     from recsys_platform.config import Settings
-    from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
-    from recsys_platform.profiles import describe_profile
+    from recsys_platform.deploy_profile import describe_profile
+    from recsys_platform.ingest.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
 
     settings = Settings.from_env()
     zone = landing_zone_from_url(settings.landing_url, _s3_client(settings))

@@ -28,9 +28,9 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from recsys_platform import deployment  # noqa: E402
-from recsys_platform.online_store import open_online_store  # noqa: E402
 from recsys_platform.schemas import CONTENT_TYPES  # noqa: E402
+from recsys_platform.serve import deployment  # noqa: E402
+from recsys_platform.serve.online_store import open_online_store  # noqa: E402
 
 N_USERS = 10_000
 N_ITEMS_PER_USER = 50
@@ -84,7 +84,7 @@ def free_port() -> int:
 def start_server(store_url: str, port: int, workers: int) -> subprocess.Popen:
     """Start uvicorn (uvloop + httptools, no access log) and wait until /healthz answers."""
     cmd = [
-        sys.executable, "-m", "uvicorn", "recsys_platform.api:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", "recsys_platform.serve.api:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip

@@ -22,10 +22,10 @@ FIXED_END = datetime(2026, 10, 1, 12, tzinfo=UTC)
 
 def holdout_scores(events: pl.DataFrame, cutoff: datetime, l2: float, k: int = 10) -> dict[str, float]:
     """nDCG@k of EASE and of popularity fitted on plays before `cutoff`, on new items played after it."""
-    from recsys_platform.evaluation import ndcg_at_k
-    from recsys_platform.holdout import ITEM, TIME, USER
-    from recsys_platform.holdout_baselines import fit_baseline, pair_history, top_k_unseen
+    from recsys_platform.model.evaluation import ndcg_at_k
     from recsys_platform.model.params import ModelParams
+    from recsys_platform.quality_benchmark.baselines import fit_baseline, pair_history, top_k_unseen
+    from recsys_platform.quality_benchmark.holdout import ITEM, TIME, USER
 
     plays = events.filter(pl.col("event_type") == "content_start").select("user_id", "item_id", "event_time")
     train = plays.filter(pl.col("event_time") < cutoff).select("user_id", "item_id").unique()

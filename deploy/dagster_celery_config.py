@@ -5,7 +5,7 @@ PYTHONPATH; this is it. Broker, result backend and key prefix come from RECSYS_C
 deploy/ENVIRONMENT.md), so the workers and the runs that submit to them cannot disagree.
 """
 
-from recsys_platform.profiles import celery_app_settings
+from recsys_platform.deploy_profile import celery_app_settings
 
 _settings = celery_app_settings()
 

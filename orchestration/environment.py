@@ -9,7 +9,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from recsys_platform.config import Settings
-from recsys_platform.profiles import executor_settings_from_env
+from recsys_platform.deploy_profile import executor_settings_from_env
 from resources import (
     LakeIOManager,
     LandingZoneResource,

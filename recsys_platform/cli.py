@@ -97,9 +97,9 @@ def quickstart(
     verbose: VerboseOption = False,
 ) -> None:
     """Generate synthetic data into the landing zone, materialize every asset, print a summary."""
+    from recsys_platform.analytics.summary import print_summary
     from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
-    from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
-    from recsys_platform.summary import print_summary
+    from recsys_platform.ingest.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
 
     started = time.perf_counter()
     with console.status(f"generating {users:,} users x {days} days of events (seed {seed}, {tastes} tastes)"):
@@ -125,7 +125,7 @@ def quickstart(
 def train(verbose: VerboseOption = False) -> None:
     """Run the training cycle on the project's ingested events (features, training, evaluation and gate,
     batch recommendations, blue-green deploy), then print the quickstart's summary."""
-    from recsys_platform.summary import print_summary
+    from recsys_platform.analytics.summary import print_summary
 
     started = time.perf_counter()
     settings = _prepare_environment()
@@ -149,8 +149,8 @@ def _require_trainable(settings: Settings) -> None:
     (the minimum is named): the cycle would otherwise fail several steps in."""
     import polars as pl
 
+    from recsys_platform.deploy_profile import is_s3, polars_s3_options
     from recsys_platform.model.windows import InsufficientHistoryError, require_enough
-    from recsys_platform.profiles import is_s3, polars_s3_options
 
     source = f"{settings.lake_url.rstrip('/')}/raw_events/*.parquet"
     options = polars_s3_options(settings.s3_endpoint_url) if is_s3(settings.lake_url) else None
@@ -212,7 +212,7 @@ def serve(
 
     _prepare_environment()
     uvicorn.run(
-        "recsys_platform.api:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning"
+        "recsys_platform.serve.api:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning"
     )
 
 
@@ -223,7 +223,7 @@ def serve_model(
     port: Annotated[int, typer.Option(help="Port.")] = 5001,
 ) -> None:
     """Serve the registered ranker as an MLflow pyfunc (POST feature rows to /invocations, get scores)."""
-    from recsys_platform.registry import pyfunc_serve_command
+    from recsys_platform.model.registry import pyfunc_serve_command
 
     settings = _prepare_environment()
     argv, env = pyfunc_serve_command(settings.mlflow_tracking_uri, model, host, port)
@@ -256,7 +256,7 @@ def simulate(
     if via == "api":
         send = api_sender(url)
     elif via == "landing":
-        from recsys_platform.events_api import build_collector
+        from recsys_platform.serve.events_api import build_collector
 
         send = landing_sender(build_collector(settings))
     else:
@@ -318,8 +318,8 @@ def import_data(
 ) -> None:
     """Import interactions (+ items, users) into the landing zone in the native layout; print what became of
     every row (kept, merged as an exact duplicate, refused with a reason)."""
-    from recsys_platform import importer
-    from recsys_platform.landing import landing_zone_from_url
+    from recsys_platform.ingest import importer
+    from recsys_platform.ingest.landing import landing_zone_from_url
 
     settings = _prepare_environment()
     zone = landing_zone_from_url(settings.landing_url)
@@ -393,8 +393,8 @@ def _print_ingested(run: object) -> None:
 @deploy_app.command("status")
 def deploy_status() -> None:
     """Show the pointer and both slots of the online store."""
-    from recsys_platform.deployment import status
-    from recsys_platform.online_store import open_online_store
+    from recsys_platform.serve.deployment import status
+    from recsys_platform.serve.online_store import open_online_store
 
     settings = _prepare_environment()
     with open_online_store(settings.online_store_url) as store:
@@ -417,8 +417,8 @@ def deploy_status() -> None:
 @deploy_app.command("rollback")
 def deploy_rollback() -> None:
     """Flip the pointer back to the other (previous) slot."""
-    from recsys_platform.deployment import rollback
-    from recsys_platform.online_store import open_online_store
+    from recsys_platform.serve.deployment import rollback
+    from recsys_platform.serve.online_store import open_online_store
 
     settings = _prepare_environment()
     started = time.perf_counter()
@@ -470,9 +470,9 @@ def benchmark_quality(
 
     from rich.logging import RichHandler
 
-    from recsys_platform.holdout import PROTOCOLS, TableColumns
-    from recsys_platform.importer import DatasetImportError, parse_pairs
-    from recsys_platform.quality_benchmark import (
+    from recsys_platform.ingest.importer import DatasetImportError, parse_pairs
+    from recsys_platform.quality_benchmark.holdout import PROTOCOLS, TableColumns
+    from recsys_platform.quality_benchmark.run import (
         DEFAULT_SEEDS,
         BenchmarkRunError,
         QualityConfig,

@@ -17,8 +17,8 @@ import dagster as dg
 import polars as pl
 from upath import UPath
 
-from recsys_platform.profiles import fsspec_s3_options, is_s3, polars_s3_options
-from recsys_platform.reporting import frame_preview_markdown
+from recsys_platform.analytics.reporting import frame_preview_markdown
+from recsys_platform.deploy_profile import fsspec_s3_options, is_s3, polars_s3_options
 
 PARQUET = ".parquet"
 JSON = ".json"

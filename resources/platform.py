@@ -6,9 +6,9 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from recsys_platform.config import REGISTERED_MODEL_NAME, PipelineParams, fields_of
-from recsys_platform.landing import LandingZone, LocalLandingZone, S3LandingZone
+from recsys_platform.ingest.landing import LandingZone, LocalLandingZone, S3LandingZone
 from recsys_platform.model.params import ModelParams
-from recsys_platform.online_store import OnlineStore, open_online_store
+from recsys_platform.serve.online_store import OnlineStore, open_online_store
 
 _DEFAULTS = PipelineParams()
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from recsys_platform.set_config import SetsConfig, load_sets_config
+from recsys_platform.batch.set_config import SetsConfig, load_sets_config
 
 
 class RecommendationSetsResource(dg.ConfigurableResource):

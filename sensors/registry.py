@@ -20,7 +20,7 @@ def champion_sensor_for(job: Any, interval_seconds: int = 30) -> dg.SensorDefini
         "the MLflow UI) and redeploys the standby slot with that version.",
     )
     def champion_alias_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource):
-        from recsys_platform.registry import alias_version
+        from recsys_platform.model.registry import alias_version
 
         version = alias_version(mlflow.tracking_uri, CHAMPION_ALIAS, mlflow.model_name)
         if version is None:

@@ -52,7 +52,7 @@ def online_store_url(request: pytest.FixtureRequest, tmp_path) -> str:
 @pytest.fixture
 def store(online_store_url: str) -> Iterator:
     """An empty online store of each backend, removed afterwards."""
-    from recsys_platform.online_store import open_online_store
+    from recsys_platform.serve.online_store import open_online_store
 
     s = open_online_store(online_store_url)
     yield s

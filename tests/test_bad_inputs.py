@@ -14,9 +14,9 @@ import pytest
 from assets.checks import raw_events_reconciliation
 from assets.ingestion import items, raw_events
 from recsys_platform import schemas
-from recsys_platform.ingestion import FILE_NOTICES, ingest_files
-from recsys_platform.landing import LocalLandingZone, event_file_key, new_batch_id
-from recsys_platform.reconciliation import reconcile_files
+from recsys_platform.ingest.ingestion import FILE_NOTICES, ingest_files
+from recsys_platform.ingest.landing import LocalLandingZone, event_file_key, new_batch_id
+from recsys_platform.ingest.reconciliation import reconcile_files
 from resources import LakeIOManager, LandingZoneResource
 
 HOUR = datetime(2026, 3, 2, 14, tzinfo=UTC)

@@ -12,18 +12,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys_platform import batch_scoring as bs
-from recsys_platform import experiments as ex
-from recsys_platform.catalog import build_catalog
+from recsys_platform.analytics.duckdb_catalog import build_catalog
+from recsys_platform.batch import scoring as bs
+from recsys_platform.batch.set_config import BatchConfig, Eligibility, load_sets_config
 from recsys_platform.config import PROJECT_ROOT, PipelineParams, Settings
 from recsys_platform.dev.experiment_sim import simulate_arms
 from recsys_platform.dev.generator import GeneratorConfig, generate
-from recsys_platform.features import build_interactions
+from recsys_platform.experiments import ab_tests as ex
+from recsys_platform.features.tables import build_interactions
 from recsys_platform.model import procedure
 from recsys_platform.model.candidates import allowed_items
 from recsys_platform.model.state import load_state, save_state
 from recsys_platform.realtime.tree_model import TreeEnsemble
-from recsys_platform.set_config import BatchConfig, Eligibility, load_sets_config
 
 END = datetime(2026, 10, 1, 12, tzinfo=UTC)
 NOW = datetime(2026, 10, 1, 13, tzinfo=UTC)

@@ -7,7 +7,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys_platform.collaborative import build_interaction_matrix, fit_item_cooccurrence, top_k_from_scores
+from recsys_platform.features.item_cooccurrence import (
+    build_interaction_matrix,
+    fit_item_cooccurrence,
+    top_k_from_scores,
+)
 
 # a and b are always consumed together; c is popular on its own; d is rare.
 PAIRS = [

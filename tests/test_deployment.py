@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from recsys_platform import deployment, serving
-from recsys_platform.deployment import DeploymentVerificationError, NothingToRollBackError
-from recsys_platform.online_store import OnlineStore, StaleWriteError
+from recsys_platform.serve import deployment
+from recsys_platform.serve import read_path as serving
+from recsys_platform.serve.deployment import DeploymentVerificationError, NothingToRollBackError
+from recsys_platform.serve.online_store import OnlineStore, StaleWriteError
 
 SEGMENTS = ("en:beginner", "de:advanced")
 

@@ -39,9 +39,9 @@ PREPARE = textwrap.dedent(
     from orchestration.jobs import INGESTION
     from orchestration.runner import partition_range_tags
     from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
-    from recsys_platform.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
+    from recsys_platform.ingest.landing import EVENTS_PREFIX, landing_zone_from_url, partition_key_of
     from recsys_platform.model.state import load_state, state_url
-    from recsys_platform.online_store import open_online_store
+    from recsys_platform.serve.online_store import open_online_store
 
     settings = Settings.from_env()
     settings.ensure_local_dirs()

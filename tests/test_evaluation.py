@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from sklearn.metrics import ndcg_score
 
-from recsys_platform.evaluation import (
+from recsys_platform.model.evaluation import (
     catalog_coverage,
     evaluate_all,
     hit_rate_at_k,

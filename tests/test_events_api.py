@@ -9,11 +9,11 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys_platform import deployment
-from recsys_platform.api import create_app
-from recsys_platform.ingestion import ingest_files
-from recsys_platform.landing import LocalLandingZone, landing_zone_from_url, partition_key_of
-from recsys_platform.online_store import open_online_store
+from recsys_platform.ingest.ingestion import ingest_files
+from recsys_platform.ingest.landing import LocalLandingZone, landing_zone_from_url, partition_key_of
+from recsys_platform.serve import deployment
+from recsys_platform.serve.api import create_app
+from recsys_platform.serve.online_store import open_online_store
 
 
 @pytest.fixture

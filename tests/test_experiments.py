@@ -11,11 +11,11 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from recsys_platform import experiments as ex
+from recsys_platform.batch.set_config import ExperimentConfig
 from recsys_platform.dev.experiment_sim import ArmEffects, simulate_arms, structured_users
 from recsys_platform.dev.generator import GeneratorConfig, generate
-from recsys_platform.features import build_interactions
-from recsys_platform.set_config import ExperimentConfig
+from recsys_platform.experiments import ab_tests as ex
+from recsys_platform.features.tables import build_interactions
 
 EXP = ExperimentConfig(
     name="home_carousel_v1",

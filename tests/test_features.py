@@ -10,7 +10,7 @@ import pytest
 
 from recsys_platform import schemas
 from recsys_platform.dev.generator import GeneratorConfig, generate
-from recsys_platform.features import (
+from recsys_platform.features.tables import (
     build_interactions,
     item_features,
     user_features,

@@ -5,9 +5,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys_platform import registry
 from recsys_platform.config import CHAMPION_ALIAS
-from recsys_platform.model import gate
+from recsys_platform.model import gate, registry
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.ranker import ColumnScorer, train_ranker
 

@@ -9,11 +9,11 @@ import pytest
 
 from recsys_platform import schemas
 from recsys_platform.dev.generator import GeneratorConfig, _latent_tastes, generate, write_to_landing
-from recsys_platform.evaluation import ndcg_at_k
-from recsys_platform.holdout import ITEM, TIME, USER
-from recsys_platform.holdout_baselines import fit_baseline, pair_history, top_k_unseen
-from recsys_platform.landing import LocalLandingZone, partition_key_of
+from recsys_platform.ingest.landing import LocalLandingZone, partition_key_of
+from recsys_platform.model.evaluation import ndcg_at_k
 from recsys_platform.model.params import ModelParams
+from recsys_platform.quality_benchmark.baselines import fit_baseline, pair_history, top_k_unseen
+from recsys_platform.quality_benchmark.holdout import ITEM, TIME, USER
 from tests.conftest import FIXED_END
 
 LATENT = GeneratorConfig(n_users=400, days=14, seed=3, end=FIXED_END, tastes="latent")

@@ -9,7 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys_platform.holdout import (
+from recsys_platform.model.params import ModelParams
+from recsys_platform.quality_benchmark.baselines import fit_baseline, pair_history, pick_ease_l2, top_k_unseen
+from recsys_platform.quality_benchmark.holdout import (
     ITEM,
     TIME,
     USER,
@@ -22,8 +24,6 @@ from recsys_platform.holdout import (
     split,
     write_part,
 )
-from recsys_platform.holdout_baselines import fit_baseline, pair_history, pick_ease_l2, top_k_unseen
-from recsys_platform.model.params import ModelParams
 
 DAY = 86400
 

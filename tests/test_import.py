@@ -19,7 +19,7 @@ from assets.checks import (
 from assets.features import interactions, item_features, user_features
 from assets.ingestion import items, raw_events, users
 from recsys_platform import schemas
-from recsys_platform.importer import (
+from recsys_platform.ingest.importer import (
     ColumnMapping,
     DatasetImportError,
     WeightThresholds,
@@ -28,8 +28,8 @@ from recsys_platform.importer import (
     parse_pairs,
     to_events,
 )
-from recsys_platform.ingestion import ingest_files
-from recsys_platform.landing import ITEMS_PREFIX, USERS_PREFIX, LocalLandingZone
+from recsys_platform.ingest.ingestion import ingest_files
+from recsys_platform.ingest.landing import ITEMS_PREFIX, USERS_PREFIX, LocalLandingZone
 from resources import LakeIOManager, LandingZoneResource
 
 SHARED_ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"

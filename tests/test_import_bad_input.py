@@ -14,16 +14,16 @@ from typer.testing import CliRunner
 
 from assets.ingestion import items, raw_events
 from recsys_platform import schemas
-from recsys_platform.import_rows import REFUSAL_REASONS
-from recsys_platform.importer import (
+from recsys_platform.ingest.import_rows import REFUSAL_REASONS
+from recsys_platform.ingest.importer import (
     ColumnMapping,
     DatasetImportError,
     import_files,
     import_frames,
     import_movielens,
 )
-from recsys_platform.ingestion import imported_event_floors, ingest_files, read_table_updates
-from recsys_platform.landing import (
+from recsys_platform.ingest.ingestion import imported_event_floors, ingest_files, read_table_updates
+from recsys_platform.ingest.landing import (
     IMPORTS_PREFIX,
     ITEMS_PREFIX,
     LocalLandingZone,

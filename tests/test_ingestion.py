@@ -14,10 +14,10 @@ from assets.checks import raw_events_reconciliation
 from assets.ingestion import items, raw_events, users
 from recsys_platform import schemas
 from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
-from recsys_platform.event_files import encode_frame, read_jsonl
-from recsys_platform.ingestion import ingest_files
-from recsys_platform.landing import LandingZone, LocalLandingZone, event_file_key, new_batch_id, partition_key_of
-from recsys_platform.reconciliation import reconcile_files
+from recsys_platform.ingest.event_files import encode_frame, read_jsonl
+from recsys_platform.ingest.ingestion import ingest_files
+from recsys_platform.ingest.landing import LandingZone, LocalLandingZone, event_file_key, new_batch_id, partition_key_of
+from recsys_platform.ingest.reconciliation import reconcile_files
 from resources import LakeIOManager, LandingZoneResource
 from tests.conftest import FIXED_END
 
@@ -252,7 +252,7 @@ def test_unreadable_catalog_file_is_skipped_not_fatal(tmp_path, caplog):
     buf = io.BytesIO()
     pl.DataFrame({"item_id": ["i2"], "title": ["Renamed"]}).write_parquet(buf)
     zone.write_bytes("items/20260303T000000000000-new.parquet", buf.getvalue())
-    from recsys_platform.ingestion import read_table_updates
+    from recsys_platform.ingest.ingestion import read_table_updates
 
     df = read_table_updates(zone, "items/", schemas.ITEM_SCHEMA, "item_id")
     assert df.select("item_id", "title").rows() == [("i1", "T i1"), ("i2", "Renamed")]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from recsys_platform.landing import (
+from recsys_platform.ingest.landing import (
     LandingZone,
     LocalLandingZone,
     S3LandingZone,

@@ -27,7 +27,7 @@ import pytest
 
 from recsys_platform import schemas
 from recsys_platform.dev.generator import GeneratorConfig, generate
-from recsys_platform.features import build_interactions
+from recsys_platform.features.tables import build_interactions
 from recsys_platform.model import candidates, procedure, windows
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.params import ModelParams

@@ -11,7 +11,7 @@ import pytest
 
 from recsys_platform import schemas
 from recsys_platform.dev.generator import GeneratorConfig, generate
-from recsys_platform.features import build_interactions
+from recsys_platform.features.tables import build_interactions
 from recsys_platform.model import procedure, tuning
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.windows import per_user_split, require_enough

@@ -10,13 +10,9 @@ import polars as pl
 import pytest
 
 from recsys_platform import schemas
-from recsys_platform.evaluation import ndcg_at_k
-from recsys_platform.features import build_interactions
-from recsys_platform.importer import ColumnMapping, to_events
-from recsys_platform.model import procedure
-from recsys_platform.model.params import ModelParams
-from recsys_platform.model.tuning import dense_ndcg
-from recsys_platform.movielens import (
+from recsys_platform.features.tables import build_interactions
+from recsys_platform.ingest.importer import ColumnMapping, to_events
+from recsys_platform.ingest.movielens import (
     extract_dataset_from_wheel,
     fetch_recbole_ml100k,
     load_grouplens_udata,
@@ -24,6 +20,10 @@ from recsys_platform.movielens import (
     load_ratings_csv,
     stratified_split,
 )
+from recsys_platform.model import procedure
+from recsys_platform.model.evaluation import ndcg_at_k
+from recsys_platform.model.params import ModelParams
+from recsys_platform.model.tuning import dense_ndcg
 from tests.conftest import service_unavailable
 
 # /work/shared/data/ml-100k beside the checkout (or beside a worktree's parent): the first one that exists

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from recsys_platform.online_store import (
+from recsys_platform.serve.online_store import (
     NothingDeployedError,
     OnlineStore,
     SlotStateError,
@@ -16,7 +16,7 @@ from recsys_platform.online_store import (
     StoreUnavailableError,
     open_online_store,
 )
-from recsys_platform.online_store.base import namespace_checksum
+from recsys_platform.serve.online_store.base import namespace_checksum
 
 
 def rows(tag: str, n: int) -> dict[str, str]:

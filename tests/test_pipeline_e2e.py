@@ -15,13 +15,13 @@ import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from orchestration.definitions import build_definitions
-from recsys_platform import registry
 from recsys_platform.config import Settings
-from recsys_platform.deployment import rollback
 from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
-from recsys_platform.landing import LocalLandingZone, partition_key_of
-from recsys_platform.online_store import open_online_store
-from recsys_platform.serving import recommend
+from recsys_platform.ingest.landing import LocalLandingZone, partition_key_of
+from recsys_platform.model import registry
+from recsys_platform.serve.deployment import rollback
+from recsys_platform.serve.online_store import open_online_store
+from recsys_platform.serve.read_path import recommend
 from tests.conftest import FIXED_END
 
 pytestmark = pytest.mark.slow

@@ -23,14 +23,14 @@ import pytest
 
 from orchestration.definitions import build_definitions
 from orchestration.runner import partition_range_tags
-from recsys_platform import registry
 from recsys_platform.config import PROJECT_ROOT, Settings
+from recsys_platform.deploy_profile import describe_profile, polars_s3_options
 from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.dev.production_stack import CeleryWorkers, ProductionStack, instance_environment
-from recsys_platform.landing import EVENTS_PREFIX, LocalLandingZone, S3LandingZone, partition_key_of
-from recsys_platform.online_store import open_online_store
-from recsys_platform.profiles import describe_profile, polars_s3_options
-from recsys_platform.serving import recommend
+from recsys_platform.ingest.landing import EVENTS_PREFIX, LocalLandingZone, S3LandingZone, partition_key_of
+from recsys_platform.model import registry
+from recsys_platform.serve.online_store import open_online_store
+from recsys_platform.serve.read_path import recommend
 from tests.conftest import FIXED_END, _port_open, service_unavailable
 
 TUNABLES = {
@@ -262,7 +262,7 @@ def test_recommendations_equal_and_redis_serves_them(production, embedded):
 
 def test_executor_is_chosen_by_environment(monkeypatch):
     from orchestration.environment import executor_from_env
-    from recsys_platform.profiles import ProfileError, executor_settings_from_env
+    from recsys_platform.deploy_profile import ProfileError, executor_settings_from_env
 
     for key in ("RECSYS_EXECUTOR", "RECSYS_MAX_CONCURRENT", "RECSYS_CELERY_BROKER_URL", "RECSYS_CELERY_KEY_PREFIX"):
         monkeypatch.delenv(key, raising=False)
@@ -345,8 +345,8 @@ def test_lake_io_manager_on_s3(s3_bucket, tmp_path):
 
 
 def test_analyst_catalog_over_an_s3_lake(s3_bucket, tmp_path):
-    from recsys_platform.catalog import build_catalog, connect_catalog
-    from recsys_platform.profiles import s3_filesystem
+    from recsys_platform.analytics.duckdb_catalog import build_catalog, connect_catalog
+    from recsys_platform.deploy_profile import s3_filesystem
 
     endpoint, bucket = s3_bucket
     fs = s3_filesystem(endpoint)

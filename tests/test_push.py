@@ -17,8 +17,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from recsys_platform import deployment, schemas
-from recsys_platform.online_store import open_online_store
+from recsys_platform import schemas
 from recsys_platform.push import PushMessage, PushQueue, open_push_queue
 from recsys_platform.push.selection import (
     TRIGGER_NIGHT_SLEEP_SEARCH,
@@ -27,6 +26,8 @@ from recsys_platform.push.selection import (
     select_push_users,
 )
 from recsys_platform.push.worker import DeliveryError, FileSender, WebhookSender, run_worker
+from recsys_platform.serve import deployment
+from recsys_platform.serve.online_store import open_online_store
 
 ROOT = Path(__file__).resolve().parent.parent
 AS_OF = datetime(2026, 10, 1, 22, 0, tzinfo=UTC)

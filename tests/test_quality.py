@@ -14,7 +14,7 @@ from assets.checks import quality_check_result, raw_events_expectations, recomme
 from assets.partitions import arrival_hours
 from recsys_platform import schemas
 from recsys_platform.config import EXPECTATIONS_DIR
-from recsys_platform.quality import load_suite, suite_names, validate_frame
+from recsys_platform.ingest.quality import load_suite, suite_names, validate_frame
 
 HOUR = datetime(2026, 3, 2, 14, tzinfo=UTC)
 PARTITION = "2026-03-02-14:00"
@@ -177,7 +177,7 @@ def test_checks_are_in_the_definitions_and_blocking_where_it_matters():
 
 
 def test_great_expectations_is_imported_lazily():
-    code = "import sys, recsys_platform.quality, assets.checks; print('great_expectations' in sys.modules)"
+    code = "import sys, recsys_platform.ingest.quality, assets.checks; print('great_expectations' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from recsys_platform.config import PROJECT_ROOT
-from recsys_platform.holdout import TableColumns, per_user_temporal, read_interactions, sample_users
-from recsys_platform.holdout_baselines import EASE_L2_GRID
-from recsys_platform.quality_benchmark import (
+from recsys_platform.quality_benchmark.baselines import EASE_L2_GRID
+from recsys_platform.quality_benchmark.holdout import TableColumns, per_user_temporal, read_interactions, sample_users
+from recsys_platform.quality_benchmark.run import (
     SERVED,
     SERVED_AS_SHOWN,
     QualityConfig,

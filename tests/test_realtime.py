@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 from recsys_platform import schemas
-from recsys_platform.ingestion import ingest_files
-from recsys_platform.landing import LandedFile, LocalLandingZone, event_file_key, new_batch_id, partition_key_of
+from recsys_platform.ingest.ingestion import ingest_files
+from recsys_platform.ingest.landing import LandedFile, LocalLandingZone, event_file_key, new_batch_id, partition_key_of
 from recsys_platform.realtime.collector import EventCollector
 from recsys_platform.realtime.context import ContextWeights, apply_context
 from recsys_platform.realtime.cursor import LandingCursor, advance, new_event_files

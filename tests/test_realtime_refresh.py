@@ -11,16 +11,18 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from recsys_platform import deployment, schemas, serving
+from recsys_platform import schemas
 from recsys_platform.config import PipelineParams
 from recsys_platform.dev.generator import GeneratorConfig, generate
-from recsys_platform.features import build_interactions
+from recsys_platform.features.tables import build_interactions
 from recsys_platform.model import procedure
 from recsys_platform.model.serving import serving_recommender
 from recsys_platform.model.state import save_state, state_url
-from recsys_platform.online_store import StaleWriteError, open_online_store
 from recsys_platform.realtime import refresh
 from recsys_platform.realtime.sessions import SLEEP_TYPES, session_features
+from recsys_platform.serve import deployment
+from recsys_platform.serve import read_path as serving
+from recsys_platform.serve.online_store import StaleWriteError, open_online_store
 
 END = datetime(2026, 10, 1, 12, tzinfo=UTC)
 NOW = END + timedelta(minutes=30)

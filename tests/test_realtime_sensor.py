@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from recsys_platform.landing import LocalLandingZone, event_file_key, new_batch_id, partition_key_of
+from recsys_platform.ingest.landing import LocalLandingZone, event_file_key, new_batch_id, partition_key_of
 from recsys_platform.realtime import FIRST_FILE_TAG, LAST_FILE_TAG, PARTITION_TAG
 from resources import LandingZoneResource
 from sensors.landing import landing_sensor_for

@@ -7,9 +7,9 @@ from pathlib import Path
 import polars as pl
 
 from recsys_platform.dev.simulator import EventStream, landing_sender, run_simulation
-from recsys_platform.events_api import EventIn
-from recsys_platform.landing import LocalLandingZone
+from recsys_platform.ingest.landing import LocalLandingZone
 from recsys_platform.realtime.collector import EventCollector
+from recsys_platform.serve.events_api import EventIn
 
 ITEMS = pl.DataFrame(
     {

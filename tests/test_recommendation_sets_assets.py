@@ -13,17 +13,16 @@ import pytest
 
 from assets import recommendation_sets as set_assets
 from assets.partitions import arrival_hours
-from recsys_platform import batch_scoring as bs
-from recsys_platform import registry
+from recsys_platform.batch import scoring as bs
+from recsys_platform.batch.set_config import load_sets_config
 from recsys_platform.config import CHAMPION_ALIAS, REGISTERED_MODEL_NAME, PipelineParams, Settings
 from recsys_platform.dev.experiment_sim import simulate_arms
 from recsys_platform.dev.generator import GeneratorConfig, generate
-from recsys_platform.features import build_interactions
-from recsys_platform.model import procedure
+from recsys_platform.features.tables import build_interactions
+from recsys_platform.model import procedure, registry
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.fallback import popularity_table
 from recsys_platform.model.recommender import fit_serving
-from recsys_platform.set_config import load_sets_config
 from resources import LakeIOManager, MlflowResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
 

@@ -15,9 +15,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys_platform import registry
 from recsys_platform.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL_NAME
 from recsys_platform.dev.production_stack import free_port
+from recsys_platform.model import registry
 from resources import MlflowResource
 from sensors.registry import champion_sensor_for
 

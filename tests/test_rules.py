@@ -9,10 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys_platform import rules
+from recsys_platform.batch import rules
+from recsys_platform.batch.rules import RuleContext, RuleStep, apply_rules
+from recsys_platform.batch.set_config import SetsConfigError, load_sets_config, parse_sets_config
 from recsys_platform.config import Settings
-from recsys_platform.rules import RuleContext, RuleStep, apply_rules
-from recsys_platform.set_config import SetsConfigError, load_sets_config, parse_sets_config
 
 TODAY = date(2026, 10, 1)
 NOW = datetime(2026, 10, 1, 12, tzinfo=UTC)

@@ -11,8 +11,8 @@ import pytest
 
 from recsys_platform import schemas
 from recsys_platform.dev.generator import GeneratorConfig, generate, generate_to_landing
-from recsys_platform.features import build_interactions, read_history, rows_of_users
-from recsys_platform.landing import EVENTS_PREFIX, ITEMS_PREFIX, USERS_PREFIX, LocalLandingZone, partition_key_of
+from recsys_platform.features.tables import build_interactions, read_history, rows_of_users
+from recsys_platform.ingest.landing import EVENTS_PREFIX, ITEMS_PREFIX, USERS_PREFIX, LocalLandingZone, partition_key_of
 from recsys_platform.model import procedure
 from recsys_platform.model.candidates import FEATURES, pairs_frame
 from recsys_platform.model.params import ModelParams
@@ -84,7 +84,7 @@ def test_training_set_for_a_sample_equals_the_full_build_restricted_to_it(world)
 def test_evaluation_is_capped_and_every_model_scored_on_the_same_users(world, monkeypatch):
     """With max_users, evaluate scores a seeded sample of the held-out users, the same users for the ranker and
     every baseline; without it, every held-out user."""
-    from recsys_platform import evaluation
+    from recsys_platform.model import evaluation
 
     ds, inter = world["ds"], world["inter"]
     calls: list[tuple[pl.DataFrame, pl.DataFrame]] = []
@@ -195,8 +195,8 @@ def test_content_source_equals_the_join_and_group_by_reference(world):
 def test_features_from_the_pruned_history_scan_equal_those_from_the_full_table(world, tmp_path):
     """Steps read interactions as a lazy scan of the lake with only HISTORY_COLUMNS (and a window where
     they need one): same features, training rows and outcomes as from the whole table in memory."""
-    from recsys_platform import experiments
-    from recsys_platform.features import (
+    from recsys_platform.experiments import ab_tests as experiments
+    from recsys_platform.features.tables import (
         HISTORY_COLUMNS,
         POSITIVE_COLUMNS,
         item_features,

@@ -9,10 +9,11 @@ import pytest
 from fastapi import APIRouter, Request
 from fastapi.testclient import TestClient
 
-from recsys_platform import deployment, serving
-from recsys_platform.api import create_app
-from recsys_platform.online_store import open_online_store
 from recsys_platform.schemas import CONTENT_TYPES
+from recsys_platform.serve import deployment
+from recsys_platform.serve import read_path as serving
+from recsys_platform.serve.api import create_app
+from recsys_platform.serve.online_store import open_online_store
 
 ADMIN_KEY = "s3cret-admin-key"
 

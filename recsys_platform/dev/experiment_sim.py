@@ -23,9 +23,9 @@ import numpy as np
 import polars as pl
 
 from recsys_platform import schemas
+from recsys_platform.batch.set_config import ExperimentConfig
 from recsys_platform.dev.generator import SyntheticDataset
-from recsys_platform.experiments import assign_arms
-from recsys_platform.set_config import ExperimentConfig
+from recsys_platform.experiments.ab_tests import assign_arms
 
 logger = logging.getLogger(__name__)
 

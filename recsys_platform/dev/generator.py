@@ -35,8 +35,8 @@ import polars as pl
 
 from recsys_platform import schemas
 from recsys_platform.dev.latent_tastes import CANDIDATES, UTILITY_OFFSET, LatentTastes, draw_latent_tastes
-from recsys_platform.event_files import encode_frame
-from recsys_platform.landing import ITEMS_PREFIX, USERS_PREFIX, LandingZone, event_file_key, new_batch_id
+from recsys_platform.ingest.event_files import encode_frame
+from recsys_platform.ingest.landing import ITEMS_PREFIX, USERS_PREFIX, LandingZone, event_file_key, new_batch_id
 
 logger = logging.getLogger(__name__)
 

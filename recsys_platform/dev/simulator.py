@@ -119,7 +119,7 @@ def api_sender(base_url: str, timeout: float = 10.0) -> Callable[[list[dict[str,
 
 def landing_sender(collector: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """Write batches straight into the landing zone through an `EventCollector` (same validation)."""
-    from recsys_platform.events_api import EventIn
+    from recsys_platform.serve.events_api import EventIn
 
     def send(records: list[dict[str, Any]]) -> dict[str, Any]:
         result = collector.put([EventIn.model_validate(r).model_dump() for r in records])

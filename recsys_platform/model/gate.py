@@ -14,8 +14,7 @@ import logging
 import numpy as np
 import polars as pl
 
-from recsys_platform import registry
-from recsys_platform.model import procedure
+from recsys_platform.model import procedure, registry
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys_platform import evaluation
+from recsys_platform.model import evaluation
 from recsys_platform.model.candidates import FEATURES, ItemStats, pairs_frame
 from recsys_platform.model.catalogue import Catalogue
 from recsys_platform.model.history import DAY_S, PairHistory, Vocabulary, epoch_s

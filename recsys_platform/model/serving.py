@@ -8,7 +8,7 @@ from datetime import datetime
 
 import polars as pl
 
-from recsys_platform import registry
+from recsys_platform.model import registry
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.recommender import Recommender, fit_serving
 from recsys_platform.model.state import load_state, state_url

@@ -30,7 +30,7 @@ def state_url(lake_url: str) -> str:
 def _remote(url: str, endpoint_url: str | None):
     from upath import UPath
 
-    from recsys_platform.profiles import fsspec_s3_options
+    from recsys_platform.deploy_profile import fsspec_s3_options
 
     return UPath(url, **fsspec_s3_options(endpoint_url))
 

@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from recsys_platform.online_store import OnlineStore
 from recsys_platform.push.queue import PushMessage, PushQueue
-from recsys_platform.serving import RecommendedItem, recommend
+from recsys_platform.serve.online_store import OnlineStore
+from recsys_platform.serve.read_path import RecommendedItem, recommend
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 import polars as pl
 
 from recsys_platform import schemas
-from recsys_platform.ingestion import validate_events
-from recsys_platform.landing import PARTITION_KEY_FORMAT, LandingZone, event_file_key, new_batch_id
+from recsys_platform.ingest.ingestion import validate_events
+from recsys_platform.ingest.landing import PARTITION_KEY_FORMAT, LandingZone, event_file_key, new_batch_id
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from recsys_platform.landing import (
+from recsys_platform.ingest.landing import (
     EVENTS_PREFIX,
     FILE_FORMATS,
     LandedFile,

@@ -22,15 +22,15 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys_platform import features as feats
 from recsys_platform import schemas
-from recsys_platform.deployment import write_user_updates
-from recsys_platform.landing import PARTITION_KEY_FORMAT
+from recsys_platform.features import tables as feats
+from recsys_platform.ingest.landing import PARTITION_KEY_FORMAT
 from recsys_platform.model.recommender import Recommender
-from recsys_platform.online_store import OnlineStore, StaleWriteError
 from recsys_platform.realtime.context import ContextWeights, apply_context
 from recsys_platform.realtime.sessions import SESSION_SCHEMA
-from recsys_platform.snapshot import ONLINE_USER_FEATURES
+from recsys_platform.serve.deployment import write_user_updates
+from recsys_platform.serve.online_store import OnlineStore, StaleWriteError
+from recsys_platform.serve.snapshot import ONLINE_USER_FEATURES
 
 logger = logging.getLogger(__name__)
 

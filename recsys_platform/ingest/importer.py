@@ -19,12 +19,12 @@ What each interaction row becomes:
   (counted in a warning).
 
 Nothing is dropped silently: each source row is kept, merged as an exact duplicate or refused with a
-reason (`recsys_platform.import_rows`). Refused rows are written with their reason, row number and
-content next to the import's manifest (imports/<import-id>/, see `recsys_platform.landing.ImportManifest`)
+reason (`recsys_platform.ingest.import_rows`). Refused rows are written with their reason, row number and
+content next to the import's manifest (imports/<import-id>/, see `recsys_platform.ingest.landing.ImportManifest`)
 rather than landed as events: they have no usable id or time to land under, and an events/ partition
 reconciles exactly the rows that landed in it. The manifest also records the earliest event time landed;
 ingestion accepts the import's events back to it in every later process
-(`recsys_platform.ingestion.imported_event_floors`), so historical data needs no RECSYS_APP_LAUNCH.
+(`recsys_platform.ingest.ingestion.imported_event_floors`), so historical data needs no RECSYS_APP_LAUNCH.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from pathlib import Path
 import polars as pl
 
 from recsys_platform import schemas
-from recsys_platform.event_files import encode_frame
-from recsys_platform.import_rows import (
+from recsys_platform.ingest.event_files import encode_frame
+from recsys_platform.ingest.import_rows import (
     ColumnMapping,
     DatasetImportError,
     check_mapping,
@@ -49,8 +49,8 @@ from recsys_platform.import_rows import (
     to_datetime,
     weight_value,
 )
-from recsys_platform.ingestion import app_launch
-from recsys_platform.landing import (
+from recsys_platform.ingest.ingestion import app_launch
+from recsys_platform.ingest.landing import (
     IMPORTS_PREFIX,
     ITEMS_PREFIX,
     PARTITION_KEY_FORMAT,
@@ -60,7 +60,7 @@ from recsys_platform.landing import (
     event_file_key,
     new_batch_id,
 )
-from recsys_platform.movielens import load_movielens
+from recsys_platform.ingest.movielens import load_movielens
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def import_frames(
     """Convert the three tables to the native layout and write them, with the import's manifest and its
     refused rows, into the landing zone.
 
-    Events older than the app launch (`recsys_platform.ingestion.app_launch`) need a decision, else
+    Events older than the app launch (`recsys_platform.ingest.ingestion.app_launch`) need a decision, else
     nothing lands: `keep_history` keeps their times (the manifest's earliest event time is what ingestion
     then accepts for this import's files), `rebase_time` shifts the timeline to end a minute before the
     import. `source` names the interactions file in the refused rows (default: the dataset name)."""

@@ -5,7 +5,7 @@ file and line/row number, the raw payload) or duplicates of an event_id seen ear
 (kept in quarantine too, reason `duplicate_event_id`). A file that cannot be read at all becomes one
 quarantined-file record (source_row null); so does a notice that a file carried unexpected columns
 (its rows are still ingested). `IngestResult.stats` reconciles rows_in = valid + quarantined +
-duplicates; `recsys_platform.reconciliation` re-counts the landed files to check a stored partition.
+duplicates; `recsys_platform.ingest.reconciliation` re-counts the landed files to check a stored partition.
 
 An event from the app dated before the app launch (`app_launch()`) is quarantined
 (`timestamp_before_app_launch`). Events that `recsys import` landed are accepted back to the earliest
@@ -26,8 +26,8 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from recsys_platform import schemas
-from recsys_platform.event_files import ROW_COLUMN, FileFormatError, RawFile, read_jsonl, read_parquet
-from recsys_platform.landing import FILE_FORMATS, LandedFile, LandingZone, arrival_time_of, read_import_manifests
+from recsys_platform.ingest.event_files import ROW_COLUMN, FileFormatError, RawFile, read_jsonl, read_parquet
+from recsys_platform.ingest.landing import FILE_FORMATS, LandedFile, LandingZone, arrival_time_of, read_import_manifests
 
 logger = logging.getLogger(__name__)
 

@@ -14,17 +14,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from recsys_platform import deployment, serving
 from recsys_platform.config import Settings
-from recsys_platform.events_api import events_router
-from recsys_platform.online_store import (
+from recsys_platform.schemas import CONTENT_TYPES
+from recsys_platform.serve import deployment
+from recsys_platform.serve import read_path as serving
+from recsys_platform.serve.events_api import events_router
+from recsys_platform.serve.online_store import (
     OnlineStore,
     OnlineStoreError,
     SlotStateError,
     StoreUnavailableError,
     open_online_store,
 )
-from recsys_platform.schemas import CONTENT_TYPES
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -340,7 +341,7 @@ def create_app(store_url: str | None = None, extra_routers: Iterable[APIRouter] 
     app.add_exception_handler(StoreUnavailableError, _store_unavailable)
     app.add_exception_handler(OnlineStoreError, _store_unavailable)
     app.include_router(router)
-    app.include_router(events_router())  # POST /v1/events (recsys_platform.events_api)
+    app.include_router(events_router())  # POST /v1/events (recsys_platform.serve.events_api)
     for extra in extra_routers:
         app.include_router(extra)
     logger.info("serving API on online store %s", url)

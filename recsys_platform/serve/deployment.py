@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 
-from recsys_platform.online_store import (
+from recsys_platform.serve.online_store import (
     SLOTS,
     OnlineStore,
     OnlineStoreError,
@@ -19,7 +19,7 @@ from recsys_platform.online_store import (
     StaleWriteError,
     other_slot,
 )
-from recsys_platform.online_store.base import namespace_checksum
+from recsys_platform.serve.online_store.base import namespace_checksum
 
 logger = logging.getLogger(__name__)
 

@@ -90,7 +90,7 @@ def partition_prefix(partition_key: str) -> str:
 class ImportManifest:
     """What one import landed, kept in the landing zone so that every later process (ingestion, an
     analyst) can read it: the earliest event time it landed, which ingestion accepts for the import's
-    own event files however old (`recsys_platform.ingestion.imported_event_floors`), and the counts of
+    own event files however old (`recsys_platform.ingest.ingestion.imported_event_floors`), and the counts of
     source rows kept, merged and refused. `status` is "landing" until every file is written, then "landed".
     """
 

@@ -2,7 +2,7 @@
 and write a part back in the file's own format so that `recsys import` reads it as it read the original.
 
 Formats: MovieLens (GroupLens `u.data` / `ratings.csv`, a RecBole directory or `.inter` file, read with
-`recsys_platform.movielens.load_movielens`) and generic CSV/TSV/Parquet tables with a column mapping.
+`recsys_platform.ingest.movielens.load_movielens`) and generic CSV/TSV/Parquet tables with a column mapping.
 Every row of the file is one interaction; the split keeps rows whole (a part is a subset of the rows).
 
 Protocols (DESIGN.md section 7):
@@ -14,7 +14,7 @@ Protocols (DESIGN.md section 7):
   split, while 10% of the time *span* would leave 84 test users); the test users are those with a row
   before the cutoff, and their truth is every row at or after it.
 * ``random``: the Microsoft Recommenders protocol, a per-user stratified random 75/25 split with a seed
-  (`recsys_platform.movielens.stratified_split`).
+  (`recsys_platform.ingest.movielens.stratified_split`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from recsys_platform.movielens import load_movielens, stratified_split
+from recsys_platform.ingest.movielens import load_movielens, stratified_split
 
 Protocol = Literal["per-user", "global", "random"]
 PROTOCOLS: tuple[str, ...] = ("per-user", "global", "random")
@@ -84,7 +84,7 @@ class Holdout:
 
 def epoch_seconds(times: pl.Series) -> pl.Series:
     """Epoch seconds (float) of datetimes, ISO strings or epoch numbers (values above 1e11 taken as ms)."""
-    from recsys_platform.ingestion import parse_event_times
+    from recsys_platform.ingest.ingestion import parse_event_times
 
     if times.dtype == pl.String:
         times = parse_event_times(times)
@@ -109,7 +109,7 @@ def read_interactions(path: Path, columns: TableColumns | None = None) -> Intera
             pl.col("timestamp").cast(pl.Float64).alias(TIME),
         )
         return InteractionsFile(path, fmt, rows)
-    from recsys_platform.importer import read_table
+    from recsys_platform.ingest.importer import read_table
 
     table = read_table(path)
     missing = [c for c in (columns.user_id, columns.item_id, columns.timestamp) if c not in table.columns]

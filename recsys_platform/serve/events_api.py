@@ -1,7 +1,7 @@
 """`POST /v1/events`: collect app events into the landing zone, answered per record like Kinesis PutRecords.
 
 Each record is typed with `EventIn` (a wrong type rejects that record only, code `wrong_type`),
-then checked with the ingestion rules (`recsys_platform.ingestion.validate_events`: unknown event
+then checked with the ingestion rules (`recsys_platform.ingest.ingestion.validate_events`: unknown event
 type or item, missing item, invalid duration or biometrics, impossible timestamps, oversized
 fields). Accepted records are acknowledged only once the micro-batch file holding them is in the
 landing zone (see `recsys_platform.realtime.collector`); rejected records are never written.
@@ -21,7 +21,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from recsys_platform.config import Settings
-from recsys_platform.landing import LandingZone, landing_zone_from_url
+from recsys_platform.ingest.landing import LandingZone, landing_zone_from_url
 from recsys_platform.realtime.collector import EventCollector
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_platform.config import Settings
-from recsys_platform.profiles import is_s3, s3_filesystem
+from recsys_platform.deploy_profile import is_s3, s3_filesystem
 
 logger = logging.getLogger(__name__)
 

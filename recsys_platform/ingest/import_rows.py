@@ -1,5 +1,5 @@
 """Reading an interactions file and deciding what becomes of each of its rows, before the import
-(`recsys_platform.importer`) turns the usable ones into native events.
+(`recsys_platform.ingest.importer`) turns the usable ones into native events.
 
 A row is kept, merged (an exact duplicate of an earlier row: identical in every column, so it carries
 nothing the first copy does not) or refused with the first reason of `REFUSAL_REASONS` it meets.
@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_platform import schemas
-from recsys_platform.ingestion import parse_event_times
+from recsys_platform.ingest.ingestion import parse_event_times
 
 EVENT_METADATA_COLUMNS = ("session_id", "seconds_listened", "query")
 # Why an interaction row is refused, in the order the checks apply (a row gets the first that matches).

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys_platform import features as feats
+from recsys_platform.batch.rules import ENTITY_ITEM, RuleContext, apply_rules, ranked_frame
+from recsys_platform.batch.set_config import BatchConfig, Eligibility, SetsConfig
+from recsys_platform.features import tables as feats
 from recsys_platform.hashing import sha256_uint64
 from recsys_platform.model.recommender import Recommender
-from recsys_platform.rules import ENTITY_ITEM, RuleContext, apply_rules, ranked_frame
-from recsys_platform.set_config import BatchConfig, Eligibility, SetsConfig
 
 logger = logging.getLogger(__name__)
 

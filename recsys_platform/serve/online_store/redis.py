@@ -27,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from recsys_platform.online_store.base import (
+from recsys_platform.serve.online_store.base import (
     SLOTS,
     NothingDeployedError,
     OnlineStore,

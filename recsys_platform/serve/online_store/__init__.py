@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recsys_platform.online_store.base import (
+from recsys_platform.serve.online_store.base import (
     GLOBAL_SEGMENT,
     NAMESPACES,
     SLOTS,
@@ -39,12 +39,12 @@ __all__ = [
 def open_online_store(url: str) -> OnlineStore:
     """Open the store at `sqlite:///abs/path.sqlite` or `redis://host:port/db[?prefix=name]`."""
     if url.startswith("sqlite:///"):
-        from recsys_platform.online_store.sqlite import SQLiteOnlineStore
+        from recsys_platform.serve.online_store.sqlite import SQLiteOnlineStore
 
         path = url.removeprefix("sqlite:///")
         return SQLiteOnlineStore(path if path.startswith("/") else "/" + path)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from recsys_platform.online_store.redis import RedisOnlineStore
+        from recsys_platform.serve.online_store.redis import RedisOnlineStore
 
         return RedisOnlineStore(url)
     raise ValueError(f"unsupported online store URL {url!r}: expected sqlite:///<abs path> or redis://host:port/db")

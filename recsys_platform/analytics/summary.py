@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recsys_platform.config import Settings
-from recsys_platform.online_store import open_online_store
+from recsys_platform.serve.online_store import open_online_store
 
 SAMPLE_SQL = (
     "SELECT r.user_id, r.rank, i.title, i.content_type, round(r.score, 3) AS score\n"

@@ -1,10 +1,10 @@
 """The real-data quality benchmark through the product (issue 14, item 5).
 
-For each split of an interactions file (`recsys_platform.holdout`): a fresh RECSYS_HOME, the train part
+For each split of an interactions file (`quality_benchmark.holdout`): a fresh RECSYS_HOME, the train part
 written back in the file's format, `recsys import ... --ingest` and `recsys train` run as subprocesses
 exactly as a user runs them (timed), then what the HTTP API serves each test user
 (`GET /v1/users/{id}/recommendations?limit=k`, unknown users get the API's fallback) is scored against
-the held-out rows, beside baselines fitted on the same train rows (`recsys_platform.holdout_baselines`).
+the held-out rows, beside baselines fitted on the same train rows (`recsys_platform.quality_benchmark.baselines`).
 Items a user has in train are removed from the served list before scoring (seen items excluded); how
 many were removed is reported, and the list as shown (seen items in their slots) is scored too.
 
@@ -32,8 +32,17 @@ import numpy as np
 import polars as pl
 
 from recsys_platform.config import PROJECT_ROOT, Settings
-from recsys_platform.evaluation import evaluate_all
-from recsys_platform.holdout import (
+from recsys_platform.model.evaluation import evaluate_all
+from recsys_platform.quality_benchmark.baselines import (
+    BASELINES,
+    baseline_params,
+    fit_baseline,
+    pair_history,
+    pick_ease_l2,
+    top_k_unseen,
+    truth_of,
+)
+from recsys_platform.quality_benchmark.holdout import (
     ITEM,
     USER,
     Holdout,
@@ -43,15 +52,6 @@ from recsys_platform.holdout import (
     sample_users,
     split,
     write_part,
-)
-from recsys_platform.holdout_baselines import (
-    BASELINES,
-    baseline_params,
-    fit_baseline,
-    pair_history,
-    pick_ease_l2,
-    top_k_unseen,
-    truth_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def served_lists(store_url: str, users: pl.Series, k: int) -> tuple[pl.DataFrame
     """What the HTTP API returns each user ([user_id, item_id, rank]) and counts of sources, versions, errors."""
     from fastapi.testclient import TestClient
 
-    from recsys_platform.api import create_app
+    from recsys_platform.serve.api import create_app
 
     rows: list[tuple[str, str, int]] = []
     sources: Counter[str] = Counter()
@@ -275,7 +275,7 @@ def run_quality_benchmark(config: QualityConfig, command: list[str] | None = Non
     started = time.perf_counter()
     path = config.path
     if path is None:
-        from recsys_platform.movielens import fetch_recbole_ml100k
+        from recsys_platform.ingest.movielens import fetch_recbole_ml100k
 
         path = fetch_recbole_ml100k(Settings.from_env().home / "datasets")
     data = read_interactions(path, config.columns)

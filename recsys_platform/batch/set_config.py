@@ -17,7 +17,7 @@ import pydantic
 import yaml
 
 from recsys_platform import schemas
-from recsys_platform.rules import RULES, RuleStep
+from recsys_platform.batch.rules import RULES, RuleStep
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 
+from recsys_platform.batch.set_config import ExperimentConfig
 from recsys_platform.hashing import unit_interval
-from recsys_platform.set_config import ExperimentConfig
 
 logger = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from recsys_platform.evaluation import evaluate_all
-from recsys_platform.holdout import ITEM, TIME, USER, per_user_temporal, random_stratified
 from recsys_platform.model.catalogue import Catalogue
+from recsys_platform.model.evaluation import evaluate_all
 from recsys_platform.model.history import PairHistory, Vocabulary
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.profiles import Profiles
 from recsys_platform.model.sources import Source, spec
+from recsys_platform.quality_benchmark.holdout import ITEM, TIME, USER, per_user_temporal, random_stratified
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from recsys_platform.event_files import count_jsonl_rows, count_parquet_rows
-from recsys_platform.ingestion import FILE_NOTICES
-from recsys_platform.landing import FILE_FORMATS, LandedFile, LandingZone
+from recsys_platform.ingest.event_files import count_jsonl_rows, count_parquet_rows
+from recsys_platform.ingest.ingestion import FILE_NOTICES
+from recsys_platform.ingest.landing import FILE_FORMATS, LandedFile, LandingZone
 
 
 @dataclass

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from recsys_platform.online_store.base import (
+from recsys_platform.serve.online_store.base import (
     SLOTS,
     NothingDeployedError,
     OnlineStore,

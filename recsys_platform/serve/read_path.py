@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from recsys_platform.online_store import GLOBAL_SEGMENT, OnlineStore, OnlineStoreError, ReadResult
+from recsys_platform.serve.online_store import GLOBAL_SEGMENT, OnlineStore, OnlineStoreError, ReadResult
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""A/B/n experiments on recommendation sets: bucketing, exposures and the per-arm analysis."""
