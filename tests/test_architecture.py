@@ -1,0 +1,176 @@
+"""The import graph keeps the house plan (docs/architecture.md): the core never imports the Dagster shell,
+dagster, the CLI, dev tools, benchmarks or tests; no import cycles among core modules; the shell never
+imports the CLI, dev tools, benchmarks or tests.
+
+Every import statement counts, including the ones inside functions (the lazy imports of heavy libraries):
+a lazy import of the shell is still a dependency on it. The contract functions are checked on a synthetic
+graph too, so a broken contract cannot pass by finding nothing."""
+
+from __future__ import annotations
+
+import grimp
+import pytest
+
+CORE_PACKAGE = "recsys_platform"
+SHELL = ("orchestration", "assets", "resources", "sensors")
+CLI = "recsys_platform.cli"
+DEV = "recsys_platform.dev"
+# Top-level names the core may never import (external ones included: grimp keeps them as one node each).
+NOT_FOR_THE_CORE = (*SHELL, "dagster", "dagster_aws", "dagster_celery", "dagster_k8s", "benchmarks", "tests")
+NOT_FOR_THE_SHELL = ("benchmarks", "tests")
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def core_modules(graph: grimp.ImportGraph) -> set[str]:
+    """Every module of the core package except the CLI and the dev tools."""
+    return {
+        m
+        for m in graph.modules
+        if _within(m, CORE_PACKAGE) and not _within(m, CLI) and not _within(m, DEV) and not graph.is_module_squashed(m)
+    }
+
+
+def forbidden_imports(
+    graph: grimp.ImportGraph, importers: set[str], forbidden_tops: tuple[str, ...], forbidden_modules: tuple[str, ...]
+) -> list[str]:
+    """`importer -> imported (line n)` for every direct import of a forbidden top-level name or module."""
+    found = []
+    for importer in sorted(importers):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            if imported.split(".")[0] in forbidden_tops or any(_within(imported, f) for f in forbidden_modules):
+                lines = [d["line_number"] for d in graph.get_import_details(importer=importer, imported=imported)]
+                found.append(f"{importer} -> {imported} (line {', '.join(map(str, lines)) or '?'})")
+    return found
+
+
+def import_cycles(graph: grimp.ImportGraph, modules: set[str]) -> list[list[str]]:
+    """The strongly connected components (more than one module) of the direct imports among `modules`."""
+    edges = {m: sorted(n for n in graph.find_modules_directly_imported_by(m) if n in modules) for m in modules}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(root: str) -> None:  # Tarjan's algorithm, iterative (no recursion limit)
+        work = [(root, iter(edges[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        cycles.append(sorted(component))
+            elif child not in index:
+                index[child] = low[child] = len(index)
+                stack.append(child)
+                on_stack.add(child)
+                work.append((child, iter(edges[child])))
+            elif child in on_stack:
+                low[node] = min(low[node], index[child])
+
+    for module in sorted(modules):
+        if module not in index:
+            visit(module)
+    return sorted(cycles)
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph(CORE_PACKAGE, *SHELL, include_external_packages=True, cache_dir=None)
+
+
+def test_the_core_never_imports_the_shell_dagster_the_cli_dev_tools_benchmarks_or_tests(graph):
+    core = core_modules(graph)
+    assert len(core) > 50  # the whole core was found, not an empty set that trivially passes
+    assert forbidden_imports(graph, core, NOT_FOR_THE_CORE, (CLI, DEV)) == []
+
+
+def test_the_shell_never_imports_the_cli_dev_tools_benchmarks_or_tests(graph):
+    shell = {m for m in graph.modules if m.split(".")[0] in SHELL}
+    assert {m.split(".")[0] for m in shell} == set(SHELL)
+    assert forbidden_imports(graph, shell, NOT_FOR_THE_SHELL, (CLI, DEV)) == []
+
+
+def test_assets_resources_and_sensors_never_import_the_root_that_merges_them(graph):
+    parts = {m for m in graph.modules if m.split(".")[0] in ("assets", "resources", "sensors")}
+    assert forbidden_imports(graph, parts, ("orchestration",), ()) == []
+
+
+def test_the_cli_imports_the_shell_only_through_orchestration(graph):
+    assert forbidden_imports(graph, {CLI}, ("assets", "resources", "sensors", "benchmarks", "tests"), ()) == []
+
+
+def test_no_import_cycles_among_core_modules(graph):
+    assert import_cycles(graph, core_modules(graph)) == []
+
+
+def _synthetic_graph() -> grimp.ImportGraph:
+    graph = grimp.ImportGraph()
+    for module in (
+        "recsys_platform",
+        "recsys_platform.ingest.landing",
+        "recsys_platform.push.queue",
+        "recsys_platform.push.sqlite_queue",
+        "recsys_platform.cli",
+        "recsys_platform.dev.generator",
+        "orchestration.definitions",
+        "assets.serving",
+    ):
+        graph.add_module(module)
+    graph.add_module("dagster", is_squashed=True)
+    return graph
+
+
+def _add(graph: grimp.ImportGraph, importer: str, imported: str, line: int) -> None:
+    graph.add_import(importer=importer, imported=imported, line_number=line, line_contents=f"import {imported}")
+
+
+def test_the_contracts_catch_what_they_forbid():
+    """Adding a forbidden import or a cycle makes the contracts above fail."""
+    graph = _synthetic_graph()
+    core = core_modules(graph)
+    assert core == {
+        "recsys_platform",
+        "recsys_platform.ingest.landing",
+        "recsys_platform.push.queue",
+        "recsys_platform.push.sqlite_queue",
+    }
+    assert forbidden_imports(graph, core, NOT_FOR_THE_CORE, (CLI, DEV)) == []
+    assert import_cycles(graph, core) == []
+    # allowed: the CLI and the shell import the core, the CLI imports dev tools and the root
+    _add(graph, "recsys_platform.cli", "recsys_platform.dev.generator", 3)
+    _add(graph, "recsys_platform.cli", "orchestration.definitions", 4)
+    _add(graph, "assets.serving", "recsys_platform.ingest.landing", 5)
+    assert forbidden_imports(graph, core, NOT_FOR_THE_CORE, (CLI, DEV)) == []
+    # forbidden: the core importing dagster, the shell, the CLI or a dev tool
+    _add(graph, "recsys_platform.ingest.landing", "dagster", 7)
+    _add(graph, "recsys_platform.ingest.landing", "assets.serving", 8)
+    _add(graph, "recsys_platform.push.queue", "recsys_platform.dev.generator", 9)
+    _add(graph, "recsys_platform.push.queue", "recsys_platform.cli", 10)
+    assert forbidden_imports(graph, core, NOT_FOR_THE_CORE, (CLI, DEV)) == [
+        "recsys_platform.ingest.landing -> assets.serving (line 8)",
+        "recsys_platform.ingest.landing -> dagster (line 7)",
+        "recsys_platform.push.queue -> recsys_platform.cli (line 10)",
+        "recsys_platform.push.queue -> recsys_platform.dev.generator (line 9)",
+    ]
+    # a factory in the interface module that imports the backends, which import the interface: a cycle
+    _add(graph, "recsys_platform.push.queue", "recsys_platform.push.sqlite_queue", 11)
+    _add(graph, "recsys_platform.push.sqlite_queue", "recsys_platform.push.queue", 2)
+    assert import_cycles(graph, core) == [["recsys_platform.push.queue", "recsys_platform.push.sqlite_queue"]]
