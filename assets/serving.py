@@ -144,7 +144,7 @@ def feature_store_snapshot(
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, deps=LAKE_TABLES)
 def analyst_catalog(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
     """DuckDB catalog file with one view per lake table, rebuilt atomically (never blocks open analyst sessions)."""
-    views = build_catalog(pipeline.catalog, pipeline.lake_url, LAKE_TABLES)
+    views = build_catalog(pipeline.analyst_catalog, pipeline.lake_url, LAKE_TABLES)
     return dg.MaterializeResult(
-        metadata={"path": dg.MetadataValue.path(str(pipeline.catalog)), "views": dg.MetadataValue.json(views)}
+        metadata={"path": dg.MetadataValue.path(str(pipeline.analyst_catalog)), "views": dg.MetadataValue.json(views)}
     )

@@ -71,6 +71,6 @@ class PipelineResource(dg.ConfigurableResource):
         return self.params().model_params()
 
     @property
-    def catalog(self) -> Path:
+    def analyst_catalog(self) -> Path:
         """Path of the DuckDB analyst catalog."""
         return Path(self.catalog_path)

@@ -221,8 +221,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Catalog:
-    """The catalog as arrays the simulation indexes (one row per item, in `items` order)."""
+class _ItemArrays:
+    """The items as arrays the simulation indexes (one row per item, in `items` order)."""
 
     topic: np.ndarray  # index into _all_topics()
     content_type: np.ndarray  # index into schemas.CONTENT_TYPES
@@ -235,7 +235,7 @@ class _Catalog:
     exposure: np.ndarray  # how often an item is shown (featured items far more, as in real apps)
 
     @classmethod
-    def of(cls, items: pl.DataFrame, start: datetime, seed: int) -> _Catalog:
+    def of(cls, items: pl.DataFrame, start: datetime, seed: int) -> _ItemArrays:
         """Index the catalog and draw its quality and exposure."""
         topic_index = {t: k for k, t in enumerate(_all_topics())}
         type_index = {t: k for k, t in enumerate(schemas.CONTENT_TYPES)}
@@ -273,7 +273,9 @@ class _ProfileTastes:
     daypart: np.ndarray  # index into schemas.DAYPARTS
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, users: pl.DataFrame, cat: _Catalog, has_kids: np.ndarray) -> _ProfileTastes:
+    def draw(
+        cls, rng: np.random.Generator, users: pl.DataFrame, cat: _ItemArrays, has_kids: np.ndarray
+    ) -> _ProfileTastes:
         """Draw the tastes of `users` and read their profile columns."""
         n_users, n_topics = users.height, len(_all_topics())
         topic_aff = rng.normal(0.0, 0.4, size=(n_users, n_topics))
@@ -331,7 +333,7 @@ def _profile_session_times(
 
 def _profile_choices(
     rng: np.random.Generator,
-    cat: _Catalog,
+    cat: _ItemArrays,
     tastes: _ProfileTastes,
     p_user: np.ndarray,
     p_time0: np.ndarray,
@@ -373,7 +375,7 @@ def _profile_choices(
 
 def _latent_choices(
     rng: np.random.Generator,
-    cat: _Catalog,
+    cat: _ItemArrays,
     tastes: LatentTastes,
     p_user: np.ndarray,
     p_time0: np.ndarray,
@@ -409,7 +411,7 @@ def _simulate_events(
     rng = np.random.default_rng([cfg.seed, 1, chunk])
     n_users, days = users.height, cfg.days
     topics = _all_topics()
-    cat = _Catalog.of(items, start, cfg.seed)
+    cat = _ItemArrays.of(items, start, cfg.seed)
     has_kids = (users["household_type"] == "family_with_kids").to_numpy()  # a hard filter in both modes
     latent = _latent_tastes(cfg, items, n_users, chunk) if cfg.tastes == "latent" else None
     profile = _ProfileTastes.draw(rng, users, cat, has_kids) if latent is None else None
