@@ -4,6 +4,7 @@ every folder of the repo and every core subpackage; the groups and jobs are thos
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatch
 
 import pytest
 
@@ -65,10 +66,11 @@ def test_every_path_the_readme_layout_names_exists():
 
 def test_the_readme_layout_names_every_folder_and_core_subpackage():
     named = set(readme_layout())
+    ignored = [line.strip().strip("/") for line in (PROJECT_ROOT / ".gitignore").read_text().splitlines()]
     folders = {
         f"{p.name}/"
         for p in PROJECT_ROOT.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".egg-info") and p.name != "venv"
+        if p.is_dir() and not p.name.startswith(".") and not any(fnmatch(p.name, g) for g in ignored if g)
     }
     core = PROJECT_ROOT / "recsys_platform"
     subpackages = {f"recsys_platform/{p.parent.name}/" for p in core.glob("*/__init__.py")}
