@@ -111,3 +111,26 @@ def test_architecture_doc_names_existing_files():
     named = set(re.findall(r"`((?:recsys_platform|orchestration|assets|resources|sensors|config|tests)/[\w/.]+)`", doc))
     assert len(named) > 10
     assert sorted(p for p in named if not (PROJECT_ROOT / p).exists()) == []
+
+
+def test_readme_documents_every_cli_command_and_http_endpoint():
+    import typer
+
+    from recsys_platform.cli import app
+    from recsys_platform.serve.api import create_app
+
+    def commands(group, prefix: str = "recsys") -> set[str]:
+        found = set()
+        for name, command in group.commands.items():
+            found |= commands(command, f"{prefix} {name}") if hasattr(command, "commands") else {f"{prefix} {name}"}
+        return found
+
+    text = README.read_text()
+    assert {c for c in commands(typer.main.get_command(app)) if f"`{c}" not in text} == set()
+    api = create_app()
+    try:
+        routes = {f"{method.upper()} {path}" for path, ops in api.openapi()["paths"].items() for method in ops}
+    finally:
+        api.state.store.close()
+    assert len(routes) >= 6
+    assert {r for r in routes if r not in text} == set()
