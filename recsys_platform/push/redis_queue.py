@@ -25,9 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -44,6 +42,7 @@ from recsys_platform.push.queue import (
     QueueStats,
     QueueUnavailableError,
 )
+from recsys_platform.redis_client import connect_redis
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +88,6 @@ return 1
 """
 
 
-def _split_prefix(url: str) -> tuple[str, str]:
-    """Strip our `prefix` query parameter from a redis:// URL."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    prefix = next((v for k, v in query if k == "prefix"), "recsys:push")
-    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix
-
-
 class RedisPushQueue(PushQueue):
     """Push queue on a Redis stream with one consumer group and a dead-letter stream."""
 
@@ -114,15 +104,8 @@ class RedisPushQueue(PushQueue):
         self.visibility_timeout_s = visibility_timeout_s
         self.max_attempts = max_attempts
         self.dedup_ttl_s = dedup_ttl_s
-        redis_url, self.prefix = _split_prefix(url)
-        self._where = urlsplit(redis_url).netloc.rsplit("@", 1)[-1] or "localhost:6379"
-        self.client = redis.Redis.from_url(
-            redis_url,
-            decode_responses=True,
-            socket_connect_timeout=min(socket_timeout, 1.0),
-            socket_timeout=socket_timeout,
-            health_check_interval=30,
-        )
+        connection = connect_redis(url, "recsys:push", socket_timeout)
+        self.client, self.prefix, self._where = connection.client, connection.prefix, connection.where
         self.stream = f"{self.prefix}:stream"
         self.dead_stream = f"{self.prefix}:dead"
         self.errors_key = f"{self.prefix}:errors"

@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from recsys_platform.redis_client import connect_redis
 from recsys_platform.serve.online_store.base import (
     SLOTS,
     NothingDeployedError,
@@ -86,29 +86,13 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _split_prefix(url: str) -> tuple[str, str]:
-    """Strip the `prefix` query parameter (ours, not redis-py's) from a redis:// URL."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = next((v for k, v in query if k == "prefix"), "recsys")
-    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix
-
-
 class RedisOnlineStore(OnlineStore):
     """Two slots as Redis hashes plus a pointer hash; reads are one atomic Lua call."""
 
     def __init__(self, url: str, *, socket_timeout: float = 2.0) -> None:
         self.url = url
-        redis_url, self.prefix = _split_prefix(url)
-        self._where = urlsplit(redis_url).netloc.rsplit("@", 1)[-1] or "localhost:6379"
-        self.client = redis.Redis.from_url(
-            redis_url,
-            decode_responses=True,
-            socket_connect_timeout=min(socket_timeout, 1.0),
-            socket_timeout=socket_timeout,
-            health_check_interval=30,
-        )
+        connection = connect_redis(url, "recsys", socket_timeout)
+        self.client, self.prefix, self._where = connection.client, connection.prefix, connection.where
         self._read_script = self.client.register_script(_READ_SCRIPT)
 
     # --- keys and errors ---------------------------------------------------------------
