@@ -8,18 +8,17 @@ import polars as pl
 from assets import groups
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
+from recsys_platform import schemas
 from recsys_platform.analytics.reporting import frame_preview_markdown
 from recsys_platform.batch import scoring as bs
 from recsys_platform.batch.set_config import load_sets_config
-from recsys_platform.config import CHAMPION_ALIAS, Settings
+from recsys_platform.config import CHAMPION_ALIAS, POPULARITY_VERSION, Settings
 from recsys_platform.experiments import ab_tests as experiments
 from recsys_platform.features.tables import latest_event_time, read_history
 from recsys_platform.model import fallback, registry
 from recsys_platform.model.serving import serving_recommender
 from resources import MlflowResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
-
-POPULARITY_VERSION = "popularity-baseline"
 
 SHARD_KEYS = bs.shard_keys(load_sets_config(Settings.from_env().recommendation_sets_path).batch.shards)
 user_shards = dg.StaticPartitionsDefinition(SHARD_KEYS)
@@ -69,7 +68,7 @@ def batch_scores(
         )
         out = recs.with_columns(
             shard=pl.lit(key), model_version=pl.lit(POPULARITY_VERSION), generated_at=pl.lit(now, dtype=bs.TS)
-        ).select(list(bs.BATCH_SCORE_SCHEMA))
+        ).select(list(schemas.BATCH_SCORE_SCHEMA))
     else:
         rec, version = serving_recommender(
             interactions,
@@ -167,7 +166,7 @@ def experiment_exposures(
             break
         start, end = experiments.experiment_window(exp, opens["event_time"].max())
         frames.append(experiments.log_exposures(opens, exp, start, end))
-    out = pl.concat(frames) if frames else pl.DataFrame(schema=experiments.EXPOSURE_SCHEMA)
+    out = pl.concat(frames) if frames else pl.DataFrame(schema=schemas.EXPOSURE_SCHEMA)
     by_arm = out.group_by("experiment", "arm").len().sort("experiment", "arm")
     context.add_output_metadata({"exposed_by_arm": dg.MetadataValue.md(frame_preview_markdown(by_arm, by_arm.height))})
     return out

@@ -10,14 +10,13 @@ from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
 from recsys_platform import schemas
 from recsys_platform.analytics.duckdb_catalog import build_catalog
-from recsys_platform.config import CHAMPION_ALIAS, Settings
+from recsys_platform.config import CHAMPION_ALIAS, POPULARITY_VERSION, Settings
 from recsys_platform.features.tables import read_history
 from recsys_platform.model import fallback, registry
 from recsys_platform.serve import deployment, snapshot
 from resources import MlflowResource, OnlineStoreResource, PipelineResource
 
 GROUP = groups.SERVING
-POPULARITY_VERSION = "popularity-baseline"
 LAKE_TABLES = [
     "raw_events",
     "quarantined_events",

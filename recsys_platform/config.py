@@ -16,6 +16,8 @@ EXPECTATIONS_DIR = PROJECT_ROOT / "expectations"
 REGISTERED_MODEL_NAME = "recsys-ranker"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
+# The model version recorded on lists served by the popularity fallback (no champion yet).
+POPULARITY_VERSION = "popularity-baseline"
 
 
 def _env(name: str, default: str) -> str:

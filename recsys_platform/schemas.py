@@ -35,6 +35,12 @@ DAYPARTS: tuple[str, ...] = ("morning", "afternoon", "evening", "night")
 HOUSEHOLD_TYPES: tuple[str, ...] = ("single", "couple", "family_with_kids")
 SUBSCRIPTION_STATUSES: tuple[str, ...] = ("trial", "subscriber", "lapsed")
 
+# Night in the user's local time: from NIGHT_START_HOUR to before NIGHT_END_HOUR (features, sessions).
+NIGHT_START_HOUR: int = 21
+NIGHT_END_HOUR: int = 5
+# Content for falling asleep (the sleep share of users, sleep sessions, what a night sleep search pushes).
+SLEEP_CONTENT_TYPES: tuple[str, ...] = ("sleep_story", "soundscape")
+
 # A play shorter than this many seconds counts as a bounce (negative signal).
 BOUNCE_SECONDS: float = 30.0
 
@@ -46,6 +52,9 @@ EVENT_WEIGHTS: dict[str, float] = {
     "content_exit": 0.0,  # replaced by BOUNCE_WEIGHT when it is a bounce
 }
 BOUNCE_WEIGHT: float = -1.0
+
+# The segment of popularity lists for everyone (beside one list per cold-start segment).
+GLOBAL_SEGMENT = "__global__"
 
 # --- raw tables (landing zone) ----------------------------------------------------
 
@@ -129,6 +138,79 @@ RECOMMENDATION_SCHEMA: dict[str, pl.DataType] = {
     "score": pl.Float64(),
     "model_version": pl.String(),
     "generated_at": pl.Datetime("us", "UTC"),
+}
+
+
+# --- tables of the batch, push and experiment paths ----------------------------------
+
+BATCH_SCORE_SCHEMA: dict[str, pl.DataType] = {
+    "shard": pl.String(),
+    "user_id": pl.String(),
+    "rank": pl.Int64(),
+    "item_id": pl.String(),
+    "score": pl.Float64(),
+    "model_version": pl.String(),
+    "generated_at": pl.Datetime("us", "UTC"),
+}
+RECOMMENDATION_SET_SCHEMA: dict[str, pl.DataType] = {
+    "set_name": pl.String(),
+    "user_id": pl.String(),
+    "rank": pl.Int64(),
+    "item_id": pl.String(),
+    "entity_type": pl.String(),
+    "content_type": pl.String(),
+    "score": pl.Float64(),
+    "context": pl.String(),
+    "model_version": pl.String(),
+    "generated_at": pl.Datetime("us", "UTC"),
+}
+RULE_COUNT_SCHEMA: dict[str, pl.DataType] = {
+    "set_name": pl.String(),
+    "step": pl.Int64(),
+    "rule": pl.String(),
+    "rows_in": pl.Int64(),
+    "removed": pl.Int64(),
+    "moved": pl.Int64(),
+}
+SELECTION_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "trigger": pl.String(),
+    "trigger_time": pl.Datetime("us", "UTC"),
+    "local_date": pl.Date(),
+    "trigger_item_id": pl.String(),
+    "query": pl.String(),
+    "exclude_item_ids": pl.List(pl.String()),
+}
+PUSH_NOTIFICATION_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "item_id": pl.String(),
+    "reason": pl.String(),
+    "trigger": pl.String(),
+    "dedup_key": pl.String(),
+    "model_version": pl.String(),
+    "enqueued": pl.Boolean(),
+}
+EXPOSURE_SCHEMA: dict[str, pl.DataType] = {
+    "experiment": pl.String(),
+    "user_id": pl.String(),
+    "arm": pl.String(),
+    "surface": pl.String(),
+    "exposed_at": pl.Datetime("us", "UTC"),
+}
+ANALYSIS_SCHEMA: dict[str, pl.DataType] = {
+    "experiment": pl.String(),
+    "metric": pl.String(),
+    "arm": pl.String(),
+    "n": pl.Int64(),
+    "mean": pl.Float64(),
+    "ci_low": pl.Float64(),
+    "ci_high": pl.Float64(),
+    "diff_vs_control": pl.Float64(),
+    "diff_ci_low": pl.Float64(),
+    "diff_ci_high": pl.Float64(),
+    "p_value": pl.Float64(),
+    "test": pl.String(),
+    "significant": pl.Boolean(),
 }
 
 

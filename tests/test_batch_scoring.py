@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from recsys_platform import schemas
 from recsys_platform.analytics.duckdb_catalog import build_catalog
 from recsys_platform.batch import scoring as bs
 from recsys_platform.batch.set_config import BatchConfig, Eligibility, load_sets_config
@@ -114,7 +115,7 @@ def test_shards_score_each_eligible_user_once_from_the_saved_serving_state(world
     per_user = scores.group_by("user_id").agg(n=pl.len(), ranks=pl.col("rank").sort())
     assert per_user["n"].max() == BATCH.items_per_user
     assert all(r.to_list() == list(range(1, len(r) + 1)) for r in per_user["ranks"])
-    assert scores.columns == list(bs.BATCH_SCORE_SCHEMA)
+    assert scores.columns == list(schemas.BATCH_SCORE_SCHEMA)
     # parity: a shard scored from the saved state (its users' rows only) lists exactly what the fitted recommender
     # lists for these users from everyone's history, with LightGBM (batch) and with the numpy trees (refresh)
     users = per_shard_users[0].sort().head(40)

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
+from recsys_platform import schemas
 from recsys_platform.batch.set_config import ExperimentConfig
 from recsys_platform.dev.experiment_sim import ArmEffects, simulate_arms, structured_users
 from recsys_platform.dev.generator import GeneratorConfig, generate
@@ -72,7 +73,7 @@ def test_exposure_is_the_first_app_open_in_the_window():
     out = ex.log_exposures(ev, EXP, T0, T0 + timedelta(days=7))
     assert out.select("user_id", "exposed_at").rows() == [("a", T0 + timedelta(hours=2))]
     assert out["arm"][0] == ex.assign_arms(["a"], EXP)["arm"][0]
-    assert out.columns == list(ex.EXPOSURE_SCHEMA)
+    assert out.columns == list(schemas.EXPOSURE_SCHEMA)
 
 
 def test_user_outcomes_count_after_exposure_only():

@@ -27,39 +27,11 @@ from recsys_platform.batch.set_config import BatchConfig, Eligibility, SetsConfi
 from recsys_platform.features import tables as feats
 from recsys_platform.hashing import sha256_uint64
 from recsys_platform.model.recommender import Recommender
+from recsys_platform.schemas import RECOMMENDATION_SET_SCHEMA, RULE_COUNT_SCHEMA
 
 logger = logging.getLogger(__name__)
 
 TS = pl.Datetime("us", "UTC")
-BATCH_SCORE_SCHEMA: dict[str, pl.DataType] = {
-    "shard": pl.String(),
-    "user_id": pl.String(),
-    "rank": pl.Int64(),
-    "item_id": pl.String(),
-    "score": pl.Float64(),
-    "model_version": pl.String(),
-    "generated_at": TS,
-}
-RECOMMENDATION_SET_SCHEMA: dict[str, pl.DataType] = {
-    "set_name": pl.String(),
-    "user_id": pl.String(),
-    "rank": pl.Int64(),
-    "item_id": pl.String(),
-    "entity_type": pl.String(),
-    "content_type": pl.String(),
-    "score": pl.Float64(),
-    "context": pl.String(),
-    "model_version": pl.String(),
-    "generated_at": TS,
-}
-RULE_COUNT_SCHEMA: dict[str, pl.DataType] = {
-    "set_name": pl.String(),
-    "step": pl.Int64(),
-    "rule": pl.String(),
-    "rows_in": pl.Int64(),
-    "removed": pl.Int64(),
-    "moved": pl.Int64(),
-}
 ITEM_RULE_COLUMNS = (  # the item columns rules read (no titles: 500-deep lists carry them through every step)
     "content_type",
     "topic",

@@ -73,7 +73,6 @@ SEARCH_WORDS = {
     "movement": "yoga stretch",
     "focus": "focus music work",
 }
-APP_LAUNCH = datetime(2019, 1, 1, tzinfo=UTC)
 # Users simulated together: each chunk has its own random stream (and event-id prefix), so the
 # dataset depends on the chunk size. `generate_to_landing` holds one chunk's events at a time.
 DEFAULT_CHUNK_USERS = 200_000

@@ -21,6 +21,7 @@ import polars as pl
 
 from recsys_platform.batch.set_config import ExperimentConfig
 from recsys_platform.hashing import unit_interval
+from recsys_platform.schemas import ANALYSIS_SCHEMA
 
 logger = logging.getLogger(__name__)
 
@@ -31,28 +32,6 @@ METRICS: dict[str, str] = {
     "content_starts": "content starts after exposure (per user)",
 }
 PROPORTION_METRICS = ("completed_24h",)
-EXPOSURE_SCHEMA: dict[str, pl.DataType] = {
-    "experiment": pl.String(),
-    "user_id": pl.String(),
-    "arm": pl.String(),
-    "surface": pl.String(),
-    "exposed_at": TS,
-}
-ANALYSIS_SCHEMA: dict[str, pl.DataType] = {
-    "experiment": pl.String(),
-    "metric": pl.String(),
-    "arm": pl.String(),
-    "n": pl.Int64(),
-    "mean": pl.Float64(),
-    "ci_low": pl.Float64(),
-    "ci_high": pl.Float64(),
-    "diff_vs_control": pl.Float64(),
-    "diff_ci_low": pl.Float64(),
-    "diff_ci_high": pl.Float64(),
-    "p_value": pl.Float64(),
-    "test": pl.String(),
-    "significant": pl.Boolean(),
-}
 
 
 def assign_arms(user_ids: pl.Series | list[str], experiment: ExperimentConfig) -> pl.DataFrame:

@@ -12,7 +12,7 @@ from datetime import datetime
 import polars as pl
 
 from recsys_platform.features.tables import user_segments
-from recsys_platform.serve.snapshot import GLOBAL_SEGMENT
+from recsys_platform.schemas import GLOBAL_SEGMENT
 
 
 def recently_completed(interactions: pl.DataFrame, cutoff: datetime, days: int) -> pl.DataFrame:

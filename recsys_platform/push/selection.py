@@ -23,7 +23,9 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
+from recsys_platform import schemas
 from recsys_platform.push.queue import PushMessage, PushQueue
+from recsys_platform.schemas import PUSH_NOTIFICATION_SCHEMA, SELECTION_SCHEMA
 from recsys_platform.serve.online_store import OnlineStore
 from recsys_platform.serve.read_path import RecommendedItem, recommend
 
@@ -32,26 +34,7 @@ logger = logging.getLogger(__name__)
 TRIGGER_SESSION_COMPLETED = "session_completed"
 TRIGGER_NIGHT_SLEEP_SEARCH = "night_sleep_search"
 SLEEP_QUERY_PATTERN = r"(?i)\b(sleep|bedtime|insomnia|night|lullab|dream|rain sounds|white noise)"
-SLEEP_CONTENT_TYPES: tuple[str, ...] = ("sleep_story", "soundscape")
-
-SELECTION_SCHEMA: dict[str, pl.DataType] = {
-    "user_id": pl.String(),
-    "trigger": pl.String(),
-    "trigger_time": pl.Datetime("us", "UTC"),
-    "local_date": pl.Date(),
-    "trigger_item_id": pl.String(),
-    "query": pl.String(),
-    "exclude_item_ids": pl.List(pl.String()),
-}
-PUSH_NOTIFICATION_SCHEMA: dict[str, pl.DataType] = {
-    "user_id": pl.String(),
-    "item_id": pl.String(),
-    "reason": pl.String(),
-    "trigger": pl.String(),
-    "dedup_key": pl.String(),
-    "model_version": pl.String(),
-    "enqueued": pl.Boolean(),
-}
+SLEEP_CONTENT_TYPES = schemas.SLEEP_CONTENT_TYPES
 
 
 @dataclass(frozen=True)
@@ -60,7 +43,9 @@ class PushRules:
 
     completed_within_minutes: int = 30
     search_within_minutes: int = 60
-    night_start_hour: int = 21
+    night_start_hour: int = schemas.NIGHT_START_HOUR
+    # an hour before schemas.NIGHT_END_HOUR, as it always was here: whether a sleep search between 4 and 5 am
+    # should trigger a push is a product decision, not a refactoring (issue 15)
     night_end_hour: int = 4
     sleep_query_pattern: str = SLEEP_QUERY_PATTERN
     exclude_completed_hours: int = 24

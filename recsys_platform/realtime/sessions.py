@@ -19,12 +19,14 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
+from recsys_platform import schemas
+
 WINDOW = timedelta(minutes=10)
 SLIDE = timedelta(minutes=5)
 MAX_SEARCH_TERMS = 5
-NIGHT_START_HOUR = 21  # same definition of night as features.user_night_share
-NIGHT_END_HOUR = 5
-SLEEP_TYPES: tuple[str, ...] = ("sleep_story", "soundscape")
+NIGHT_START_HOUR = schemas.NIGHT_START_HOUR  # the night of features.user_night_share
+NIGHT_END_HOUR = schemas.NIGHT_END_HOUR
+SLEEP_TYPES = schemas.SLEEP_CONTENT_TYPES
 
 # Topic-keyword vocabulary of search terms (the offline fallback for a sentence embedding).
 TOPIC_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -166,7 +168,7 @@ def session_features(
 def _aggregations() -> list[pl.Expr]:
     etype = pl.col("event_type")
     sleep = pl.col("content_type").is_in(list(SLEEP_TYPES))
-    bounce = (etype == "content_exit") & (pl.col("seconds_listened").fill_null(0.0) < 30.0)
+    bounce = (etype == "content_exit") & (pl.col("seconds_listened").fill_null(0.0) < schemas.BOUNCE_SECONDS)
     search = pl.col("query").filter((etype == "search") & pl.col("query").is_not_null())
     return [
         pl.len().alias("sess_events"),

@@ -11,7 +11,6 @@ from datetime import datetime
 
 import polars as pl
 
-GLOBAL_SEGMENT = "__global__"
 ONLINE_USER_FEATURES = (
     "segment",
     "user_completes",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from recsys_platform.schemas import GLOBAL_SEGMENT
 from recsys_platform.serve.online_store.base import (
-    GLOBAL_SEGMENT,
     NAMESPACES,
     SLOTS,
     NothingDeployedError,

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 SLOTS: tuple[str, ...] = ("blue", "green")
 NAMESPACES: tuple[str, ...] = ("recs", "user_features", "popular", "similar", "items")
 SLOT_STATES: tuple[str, ...] = ("empty", "writing", "ready")
-GLOBAL_SEGMENT = "__global__"
 
 _NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CHECKSUM_MOD = 1 << 128
