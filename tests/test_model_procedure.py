@@ -85,6 +85,24 @@ def test_training_labels_come_only_from_each_users_held_out_part(world) -> None:
     assert late.height > 0
 
 
+def test_label_users_caps_each_window_with_a_seeded_sample_and_max_users_still_applies(world) -> None:
+    ds, inter, params = world["ds"], world["inter"], world["params"]
+    every = procedure.training_set(inter, ds.items, ds.users, params.with_(label_users=0), 0)
+    capped = procedure.training_set(inter, ds.items, ds.users, params.with_(label_users=50), 0)
+    again = procedure.training_set(inter, ds.items, ds.users, params.with_(label_users=50), 0)
+    assert every["user_id"].n_unique() > 200
+    assert capped["user_id"].n_unique() == 50 and set(capped["user_id"]) < set(every["user_id"])
+    assert capped.equals(again)  # the same sample on every run
+    # the sampled users keep every candidate row and label they had uncapped, and label_pairs counts theirs only
+    mine = every.join(capped.select("user_id").unique(), on="user_id", how="semi")
+    assert mine.drop("label_pairs").equals(capped.drop("label_pairs"))
+    truth = per_user_split(inter, name="training").truth(inter)
+    assert capped["label_pairs"][0] == truth.join(capped.select("user_id").unique(), on="user_id", how="semi").height
+    # the cycle's max_users is a cap too: the smaller of the two wins
+    fewer = procedure.training_set(inter, ds.items, ds.users, params.with_(label_users=50), 20)
+    assert fewer["user_id"].n_unique() == 20
+
+
 def test_train_refuses_a_frame_without_a_positive_and_reports_recall(world) -> None:
     ds, inter, params = world["ds"], world["inter"], world["params"]
     frame = procedure.training_set(inter, ds.items, ds.users, params, 0)

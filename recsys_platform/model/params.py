@@ -29,6 +29,12 @@ class ModelParams:
     # nDCG@10 (0.2537 vs 0.2537 per-user alone) and raised the global one (0.150 vs 0.138; equal weight 0.201
     # but per-user 0.186; random labels: per-user 0.170, see procedure.training_set).
     training_windows: str = "temporal+global3"
+    # At most this many users label each training window (a seeded sample; 0: no cap beyond the cycle's
+    # max_training_users), so the ranker's training time stays flat as the user base grows. ml-100k's windows
+    # hold fewer users. Synthetic latent dev seed 11, held-out training users (benchmarks/ranker_settings.py,
+    # one split): no cap (4,000) 0.4203 nDCG@10 in 359 s, 2,000 0.4127 in 138 s, 1,000 0.4134 in 65 s: the cap
+    # costs ~0.007 there for a 5x faster fit.
+    label_users: int = 1000
     balance_windows: float = 0.25  # 1: every kind of window weighs the same in the ranker's loss; 0: by its users
     exclude_seen: bool = True
     recent_completion_days: float = 3.0  # where replays are recommended, not a pair completed this recently

@@ -94,8 +94,8 @@ def training_set(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, params: ModelParams, max_users: int
 ) -> pl.DataFrame:
     """The ranker's training rows: candidates of the held-out users of each training window (at most
-    `max_users`, seeded sample) with every feature as of the window's feature time (`feature_times`) and
-    the relevance of their held-out pairs. Windows: `params.training_windows`."""
+    `max_users` and `params.label_users`, a seeded sample) with every feature as of the window's feature
+    time (`feature_times`) and the relevance of their held-out pairs. Windows: `params.training_windows`."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
     windows = {
@@ -141,8 +141,9 @@ def _window_rows(split, interactions, vocab, catalogue, params, max_users) -> pl
         params, catalogue, history, fit_sources(history, catalogue, params), ItemStats.fit(history), None
     )
     who = truth["user_id"].unique().sort()
-    if max_users and who.len() > max_users:
-        who = who.sample(max_users, seed=params.seed).sort()
+    cap = min([c for c in (max_users, params.label_users) if c] or [who.len()])
+    if who.len() > cap:
+        who = who.sample(cap, seed=params.seed).sort()
     rows = np.unique(vocab.user_rows(who))
     rows = rows[rows >= 0]
     parts = []
