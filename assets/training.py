@@ -128,34 +128,35 @@ def ranker_model(
     return ref.to_dict()
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, pool=HISTORY_POOL)
-def model_evaluation(
-    context: dg.AssetExecutionContext,
-    ranker_model: dict,
-    training_set: pl.DataFrame,
-    interactions: pl.LazyFrame,
-    items: pl.DataFrame,
-    users: pl.DataFrame,
-    mlflow: MlflowResource,
-    pipeline: PipelineResource,
-) -> pl.DataFrame:
-    """The training procedure run whole on two holdouts, per-user temporal (each user's newest 20%) and
-    global temporal (the newest 10% of time), scored at 10 (precision, recall, NDCG, MAP, MRR, hit rate,
-    coverage, novelty) beside all-time popularity, recent popularity, EASE and item-kNN fitted on the same
-    rows. The gate makes the new ranker `champion` only if it beats the strongest baseline on the per-user
-    holdout by `promotion_margin`; otherwise the best personalised baseline is registered and served."""
-    params = pipeline.params()
-    history = read_history(interactions)
-    ref = registry.ModelRef(**ranker_model)
-    champion_version = registry.alias_version(mlflow.tracking_uri, model_name=ref.name)
-    champion = None
-    if champion_version and champion_version != ref.version:
-        scorer, champion_params, _ = registry.load_scorer(mlflow.tracking_uri, champion_version, ref.name)
-        champion = (scorer, ModelParams.from_dict(champion_params))
-    tables, facts = [], {}
-    for protocol in procedure.PROTOCOLS:
+def _holdout_asset(protocol: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"holdout_{protocol}",
+        group_name=GROUP,
+        kinds={"polars", "mlflow"},
+        pool=HISTORY_POOL,
+        description=(
+            f"The whole training procedure run on the {protocol} temporal holdout ({procedure.HOLDOUTS[protocol]}): "
+            "fitted on the known part and scored at 10 (precision, recall, NDCG, MAP, MRR, hit rate, coverage, "
+            "novelty) beside all-time popularity, recent popularity, EASE and item-kNN fitted on the same rows, "
+            "and the serving champion as it is. Independent of this cycle's ranker, so it runs beside its training."
+        ),
+    )
+    def _holdout(
+        context: dg.AssetExecutionContext,
+        interactions: pl.LazyFrame,
+        items: pl.DataFrame,
+        users: pl.DataFrame,
+        mlflow: MlflowResource,
+        pipeline: PipelineResource,
+    ) -> pl.DataFrame:
+        params = pipeline.params()
+        champion_version = registry.alias_version(mlflow.tracking_uri, model_name=mlflow.model_name)
+        champion = None
+        if champion_version:
+            scorer, champion_params, _ = registry.load_scorer(mlflow.tracking_uri, champion_version, mlflow.model_name)
+            champion = (scorer, ModelParams.from_dict(champion_params))
         table, about = procedure.evaluate(
-            history,
+            read_history(interactions),
             items,
             users,
             protocol,
@@ -164,9 +165,47 @@ def model_evaluation(
             params.ranker_threads,
             champion,
         )
-        tables.append(table)
-        facts[protocol] = about
-    table = pl.concat(tables)
+        context.add_output_metadata(
+            {
+                "ndcg@10": dg.MetadataValue.md(_ndcg_markdown(table, protocol)),
+                "champion_version": champion_version or "none",
+                "facts": dg.MetadataValue.json({k: str(v) for k, v in about.items() if k != "tuning_ndcg@10"}),
+            }
+        )
+        return table.with_columns(champion_version=pl.lit(champion_version, dtype=pl.String))
+
+    return _holdout
+
+
+holdout_assets = [_holdout_asset(protocol) for protocol in procedure.PROTOCOLS]
+
+
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, pool=HISTORY_POOL)
+def model_evaluation(
+    context: dg.AssetExecutionContext,
+    ranker_model: dict,
+    training_set: pl.DataFrame,
+    holdout_per_user: pl.DataFrame,
+    holdout_global: pl.DataFrame,
+    mlflow: MlflowResource,
+    pipeline: PipelineResource,
+) -> pl.DataFrame:
+    """The gate over both holdouts (`holdout_per_user`, `holdout_global`): the new ranker becomes `champion`
+    only if it beats the strongest baseline on the per-user holdout by `promotion_margin` (and the serving
+    champion); otherwise the champion stays while it beats them, or the best personalised baseline is
+    registered and served. The figures are logged to the ranker's MLflow run."""
+    assert procedure.PROTOCOLS == ("per_user", "global"), "one input per protocol"
+    params = pipeline.params()
+    ref = registry.ModelRef(**ranker_model)
+    both = pl.concat([holdout_per_user, holdout_global])
+    champions = both["champion_version"].unique().to_list()
+    if len(champions) > 1:
+        raise RuntimeError(
+            f"the serving champion changed while the holdouts ran (versions {sorted(map(str, champions))}): "
+            "materialize holdout_per_user, holdout_global and model_evaluation again"
+        )
+    champion_version = champions[0] if champions else None
+    table = both.drop("champion_version")
     decision = gate.decide(
         table,
         ref,
@@ -189,9 +228,7 @@ def model_evaluation(
             "gate_reason": decision.reason,
             "served_version": served,
             "model_version": ref.version,
-            "protocols": dg.MetadataValue.json(
-                {p: {k: str(v) for k, v in f.items() if k != "tuning_ndcg@10"} for p, f in facts.items()}
-            ),
+            "champion_before": champion_version or "none",
         }
     )
     return table.with_columns(model_version=pl.lit(ref.version), served_version=pl.lit(served))

@@ -82,8 +82,52 @@ def test_history_sized_steps_share_one_pool_the_production_instance_limits():
     pools |= {key.name: c.op.pool for c in defs.asset_checks for key in c.check_keys}
     heavy = {"interactions", "user_features", "item_features", "similar_items", "popularity_model", "training_set"}
     heavy |= {"model_params"}  # tuning reads the whole history too
-    heavy |= {"ranker_model", "model_evaluation", "recommendations", "experiment_exposures", "experiment_analysis"}
+    heavy |= {"ranker_model", "holdout_per_user", "holdout_global", "model_evaluation", "recommendations"}
+    heavy |= {"experiment_exposures", "experiment_analysis"}
     assert {name for name, pool in pools.items() if pool == HISTORY_POOL} == heavy | {"interactions_expectations"}
     assert pools["raw_events"] == RAW_EVENTS_POOL and pools["items"] is None and pools["recommendation_sets"] is None
     instance = yaml.safe_load((PROJECT_ROOT / "deploy" / "dagster.yaml").read_text())
     assert instance["concurrency"]["pools"]["default_limit"] == 1
+
+
+def test_the_holdouts_do_not_wait_for_the_ranker_and_the_gate_waits_for_all_three():
+    # the two holdout evaluations refit the whole procedure; depending only on the data lets the multiprocess
+    # executor run them beside model_params -> training_set -> ranker_model instead of after it
+    graph = defs.resolve_asset_graph()
+    parents = {
+        k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
+    }
+    for protocol in ("per_user", "global"):
+        assert parents[f"holdout_{protocol}"] == {"interactions", "items", "users"}
+    assert {"ranker_model", "holdout_per_user", "holdout_global"} <= parents["model_evaluation"]
+
+
+def test_the_gate_refuses_holdouts_scored_against_different_champions(tmp_path: Path):
+    import dagster as dg
+    import polars as pl
+    import pytest
+
+    from assets.training import model_evaluation
+    from resources import MlflowResource, PipelineResource
+
+    def holdout(protocol: str, champion: str | None) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"protocol": [protocol], "model": ["ranker"], "metric": ["ndcg@10"], "value": [0.3]}
+        ).with_columns(champion_version=pl.lit(champion, dtype=pl.String))
+
+    with pytest.raises(RuntimeError, match=r"champion changed while the holdouts ran \(versions \['3', '4'\]\)"):
+        model_evaluation(
+            dg.build_asset_context(),
+            ranker_model={
+                "name": "recsys-ranker",
+                "version": "5",
+                "run_id": "r",
+                "model_uri": "models:/recsys-ranker/5",
+                "experiment": "e",
+            },
+            training_set=pl.DataFrame(),
+            holdout_per_user=holdout("per_user", "3"),
+            holdout_global=holdout("global", "4"),
+            mlflow=MlflowResource(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"),
+            pipeline=PipelineResource(lake_url=str(tmp_path / "lake"), catalog_path=str(tmp_path / "catalog.duckdb")),
+        )

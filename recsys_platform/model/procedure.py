@@ -35,6 +35,7 @@ K = 10
 REPEAT_SHARE_TO_KEEP_SEEN = 0.05
 PRIMARY_PROTOCOL = "per_user"
 PROTOCOLS = ("per_user", "global")
+HOLDOUTS = {"per_user": "each user's newest 20%", "global": "the newest 10% of time"}
 PERSONALISED_BASELINES = ("ease", "item_knn")
 # The baselines every cycle fits beside the ranker, each served by one source's own score.
 BASELINES: dict[str, str] = {
