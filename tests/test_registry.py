@@ -228,3 +228,18 @@ def test_using_a_registry_leaves_the_process_environment_alone(tmp_path, monkeyp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     registry.ensure_experiment(uri, "leak-check", str(tmp_path / "artifacts"))
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
+
+
+def _first_look(uri: str) -> str | None:
+    return registry.alias_version(uri)
+
+
+def test_parallel_steps_can_open_a_new_sqlite_store_at_once(tmp_path):
+    # the training cycle's holdout steps start together on a fresh home: MLflow creates and migrates the
+    # tables when a client first opens the store, and two processes doing it at once fail an alembic migration
+    import multiprocessing
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        assert pool.map(_first_look, [uri] * 4) == [None] * 4
+    assert registry.alias_version(uri) is None

@@ -68,7 +68,28 @@ def _client(tracking_uri: str) -> Any:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if tracking_uri in _INITIALISED or not tracking_uri.startswith("sqlite:///"):
+        return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    # A new SQLite store gets its tables when the first client opens it, once per process: steps that run in
+    # parallel (the two holdout evaluations) both open a fresh store, and MLflow's table creation and alembic
+    # migrations are not safe to run twice at once ("Online migration expected to match one row"), so the
+    # first opening in each process holds a file lock beside the database.
+    import fcntl
+
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            client.search_registered_models(max_results=1)  # the registry store opens (and checks) it too
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _INITIALISED.add(tracking_uri)
+    return client
+
+
+_INITIALISED: set[str] = set()
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_uri: str | None) -> str:
