@@ -90,10 +90,7 @@ def run_variant(frame: pl.DataFrame, split_seed: int, learning_rate: float, labe
     query = frame.select(pl.concat_str("window", pl.lit("|"), "user_id"))[:, 0].rle_id().to_numpy()
     x = frame.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).to_numpy()
     y = frame["relevance"].to_numpy()
-    kind = frame["window"].str.replace(r"-\d+$", "")
-    per_kind = pl.DataFrame({"kind": kind, "q": query}).unique().group_by("kind").len()
-    size = pl.DataFrame({"kind": kind}).join(per_kind, on="kind", how="left", maintain_order="left")["len"]
-    weight = ((per_kind["len"].sum() / per_kind.height / size) ** ModelParams().balance_windows).to_numpy()
+    weight = procedure.window_weights(frame, query, ModelParams().balance_windows)
     has_pos = np.bincount(query, y > 0, minlength=query.max() + 1)[query] > 0
     draw = np.random.default_rng(split_seed).random(query.max() + 1)[query]
     compare, stop, fit = has_pos & (draw < 0.1), has_pos & (draw >= 0.1) & (draw < 0.2), has_pos & (draw >= 0.2)

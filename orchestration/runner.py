@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import uuid
 from collections.abc import Callable
@@ -36,6 +37,17 @@ def console_log_config(log_level: str = "INFO") -> dict[str, object]:
     return {"loggers": {"console": {"config": {"log_level": log_level}}}}
 
 
+def _interruptible() -> None:
+    """Give SIGINT its default handler when the process started with it ignored (a background job of a
+    non-interactive shell: `recsys quickstart &` in a script, a CI runner). Dagster maps SIGTERM to SIGINT's
+    handler while it runs a job, so an ignored SIGINT made SIGTERM ignored too, in this process and in every
+    subprocess it started: the `tail -F` of Dagster's compute-log capture then outlived its terminate(), a failed
+    run's error became "TimeoutExpired: tail -F ... 30 seconds", and the CLI could no longer be stopped by a
+    plain `kill`. A background job never receives the terminal's Ctrl-C, so nothing else changes."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def execute_job(
     job_name: str,
     tags: dict[str, str] | None = None,
@@ -52,6 +64,7 @@ def execute_job(
         definitions = root.defs
     job = definitions.resolve_job_def(job_name)
     instance = dg.DagsterInstance.get()
+    _interruptible()
     run_id = str(uuid.uuid4())
     n_steps = len(job.graph.node_defs)
     outcome: dict[str, object] = {}

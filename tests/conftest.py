@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 import pytest
-
-# pytest started as a background job of a non-interactive shell (`.ci/run &`) inherits SIGINT ignored. Dagster
-# maps SIGTERM to SIGINT's handler (dagster._utils.interrupts.setup_interrupt_handlers), so SIGTERM became ignored
-# too and every subprocess inherited that: the `tail -F` of Dagster's compute-log capture then outlived its
-# terminate() and a failed run's error became "TimeoutExpired: tail -F ... 30 seconds". Run as in a terminal.
-if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REQUIRE_SERVICES = os.environ.get("RECSYS_REQUIRE_SERVICES") == "1"
 FIXED_END = datetime(2026, 10, 1, 12, tzinfo=UTC)

@@ -82,6 +82,25 @@ def test_a_failed_run_raises_one_acyclic_error_naming_the_step(dagster_home):
     Console(width=100, quiet=True).print(Traceback.from_exception(type(err), err, err.__traceback__))
 
 
+def test_a_failed_run_started_as_a_background_job_still_names_the_step_and_stays_killable(dagster_home):
+    # a background job of a non-interactive shell starts with SIGINT ignored; Dagster maps SIGTERM to SIGINT's
+    # handler, so without the runner's mend the compute-log `tail -F` ignored SIGTERM and the step's error was
+    # replaced by "TimeoutExpired: tail -F ... 30 seconds"
+    import signal
+
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(JobRunFailed) as raised:
+            execute_job("failing", definitions=TINY)
+        assert "at step broken: ValueError: nothing in the label window" in str(raised.value)
+        assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+
+
 def test_console_logs_are_info_and_up_unless_debug_is_asked(dagster_home, capfd):
     execute_job("fine", definitions=TINY)
     assert " - DEBUG - " not in capfd.readouterr().err

@@ -169,19 +169,22 @@ def _window_rows(split, interactions, vocab, catalogue, params, max_users) -> pl
     return out.with_columns(label_pairs=pl.lit(labelled.height, dtype=pl.Int64), window=pl.lit(split.name))
 
 
+def window_weights(frame: pl.DataFrame, queries: np.ndarray, balance: float) -> np.ndarray:
+    """Row weights that move each kind of training window (per-user, global, random) from its own size
+    (`balance` 0) towards the same total weight as every other kind (`balance` 1), however many queries
+    (`queries`: one id per row) it holds."""
+    kind = frame["window"].str.replace(r"-\d+$", "")
+    per_query = frame.select(kind=kind, q=pl.Series(queries)).unique().group_by("kind").len()
+    size = pl.DataFrame({"kind": kind}).join(per_query, on="kind", how="left", maintain_order="left")["len"]
+    even = per_query["len"].sum() / per_query.height
+    return ((even / size) ** balance).to_numpy()
+
+
 def train(frame: pl.DataFrame, params: ModelParams, threads: int = 1) -> tuple[Any, dict[str, float]]:
     """Train the ranker on `training_set` rows (grouped by user in their order)."""
     users = frame["user_id"].rle_id().to_numpy()
     features = frame.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).to_numpy()
-    # Each kind of window (per-user, global, random) carries the same total weight, however many users it holds.
-    kind = frame["window"].str.replace(r"-\d+$", "")
-    per_query = frame.select(kind=kind, q=pl.Series(users)).unique().group_by("kind").len()
-    weight = pl.DataFrame({"kind": kind}).join(per_query, on="kind", how="left", maintain_order="left")["len"]
-    weights = None
-    if params.balance_windows:
-        # a kind's weight w scales it from its own size towards the same total as every other kind (w = 1)
-        even = per_query["len"].sum() / per_query.height
-        weights = ((even / weight) ** params.balance_windows).to_numpy()
+    weights = window_weights(frame, users, params.balance_windows) if params.balance_windows else None
     booster, facts = train_ranker(features, frame["relevance"].to_numpy(), users, params.seed, threads, weights)
     pairs = float(frame["label_pairs"][0]) if frame.height else 0.0
     facts["training_candidate_recall"] = float((frame["relevance"] > 0).sum()) / max(pairs, 1.0)

@@ -54,6 +54,9 @@ class GateDecision:
     champion_score: float | None
 
 
+_INITIALISED: set[str] = set()  # SQLite stores this process has opened once (see _client)
+
+
 def _client(tracking_uri: str) -> Any:
     import mlflow
 
@@ -78,18 +81,12 @@ def _client(tracking_uri: str) -> Any:
 
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".init-lock"), "w") as lock:
+    with open(db.with_name(db.name + ".init-lock"), "w") as lock:  # closing the file releases the lock
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-            client.search_registered_models(max_results=1)  # the registry store opens (and checks) it too
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client.search_registered_models(max_results=1)  # the registry store opens (and checks) it too
     _INITIALISED.add(tracking_uri)
     return client
-
-
-_INITIALISED: set[str] = set()
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_uri: str | None) -> str:
