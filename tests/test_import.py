@@ -2,7 +2,6 @@
 that the same assets and checks ingest; the `recsys import` command drives it."""
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -32,7 +31,6 @@ from recsys_platform.ingest.ingestion import ingest_files
 from recsys_platform.ingest.landing import ITEMS_PREFIX, USERS_PREFIX, LocalLandingZone
 from resources import LakeIOManager, LandingZoneResource
 
-SHARED_ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 NOW = datetime(2026, 3, 2, 14, 20, tzinfo=UTC)
 PARTITION = "2026-03-02-14:00"
 
@@ -184,10 +182,9 @@ def test_bad_mappings_are_clear_errors(tmp_path, mapping, message):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED_ML100K / "ml-100k.inter").exists(), reason="no shared ml-100k copy")
-def test_movielens_flows_through_the_same_assets_and_checks(tmp_path):
+def test_movielens_flows_through_the_same_assets_and_checks(tmp_path, ml100k_dir):
     zone = LocalLandingZone(tmp_path / "landing")
-    result = import_movielens(zone, SHARED_ML100K, arrival=NOW, rebase_time=True)
+    result = import_movielens(zone, ml100k_dir, arrival=NOW, rebase_time=True)
     assert (result.items, result.users) == (1682, 943)
     # ratings 4-5 (55,375) are completions and 1-2 (17,480) bounces, each with its start; 3s (27,145) are starts
     assert result.events == 100_000 + 55_375 + 17_480

@@ -32,7 +32,6 @@ from recsys_platform.ingest.landing import (
     read_import_manifests,
 )
 from resources import LakeIOManager, LandingZoneResource
-from tests.test_import import SHARED_ML100K
 
 NOW = datetime(2026, 3, 2, 14, 20, tzinfo=UTC)
 PARTITION = "2026-03-02-14:00"
@@ -112,9 +111,8 @@ def test_the_raw_events_asset_accepts_imported_history(tmp_path):
     assert run.output_for_node("raw_events", "raw_events")["event_time"].min() == datetime(1996, 1, 1, tzinfo=UTC)
 
 
-@pytest.mark.skipif(not (SHARED_ML100K / "ml-100k.inter").exists(), reason="no shared ml-100k copy")
-def test_movielens_keeps_its_1997_times_without_an_environment_variable(tmp_path):
-    result = import_movielens(LocalLandingZone(tmp_path / "landing"), SHARED_ML100K, arrival=NOW, keep_history=True)
+def test_movielens_keeps_its_1997_times_without_an_environment_variable(tmp_path, ml100k_dir):
+    result = import_movielens(LocalLandingZone(tmp_path / "landing"), ml100k_dir, arrival=NOW, keep_history=True)
     assert (result.rows_in, result.kept, result.merged, result.refused) == (100_000, 100_000, 0, {})
     assert result.earliest_event_time == datetime(1997, 9, 20, 3, 5, 10, tzinfo=UTC)
     zone = LocalLandingZone(tmp_path / "landing")  # as a later process sees it

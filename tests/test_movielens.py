@@ -24,13 +24,6 @@ from recsys_platform.model import procedure
 from recsys_platform.model.evaluation import ndcg_at_k
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.tuning import dense_ndcg
-from tests.conftest import service_unavailable
-
-# /work/shared/data/ml-100k beside the checkout (or beside a worktree's parent): the first one that exists
-SHARED_ML100K = next(
-    (p / "shared" / "data" / "ml-100k" for p in Path(__file__).resolve().parents if (p / "shared").is_dir()),
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k",
-)
 
 INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t4\t881250949\n2\t10\t3\t891717742\n"
 ITEM = (
@@ -41,12 +34,9 @@ USER = "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token
 
 
 @pytest.fixture(scope="module")
-def ml100k():
-    """The shared ml-100k copy, loaded once: skipped locally when it is missing, failed in CI
-    (RECSYS_REQUIRE_SERVICES=1), like the tests that need a service."""
-    if not (SHARED_ML100K / "ml-100k.inter").exists():
-        service_unavailable("the shared MovieLens-100K copy", str(SHARED_ML100K), "no ml-100k.inter there")
-    return load_movielens(SHARED_ML100K)
+def ml100k(ml100k_dir):
+    """ml-100k loaded once (`ml100k_dir`: the shared copy or the recbole wheel's files)."""
+    return load_movielens(ml100k_dir)
 
 
 def _ratings(n_users: int, per_user: int) -> pl.DataFrame:

@@ -21,13 +21,7 @@ from recsys_platform.quality_benchmark.run import (
     product_environment,
     run_quality_benchmark,
 )
-from tests.conftest import service_unavailable
 
-# The shared copy sits beside the repository (../shared); from a git worktree under ../wt/<name>, one level up.
-SHARED_ML100K = next(
-    (p / "shared" / "data" / "ml-100k" for p in PROJECT_ROOT.parents if (p / "shared" / "data" / "ml-100k").is_dir()),
-    PROJECT_ROOT.parent / "shared" / "data" / "ml-100k",
-)
 CI_USERS = 250
 
 
@@ -55,18 +49,16 @@ def test_import_arguments_mirror_recsys_import():
 
 
 @pytest.fixture(scope="module")
-def ci_run(tmp_path_factory) -> dict:
+def ci_run(tmp_path_factory, ml100k_dir) -> dict:
     """The benchmark on a seeded sample of ml-100k users, per-user protocol (one import and training cycle)."""
-    if not (SHARED_ML100K / "ml-100k.inter").exists():
-        service_unavailable("shared MovieLens-100K", str(SHARED_ML100K), "no ml-100k.inter")
-    config = QualityConfig(path=SHARED_ML100K, users=CI_USERS, work_dir=tmp_path_factory.mktemp("quality"))
+    config = QualityConfig(path=ml100k_dir, users=CI_USERS, work_dir=tmp_path_factory.mktemp("quality"))
     return run_quality_benchmark(config, command=["pytest", __file__])
 
 
 @pytest.mark.slow
-def test_the_ci_run_measures_every_test_user_through_the_api(ci_run):
+def test_the_ci_run_measures_every_test_user_through_the_api(ci_run, ml100k_dir):
     (run,) = ci_run["runs"]
-    data = sample_users(read_interactions(SHARED_ML100K), CI_USERS)
+    data = sample_users(read_interactions(ml100k_dir), CI_USERS)
     train, test = per_user_temporal(data.rows)
     sizes = run["sizes"]
     assert (sizes["train_rows"], sizes["test_rows"]) == (train.height, test.height)
