@@ -53,6 +53,12 @@ EVENT_WEIGHTS: dict[str, float] = {
 }
 BOUNCE_WEIGHT: float = -1.0
 
+# One rule for user and item ids on every path (events API, file ingestion, import, serving): what a URL path
+# segment, a Redis key and a file name carry without escaping. An id the serving API would refuse is refused
+# at the door, so no user is trained on who can never be served.
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+ID_RULE = "1-64 characters of A-Z a-z 0-9 _ . : -"
+
 # The segment of popularity lists for everyone (beside one list per cold-start segment).
 GLOBAL_SEGMENT = "__global__"
 

@@ -89,6 +89,15 @@ def _corpus() -> dict[str, Case]:
         "wrong_type_parquet_column": Case(
             [(".parquet", parquet([{**event(1), "event_time": 1_700_000_000}]))], [("wrong_type", 0, 1)], 0
         ),
+        "invalid_user_id": Case(
+            [(".jsonl", jsonl(event(1, user_id="../../etc/passwd"), event(2, user_id="a b\x00"), event(3)))],
+            [("invalid_identifier", 0, 1), ("invalid_identifier", 0, 2)],
+            1,
+            'user_id "../../etc/passwd" is not 1-64 characters',
+        ),
+        "invalid_item_id": Case(
+            [(".jsonl", jsonl(event(1, item_id="x" * 65), event(2)))], [("invalid_identifier", 0, 1)], 1, "item_id"
+        ),
         "unknown_event_type": Case(
             [(".jsonl", jsonl(event(1, event_type="teleport"), event(2)))],
             [("unknown_event_type", 0, 1)],

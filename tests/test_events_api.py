@@ -125,3 +125,47 @@ def test_events_land_in_an_s3_landing_zone(home: Path, s3_bucket: tuple[str, str
     [landed] = zone.list_files("events/")
     assert landed.key == doc["Records"][0]["LandingKey"]
     assert pl.read_parquet(zone.read_bytes(landed.key))["event_id"].to_list() == ["s3-1"]
+
+
+def test_edge_times_bad_ids_and_non_objects_are_rejected_per_record_never_a_5xx(
+    client: TestClient, home: Path
+) -> None:
+    good = {"event_id": "ok1", "user_id": "u1", "event_type": "content_start", "event_time": _now(), "item_id": "i1"}
+    records = [
+        good,
+        {"user_id": "u1", "event_type": "app_open", "event_time": "9999-12-31T23:59:59-14:00"},
+        {"user_id": "u1", "event_type": "app_open", "event_time": "0001-01-01T00:00:00+14:00"},
+        *({"user_id": bad, "event_type": "app_open", "event_time": _now()} for bad in BAD_IDS),
+        {"user_id": "u1", "event_type": "content_start", "event_time": _now(), "item_id": "i 1"},
+        ["not", "an", "object"],
+        "text",
+        None,
+    ]
+    response = client.post("/v1/events", json={"records": records})
+    assert response.status_code == 200, response.text
+    out = response.json()["Records"]
+    assert len(out) == len(records) and response.json()["FailedRecordCount"] == len(records) - 1
+    assert out[0] == {"EventId": "ok1", "LandingKey": out[0]["LandingKey"]}
+    assert out[1]["ErrorCode"] == "wrong_type" and "years 1-9999" in out[1]["ErrorMessage"]
+    assert out[2]["ErrorCode"] in ("wrong_type", "timestamp_before_app_launch")
+    ids = out[3 : 3 + len(BAD_IDS) + 1]
+    assert [r["ErrorCode"] for r in ids] == ["invalid_identifier"] * (len(BAD_IDS) + 1)
+    assert "user_id" in ids[0]["ErrorMessage"] and "item_id" in ids[-1]["ErrorMessage"]
+    assert [r["ErrorCode"] for r in out[-3:]] == ["wrong_type"] * 3
+    assert "expected a JSON object, got list" in out[-3]["ErrorMessage"]
+    [landed] = LocalLandingZone(home / "landing").list_files("events/")
+    result = ingest_files(
+        LocalLandingZone(home / "landing"), [landed], partition_key_of(landed.key), datetime.now(UTC), {"i1", "i2"}
+    )
+    assert result.events["event_id"].to_list() == ["ok1"]
+
+
+BAD_IDS = ["../../etc/passwd", "' OR 1=1 --", "\U0001f600", "a b", "nul\x00", "x" * 200, "x" * 65]
+
+
+def test_the_schema_still_documents_a_record_as_an_event(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    name = body["$ref"].rsplit("/", 1)[-1]
+    records = schema["components"]["schemas"][name]["properties"]["records"]
+    assert set(records["items"]["properties"]) >= {"user_id", "event_type", "event_time", "item_id"}

@@ -331,6 +331,13 @@ def test_rows_that_cannot_become_events_are_refused_with_their_reason_and_kept(t
     assert manifest.refused_by_reason == result.refused and manifest.refused_file == result.refused_file
 
 
+def test_ids_the_serving_api_would_refuse_are_refused_at_import(tmp_path):
+    frame = pl.DataFrame({"u": ["a", "a b", "c", "d"], "i": ["x", "y", "../z", "z"], "ts": [T, T, T, T]})
+    _, result, ingested = _import(tmp_path, frame)
+    assert result.refused == {"invalid_user_id": 1, "invalid_item_id": 1}
+    assert sorted(ingested.events["user_id"].to_list()) == ["a", "d"]
+
+
 def test_missing_event_types_are_refused(tmp_path):
     frame = pl.DataFrame({"u": ["a", "b"], "i": ["x", "y"], "e": ["content_start", None], "ts": [T, None]})
     _, result, _ = _import(tmp_path, frame, ColumnMapping("u", "i", "ts", event_type="e"))

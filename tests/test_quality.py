@@ -68,6 +68,12 @@ def test_one_suite_per_validated_table_in_step_with_the_schemas():
         if e["kwargs"].get("column") == "event_type" and e["type"] == "expect_column_values_to_be_in_set"
     )
     assert vocab["kwargs"]["value_set"] == list(schemas.EVENT_TYPES)
+    ids = {
+        e["kwargs"]["column"]: e["kwargs"]["regex"]
+        for e in load_suite("raw_events")["expectations"]
+        if e["type"] == "expect_column_values_to_match_regex"
+    }
+    assert ids == {"user_id": schemas.ID_PATTERN, "item_id": schemas.ID_PATTERN}
 
 
 def test_valid_frames_pass():
@@ -83,6 +89,7 @@ def test_failures_report_counts_and_examples():
         event_type=pl.when(pl.col("source_row") <= 3).then(pl.lit("teleport")).otherwise("event_type"),
         seconds_listened=pl.when(pl.col("source_row") == 3).then(-5.0).otherwise("seconds_listened"),
         item_id=pl.when(pl.col("source_row") == 5).then(None).otherwise("item_id"),  # a content_start without item
+        user_id=pl.when(pl.col("source_row") == 7).then(pl.lit("a b")).otherwise("user_id"),
     )
     df = pl.concat([df, df.slice(10, 2)])  # two duplicated event ids
     result = validate_frame(df, "raw_events")
@@ -93,7 +100,9 @@ def test_failures_report_counts_and_examples():
         ("expect_column_values_to_be_between", "seconds_listened"),
         ("expect_column_values_to_not_be_null", "item_id"),
         ("expect_column_values_to_be_unique", "event_id"),
+        ("expect_column_values_to_match_regex", "user_id"),
     }
+    assert by_type[("expect_column_values_to_match_regex", "user_id")].examples == ["a b"]
     vocab = by_type[("expect_column_values_to_be_in_set", "event_type")]
     assert vocab.unexpected_count == 3 and vocab.examples == ["teleport"]
     assert vocab.unexpected_percent == pytest.approx(3 / 402 * 100)

@@ -28,6 +28,8 @@ EVENT_METADATA_COLUMNS = ("session_id", "seconds_listened", "query")
 REFUSAL_REASONS = (
     "missing_user_id",
     "missing_item_id",
+    "invalid_user_id",
+    "invalid_item_id",
     "missing_timestamp",
     "unparsable_timestamp",
     "missing_event_type",
@@ -179,6 +181,14 @@ def _refusal(interactions: pl.DataFrame, mapping: ColumnMapping) -> tuple[pl.Exp
     checks = [
         ("missing_user_id", _is_blank(mapping.user_id, schema[mapping.user_id]), pl.lit(f"{mapping.user_id} is empty")),
         ("missing_item_id", _is_blank(mapping.item_id, schema[mapping.item_id]), pl.lit(f"{mapping.item_id} is empty")),
+        *(
+            (
+                f"invalid_{what}",
+                ~pl.col(column).cast(pl.String).str.contains(schemas.ID_PATTERN),
+                pl.format(f"{column}={{}} is not {schemas.ID_RULE}", pl.col(column).cast(pl.String).str.head(60)),
+            )
+            for what, column in (("user_id", mapping.user_id), ("item_id", mapping.item_id))
+        ),
         (
             "missing_timestamp",
             _is_blank(mapping.timestamp, schema[mapping.timestamp]),

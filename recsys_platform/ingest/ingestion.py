@@ -48,6 +48,7 @@ ROW_REASONS = (
     "wrong_type",
     "missing_required_field",
     "oversized_field",
+    "invalid_identifier",
     "unknown_event_type",
     "missing_item_id",
     "unknown_item_id",
@@ -212,6 +213,12 @@ def _blank(col: str) -> pl.Expr:
     return c.is_null() | (c.str.strip_chars() == "") if schemas.RAW_EVENT_SCHEMA[col] == pl.String else c.is_null()
 
 
+def _shown(col: str) -> pl.Expr:
+    """A field's value as a quarantine detail shows it: quoted (so spaces show), control characters as '?',
+    cut to 80 characters."""
+    return pl.format('"{}"', pl.col(col).str.head(80).str.replace_all(r"[\x00-\x1f\x7f]", "?"))
+
+
 def _earliest_time(floors: Mapping[str, datetime] | None) -> pl.Expr:
     """The earliest event time accepted for each row: its file's import floor, else the app launch."""
     launch = app_launch()
@@ -231,6 +238,8 @@ def _rules(
     seconds, hr, steps = pl.col("seconds_listened"), pl.col("heart_rate"), pl.col("steps")
     earliest = _earliest_time(floors)
     too_long = [pl.col(c).str.len_chars() > MAX_FIELD_CHARS for c in TEXT_FIELDS]
+    bad_user = ~pl.col("user_id").str.contains(schemas.ID_PATTERN)
+    bad_item = pl.col("item_id").is_not_null() & ~pl.col("item_id").str.contains(schemas.ID_PATTERN)
     return [
         (
             "missing_required_field",
@@ -248,6 +257,18 @@ def _rules(
                 [
                     pl.when(t).then(pl.format(f"{c} has {{}} chars (max {MAX_FIELD_CHARS})", pl.col(c).str.len_chars()))
                     for c, t in zip(TEXT_FIELDS, too_long, strict=True)
+                ],
+                separator="; ",
+                ignore_nulls=True,
+            ),
+        ),
+        (
+            "invalid_identifier",
+            bad_user | bad_item,
+            pl.concat_str(
+                [
+                    pl.when(bad_user).then(pl.format(f"user_id {{}} is not {schemas.ID_RULE}", _shown("user_id"))),
+                    pl.when(bad_item).then(pl.format(f"item_id {{}} is not {schemas.ID_RULE}", _shown("item_id"))),
                 ],
                 separator="; ",
                 ignore_nulls=True,

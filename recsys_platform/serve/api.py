@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from recsys_platform.config import Settings
-from recsys_platform.schemas import CONTENT_TYPES
+from recsys_platform.schemas import CONTENT_TYPES, ID_PATTERN, ID_RULE
 from recsys_platform.serve import deployment
 from recsys_platform.serve import read_path as serving
 from recsys_platform.serve.events_api import events_router
@@ -30,8 +30,6 @@ from recsys_platform.serve.online_store import (
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-USER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-ITEM_ID_PATTERN = USER_ID_PATTERN
 MAX_BODY_BYTES = 1 << 20
 ADMIN_KEY_ENV = "RECSYS_ADMIN_API_KEY"
 ContentType = Literal[CONTENT_TYPES]  # type: ignore[valid-type]
@@ -193,7 +191,7 @@ router = APIRouter()
 )
 async def get_recommendations(
     store: StoreDep,
-    user_id: Annotated[str, Path(pattern=USER_ID_PATTERN, description="1-64 chars of A-Za-z0-9_.:-")],
+    user_id: Annotated[str, Path(pattern=ID_PATTERN, description=ID_RULE)],
     query: Annotated[RecommendationsQuery, Query()],
 ) -> dict:
     """Top recommendations for a user (popularity fallback for unknown users)."""
@@ -217,7 +215,7 @@ async def get_recommendations(
 )
 async def get_similar_items(
     store: StoreDep,
-    item_id: Annotated[str, Path(pattern=ITEM_ID_PATTERN)],
+    item_id: Annotated[str, Path(pattern=ID_PATTERN, description=ID_RULE)],
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> dict:
     """Items similar to an item; 404 if the active model does not know it."""

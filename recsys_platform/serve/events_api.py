@@ -49,10 +49,14 @@ class EventIn(BaseModel):
     @field_validator("event_time")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        try:
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError as exc:  # 9999-12-31T23:59:59-14:00 is in the year 10000 in UTC
+            raise ValueError("is outside the years 1-9999 once converted to UTC") from exc
 
 
-RecordIn = Annotated[dict[str, Any], WithJsonSchema(EventIn.model_json_schema())]
+# Any JSON value: a record that is not an object is rejected on its own (`wrong_type`), not the whole request.
+RecordIn = Annotated[Any, WithJsonSchema(EventIn.model_json_schema())]
 
 
 class PutEventsIn(BaseModel):
@@ -115,7 +119,9 @@ def build_collector(settings: Settings | None = None, zone: LandingZone | None =
     )
 
 
-def _typed(record: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+def _typed(record: Any) -> tuple[dict[str, Any] | None, str | None]:
+    if not isinstance(record, dict):
+        return None, f"record: expected a JSON object, got {type(record).__name__}"
     try:
         return EventIn.model_validate(record).model_dump(), None
     except ValidationError as exc:
