@@ -127,9 +127,7 @@ def test_events_land_in_an_s3_landing_zone(home: Path, s3_bucket: tuple[str, str
     assert pl.read_parquet(zone.read_bytes(landed.key))["event_id"].to_list() == ["s3-1"]
 
 
-def test_edge_times_bad_ids_and_non_objects_are_rejected_per_record_never_a_5xx(
-    client: TestClient, home: Path
-) -> None:
+def test_edge_times_bad_ids_and_non_objects_are_rejected_per_record_never_a_5xx(client: TestClient, home: Path) -> None:
     good = {"event_id": "ok1", "user_id": "u1", "event_type": "content_start", "event_time": _now(), "item_id": "i1"}
     records = [
         good,
