@@ -192,7 +192,7 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, payloads: dict)
         deploy_s = time.perf_counter() - t0
         time.sleep(1)
         t0 = time.perf_counter()
-        pointer = deployment.rollback(store)
+        pointer = deployment.rollback(store, to_version="v1")
         rollback_ms = (time.perf_counter() - t0) * 1000
         load.join()
         checker.stop.set()

@@ -26,6 +26,36 @@ benchmark_app = typer.Typer(help="Quality and speed benchmarks.", no_args_is_hel
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(benchmark_app, name="benchmark")
 console = Console()
+_SHOW_TRACEBACKS = {"on": False}
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show the traceback of an operator error (default: one line).")
+    ] = False,
+) -> None:
+    """recsys-platform: raw app events to fresh personalized recommendations."""
+    _SHOW_TRACEBACKS["on"] = verbose
+
+
+def _operator_errors() -> tuple[type[BaseException], ...]:
+    """Errors an operator causes and can fix (a store URL, a deployment state, a setting): one line each."""
+    from recsys_platform.serve.online_store import OnlineStoreError
+
+    return (OnlineStoreError, ValueError, OSError)
+
+
+def main() -> None:
+    """The `recsys` entry point: the Typer app, with operator errors as one line and exit status 1
+    (`recsys --verbose ...` shows the traceback)."""
+    try:
+        app(prog_name="recsys")
+    except _operator_errors() as exc:
+        if _SHOW_TRACEBACKS["on"]:
+            raise
+        console.print(f"[red]error:[/red] {exc}  [dim](recsys --verbose ... shows the traceback)[/dim]", soft_wrap=True)
+        sys.exit(1)
 
 
 def _prepare_environment() -> Settings:
@@ -203,14 +233,23 @@ def ui(port: Annotated[int, typer.Option(help="Webserver port.")] = 3000) -> Non
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    host: Annotated[str, typer.Option(help="Bind address (other than loopback only with API keys set).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
 ) -> None:
     """Serve recommendations over HTTP (FastAPI; OpenAPI docs at /docs)."""
     import uvicorn
 
+    from recsys_platform.serve.auth import KEY_ENVS, LOOPBACK, ApiKeys, require_keys_for
+
     _prepare_environment()
+    keys = ApiKeys.from_env()
+    require_keys_for(host, keys)
+    if host in LOOPBACK:
+        console.print(
+            f"serving on http://{host}:{port} (loopback only; to bind another address set "
+            f"{KEY_ENVS['ingest']} and {KEY_ENVS['admin']})"
+        )
     uvicorn.run(
         "recsys_platform.serve.api:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning"
     )
@@ -397,7 +436,7 @@ def deploy_status() -> None:
     from recsys_platform.serve.online_store import open_online_store
 
     settings = _prepare_environment()
-    with open_online_store(settings.online_store_url) as store:
+    with open_online_store(settings.online_store_url, create=False) as store:
         described = status(store)
     table = Table("slot", "active", "model_version", "snapshot_id", "state", "rows", "written_at")
     pointer = described.get("pointer") or {}
@@ -415,15 +454,22 @@ def deploy_status() -> None:
 
 
 @deploy_app.command("rollback")
-def deploy_rollback() -> None:
-    """Flip the pointer back to the other (previous) slot."""
+def deploy_rollback(
+    to_version: Annotated[str | None, typer.Option(help="Serve this model version (a no-op if it is served).")] = None,
+    from_version: Annotated[
+        str | None, typer.Option(help="Leave this model version, which must be the one served now.")
+    ] = None,
+) -> None:
+    """Point reads at the other slot, named by its target so a retry never flips back."""
     from recsys_platform.serve.deployment import rollback
     from recsys_platform.serve.online_store import open_online_store
 
+    if (to_version is None) == (from_version is None):
+        raise typer.BadParameter("name the target: --to-version VERSION or --from-version VERSION (see deploy status)")
     settings = _prepare_environment()
     started = time.perf_counter()
-    with open_online_store(settings.online_store_url) as store:
-        pointer = rollback(store)
+    with open_online_store(settings.online_store_url, create=False) as store:
+        pointer = rollback(store, to_version=to_version, from_version=from_version)
     elapsed = (time.perf_counter() - started) * 1000
     console.print(f"active slot is now {pointer.active_slot} (model {pointer.model_version}) after {elapsed:.1f} ms")
 
@@ -566,4 +612,4 @@ def push_worker(
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -10,7 +10,11 @@ import pytest
 
 from recsys_platform.serve import deployment
 from recsys_platform.serve import read_path as serving
-from recsys_platform.serve.deployment import DeploymentVerificationError, NothingToRollBackError
+from recsys_platform.serve.deployment import (
+    DeploymentVerificationError,
+    NothingToRollBackError,
+    RollbackConflictError,
+)
 from recsys_platform.serve.online_store import OnlineStore, StaleWriteError
 
 SEGMENTS = ("en:beginner", "de:advanced")
@@ -93,18 +97,43 @@ def test_row_count_mismatch_fails_verification(store: OnlineStore) -> None:
 
 def test_rollback_flips_back_quickly_and_can_roll_forward(store: OnlineStore) -> None:
     with pytest.raises(NothingToRollBackError, match="nothing is deployed"):
-        deployment.rollback(store)
+        deployment.rollback(store, to_version="v0")
     deployment.deploy(store, "v1", "snap-1", payload("v1"))
     with pytest.raises(NothingToRollBackError, match="slot 'green' is empty"):
-        deployment.rollback(store)
+        deployment.rollback(store, from_version="v1")
     deployment.deploy(store, "v2", "snap-2", payload("v2"))
     started = time.perf_counter()
-    pointer = deployment.rollback(store)
+    pointer = deployment.rollback(store, to_version="v1")
     elapsed = time.perf_counter() - started
     assert elapsed < 1.0
     assert (pointer.active_slot, pointer.model_version, pointer.snapshot_id) == ("blue", "v1", "snap-1")
     assert serving.recommend(store, "u1", 3).items[0].item_id == "v1|u1-0"
-    assert deployment.rollback(store).model_version == "v2"
+    assert deployment.rollback(store, from_version="v1").model_version == "v2"
+
+
+def test_rollback_names_its_target_so_retries_and_concurrent_calls_never_undo_each_other(store: OnlineStore) -> None:
+    deployment.deploy(store, "v1", "snap-1", payload("v1"))
+    deployment.deploy(store, "v2", "snap-2", payload("v2"))
+    with pytest.raises(ValueError, match="name the rollback target"):
+        deployment.rollback(store)
+    for _ in range(3):  # a client retrying after a lost response
+        assert deployment.rollback(store, to_version="v1").model_version == "v1"
+    with pytest.raises(RollbackConflictError, match="serves model v1, not v2: nothing changed"):
+        deployment.rollback(store, from_version="v2")
+    with pytest.raises(NothingToRollBackError, match="no slot holds model v9"):
+        deployment.rollback(store, to_version="v9")
+    assert store.pointer().model_version == "v1"
+    deployment.rollback(store, to_version="v2")
+    results: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(deployment.rollback(store, to_version="v1").model_version))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["v1"] * 8 and store.pointer().model_version == "v1"
 
 
 def test_near_real_time_writes_need_the_active_version(store: OnlineStore) -> None:
@@ -147,8 +176,8 @@ def test_readers_never_see_mixed_versions_during_repeated_flips(store: OnlineSto
     try:
         for n in range(1, 7):
             deployment.deploy(store, f"v{n}", f"snap-{n}", payload(f"v{n}", n_users=30))
-            deployment.rollback(store)
-            deployment.rollback(store)
+            deployment.rollback(store, to_version=f"v{n - 1}")
+            deployment.rollback(store, from_version=f"v{n - 1}")
     finally:
         stop.set()
         for t in threads:

@@ -167,3 +167,30 @@ def test_the_schema_still_documents_a_record_as_an_event(client: TestClient) -> 
     name = body["$ref"].rsplit("/", 1)[-1]
     records = schema["components"]["schemas"][name]["properties"]["records"]
     assert set(records["items"]["properties"]) >= {"user_id", "event_type", "event_time", "item_id"}
+
+
+def test_concurrent_requests_share_landing_files(home: Path) -> None:
+    import asyncio
+
+    import httpx
+
+    async def post_many() -> list[dict]:
+        app = create_app()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+            answers = await asyncio.gather(
+                *[
+                    c.post(
+                        "/v1/events",
+                        json={"records": [{"user_id": f"u{i}", "event_type": "app_open", "event_time": _now()}]},
+                    )
+                    for i in range(40)
+                ]
+            )
+        return [a.json() for a in answers]
+
+    answers = asyncio.run(post_many())
+    assert all(a["FailedRecordCount"] == 0 for a in answers)
+    files = LocalLandingZone(home / "landing").list_files("events/")
+    assert 1 <= len(files) <= 4  # 40 requests within one 50 ms linger or a few, not 40 files
+    assert sum(pl.read_parquet(LocalLandingZone(home / "landing").read_bytes(f.key)).height for f in files) == 40

@@ -187,7 +187,7 @@ def test_second_cycle_keeps_previous_slot_for_rollback(platform):
         active = described["pointer"]["active_slot"]
         assert {s["state"] for s in described["slots"].values()} == {"ready"}
         started = time.perf_counter()
-        pointer = rollback(store)
+        pointer = rollback(store, from_version=described["pointer"]["model_version"])
         elapsed = time.perf_counter() - started
     assert pointer.active_slot != active and elapsed < 1.0
     snap = platform.table("feature_store_snapshot")

@@ -147,7 +147,8 @@ def test_content_type_error_lists_every_allowed_value(client: TestClient) -> Non
 def test_similar_items_and_deployment_status(client: TestClient) -> None:
     similar = client.get("/v1/items/med-1/similar", params={"limit": 2}).json()
     assert [i["item_id"] for i in similar["items"]] == ["v2-med-0", "v2-med-1"]
-    status = client.get("/v1/deployment").json()
+    assert client.get("/v1/deployment").status_code == 401  # snapshot ids and checksums are for operators
+    status = client.get("/v1/deployment", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
     assert status["pointer"]["active_slot"] == "green"
     assert status["rollback_available"] is True
     assert status["slots"]["blue"]["model_version"] == "v1"
@@ -157,23 +158,37 @@ def test_similar_items_and_deployment_status(client: TestClient) -> None:
         "similar": 1,
         "user_features": 2,
     }
-    assert client.get("/healthz").json() == {"status": "ok", "active_slot": "green", "model_version": "v2"}
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready", "active_slot": "green", "model_version": "v2"}
+    assert client.get("/readyz", params={"model_version": "v2"}).status_code == 200
+    stale = client.get("/readyz", params={"model_version": "v3"})
+    assert (stale.status_code, stale.json()["reason"]) == (503, "serving model v2, expected v3")
     assert "/v1/users/{user_id}/recommendations" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
 
 
-def test_rollback_requires_the_admin_key(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert client.post("/v1/deployment/rollback").status_code == 401
-    wrong = client.post("/v1/deployment/rollback", headers={"X-API-Key": "nope"})
-    assert (wrong.status_code, wrong.json()["detail"]) == (401, "missing or invalid X-API-Key header")
-    ok = client.post("/v1/deployment/rollback", headers={"X-API-Key": ADMIN_KEY})
-    assert ok.status_code == 200
-    assert (ok.json()["active_slot"], ok.json()["model_version"]) == ("blue", "v1")
+def test_rollback_requires_the_admin_key_and_names_its_target(
+    store_url: str, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert client.post("/v1/deployment/rollback?to_version=v1").status_code == 401
+    wrong = client.post("/v1/deployment/rollback?to_version=v1", headers={"X-API-Key": "nope"})
+    assert (wrong.status_code, wrong.json()["detail"]) == (401, "missing or invalid API key for admin")
+    bearer = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    untargeted = client.post("/v1/deployment/rollback", headers=bearer)
+    assert untargeted.status_code == 400 and "exactly one of to_version" in untargeted.json()["detail"]
+    for _ in range(2):  # a retry is a no-op, not a flip back
+        ok = client.post("/v1/deployment/rollback?to_version=v1", headers=bearer)
+        assert ok.status_code == 200
+        assert (ok.json()["active_slot"], ok.json()["model_version"]) == ("blue", "v1")
+    conflict = client.post("/v1/deployment/rollback?from_version=v2", headers={"X-API-Key": ADMIN_KEY})
+    assert conflict.status_code == 409 and "serves model v1, not v2" in conflict.json()["detail"]
     assert client.get("/v1/users/alice/recommendations?limit=1").json()["items"][0]["item_id"] == "v1-med-1"
     monkeypatch.delenv("RECSYS_ADMIN_API_KEY")
-    disabled = client.post("/v1/deployment/rollback", headers={"X-API-Key": ADMIN_KEY})
-    assert disabled.status_code == 503
-    assert "RECSYS_ADMIN_API_KEY is not set" in disabled.json()["detail"]
+    with TestClient(create_app(store_url)) as unkeyed:
+        disabled = unkeyed.post("/v1/deployment/rollback?to_version=v2", headers=bearer)
+        assert disabled.status_code == 503
+        assert "RECSYS_ADMIN_API_KEY is not set" in disabled.json()["detail"]
+        assert unkeyed.get("/v1/deployment").status_code == 503
 
 
 def test_rollback_with_nothing_to_roll_back_is_a_conflict(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,7 +196,7 @@ def test_rollback_with_nothing_to_roll_back_is_a_conflict(tmp_path, monkeypatch:
     url = f"sqlite:///{tmp_path}/one.sqlite"
     deployment.deploy(open_online_store(url), "v1", "snap-1", payload("v1"))
     with TestClient(create_app(url)) as c:
-        response = c.post("/v1/deployment/rollback", headers={"X-API-Key": ADMIN_KEY})
+        response = c.post("/v1/deployment/rollback?from_version=v1", headers={"X-API-Key": ADMIN_KEY})
     assert response.status_code == 409
     assert "slot 'green' is empty" in response.json()["detail"]
 
@@ -190,23 +205,40 @@ def test_rollback_with_nothing_to_roll_back_is_a_conflict(tmp_path, monkeypatch:
     ("url", "reason"),
     [
         ("redis://127.0.0.1:1/0", "redis at 127.0.0.1:1"),
-        ("sqlite:////nonexistent-dir/store.sqlite", "unable to open database file"),
+        ("sqlite:////nonexistent-dir/store.sqlite", "no online store file at store.sqlite"),
     ],
 )
-def test_store_outage_is_a_503_with_the_reason(url: str, reason: str) -> None:
+def test_store_outage_is_a_503_with_the_reason_and_no_server_paths(url: str, reason: str, monkeypatch) -> None:
+    monkeypatch.setenv("RECSYS_ADMIN_API_KEY", ADMIN_KEY)
+    admin = {"X-API-Key": ADMIN_KEY}
     with TestClient(create_app(url), raise_server_exceptions=False) as c:
-        for path in ("/v1/users/alice/recommendations", "/v1/items/i1/similar", "/v1/deployment", "/healthz"):
-            response = c.get(path)
+        for path in ("/v1/users/alice/recommendations", "/v1/items/i1/similar", "/v1/deployment"):
+            response = c.get(path, headers=admin)
             assert response.status_code == 503, (path, response.text)
             detail = response.json()["detail"]
             assert detail.startswith("online store unavailable: ") and reason in detail
+            assert "nonexistent-dir" not in detail
+        assert c.get("/healthz").json() == {"status": "ok"}  # the process is up
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and reason in ready.json()["reason"]
+
+
+def test_a_mistyped_store_path_is_an_error_not_a_new_empty_store(tmp_path) -> None:
+    with TestClient(create_app(f"sqlite:///{tmp_path}/typo.sqlite")) as c:
+        response = c.get("/v1/users/alice/recommendations")
+        assert response.status_code == 503 and "no online store file at typo.sqlite" in response.json()["detail"]
+        assert c.get("/readyz").status_code == 503
+    assert not (tmp_path / "typo.sqlite").exists()
 
 
 def test_nothing_deployed_is_a_503(tmp_path) -> None:
+    open_online_store(f"sqlite:///{tmp_path}/empty.sqlite").describe()  # a writer creates the store
     with TestClient(create_app(f"sqlite:///{tmp_path}/empty.sqlite")) as c:
         response = c.get("/v1/users/alice/recommendations")
-    assert response.status_code == 503
-    assert response.json()["detail"] == "online store unavailable: no slot is active (nothing deployed yet)"
+        assert response.status_code == 503
+        assert response.json()["detail"] == "online store unavailable: no slot is active (nothing deployed yet)"
+        ready = c.get("/readyz")
+        assert (ready.status_code, ready.json()["reason"]) == (503, "no slot is active (nothing deployed yet)")
 
 
 def test_oversized_bodies_are_rejected_and_extra_routers_mount(tmp_path) -> None:
@@ -216,7 +248,7 @@ def test_oversized_bodies_are_rejected_and_extra_routers_mount(tmp_path) -> None
     async def echo(request: Request) -> dict:
         return {"bytes": len(await request.body())}
 
-    with TestClient(create_app(f"sqlite:///{tmp_path}/s.sqlite", extra_routers=[extra])) as c:
+    with TestClient(create_app(f"sqlite:///{tmp_path}/s.sqlite", extra_routers=[extra])) as c:  # routes need no store
         assert c.post("/v1/echo", content=b"x" * 1000).json() == {"bytes": 1000}
         too_big = c.post("/v1/echo", content=b"x" * (1024 * 1024 + 1))
         assert too_big.status_code == 413

@@ -245,8 +245,17 @@ class LocalLandingZone(LandingZone):
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-        tmp.write_bytes(data)
+        # Durable before it is visible and before the caller acknowledges it: the bytes, then the rename.
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 class S3LandingZone(LandingZone):

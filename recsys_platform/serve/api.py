@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +16,7 @@ from recsys_platform.config import Settings
 from recsys_platform.schemas import CONTENT_TYPES, ID_PATTERN, ID_RULE
 from recsys_platform.serve import deployment
 from recsys_platform.serve import read_path as serving
+from recsys_platform.serve.auth import app_state, require
 from recsys_platform.serve.events_api import events_router
 from recsys_platform.serve.online_store import (
     OnlineStore,
@@ -31,7 +30,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 1 << 20
-ADMIN_KEY_ENV = "RECSYS_ADMIN_API_KEY"
 ContentType = Literal[CONTENT_TYPES]  # type: ignore[valid-type]
 
 
@@ -113,11 +111,18 @@ class DeploymentOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    """Liveness plus what is being served."""
+    """Liveness: the process answers."""
 
     status: Literal["ok"]
-    active_slot: str | None
-    model_version: str | None
+
+
+class ReadyOut(BaseModel):
+    """Readiness: a sealed active slot (and the expected model version, when asked) on a reachable store."""
+
+    status: Literal["ready", "not_ready"]
+    reason: str | None = None
+    active_slot: str | None = None
+    model_version: str | None = None
 
 
 # --- dependencies ----------------------------------------------------------------------
@@ -142,15 +147,6 @@ def only_query_params(*allowed: str) -> Callable[[Request], Awaitable[None]]:
             raise HTTPException(400, f"unknown query parameter(s): {', '.join(unknown)}; allowed: {listed}")
 
     return check
-
-
-async def require_admin_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
-    """Check X-API-Key against RECSYS_ADMIN_API_KEY (503 if unset, 401 if missing or wrong)."""
-    expected = os.environ.get(ADMIN_KEY_ENV, "")
-    if not expected:
-        raise HTTPException(503, f"admin endpoints are disabled: {ADMIN_KEY_ENV} is not set on the server")
-    if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected.encode()):
-        raise HTTPException(401, "missing or invalid X-API-Key header", headers={"WWW-Authenticate": "ApiKey"})
 
 
 # --- routes ----------------------------------------------------------------------------
@@ -186,7 +182,7 @@ router = APIRouter()
 @router.get(
     "/v1/users/{user_id}/recommendations",
     response_model=RecommendationsOut,
-    dependencies=[Depends(only_query_params("limit", "content_type", "exclude_kids"))],
+    dependencies=[Depends(only_query_params("limit", "content_type", "exclude_kids")), Depends(require("read"))],
     tags=["recommendations"],
 )
 async def get_recommendations(
@@ -210,7 +206,7 @@ async def get_recommendations(
 @router.get(
     "/v1/items/{item_id}/similar",
     response_model=SimilarItemsOut,
-    dependencies=[Depends(only_query_params("limit"))],
+    dependencies=[Depends(only_query_params("limit")), Depends(require("read"))],
     tags=["recommendations"],
 )
 async def get_similar_items(
@@ -236,38 +232,66 @@ async def get_similar_items(
 @router.get(
     "/v1/deployment",
     response_model=DeploymentOut,
-    dependencies=[Depends(only_query_params())],
+    dependencies=[Depends(only_query_params()), Depends(require("admin"))],
     tags=["deployment"],
 )
 def get_deployment(store: StoreDep) -> dict:
-    """The pointer and both slots."""
+    """The pointer and both slots, with snapshot ids and checksums (needs the admin key)."""
     return deployment.status(store)
 
 
 @router.post(
     "/v1/deployment/rollback",
     response_model=PointerOut,
-    dependencies=[Depends(only_query_params()), Depends(require_admin_key)],
+    dependencies=[Depends(only_query_params("to_version", "from_version")), Depends(require("admin"))],
     tags=["deployment"],
 )
-def post_rollback(store: StoreDep) -> dict:
-    """Flip back to the previous slot (needs X-API-Key); 409 if there is nothing to roll back to."""
+def post_rollback(
+    store: StoreDep,
+    to_version: Annotated[str | None, Query(description="serve this version (a no-op if it is served)")] = None,
+    from_version: Annotated[str | None, Query(description="leave this version, which must be served now")] = None,
+) -> dict:
+    """Point reads at the other slot, named by its target so retries are safe (needs the admin key): 400
+    without exactly one of `to_version` and `from_version`, 409 if the store is not in the named state."""
+    if (to_version is None) == (from_version is None):
+        raise HTTPException(400, "name the target: exactly one of to_version (serve it) or from_version (leave it)")
     try:
-        pointer = deployment.rollback(store)
-    except (deployment.NothingToRollBackError, SlotStateError) as exc:
+        pointer = deployment.rollback(store, to_version=to_version, from_version=from_version)
+    except (deployment.NothingToRollBackError, deployment.RollbackConflictError, SlotStateError) as exc:
         raise HTTPException(409, str(exc)) from exc
     return pointer.__dict__.copy()
 
 
 @router.get("/healthz", response_model=HealthOut, tags=["ops"])
-async def healthz(store: StoreDep) -> dict:
-    """200 while the store is reachable (503 otherwise), with what is being served."""
-    pointer = await _read(store, store.pointer)
-    return {
-        "status": "ok",
-        "active_slot": None if pointer is None else pointer.active_slot,
-        "model_version": None if pointer is None else pointer.model_version,
-    }
+async def healthz() -> dict:
+    """200 while the process answers (liveness; it reads nothing)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}}, tags=["ops"])
+async def readyz(
+    store: StoreDep,
+    model_version: Annotated[str | None, Query(description="also require this model version to be served")] = None,
+) -> JSONResponse:
+    """200 when the store is reachable and its active slot is sealed (ready), serving `model_version` if given;
+    503 with the reason otherwise."""
+    try:
+        pointer = await _read(store, store.pointer)
+        info = None if pointer is None else await _read(store, store.slot_info, pointer.active_slot)
+    except OnlineStoreError as exc:
+        return _not_ready(f"online store unavailable: {_public(exc, store)}")
+    if pointer is None or info is None:
+        return _not_ready("no slot is active (nothing deployed yet)")
+    served = {"active_slot": pointer.active_slot, "model_version": pointer.model_version}
+    if info.state != "ready":
+        return _not_ready(f"the active slot is {info.state}, not sealed", **served)
+    if model_version is not None and pointer.model_version != model_version:
+        return _not_ready(f"serving model {pointer.model_version}, expected {model_version}", **served)
+    return JSONResponse({"status": "ready", **served})
+
+
+def _not_ready(reason: str, **served: str) -> JSONResponse:
+    return JSONResponse({"status": "not_ready", "reason": reason, **served}, status_code=503)
 
 
 # --- middleware, errors, factory -------------------------------------------------------
@@ -314,9 +338,17 @@ class BodySizeLimitMiddleware:
         await response(scope, receive, send)
 
 
+def _public(exc: Exception, store: OnlineStore) -> str:
+    """An error's text as clients may see it: the store file's directories left out (the log keeps them)."""
+    text = str(exc)
+    path = getattr(store, "path", None)
+    return text.replace(str(path), path.name) if path is not None else text
+
+
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("online store unavailable on %s: %s", request.url.path, exc)
-    return JSONResponse({"detail": f"online store unavailable: {exc}"}, status_code=503)
+    detail = _public(exc, request.app.state.store)
+    return JSONResponse({"detail": f"online store unavailable: {detail}"}, status_code=503)
 
 
 def create_app(store_url: str | None = None, extra_routers: Iterable[APIRouter] = ()) -> FastAPI:
@@ -334,7 +366,8 @@ def create_app(store_url: str | None = None, extra_routers: Iterable[APIRouter] 
         description="Recommendations served from the active slot of the two-slot online store.",
         lifespan=lifespan,
     )
-    app.state.store = open_online_store(url)
+    app.state.store = open_online_store(url, create=False)
+    app_state(app.state)  # API keys, failure throttle and intake rate limits, from the environment
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_exception_handler(StoreUnavailableError, _store_unavailable)
     app.add_exception_handler(OnlineStoreError, _store_unavailable)

@@ -41,6 +41,10 @@ class NothingToRollBackError(OnlineStoreError):
     """There is no ready standby slot to roll back to."""
 
 
+class RollbackConflictError(OnlineStoreError):
+    """The active slot does not serve the version a rollback expected to leave: nothing changed."""
+
+
 @dataclass(frozen=True)
 class DeployReport:
     """What a deploy did: target slot, counts, checksum, how much was verified, how long it took."""
@@ -158,17 +162,36 @@ def deploy(
     )
 
 
-def rollback(store: OnlineStore) -> Pointer:
-    """Flip the pointer back to the other slot if it is ready; raise NothingToRollBackError otherwise."""
+def rollback(store: OnlineStore, to_version: str | None = None, from_version: str | None = None) -> Pointer:
+    """Point reads at the other slot, named by what it must serve, so a retried or concurrent call never undoes
+    another: `to_version` (the version to serve: already served is a no-op) or `from_version` (the version
+    the active slot must serve now; anything else is a RollbackConflictError and nothing changes).
+    NothingToRollBackError when the other slot is not a ready copy of the target."""
+    if (to_version is None) == (from_version is None):
+        raise ValueError(
+            "name the rollback target: to_version (the version to serve) or from_version (the version served now)"
+        )
     current = store.pointer()
     if current is None:
         raise NothingToRollBackError("nothing is deployed, so there is nothing to roll back")
+    if to_version is not None and current.model_version == to_version:
+        return current
+    if from_version is not None and current.model_version != from_version:
+        raise RollbackConflictError(
+            f"the active slot {current.active_slot!r} serves model {current.model_version}, not {from_version}: "
+            "nothing changed (already rolled back?)"
+        )
     target = other_slot(current.active_slot)
     info = store.slot_info(target)
     if info.state != "ready" or info.model_version is None:
         raise NothingToRollBackError(
             f"cannot roll back from slot {current.active_slot!r} (model {current.model_version}): "
             f"slot {target!r} is {info.state}, not ready"
+        )
+    if to_version is not None and info.model_version != to_version:
+        raise NothingToRollBackError(
+            f"no slot holds model {to_version}: the active slot {current.active_slot!r} serves "
+            f"{current.model_version} and slot {target!r} holds {info.model_version}"
         )
     pointer = store.flip(target, info.model_version)
     logger.warning(

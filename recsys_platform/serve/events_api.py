@@ -12,22 +12,28 @@ the landing zone cannot be written (then nothing in the request was acknowledged
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from recsys_platform.config import Settings
 from recsys_platform.ingest.landing import LandingZone, landing_zone_from_url
 from recsys_platform.realtime.collector import EventCollector
+from recsys_platform.serve.auth import require
 
 logger = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_REQUEST = 500
 KNOWN_ITEMS_REFRESH_SECONDS = 60.0
+# How long the collector waits for other requests to share a landing file (RECSYS_INGEST_LINGER_MS): many
+# clients posting at once write one file per linger, not one per request, for 50 ms more per answer.
+LINGER_ENV = "RECSYS_INGEST_LINGER_MS"
+DEFAULT_LINGER_MS = 50.0
 
 
 class EventIn(BaseModel):
@@ -114,8 +120,15 @@ class KnownItems:
 def build_collector(settings: Settings | None = None, zone: LandingZone | None = None) -> EventCollector:
     """A collector on the configured landing zone, validating item ids against the lake's catalog."""
     settings = settings or Settings.from_env()
+    raw = os.environ.get(LINGER_ENV, "").strip()
+    try:
+        linger_ms = float(raw) if raw else DEFAULT_LINGER_MS
+    except ValueError:
+        raise ValueError(f"{LINGER_ENV}={raw!r} is not a number of milliseconds") from None
     return EventCollector(
-        zone or landing_zone_from_url(settings.landing_url), known_items=KnownItems(settings.lake_url)
+        zone or landing_zone_from_url(settings.landing_url),
+        known_items=KnownItems(settings.lake_url),
+        linger_seconds=linger_ms / 1000.0,
     )
 
 
@@ -137,7 +150,13 @@ def events_router(collector: EventCollector | None = None) -> APIRouter:
     if collector is not None:
         holder["c"] = collector
 
-    @router.post("/v1/events", response_model=PutEventsOut, response_model_exclude_none=True, tags=["events"])
+    @router.post(
+        "/v1/events",
+        response_model=PutEventsOut,
+        response_model_exclude_none=True,
+        dependencies=[Depends(require("ingest"))],
+        tags=["events"],
+    )
     async def put_events(body: PutEventsIn) -> dict:
         """Validate a batch of events; append the accepted ones to the landing zone before answering."""
         typed: list[dict[str, Any] | None] = []

@@ -36,13 +36,16 @@ __all__ = [
 ]
 
 
-def open_online_store(url: str) -> OnlineStore:
-    """Open the store at `sqlite:///abs/path.sqlite` or `redis://host:port/db[?prefix=name]`."""
+def open_online_store(url: str, create: bool = True) -> OnlineStore:
+    """Open the store at `sqlite:///abs/path.sqlite` or `redis://host:port/db[?prefix=name]`.
+
+    `create=False` (readers: the API, `recsys deploy`) makes a SQLite file that does not exist an error on
+    first use instead of a new empty store: a mistyped path must not pass for a store with nothing deployed."""
     if url.startswith("sqlite:///"):
         from recsys_platform.serve.online_store.sqlite import SQLiteOnlineStore
 
         path = url.removeprefix("sqlite:///")
-        return SQLiteOnlineStore(path if path.startswith("/") else "/" + path)
+        return SQLiteOnlineStore(path if path.startswith("/") else "/" + path, create=create)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from recsys_platform.serve.online_store.redis import RedisOnlineStore
 

@@ -56,8 +56,9 @@ class SQLiteOnlineStore(OnlineStore):
 
     inline_reads = True  # a memory-mapped lookup takes ~50 us: cheaper than a thread hop
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000, create: bool = True) -> None:
         self.path = Path(path)
+        self.create = create
         self.url = f"sqlite:///{self.path}"
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
@@ -71,6 +72,11 @@ class SQLiteOnlineStore(OnlineStore):
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
+        if not self.create and not self.path.is_file():
+            raise StoreUnavailableError(
+                f"no online store file at {self.path}: check RECSYS_ONLINE_STORE_URL (the training cycle creates "
+                "the store on its first deploy)"
+            )
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
             conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
