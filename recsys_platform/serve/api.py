@@ -9,7 +9,7 @@ from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from recsys_platform.config import Settings
@@ -18,6 +18,7 @@ from recsys_platform.serve import deployment
 from recsys_platform.serve import read_path as serving
 from recsys_platform.serve.auth import app_state, require
 from recsys_platform.serve.events_api import events_router
+from recsys_platform.serve.observability import Metrics, ObservabilityMiddleware, metrics_of
 from recsys_platform.serve.online_store import (
     OnlineStore,
     OnlineStoreError,
@@ -186,12 +187,15 @@ router = APIRouter()
     tags=["recommendations"],
 )
 async def get_recommendations(
+    request: Request,
     store: StoreDep,
     user_id: Annotated[str, Path(pattern=ID_PATTERN, description=ID_RULE)],
     query: Annotated[RecommendationsQuery, Query()],
 ) -> dict:
     """Top recommendations for a user (popularity fallback for unknown users)."""
     rec = await _read(store, serving.recommend, store, user_id, query.limit, query.content_type, query.exclude_kids)
+    if (metrics := metrics_of(request.app.state)) is not None:
+        metrics.served.labels(rec.source).inc()
     return {
         "user_id": user_id,
         "items": _items_out(rec),
@@ -260,6 +264,14 @@ def post_rollback(
     except (deployment.NothingToRollBackError, deployment.RollbackConflictError, SlotStateError) as exc:
         raise HTTPException(409, str(exc)) from exc
     return pointer.__dict__.copy()
+
+
+@router.get("/metrics", response_class=Response, tags=["ops"])
+async def get_metrics(request: Request) -> Response:
+    """Prometheus metrics: requests and latency by route, served lists by source, events by outcome and
+    reason, failed key attempts, and the active slot's model version (`recsys_platform.serve.observability`)."""
+    body, content_type = request.app.state.metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/healthz", response_model=HealthOut, tags=["ops"])
@@ -369,6 +381,8 @@ def create_app(store_url: str | None = None, extra_routers: Iterable[APIRouter] 
     app.state.store = open_online_store(url, create=False)
     app_state(app.state)  # API keys, failure throttle and intake rate limits, from the environment
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.state.metrics = Metrics(store_reader=lambda: app.state.store.pointer())
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)  # outermost: sees every answer
     app.add_exception_handler(StoreUnavailableError, _store_unavailable)
     app.add_exception_handler(OnlineStoreError, _store_unavailable)
     app.include_router(router)

@@ -190,6 +190,8 @@ def require(scope: str) -> Callable[[Request], Awaitable[None]]:
             matched = keys.matches(scope, given) if given else None
             if matched is None:
                 throttle.failed(client)
+                if (metrics := getattr(request.app.state, "metrics", None)) is not None:
+                    metrics.auth_failures.labels(scope).inc()
                 logger.warning(
                     "rejected %s key on %s %s from %s (%s)",
                     scope,

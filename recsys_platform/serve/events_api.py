@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from recsys_platform.config import Settings
@@ -157,7 +157,7 @@ def events_router(collector: EventCollector | None = None) -> APIRouter:
         dependencies=[Depends(require("ingest"))],
         tags=["events"],
     )
-    async def put_events(body: PutEventsIn) -> dict:
+    async def put_events(body: PutEventsIn, request: Request) -> dict:
         """Validate a batch of events; append the accepted ones to the landing zone before answering."""
         typed: list[dict[str, Any] | None] = []
         type_errors: dict[int, str] = {}
@@ -186,6 +186,12 @@ def events_router(collector: EventCollector | None = None) -> APIRouter:
             else:
                 out.append({"EventId": r.event_id, "ErrorCode": r.error_code, "ErrorMessage": r.error_message})
         failed = sum(1 for o in out if o.get("ErrorCode"))
+        if (metrics := getattr(request.app.state, "metrics", None)) is not None:
+            if len(out) > failed:
+                metrics.events.labels("accepted", "").inc(len(out) - failed)
+            for o in out:
+                if o.get("ErrorCode"):
+                    metrics.events.labels("rejected", o["ErrorCode"]).inc()
         return {"FailedRecordCount": failed, "Records": out, "AcceptedAt": result.accepted_at.isoformat()}
 
     return router

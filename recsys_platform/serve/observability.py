@@ -1,0 +1,161 @@
+"""What the serving API tells its operators: Prometheus metrics at `/metrics` and one JSON log line per request.
+
+Metrics (prometheus-client, one registry per app):
+
+* `recsys_http_requests_total{method, route, status}` and `recsys_http_request_duration_seconds{route}`
+  (histogram), by route template (`/v1/users/{user_id}/recommendations`), never by raw path;
+* `recsys_recommendations_served_total{source}` (personalized or popularity_fallback);
+* `recsys_events_total{outcome, reason}`: event records accepted, or rejected by reason code;
+* `recsys_auth_failures_total{scope}`: failed key attempts;
+* `recsys_serving_info{slot, model_version}` (1 for what the active slot serves) and
+  `recsys_store_up` (0 when the store cannot be read), read from the store at scrape time.
+
+With several uvicorn workers each worker counts its own requests: scrape each, or run one worker per
+container as the Kubernetes manifests do.
+
+Each request gets a request id (a well-formed `X-Request-ID` from the caller, else a new uuid4), returned in
+the `X-Request-ID` header and written with method, route, status, latency and client address as one JSON
+line on the `recsys.access` logger (`RECSYS_ACCESS_LOG=0` turns the lines off).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+access_logger = logging.getLogger("recsys.access")
+ACCESS_LOG_ENV = "RECSYS_ACCESS_LOG"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """The API's metrics in their own registry (so several apps in one process do not collide)."""
+
+    def __init__(self, store_reader: Callable[[], Any] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "recsys_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "recsys_http_request_duration_seconds",
+            "Time from request to response",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.served = Counter(
+            "recsys_recommendations_served", "Recommendation lists served", ["source"], registry=self.registry
+        )
+        self.events = Counter(
+            "recsys_events",
+            "Event records received, by outcome and reason",
+            ["outcome", "reason"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "recsys_auth_failures", "Failed API key attempts", ["scope"], registry=self.registry
+        )
+        if store_reader is not None:
+            self.registry.register(_ServingCollector(store_reader))
+
+    def exposition(self) -> tuple[bytes, str]:
+        """(body, content type) of a scrape."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _ServingCollector(Collector):
+    """What the active slot serves, read from the store at scrape time."""
+
+    def __init__(self, store_reader: Callable[[], Any]) -> None:
+        self.store_reader = store_reader
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        info = GaugeMetricFamily(
+            "recsys_serving_info", "The active slot and its model version", labels=["slot", "model_version"]
+        )
+        up = GaugeMetricFamily("recsys_store_up", "1 when the online store answered the scrape's pointer read")
+        try:
+            pointer = self.store_reader()
+        except Exception:  # any store failure is a 0, never a failed scrape
+            up.add_metric([], 0.0)
+        else:
+            up.add_metric([], 1.0)
+            if pointer is not None:
+                info.add_metric([pointer.active_slot, pointer.model_version], 1.0)
+        yield info
+        yield up
+
+
+def metrics_of(state: object) -> Metrics | None:
+    """The app's metrics, if it has any (an app that only mounts a router may not)."""
+    return getattr(state, "metrics", None)
+
+
+class ObservabilityMiddleware:
+    """Request ids, per-route metrics and one JSON access-log line per HTTP request (pure ASGI)."""
+
+    def __init__(self, app: Callable, metrics: Metrics, access_log: bool | None = None) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = os.environ.get(ACCESS_LOG_ENV, "1") != "0" if access_log is None else access_log
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        given = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = {"code": 500}
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], route, str(status["code"])).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            if self.access_log:
+                client = scope.get("client")
+                access_logger.info(
+                    json.dumps(
+                        {
+                            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                            "request_id": request_id,
+                            "method": scope["method"],
+                            "route": route,
+                            "status": status["code"],
+                            "ms": round(elapsed * 1000, 3),
+                            "client": client[0] if client else None,
+                        }
+                    )
+                )
+
+
+def configure_access_log() -> None:
+    """Send `recsys.access` lines (already JSON) to stderr as they are, once."""
+    if not access_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_logger.addHandler(handler)
+        access_logger.setLevel(logging.INFO)
+        access_logger.propagate = False

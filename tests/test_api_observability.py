@@ -1,0 +1,85 @@
+"""The serving API's /metrics (Prometheus text format, parsed back) and its request ids and JSON access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from recsys_platform.serve import deployment
+from recsys_platform.serve.api import create_app
+from recsys_platform.serve.online_store import open_online_store
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
+    for name in ("RECSYS_LANDING_URL", "RECSYS_LAKE_URL", "RECSYS_ONLINE_STORE_URL", "RECSYS_READ_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RECSYS_ADMIN_API_KEY", "admin")
+    monkeypatch.delenv("RECSYS_INGEST_API_KEY", raising=False)
+    (tmp_path / "lake").mkdir()
+    pl.DataFrame({"item_id": ["i1"]}).write_parquet(tmp_path / "lake" / "items.parquet")
+    popular = json.dumps({"items": [{"item_id": "i1", "score": 1.0}]})
+    with open_online_store(f"sqlite:///{tmp_path / 'online_store.sqlite'}") as store:
+        deployment.deploy(store, "7", "s7", {"recs": {"u1": popular}, "popular": {"__global__": popular}})
+    with TestClient(create_app()) as c:
+        yield c
+
+
+def samples(client: TestClient) -> dict[tuple[str, tuple], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_count_requests_served_lists_events_and_key_failures(client: TestClient) -> None:
+    for user in ("u1", "u1", "stranger"):
+        assert client.get(f"/v1/users/{user}/recommendations").status_code == 200
+    assert client.get("/v1/users/bad id/recommendations").status_code == 422
+    now = datetime.now(UTC).isoformat()
+    records = [
+        {"user_id": "u1", "event_type": "app_open", "event_time": now},
+        {"user_id": "u1", "event_type": "teleport", "event_time": now},
+        {"user_id": "u 1", "event_type": "app_open", "event_time": now},
+    ]
+    assert client.post("/v1/events", json={"records": records}).json()["FailedRecordCount"] == 2
+    assert client.get("/v1/deployment", headers={"X-API-Key": "wrong"}).status_code == 401
+    m = samples(client)
+    route = "/v1/users/{user_id}/recommendations"
+    ok = (("method", "GET"), ("route", route), ("status", "200"))
+    assert m[("recsys_http_requests_total", ok)] == 3
+    assert m[("recsys_http_requests_total", (("method", "GET"), ("route", route), ("status", "422")))] == 1
+    assert m[("recsys_http_request_duration_seconds_count", (("route", route),))] == 4
+    assert m[("recsys_recommendations_served_total", (("source", "personalized"),))] == 2
+    assert m[("recsys_recommendations_served_total", (("source", "popularity_fallback"),))] == 1
+    assert m[("recsys_events_total", (("outcome", "accepted"), ("reason", "")))] == 1
+    assert m[("recsys_events_total", (("outcome", "rejected"), ("reason", "unknown_event_type")))] == 1
+    assert m[("recsys_events_total", (("outcome", "rejected"), ("reason", "invalid_identifier")))] == 1
+    assert m[("recsys_auth_failures_total", (("scope", "admin"),))] == 1
+    assert m[("recsys_serving_info", (("model_version", "7"), ("slot", "blue")))] == 1
+    assert m[("recsys_store_up", ())] == 1
+
+
+def test_requests_carry_an_id_and_log_one_json_line(client: TestClient, caplog) -> None:
+    with caplog.at_level(logging.INFO, "recsys.access"):
+        given = client.get("/v1/users/u1/recommendations", headers={"X-Request-ID": "trace-123"})
+        fresh = client.get("/v1/users/u1/recommendations", headers={"X-Request-ID": "bad id <script>"})
+    assert given.headers["x-request-id"] == "trace-123"
+    assert len(fresh.headers["x-request-id"]) == 32  # a malformed id is replaced, not echoed
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "recsys.access"]
+    assert [(line["request_id"], line["route"], line["status"]) for line in lines] == [
+        ("trace-123", "/v1/users/{user_id}/recommendations", 200),
+        (fresh.headers["x-request-id"], "/v1/users/{user_id}/recommendations", 200),
+    ]
+    assert lines[0]["method"] == "GET" and lines[0]["ms"] >= 0 and "ts" in lines[0]
