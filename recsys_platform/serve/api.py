@@ -17,6 +17,7 @@ from recsys_platform.schemas import CONTENT_TYPES, ID_PATTERN, ID_RULE
 from recsys_platform.serve import deployment
 from recsys_platform.serve import read_path as serving
 from recsys_platform.serve.auth import app_state, require
+from recsys_platform.serve.errors import errors
 from recsys_platform.serve.events_api import events_router
 from recsys_platform.serve.observability import Metrics, ObservabilityMiddleware, metrics_of
 from recsys_platform.serve.online_store import (
@@ -183,6 +184,7 @@ router = APIRouter()
 @router.get(
     "/v1/users/{user_id}/recommendations",
     response_model=RecommendationsOut,
+    responses=errors(400, 401, 429, 503),
     dependencies=[Depends(only_query_params("limit", "content_type", "exclude_kids")), Depends(require("read"))],
     tags=["recommendations"],
 )
@@ -210,6 +212,7 @@ async def get_recommendations(
 @router.get(
     "/v1/items/{item_id}/similar",
     response_model=SimilarItemsOut,
+    responses=errors(400, 401, 404, 429, 503),
     dependencies=[Depends(only_query_params("limit")), Depends(require("read"))],
     tags=["recommendations"],
 )
@@ -236,6 +239,7 @@ async def get_similar_items(
 @router.get(
     "/v1/deployment",
     response_model=DeploymentOut,
+    responses=errors(400, 401, 429, 503),
     dependencies=[Depends(only_query_params()), Depends(require("admin"))],
     tags=["deployment"],
 )
@@ -247,6 +251,7 @@ def get_deployment(store: StoreDep) -> dict:
 @router.post(
     "/v1/deployment/rollback",
     response_model=PointerOut,
+    responses=errors(400, 401, 409, 429, 503),
     dependencies=[Depends(only_query_params("to_version", "from_version")), Depends(require("admin"))],
     tags=["deployment"],
 )

@@ -25,6 +25,7 @@ from recsys_platform.config import Settings
 from recsys_platform.ingest.landing import LandingZone, landing_zone_from_url
 from recsys_platform.realtime.collector import EventCollector
 from recsys_platform.serve.auth import require
+from recsys_platform.serve.errors import errors
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ def events_router(collector: EventCollector | None = None) -> APIRouter:
         "/v1/events",
         response_model=PutEventsOut,
         response_model_exclude_none=True,
+        responses=errors(401, 413, 429, 503),
         dependencies=[Depends(require("ingest"))],
         tags=["events"],
     )
