@@ -16,6 +16,7 @@ from orchestration.jobs import (
     training_cycle_job,
 )
 from recsys_platform.config import Settings
+from sensors.alerts import run_failure_alerts
 from sensors.landing import landing_sensor_for
 from sensors.recommendation_sets import batch_sets_schedule_for
 from sensors.registry import champion_sensor_for
@@ -32,7 +33,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         assets=ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=JOBS,
-        sensors=[landing_sensor_for(refresh_realtime_job), champion_sensor_for(deploy_job)],
+        sensors=[landing_sensor_for(refresh_realtime_job), champion_sensor_for(deploy_job), run_failure_alerts],
         schedules=[
             retrain_schedule_for(training_cycle_job),
             batch_sets_schedule_for(recommendation_sets_job, SHARD_KEYS),

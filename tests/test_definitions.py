@@ -88,6 +88,9 @@ def test_history_sized_steps_share_one_pool_the_production_instance_limits():
     assert pools["raw_events"] == RAW_EVENTS_POOL and pools["items"] is None and pools["recommendation_sets"] is None
     instance = yaml.safe_load((PROJECT_ROOT / "deploy" / "dagster.yaml").read_text())
     assert instance["concurrency"]["pools"]["default_limit"] == 1
+    assert instance["run_monitoring"]["enabled"] is True  # stuck runs are marked failed, then alerted on
+    values = yaml.safe_load((PROJECT_ROOT / "deploy" / "k8s" / "values.yaml").read_text())
+    assert values["dagsterDaemon"]["runMonitoring"]["enabled"] is True
 
 
 def test_the_holdouts_do_not_wait_for_the_ranker_and_the_gate_waits_for_all_three():
