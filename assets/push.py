@@ -76,7 +76,8 @@ def push_notifications(
             "skipped_no_recommendation": batch.skipped_users,
             "by_trigger": dg.MetadataValue.json(by_trigger),
             "queue": dg.MetadataValue.json(stats.as_dict()),
-            "sample": dg.MetadataValue.md(frame_preview_markdown(frame.select("user_id", "item_id", "reason"), 10)),
+            # Items and reasons only: the run log is not a store `recsys forget-user` can edit, so it holds no user id.
+            "sample": dg.MetadataValue.md(frame_preview_markdown(frame.select("item_id", "reason"), 10)),
         }
     )
     return frame

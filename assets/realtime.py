@@ -173,6 +173,5 @@ def realtime_recommendations(
             "slot": str(report.slot),
             "attempts": report.attempts,
             "timings": dg.MetadataValue.json({k: round(v, 4) for k, v in timings.items()}),
-            "users_preview": dg.MetadataValue.json(user_ids[:20]),
         }
     )

@@ -257,6 +257,22 @@ def serve(
     )
 
 
+@app.command("forget-user")
+def forget_user_command(user_id: Annotated[str, typer.Argument(help="The user id to remove everywhere.")]) -> None:
+    """Remove a user from the landing zone, the lake, the exports, the online store and the push queue (and so
+    from future training), with an audit record that names the user only by a SHA-256 of the id."""
+    from recsys_platform.lifecycle import forget_user
+
+    settings = _prepare_environment()
+    report = forget_user(user_id, settings)
+    where = sorted({k.split(":", 1)[0] for k in report.removed})
+    console.print(
+        f"forgot user {user_id}: {report.total:,} rows, keys and messages removed from "
+        f"{len(report.removed)} places ({', '.join(where) or 'nothing held the user'}); audit id "
+        f"{report.user_sha256[:16]}"
+    )
+
+
 @app.command("serve-model")
 def serve_model(
     model: Annotated[str, typer.Option(help="Registered version number or alias (champion, challenger).")] = "champion",

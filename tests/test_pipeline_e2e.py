@@ -193,3 +193,29 @@ def test_second_cycle_keeps_previous_slot_for_rollback(platform):
     snap = platform.table("feature_store_snapshot")
     assert set(snap["slot"]) == {"blue", "green"} and snap["active"].sum() == 1
     assert json.loads((platform.lake / "ranker_model.json").read_text())["version"] == "2"
+
+
+def test_forgetting_a_user_after_the_cycle_leaves_no_row_of_them(platform):
+    # Last in this module: it removes a user from the stores the tests above read.
+    from recsys_platform.lifecycle import forget_user
+
+    user = platform.table("recommendations")["user_id"].min()
+    quoted = json.dumps(user)
+    report = forget_user(user, platform.settings)
+    assert report.removed["online_store"] >= 1 and any(k.startswith("lake:raw_events/") for k in report.removed)
+    assert any(k.startswith("landing:events/") for k in report.removed)
+    left = []
+    for root in (platform.lake, Path(platform.settings.landing_url)):
+        for path in sorted(root.rglob("*.parquet")):
+            frame = pl.read_parquet(path)
+            text = [c for c, t in frame.schema.items() if t == pl.String]
+            cells = [pl.col(c) == user for c in text] + [pl.col(c).str.contains(quoted, literal=True) for c in text]
+            if text and frame.select(pl.any_horizontal(cells).any()).item():
+                left.append(str(path))
+        left += [str(p) for p in root.rglob("*.json*") if quoted.encode() in p.read_bytes()]
+    assert left == []
+    with open_online_store(platform.settings.online_store_url) as store:
+        assert store.read("recs", [user]).values[user] is None
+    with duckdb.connect(str(platform.settings.catalog_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM recommendations WHERE user_id = ?", [user]).fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM raw_events WHERE user_id = ?", [user]).fetchone()[0] == 0

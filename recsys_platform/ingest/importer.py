@@ -338,6 +338,7 @@ def import_frames(
         refused_file=refused_file,
         time_shift_seconds=shift.total_seconds() if shift is not None else None,
         warnings=warnings,
+        user_column=mapping.user_id,
     )
     # The manifest lands before the events: a landing sensor may ingest an event file as soon as it is
     # visible, and must find the import's earliest time already there. Catalog and profiles land next,

@@ -112,6 +112,7 @@ class ImportManifest:
     refused_file: str | None = None
     time_shift_seconds: float | None = None
     warnings: list[str] = field(default_factory=list)
+    user_column: str = "user_id"  # the source column of the user id (what refused rows' raw payload names it)
 
     @property
     def key(self) -> str:
@@ -180,6 +181,10 @@ class LandingZone(ABC):
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write a file so that it becomes visible only when complete."""
 
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove a file (a no-op if it is gone): only for forgetting a user's data, never in ingestion."""
+
     @property
     @abstractmethod
     def url(self) -> str:
@@ -241,6 +246,9 @@ class LocalLandingZone(LandingZone):
     def read_bytes(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
 
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
+
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,6 +296,9 @@ class S3LandingZone(LandingZone):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
 
 def landing_zone_from_url(url: str, s3_client: Any | None = None) -> LandingZone:

@@ -149,6 +149,11 @@ class PushQueue(ABC):
         """Delete every message, dedup key and dead letter of this queue."""
 
     @abstractmethod
+    def forget_user(self, user_id: str) -> int:
+        """Delete every message to `user_id` (queued, leased, dead) and its deduplication keys; return how many
+        messages were deleted."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""
 

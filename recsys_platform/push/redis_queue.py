@@ -267,6 +267,36 @@ class RedisPushQueue(PushQueue):
             for i in range(0, len(keys), 1000):
                 self.client.delete(*keys[i : i + 1000])
 
+    def forget_user(self, user_id: str) -> int:
+        """XDEL the user's entries from the stream (acking any lease) and the dead letters; drop their dedup
+        keys and errors. Scans both streams in pages."""
+        removed = 0
+        with self._errors():
+            for stream in (self.stream, self.dead_stream):
+                start = "-"
+                while True:
+                    page = self.client.xrange(stream, min=start, max="+", count=500)
+                    for entry_id, fields in page:
+                        body = fields.get("m")
+                        try:
+                            message = PushMessage.from_json(body) if body else None
+                        except (ValueError, TypeError):
+                            message = None
+                        if message is None or message.user_id != user_id:
+                            continue
+                        pipe = self.client.pipeline(transaction=True)
+                        if stream == self.stream:
+                            pipe.xack(stream, GROUP, entry_id)
+                            pipe.hdel(self.errors_key, entry_id)
+                        pipe.xdel(stream, entry_id)
+                        pipe.delete(self._dedup_key(message.dedup_key))
+                        pipe.execute()
+                        removed += 1
+                    if len(page) < 500:
+                        break
+                    start = "(" + page[-1][0]
+        return removed
+
     def close(self) -> None:
         """Close the connection pool."""
         self.client.close()

@@ -235,6 +235,13 @@ class SQLitePushQueue(PushQueue):
         with self._write() as conn:
             conn.execute("DELETE FROM push_messages")
 
+    def forget_user(self, user_id: str) -> int:
+        """DELETE the user's messages, whatever their status (their dedup keys go with the rows)."""
+        with self._write() as conn:
+            return conn.execute(
+                "DELETE FROM push_messages WHERE json_extract(body, '$.user_id') = ?", (user_id,)
+            ).rowcount
+
     def close(self) -> None:
         """Close the connection."""
         with self._lock:

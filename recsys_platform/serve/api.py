@@ -271,6 +271,36 @@ def post_rollback(
     return pointer.__dict__.copy()
 
 
+class ForgetOut(BaseModel):
+    """What forgetting a user removed (the audit trail names the user by `user_sha256` only)."""
+
+    user_sha256: str
+    at: str
+    removed: dict[str, int]
+
+
+@router.delete(
+    "/v1/users/{user_id}",
+    response_model=ForgetOut,
+    responses=errors(400, 401, 429, 503),
+    dependencies=[Depends(only_query_params()), Depends(require("admin"))],
+    tags=["deployment"],
+)
+async def delete_user(
+    store: StoreDep,
+    user_id: Annotated[str, Path(pattern=ID_PATTERN, description=ID_RULE)],
+) -> dict:
+    """Forget a user everywhere (landing zone, lake, exports, online store, push queue; needs the admin key).
+    Idempotent: forgetting a user again removes nothing and records that too."""
+    from dataclasses import replace
+
+    from recsys_platform.lifecycle import forget_user
+
+    settings = replace(Settings.from_env(), online_store_url=store.url)
+    report = await run_in_threadpool(forget_user, user_id, settings)
+    return {"user_sha256": report.user_sha256, "at": report.at, "removed": report.removed}
+
+
 @router.get("/metrics", response_class=Response, tags=["ops"])
 async def get_metrics(request: Request) -> Response:
     """Prometheus metrics: requests and latency by route, served lists by source, events by outcome and

@@ -238,6 +238,11 @@ class OnlineStore(ABC):
         }
 
     @abstractmethod
+    def forget_keys(self, namespaces: Sequence[str], keys: Sequence[str]) -> int:
+        """Delete `keys` from `namespaces` in both slots, whatever their state (forgetting a user); return how
+        many values were deleted. The sealed row counts and checksums are left as they were deployed."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""
 

@@ -333,6 +333,17 @@ class RedisOnlineStore(OnlineStore):
             "slots": {slot: self._info_from(slot, meta).as_dict() for slot, meta in zip(SLOTS, metas, strict=True)},
         }
 
+    def forget_keys(self, namespaces: Sequence[str], keys: Sequence[str]) -> int:
+        """HDEL `keys` from every namespace hash of both slots (one pipelined transaction)."""
+        if not keys or not namespaces:
+            return 0
+        with self._errors():
+            pipe = self.client.pipeline(transaction=True)
+            for slot in SLOTS:
+                for ns in namespaces:
+                    pipe.hdel(self._ns_key(slot, ns), *keys)
+            return int(sum(pipe.execute()))
+
     def drop_all(self) -> None:
         """Delete every key of this store's prefix (both slots and the pointer); for tests and teardown."""
         with self._errors():

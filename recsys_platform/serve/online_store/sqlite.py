@@ -319,6 +319,17 @@ class SQLiteOnlineStore(OnlineStore):
             "slots": slots,
         }
 
+    def forget_keys(self, namespaces: Sequence[str], keys: Sequence[str]) -> int:
+        """Delete `keys` of `namespaces` from both slots in one transaction."""
+        if not keys or not namespaces:
+            return 0
+        ns_marks, key_marks = ",".join("?" * len(namespaces)), ",".join("?" * len(keys))
+        with self._transaction("IMMEDIATE") as conn:
+            cur = conn.execute(
+                f"DELETE FROM kv WHERE ns IN ({ns_marks}) AND key IN ({key_marks})", [*namespaces, *keys]
+            )
+            return cur.rowcount
+
     def close(self) -> None:
         """Close every connection opened by any thread."""
         with self._lock:

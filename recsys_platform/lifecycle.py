@@ -1,0 +1,218 @@
+"""Data lifecycle: forget a user everywhere the platform keeps them.
+
+`forget_user` removes one user's rows and keys from every store the platform writes:
+
+* the landing zone: landed event files (rows of the user; a file left empty is deleted) and the refused rows
+  kept by `recsys import`;
+* the lake: every Parquet table with a `user_id` column, and quarantined rows whose raw payload names the user
+  (so the next training cycle, which reads only the lake and the landing zone, never sees them again);
+* the JSON-lines exports and the push outbox under RECSYS_HOME;
+* both slots of the online store (recommendations and features) and the push queue.
+
+Each removal rewrites a file atomically (the same write path as the lake and the landing zone), so a reader
+sees the old file or the new one. An audit record (a SHA-256 of the id, never the id; when; what was removed
+where) is appended to `audit/forgotten_users.jsonl` in the lake. What is already inside a trained model
+version is not edited: the models keep item-item weights and item factors, no user rows, and the next cycle
+trains without the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recsys_platform import schemas
+from recsys_platform.config import Settings
+
+logger = logging.getLogger(__name__)
+
+AUDIT_KEY = "audit/forgotten_users.jsonl"
+# Online-store namespaces keyed by user id.
+USER_NAMESPACES = ("recs", "user_features")
+
+
+@dataclass
+class ForgetReport:
+    """What was removed for one user, by store and file (counts of rows, keys or messages)."""
+
+    user_sha256: str
+    at: str
+    removed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Everything removed."""
+        return sum(self.removed.values())
+
+
+def user_digest(user_id: str) -> str:
+    """The audit trail's name for a user: SHA-256 of the id."""
+    return hashlib.sha256(user_id.encode()).hexdigest()
+
+
+def _quoted(user_id: str) -> str:
+    return json.dumps(user_id)
+
+
+def _drop_user_rows(frame: pl.DataFrame, user_id: str, raw_user_key: str = "user_id") -> pl.DataFrame:
+    """`frame` without the user's rows: by its `user_id` column, and by the `raw_user_key` field of the raw JSON
+    payload of quarantined or refused rows."""
+    keep = pl.lit(True)
+    if "user_id" in frame.columns:
+        keep = keep & (pl.col("user_id").cast(pl.String) != user_id).fill_null(True)
+    if "raw" in frame.columns and frame.schema["raw"] == pl.String:
+        path = f"$.{raw_user_key}" if raw_user_key.isidentifier() else f"$['{raw_user_key}']"
+        keep = keep & (pl.col("raw").str.json_path_match(path) != user_id).fill_null(True)
+    return frame.filter(keep)
+
+
+def _drop_user_lines(data: bytes, user_id: str, raw_user_key: str = "user_id") -> tuple[bytes, int]:
+    """JSON lines without the user's records (and without unparsable lines that quote the user's id)."""
+    kept, removed = [], 0
+    quoted = _quoted(user_id).encode()
+    for line in data.splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            mine = quoted in line
+        else:
+            mine = isinstance(record, dict) and user_id in (str(record.get("user_id")), str(record.get(raw_user_key)))
+            if not mine and isinstance(record, dict) and isinstance(record.get("raw"), str):
+                try:
+                    raw = json.loads(record["raw"])
+                except ValueError:
+                    raw = None
+                mine = isinstance(raw, dict) and str(raw.get(raw_user_key)) == user_id
+        if mine:
+            removed += 1
+        else:
+            kept.append(line)
+    return b"".join(kept), removed
+
+
+def _without_user(key: str, data: bytes, user_id: str, raw_user_key: str = "user_id") -> tuple[bytes | None, int]:
+    """(new content, rows removed) of one Parquet or JSON-lines file; content None when nothing is left."""
+    if key.endswith(".jsonl"):
+        out, removed = _drop_user_lines(data, user_id, raw_user_key)
+        return (out or None), removed
+    frame = pl.read_parquet(io.BytesIO(data))
+    kept = _drop_user_rows(frame, user_id, raw_user_key)
+    removed = frame.height - kept.height
+    if not removed:
+        return data, 0
+    if kept.height == 0:
+        return None, removed
+    buf = io.BytesIO()
+    kept.write_parquet(buf)
+    return buf.getvalue(), removed
+
+
+def _forget_in_landing(settings: Settings, user_id: str, removed: dict[str, int]) -> None:
+    from recsys_platform.ingest.landing import landing_zone_from_url, read_import_manifests
+
+    zone = landing_zone_from_url(settings.landing_url)
+    columns = {m.import_id: m.user_column for m in read_import_manifests(zone)}
+    for f in zone.list_files(""):
+        if not f.key.endswith((".parquet", ".jsonl")):
+            continue
+        column = "user_id"
+        if f.key.startswith("imports/"):
+            column = columns.get(f.key.split("/")[1], "user_id")
+        new, n = _without_user(f.key, zone.read_bytes(f.key), user_id, column)
+        if not n:
+            continue
+        if new is None:
+            zone.delete(f.key)
+        else:
+            zone.write_bytes(f.key, new)
+        removed[f"landing:{f.key}"] = n
+
+
+def _forget_in_lake(settings: Settings, user_id: str, removed: dict[str, int]) -> None:
+    from upath import UPath
+
+    root = UPath(settings.lake_url)
+    if not root.exists():
+        return
+    for path in sorted(root.rglob("*.parquet")):
+        if path.name.startswith("."):
+            continue
+        new, n = _without_user(path.name, path.read_bytes(), user_id)
+        if not n:
+            continue
+        rel = str(path.relative_to(root))
+        if new is None:
+            # An empty table keeps its schema: readers of the table (DuckDB views) must still find the columns.
+            frame = pl.read_parquet(io.BytesIO(path.read_bytes())).clear()
+            buf = io.BytesIO()
+            frame.write_parquet(buf)
+            new = buf.getvalue()
+        _atomic_write(path, new)
+        removed[f"lake:{rel}"] = n
+
+
+def _forget_in_home_files(settings: Settings, user_id: str, removed: dict[str, int]) -> None:
+    for path in sorted([*settings.exports_dir.glob("**/*.jsonl"), *settings.home.glob("push_outbox*.jsonl")]):
+        new, n = _drop_user_lines(path.read_bytes(), user_id)
+        if n:
+            _atomic_write(path, new)
+            removed[f"home:{path.relative_to(settings.home)}"] = n
+
+
+def _atomic_write(path: Any, data: bytes) -> None:
+    """Replace a file whole (local: a temporary file renamed over it; object stores write whole objects)."""
+    if getattr(path, "protocol", "") in ("", "file", "local"):
+        local = Path(str(path.path if hasattr(path, "path") else path))
+        tmp = local.parent / f".{local.name}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, local)
+    else:
+        path.write_bytes(data)
+
+
+def _append_audit(settings: Settings, report: ForgetReport) -> None:
+    from upath import UPath
+
+    path = UPath(settings.lake_url) / AUDIT_KEY
+    before = path.read_bytes() if path.exists() else b""
+    if getattr(path, "protocol", "") in ("", "file", "local"):
+        Path(str(path)).parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, before + json.dumps(asdict(report), sort_keys=True).encode() + b"\n")
+
+
+def forget_user(user_id: str, settings: Settings | None = None) -> ForgetReport:
+    """Remove `user_id` from the landing zone, the lake, the exports, the online store and the push queue, and
+    record an audit line; ValueError for an id no path of the platform accepts."""
+    if not re.match(schemas.ID_PATTERN, user_id):
+        raise ValueError(f"user id {user_id!r} is not {schemas.ID_RULE}: no such user can exist")
+    from recsys_platform.push import open_push_queue
+    from recsys_platform.serve.online_store import open_online_store
+
+    settings = settings or Settings.from_env()
+    report = ForgetReport(user_digest(user_id), datetime.now(UTC).isoformat(timespec="seconds"))
+    _forget_in_landing(settings, user_id, report.removed)
+    _forget_in_lake(settings, user_id, report.removed)
+    _forget_in_home_files(settings, user_id, report.removed)
+    with open_online_store(settings.online_store_url) as store:
+        if n := store.forget_keys(USER_NAMESPACES, [user_id]):
+            report.removed["online_store"] = n
+    with open_push_queue(settings.push_queue_url) as queue:
+        if n := queue.forget_user(user_id):
+            report.removed["push_queue"] = n
+    _append_audit(settings, report)
+    logger.warning("forgot user %s: %d rows, keys and messages removed", report.user_sha256[:12], report.total)
+    return report
