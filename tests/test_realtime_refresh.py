@@ -162,14 +162,21 @@ def test_rising_steps_and_heart_rate_move_movement_content_up(world: dict, store
     ]
     after = _refresh(world, store, user, readings)
     best = [next((i.rank for i in items if i.content_type == "movement"), 99) for items in (before, after)]
-    # The session brings movement into the top 10 (three items; one or none there before) and the best one
-    # up to at least rank 8. The toy model's exact positions move with its sources and training data (this
-    # user's best movement item was at 7 before the session with one model version, 22 with the next), so
-    # the test asserts the move, not the starting point.
+    # The session brings movement up, the best item to at least rank 8. How many movement items reach the top 10
+    # depends on the spread of the model's scores (a count of 3 held with one set of package versions and not with
+    # the next, at the same commit), so the mechanism is asserted exactly instead: rising steps and heart rate
+    # (both at full strength here) add the same boost, 2 per-user standard deviations, to every movement item's
+    # score and nothing to any other item's.
     moving = ("movement",)
     assert best[1] < best[0] and best[1] <= 8
-    assert _ranks(after, moving) >= 3 > _ranks(before, moving)
+    assert _ranks(after, moving) > _ranks(before, moving)
     assert _ranks(after, moving, top=30) > _ranks(before, moving, top=30)
+    score_before = {i.item_id: i.score for i in before}
+    shift = {i.item_id: round(i.score - score_before[i.item_id], 6) for i in after if i.item_id in score_before}
+    kind = {i.item_id: i.content_type for i in after}
+    assert {d for k, d in shift.items() if kind[k] == "movement"} == {2.0}
+    assert {d for k, d in shift.items() if kind[k] != "movement"} == {0.0}
+    assert any(kind[k] != "movement" for k in shift)
     # Whatever the model: a boost shared by every movement item can only move each of them up.
     rank_after = {i.item_id: i.rank for i in after}
     assert all(rank_after.get(i.item_id, 99) <= i.rank for i in before if i.content_type == "movement")
