@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import features, ingestion, push, realtime, recommendation_sets, serving, training
+from assets import features, ingestion, lifecycle, push, realtime, recommendation_sets, serving, training
 from assets.checks import ALL_CHECKS
 from orchestration.environment import build_resources, executor_from_env
 from orchestration.jobs import (
@@ -13,6 +13,7 @@ from orchestration.jobs import (
     deploy_job,
     recommendation_sets_job,
     refresh_realtime_job,
+    retention_job,
     training_cycle_job,
 )
 from recsys_platform.config import Settings
@@ -20,9 +21,11 @@ from sensors.alerts import run_failure_alerts
 from sensors.landing import landing_sensor_for
 from sensors.recommendation_sets import batch_sets_schedule_for
 from sensors.registry import champion_sensor_for
-from sensors.schedules import retrain_schedule_for
+from sensors.schedules import retention_schedule_for, retrain_schedule_for
 
-ASSETS = dg.load_assets_from_modules([ingestion, features, training, serving, push, realtime, recommendation_sets])
+ASSETS = dg.load_assets_from_modules(
+    [ingestion, features, training, serving, push, realtime, recommendation_sets, lifecycle]
+)
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
@@ -37,6 +40,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         schedules=[
             retrain_schedule_for(training_cycle_job),
             batch_sets_schedule_for(recommendation_sets_job, SHARD_KEYS),
+            retention_schedule_for(retention_job),
         ],
         resources=build_resources(settings),
         executor=executor_from_env(),

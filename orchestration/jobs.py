@@ -10,6 +10,7 @@ from assets import recommendation_sets as sets
 
 # Selections used by more than one job (and by tests that materialize parts of the graph).
 INGESTION = dg.AssetSelection.groups(groups.INGESTION)
+LIFECYCLE = dg.AssetSelection.groups(groups.LIFECYCLE)
 REALTIME = dg.AssetSelection.assets(realtime.session_features, realtime.realtime_recommendations)
 SHARDED = dg.AssetSelection.assets(sets.batch_scores, sets.recommendation_sets, sets.recommendation_export)
 SHARD_KEYS = sets.SHARD_KEYS
@@ -23,7 +24,7 @@ ingest_job = dg.define_asset_job(
 )
 training_cycle_job = dg.define_asset_job(
     "training_cycle",
-    selection=dg.AssetSelection.all() - INGESTION - REALTIME - SHARDED,
+    selection=dg.AssetSelection.all() - INGESTION - REALTIME - SHARDED - LIFECYCLE,
     description="Features, training, evaluation and gate, batch recommendations, blue-green deploy, catalog.",
 )
 deploy_job = dg.define_asset_job(
@@ -58,4 +59,19 @@ recommendation_sets_job = dg.define_asset_job(
     "JSON lines, refresh the analyst catalog (on demand: launch or backfill shards; scheduled every 2 days).",
 )
 
-JOBS = [ingest_job, training_cycle_job, deploy_job, push_job, refresh_realtime_job, recommendation_sets_job]
+retention_job = dg.define_asset_job(
+    "apply_retention",
+    selection=LIFECYCLE,
+    description="Delete what is past its retention (config/retention.yaml): old event files and partitions, "
+    "biometric samples sooner, old exports.",
+)
+
+JOBS = [
+    retention_job,
+    ingest_job,
+    training_cycle_job,
+    deploy_job,
+    push_job,
+    refresh_realtime_job,
+    recommendation_sets_job,
+]

@@ -216,3 +216,134 @@ def forget_user(user_id: str, settings: Settings | None = None) -> ForgetReport:
     _append_audit(settings, report)
     logger.warning("forgot user %s: %d rows, keys and messages removed", report.user_sha256[:12], report.total)
     return report
+
+
+# --- retention ------------------------------------------------------------------------------------------------
+
+RETENTION_PATH_ENV = "RECSYS_RETENTION"
+RETENTION_TABLES = ("raw_events", "quarantined_events", "session_features", "biometric_samples", "exports")
+# Lake tables partitioned by arrival hour whose files are deleted whole when their hour is past retention.
+_PARTITIONED_TABLES = ("raw_events", "quarantined_events", "session_features")
+
+
+def load_retention(path: Path | None = None) -> dict[str, int]:
+    """Days per table from config/retention.yaml (or RECSYS_RETENTION); ValueError for unknown tables or bad days."""
+    import yaml
+
+    from recsys_platform.config import PROJECT_ROOT
+
+    path = path or Path(os.environ.get(RETENTION_PATH_ENV) or PROJECT_ROOT / "config" / "retention.yaml")
+    doc = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(doc) - set(RETENTION_TABLES))
+    if unknown:
+        raise ValueError(f"{path}: unknown table(s) {unknown}; retention applies to {list(RETENTION_TABLES)}")
+    bad = {k: v for k, v in doc.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1}
+    if bad:
+        raise ValueError(f"{path}: retention must be a whole number of days >= 1, got {bad}")
+    return dict(doc)
+
+
+def _hour_of(partition_key: str) -> datetime | None:
+    try:
+        return datetime.strptime(partition_key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _drop_biometrics(key: str, data: bytes) -> tuple[bytes | None, int]:
+    """A landed or lake events file without its biometric rows: (content or None when empty, rows removed)."""
+    if key.endswith(".jsonl"):
+        kept, removed = [], 0
+        for line in data.splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and record.get("event_type") == "biometric":
+                removed += 1
+            else:
+                kept.append(line)
+        return (b"".join(kept) or None), removed
+    frame = pl.read_parquet(io.BytesIO(data))
+    if "event_type" not in frame.columns:
+        return data, 0
+    kept = frame.filter((pl.col("event_type") != "biometric").fill_null(True))
+    if kept.height == frame.height:
+        return data, 0
+    buf = io.BytesIO()
+    kept.write_parquet(buf)
+    return buf.getvalue(), frame.height - kept.height
+
+
+@dataclass
+class RetentionReport:
+    """What one retention pass removed: files deleted and rows removed, per table."""
+
+    cutoffs: dict[str, str]
+    files_deleted: dict[str, int] = field(default_factory=dict)
+    rows_removed: dict[str, int] = field(default_factory=dict)
+
+    def count(self, table: str, files: int = 0, rows: int = 0) -> None:
+        """Add to a table's counts."""
+        if files:
+            self.files_deleted[table] = self.files_deleted.get(table, 0) + files
+        if rows:
+            self.rows_removed[table] = self.rows_removed.get(table, 0) + rows
+
+
+def apply_retention(
+    zone: Any, lake_url: str, exports_dir: Path, days: dict[str, int], now: datetime | None = None
+) -> RetentionReport:
+    """Delete what `days` says is past retention at `now`: landed event files (`zone`, a LandingZone) and lake
+    partitions by arrival hour, biometric rows of older hours, old exports. Each file is deleted or replaced
+    whole; running it twice is a no-op."""
+    from datetime import timedelta
+
+    from upath import UPath
+
+    from recsys_platform.ingest.landing import partition_key_of
+
+    now = now or datetime.now(UTC)
+    cut = {table: now - timedelta(days=d) for table, d in days.items()}
+    report = RetentionReport({t: c.isoformat(timespec="seconds") for t, c in cut.items()})
+
+    def expired(table: str, hour: datetime | None) -> bool:
+        return hour is not None and table in cut and hour < cut[table]
+
+    for f in zone.list_files("events/"):
+        hour = _hour_of(partition_key_of(f.key) or "")
+        if expired("raw_events", hour):
+            zone.delete(f.key)
+            report.count("landing_events", files=1)
+        elif expired("biometric_samples", hour) and f.key.endswith((".parquet", ".jsonl")):
+            new, n = _drop_biometrics(f.key, zone.read_bytes(f.key))
+            if n and new is None:
+                zone.delete(f.key)
+            elif n:
+                zone.write_bytes(f.key, new)
+            report.count("biometric_samples", rows=n)
+    lake = UPath(lake_url)
+    for table in _PARTITIONED_TABLES:
+        for path in sorted((lake / table).glob("*.parquet")) if (lake / table).exists() else []:
+            hour = _hour_of(path.stem)
+            if expired(table, hour):
+                path.unlink()
+                report.count(table, files=1)
+            elif table == "raw_events" and expired("biometric_samples", hour):
+                new, n = _drop_biometrics(path.name, path.read_bytes())
+                if n:
+                    _atomic_write(path, new if new is not None else _empty_like(path))
+                    report.count("biometric_samples", rows=n)
+    if "exports" in cut and exports_dir.exists():
+        for path in exports_dir.rglob("*"):
+            if path.is_file() and datetime.fromtimestamp(path.stat().st_mtime, UTC) < cut["exports"]:
+                path.unlink()
+                report.count("exports", files=1)
+    logger.info("retention: files deleted %s, rows removed %s", report.files_deleted, report.rows_removed)
+    return report
+
+
+def _empty_like(path: Any) -> bytes:
+    buf = io.BytesIO()
+    pl.read_parquet(io.BytesIO(path.read_bytes())).clear().write_parquet(buf)
+    return buf.getvalue()

@@ -15,3 +15,16 @@ def retrain_schedule_for(job: Any, cron: str = "0 3 */2 * *") -> dg.ScheduleDefi
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Retrain the ranker and the popularity baseline, evaluate, gate and redeploy.",
     )
+
+
+def retention_schedule_for(job: Any, cron: str = "30 4 * * *") -> dg.ScheduleDefinition:
+    """Retention daily on `cron` (UTC), on by default: data past its retention is deleted without anyone
+    having to remember to switch it on."""
+    return dg.ScheduleDefinition(
+        name="data_retention_daily",
+        job=job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Delete what is past its retention (config/retention.yaml).",
+    )

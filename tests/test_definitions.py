@@ -15,7 +15,7 @@ def test_every_asset_has_a_group_and_a_description():
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        assert node.group_name in GROUPS | {"experiments"}, key
+        assert node.group_name in GROUPS | {"experiments", "lifecycle"}, key
         assert node.description and len(node.description) > 20, key
     groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
     assert GROUPS <= groups
