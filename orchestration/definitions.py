@@ -11,6 +11,7 @@ from orchestration.jobs import (
     JOBS,
     SHARD_KEYS,
     deploy_job,
+    raw_events_contracts_job,
     recommendation_sets_job,
     refresh_realtime_job,
     retention_job,
@@ -18,6 +19,7 @@ from orchestration.jobs import (
 )
 from recsys_platform.config import Settings
 from sensors.alerts import run_failure_alerts
+from sensors.contracts import contracts_after_refresh_for
 from sensors.landing import landing_sensor_for
 from sensors.recommendation_sets import batch_sets_schedule_for
 from sensors.registry import champion_sensor_for
@@ -36,7 +38,12 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         assets=ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=JOBS,
-        sensors=[landing_sensor_for(refresh_realtime_job), champion_sensor_for(deploy_job), run_failure_alerts],
+        sensors=[
+            landing_sensor_for(refresh_realtime_job),
+            champion_sensor_for(deploy_job),
+            run_failure_alerts,
+            contracts_after_refresh_for(refresh_realtime_job, raw_events_contracts_job),
+        ],
         schedules=[
             retrain_schedule_for(training_cycle_job),
             batch_sets_schedule_for(recommendation_sets_job, SHARD_KEYS),

@@ -42,13 +42,20 @@ push_job = dg.define_asset_job(
 )
 refresh_realtime_job = dg.define_asset_job(
     "refresh_realtime",
-    # Without the asset checks of raw_events: the data-quality suites run with the batch jobs; importing
-    # and running them here would add ~10 s to every refresh.
+    # Without the asset checks of raw_events: importing and running the suites here would add ~10 s to every
+    # refresh, so they run right after it in their own run (raw_events_contracts, sensors/contracts.py).
     selection=(dg.AssetSelection.assets(ingestion.raw_events) | REALTIME).without_checks(),
     executor_def=dg.in_process_executor,
     tags={"dagster/max_retries": str(REFRESH_MAX_RETRIES), "dagster/retry_strategy": "ALL_STEPS"},
     description="Near-real-time refresh of one arrival hour (what the landing sensor runs): ingest its files, "
     "session features, re-score the users who produced the new events and write them to the active slot.",
+)
+raw_events_contracts_job = dg.define_asset_job(
+    "raw_events_contracts",
+    selection=dg.AssetSelection.checks_for_assets(ingestion.raw_events),
+    description="The raw-events contracts (GX suite and file reconciliation) of one arrival hour, on their own "
+    "after each refresh_realtime run (raw_events_contracts_after_refresh), off the refresh's latency path; a "
+    "failing contract fails the run, which run_failure_alerts reports.",
 )
 recommendation_sets_job = dg.define_asset_job(
     "recommendation_sets_batch",

@@ -180,3 +180,22 @@ def test_posted_events_change_the_users_recommendations(stack: dict, monkeypatch
     assert top not in [i["item_id"] for i in after["items"]]
     assert after["model_version"] == stack["model_version"]
     print(f"recommendations changed {elapsed:.1f} s after the POST was accepted")
+    # The contracts of the refreshed hour run after it, in their own run started by the daemon.
+    contracts = []
+    with dg.DagsterInstance.get() as instance:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            contracts = instance.get_runs(
+                RunsFilter(job_name="raw_events_contracts", tags={"recsys/after_run": runs[0].run_id})
+            )
+            if contracts and contracts[0].status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE):
+                break
+            time.sleep(0.5)
+        assert contracts and contracts[0].status == dg.DagsterRunStatus.SUCCESS, (
+            stack["logs"] / "daemon.log"
+        ).read_text()[-3000:]
+        checks = instance.get_records_for_run(contracts[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        assert {r.event_log_entry.dagster_event.event_specific_data.check_name for r in checks.records} == {
+            "raw_events_expectations",
+            "raw_events_reconciliation",
+        }
