@@ -134,7 +134,7 @@ class ObservabilityMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.requests.labels(scope["method"], route, str(status["code"])).inc()
             self.metrics.latency.labels(route).observe(elapsed)
-            if self.access_log:
+            if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 client = scope.get("client")
                 access_logger.info(
                     json.dumps(

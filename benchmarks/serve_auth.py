@@ -1,0 +1,114 @@
+"""What API keys and the JSON access log cost the recommendations read path: the same store, the same wrk load,
+one uvicorn worker per configuration, configurations interleaved over several rounds (so drift hits all alike).
+
+    python benchmarks/serve_auth.py [--duration 10] [--rounds 3] [--connections 8]
+
+Configurations: `off` (no key configured, no access log), `keys` (RECSYS_READ_API_KEY set, every request sends
+`Authorization: Bearer`), `keys+log` (the same plus one JSON access-log line per request, written to /dev/null).
+Prints requests/s (median of the rounds), p99 latency and the cost relative to `off`; non-2xx answers fail it.
+Needs `wrk` (apt-get install -y wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from serve import N_USERS, WRK_SCRIPT, build_payload, free_port  # noqa: E402
+
+from recsys_platform.serve import deployment  # noqa: E402
+from recsys_platform.serve.online_store import open_online_store  # noqa: E402
+
+KEY = "bench-read-key"
+CONFIGS = {
+    "off": ({"RECSYS_ACCESS_LOG": "0"}, []),
+    "keys": ({"RECSYS_ACCESS_LOG": "0", "RECSYS_READ_API_KEY": KEY}, ["-H", f"Authorization: Bearer {KEY}"]),
+    "keys+log": ({"RECSYS_ACCESS_LOG": "1", "RECSYS_READ_API_KEY": KEY}, ["-H", f"Authorization: Bearer {KEY}"]),
+}
+
+
+def start(store_url: str, port: int, env_extra: dict[str, str]) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env |= {"RECSYS_ONLINE_STORE_URL": store_url, "PYTHONPATH": str(REPO), **env_extra}
+    code = (
+        "import uvicorn; from recsys_platform.serve.observability import configure_access_log; "
+        "configure_access_log(); "
+        f"uvicorn.run('recsys_platform.serve.api:create_app', factory=True, host='127.0.0.1', port={port}, "
+        "loop='uvloop', http='httptools', access_log=False, log_level='warning')"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError("uvicorn did not start")
+
+
+def wrk(port: int, args: argparse.Namespace, headers: list[str], seed: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT % {"seed": seed, "max_user": N_USERS - 1})
+    cmd = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "2s", "-s", f.name, *headers]
+    out = subprocess.run([*cmd, f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=args.duration + 30)
+    os.unlink(f.name)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("WRKJSON "))
+    result = json.loads(line.removeprefix("WRKJSON "))
+    if result["non_2xx"] or result["socket_errors"]:
+        raise RuntimeError(f"errors under load: {result}")
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/store.sqlite"
+        with open_online_store(url) as store:
+            deployment.deploy(store, "v1", "bench-1", build_payload("v1", seed=1))
+        runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+        for r in range(args.rounds):
+            order = list(CONFIGS) if r % 2 == 0 else list(reversed(CONFIGS))
+            for name in order:
+                env_extra, headers = CONFIGS[name]
+                port = free_port()
+                proc = start(url, port, env_extra)
+                try:
+                    wrk(port, argparse.Namespace(**{**vars(args), "duration": 2}), headers, seed=99)  # warm-up
+                    runs[name].append(wrk(port, args, headers, seed=r))
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=10)
+    base = statistics.median(x["rps"] for x in runs["off"])
+    print(f"{'config':<10} {'req/s (median)':>15} {'p99 ms':>8} {'vs off':>8}   rounds req/s")
+    summary = {}
+    for name, results in runs.items():
+        rps = statistics.median(x["rps"] for x in results)
+        p99 = statistics.median(x["p99_us"] for x in results) / 1000
+        summary[name] = {"rps": rps, "p99_ms": p99, "cost_vs_off": 1 - rps / base}
+        rounds = " ".join(f"{x['rps']:.0f}" for x in results)
+        print(f"{name:<10} {rps:>15.0f} {p99:>8.2f} {1 - rps / base:>+8.1%}   {rounds}")
+    print(json.dumps({"machine": f"{os.cpu_count()} cores", "args": vars(args), "summary": summary}))
+
+
+if __name__ == "__main__":
+    main()
