@@ -24,6 +24,7 @@ from sensors.landing import landing_sensor_for
 from sensors.recommendation_sets import batch_sets_schedule_for
 from sensors.registry import champion_sensor_for
 from sensors.schedules import retention_schedule_for, retrain_schedule_for
+from sensors.stuck_runs import orphaned_run_sweeper
 
 ASSETS = dg.load_assets_from_modules(
     [ingestion, features, training, serving, push, realtime, recommendation_sets, lifecycle]
@@ -42,6 +43,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             landing_sensor_for(refresh_realtime_job),
             champion_sensor_for(deploy_job),
             run_failure_alerts,
+            orphaned_run_sweeper,
             contracts_after_refresh_for(refresh_realtime_job, raw_events_contracts_job),
         ],
         schedules=[

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
 import uuid
 from collections.abc import Callable
 
 import dagster as dg
+
+from sensors.stuck_runs import HOST_TAG, PID_TAG
 
 
 def partition_range_tags(first: str, last: str) -> dict[str, str]:
@@ -69,10 +73,13 @@ def execute_job(
     n_steps = len(job.graph.node_defs)
     outcome: dict[str, object] = {}
 
+    # This process executes the run: its pid lets the orphaned-run sweeper fail the run if it is killed.
+    own = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
     def target() -> None:
         try:
             outcome["result"] = job.execute_in_process(
-                run_config=console_log_config(log_level), instance=instance, run_id=run_id, tags=tags or {}
+                run_config=console_log_config(log_level), instance=instance, run_id=run_id, tags={**own, **(tags or {})}
             )
         except Exception as exc:  # re-raised in the caller's thread
             outcome["error"] = exc
