@@ -11,6 +11,7 @@ from assets.pools import RAW_EVENTS_POOL
 from recsys_platform import schemas
 from recsys_platform.ingest.ingestion import imported_event_floors, ingest_files, read_table_updates
 from recsys_platform.ingest.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PREFIX
+from recsys_platform.serve.served_log import read_served_hour
 from resources import LandingZoneResource
 
 GROUP = groups.INGESTION
@@ -97,3 +98,24 @@ def raw_events(context: dg.AssetExecutionContext, landing: LandingZoneResource, 
         "quarantined_events",
         metadata={"quarantined_rows": totals["quarantined"], "reasons": dg.MetadataValue.json(reasons)},
     )
+
+
+@dg.asset(
+    partitions_def=arrival_hours,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name=GROUP,
+    kinds={"polars", "parquet"},
+)
+def served_log(context: dg.AssetExecutionContext, landing: LandingZoneResource):
+    """Every list served in each arrival hour (one row per list the API returned: user, experiment and arm,
+    source, model version, slot, item ids in served order, request id, time), from the landing zone's
+    `served/` files, which the API writes in batches off its request path."""
+    zone = landing.zone()
+    frames = {key: read_served_hour(zone, key) for key in context.partition_keys}
+    rows = sum(f.height for f in frames.values())
+    by_arm: dict[str, int] = {}
+    for frame in frames.values():
+        for arm, n in frame.group_by("arm").len().iter_rows():
+            by_arm[str(arm)] = by_arm.get(str(arm), 0) + n
+    context.add_output_metadata({"lists_served": rows, "by_arm": dg.MetadataValue.json(by_arm)})
+    return frames[context.partition_keys[0]] if len(frames) == 1 else frames

@@ -17,7 +17,9 @@ from recsys_platform.experiments import ab_tests as experiments
 from recsys_platform.features.tables import latest_event_time, read_history
 from recsys_platform.model import fallback, registry
 from recsys_platform.model.serving import serving_recommender
-from resources import MlflowResource, PipelineResource
+from recsys_platform.serve import deployment
+from recsys_platform.serve.online_store import StaleWriteError
+from resources import MlflowResource, OnlineStoreResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
 
 SHARD_KEYS = bs.shard_keys(load_sets_config(Settings.from_env().recommendation_sets_path).batch.shards)
@@ -136,15 +138,29 @@ def recommendation_sets(
 
 @dg.asset(group_name=groups.SERVING, partitions_def=user_shards, kinds={"json"})
 def recommendation_export(
-    context: dg.AssetExecutionContext, recommendation_sets: pl.DataFrame, set_config: RecommendationSetsResource
+    context: dg.AssetExecutionContext,
+    recommendation_sets: pl.DataFrame,
+    set_config: RecommendationSetsResource,
+    online_store: OnlineStoreResource,
 ) -> dg.MaterializeResult:
     """JSON lines in the managed-recommender batch format, one file per set and shard
-    (`exports/recommendation_sets/<set>/<shard>.jsonl`), one line per user: userId, itemList, modelVersion."""
+    (`exports/recommendation_sets/<set>/<shard>.jsonl`), one line per user: userId, itemList, modelVersion; and
+    the same sets in the active slot of the online store (namespace `sets`, what `GET
+    /v1/users/{user_id}/sets/{set_name}` and an experiment's `set` arm serve) when it serves their version."""
     written = bs.export_sets(recommendation_sets, set_config.exports / "recommendation_sets", context.partition_key)
+    online: dict[str, object] = {}
+    with online_store.open() as store:
+        for version, rows in bs.online_rows(recommendation_sets).items():
+            try:
+                online[version] = deployment.write_user_updates(store, version, "sets", rows)
+            except StaleWriteError as exc:  # the sets come from another version than the one being served
+                online[version] = f"not written: {exc}"
+                context.log.warning("sets of model %s not written to the online store: %s", version, exc)
     return dg.MaterializeResult(
         metadata={
             "files": dg.MetadataValue.json(written),
             "lines": sum(w["users"] for w in written.values()),
+            "online_store_users": dg.MetadataValue.json(online),
         }
     )
 

@@ -36,6 +36,7 @@ LAKE_TABLES = [
     "recommendation_sets",
     "experiment_exposures",
     "experiment_analysis",
+    "served_log",
 ]
 
 

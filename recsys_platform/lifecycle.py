@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 AUDIT_KEY = "audit/forgotten_users.jsonl"
 # Online-store namespaces keyed by user id.
-USER_NAMESPACES = ("recs", "user_features")
+USER_NAMESPACES = ("recs", "user_features", "sets")
 
 
 @dataclass

@@ -196,6 +196,20 @@ PUSH_NOTIFICATION_SCHEMA: dict[str, pl.DataType] = {
     "model_version": pl.String(),
     "enqueued": pl.Boolean(),
 }
+# What was served: one row per list the API returned or the batch export wrote (recsys_platform.serve.served_log).
+SERVED_LOG_SCHEMA: dict[str, pl.DataType] = {
+    "served_at": pl.Datetime("us", "UTC"),
+    "request_id": pl.String(),
+    "surface": pl.String(),
+    "user_id": pl.String(),
+    "experiment": pl.String(),
+    "arm": pl.String(),
+    "source": pl.String(),
+    "model_version": pl.String(),
+    "slot": pl.String(),
+    "item_ids": pl.List(pl.String()),
+}
+
 EXPOSURE_SCHEMA: dict[str, pl.DataType] = {
     "experiment": pl.String(),
     "user_id": pl.String(),

@@ -125,3 +125,19 @@ def ml100k_dir() -> Path:
     except (OSError, subprocess.CalledProcessError) as exc:
         service_unavailable("MovieLens-100K (no shared copy; the recbole wheel)", str(cache), str(exc))
         raise  # not reached: service_unavailable skips or fails
+
+
+@pytest.fixture
+def no_experiments(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """RECSYS_RECOMMENDATION_SETS: the shipped set file without its experiments, for tests of the read path
+    itself (the shipped experiment serves a third of users popularity and a third their set)."""
+    import yaml
+
+    from recsys_platform.config import PROJECT_ROOT
+
+    doc = yaml.safe_load((PROJECT_ROOT / "config" / "recommendation_sets.yaml").read_text())
+    doc["experiments"] = []
+    path = tmp_path_factory.mktemp("sets") / "recommendation_sets.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("RECSYS_RECOMMENDATION_SETS", str(path))
+    return path

@@ -18,7 +18,7 @@ from recsys_platform.serve.online_store import open_online_store
 
 
 @pytest.fixture
-def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_experiments):
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
     for name in ("RECSYS_LANDING_URL", "RECSYS_LAKE_URL", "RECSYS_ONLINE_STORE_URL", "RECSYS_READ_API_KEY"):
         monkeypatch.delenv(name, raising=False)

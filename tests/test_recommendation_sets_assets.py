@@ -23,7 +23,10 @@ from recsys_platform.model import procedure, registry
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.fallback import popularity_table
 from recsys_platform.model.recommender import fit_serving
-from resources import LakeIOManager, MlflowResource, PipelineResource
+from recsys_platform.serve import deployment
+from recsys_platform.serve import read_path as serving
+from recsys_platform.serve.online_store import open_online_store
+from resources import LakeIOManager, MlflowResource, OnlineStoreResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
 
 END = datetime(2026, 10, 1, 12, tzinfo=UTC)
@@ -58,6 +61,7 @@ def _resources(lake: dict, tracking: str) -> dict:
         "set_config": RecommendationSetsResource(
             config_path=str(Settings.from_env().recommendation_sets_path), exports_dir=str(root / "exports")
         ),
+        "online_store": OnlineStoreResource(url=f"sqlite:///{root / 'online_store.sqlite'}"),
     }
 
 
@@ -89,6 +93,8 @@ def test_one_shard_with_the_champion_scores_applies_rules_and_exports(lake: dict
     )
     registry._client(tracking).set_registered_model_alias(REGISTERED_MODEL_NAME, CHAMPION_ALIAS, ref.version)
 
+    with open_online_store(f"sqlite:///{root / 'online_store.sqlite'}") as store:  # the champion is being served
+        deployment.deploy(store, ref.version, "snap-sets", {"recs": {}})
     key = "shard-03"
     result = _materialize(
         lake, tracking, [set_assets.batch_scores, set_assets.recommendation_sets, set_assets.recommendation_export], key
@@ -115,6 +121,13 @@ def test_one_shard_with_the_champion_scores_applies_rules_and_exports(lake: dict
     lines = [json.loads(line) for line in export.read_text().splitlines()]
     assert len(lines) == sets.filter(pl.col("set_name") == "recommended_for_you")["user_id"].n_unique()
     assert lines[0]["modelVersion"] == ref.version and len(lines[0]["itemList"]) <= 30
+    # The same sets are in the active slot, where the API and an experiment's `set` arm read them.
+    online = result.asset_materializations_for_node("recommendation_export")[0].metadata["online_store_users"].value
+    assert online == {ref.version: sets["user_id"].n_unique()}
+    with open_online_store(f"sqlite:///{root / 'online_store.sqlite'}") as store:
+        served = serving.user_set(store, lines[0]["userId"], "recommended_for_you", k=30)
+    assert [i.item_id for i in served.items] == [x["itemId"] for x in lines[0]["itemList"]]
+    assert served.model_version == ref.version and served.source == "recommendation_set"
 
 
 def test_experiment_assets_find_the_simulated_model_lift(lake: dict):

@@ -61,7 +61,7 @@ def store_url(online_store_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def client(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def client(store_url: str, monkeypatch: pytest.MonkeyPatch, no_experiments) -> Iterator[TestClient]:
     monkeypatch.setenv("RECSYS_ADMIN_API_KEY", ADMIN_KEY)
     with TestClient(create_app(store_url)) as c:
         yield c

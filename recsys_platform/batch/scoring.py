@@ -11,6 +11,7 @@ down to `items_per_user`, ordered by the recency-weighted EASE score and popular
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -225,6 +226,26 @@ def to_batch_format(sets: pl.DataFrame) -> pl.DataFrame:
         )
         .select(userId="user_id", itemList="itemList", modelVersion="modelVersion")
     )
+
+
+def online_rows(sets: pl.DataFrame) -> dict[str, dict[str, str]]:
+    """The sets as online-store rows by model version: {version: {user_id: JSON {set name: {"items": [{item_id,
+    score, content_type}], "generated_at"}}}}, the form the read path serves (`read_path._rank`)."""
+    out: dict[str, dict[str, str]] = {}
+    if sets.height == 0:
+        return out
+    per_set = (
+        sets.sort("user_id", "set_name", "rank")
+        .group_by("model_version", "user_id", "set_name", maintain_order=True)
+        .agg(
+            items=pl.struct(item_id="item_id", score="score", content_type="content_type"),
+            generated_at=pl.col("generated_at").first(),
+        )
+    )
+    for version, user_id, set_name, items, generated_at in per_set.iter_rows():
+        doc = out.setdefault(str(version), {}).setdefault(user_id, {})
+        doc[set_name] = {"items": items, "generated_at": generated_at.isoformat() if generated_at else None}
+    return {v: {u: json.dumps(doc) for u, doc in users.items()} for v, users in out.items()}
 
 
 def write_jsonl_atomic(frame: pl.DataFrame, path: Path) -> None:

@@ -65,6 +65,16 @@ class ExperimentConfig:
     surface: str
     start: str | None = None  # ISO timestamp; None = `duration_days` before the latest event
     duration_days: int = 7
+    # What each arm is served (ARM_SOURCES): the surface's rules-processed set, the popularity list of the user's
+    # segment, or the champion model's own ranking. The API, the batch sets and the export all read it.
+    serves: dict[str, str] = field(default_factory=dict)
+
+    def source_of(self, arm: str) -> str:
+        """The source arm `arm` is served (the set for an arm the config does not map)."""
+        return self.serves.get(arm, "set")
+
+
+ARM_SOURCES = ("set", "popularity", "model")
 
 
 @dataclass(frozen=True)
@@ -193,6 +203,15 @@ def _experiment(raw: Any, where: str, set_names: list[str], errors: list[str]) -
     surface = raw.get("surface", "recommended_for_you")
     if surface not in set_names:
         errors.append(f"{where}.surface: {surface!r} is not a configured set {set_names}")
+    serves = raw.get("serves") or {}
+    if not isinstance(serves, dict):
+        errors.append(f"{where}.serves: expected a mapping of arm to source")
+        serves = {}
+    for arm, source in serves.items():
+        if arm not in arms:
+            errors.append(f"{where}.serves.{arm}: not one of the arms {list(arms)}")
+        if source not in ARM_SOURCES:
+            errors.append(f"{where}.serves.{arm}: source {source!r} is not one of {list(ARM_SOURCES)}")
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         errors.append(f"{where}.name: required")
@@ -204,6 +223,7 @@ def _experiment(raw: Any, where: str, set_names: list[str], errors: list[str]) -
         surface=str(surface),
         start=None if raw.get("start") is None else str(raw["start"]),
         duration_days=int(raw.get("duration_days", 7)),
+        serves={str(k): str(v) for k, v in serves.items()},
     )
 
 

@@ -45,6 +45,20 @@ def assign_arms(user_ids: pl.Series | list[str], experiment: ExperimentConfig) -
     return pl.DataFrame({"user_id": pl.Series(ids, dtype=pl.String), "arm": np.array(arms)[idx]})
 
 
+def arm_of(user_id: str, experiment: ExperimentConfig) -> str:
+    """One user's arm, as `assign_arms` gives it (the same hash and edges), without building frames: for the
+    read path, where it runs per request."""
+    arms = list(experiment.arms)
+    total = sum(experiment.arms.values())
+    u = float(unit_interval([user_id], salt=f"{experiment.name}:")[0])
+    edge = 0.0
+    for arm in arms:
+        edge += experiment.arms[arm] / total
+        if u < edge:
+            return arm
+    return arms[-1]
+
+
 def experiment_window(experiment: ExperimentConfig, latest_event: datetime) -> tuple[datetime, datetime]:
     """[start, end) of the experiment: the configured start (or `duration_days` before the latest event)."""
     end = latest_event + timedelta(microseconds=1)

@@ -13,9 +13,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from recsys_platform.config import Settings
+from recsys_platform.ingest.landing import landing_zone_from_url
 from recsys_platform.schemas import CONTENT_TYPES, ID_PATTERN, ID_RULE
 from recsys_platform.serve import deployment
 from recsys_platform.serve import read_path as serving
+from recsys_platform.serve.arms import API_SURFACE, ArmRouter
 from recsys_platform.serve.auth import app_state, require
 from recsys_platform.serve.errors import errors
 from recsys_platform.serve.events_api import events_router
@@ -27,6 +29,8 @@ from recsys_platform.serve.online_store import (
     StoreUnavailableError,
     open_online_store,
 )
+from recsys_platform.serve.served_log import ServedLog
+from recsys_platform.serve.served_log import enabled as served_log_enabled
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,15 +63,17 @@ class RecommendedItemOut(BaseModel):
 
 
 class RecommendationsOut(BaseModel):
-    """Recommendations for a user, and the deployment that produced them."""
+    """Recommendations for a user, the deployment that produced them, and the user's experiment arm."""
 
     user_id: str
     items: list[RecommendedItemOut]
-    source: Literal["personalized", "popularity_fallback"]
+    source: Literal["personalized", "popularity_fallback", "popularity", "recommendation_set"]
     model_version: str
     slot: str
     snapshot_id: str
     generated_at: str | None
+    experiment: str | None = Field(None, description="the live experiment on this surface, if any")
+    arm: str | None = Field(None, description="the user's arm in it (what it serves: config serves:)")
 
 
 class SimilarItemsOut(BaseModel):
@@ -194,14 +200,82 @@ async def get_recommendations(
     user_id: Annotated[str, Path(pattern=ID_PATTERN, description=ID_RULE)],
     query: Annotated[RecommendationsQuery, Query()],
 ) -> dict:
-    """Top recommendations for a user (popularity fallback for unknown users)."""
-    rec = await _read(store, serving.recommend, store, user_id, query.limit, query.content_type, query.exclude_kids)
+    """Top recommendations for a user (popularity fallback for unknown users): in a live experiment on the home
+    surface, what the user's arm is served (the rules-processed set, the popularity list or the model's list)."""
+    assigned = request.app.state.arms.assign(user_id)
+    rec = await _read(
+        store,
+        serving.recommend,
+        store,
+        user_id,
+        query.limit,
+        query.content_type,
+        query.exclude_kids,
+        assigned.source,
+        assigned.set_name,
+    )
     if (metrics := metrics_of(request.app.state)) is not None:
         metrics.served.labels(rec.source).inc()
+    if (log := request.app.state.served_log) is not None:
+        log.record(
+            request_id=request.scope.get("state", {}).get("request_id"),
+            surface=API_SURFACE,
+            user_id=user_id,
+            experiment=assigned.experiment,
+            arm=assigned.arm,
+            source=rec.source,
+            model_version=rec.model_version,
+            slot=rec.slot,
+            item_ids=[i.item_id for i in rec.items],
+        )
     return {
+        "experiment": assigned.experiment,
+        "arm": assigned.arm,
         "user_id": user_id,
         "items": _items_out(rec),
         "source": rec.source,
+        "model_version": rec.model_version,
+        "slot": rec.slot,
+        "snapshot_id": rec.snapshot_id,
+        "generated_at": rec.generated_at,
+    }
+
+
+class SetOut(BaseModel):
+    """One of a user's named recommendation sets (rules applied), and the deployment that holds it."""
+
+    user_id: str
+    set_name: str
+    items: list[RecommendedItemOut]
+    model_version: str
+    slot: str
+    snapshot_id: str
+    generated_at: str | None
+
+
+@router.get(
+    "/v1/users/{user_id}/sets/{set_name}",
+    response_model=SetOut,
+    responses=errors(400, 401, 404, 429, 503),
+    dependencies=[Depends(only_query_params("limit")), Depends(require("read"))],
+    tags=["recommendations"],
+)
+async def get_user_set(
+    store: StoreDep,
+    user_id: Annotated[str, Path(pattern=ID_PATTERN, description=ID_RULE)],
+    set_name: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="a set of the set file")],
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict:
+    """A user's named set as the batch sets job built it (config/recommendation_sets.yaml); 404 when the active
+    slot holds no such set for the user (not eligible, or the sets job has not run for this model version)."""
+    try:
+        rec = await _read(store, serving.user_set, store, user_id, set_name, limit)
+    except serving.SetNotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return {
+        "user_id": user_id,
+        "set_name": set_name,
+        "items": _items_out(rec),
         "model_version": rec.model_version,
         "slot": rec.slot,
         "snapshot_id": rec.snapshot_id,
@@ -287,6 +361,7 @@ class ForgetOut(BaseModel):
     tags=["deployment"],
 )
 async def delete_user(
+    request: Request,
     store: StoreDep,
     user_id: Annotated[str, Path(pattern=ID_PATTERN, description=ID_RULE)],
 ) -> dict:
@@ -297,6 +372,8 @@ async def delete_user(
     from recsys_platform.lifecycle import forget_user
 
     settings = replace(Settings.from_env(), online_store_url=store.url)
+    if (log := request.app.state.served_log) is not None:
+        log.forget(user_id)
     report = await run_in_threadpool(forget_user, user_id, settings)
     return {"user_sha256": report.user_sha256, "at": report.at, "removed": report.removed}
 
@@ -400,11 +477,16 @@ async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(store_url: str | None = None, extra_routers: Iterable[APIRouter] = ()) -> FastAPI:
     """Build the API on the store at `store_url` (default: settings); add `extra_routers` as-is."""
-    url = store_url or Settings.from_env().online_store_url
+    settings = Settings.from_env()
+    url = store_url or settings.online_store_url
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.served_log is not None:
+            app.state.served_log.start()
         yield
+        if app.state.served_log is not None:
+            await app.state.served_log.aclose()
         app.state.store.close()
 
     app = FastAPI(
@@ -415,6 +497,10 @@ def create_app(store_url: str | None = None, extra_routers: Iterable[APIRouter] 
     )
     app.state.store = open_online_store(url, create=False)
     app_state(app.state)  # API keys, failure throttle and intake rate limits, from the environment
+    app.state.arms = ArmRouter(settings.recommendation_sets_path)
+    app.state.served_log = (
+        ServedLog(lambda: landing_zone_from_url(settings.landing_url)) if served_log_enabled() else None
+    )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.state.metrics = Metrics(store_reader=lambda: app.state.store.pointer())
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)  # outermost: sees every answer

@@ -19,6 +19,10 @@ class ItemNotFoundError(OnlineStoreError):
     """The item has no entry in the active slot's `similar` namespace."""
 
 
+class SetNotFoundError(OnlineStoreError):
+    """The active slot holds no such set for the user."""
+
+
 class InconsistentReadError(OnlineStoreError):
     """Consecutive reads kept landing on different deployments (flips faster than reads)."""
 
@@ -89,15 +93,42 @@ def _result(
     return Recommendations(key, items, read.model_version, read.slot, read.snapshot_id, generated_at, source)
 
 
+def _set_list(raw_sets: str | None, set_name: str) -> str | None:
+    """The stored list of one named set from a user's `sets` value ({set name: {"items": [...]}}), as JSON."""
+    if raw_sets is None:
+        return None
+    try:
+        entry = json.loads(raw_sets).get(set_name)
+    except (ValueError, AttributeError):
+        logger.warning("unreadable sets value; serving the model's list")
+        return None
+    return json.dumps(entry) if isinstance(entry, dict) else None
+
+
 def recommend(
-    store: OnlineStore, user_id: str, k: int = 10, content_type: str | None = None, exclude_kids: bool = False
+    store: OnlineStore,
+    user_id: str,
+    k: int = 10,
+    content_type: str | None = None,
+    exclude_kids: bool = False,
+    source: str = "model",
+    set_name: str | None = None,
 ) -> Recommendations:
-    """Top-k recommendations for a user from one slot; popularity by segment for cold users."""
+    """Top-k recommendations for a user from one slot, from `source`: "model" (the user's ranked list),
+    "set" (their rules-processed set `set_name`, else the model's list) or "popularity" (the popularity list
+    of their segment); popularity by segment for cold users whatever the source."""
     for _ in range(_MAX_CONSISTENT_READ_ATTEMPTS):
-        # Hot path: one read. Popularity lists are only fetched for cold users, since the segment
-        # key comes from the user's features.
-        read = store.read("recs", [user_id], extra={"user_features": [user_id]})
-        raw_recs = read.values.get(user_id)
+        # Hot path: one read. Popularity lists are only fetched for cold users (and the popularity arm), since
+        # the segment key comes from the user's features.
+        extra = {"user_features": [user_id]}
+        if source == "set" and set_name:
+            extra["sets"] = [user_id]
+        read = store.read("recs", [user_id], extra=extra)
+        if source == "set" and set_name:
+            raw_set = _set_list(read.extra_values["sets"].get(user_id), set_name)
+            if raw_set is not None:
+                return _result(user_id, read, raw_set, k, content_type, exclude_kids, "recommendation_set")
+        raw_recs = read.values.get(user_id) if source != "popularity" else None
         if raw_recs is not None:
             return _result(user_id, read, raw_recs, k, content_type, exclude_kids, "personalized")
         segment = _segment(read.extra_values["user_features"].get(user_id))
@@ -106,10 +137,10 @@ def recommend(
         if not fallback.same_source(read):
             continue  # a flip happened between the two reads; start again on the new slot
         popular = next((fallback.values[key] for key in keys if fallback.values.get(key) is not None), None)
-        if popular is None:
-            source = "popularity_fallback"  # nothing to fall back on: an empty list, not an error
-            return Recommendations(user_id, [], read.model_version, read.slot, read.snapshot_id, None, source)
-        return _result(user_id, read, popular, k, content_type, exclude_kids, "popularity_fallback")
+        served = "popularity" if source == "popularity" else "popularity_fallback"
+        if popular is None:  # nothing to fall back on: an empty list, not an error
+            return Recommendations(user_id, [], read.model_version, read.slot, read.snapshot_id, None, served)
+        return _result(user_id, read, popular, k, content_type, exclude_kids, served)
     raise InconsistentReadError(f"pointer flipped during {_MAX_CONSISTENT_READ_ATTEMPTS} consecutive reads")
 
 
@@ -120,3 +151,12 @@ def similar_items(store: OnlineStore, item_id: str, k: int = 10) -> Recommendati
     if raw is None:
         raise ItemNotFoundError(f"item {item_id!r} is unknown to model {read.model_version}")
     return _result(item_id, read, raw, k, None, False, "item_similarity")
+
+
+def user_set(store: OnlineStore, user_id: str, set_name: str, k: int = 20) -> Recommendations:
+    """The top k of a user's named set in the active slot; SetNotFoundError when it holds none."""
+    read = store.read("sets", [user_id])
+    raw = _set_list(read.values.get(user_id), set_name)
+    if raw is None:
+        raise SetNotFoundError(f"no set {set_name!r} for user {user_id!r} in model {read.model_version}")
+    return _result(user_id, read, raw, k, None, False, "recommendation_set")

@@ -1,0 +1,150 @@
+"""The served log: every list the API returns (and the batch export writes), kept so outcomes can be tied to
+what the user actually saw.
+
+The request path only appends a row to an in-memory buffer; a background task writes the buffer as one Parquet
+file per flush (every FLUSH_SECONDS, or sooner at MAX_BUFFERED rows) into the landing zone under
+`served/dt=YYYY-MM-DD/hr=HH/<batch>.parquet`, off the event loop. The `served_log` asset reads an arrival hour's
+files into the lake (hourly partitions), and the analyst catalog has it as a view. Rows follow
+`schemas.SERVED_LOG_SCHEMA` (one row per list: items in served order). RECSYS_SERVED_LOG=0 turns it off.
+A process killed between flushes loses at most FLUSH_SECONDS of log rows, never an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+from recsys_platform import schemas
+from recsys_platform.ingest.landing import LandingZone, new_batch_id
+
+logger = logging.getLogger(__name__)
+
+SERVED_PREFIX = "served/"
+SERVED_LOG_ENV = "RECSYS_SERVED_LOG"
+FLUSH_SECONDS = 1.0
+MAX_BUFFERED = 20_000
+
+
+def served_key(at: datetime) -> str:
+    """The landing key of a served-log file written at `at`."""
+    return f"{SERVED_PREFIX}dt={at:%Y-%m-%d}/hr={at:%H}/{new_batch_id(at)}.parquet"
+
+
+def served_prefix(partition_key: str) -> str:
+    """The landing prefix of one arrival hour (partition key YYYY-MM-DD-HH:00)."""
+    day, hour = partition_key[:10], partition_key[11:13]
+    return f"{SERVED_PREFIX}dt={day}/hr={hour}/"
+
+
+def encode(rows: Sequence[dict[str, Any]]) -> bytes:
+    """Rows as one Parquet file of SERVED_LOG_SCHEMA."""
+    buf = io.BytesIO()
+    pl.DataFrame(list(rows), schema=schemas.SERVED_LOG_SCHEMA, orient="row").write_parquet(buf)
+    return buf.getvalue()
+
+
+def enabled() -> bool:
+    """Whether the served log is on (RECSYS_SERVED_LOG, default on)."""
+    return os.environ.get(SERVED_LOG_ENV, "1") != "0"
+
+
+class ServedLog:
+    """The API's buffer of served lists and its background writer."""
+
+    def __init__(self, zone: Callable[[], LandingZone], flush_seconds: float = FLUSH_SECONDS) -> None:
+        self._zone_factory = zone
+        self._zone: LandingZone | None = None
+        self.flush_seconds = flush_seconds
+        self._rows: list[dict[str, Any]] = []
+        self._task: asyncio.Task | None = None
+        self.files_written = 0
+        self.rows_dropped = 0
+
+    def record(
+        self,
+        *,
+        request_id: str | None,
+        surface: str,
+        user_id: str,
+        experiment: str | None,
+        arm: str | None,
+        source: str,
+        model_version: str,
+        slot: str,
+        item_ids: list[str],
+    ) -> None:
+        """Buffer one served list (O(1) on the request path)."""
+        if len(self._rows) >= MAX_BUFFERED:  # the writer is far behind (landing zone down): shed, never block
+            self.rows_dropped += 1
+            return
+        self._rows.append(
+            {
+                "served_at": datetime.now(UTC),
+                "request_id": request_id,
+                "surface": surface,
+                "user_id": user_id,
+                "experiment": experiment,
+                "arm": arm,
+                "source": source,
+                "model_version": model_version,
+                "slot": slot,
+                "item_ids": item_ids,
+            }
+        )
+
+    def forget(self, user_id: str) -> int:
+        """Drop the user's rows not yet written (forgetting a user must not be undone by the next flush)."""
+        before = len(self._rows)
+        self._rows = [r for r in self._rows if r["user_id"] != user_id]
+        return before - len(self._rows)
+
+    def start(self) -> None:
+        """Start the background writer on the running loop."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what is buffered as one landing file (in a worker thread); keep the rows if the write fails."""
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        try:
+            if self._zone is None:
+                self._zone = self._zone_factory()
+            zone = self._zone
+            await asyncio.to_thread(zone.write_bytes, served_key(datetime.now(UTC)), encode(rows))
+            self.files_written += 1
+        except Exception as exc:  # noqa: BLE001 - the log must never take the API down
+            logger.warning("served log: %d rows not written yet (%s); retrying on the next flush", len(rows), exc)
+            self._rows = rows + self._rows
+
+    async def aclose(self) -> None:
+        """Stop the writer and flush what is left."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.flush()
+
+
+def read_served_hour(zone: LandingZone, partition_key: str) -> pl.DataFrame:
+    """Every served-log row that landed in one arrival hour."""
+    files = [f for f in zone.list_files(served_prefix(partition_key)) if f.key.endswith(".parquet")]
+    frames = [pl.read_parquet(io.BytesIO(zone.read_bytes(f.key))) for f in files]
+    if not frames:
+        return schemas.empty_frame(schemas.SERVED_LOG_SCHEMA)
+    return schemas.conform(pl.concat(frames, how="diagonal_relaxed"), schemas.SERVED_LOG_SCHEMA)
