@@ -15,6 +15,7 @@ from orchestration.jobs import (
     recommendation_sets_job,
     refresh_realtime_job,
     retention_job,
+    served_log_job,
     training_cycle_job,
 )
 from recsys_platform.config import Settings
@@ -23,7 +24,7 @@ from sensors.contracts import contracts_after_refresh_for
 from sensors.landing import landing_sensor_for
 from sensors.recommendation_sets import batch_sets_schedule_for
 from sensors.registry import champion_sensor_for
-from sensors.schedules import retention_schedule_for, retrain_schedule_for
+from sensors.schedules import retention_schedule_for, retrain_schedule_for, served_log_schedule_for
 from sensors.stuck_runs import orphaned_run_sweeper
 
 ASSETS = dg.load_assets_from_modules(
@@ -50,6 +51,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             retrain_schedule_for(training_cycle_job),
             batch_sets_schedule_for(recommendation_sets_job, SHARD_KEYS),
             retention_schedule_for(retention_job),
+            served_log_schedule_for(served_log_job),
         ],
         resources=build_resources(settings),
         executor=executor_from_env(),

@@ -66,6 +66,12 @@ recommendation_sets_job = dg.define_asset_job(
     "JSON lines, refresh the analyst catalog (on demand: launch or backfill shards; scheduled every 2 days).",
 )
 
+served_log_job = dg.define_asset_job(
+    "load_served_log",
+    selection=dg.AssetSelection.assets(ingestion.served_log),
+    description="Load one arrival hour of the served log (the lists the API returned) from the landing zone into "
+    "the lake; hourly by served_log_hourly, and with every ingest_events run.",
+)
 retention_job = dg.define_asset_job(
     "apply_retention",
     selection=LIFECYCLE,

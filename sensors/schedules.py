@@ -28,3 +28,14 @@ def retention_schedule_for(job: Any, cron: str = "30 4 * * *") -> dg.ScheduleDef
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Delete what is past its retention (config/retention.yaml).",
     )
+
+
+def served_log_schedule_for(job: Any) -> dg.ScheduleDefinition:
+    """Each arrival hour of the served log, loaded 5 minutes after the hour ends, on by default."""
+    return dg.build_schedule_from_partitioned_job(
+        job,
+        name="served_log_hourly",
+        minute_of_hour=5,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Load the hour that just ended of the served log into the lake (served_log).",
+    )

@@ -225,14 +225,32 @@ def test_every_query_in_the_readme_and_analyst_guide_runs_against_a_catalog(worl
     }
     for name, frame in tables.items():
         frame.write_parquet(lake / f"{name}.parquet")
-    for name, frame in (("batch_scores", world["scores"]), ("recommendation_sets", world["sets"])):
+    # what the API served these users: their arm's list, as the served log holds it (one file per hour)
+    served = exposures.join(recs.group_by("user_id").agg(item_ids=pl.col("item_id")), on="user_id").select(
+        served_at=pl.col("exposed_at"),
+        request_id=pl.col("user_id") + "-r1",
+        surface=pl.col("surface"),
+        user_id="user_id",
+        experiment="experiment",
+        arm="arm",
+        source=pl.lit("personalized"),
+        model_version=pl.lit("7"),
+        slot=pl.lit("blue"),
+        item_ids="item_ids",
+    )
+    served = schemas.conform(served, schemas.SERVED_LOG_SCHEMA)
+    for name, frame in (
+        ("batch_scores", world["scores"]),
+        ("recommendation_sets", world["sets"]),
+        ("served_log", served),
+    ):
         (lake / name).mkdir()
-        key_col = "shard" if name == "batch_scores" else "set_name"
+        key_col = {"batch_scores": "shard", "recommendation_sets": "set_name", "served_log": "arm"}[name]
         for k, part in enumerate(frame.partition_by(key_col)):
             part.write_parquet(lake / name / f"part-{k}.parquet")
     catalog = tmp_path / "catalog.duckdb"
-    views = build_catalog(catalog, str(lake), [*tables, "batch_scores", "recommendation_sets"])
-    assert len(views) == 8
+    views = build_catalog(catalog, str(lake), [*tables, "batch_scores", "recommendation_sets", "served_log"])
+    assert len(views) == 9
     blocks = [b for doc in ("README.md", "docs/analyst.md") for b in _sql_blocks((PROJECT_ROOT / doc).read_text())]
     assert len(blocks) >= 8
     con = duckdb.connect(str(catalog), read_only=True)
