@@ -1,12 +1,13 @@
-"""What API keys and the JSON access log cost the recommendations read path: the same store, the same wrk load,
-one uvicorn worker per configuration, configurations interleaved over several rounds (so drift hits all alike).
+"""What the read path's optional work costs: API keys, the JSON access log and the served log. The same store,
+the same wrk load, one uvicorn worker per configuration, configurations interleaved over several rounds (so drift
+hits all alike).
 
-    python benchmarks/serve_auth.py [--duration 10] [--rounds 3] [--connections 8]
+    python benchmarks/serve_costs.py [--duration 10] [--rounds 3] [--connections 8]
 
-Configurations: `off` (no key configured, no access log), `keys` (RECSYS_READ_API_KEY set, every request sends
-`Authorization: Bearer`), `keys+log` (the same plus one JSON access-log line per request, written to /dev/null).
-Prints requests/s (median of the rounds), p99 latency and the cost relative to `off`; non-2xx answers fail it.
-Needs `wrk` (apt-get install -y wrk).
+Configurations: `off` (no key, no access log, no served log), `keys` (RECSYS_READ_API_KEY set, every request
+sends `Authorization: Bearer`), `access-log` (one JSON line per request, to /dev/null), `served-log` (every
+served list buffered and written to the landing zone). Prints requests/s (median of the rounds), p99 latency
+and the cost relative to `off`; non-2xx answers fail it. Needs `wrk` (apt-get install -y wrk).
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ from recsys_platform.serve import deployment  # noqa: E402
 from recsys_platform.serve.online_store import open_online_store  # noqa: E402
 
 KEY = "bench-read-key"
+BASE = {"RECSYS_ACCESS_LOG": "0", "RECSYS_SERVED_LOG": "0"}
 CONFIGS = {
-    "off": ({"RECSYS_ACCESS_LOG": "0"}, []),
-    "keys": ({"RECSYS_ACCESS_LOG": "0", "RECSYS_READ_API_KEY": KEY}, ["-H", f"Authorization: Bearer {KEY}"]),
-    "keys+log": ({"RECSYS_ACCESS_LOG": "1", "RECSYS_READ_API_KEY": KEY}, ["-H", f"Authorization: Bearer {KEY}"]),
+    "off": (BASE, []),
+    "keys": ({**BASE, "RECSYS_READ_API_KEY": KEY}, ["-H", f"Authorization: Bearer {KEY}"]),
+    "access-log": ({**BASE, "RECSYS_ACCESS_LOG": "1"}, []),
+    "served-log": ({**BASE, "RECSYS_SERVED_LOG": "1"}, []),
 }
 
 
-def start(store_url: str, port: int, env_extra: dict[str, str]) -> subprocess.Popen:
+def start(store_url: str, home: str, port: int, env_extra: dict[str, str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-    env |= {"RECSYS_ONLINE_STORE_URL": store_url, "PYTHONPATH": str(REPO), **env_extra}
+    env |= {"RECSYS_ONLINE_STORE_URL": store_url, "RECSYS_HOME": home, "PYTHONPATH": str(REPO), **env_extra}
     code = (
         "import uvicorn; from recsys_platform.serve.observability import configure_access_log; "
         "configure_access_log(); "
@@ -91,7 +94,7 @@ def main() -> None:
             for name in order:
                 env_extra, headers = CONFIGS[name]
                 port = free_port()
-                proc = start(url, port, env_extra)
+                proc = start(url, tmp, port, env_extra)
                 try:
                     wrk(port, argparse.Namespace(**{**vars(args), "duration": 2}), headers, seed=99)  # warm-up
                     runs[name].append(wrk(port, args, headers, seed=r))
@@ -99,14 +102,14 @@ def main() -> None:
                     proc.terminate()
                     proc.wait(timeout=10)
     base = statistics.median(x["rps"] for x in runs["off"])
-    print(f"{'config':<10} {'req/s (median)':>15} {'p99 ms':>8} {'vs off':>8}   rounds req/s")
+    print(f"{'config':<11} {'req/s (median)':>15} {'p99 ms':>8} {'vs off':>8}   rounds req/s")
     summary = {}
     for name, results in runs.items():
         rps = statistics.median(x["rps"] for x in results)
         p99 = statistics.median(x["p99_us"] for x in results) / 1000
         summary[name] = {"rps": rps, "p99_ms": p99, "cost_vs_off": 1 - rps / base}
         rounds = " ".join(f"{x['rps']:.0f}" for x in results)
-        print(f"{name:<10} {rps:>15.0f} {p99:>8.2f} {1 - rps / base:>+8.1%}   {rounds}")
+        print(f"{name:<11} {rps:>15.0f} {p99:>8.2f} {1 - rps / base:>+8.1%}   {rounds}")
     print(json.dumps({"machine": f"{os.cpu_count()} cores", "args": vars(args), "summary": summary}))
 
 
