@@ -19,7 +19,8 @@ from recsys_platform.model import fallback, registry
 from recsys_platform.model.serving import serving_recommender
 from recsys_platform.serve import deployment
 from recsys_platform.serve.online_store import StaleWriteError
-from resources import MlflowResource, OnlineStoreResource, PipelineResource
+from recsys_platform.serve.served_log import export_served_rows, frame_bytes, served_key
+from resources import LandingZoneResource, MlflowResource, OnlineStoreResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
 
 SHARD_KEYS = bs.shard_keys(load_sets_config(Settings.from_env().recommendation_sets_path).batch.shards)
@@ -111,16 +112,20 @@ def recommendation_sets(
     users: pl.DataFrame,
     interactions: pl.DataFrame,
     raw_events: pl.LazyFrame,
+    popularity_model: pl.DataFrame,
     set_config: RecommendationSetsResource,
 ) -> pl.DataFrame:
     """Named sets (recommended for you, sleep tonight, because you searched, new for you) made from this
-    shard's batch scores by each set's rules, in the order the YAML declares; metadata counts, per set and
-    rule, the rows each rule removed or moved."""
+    shard's batch scores by each set's rules, in the order the YAML declares; for a live experiment, its
+    surface set is what each user's arm is served (`serves:`: the set, the model's ranking or the popularity
+    list; `context` = `arm:<arm>`). Metadata counts, per set and rule, the rows each rule removed or moved, and
+    the users per arm."""
     config = _checked_config(set_config)
     now = datetime.now(UTC)
     searches = bs.last_search_queries(raw_events.select("user_id", "event_type", "event_time", "query"))
     ctx = bs.rule_context(users, interactions, searches, now.date(), feature_cutoff(interactions))
     sets, counts = bs.build_sets(batch_scores, items, ctx, config)
+    sets, arms = bs.apply_experiment_arms(sets, batch_scores, popularity_model, users, items, config, now)
     per_set = sets.group_by("set_name").agg(rows=pl.len(), users=pl.col("user_id").n_unique()).sort("set_name")
     counts_by_set = {
         name: [{k: v for k, v in row.items() if k != "set_name"} for row in part.iter_rows(named=True)]
@@ -131,6 +136,7 @@ def recommendation_sets(
             "sets": dg.MetadataValue.md(frame_preview_markdown(per_set, rows=per_set.height)),
             "rule_counts": dg.MetadataValue.md(frame_preview_markdown(counts, rows=counts.height)),
             "rule_counts_by_set": dg.MetadataValue.json(counts_by_set),
+            "users_by_arm": dg.MetadataValue.json(arms),
         }
     )
     return sets
@@ -142,6 +148,7 @@ def recommendation_export(
     recommendation_sets: pl.DataFrame,
     set_config: RecommendationSetsResource,
     online_store: OnlineStoreResource,
+    landing: LandingZoneResource,
 ) -> dg.MaterializeResult:
     """JSON lines in the managed-recommender batch format, one file per set and shard
     (`exports/recommendation_sets/<set>/<shard>.jsonl`), one line per user: userId, itemList, modelVersion; and
@@ -156,11 +163,16 @@ def recommendation_export(
             except StaleWriteError as exc:  # the sets come from another version than the one being served
                 online[version] = f"not written: {exc}"
                 context.log.warning("sets of model %s not written to the online store: %s", version, exc)
+    # What was exported goes to the served log, like every list the API returns.
+    logged = export_served_rows(recommendation_sets, datetime.now(UTC))
+    if logged.height:
+        landing.zone().write_bytes(served_key(datetime.now(UTC)), frame_bytes(logged))
     return dg.MaterializeResult(
         metadata={
             "files": dg.MetadataValue.json(written),
             "lines": sum(w["users"] for w in written.values()),
             "online_store_users": dg.MetadataValue.json(online),
+            "served_log_rows": logged.height,
         }
     )
 

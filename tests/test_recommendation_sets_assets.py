@@ -18,7 +18,9 @@ from recsys_platform.batch.set_config import load_sets_config
 from recsys_platform.config import CHAMPION_ALIAS, REGISTERED_MODEL_NAME, PipelineParams, Settings
 from recsys_platform.dev.experiment_sim import simulate_arms
 from recsys_platform.dev.generator import GeneratorConfig, generate
-from recsys_platform.features.tables import build_interactions
+from recsys_platform.experiments import ab_tests as experiments_ab
+from recsys_platform.features.tables import build_interactions, user_segments
+from recsys_platform.ingest.landing import LocalLandingZone
 from recsys_platform.model import procedure, registry
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.fallback import popularity_table
@@ -26,7 +28,7 @@ from recsys_platform.model.recommender import fit_serving
 from recsys_platform.serve import deployment
 from recsys_platform.serve import read_path as serving
 from recsys_platform.serve.online_store import open_online_store
-from resources import LakeIOManager, MlflowResource, OnlineStoreResource, PipelineResource
+from resources import LakeIOManager, LandingZoneResource, MlflowResource, OnlineStoreResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
 
 END = datetime(2026, 10, 1, 12, tzinfo=UTC)
@@ -62,6 +64,7 @@ def _resources(lake: dict, tracking: str) -> dict:
             config_path=str(Settings.from_env().recommendation_sets_path), exports_dir=str(root / "exports")
         ),
         "online_store": OnlineStoreResource(url=f"sqlite:///{root / 'online_store.sqlite'}"),
+        "landing": LandingZoneResource(url=str(root / "landing")),
     }
 
 
@@ -121,6 +124,31 @@ def test_one_shard_with_the_champion_scores_applies_rules_and_exports(lake: dict
     lines = [json.loads(line) for line in export.read_text().splitlines()]
     assert len(lines) == sets.filter(pl.col("set_name") == "recommended_for_you")["user_id"].n_unique()
     assert lines[0]["modelVersion"] == ref.version and len(lines[0]["itemList"]) <= 30
+    # The experiment's surface set is what each user's arm is served: the set, the model's ranking, popularity.
+    experiment = config.experiments[0]
+    by_arm = result.asset_materializations_for_node("recommendation_sets")[0].metadata["users_by_arm"].value
+    assert set(by_arm[experiment.name]) == {"control", "popularity", "model"}
+    surface = {line["userId"]: [x["itemId"] for x in line["itemList"]] for line in lines}
+    arms = experiments_ab.assign_arms(sorted(surface), experiment)
+    arm_of = dict(arms.iter_rows())
+    model_user = next(u for u in sorted(surface) if arm_of[u] == "model")
+    top = scores.filter(pl.col("user_id") == model_user).sort("rank")["item_id"].head(30).to_list()
+    assert surface[model_user] == top
+    pop_user = next(u for u in sorted(surface) if arm_of[u] == "popularity")
+    popularity = pl.read_parquet(root / "lake" / "popularity_model.parquet")
+    segment = user_segments(ds.users).filter(pl.col("user_id") == pop_user)["segment"][0]
+    segment = segment if segment in set(popularity["segment"]) else "__global__"
+    expected_pop = popularity.filter(pl.col("segment") == segment).sort("rank")["item_id"].head(30).to_list()
+    assert surface[pop_user] == expected_pop and surface[pop_user] != surface[model_user]
+    contexts = sets.filter(pl.col("set_name") == experiment.surface)["context"].unique().to_list()
+    assert {c.split("/")[1] for c in contexts} == {"control", "popularity", "model"}
+    # and what was exported is in the served log (one row per user and set), with the experiment and arm
+    served_files = LocalLandingZone(root / "landing").list_files("served/")
+    logged = pl.concat([pl.read_parquet(root / "landing" / f.key) for f in served_files])
+    assert logged.height == sets.select("user_id", "set_name").unique().height
+    rows = logged.filter(pl.col("surface") == f"export:{experiment.surface}")
+    assert set(rows["arm"]) == {"control", "popularity", "model"} and set(rows["experiment"]) == {experiment.name}
+    assert rows.filter(pl.col("user_id") == model_user)["item_ids"].to_list() == [top]
     # The same sets are in the active slot, where the API and an experiment's `set` arm read them.
     online = result.asset_materializations_for_node("recommendation_export")[0].metadata["online_store_users"].value
     assert online == {ref.version: sets["user_id"].n_unique()}

@@ -228,6 +228,86 @@ def to_batch_format(sets: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def apply_experiment_arms(
+    sets: pl.DataFrame,
+    batch_scores: pl.DataFrame,
+    popularity: pl.DataFrame,
+    users: pl.DataFrame,
+    items: pl.DataFrame,
+    config: Any,
+    now: datetime,
+) -> tuple[pl.DataFrame, dict[str, dict[str, int]]]:
+    """The sets with each live experiment's surface set replaced, for the users of arms that are not served
+    `set`, by what their arm is served (ExperimentConfig.serves): `model`, the top of their batch scores;
+    `popularity`, the popularity list of their segment (else the global one). Every surface row's `context` names
+    the experiment, arm and source (`arm:<experiment>/<arm>/<source>`). Returns (sets, {experiment: {arm: users}})."""
+    from recsys_platform.experiments.ab_tests import assign_arms, is_live
+    from recsys_platform.schemas import GLOBAL_SEGMENT
+
+    counts: dict[str, dict[str, int]] = {}
+    if batch_scores.height == 0:
+        return sets, counts
+    version = batch_scores["model_version"][0]
+    generated = batch_scores["generated_at"][0]
+    for exp in config.experiments:
+        if not is_live(exp, now):
+            continue
+        size = config.set(exp.surface).size
+        arms = assign_arms(batch_scores["user_id"].unique().sort(), exp).with_columns(
+            source=pl.col("arm").replace_strict(exp.serves, default="set")
+        )
+        counts[exp.name] = dict(arms.group_by("arm").len().iter_rows())
+        tag = pl.lit(f"arm:{exp.name}/") + pl.col("arm") + pl.lit("/") + pl.col("source")
+        model_rows = (
+            batch_scores.join(arms.filter(pl.col("source") == "model"), on="user_id")
+            .filter(pl.col("rank") <= size)
+            .select("user_id", "arm", "source", "rank", "item_id", "score")
+        )
+        pop_users = (
+            arms.filter(pl.col("source") == "popularity")
+            .join(feats.user_segments(users), on="user_id", how="left")
+            .with_columns(
+                segment=pl.when(pl.col("segment").is_in(popularity["segment"].unique().implode()))
+                .then("segment")
+                .otherwise(pl.lit(GLOBAL_SEGMENT))
+            )
+        )
+        pop_rows = pop_users.join(popularity.filter(pl.col("rank") <= size), on="segment").select(
+            "user_id", "arm", "source", "rank", "item_id", pl.col("score").cast(pl.Float64)
+        )
+        replaced = (
+            pl.concat([model_rows, pop_rows])
+            .join(items.select("item_id", "content_type"), on="item_id", how="left")
+            .select(
+                set_name=pl.lit(exp.surface),
+                user_id="user_id",
+                rank=pl.col("rank").cast(pl.Int64),
+                item_id="item_id",
+                entity_type=pl.lit(ENTITY_ITEM),
+                content_type="content_type",
+                score="score",
+                context=tag,
+                model_version=pl.lit(version),
+                generated_at=pl.lit(generated),
+            )
+        )
+        other = arms.filter(pl.col("source") != "set").select("user_id", set_name=pl.lit(exp.surface))
+        keep = sets.join(other, on=["user_id", "set_name"], how="anti")
+        # the users served the set itself: their surface rows name the arm too
+        in_set = arms.filter(pl.col("source") == "set").select("user_id", _tag=tag)
+        keep = (
+            keep.join(in_set, on="user_id", how="left")
+            .with_columns(
+                context=pl.when(pl.col("set_name") == exp.surface).then(pl.col("_tag")).otherwise(pl.col("context"))
+            )
+            .drop("_tag")
+        )
+        sets = pl.concat([keep, replaced.select(keep.columns)], how="vertical_relaxed").sort(
+            "set_name", "user_id", "rank"
+        )
+    return sets, counts
+
+
 def online_rows(sets: pl.DataFrame) -> dict[str, dict[str, str]]:
     """The sets as online-store rows by model version: {version: {user_id: JSON {set name: {"items": [{item_id,
     score, content_type}], "generated_at"}}}}, the form the read path serves (`read_path._rank`)."""

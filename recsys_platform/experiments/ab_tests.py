@@ -59,6 +59,16 @@ def arm_of(user_id: str, experiment: ExperimentConfig) -> str:
     return arms[-1]
 
 
+def is_live(experiment: ExperimentConfig, now: datetime) -> bool:
+    """Whether `experiment` assigns arms at `now` (API and batch sets): from its start for duration_days, or
+    always without a start (the analysis then reads the last duration_days of events)."""
+    if experiment.start is None:
+        return True
+    start = datetime.fromisoformat(experiment.start)
+    start = start if start.tzinfo else start.replace(tzinfo=now.tzinfo)
+    return start <= now < start + timedelta(days=experiment.duration_days)
+
+
 def experiment_window(experiment: ExperimentConfig, latest_event: datetime) -> tuple[datetime, datetime]:
     """[start, end) of the experiment: the configured start (or `duration_days` before the latest event)."""
     end = latest_event + timedelta(microseconds=1)

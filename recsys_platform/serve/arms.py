@@ -8,11 +8,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from recsys_platform.batch.set_config import ExperimentConfig, SetsConfigError, load_sets_config
-from recsys_platform.experiments.ab_tests import arm_of
+from recsys_platform.experiments.ab_tests import arm_of, is_live
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +32,6 @@ class Assignment:
 
 
 NO_EXPERIMENT = Assignment(None, None, "model", None)
-
-
-def is_live(experiment: ExperimentConfig, now: datetime) -> bool:
-    """Whether `experiment` assigns arms at `now`: from its start for duration_days, or always without a start
-    (the analysis then reads the last duration_days of events)."""
-    if experiment.start is None:
-        return True
-    start = datetime.fromisoformat(experiment.start)
-    start = start if start.tzinfo else start.replace(tzinfo=UTC)
-    return start <= now < start + timedelta(days=experiment.duration_days)
 
 
 class ArmRouter:

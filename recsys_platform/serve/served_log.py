@@ -173,3 +173,42 @@ def read_served_hour(zone: LandingZone, partition_key: str) -> pl.DataFrame:
     if not frames:
         return schemas.empty_frame(schemas.SERVED_LOG_SCHEMA)
     return schemas.conform(pl.concat(frames, how="diagonal_relaxed"), schemas.SERVED_LOG_SCHEMA)
+
+
+def export_served_rows(sets: pl.DataFrame, at: datetime) -> pl.DataFrame:
+    """Served-log rows for the lists a batch export delivers: one per user and set (surface `export:<set>`),
+    items in rank order; experiment, arm and source from the rows' `context` (`arm:<experiment>/<arm>/<source>`,
+    see `batch.scoring.apply_experiment_arms`), else source `set`."""
+    if sets.height == 0:
+        return schemas.empty_frame(schemas.SERVED_LOG_SCHEMA)
+    tagged = pl.col("context").fill_null("").str.starts_with("arm:")
+    parts = pl.col("context").str.strip_prefix("arm:").str.split("/")
+    lists = (
+        sets.sort("set_name", "user_id", "rank")
+        .group_by("set_name", "user_id", maintain_order=True)
+        .agg(
+            item_ids=pl.col("item_id"), model_version=pl.col("model_version").first(), context=pl.col("context").first()
+        )
+    )
+    return schemas.conform(
+        lists.select(
+            served_at=pl.lit(at, dtype=pl.Datetime("us", "UTC")),
+            request_id=pl.lit(None, dtype=pl.String),
+            surface=pl.lit("export:") + pl.col("set_name"),
+            user_id="user_id",
+            experiment=pl.when(tagged).then(parts.list.get(0, null_on_oob=True)),
+            arm=pl.when(tagged).then(parts.list.get(1, null_on_oob=True)),
+            source=pl.when(tagged).then(parts.list.get(2, null_on_oob=True)).otherwise(pl.lit("set")),
+            model_version="model_version",
+            slot=pl.lit(None, dtype=pl.String),
+            item_ids="item_ids",
+        ),
+        schemas.SERVED_LOG_SCHEMA,
+    )
+
+
+def frame_bytes(frame: pl.DataFrame) -> bytes:
+    """A served-log frame as one Parquet file."""
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    return buf.getvalue()
