@@ -219,7 +219,7 @@ def experiment_analysis(
         _, end = experiments.experiment_window(exp, latest_event_time(interactions))
         # Outcomes count from each user's exposure on: read the window from the first exposure only.
         window = read_history(interactions, ("user_id", "event_type", "event_time"), exposed["exposed_at"].min(), end)
-        table = experiments.analyze(experiments.user_outcomes(exposed, window, end), exp.control)
+        table = experiments.analyze(experiments.user_outcomes(exposed, window, end), exp.control, weights=exp.arms)
         png = experiments.plot_analysis(table)
         path = set_config.exports / "experiments" / f"{exp.name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

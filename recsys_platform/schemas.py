@@ -231,6 +231,8 @@ ANALYSIS_SCHEMA: dict[str, pl.DataType] = {
     "p_value": pl.Float64(),
     "test": pl.String(),
     "significant": pl.Boolean(),
+    "mde": pl.Float64(),  # the smallest difference vs control this n detects at 80% power (absolute)
+    "srm_p_value": pl.Float64(),  # sample-ratio mismatch: chi-square of the arms' sizes against their weights
 }
 
 

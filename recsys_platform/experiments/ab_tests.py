@@ -181,22 +181,57 @@ def two_proportion_test(
     return p1 - p2, p1 - p2 - z_crit * se, p1 - p2 + z_crit * se, p
 
 
-def analyze(outcomes: pl.DataFrame, control: str, alpha: float = 0.05) -> pl.DataFrame:
-    """Per metric and arm: n, mean, 95% CI, difference vs control with its CI, p-value (ANALYSIS_SCHEMA)."""
+def srm_p_value(sizes: dict[str, int], weights: dict[str, float]) -> float:
+    """Sample-ratio mismatch: the chi-square goodness-of-fit p-value of the arms' sizes against their weights
+    (a tiny p-value means the bucketing or the exposure logging is broken, and no difference can be trusted)."""
+    from scipy import stats
+
+    arms = [a for a in weights if a in sizes]
+    observed = np.array([sizes[a] for a in arms], dtype=float)
+    if len(arms) < 2 or observed.sum() == 0:
+        return math.nan
+    share = np.array([weights[a] for a in arms], dtype=float)
+    expected = observed.sum() * share / share.sum()
+    return float(stats.chisquare(observed, expected).pvalue)
+
+
+def minimum_detectable_effect(
+    control: np.ndarray, n_treat: int, proportion: bool, alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """The smallest absolute difference vs control that a two-sided test at `alpha` detects with `power`,
+    for these arm sizes and the control's variance (p(1-p) for a rate)."""
+    from scipy import stats
+
+    n1 = len(control)
+    if n1 < 2 or n_treat < 2:
+        return math.nan
+    var = float(control.mean() * (1 - control.mean())) if proportion else float(control.var(ddof=1))
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return float(z * math.sqrt(var * (1 / n1 + 1 / n_treat)))
+
+
+def analyze(
+    outcomes: pl.DataFrame, control: str, alpha: float = 0.05, weights: dict[str, float] | None = None
+) -> pl.DataFrame:
+    """Per metric and arm: n, mean, 95% CI, difference vs control with its CI, p-value, the minimum detectable
+    effect at 80% power, and (with the arms' `weights`) the sample-ratio-mismatch p-value (ANALYSIS_SCHEMA)."""
     rows = []
     experiment = outcomes["experiment"][0] if outcomes.height else ""
     arms = sorted(outcomes["arm"].unique().to_list(), key=lambda a: (a != control, a))
+    sizes = dict(outcomes.group_by("arm").len().iter_rows())
+    srm = srm_p_value(sizes, weights) if weights else math.nan
     for metric in METRICS:
         prop = metric in PROPORTION_METRICS
         base = outcomes.filter(pl.col("arm") == control)[metric].to_numpy()
         for arm in arms:
             values = outcomes.filter(pl.col("arm") == arm)[metric].to_numpy()
             mean, lo, hi = mean_ci(values, proportion=prop)
-            diff = dlo = dhi = p = math.nan
+            diff = dlo = dhi = p = mde = math.nan
             test = None
             if arm != control and len(values) > 1 and len(base) > 1:
                 test = "two_proportion_z" if prop else "welch_t"
                 diff, dlo, dhi, p = (two_proportion_test if prop else welch_test)(values, base)
+                mde = minimum_detectable_effect(base, len(values), prop, alpha)
             rows.append(
                 {
                     "experiment": experiment,
@@ -212,6 +247,8 @@ def analyze(outcomes: pl.DataFrame, control: str, alpha: float = 0.05) -> pl.Dat
                     "p_value": p,
                     "test": test,
                     "significant": bool(test is not None and p < alpha),
+                    "mde": mde,
+                    "srm_p_value": srm,
                 }
             )
     return pl.DataFrame(rows, schema=ANALYSIS_SCHEMA)
