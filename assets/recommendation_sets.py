@@ -178,25 +178,43 @@ def recommendation_export(
 
 
 @dg.asset(
-    group_name=groups.EXPERIMENTS, kinds={"polars", "parquet"}, ins={"raw_events": ALL_EVENT_HOURS}, pool=HISTORY_POOL
+    group_name=groups.EXPERIMENTS,
+    kinds={"polars", "parquet"},
+    ins={
+        "raw_events": ALL_EVENT_HOURS,
+        "served_log": dg.AssetIn("served_log", partition_mapping=dg.AllPartitionMapping()),
+    },
+    pool=HISTORY_POOL,
 )
 def experiment_exposures(
-    context: dg.AssetExecutionContext, raw_events: pl.LazyFrame, set_config: RecommendationSetsResource
+    context: dg.AssetExecutionContext,
+    raw_events: pl.LazyFrame,
+    served_log: pl.LazyFrame,
+    set_config: RecommendationSetsResource,
 ) -> pl.DataFrame:
-    """One row per user and configured experiment: the arm (sha256 of experiment name and user id by
-    the arm weights) and the first app open inside the experiment window, when the surface was shown."""
+    """One row per user and configured experiment: the first time the API served the user the experiment's
+    surface (from the served log, with the arm recorded then); for an experiment the served log has no rows of
+    (served before the log existed, or apps that read only the batch export), the first app open inside the
+    window with the user's arm (sha256 of experiment name and user id by the arm weights) stands in."""
     config = set_config.config()
     opens = raw_events.filter(pl.col("event_type") == "app_open").select("user_id", "event_type", "event_time")
     opens = opens.collect()
-    frames = []
+    frames, sources = [], {}
     for exp in config.experiments:
         if opens.height == 0:
             break
         start, end = experiments.experiment_window(exp, opens["event_time"].max())
-        frames.append(experiments.log_exposures(opens, exp, start, end))
+        served = experiments.served_exposures(served_log, exp, start, end)
+        sources[exp.name] = "served_log" if served.height else "first_app_open"
+        frames.append(served if served.height else experiments.log_exposures(opens, exp, start, end))
     out = pl.concat(frames) if frames else pl.DataFrame(schema=schemas.EXPOSURE_SCHEMA)
     by_arm = out.group_by("experiment", "arm").len().sort("experiment", "arm")
-    context.add_output_metadata({"exposed_by_arm": dg.MetadataValue.md(frame_preview_markdown(by_arm, by_arm.height))})
+    context.add_output_metadata(
+        {
+            "exposed_by_arm": dg.MetadataValue.md(frame_preview_markdown(by_arm, by_arm.height)),
+            "exposure_source": dg.MetadataValue.json(sources),
+        }
+    )
     return out
 
 

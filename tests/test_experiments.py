@@ -215,3 +215,25 @@ def test_a_simulated_lift_is_found_and_an_a_a_run_is_not() -> None:
     found = [one_run(experiment, 30_000, 0.10, 0.4, seed)["significant"] for seed in range(20)]
     false = [one_run(experiment, 30_000, 0.0, 0.4, 1_000 + seed)["significant"] for seed in range(20)]
     assert sum(found) == 20 and sum(false) <= 3
+
+
+def test_exposures_come_from_the_served_log_when_it_has_the_experiment() -> None:
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    served = pl.DataFrame(
+        {
+            "served_at": [t0 + timedelta(hours=h) for h in (5, 2, 3, 1, 30)],
+            "user_id": ["a", "a", "b", "c", "d"],
+            "experiment": ["e", "e", "e", "other", "e"],
+            "surface": ["s", "s", "s", "s", "s"],
+            "arm": ["model", "model", "control", "model", "control"],
+        },
+        schema_overrides={"served_at": pl.Datetime("us", "UTC")},
+    )
+    exp = ExperimentConfig("e", {"control": 1, "model": 1}, "control", "s")
+    got = ex.served_exposures(served, exp, t0, t0 + timedelta(hours=24))
+    assert got.select("user_id", "arm", "exposed_at").rows() == [
+        ("a", "model", t0 + timedelta(hours=2)),
+        ("b", "control", t0 + timedelta(hours=3)),
+    ]  # c is in another experiment, d was served after the window
+    assert got.schema == schemas.EXPOSURE_SCHEMA
+    assert ex.served_exposures(pl.LazyFrame(), exp, t0, t0).height == 0  # no served log at all

@@ -69,7 +69,9 @@ def _resources(lake: dict, tracking: str) -> dict:
 
 
 def _materialize(lake: dict, tracking: str, selection: list, key: str | None) -> dg.ExecuteInProcessResult:
-    sources = [dg.SourceAsset(k) for k in SOURCES] + [dg.SourceAsset("raw_events", partitions_def=arrival_hours)]
+    sources = [dg.SourceAsset(k) for k in SOURCES] + [
+        dg.SourceAsset(name, partitions_def=arrival_hours) for name in ("raw_events", "served_log")
+    ]
     return dg.materialize(
         [*selection, *sources], partition_key=key, resources=_resources(lake, tracking), raise_on_error=True
     )
@@ -164,6 +166,9 @@ def test_experiment_assets_find_the_simulated_model_lift(lake: dict):
     analysis = pl.read_parquet(lake["lake"] / "experiment_analysis.parquet")
     exposures = pl.read_parquet(lake["lake"] / "experiment_exposures.parquet")
     assert set(exposures["arm"]) == {"control", "popularity", "model"}
+    # no served log in this lake: the first app open stands in, and the metadata says so
+    sources = result.asset_materializations_for_node("experiment_exposures")[0].metadata["exposure_source"].value
+    assert sources == {"home_carousel_v1": "first_app_open"}
     assert analysis.filter(pl.col("arm") == "control")["n"].sum() == 3 * (exposures["arm"] == "control").sum()
     model = analysis.filter((pl.col("metric") == "completion_days") & (pl.col("arm") == "model")).row(0, named=True)
     assert model["diff_vs_control"] > 0

@@ -21,7 +21,7 @@ import polars as pl
 
 from recsys_platform.batch.set_config import ExperimentConfig
 from recsys_platform.hashing import unit_interval
-from recsys_platform.schemas import ANALYSIS_SCHEMA
+from recsys_platform.schemas import ANALYSIS_SCHEMA, EXPOSURE_SCHEMA
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,37 @@ def log_exposures(
         arm="arm",
         surface=pl.lit(experiment.surface),
         exposed_at="exposed_at",
+    )
+
+
+def served_exposures(
+    served: pl.DataFrame | pl.LazyFrame, experiment: ExperimentConfig, start: datetime, end: datetime
+) -> pl.DataFrame:
+    """One exposure per user from the served log: the first time the API served them the experiment's surface
+    in [start, end), with the arm recorded then (what the user actually saw, not a proxy)."""
+    lf = served.lazy()
+    if "experiment" not in lf.collect_schema().names():
+        return pl.DataFrame(schema=EXPOSURE_SCHEMA)
+    lo, hi = pl.lit(start, dtype=TS), pl.lit(end, dtype=TS)
+    return (
+        lf.filter(
+            (pl.col("experiment") == experiment.name)
+            & (pl.col("surface") == experiment.surface)
+            & (pl.col("served_at") >= lo)
+            & (pl.col("served_at") < hi)
+        )
+        .sort("served_at")
+        .group_by("user_id")
+        .agg(arm=pl.col("arm").first(), exposed_at=pl.col("served_at").first())
+        .select(
+            experiment=pl.lit(experiment.name),
+            user_id="user_id",
+            arm="arm",
+            surface=pl.lit(experiment.surface),
+            exposed_at="exposed_at",
+        )
+        .sort("user_id")
+        .collect()
     )
 
 
