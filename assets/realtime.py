@@ -123,6 +123,7 @@ def realtime_recommendations(
     """Re-scores only the users whose events triggered this run, with the model bound to the ACTIVE
     slot, re-weighted by their session context, and writes their recommendations and features to that
     slot (refused if a deploy flipped the slot meanwhile; then re-scored for the new slot)."""
+    from recsys_platform.batch.rules import played_pairs
     from recsys_platform.model.serving import serving_recommender
     from recsys_platform.realtime import refresh
 
@@ -155,7 +156,17 @@ def realtime_recommendations(
         return refresh.score_touched(rec, mine, users, user_ids, now, 3 * params.top_n)
 
     with online_store.open() as store:
-        report = refresh.refresh_users(store, user_feats, session_features, items, params.top_n, scored_for, now)
+        report = refresh.refresh_users(
+            store,
+            user_feats,
+            session_features,
+            items,
+            params.top_n,
+            scored_for,
+            now,
+            played=played_pairs(mine),
+            replay_policy=(params.max_replays, params.replay_window),
+        )
     timings = {
         "read_s": t_read - started,
         **report.timings,

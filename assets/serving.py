@@ -55,6 +55,7 @@ def recommendations(
     version carries; unreleased items, items the data says are not replayed (or were completed in the last
     few days where they are), and kids content outside families are never recommended. The fit is saved
     for the near-real-time refresh. Without any champion, the popularity baseline is served as such."""
+    from recsys_platform.batch.rules import limit_replays, played_pairs
     from recsys_platform.model.params import ModelParams
     from recsys_platform.model.recommender import fit_serving
     from recsys_platform.model.state import save_state, state_url
@@ -75,13 +76,17 @@ def recommendations(
     else:
         scorer, model_params, version = registry.load_scorer(mlflow.tracking_uri, champion, mlflow.model_name)
         rec = fit_serving(history, items, users, cutoff, ModelParams.from_dict(model_params), scorer)
-        recs = rec.recommend(users["user_id"], params.top_n)
+        # deeper than top_n: the repeat-listen policy below moves replays down and needs other items to move up
+        recs = rec.recommend(users["user_id"], params.top_n * (2 if params.max_replays >= 0 else 1))
         save_state(rec, version, state_url(pipeline.lake_url), Settings.from_env().s3_endpoint_url)
         facts = {
             "scorer": registry.version_tags(mlflow.tracking_uri, version, mlflow.model_name).get(
                 registry.SCORER_TAG, "ranker"
             )
         }
+    # The repeat-listen policy, as the near-real-time refresh and the recommendation sets apply it.
+    recs = limit_replays(recs.sort("user_id", "rank"), played_pairs(history), params.max_replays, params.replay_window)
+    recs = recs.filter(pl.col("rank") <= params.top_n)
     out = recs.with_columns(model_version=pl.lit(version), generated_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))
     out = schemas.conform(out, schemas.RECOMMENDATION_SCHEMA)
     context.add_output_metadata(

@@ -48,6 +48,11 @@ class PipelineParams:
     # What the ranker learns to predict (model.params.ModelParams.training_windows): each user's next
     # interactions and the newest ones in time by default; "random" for data whose order carries no meaning.
     training_windows: str = "temporal+global3"
+    # The repeat-listen policy of the served lists (batch and near-real-time alike, `batch.rules.limit_replays`):
+    # at most `max_replays` items the user already played in the first `replay_window` (favourites exempt);
+    # -1 turns it off. The recommendation sets apply it as their `max_replays` rule.
+    max_replays: int = 3
+    replay_window: int = 10
 
     def model_params(self) -> ModelParams:
         """The starting point of the model's params (the cycle fills in the data-dependent ones)."""

@@ -61,6 +61,8 @@ class PipelineResource(dg.ConfigurableResource):
     promotion_margin: float = _DEFAULTS.promotion_margin
     max_training_users: int = _DEFAULTS.max_training_users
     training_windows: str = _DEFAULTS.training_windows
+    max_replays: int = _DEFAULTS.max_replays
+    replay_window: int = _DEFAULTS.replay_window
 
     def params(self) -> PipelineParams:
         """The core's parameter object."""

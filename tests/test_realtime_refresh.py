@@ -209,3 +209,27 @@ def test_a_write_refused_after_a_flip_is_redone_on_the_new_slot(world: dict, sto
     )
     with pytest.raises(StaleWriteError):
         deployment.write_user_updates(store, "1", "recs", {user: "{}"})
+
+
+def test_the_refreshed_list_follows_the_repeat_listen_policy(world: dict, store) -> None:
+    from recsys_platform.batch.rules import played_pairs
+
+    # the user who replays most: without the policy their refreshed top 10 holds many items they played
+    played_all = played_pairs(world["interactions"]).filter(~pl.col("favourite"))
+    user = played_all.group_by("user_id").len().sort("len", "user_id", descending=[True, False])["user_id"][0]
+    mine = refresh.touched_interactions(world["interactions"], _events([]), world["items"], [user])
+    feats = refresh.touched_user_features(mine, world["items"], world["users"], [user], NOW)
+    played = played_pairs(mine)
+    mine_played = set(played.filter(~pl.col("favourite"))["item_id"])
+
+    def top10(policy: tuple[int, int]) -> list[str]:
+        refresh.refresh_users(
+            store, feats, pl.DataFrame(), world["items"], PARAMS.top_n, _scored_for(world, mine, [user]), NOW,
+            played=played, replay_policy=policy,
+        )  # fmt: skip
+        return [i.item_id for i in serving.recommend(store, user, k=10).items]
+
+    unlimited = top10((-1, 10))
+    assert sum(i in mine_played for i in unlimited) > 1
+    limited = top10((1, 10))
+    assert sum(i in mine_played for i in limited) == 1 and len(limited) == 10

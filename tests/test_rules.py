@@ -348,3 +348,27 @@ def test_missing_and_malformed_files_fail_clearly(tmp_path: Path):
     bad.write_text("sets: [unclosed")
     with pytest.raises(SetsConfigError, match="not valid YAML"):
         load_sets_config(bad)
+
+
+def test_the_repeat_listen_policy_keeps_at_most_n_replays_in_the_top_k() -> None:
+    from recsys_platform.batch.rules import limit_replays, played_pairs
+
+    items = list("ABCDEFGHIJ")
+    frame = pl.DataFrame({"user_id": ["u"] * 10, "rank": list(range(1, 11)), "item_id": items, "score": [10.0] * 10})
+    events = pl.DataFrame(
+        {
+            "user_id": ["u"] * 6 + ["v"],
+            "item_id": ["A", "B", "C", "D", "E", "E", "F"],
+            "event_type": ["content_start"] * 5 + ["favorite", "content_start"],
+        }
+    )
+    played = played_pairs(events)
+    assert set(played.rows()) == {("u", "A", False), ("u", "B", False), ("u", "C", False), ("u", "D", False),
+                                  ("u", "E", True), ("v", "F", False)}  # fmt: skip
+    out = limit_replays(frame, played, n=2, top=5)
+    # A, B count; C and D move to just after position 5; E is a favourite and stays; F was played by v, not u
+    assert out["item_id"].to_list() == ["A", "B", "E", "F", "G", "C", "D", "H", "I", "J"]
+    assert out["rank"].to_list() == list(range(1, 11))
+    assert limit_replays(frame, played, n=-1, top=5)["item_id"].to_list() == items  # off
+    counted = limit_replays(frame, played, n=2, top=5, favourites_exempt=False)["item_id"].to_list()
+    assert counted[:5] == ["A", "B", "F", "G", "H"]

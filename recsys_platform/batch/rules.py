@@ -42,6 +42,12 @@ class RuleContext:
         default_factory=lambda: pl.DataFrame(schema={"user_id": pl.String, "query": pl.String})
     )
     now: datetime | None = None
+    # (user_id, item_id, favourite) of every item the user has played: what `max_replays` counts as a replay.
+    played: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(
+            schema={"user_id": pl.String, "item_id": pl.String, "favourite": pl.Boolean}
+        )
+    )
 
     def as_of(self) -> datetime:
         """The instant rules measure "recent" from (end of `today` unless `now` is given)."""
@@ -307,6 +313,56 @@ def roll_up_series(frame: pl.DataFrame, ctx: RuleContext) -> pl.DataFrame:
 
 
 # --- freshness and diversity ---------------------------------------------------------
+
+
+def played_pairs(interactions: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """(user_id, item_id, favourite) of every item each user played (a content start), favourite when they
+    also favourited it: the replays the repeat-listen policy counts."""
+    return (
+        interactions.lazy()
+        .filter(pl.col("event_type").is_in(["content_start", "favorite"]))
+        .group_by("user_id", "item_id")
+        .agg(
+            played=(pl.col("event_type") == "content_start").any(),
+            favourite=(pl.col("event_type") == "favorite").any(),
+        )
+        .filter(pl.col("played"))
+        .select("user_id", "item_id", "favourite")
+        .collect()
+    )
+
+
+def limit_replays(
+    frame: pl.DataFrame, played: pl.DataFrame, n: int, top: int, favourites_exempt: bool = True
+) -> pl.DataFrame:
+    """The repeat-listen policy: at most `n` items the user already played among the first `top` of each list
+    (frames sorted by user, rank); further replays move to just after position `top`, in their order.
+    Favourites do not count when `favourites_exempt`. Ranks are renumbered; `n` < 0 turns the policy off."""
+    if n < 0 or frame.height == 0:
+        return frame
+    flags = played.select("user_id", "item_id", _fav="favourite", _played=pl.lit(True))
+    marked = frame.join(flags, on=["user_id", "item_id"], how="left", maintain_order="left")
+    counted = pl.col("_played").fill_null(False)
+    if favourites_exempt:
+        counted = counted & ~pl.col("_fav").fill_null(False)
+    marked = marked.with_columns(_replay=counted).with_columns(
+        _nth=pl.col("_replay").cast(pl.Int64).cum_sum().over("user_id")
+    )
+    demote = pl.col("_replay") & (pl.col("_nth") > n)
+    kept_pos = (~demote).cast(pl.Int64).cum_sum().over("user_id") - 1  # position among the rows that stay
+    key = pl.when(demote).then(pl.lit(top - 0.5) + pl.col("_nth") * 1e-9).otherwise(kept_pos.cast(pl.Float64))
+    out = marked.with_columns(_key=key).sort("user_id", "_key", maintain_order=True)
+    out = out.drop("_fav", "_played", "_replay", "_nth", "_key")
+    return out.with_columns(rank=pl.int_range(1, pl.len() + 1).over("user_id").cast(pl.Int64))
+
+
+@rule(REORDER)
+def max_replays(
+    frame: pl.DataFrame, ctx: RuleContext, n: int = 3, top: int = 10, favourites_exempt: bool = True
+) -> pl.DataFrame:
+    """At most `n` items the user already played in the first `top` positions (favourites exempt by default);
+    further replays move to just after position `top` (`limit_replays`, as the served lists apply it)."""
+    return limit_replays(frame, ctx.played, n, top, favourites_exempt)
 
 
 @rule(REORDER)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys_platform.batch.rules import ENTITY_ITEM, RuleContext, apply_rules, ranked_frame
+from recsys_platform.batch.rules import ENTITY_ITEM, RuleContext, apply_rules, played_pairs, ranked_frame
 from recsys_platform.batch.set_config import BatchConfig, Eligibility, SetsConfig
 from recsys_platform.features import tables as feats
 from recsys_platform.hashing import sha256_uint64
@@ -141,7 +141,8 @@ def rule_context(
     completions = interactions.filter(pl.col("event_type") == "content_complete").select(
         "user_id", "item_id", "event_time"
     )
-    return RuleContext(today=today, users=users, completions=completions, searches=searches, now=now)
+    played = played_pairs(interactions)
+    return RuleContext(today=today, users=users, completions=completions, searches=searches, now=now, played=played)
 
 
 def build_sets(
@@ -188,6 +189,7 @@ def _context_of(ctx: RuleContext, who: pl.DataFrame) -> RuleContext:
         users=ctx.users.join(who, on="user_id", how="semi"),
         completions=ctx.completions.join(who, on="user_id", how="semi"),
         searches=ctx.searches.join(who, on="user_id", how="semi"),
+        played=ctx.played.join(who, on="user_id", how="semi"),
     )
 
 

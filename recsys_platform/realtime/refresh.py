@@ -23,6 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_platform import schemas
+from recsys_platform.batch.rules import limit_replays
 from recsys_platform.features import tables as feats
 from recsys_platform.ingest.landing import PARTITION_KEY_FORMAT
 from recsys_platform.model.recommender import Recommender
@@ -179,9 +180,13 @@ def refresh_users(
     scored_for: Callable[[str], pl.DataFrame],
     now: datetime | None = None,
     weights: ContextWeights | None = None,
+    played: pl.DataFrame | None = None,
+    replay_policy: tuple[int, int] = (-1, 10),
 ) -> RefreshReport:
     """Re-score the users of `user_feats` with the active slot's model and write them there (retrying after a
-    flip). `scored_for(version)` gives their candidates [user_id, rank, item_id, score] under a model version."""
+    flip). `scored_for(version)` gives their candidates [user_id, rank, item_id, score] under a model version.
+    With `played` (`batch.rules.played_pairs` of the touched users), the repeat-listen policy `replay_policy`
+    (at most n replays in the first k, as the batch lists apply it) orders the list before it is written."""
     now = now or datetime.now(UTC)
     report = RefreshReport(users=user_feats.height)
     if user_feats.height == 0:
@@ -204,7 +209,14 @@ def refresh_users(
             t0 = time.perf_counter()
             scored = scored_for(pointer.model_version).join(meta, on="item_id", how="left")
             t1 = time.perf_counter()
-            ranked = top_n_rows(apply_context(scored, sessions, weights), top_n, "score_context")
+            contextual = apply_context(scored, sessions, weights)
+            if played is not None and replay_policy[0] >= 0:  # from every candidate: replays move down, others up
+                ranked = limit_replays(
+                    top_n_rows(contextual, contextual.height, "score_context"), played, *replay_policy
+                )
+                ranked = ranked.filter(pl.col("rank") <= top_n)
+            else:
+                ranked = top_n_rows(contextual, top_n, "score_context")
             recs_rows = encode_recs(ranked, items, now)
             report.timings |= {"score_s": t1 - t0, "context_s": time.perf_counter() - t1}
         else:
