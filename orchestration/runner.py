@@ -47,9 +47,15 @@ def _interruptible() -> None:
     handler while it runs a job, so an ignored SIGINT made SIGTERM ignored too, in this process and in every
     subprocess it started: the `tail -F` of Dagster's compute-log capture then outlived its terminate(), a failed
     run's error became "TimeoutExpired: tail -F ... 30 seconds", and the CLI could no longer be stopped by a
-    plain `kill`. A background job never receives the terminal's Ctrl-C, so nothing else changes."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    plain `kill`. A background job never receives the terminal's Ctrl-C, so nothing else changes. SIGTERM is
+    given back its default too when it is ignored: an earlier in-process run of Dagster in this process (with
+    SIGINT ignored at the time) leaves it ignored after the run."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def execute_job(
