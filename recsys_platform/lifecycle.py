@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,13 +172,9 @@ def _forget_in_home_files(settings: Settings, user_id: str, removed: dict[str, i
 def _atomic_write(path: Any, data: bytes) -> None:
     """Replace a file whole (local: a temporary file renamed over it; object stores write whole objects)."""
     if getattr(path, "protocol", "") in ("", "file", "local"):
-        local = Path(str(path.path if hasattr(path, "path") else path))
-        tmp = local.parent / f".{local.name}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, local)
+        from recsys_platform.ingest.landing import write_durably
+
+        write_durably(Path(str(path.path if hasattr(path, "path") else path)), data)
     else:
         path.write_bytes(data)
 

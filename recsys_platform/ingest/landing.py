@@ -211,6 +211,22 @@ class LandingZone(ABC):
         return out
 
 
+def write_durably(path: Path, data: bytes) -> None:
+    """Replace a local file whole and durably: the bytes to a temporary file, fsynced, renamed over `path`, then
+    the directory fsynced. Readers see the old file or the new one; once this returns, a power cut keeps it."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class LocalLandingZone(LandingZone):
     """A landing zone on the local file system."""
 
@@ -252,18 +268,7 @@ class LocalLandingZone(LandingZone):
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-        # Durable before it is visible and before the caller acknowledges it: the bytes, then the rename.
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_durably(path, data)
 
 
 class S3LandingZone(LandingZone):
