@@ -15,11 +15,12 @@ from recsys_platform.batch.set_config import load_sets_config
 from recsys_platform.config import CHAMPION_ALIAS, POPULARITY_VERSION, Settings
 from recsys_platform.experiments import ab_tests as experiments
 from recsys_platform.features.tables import latest_event_time, read_history
+from recsys_platform.ingest.landing import parquet_bytes
 from recsys_platform.model import fallback, registry
 from recsys_platform.model.serving import serving_recommender
 from recsys_platform.serve import deployment
 from recsys_platform.serve.online_store import StaleWriteError
-from recsys_platform.serve.served_log import export_served_rows, frame_bytes, served_key
+from recsys_platform.serve.served_log import export_served_rows, served_key
 from resources import LandingZoneResource, MlflowResource, OnlineStoreResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
 
@@ -166,7 +167,7 @@ def recommendation_export(
     # What was exported goes to the served log, like every list the API returns.
     logged = export_served_rows(recommendation_sets, datetime.now(UTC))
     if logged.height:
-        landing.zone().write_bytes(served_key(datetime.now(UTC)), frame_bytes(logged))
+        landing.zone().write_bytes(served_key(datetime.now(UTC)), parquet_bytes(logged))
     return dg.MaterializeResult(
         metadata={
             "files": dg.MetadataValue.json(written),

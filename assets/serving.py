@@ -66,6 +66,7 @@ def recommendations(
     now = datetime.now(UTC)
     champion = registry.alias_version(mlflow.tracking_uri, CHAMPION_ALIAS, mlflow.model_name)
     facts: dict[str, object] = {}
+    limit = params.max_replays >= 0  # the repeat-listen policy, as the refresh and the recommendation sets apply it
     if champion is None:
         context.log.warning("no champion model registered: serving the popularity baseline")
         excluded = fallback.recently_completed(history, cutoff, params.recent_exclusion_days)
@@ -76,17 +77,19 @@ def recommendations(
     else:
         scorer, model_params, version = registry.load_scorer(mlflow.tracking_uri, champion, mlflow.model_name)
         rec = fit_serving(history, items, users, cutoff, ModelParams.from_dict(model_params), scorer)
-        # deeper than top_n: the repeat-listen policy below moves replays down and needs other items to move up
-        recs = rec.recommend(users["user_id"], params.top_n * (2 if params.max_replays >= 0 else 1))
+        limit = limit and not rec.params.exclude_seen  # seen items are never candidates: no replay to limit
+        # deeper than top_n: the policy below moves replays down and needs other items to move up
+        recs = rec.recommend(users["user_id"], params.top_n * (2 if limit else 1))
         save_state(rec, version, state_url(pipeline.lake_url), Settings.from_env().s3_endpoint_url)
         facts = {
             "scorer": registry.version_tags(mlflow.tracking_uri, version, mlflow.model_name).get(
                 registry.SCORER_TAG, "ranker"
             )
         }
-    # The repeat-listen policy, as the near-real-time refresh and the recommendation sets apply it.
-    recs = limit_replays(recs.sort("user_id", "rank"), played_pairs(history), params.max_replays, params.replay_window)
-    recs = recs.filter(pl.col("rank") <= params.top_n)
+    if limit:
+        played = played_pairs(history)
+        recs = limit_replays(recs.sort("user_id", "rank"), played, params.max_replays, params.replay_window)
+        recs = recs.filter(pl.col("rank") <= params.top_n)
     out = recs.with_columns(model_version=pl.lit(version), generated_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))
     out = schemas.conform(out, schemas.RECOMMENDATION_SCHEMA)
     context.add_output_metadata(

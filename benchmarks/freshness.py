@@ -21,7 +21,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+from recsys_platform.dev.production_stack import free_port, wait_http  # noqa: E402
 
 
 @dataclass
@@ -47,12 +49,6 @@ class Probe:
     accepted: float = 0.0
     changed: float | None = None
     run: dict = field(default_factory=dict)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load() -> str:
@@ -74,18 +70,6 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
-
-
-def _wait_http(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"{url} did not come up in {seconds:.0f} s")
 
 
 def _instance(env: dict):
@@ -243,7 +227,7 @@ def main() -> None:
     print(f"code location load (import orchestration.definitions, fresh process): {_import_seconds(env)}", flush=True)
     logs = home / "freshness-logs"
     logs.mkdir(exist_ok=True)
-    api_port, ui_port = _free_port(), _free_port()
+    api_port, ui_port = free_port(), free_port()
     base = f"http://127.0.0.1:{api_port}"
     print(f"machine: {os.cpu_count()} cores, load {_load()} before start", flush=True)
     procs: list[subprocess.Popen] = []
@@ -266,8 +250,8 @@ def main() -> None:
             )
         )
         procs.append(_start([str(BIN / "recsys"), "serve", "--port", str(api_port)], env, logs / "serve.log"))
-        _wait_http(f"{base}/healthz", 60)
-        _wait_http(f"http://127.0.0.1:{ui_port}/server_info", 120)
+        wait_http(f"{base}/healthz", 60)
+        wait_http(f"http://127.0.0.1:{ui_port}/server_info", 120)
         print(f"stack up in {time.monotonic() - t0:.1f} s (API {base}, UI http://127.0.0.1:{ui_port})", flush=True)
         instance = _instance(env)
         _wait_idle(instance, 180)

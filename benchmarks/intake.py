@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,12 +26,9 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from recsys_platform.dev.production_stack import free_port, wait_http  # noqa: E402
 
 
 def main() -> None:
@@ -54,12 +50,7 @@ def main() -> None:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env)
         base = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(150):
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+            wait_http(f"{base}/healthz", 30, proc)
             statuses: Counter[int] = Counter()
             latencies: list[float] = []
             lock = threading.Lock()

@@ -19,17 +19,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from serve import N_USERS, WRK_SCRIPT, build_payload, free_port  # noqa: E402
+from serve import N_USERS, WRK_SCRIPT, build_payload  # noqa: E402
 
+from recsys_platform.dev.production_stack import free_port, wait_http  # noqa: E402
 from recsys_platform.serve import deployment  # noqa: E402
 from recsys_platform.serve.online_store import open_online_store  # noqa: E402
 
@@ -53,15 +51,12 @@ def start(store_url: str, home: str, port: int, env_extra: dict[str, str]) -> su
         "loop='uvloop', http='httptools', access_log=False, log_level='warning')"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("uvicorn did not start")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 30, proc)
+    except RuntimeError:
+        proc.terminate()
+        raise
+    return proc
 
 
 def wrk(port: int, args: argparse.Namespace, headers: list[str], seed: int) -> dict:

@@ -25,6 +25,15 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
+def env_number(name: str, default: float, unit: str) -> float:
+    """A number from the environment (`default` when unset); ValueError naming the variable and its `unit`."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number of {unit}") from None
+
+
 def fields_of(cls: type) -> list[str]:
     """Names of a dataclass's fields."""
     return list(cls.__dataclass_fields__)

@@ -24,15 +24,24 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from recsys_platform import schemas
-from recsys_platform.config import Settings
+from recsys_platform.config import PROJECT_ROOT, Settings
+from recsys_platform.ingest.landing import (
+    landing_zone_from_url,
+    parquet_bytes,
+    partition_hour,
+    partition_key_of,
+    read_import_manifests,
+    write_durably,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,66 +69,87 @@ def user_digest(user_id: str) -> str:
     return hashlib.sha256(user_id.encode()).hexdigest()
 
 
-def _quoted(user_id: str) -> str:
-    return json.dumps(user_id)
+_UNPARSABLE = object()
 
 
-def _drop_user_rows(frame: pl.DataFrame, user_id: str, raw_user_key: str = "user_id") -> pl.DataFrame:
-    """`frame` without the user's rows: by its `user_id` column, and by the `raw_user_key` field of the raw JSON
-    payload of quarantined or refused rows."""
-    keep = pl.lit(True)
-    if "user_id" in frame.columns:
-        keep = keep & (pl.col("user_id").cast(pl.String) != user_id).fill_null(True)
-    if "raw" in frame.columns and frame.schema["raw"] == pl.String:
-        path = f"$.{raw_user_key}" if raw_user_key.isidentifier() else f"$['{raw_user_key}']"
-        keep = keep & (pl.col("raw").str.json_path_match(path) != user_id).fill_null(True)
-    return frame.filter(keep)
-
-
-def _drop_user_lines(data: bytes, user_id: str, raw_user_key: str = "user_id") -> tuple[bytes, int]:
-    """JSON lines without the user's records (and without unparsable lines that quote the user's id)."""
-    kept, removed = [], 0
-    quoted = _quoted(user_id).encode()
-    for line in data.splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            mine = quoted in line
-        else:
-            mine = isinstance(record, dict) and user_id in (str(record.get("user_id")), str(record.get(raw_user_key)))
-            if not mine and isinstance(record, dict) and isinstance(record.get("raw"), str):
-                try:
-                    raw = json.loads(record["raw"])
-                except ValueError:
-                    raw = None
-                mine = isinstance(raw, dict) and str(raw.get(raw_user_key)) == user_id
-        if mine:
-            removed += 1
-        else:
-            kept.append(line)
-    return b"".join(kept), removed
-
-
-def _without_user(key: str, data: bytes, user_id: str, raw_user_key: str = "user_id") -> tuple[bytes | None, int]:
-    """(new content, rows removed) of one Parquet or JSON-lines file; content None when nothing is left."""
+def _rewritten(
+    key: str,
+    data: bytes,
+    drop_rows: Callable[[pl.DataFrame], pl.Expr],
+    drop_record: Callable[[Any, bytes], bool],
+    keep_empty: bool = False,
+) -> tuple[bytes | None, int]:
+    """One Parquet or JSON-lines file without the rows `drop_rows` (a Parquet frame's mask) or `drop_record`
+    (a parsed JSON line, `_UNPARSABLE` when it does not parse, and its bytes) pick: (new content, rows dropped).
+    The content is `data` itself when nothing is dropped, and None when nothing is left unless `keep_empty`
+    (a lake table keeps an empty file with its columns, for the readers of the table)."""
     if key.endswith(".jsonl"):
-        out, removed = _drop_user_lines(data, user_id, raw_user_key)
-        return (out or None), removed
+        kept, removed = [], 0
+        for line in data.splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = _UNPARSABLE
+            if drop_record(record, line):
+                removed += 1
+            else:
+                kept.append(line)
+        if not removed:
+            return data, 0
+        return (b"".join(kept) or (b"" if keep_empty else None)), removed
     frame = pl.read_parquet(io.BytesIO(data))
-    kept = _drop_user_rows(frame, user_id, raw_user_key)
-    removed = frame.height - kept.height
+    kept_frame = frame.filter(~drop_rows(frame).fill_null(False))
+    removed = frame.height - kept_frame.height
     if not removed:
         return data, 0
-    if kept.height == 0:
-        return None, removed
-    buf = io.BytesIO()
-    kept.write_parquet(buf)
-    return buf.getvalue(), removed
+    return (parquet_bytes(kept_frame) if kept_frame.height or keep_empty else None), removed
+
+
+def _user_rows(user_id: str, raw_user_key: str = "user_id") -> Callable[[pl.DataFrame], pl.Expr]:
+    """The mask of a user's rows: by the `user_id` column, and by the `raw_user_key` field of the raw JSON payload
+    of quarantined or refused rows."""
+
+    def mask(frame: pl.DataFrame) -> pl.Expr:
+        mine = pl.lit(False)
+        if "user_id" in frame.columns:
+            mine = mine | (pl.col("user_id").cast(pl.String) == user_id)
+        if "raw" in frame.columns and frame.schema["raw"] == pl.String:
+            path = f"$.{raw_user_key}" if raw_user_key.isidentifier() else f"$['{raw_user_key}']"
+            mine = mine | (pl.col("raw").str.json_path_match(path) == user_id)
+        return mine
+
+    return mask
+
+
+def _user_record(user_id: str, raw_user_key: str = "user_id") -> Callable[[Any, bytes], bool]:
+    """Whether a JSON line is the user's: by its user field, by the user field of its raw payload, and (when it
+    does not parse) by quoting the user's id."""
+    quoted = json.dumps(user_id).encode()
+
+    def mine(record: Any, line: bytes) -> bool:
+        if record is _UNPARSABLE:
+            return quoted in line
+        if not isinstance(record, dict):
+            return False
+        if user_id in (str(record.get("user_id")), str(record.get(raw_user_key))):
+            return True
+        try:
+            raw = json.loads(record["raw"]) if isinstance(record.get("raw"), str) else None
+        except ValueError:
+            raw = None
+        return isinstance(raw, dict) and str(raw.get(raw_user_key)) == user_id
+
+    return mine
+
+
+def _without_user(
+    key: str, data: bytes, user_id: str, raw_user_key: str = "user_id", keep_empty: bool = False
+) -> tuple[bytes | None, int]:
+    """(new content, rows removed) of one file without `user_id`'s rows (`_rewritten`)."""
+    return _rewritten(key, data, _user_rows(user_id, raw_user_key), _user_record(user_id, raw_user_key), keep_empty)
 
 
 def _forget_in_landing(settings: Settings, user_id: str, removed: dict[str, int]) -> None:
-    from recsys_platform.ingest.landing import landing_zone_from_url, read_import_manifests
-
     zone = landing_zone_from_url(settings.landing_url)
     columns = {m.import_id: m.user_column for m in read_import_manifests(zone)}
     for f in zone.list_files(""):
@@ -147,23 +177,15 @@ def _forget_in_lake(settings: Settings, user_id: str, removed: dict[str, int]) -
     for path in sorted(root.rglob("*.parquet")):
         if path.name.startswith("."):
             continue
-        new, n = _without_user(path.name, path.read_bytes(), user_id)
-        if not n:
-            continue
-        rel = str(path.relative_to(root))
-        if new is None:
-            # An empty table keeps its schema: readers of the table (DuckDB views) must still find the columns.
-            frame = pl.read_parquet(io.BytesIO(path.read_bytes())).clear()
-            buf = io.BytesIO()
-            frame.write_parquet(buf)
-            new = buf.getvalue()
-        _atomic_write(path, new)
-        removed[f"lake:{rel}"] = n
+        new, n = _without_user(path.name, path.read_bytes(), user_id, keep_empty=True)
+        if n:
+            _atomic_write(path, new)
+            removed[f"lake:{path.relative_to(root)}"] = n
 
 
 def _forget_in_home_files(settings: Settings, user_id: str, removed: dict[str, int]) -> None:
     for path in sorted([*settings.exports_dir.glob("**/*.jsonl"), *settings.home.glob("push_outbox*.jsonl")]):
-        new, n = _drop_user_lines(path.read_bytes(), user_id)
+        new, n = _without_user(path.name, path.read_bytes(), user_id, keep_empty=True)
         if n:
             _atomic_write(path, new)
             removed[f"home:{path.relative_to(settings.home)}"] = n
@@ -172,8 +194,6 @@ def _forget_in_home_files(settings: Settings, user_id: str, removed: dict[str, i
 def _atomic_write(path: Any, data: bytes) -> None:
     """Replace a file whole (local: a temporary file renamed over it; object stores write whole objects)."""
     if getattr(path, "protocol", "") in ("", "file", "local"):
-        from recsys_platform.ingest.landing import write_durably
-
         write_durably(Path(str(path.path if hasattr(path, "path") else path)), data)
     else:
         path.write_bytes(data)
@@ -225,8 +245,6 @@ def load_retention(path: Path | None = None) -> dict[str, int]:
     """Days per table from config/retention.yaml (or RECSYS_RETENTION); ValueError for unknown tables or bad days."""
     import yaml
 
-    from recsys_platform.config import PROJECT_ROOT
-
     path = path or Path(os.environ.get(RETENTION_PATH_ENV) or PROJECT_ROOT / "config" / "retention.yaml")
     doc = yaml.safe_load(path.read_text()) or {}
     unknown = sorted(set(doc) - set(RETENTION_TABLES))
@@ -238,36 +256,15 @@ def load_retention(path: Path | None = None) -> dict[str, int]:
     return dict(doc)
 
 
-def _hour_of(partition_key: str) -> datetime | None:
-    try:
-        return datetime.strptime(partition_key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
-def _drop_biometrics(key: str, data: bytes) -> tuple[bytes | None, int]:
-    """A landed or lake events file without its biometric rows: (content or None when empty, rows removed)."""
-    if key.endswith(".jsonl"):
-        kept, removed = [], 0
-        for line in data.splitlines(keepends=True):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if isinstance(record, dict) and record.get("event_type") == "biometric":
-                removed += 1
-            else:
-                kept.append(line)
-        return (b"".join(kept) or None), removed
-    frame = pl.read_parquet(io.BytesIO(data))
-    if "event_type" not in frame.columns:
-        return data, 0
-    kept = frame.filter((pl.col("event_type") != "biometric").fill_null(True))
-    if kept.height == frame.height:
-        return data, 0
-    buf = io.BytesIO()
-    kept.write_parquet(buf)
-    return buf.getvalue(), frame.height - kept.height
+def _drop_biometrics(key: str, data: bytes, keep_empty: bool = False) -> tuple[bytes | None, int]:
+    """A landed or lake events file without its biometric rows (`_rewritten`)."""
+    return _rewritten(
+        key,
+        data,
+        lambda frame: pl.col("event_type") == "biometric" if "event_type" in frame.columns else pl.lit(False),
+        lambda record, _: isinstance(record, dict) and record.get("event_type") == "biometric",
+        keep_empty,
+    )
 
 
 @dataclass
@@ -292,11 +289,7 @@ def apply_retention(
     """Delete what `days` says is past retention at `now`: landed event files (`zone`, a LandingZone) and lake
     partitions by arrival hour, biometric rows of older hours, old exports. Each file is deleted or replaced
     whole; running it twice is a no-op."""
-    from datetime import timedelta
-
     from upath import UPath
-
-    from recsys_platform.ingest.landing import partition_key_of
 
     now = now or datetime.now(UTC)
     cut = {table: now - timedelta(days=d) for table, d in days.items()}
@@ -306,7 +299,7 @@ def apply_retention(
         return hour is not None and table in cut and hour < cut[table]
 
     for f in zone.list_files("events/"):
-        hour = _hour_of(partition_key_of(f.key) or "")
+        hour = partition_hour(partition_key_of(f.key) or "")
         if expired("raw_events", hour):
             zone.delete(f.key)
             report.count("landing_events", files=1)
@@ -320,14 +313,14 @@ def apply_retention(
     lake = UPath(lake_url)
     for table in _PARTITIONED_TABLES:
         for path in sorted((lake / table).glob("*.parquet")) if (lake / table).exists() else []:
-            hour = _hour_of(path.stem)
+            hour = partition_hour(path.stem)
             if expired(table, hour):
                 path.unlink()
                 report.count(table, files=1)
             elif table == "raw_events" and expired("biometric_samples", hour):
-                new, n = _drop_biometrics(path.name, path.read_bytes())
+                new, n = _drop_biometrics(path.name, path.read_bytes(), keep_empty=True)
                 if n:
-                    _atomic_write(path, new if new is not None else _empty_like(path))
+                    _atomic_write(path, new)
                     report.count("biometric_samples", rows=n)
     if "exports" in cut and exports_dir.exists():
         for path in exports_dir.rglob("*"):
@@ -336,9 +329,3 @@ def apply_retention(
                 report.count("exports", files=1)
     logger.info("retention: files deleted %s, rows removed %s", report.files_deleted, report.rows_removed)
     return report
-
-
-def _empty_like(path: Any) -> bytes:
-    buf = io.BytesIO()
-    pl.read_parquet(io.BytesIO(path.read_bytes())).clear().write_parquet(buf)
-    return buf.getvalue()

@@ -7,31 +7,23 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import polars as pl
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
+from recsys_platform.dev.production_stack import free_port, wait_http
 from recsys_platform.serve import deployment
 from recsys_platform.serve.online_store import open_online_store
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES_PER_OPERATION = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
         payload = {"recs": {"u1": ranked}, "popular": {"__global__": ranked}, "similar": {"i1": ranked}}
         deployment.deploy(store, "v1", "s1", payload)
         deployment.deploy(store, "v2", "s2", payload)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env |= {"RECSYS_HOME": str(home), "RECSYS_ADMIN_API_KEY": "fuzz-admin", "RECSYS_INGEST_RATE": "0"}
     env |= {"RECSYS_ACCESS_LOG": "0", "PYTHONPATH": str(REPO)}
@@ -53,16 +45,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the API did not start on loopback")
-            time.sleep(0.2)
+        wait_http(f"{base}/healthz", 60, proc)
         yield schemathesis.openapi.from_url(f"{base}/openapi.json")
     finally:
         proc.terminate()

@@ -20,7 +20,7 @@ import pytest
 from dagster._core.storage.dagster_run import RunsFilter
 
 from recsys_platform.config import PROJECT_ROOT
-from recsys_platform.dev.production_stack import free_port
+from recsys_platform.dev.production_stack import free_port, wait_http
 from recsys_platform.realtime import INSTANCE_YAML, LAST_FILE_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -113,15 +113,10 @@ def stack(tmp_path: Path) -> Iterator[dict]:
             )
         )
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
-            time.sleep(0.3)
+        try:
+            wait_http(f"{base}/healthz", 30, procs[-1])
+        except RuntimeError as exc:
+            raise AssertionError((tmp_path / "serve.log").read_text()[-2000:]) from exc
         yield {"base": base, "home": home, "model_version": model_version, "logs": tmp_path}
     finally:
         for proc in procs:

@@ -25,10 +25,11 @@ import polars as pl
 
 from recsys_platform.batch.rules import ENTITY_ITEM, RuleContext, apply_rules, played_pairs, ranked_frame
 from recsys_platform.batch.set_config import BatchConfig, Eligibility, SetsConfig
+from recsys_platform.experiments.ab_tests import assign_arms, is_live
 from recsys_platform.features import tables as feats
 from recsys_platform.hashing import sha256_uint64
 from recsys_platform.model.recommender import Recommender
-from recsys_platform.schemas import RECOMMENDATION_SET_SCHEMA, RULE_COUNT_SCHEMA
+from recsys_platform.schemas import GLOBAL_SEGMENT, RECOMMENDATION_SET_SCHEMA, RULE_COUNT_SCHEMA
 
 logger = logging.getLogger(__name__)
 
@@ -236,16 +237,13 @@ def apply_experiment_arms(
     popularity: pl.DataFrame,
     users: pl.DataFrame,
     items: pl.DataFrame,
-    config: Any,
+    config: SetsConfig,
     now: datetime,
 ) -> tuple[pl.DataFrame, dict[str, dict[str, int]]]:
     """The sets with each live experiment's surface set replaced, for the users of arms that are not served
     `set`, by what their arm is served (ExperimentConfig.serves): `model`, the top of their batch scores;
     `popularity`, the popularity list of their segment (else the global one). Every surface row's `context` names
     the experiment, arm and source (`arm:<experiment>/<arm>/<source>`). Returns (sets, {experiment: {arm: users}})."""
-    from recsys_platform.experiments.ab_tests import assign_arms, is_live
-    from recsys_platform.schemas import GLOBAL_SEGMENT
-
     counts: dict[str, dict[str, int]] = {}
     if batch_scores.height == 0:
         return sets, counts
@@ -256,7 +254,7 @@ def apply_experiment_arms(
             continue
         size = config.set(exp.surface).size
         arms = assign_arms(batch_scores["user_id"].unique().sort(), exp).with_columns(
-            source=pl.col("arm").replace_strict(exp.serves, default="set")
+            source=pl.col("arm").replace_strict({arm: exp.source_of(arm) for arm in exp.arms})
         )
         counts[exp.name] = dict(arms.group_by("arm").len().iter_rows())
         tag = pl.lit(f"arm:{exp.name}/") + pl.col("arm") + pl.lit("/") + pl.col("source")

@@ -76,6 +76,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_http(url: str, seconds: float, proc: subprocess.Popen | None = None, interval: float = 0.2) -> None:
+    """Wait until GET `url` answers 200; RuntimeError after `seconds`, or as soon as `proc` (the server) exits."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with status {proc.returncode} before answering")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 within {seconds:.0f} s")
+        time.sleep(interval)
+
+
 def port_error(host: str, port: int) -> str | None:
     """None when something accepts TCP connections on host:port, else why not."""
     try:

@@ -14,6 +14,7 @@ go to a temporary name and are renamed; S3 puts are atomic.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -23,7 +24,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import polars as pl
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +54,9 @@ def new_batch_id(arrival: datetime | None = None) -> str:
     return f"{arrival:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
 
 
-def hour_prefix(arrival: datetime) -> str:
-    """Return the events prefix of the arrival hour, e.g. events/dt=2026-01-02/hr=05/."""
-    return f"{EVENTS_PREFIX}dt={arrival:%Y-%m-%d}/hr={arrival:%H}/"
+def hour_prefix(arrival: datetime, root: str = EVENTS_PREFIX) -> str:
+    """Return the prefix of the arrival hour under `root`, e.g. events/dt=2026-01-02/hr=05/."""
+    return f"{root}dt={arrival:%Y-%m-%d}/hr={arrival:%H}/"
 
 
 def event_file_key(arrival: datetime, fmt: str = ".parquet", batch_id: str | None = None) -> str:
@@ -80,10 +84,24 @@ def arrival_time_of(key: str) -> datetime | None:
         return None
 
 
-def partition_prefix(partition_key: str) -> str:
-    """Return the events prefix for an hourly partition key (YYYY-MM-DD-HH:00)."""
-    arrival = datetime.strptime(partition_key, PARTITION_KEY_FORMAT)
-    return hour_prefix(arrival)
+def partition_hour(partition_key: str) -> datetime | None:
+    """The UTC arrival hour of an hourly partition key (YYYY-MM-DD-HH:00), or None for anything else."""
+    try:
+        return datetime.strptime(partition_key, PARTITION_KEY_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def partition_prefix(partition_key: str, root: str = EVENTS_PREFIX) -> str:
+    """Return the prefix under `root` for an hourly partition key (YYYY-MM-DD-HH:00)."""
+    return hour_prefix(datetime.strptime(partition_key, PARTITION_KEY_FORMAT), root)
+
+
+def parquet_bytes(frame: pl.DataFrame) -> bytes:
+    """`frame` as the bytes of one Parquet file (zstd), for a landing zone or an atomic rewrite."""
+    buf = io.BytesIO()
+    frame.write_parquet(buf, compression="zstd")
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ Rejected records are answered with a reason code and never written.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 import uuid
@@ -24,7 +23,13 @@ import polars as pl
 
 from recsys_platform import schemas
 from recsys_platform.ingest.ingestion import validate_events
-from recsys_platform.ingest.landing import PARTITION_KEY_FORMAT, LandingZone, event_file_key, new_batch_id
+from recsys_platform.ingest.landing import (
+    PARTITION_KEY_FORMAT,
+    LandingZone,
+    event_file_key,
+    new_batch_id,
+    parquet_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +89,7 @@ def validate_records(
 
 def encode_batch(rows: pl.DataFrame) -> bytes:
     """Serialize accepted events as a landing-zone Parquet file (RAW_EVENT_SCHEMA columns)."""
-    buf = io.BytesIO()
-    rows.select(list(schemas.RAW_EVENT_SCHEMA)).write_parquet(buf, compression="zstd")
-    return buf.getvalue()
+    return parquet_bytes(rows.select(list(schemas.RAW_EVENT_SCHEMA)))
 
 
 class EventCollector:

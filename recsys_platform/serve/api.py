@@ -62,29 +62,36 @@ class RecommendedItemOut(BaseModel):
     is_kids: bool = False
 
 
-class RecommendationsOut(BaseModel):
-    """Recommendations for a user, the deployment that produced them, and the user's experiment arm."""
+class ServedListOut(BaseModel):
+    """A ranked list and the deployment that holds it (what every list route answers with)."""
 
-    user_id: str
     items: list[RecommendedItemOut]
-    source: Literal["personalized", "popularity_fallback", "popularity", "recommendation_set"]
     model_version: str
     slot: str
     snapshot_id: str
     generated_at: str | None
+
+
+class RecommendationsOut(ServedListOut):
+    """Recommendations for a user, the deployment that produced them, and the user's experiment arm."""
+
+    user_id: str
+    source: Literal["personalized", "popularity_fallback", "popularity", "recommendation_set"]
     experiment: str | None = Field(None, description="the live experiment on this surface, if any")
     arm: str | None = Field(None, description="the user's arm in it (what it serves: config serves:)")
 
 
-class SimilarItemsOut(BaseModel):
+class SimilarItemsOut(ServedListOut):
     """Nearest neighbours of an item, and the deployment that produced them."""
 
     item_id: str
-    items: list[RecommendedItemOut]
-    model_version: str
-    slot: str
-    snapshot_id: str
-    generated_at: str | None
+
+
+class SetOut(ServedListOut):
+    """One of a user's named recommendation sets (rules applied), and the deployment that holds it."""
+
+    user_id: str
+    set_name: str
 
 
 class PointerOut(BaseModel):
@@ -160,17 +167,19 @@ def only_query_params(*allowed: str) -> Callable[[Request], Awaitable[None]]:
 # --- routes ----------------------------------------------------------------------------
 
 
-def _items_out(rec: serving.Recommendations) -> list[dict]:
-    return [
-        {
-            "item_id": i.item_id,
-            "score": i.score,
-            "rank": i.rank,
-            "content_type": i.content_type,
-            "is_kids": i.is_kids,
-        }
+def _served_list(rec: serving.Recommendations) -> dict:
+    """The ServedListOut fields of a list read from the store."""
+    items = [
+        {"item_id": i.item_id, "score": i.score, "rank": i.rank, "content_type": i.content_type, "is_kids": i.is_kids}
         for i in rec.items
     ]
+    return {
+        "items": items,
+        "model_version": rec.model_version,
+        "slot": rec.slot,
+        "snapshot_id": rec.snapshot_id,
+        "generated_at": rec.generated_at,
+    }
 
 
 async def _read(store: OnlineStore, fn: Callable[..., T], *args: object) -> T:
@@ -229,28 +238,12 @@ async def get_recommendations(
             item_ids=[i.item_id for i in rec.items],
         )
     return {
+        "user_id": user_id,
+        "source": rec.source,
         "experiment": assigned.experiment,
         "arm": assigned.arm,
-        "user_id": user_id,
-        "items": _items_out(rec),
-        "source": rec.source,
-        "model_version": rec.model_version,
-        "slot": rec.slot,
-        "snapshot_id": rec.snapshot_id,
-        "generated_at": rec.generated_at,
+        **_served_list(rec),
     }
-
-
-class SetOut(BaseModel):
-    """One of a user's named recommendation sets (rules applied), and the deployment that holds it."""
-
-    user_id: str
-    set_name: str
-    items: list[RecommendedItemOut]
-    model_version: str
-    slot: str
-    snapshot_id: str
-    generated_at: str | None
 
 
 @router.get(
@@ -272,15 +265,7 @@ async def get_user_set(
         rec = await _read(store, serving.user_set, store, user_id, set_name, limit)
     except serving.SetNotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
-    return {
-        "user_id": user_id,
-        "set_name": set_name,
-        "items": _items_out(rec),
-        "model_version": rec.model_version,
-        "slot": rec.slot,
-        "snapshot_id": rec.snapshot_id,
-        "generated_at": rec.generated_at,
-    }
+    return {"user_id": user_id, "set_name": set_name, **_served_list(rec)}
 
 
 @router.get(
@@ -300,14 +285,7 @@ async def get_similar_items(
         rec = await _read(store, serving.similar_items, store, item_id, limit)
     except serving.ItemNotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
-    return {
-        "item_id": item_id,
-        "items": _items_out(rec),
-        "model_version": rec.model_version,
-        "slot": rec.slot,
-        "snapshot_id": rec.snapshot_id,
-        "generated_at": rec.generated_at,
-    }
+    return {"item_id": item_id, **_served_list(rec)}
 
 
 @router.get(

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
+from recsys_platform.config import env_number
+from recsys_platform.serve.observability import metrics_of
+
 logger = logging.getLogger(__name__)
 
 KEY_ENVS = {"ingest": "RECSYS_INGEST_API_KEY", "admin": "RECSYS_ADMIN_API_KEY", "read": "RECSYS_READ_API_KEY"}
@@ -61,13 +64,9 @@ class ApiKeys:
         return hit
 
 
-def ingest_rate_from_env(env: Mapping[str, str] = os.environ) -> float:
+def ingest_rate_from_env() -> float:
     """Requests per second per caller on POST /v1/events (`RECSYS_INGEST_RATE`; 0: no limit)."""
-    raw = env.get(INGEST_RATE_ENV, "").strip()
-    try:
-        return float(raw) if raw else DEFAULT_INGEST_RATE
-    except ValueError:
-        raise ValueError(f"{INGEST_RATE_ENV}={raw!r} is not a number of requests per second") from None
+    return env_number(INGEST_RATE_ENV, DEFAULT_INGEST_RATE, "requests per second")
 
 
 def _split(raw: str) -> tuple[str, ...]:
@@ -190,7 +189,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[None]]:
             matched = keys.matches(scope, given) if given else None
             if matched is None:
                 throttle.failed(client)
-                if (metrics := getattr(request.app.state, "metrics", None)) is not None:
+                if (metrics := metrics_of(request.app.state)) is not None:
                     metrics.auth_failures.labels(scope).inc()
                 logger.warning(
                     "rejected %s key on %s %s from %s (%s)",
@@ -203,7 +202,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[None]]:
                 raise HTTPException(
                     401, f"missing or invalid API key for {scope}", headers={"WWW-Authenticate": "Bearer"}
                 )
-            caller = "key:" + hmac.new(b"bucket", matched.encode(), "sha256").hexdigest()[:16]
+            caller = f"key:{matched}"  # one bucket per key, in this process's memory only
         elif scope == "admin":
             raise HTTPException(503, f"admin endpoints are disabled: {KEY_ENVS['admin']} is not set on the server")
         if scope == "ingest":

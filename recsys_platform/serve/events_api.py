@@ -12,7 +12,6 @@ the landing zone cannot be written (then nothing in the request was acknowledged
 from __future__ import annotations
 
 import logging
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,11 +20,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
-from recsys_platform.config import Settings
+from recsys_platform.config import Settings, env_number
 from recsys_platform.ingest.landing import LandingZone, landing_zone_from_url
 from recsys_platform.realtime.collector import EventCollector
 from recsys_platform.serve.auth import require
 from recsys_platform.serve.errors import errors
+from recsys_platform.serve.observability import metrics_of
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +121,7 @@ class KnownItems:
 def build_collector(settings: Settings | None = None, zone: LandingZone | None = None) -> EventCollector:
     """A collector on the configured landing zone, validating item ids against the lake's catalog."""
     settings = settings or Settings.from_env()
-    raw = os.environ.get(LINGER_ENV, "").strip()
-    try:
-        linger_ms = float(raw) if raw else DEFAULT_LINGER_MS
-    except ValueError:
-        raise ValueError(f"{LINGER_ENV}={raw!r} is not a number of milliseconds") from None
+    linger_ms = env_number(LINGER_ENV, DEFAULT_LINGER_MS, "milliseconds")
     return EventCollector(
         zone or landing_zone_from_url(settings.landing_url),
         known_items=KnownItems(settings.lake_url),
@@ -188,7 +184,7 @@ def events_router(collector: EventCollector | None = None) -> APIRouter:
             else:
                 out.append({"EventId": r.event_id, "ErrorCode": r.error_code, "ErrorMessage": r.error_message})
         failed = sum(1 for o in out if o.get("ErrorCode"))
-        if (metrics := getattr(request.app.state, "metrics", None)) is not None:
+        if (metrics := metrics_of(request.app.state)) is not None:
             if len(out) > failed:
                 metrics.events.labels("accepted", "").inc(len(out) - failed)
             for o in out:

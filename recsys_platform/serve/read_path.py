@@ -51,9 +51,12 @@ class Recommendations:
     source: str
 
 
-def _rank(raw: str, k: int, content_type: str | None, exclude_kids: bool) -> tuple[list[RecommendedItem], str | None]:
-    """Filter a stored `{"items": [...], "generated_at": ...}` list and keep the top k."""
-    doc = json.loads(raw)
+def _rank(
+    raw: str | dict, k: int, content_type: str | None, exclude_kids: bool
+) -> tuple[list[RecommendedItem], str | None]:
+    """Filter a stored `{"items": [...], "generated_at": ...}` list (JSON text, or already parsed) and keep the top
+    k."""
+    doc = json.loads(raw) if isinstance(raw, str) else raw
     items: list[RecommendedItem] = []
     for entry in doc.get("items", ()):
         if content_type is not None and entry.get("content_type") != content_type:
@@ -87,14 +90,14 @@ def _segment(raw_features: str | None) -> str | None:
 
 
 def _result(
-    key: str, read: ReadResult, raw: str, k: int, content_type: str | None, exclude_kids: bool, source: str
+    key: str, read: ReadResult, raw: str | dict, k: int, content_type: str | None, exclude_kids: bool, source: str
 ) -> Recommendations:
     items, generated_at = _rank(raw, k, content_type, exclude_kids)
     return Recommendations(key, items, read.model_version, read.slot, read.snapshot_id, generated_at, source)
 
 
-def _set_list(raw_sets: str | None, set_name: str) -> str | None:
-    """The stored list of one named set from a user's `sets` value ({set name: {"items": [...]}}), as JSON."""
+def _set_list(raw_sets: str | None, set_name: str) -> dict | None:
+    """The stored list of one named set from a user's `sets` value ({set name: {"items": [...]}}), parsed."""
     if raw_sets is None:
         return None
     try:
@@ -102,7 +105,7 @@ def _set_list(raw_sets: str | None, set_name: str) -> str | None:
     except (ValueError, AttributeError):
         logger.warning("unreadable sets value; serving the model's list")
         return None
-    return json.dumps(entry) if isinstance(entry, dict) else None
+    return entry if isinstance(entry, dict) else None
 
 
 def recommend(
@@ -117,27 +120,28 @@ def recommend(
     """Top-k recommendations for a user from one slot, from `source`: "model" (the user's ranked list),
     "set" (their rules-processed set `set_name`, else the model's list) or "popularity" (the popularity list
     of their segment); popularity by segment for cold users whatever the source."""
+    popularity = source == "popularity"
     for _ in range(_MAX_CONSISTENT_READ_ATTEMPTS):
-        # Hot path: one read. Popularity lists are only fetched for cold users (and the popularity arm), since
-        # the segment key comes from the user's features.
-        extra = {"user_features": [user_id]}
+        # Hot path: one read. Popularity lists are only fetched for cold users (and the popularity arm, which reads
+        # only the features its segment comes from, not the user's list).
+        extra = {} if popularity else {"user_features": [user_id]}
         if source == "set" and set_name:
             extra["sets"] = [user_id]
-        read = store.read("recs", [user_id], extra=extra)
+        read = store.read("user_features" if popularity else "recs", [user_id], extra=extra)
         if source == "set" and set_name:
-            raw_set = _set_list(read.extra_values["sets"].get(user_id), set_name)
-            if raw_set is not None:
-                return _result(user_id, read, raw_set, k, content_type, exclude_kids, "recommendation_set")
-        raw_recs = read.values.get(user_id) if source != "popularity" else None
-        if raw_recs is not None:
+            user_set = _set_list(read.extra_values["sets"].get(user_id), set_name)
+            if user_set is not None:
+                return _result(user_id, read, user_set, k, content_type, exclude_kids, "recommendation_set")
+        if not popularity and (raw_recs := read.values.get(user_id)) is not None:
             return _result(user_id, read, raw_recs, k, content_type, exclude_kids, "personalized")
-        segment = _segment(read.extra_values["user_features"].get(user_id))
+        features = read.values if popularity else read.extra_values["user_features"]
+        segment = _segment(features.get(user_id))
         keys = [GLOBAL_SEGMENT] if segment in (None, GLOBAL_SEGMENT) else [segment, GLOBAL_SEGMENT]
         fallback = store.read("popular", keys)
         if not fallback.same_source(read):
             continue  # a flip happened between the two reads; start again on the new slot
         popular = next((fallback.values[key] for key in keys if fallback.values.get(key) is not None), None)
-        served = "popularity" if source == "popularity" else "popularity_fallback"
+        served = "popularity" if popularity else "popularity_fallback"
         if popular is None:  # nothing to fall back on: an empty list, not an error
             return Recommendations(user_id, [], read.model_version, read.slot, read.snapshot_id, None, served)
         return _result(user_id, read, popular, k, content_type, exclude_kids, served)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from recsys_platform import schemas
-from recsys_platform.ingest.landing import LandingZone, new_batch_id
+from recsys_platform.ingest.landing import LandingZone, hour_prefix, new_batch_id, parquet_bytes, partition_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +33,8 @@ MAX_BUFFERED = 20_000
 
 
 def served_key(at: datetime) -> str:
-    """The landing key of a served-log file written at `at`."""
-    return f"{SERVED_PREFIX}dt={at:%Y-%m-%d}/hr={at:%H}/{new_batch_id(at)}.parquet"
-
-
-def served_prefix(partition_key: str) -> str:
-    """The landing prefix of one arrival hour (partition key YYYY-MM-DD-HH:00)."""
-    day, hour = partition_key[:10], partition_key[11:13]
-    return f"{SERVED_PREFIX}dt={day}/hr={hour}/"
+    """The landing key of a served-log file written at `at` (the events' layout, under `served/`)."""
+    return f"{hour_prefix(at, SERVED_PREFIX)}{new_batch_id(at)}.parquet"
 
 
 _COLUMNS = tuple(schemas.SERVED_LOG_SCHEMA)
@@ -68,9 +62,7 @@ def encode(rows: Sequence[tuple]) -> bytes:
         .then(pl.lit([], dtype=pl.List(pl.String)))
         .otherwise(pl.col("item_ids").str.split(_SEP)),
     )
-    buf = io.BytesIO()
-    frame.select(list(_COLUMNS)).write_parquet(buf)
-    return buf.getvalue()
+    return parquet_bytes(frame.select(list(_COLUMNS)))
 
 
 def enabled() -> bool:
@@ -168,7 +160,7 @@ class ServedLog:
 
 def read_served_hour(zone: LandingZone, partition_key: str) -> pl.DataFrame:
     """Every served-log row that landed in one arrival hour."""
-    files = [f for f in zone.list_files(served_prefix(partition_key)) if f.key.endswith(".parquet")]
+    files = [f for f in zone.list_files(partition_prefix(partition_key, SERVED_PREFIX)) if f.key.endswith(".parquet")]
     frames = [pl.read_parquet(io.BytesIO(zone.read_bytes(f.key))) for f in files]
     if not frames:
         return schemas.empty_frame(schemas.SERVED_LOG_SCHEMA)
@@ -205,10 +197,3 @@ def export_served_rows(sets: pl.DataFrame, at: datetime) -> pl.DataFrame:
         ),
         schemas.SERVED_LOG_SCHEMA,
     )
-
-
-def frame_bytes(frame: pl.DataFrame) -> bytes:
-    """A served-log frame as one Parquet file."""
-    buf = io.BytesIO()
-    frame.write_parquet(buf)
-    return buf.getvalue()
