@@ -29,6 +29,13 @@ from resources import LakeIOManager, LandingZoneResource
 SHIPPED = PROJECT_ROOT / "config" / "recommendation_sets.yaml"
 
 
+def serving_config_text() -> str:
+    """The shipped set file with its example experiment's `serves` switched on (shipped commented out)."""
+    text = SHIPPED.read_text()
+    assert "# serves: {" in text
+    return text.replace("# serves: {", "serves: {")
+
+
 def _list(prefix: str, n: int = 5) -> str:
     return json.dumps({"items": [{"item_id": f"{prefix}{i}", "score": float(n - i)} for i in range(n)]})
 
@@ -48,7 +55,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("RECSYS_SERVED_LOG", raising=False)
     config = tmp_path / "sets.yaml"
-    config.write_text(SHIPPED.read_text())
+    config.write_text(serving_config_text())
     monkeypatch.setenv("RECSYS_RECOMMENDATION_SETS", str(config))
     monkeypatch.setattr(arms_module, "RELOAD_CHECK_SECONDS", 0.0)
     experiment = load_sets_config(config).experiments[0]
@@ -100,7 +107,7 @@ def test_a_config_that_stops_validating_keeps_the_last_good_experiments(home: di
         assert c.get(f"/v1/users/{user}/recommendations").json()["source"] == "popularity"
     with pytest.raises(SetsConfigError, match="serves.bogus: not one of the arms"):
         load_sets_config(home["config"])
-    raw = yaml.safe_load(SHIPPED.read_text())
+    raw = yaml.safe_load(serving_config_text())
     raw["experiments"][0]["serves"] = {"model": "editorial"}
     with pytest.raises(SetsConfigError, match="source 'editorial' is not one of"):
         parse_sets_config(raw)
@@ -141,3 +148,12 @@ def test_the_served_log_can_be_turned_off(home: dict, monkeypatch: pytest.Monkey
     with TestClient(create_app()) as c:
         assert c.get(f"/v1/users/{home['users']['model']}/recommendations").status_code == 200
     assert LocalLandingZone(home["root"] / "landing").list_files("served/") == []
+
+
+def test_the_shipped_example_experiment_changes_nothing_served_until_it_declares_serves(home: dict) -> None:
+    home["config"].write_text(SHIPPED.read_text())  # `serves` commented out, as shipped
+    with TestClient(create_app()) as c:
+        for user in home["users"].values():
+            doc = c.get(f"/v1/users/{user}/recommendations").json()
+            assert (doc["source"], doc["experiment"], doc["arm"]) == ("personalized", None, None)
+    assert not load_sets_config(SHIPPED).experiments[0].changes_serving

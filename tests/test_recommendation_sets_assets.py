@@ -37,9 +37,12 @@ SOURCES = ("interactions", "items", "users", "popularity_model", "model_evaluati
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A lake with the upstream tables written as the pipeline writes them, and the shipped config."""
+    """A lake with the upstream tables written as the pipeline writes them, and the shipped config with its
+    experiment's `serves` switched on (`config`)."""
     root = tmp_path_factory.mktemp("sets")
-    config = load_sets_config(Settings.from_env().recommendation_sets_path)
+    shipped = Settings.from_env().recommendation_sets_path.read_text()
+    (root / "sets.yaml").write_text(shipped.replace("# serves: {", "serves: {"))
+    config = load_sets_config(root / "sets.yaml")
     ds = simulate_arms(generate(GeneratorConfig(n_users=400, days=21, seed=9, end=END)), config.experiments[0], seed=9)
     inter = build_interactions(ds.events, ds.items)
     lake_dir = root / "lake"
@@ -61,7 +64,7 @@ def _resources(lake: dict, tracking: str) -> dict:
         "mlflow": MlflowResource(tracking_uri=tracking, artifact_uri=(root / "mlartifacts").as_uri()),
         "pipeline": PipelineResource(lake_url=str(lake["lake"]), catalog_path=str(root / "catalog.duckdb")),
         "set_config": RecommendationSetsResource(
-            config_path=str(Settings.from_env().recommendation_sets_path), exports_dir=str(root / "exports")
+            config_path=str(root / "sets.yaml"), exports_dir=str(root / "exports")
         ),
         "online_store": OnlineStoreResource(url=f"sqlite:///{root / 'online_store.sqlite'}"),
         "landing": LandingZoneResource(url=str(root / "landing")),
@@ -109,7 +112,7 @@ def test_one_shard_with_the_champion_scores_applies_rules_and_exports(lake: dict
     # No serving fit was saved: the asset fitted the champion's sources with the params its version carries.
     cutoff = inter["event_time"].max() + timedelta(microseconds=1)
     here = fit_serving(inter, ds.items, ds.users, cutoff, params, booster)
-    config = load_sets_config(Settings.from_env().recommendation_sets_path)
+    config = load_sets_config(root / "sets.yaml")
     eligible = bs.eligible_users(ds.users, inter, cutoff, config.eligibility)
     expected = bs.score_shard(
         here, ref.version, inter, ds.users, eligible, key, config.batch, cutoff, datetime.now(UTC)

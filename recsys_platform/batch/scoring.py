@@ -240,17 +240,17 @@ def apply_experiment_arms(
     config: SetsConfig,
     now: datetime,
 ) -> tuple[pl.DataFrame, dict[str, dict[str, int]]]:
-    """The sets with each live experiment's surface set replaced, for the users of arms that are not served
-    `set`, by what their arm is served (ExperimentConfig.serves): `model`, the top of their batch scores;
-    `popularity`, the popularity list of their segment (else the global one). Every surface row's `context` names
-    the experiment, arm and source (`arm:<experiment>/<arm>/<source>`). Returns (sets, {experiment: {arm: users}})."""
+    """The sets with the surface set of each live experiment that declares `serves` replaced, for the users of
+    arms not served `set`, by what their arm is served: `model`, the top of their batch scores; `popularity`, the
+    popularity list of their segment (else the global one). Every surface row's `context` names the experiment,
+    arm and source (`arm:<experiment>/<arm>/<source>`). Returns (sets, {experiment: {arm: users}})."""
     counts: dict[str, dict[str, int]] = {}
     if batch_scores.height == 0:
         return sets, counts
     version = batch_scores["model_version"][0]
     generated = batch_scores["generated_at"][0]
     for exp in config.experiments:
-        if not is_live(exp, now):
+        if not (exp.changes_serving and is_live(exp, now)):
             continue
         size = config.set(exp.surface).size
         arms = assign_arms(batch_scores["user_id"].unique().sort(), exp).with_columns(

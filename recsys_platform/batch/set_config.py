@@ -66,11 +66,18 @@ class ExperimentConfig:
     start: str | None = None  # ISO timestamp; None = `duration_days` before the latest event
     duration_days: int = 7
     # What each arm is served (ARM_SOURCES): the surface's rules-processed set, the popularity list of the user's
-    # segment, or the champion model's own ranking. The API, the batch sets and the export all read it.
+    # segment, or the champion model's own ranking. The API, the batch sets and the export all read it. Empty: the
+    # experiment is analysed but changes nothing anyone is served (opt-in, so an example in the file cannot send a
+    # third of the users the popularity list).
     serves: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def changes_serving(self) -> bool:
+        """Whether the arms are served different lists (`serves` is declared)."""
+        return bool(self.serves)
+
     def source_of(self, arm: str) -> str:
-        """The source arm `arm` is served (the set for an arm the config does not map)."""
+        """The source arm `arm` is served (the set for an arm `serves` does not map)."""
         return self.serves.get(arm, "set")
 
 

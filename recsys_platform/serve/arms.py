@@ -67,11 +67,11 @@ class ArmRouter:
             self._mtime = mtime
 
     def assign(self, user_id: str, surface: str = API_SURFACE, now: datetime | None = None) -> Assignment:
-        """The user's arm in the first live experiment on `surface`, or NO_EXPERIMENT."""
+        """The user's arm in the first live experiment on `surface` that declares `serves`, or NO_EXPERIMENT."""
         self._reload()
         now = now or datetime.now(UTC)
         for exp in self._experiments:
-            if exp.surface == surface and is_live(exp, now):
+            if exp.changes_serving and exp.surface == surface and is_live(exp, now):
                 arm = arm_of(user_id, exp)
                 source = exp.source_of(arm)
                 return Assignment(exp.name, arm, source, exp.surface if source == "set" else None)
