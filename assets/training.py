@@ -135,7 +135,7 @@ def _holdout_asset(protocol: str) -> dg.AssetsDefinition:
         kinds={"polars", "mlflow"},
         pool=HISTORY_POOL,
         description=(
-            f"The whole training procedure run on the {protocol} temporal holdout ({procedure.HOLDOUTS[protocol]}): "
+            f"The whole training procedure run on the {protocol} holdout ({procedure.HOLDOUTS[protocol]}): "
             "fitted on the known part and scored at 10 (precision, recall, NDCG, MAP, MRR, hit rate, coverage, "
             "novelty) beside all-time popularity, recent popularity, EASE and item-kNN fitted on the same rows, "
             "and the serving champion as it is. Independent of this cycle's ranker, so it runs beside its training."

@@ -17,7 +17,7 @@ from orchestration import definitions, runner
 from orchestration.jobs import SHARD_KEYS
 from orchestration.runner import JobRunFailed, execute_job, partition_range_tags
 from recsys_platform import cli
-from recsys_platform.analytics.summary import HOLDOUTS
+from recsys_platform.model.procedure import HOLDOUTS
 from recsys_platform.cli import app
 from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.ingest.landing import LocalLandingZone, partition_key_of
@@ -187,5 +187,5 @@ def test_train_runs_the_cycle_on_the_ingested_events_and_prints_the_summary(tmp_
     assert f"registered model recsys-ranker version {ref['version']} (run {ref['run_id']})" in text
     assert f"Online store: active slot {pointer.active_slot} serving model {pointer.model_version}" in text
     protocols = pl.read_parquet(Path(settings.lake_url) / "model_evaluation.parquet")["protocol"].unique().to_list()
-    assert protocols and all(f"Holdout: {HOLDOUTS.get(p, p)}" in text for p in protocols)
+    assert protocols and all(f"Holdout {p}: {HOLDOUTS[p]}" in text for p in protocols)
     assert all(f"NDCG@10 ({p}) ranker" in text for p in protocols)

@@ -77,6 +77,29 @@ def test_popularity_beating_the_ranker_still_serves_a_personalised_baseline(regi
     assert scorer.feature == "score_knn"  # never one global list
 
 
+def test_another_personalised_source_beating_ease_and_knn_is_what_gets_served(registered) -> None:
+    """The best personalised list is chosen among every personalised source's own score, not only the two
+    personalised baselines: the ranker is measured against the baselines, the served fallback is the best list."""
+    tracking, _, _, example = registered
+    table = pl.concat(
+        [
+            _table(ranker=0.20, ease=0.25, knn=0.22),
+            pl.DataFrame(
+                [
+                    {"protocol": "per_user", "model": "source_ease_session", "metric": "ndcg@10", "value": 0.27},
+                    {"protocol": "per_user", "model": "source_ials", "metric": "ndcg@10", "value": 0.26},
+                ]
+            ),
+        ]
+    )
+    decision = _decide(registered, table)
+    assert "did not beat ease (0.2500)" in decision.reason and "source_ease_session (0.2700)" in decision.reason
+    scorer, _, version = registry.load_scorer(tracking, CHAMPION_ALIAS)
+    assert version == decision.version == "2" and scorer.feature == "score_ease_session"
+    got = np.asarray(registry.load_pyfunc(tracking, "2").predict(example.to_pandas()))
+    np.testing.assert_allclose(got, example["score_ease_session"].to_numpy())
+
+
 def test_a_champion_beating_the_baselines_is_kept_over_a_weaker_ranker(registered) -> None:
     tracking, artifacts, first, example = registered
     registry.promote(tracking, first, "by hand", {})

@@ -132,7 +132,11 @@ def test_evaluate_reports_every_metric_for_the_ranker_and_every_baseline(world, 
     assert facts["protocol"] == protocol and facts["test_users"] == truth["user_id"].n_unique() > 50
     assert set(table["protocol"]) == {protocol}
     expected = {"ranker", "popularity", "recent_popularity", "ease", "item_knn"}
-    assert set(table["model"]) == expected == {"ranker", *procedure.BASELINES}
+    assert expected == {"ranker", *procedure.BASELINES}
+    # and every other personalised source's own list, the gate's other candidates
+    others = {f"source_{s}" for s in procedure.PERSONAL_SOURCES} - {"source_ease", "source_knn"}
+    assert others and set(procedure.SOURCE_CANDIDATES) == others
+    assert set(table["model"]) == expected | others
     metrics = table.group_by("model").agg(pl.col("metric").sort())
     assert metrics["metric"].n_unique() == 1  # the same metrics for every model
     bounded = {f"{m}@10" for m in ("precision", "recall", "ndcg", "map", "mrr", "hit_rate", "catalog_coverage")}
@@ -168,3 +172,24 @@ def test_a_small_dataset_trains_with_the_default_settings() -> None:
     recs = rec.recommend(ds.users["user_id"], 10)
     # everyone gets ten, the 13 users without a play too (from the popularity-like sources)
     assert recs.group_by("user_id").len()["len"].to_list() == [10] * ds.users.height
+
+
+def test_an_order_free_objective_tunes_and_gates_on_random_holdouts(world) -> None:
+    """RECSYS_TRAINING_WINDOWS=random (data whose order says nothing, e.g. ratings entered in one sitting): the
+    gate's primary holdout and the tuning split are per-user random pairs, what the ranker was trained for; any
+    other windows keep each user's newest 20%."""
+    from recsys_platform.model.windows import PairSplit, Split, random_pair_split
+
+    inter = world["inter"]
+    free = FAST.with_(training_windows="random")
+    assert free.order_free and not FAST.order_free and not FAST.with_(training_windows="random+temporal").order_free
+    split = procedure.split_for("per_user", inter, free)
+    assert isinstance(split, PairSplit)
+    assert split.truth(inter).equals(random_pair_split(inter, 0.2, free.seed, name="per_user").truth(inter))
+    assert isinstance(procedure.split_for("per_user", inter, FAST), Split)
+    # held-out pairs lie anywhere in a user's history: some are older than pairs the models may read
+    held = split.truth(inter).join(inter, on=["user_id", "item_id"]).group_by("user_id").agg(t=pl.col("event_time").min())
+    known = split.known(inter).group_by("user_id").agg(t=pl.col("event_time").max())
+    assert held.join(known, on="user_id").filter(pl.col("t") < pl.col("t_right")).height > 0
+    table, facts = procedure.evaluate(inter, world["ds"].items, world["ds"].users, "per_user", free, max_users=300)
+    assert facts["params"]["training_windows"] == "random" and procedure.metric(table, "per_user", "ranker") > 0

@@ -99,8 +99,8 @@ def test_evaluation_is_capped_and_every_model_scored_on_the_same_users(world, mo
     assert truth_users > MAX_USERS
     table, facts = procedure.evaluate(inter, ds.items, ds.users, "per_user", PARAMS, max_users=MAX_USERS)
     assert facts["test_users"] == MAX_USERS
-    assert set(table["model"]) == {"ranker", *procedure.BASELINES}
-    assert len(calls) == 1 + len(procedure.BASELINES)
+    assert set(table["model"]) == {"ranker", *procedure.SCORED_COLUMNS}
+    assert len(calls) == 1 + len(procedure.SCORED_COLUMNS)
     first_truth = calls[0][0]
     assert first_truth["user_id"].n_unique() == MAX_USERS
     for truth, recs in calls:

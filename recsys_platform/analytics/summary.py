@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recsys_platform.config import Settings
+from recsys_platform.model import procedure
 from recsys_platform.serve.online_store import open_online_store
 
 SAMPLE_SQL = (
@@ -19,10 +20,6 @@ SAMPLE_SQL = (
 )
 
 
-HOLDOUTS = {
-    "per_user": "per-user temporal (each user's newest 20% of interactions)",
-    "global": "global temporal (the newest 10% of interactions in time)",
-}
 
 
 def lake_row_counts(lake: Path) -> dict[str, int]:
@@ -47,9 +44,12 @@ def print_summary(console: Console, settings: Settings, elapsed_s: float) -> Non
     console.print(rows)
 
     evaluation = pl.read_parquet(lake / "model_evaluation.parquet")
+    # The ranker, the baselines and the champion; the other personalised sources' figures are in the metadata.
+    shown = ("ranker", *procedure.BASELINES, "champion")
+    evaluation = evaluation.filter(pl.col("model").is_in(shown))
     for protocol in evaluation["protocol"].unique(maintain_order=True):
         wide = evaluation.filter(pl.col("protocol") == protocol).pivot(on="model", index="metric", values="value")
-        quality = Table(*wide.columns, title=f"Holdout: {HOLDOUTS.get(protocol, protocol)}")
+        quality = Table(*wide.columns, title=f"Holdout {protocol}: {procedure.HOLDOUTS.get(protocol, protocol)}")
         for row in wide.iter_rows():
             quality.add_row(row[0], *[f"{v:.4f}" if v is not None else "" for v in row[1:]])
         console.print(quality)
@@ -59,7 +59,7 @@ def print_summary(console: Console, settings: Settings, elapsed_s: float) -> Non
                 named=True
             )
         }
-        baselines = {k: v for k, v in ndcg.items() if k != "ranker"}
+        baselines = {k: v for k, v in ndcg.items() if k in procedure.BASELINES}
         best = max(baselines, key=baselines.__getitem__)
         lift = ndcg["ranker"] / baselines[best] - 1 if baselines[best] else float("nan")
         console.print(

@@ -2,8 +2,10 @@
 
 The ranker is promoted only if it beats the strongest baseline (and the serving champion) on the primary
 holdout; the champion stays while it beats the strongest baseline; when nothing does, the best
-*personalised* baseline is registered as a version of its own (same params, a pyfunc scoring candidates by
-its score) and made champion, so users never get one global list when a personalised one is better.
+*personalised* list (EASE, item-kNN or another personalised source's own score,
+`procedure.PERSONALISED_CANDIDATES`) is registered as a version of its own (same params, a pyfunc scoring
+candidates by its score) and made champion, so users never get one global list when a personalised one is
+better.
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ def decide(
     decision = registry.promotion_gate(tracking_uri, ref, ranker, best, champion_score, margin, baseline_name=name)
     if decision.alias == registry.CHAMPION_ALIAS or (champion_score is not None and champion_score > best):
         return decision
-    personal, score = procedure.strongest_baseline(table, primary, procedure.PERSONALISED_BASELINES)
+    personal, score = procedure.strongest_baseline(table, primary, procedure.PERSONALISED_CANDIDATES)
     params = json.loads(registry.version_tags(tracking_uri, ref.version, ref.name).get(registry.PARAMS_TAG, "{}"))
-    feature = procedure.BASELINES[personal]
+    feature = procedure.SCORED_COLUMNS[personal]
     if champion:
         tags = registry.version_tags(tracking_uri, champion, ref.name)
         if (
@@ -66,7 +68,7 @@ def decide(
     reason = (
         f"ranker v{ref.version} ({ranker:.4f}) did not beat {name} ({best:.4f}) on the {primary} holdout"
         + (f" and champion v{champion} ({champion_score:.4f}) does not either" if champion_score is not None else "")
-        + f": serving the best personalised baseline, {personal} ({score:.4f})"
+        + f": serving the best personalised list, {personal} ({score:.4f})"
     )
     logger.warning(reason)
     return registry.promote(

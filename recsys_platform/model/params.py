@@ -40,6 +40,13 @@ class ModelParams:
     recent_completion_days: float = 3.0  # where replays are recommended, not a pair completed this recently
     seed: int = 7
 
+    @property
+    def order_free(self) -> bool:
+        """Whether the ranker learns only from random windows (RECSYS_TRAINING_WINDOWS=random): the objective is a
+        user's missing items anywhere in their history, not their next ones, so tuning and the gate's primary
+        holdout are per-user random splits too."""
+        return set(self.training_windows.split("+")) == {"random"}
+
     def with_(self, **changes: Any) -> ModelParams:
         """A copy with `changes`."""
         return replace(self, **changes)

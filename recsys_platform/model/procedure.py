@@ -26,7 +26,7 @@ from recsys_platform.model.ranker import ColumnScorer, train_ranker
 from recsys_platform.model.recommender import BLOCK_USERS, Recommender, build_vocab, fit_serving
 from recsys_platform.model.sources import SOURCES, fit_sources
 from recsys_platform.model.tuning import tune
-from recsys_platform.model.windows import Split, global_split, per_user_split, random_pair_split, repeat_share
+from recsys_platform.model.windows import PairSplit, Split, global_split, per_user_split, random_pair_split, repeat_share
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ K = 10
 REPEAT_SHARE_TO_KEEP_SEEN = 0.05
 PRIMARY_PROTOCOL = "per_user"
 PROTOCOLS = ("per_user", "global")
-HOLDOUTS = {"per_user": "each user's newest 20%", "global": "the newest 10% of time"}
+HOLDOUTS = {"per_user": "each user's newest 20% (order-free: a random 20%)", "global": "the newest 10% of time"}
 PERSONALISED_BASELINES = ("ease", "item_knn")
 # The baselines every cycle fits beside the ranker, each served by one source's own score.
 BASELINES: dict[str, str] = {
@@ -45,6 +45,15 @@ BASELINES: dict[str, str] = {
     "item_knn": "score_knn",
 }
 PERSONAL_SOURCES = tuple(s.name for s in SOURCES if s.personalised)
+# Every other personalised source's own list, scored beside the baselines on each holdout: when the ranker
+# does not beat the strongest baseline, the gate serves the best personalised list of all of them
+# (`PERSONALISED_CANDIDATES`), not only EASE or item-kNN. On order-free data (ml-100k's train part under the
+# random protocol) the sittings-and-sequence EASE beat plain EASE on the cycle's own holdout.
+SOURCE_CANDIDATES: dict[str, str] = {
+    f"source_{n}": f"score_{n}" for n in PERSONAL_SOURCES if f"score_{n}" not in BASELINES.values()
+}
+PERSONALISED_CANDIDATES = (*PERSONALISED_BASELINES, *SOURCE_CANDIDATES)
+SCORED_COLUMNS = {**BASELINES, **SOURCE_CANDIDATES}
 
 
 def data_params(interactions: pl.DataFrame, params: ModelParams) -> ModelParams:
@@ -67,7 +76,7 @@ def choose_params(
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
     params = data_params(interactions, base)
-    params, scores = tune(interactions, catalogue, params, max_users, params.training_windows.startswith("random"))
+    params, scores = tune(interactions, catalogue, params, max_users)
     report = {"repeat_share": round(repeat_share(interactions), 4), "tuning_ndcg@10": scores}
     return params, report
 
@@ -212,9 +221,13 @@ def fit_recommender(
 # --- evaluation --------------------------------------------------------------------------------------------
 
 
-def split_for(protocol: str, interactions: pl.DataFrame) -> Split:
-    """The holdout of a protocol: `per_user` (each user's newest 20%) or `global` (the newest 10% of time)."""
+def split_for(protocol: str, interactions: pl.DataFrame, params: ModelParams | None = None) -> Split | PairSplit:
+    """The holdout of a protocol: `per_user` (each user's newest 20%, or a seeded random 20% of each user's
+    items when `params.order_free`: the gate's primary holdout asks what the ranker was trained for) or
+    `global` (the newest 10% of time)."""
     if protocol == "per_user":
+        if params is not None and params.order_free:
+            return random_pair_split(interactions, 0.2, params.seed, name=protocol)
         return per_user_split(interactions, 0.2, name=protocol)
     if protocol == "global":
         return global_split(interactions, 0.1, name=protocol)
@@ -234,7 +247,7 @@ def evaluate(
     """Run the procedure on the protocol's known part, recommend K for its held-out users and score the
     ranker and every baseline (the same fitted sources and candidate rules) against what they did next;
     with `champion` (scorer, params), also the serving version as it is, on the same known part."""
-    split = split_for(protocol, interactions)
+    split = split_for(protocol, interactions, base)
     known, truth = split.known(interactions), split.truth(interactions)
     rec = fit_recommender(known, items, users, split.known_until, base, max_users, threads)
     test_users = truth["user_id"].unique().sort()
@@ -244,16 +257,18 @@ def evaluate(
     cut = feature_times(split, rec.vocab, rec.vocab.user_rows(test_users).clip(0))
     pop = pl.DataFrame({"item_id": rec.vocab.item_ids, "count": rec.stats.users})
     rows = []
-    fitted = {name: rec.with_scorer(ColumnScorer(col)) for name, col in BASELINES.items()}
-    fitted = {"ranker": rec, **fitted}
+    scorers = {"ranker": rec.scorer, **{name: ColumnScorer(col) for name, col in SCORED_COLUMNS.items()}}
+    other_fit = None
     if champion is not None:
         scorer, params = champion
-        same = params.to_dict() == rec.params.to_dict()
-        fitted["champion"] = (
-            rec.with_scorer(scorer) if same else fit_serving(known, items, users, split.known_until, params, scorer)
-        )
-    for model, fit in fitted.items():
-        recs = fit.recommend(test_users, K, cut)
+        if params.to_dict() == rec.params.to_dict():
+            scorers["champion"] = scorer
+        else:
+            other_fit = fit_serving(known, items, users, split.known_until, params, scorer)
+    lists = rec.recommend_each(scorers, test_users, K, cut)
+    if other_fit is not None:
+        lists["champion"] = other_fit.recommend(test_users, K, cut)
+    for model, recs in lists.items():
         metrics = evaluation.evaluate_all(
             truth.select("user_id", "item_id"), recs, K, n_items=rec.vocab.n_items, item_popularity=pop
         )

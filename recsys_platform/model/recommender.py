@@ -78,25 +78,36 @@ class Recommender:
         The scorer orders the candidates; with `fill`, lists shorter than k continue with the other
         recommendable items in the order of the recency-weighted EASE score, then popularity (deep batch
         lists), scored below the user's last candidate."""
+        return self.recommend_each({"": self.scorer}, user_ids, k, cutoff_s, block_users, fill)[""]
+
+    def recommend_each(
+        self,
+        scorers: dict[str, Any],
+        user_ids: pl.Series,
+        k: int,
+        cutoff_s: np.ndarray | None = None,
+        block_users: int = BLOCK_USERS,
+        fill: bool = False,
+    ) -> dict[str, pl.DataFrame]:
+        """`recommend` for each of `scorers` over the same candidates, built once per block of users (the
+        holdouts score the ranker and every baseline on one candidate set)."""
         rows_all = self.vocab.user_rows(user_ids)
         keep = rows_all >= 0
         rows_all = rows_all[keep]
         cut_all = None if cutoff_s is None else np.asarray(cutoff_s, np.float64)[keep]
-        parts = []
+        parts: dict[str, list[pl.DataFrame]] = {name: [] for name in scorers}
         for start in range(0, len(rows_all), block_users):
             rows = rows_all[start : start + block_users]
             cut = None if cut_all is None else cut_all[start : start + block_users]
             profiles, block = self.block(rows, cut)
-            score = np.asarray(self.scorer.predict(block.features), np.float64) if len(block) else np.zeros(0)
-            r, i, s = block.rows, block.items, score
-            if fill:
-                r, i, s = self._filled(profiles, r, i, s, k)
-            parts.append(_top_k(r, i, s, k, profiles.rows, self.vocab))
-        if not parts:
-            return pl.DataFrame(
-                schema={"user_id": pl.String, "rank": pl.Int64, "item_id": pl.String, "score": pl.Float64}
-            )
-        return pl.concat(parts)
+            for name, scorer in scorers.items():
+                score = np.asarray(scorer.predict(block.features), np.float64) if len(block) else np.zeros(0)
+                r, i, s = block.rows, block.items, score
+                if fill:
+                    r, i, s = self._filled(profiles, r, i, s, k)
+                parts[name].append(_top_k(r, i, s, k, profiles.rows, self.vocab))
+        empty = pl.DataFrame(schema={"user_id": pl.String, "rank": pl.Int64, "item_id": pl.String, "score": pl.Float64})
+        return {name: pl.concat(p) if p else empty for name, p in parts.items()}
 
     def _filled(self, profiles: Profiles, rows, items, score, k: int):
         """Candidates plus every other allowed item, the others ordered by (EASE on the recent profile, popularity)

@@ -22,7 +22,9 @@ from recsys_platform.model.windows import per_user_split, random_pair_split
 logger = logging.getLogger(__name__)
 
 EASE_L2_GRID = (30.0, 100.0, 300.0, 1000.0, 3000.0)
-HALF_LIFE_GRID = (2.0, 4.0, 8.0, 16.0, 64.0)
+# 1e6 positions: a flat profile, no recency (order-free data, e.g. ml-100k's train part under a random split,
+# picked it on its inner random split; temporal splits pick a short half-life).
+HALF_LIFE_GRID = (2.0, 4.0, 8.0, 16.0, 64.0, 1e6)
 _DISCOUNT = 1.0 / np.log2(np.arange(2, 12))
 
 
@@ -43,13 +45,13 @@ def dense_ndcg(scores: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
 
 
 def tune(
-    interactions: pl.DataFrame, catalogue: Catalogue, params: ModelParams, max_users: int, random: bool = False
+    interactions: pl.DataFrame, catalogue: Catalogue, params: ModelParams, max_users: int
 ) -> tuple[ModelParams, dict[str, float]]:
     """Params with `ease_l2` and `recency_half_life` set to the grid's best on the inner split (per-user
-    temporal, or a per-user random one when the ranker learns from random windows), and the scores."""
+    temporal, or a per-user random one when the objective is order-free), and the scores."""
     split = (
         random_pair_split(interactions, 0.2, params.seed, name="tuning")
-        if random
+        if params.order_free
         else per_user_split(interactions, name="tuning")
     )
     truth = split.truth(interactions)
