@@ -22,8 +22,9 @@ from assets import groups
 from assets.partitions import arrival_hours
 from recsys_platform.config import Settings
 from recsys_platform.ingest.landing import PARTITION_KEY_FORMAT
+from recsys_platform.push.selection import schedule_pushes
 from recsys_platform.realtime import FIRST_FILE_TAG
-from resources import MlflowResource, OnlineStoreResource, PipelineResource
+from resources import MlflowResource, OnlineStoreResource, PipelineResource, PushQueueResource
 
 
 def _this_and_previous_hour() -> dg.TimeWindowPartitionMapping:
@@ -119,10 +120,13 @@ def realtime_recommendations(
     online_store: OnlineStoreResource,
     mlflow: MlflowResource,
     pipeline: PipelineResource,
+    push_queue: PushQueueResource,
 ) -> dg.MaterializeResult:
     """Re-scores only the users whose events triggered this run, with the model bound to the ACTIVE
     slot, re-weighted by their session context, and writes their recommendations and features to that
-    slot (refused if a deploy flipped the slot meanwhile; then re-scored for the new slot)."""
+    slot (refused if a deploy flipped the slot meanwhile; then re-scored for the new slot). Then queues a
+    push for the users whose top recommendation changed or whose events fired a push rule (per-day cap,
+    quiet hours, opt-out, dedup: `push.selection`), delivered by `recsys push-worker`."""
     from recsys_platform.batch.rules import played_pairs
     from recsys_platform.model.serving import serving_recommender
     from recsys_platform.realtime import refresh
@@ -155,6 +159,7 @@ def realtime_recommendations(
         )
         return refresh.score_touched(rec, mine, users, user_ids, now, 3 * params.top_n)
 
+    pushes = None
     with online_store.open() as store:
         report = refresh.refresh_users(
             store,
@@ -167,6 +172,13 @@ def realtime_recommendations(
             played=played_pairs(mine),
             replay_policy=(params.max_replays, params.replay_window),
         )
+        t_push = time.perf_counter()
+        if params.push_on_refresh and report.rescored_users:
+            with push_queue.open() as queue:
+                pushes = schedule_pushes(
+                    store, queue, recent, users, now, items, top_changed=sorted(report.top_changed)
+                )
+            report.timings["push_s"] = time.perf_counter() - t_push
     timings = {
         "read_s": t_read - started,
         **report.timings,
@@ -184,5 +196,8 @@ def realtime_recommendations(
             "slot": str(report.slot),
             "attempts": report.attempts,
             "timings": dg.MetadataValue.json({k: round(v, 4) for k, v in timings.items()}),
+            "top_changed_users": len(report.top_changed),
+            "pushes_enqueued": pushes.enqueued if pushes is not None else 0,
+            "pushes_duplicate": pushes.duplicates if pushes is not None else 0,
         }
     )

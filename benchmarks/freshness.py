@@ -1,4 +1,5 @@
-"""Freshness: time from `POST /v1/events` accepted to the user's recommendations changing.
+"""Freshness: time from `POST /v1/events` accepted to the user's recommendations changing, and to their push
+being delivered.
 
 Starts the stack the way a user would, on loopback: `dagster dev` (webserver + daemon + code server,
 landing sensor running) and `recsys serve`, plus `recsys simulate` for background load. Then posts
@@ -7,6 +8,13 @@ seconds, and polls each user's recommendations until that item has left the list
 and, from the Dagster run that carried each probe, the breakdown: sensor (POST -> run created), queue
 (created -> launched), run start-up (launched -> run process executing), compute per step, the
 refresh's own write time, and what remains (result visible to the poller).
+
+Event-driven push: `recsys push-worker` runs beside the stack with its file sender (an outbox on
+loopback disk); the refresh that carries a probe queues the user's push (the completion fires the
+`session_completed` rule), and the probe's push latency is the worker's `sent_at` minus the POST's
+acceptance. Probe users with a push already delivered in this run are skipped (one push per user and
+local day); use a fresh --home so that earlier runs' pushes do not deduplicate the probes' away. A
+probe that times out counts in the percentiles as a failure (its latency is infinite).
 
     python benchmarks/freshness.py --home /tmp/freshness-home --events 60 --rate 5
 
@@ -48,6 +56,7 @@ class Probe:
     accepted_wall: float = 0.0
     accepted: float = 0.0
     changed: float | None = None
+    pushed_wall: float | None = None  # the push worker's sent_at for this user's push
     run: dict = field(default_factory=dict)
 
 
@@ -276,6 +285,11 @@ def main() -> None:
                 logs / "simulate.log",
             )
         )
+        outbox = logs / f"push-outbox-{int(wall_start)}.jsonl"
+        procs.append(
+            _start([str(BIN / "recsys"), "push-worker", "--target", str(outbox)], env, logs / "push-worker.log")
+        )
+        pushes = Outbox(outbox)
         import polars as pl
 
         users = pl.read_parquet(home / "lake" / "users.parquet", columns=["user_id"])["user_id"].to_list()
@@ -285,10 +299,17 @@ def main() -> None:
         pending: list[Probe] = []
         next_post = time.monotonic()
         candidates = rng.sample(users, min(len(users), args.events * 3))
-        while (len(probes) < args.events or pending) and time.monotonic() - started < args.max_seconds:
+
+        def unsettled() -> list[Probe]:
+            return [p for p in probes if p.pushed_wall is None and time.monotonic() - p.accepted <= args.timeout]
+
+        while (len(probes) < args.events or pending or unsettled()) and time.monotonic() - started < args.max_seconds:
             now = time.monotonic()
             if len(probes) < args.events and now >= next_post and candidates:
                 user = candidates.pop()
+                pushes.read()
+                if user in pushes.sent:  # pushed already today by the background load: its push would be a duplicate
+                    continue
                 doc = client.get(f"/v1/users/{user}/recommendations", params={"limit": 50}).json()
                 if doc["source"] != "personalized" or not doc["items"]:
                     continue
@@ -315,6 +336,11 @@ def main() -> None:
                     pending.remove(probe)
                 elif time.monotonic() - probe.accepted > args.timeout:
                     pending.remove(probe)
+            pushes.read()
+            for probe in probes:
+                sent = pushes.sent.get(probe.user)
+                if probe.pushed_wall is None and sent is not None and sent >= probe.accepted_wall - 1.0:
+                    probe.pushed_wall = sent
             time.sleep(0.1)
         load_during = _load()
         since = datetime.fromtimestamp(wall_start, UTC)
@@ -322,8 +348,51 @@ def main() -> None:
         for probe in probes:
             probe.run = _carrier(probe, runs)
         report(probes, runs, load_during, time.monotonic() - started)
+        report_pushes(probes, args.timeout)
     finally:
         _stop(procs)
+
+
+class Outbox:
+    """The push worker's file sender output, read incrementally: user -> wall time of their first push."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.sent = path, 0, {}
+
+    def read(self) -> None:
+        """Take in the lines appended since the last read (a partial last line waits for the next)."""
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read()
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        for line in chunk[:end].splitlines():
+            record = json.loads(line)
+            at = datetime.fromisoformat(record["sent_at"]).timestamp()
+            self.sent.setdefault(record["user_id"], at)
+
+
+def report_pushes(probes: list[Probe], timeout: float) -> None:
+    """Event accepted -> push delivered, timed-out probes counted as failures (infinite latency)."""
+    lat = [p.pushed_wall - p.accepted_wall if p.pushed_wall is not None else float("inf") for p in probes]
+    delivered = [v for v in lat if v != float("inf")]
+    print(
+        f"POST accepted -> push delivered (file sender): {len(delivered)} of {len(probes)} probes within "
+        f"{timeout:.0f} s; p50 {_pct(lat, 0.5):.2f} s, p95 {_pct(lat, 0.95):.2f} s"
+        + (f", max delivered {max(delivered):.2f} s" if delivered else "")
+    )
+    print(
+        json.dumps(
+            {
+                "push_p50_s": round(_pct(lat, 0.5), 2),
+                "push_p95_s": round(_pct(lat, 0.95), 2),
+                "push_delivered": len(delivered),
+                "push_probes": len(probes),
+            }
+        )
+    )
 
 
 def report(probes: list[Probe], runs: list[dict], load: str, seconds: float) -> None:

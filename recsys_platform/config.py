@@ -62,6 +62,10 @@ class PipelineParams:
     # -1 turns it off. The recommendation sets apply it as their `max_replays` rule.
     max_replays: int = 3
     replay_window: int = 10
+    # Event-driven push: a near-real-time refresh queues a push for the users whose top recommendation it changed
+    # or whose events fire a push rule (`push.selection`), with the caps, quiet hours, opt-out and dedup of the
+    # push rules; RECSYS_PUSH_ON_REFRESH=0 leaves pushes to the push_notifications asset.
+    push_on_refresh: bool = True
 
     def model_params(self) -> ModelParams:
         """The starting point of the model's params (the cycle fills in the data-dependent ones)."""
@@ -80,7 +84,11 @@ class PipelineParams:
         kwargs = {}
         for name, f in cls.__dataclass_fields__.items():
             raw = os.environ.get(f"RECSYS_{name.upper()}")
-            if raw:
+            if raw and isinstance(f.default, bool):
+                if raw.strip().lower() not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(f"RECSYS_{name.upper()}={raw!r}: expected 1/0, true/false, yes/no or on/off")
+                kwargs[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif raw:
                 kwargs[name] = type(f.default)(raw)
         return cls(**kwargs)
 

@@ -63,6 +63,7 @@ class PipelineResource(dg.ConfigurableResource):
     training_windows: str = _DEFAULTS.training_windows
     max_replays: int = _DEFAULTS.max_replays
     replay_window: int = _DEFAULTS.replay_window
+    push_on_refresh: bool = _DEFAULTS.push_on_refresh
 
     def params(self) -> PipelineParams:
         """The core's parameter object."""

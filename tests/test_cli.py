@@ -17,10 +17,10 @@ from orchestration import definitions, runner
 from orchestration.jobs import SHARD_KEYS
 from orchestration.runner import JobRunFailed, execute_job, partition_range_tags
 from recsys_platform import cli
-from recsys_platform.model.procedure import HOLDOUTS
 from recsys_platform.cli import app
 from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.ingest.landing import LocalLandingZone, partition_key_of
+from recsys_platform.model.procedure import HOLDOUTS
 from recsys_platform.serve.online_store import open_online_store
 from tests.conftest import FIXED_END
 

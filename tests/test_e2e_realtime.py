@@ -175,6 +175,15 @@ def test_posted_events_change_the_users_recommendations(stack: dict, monkeypatch
     assert top not in [i["item_id"] for i in after["items"]]
     assert after["model_version"] == stack["model_version"]
     print(f"recommendations changed {elapsed:.1f} s after the POST was accepted")
+    # Event-driven push: the same refresh queued the user's push (they just completed a session).
+    monkeypatch.setenv("RECSYS_HOME", str(stack["home"]))
+    from recsys_platform.config import Settings
+    from recsys_platform.push import open_push_queue
+
+    with open_push_queue(Settings.from_env().push_queue_url) as queue:
+        queued = [d.message for d in queue.receive("e2e-check", 100) if d.message.user_id == user]
+    assert [m.data["trigger"] for m in queued] == ["session_completed"], queued
+    assert queued[0].item_id != top and queued[0].model_version == stack["model_version"]
     # The contracts of the refreshed hour run after it, in their own run started by the daemon.
     contracts = []
     with dg.DagsterInstance.get() as instance:

@@ -188,7 +188,9 @@ def test_an_order_free_objective_tunes_and_gates_on_random_holdouts(world) -> No
     assert split.truth(inter).equals(random_pair_split(inter, 0.2, free.seed, name="per_user").truth(inter))
     assert isinstance(procedure.split_for("per_user", inter, FAST), Split)
     # held-out pairs lie anywhere in a user's history: some are older than pairs the models may read
-    held = split.truth(inter).join(inter, on=["user_id", "item_id"]).group_by("user_id").agg(t=pl.col("event_time").min())
+    held = (
+        split.truth(inter).join(inter, on=["user_id", "item_id"]).group_by("user_id").agg(t=pl.col("event_time").min())
+    )
     known = split.known(inter).group_by("user_id").agg(t=pl.col("event_time").max())
     assert held.join(known, on="user_id").filter(pl.col("t") < pl.col("t_right")).height > 0
     table, facts = procedure.evaluate(inter, world["ds"].items, world["ds"].users, "per_user", free, max_users=300)

@@ -22,6 +22,8 @@ from recsys_platform.push import PushMessage, PushQueue, open_push_queue
 from recsys_platform.push.selection import (
     TRIGGER_NIGHT_SLEEP_SEARCH,
     TRIGGER_SESSION_COMPLETED,
+    TRIGGER_TOP_CHANGED,
+    PushRules,
     schedule_pushes,
     select_push_users,
 )
@@ -430,6 +432,34 @@ def test_schedule_pushes_enqueues_top_allowed_item_once_per_user_and_day(tmp_pat
         assert queue.stats().in_flight + queue.stats().queued == 5
 
 
+def test_a_changed_top_recommendation_is_pushed_outside_quiet_hours_unless_opted_out(tmp_path: Path) -> None:
+    """Event-driven push (the near-real-time refresh passes the users whose top recommendation it changed): a
+    rule's trigger wins over top_changed, top_changed waits out the user's local quiet hours, opted-out users
+    get nothing, and the per-day dedup key caps every kind at one push per user and local day."""
+    events, users, items = synthetic_tables()
+    changed = ["u_done", "u_day", "u_yoga"]
+    got = {r["user_id"]: r for r in select_push_users(events, users, AS_OF, top_changed=changed).iter_rows(named=True)}
+    assert got["u_done"]["trigger"] == TRIGGER_SESSION_COMPLETED  # the rule's reason is the more specific one
+    assert got["u_day"]["trigger"] == TRIGGER_TOP_CHANGED and str(got["u_day"]["local_date"]) == "2026-10-01"
+    assert "u_yoga" not in got  # 22:00 local (UTC+0): quiet hours
+    no_quiet = PushRules(quiet_start_hour=0, quiet_end_hour=0)
+    relaxed = select_push_users(events, users, AS_OF, no_quiet, top_changed=changed)
+    assert relaxed.filter(pl.col("user_id") == "u_yoga")["trigger"].to_list() == [TRIGGER_TOP_CHANGED]
+    opted = users.with_columns(push_opt_out=pl.col("user_id").is_in(["u_day", "u_done"]))
+    kept = select_push_users(events, opted, AS_OF, top_changed=changed)["user_id"].to_list()
+    assert "u_day" not in kept and "u_done" not in kept and "u_night" in kept
+
+    store_url = f"sqlite:///{tmp_path}/store.sqlite"
+    deploy_store(store_url, items)
+    with open_online_store(store_url) as store, open_push_queue(f"sqlite:///{tmp_path}/q.sqlite") as queue:
+        batch = schedule_pushes(store, queue, events, users, AS_OF, items, top_changed=["u_day"])
+        row = batch.frame.filter(pl.col("user_id") == "u_day").row(0, named=True)
+        assert (row["trigger"], row["item_id"], row["enqueued"]) == (TRIGGER_TOP_CHANGED, "i1", True)
+        assert row["reason"] == "New for you after your latest session: Evening Wind-Down."
+        again = schedule_pushes(store, queue, events, users, AS_OF + timedelta(minutes=5), items, top_changed=["u_day"])
+        assert again.frame.filter(pl.col("user_id") == "u_day")["enqueued"].to_list() == [False]  # one a day
+
+
 # --- Dagster -------------------------------------------------------------------------------------
 
 
@@ -463,3 +493,15 @@ def test_push_notifications_asset_materializes(tmp_path: Path, monkeypatch: pyte
     assert meta["as_of"].value == (AS_OF - timedelta(minutes=3)).isoformat()
     with open_push_queue(settings.push_queue_url) as queue:
         assert queue.stats().queued == 4
+
+
+def test_push_on_refresh_is_read_as_a_boolean_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys_platform.config import PipelineParams
+
+    assert PipelineParams.from_env().push_on_refresh is True
+    for raw, want in (("0", False), ("off", False), ("false", False), ("1", True), ("yes", True)):
+        monkeypatch.setenv("RECSYS_PUSH_ON_REFRESH", raw)
+        assert PipelineParams.from_env().push_on_refresh is want, raw
+    monkeypatch.setenv("RECSYS_PUSH_ON_REFRESH", "sometimes")
+    with pytest.raises(ValueError, match="RECSYS_PUSH_ON_REFRESH='sometimes'"):
+        PipelineParams.from_env()

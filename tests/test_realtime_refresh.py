@@ -233,3 +233,24 @@ def test_the_refreshed_list_follows_the_repeat_listen_policy(world: dict, store)
     assert sum(i in mine_played for i in unlimited) > 1
     limited = top10((1, 10))
     assert sum(i in mine_played for i in limited) == 1 and len(limited) == 10
+
+
+def test_the_refresh_reports_whose_top_recommendation_changed(world: dict, store) -> None:
+    """The users whose first item the refresh changed (what event-driven push reacts to), and only them."""
+    user = _user_with_offset(world, night=False, nth=1)
+
+    def refreshed(events: list[dict]) -> refresh.RefreshReport:
+        recent = _events(events)
+        mine = refresh.touched_interactions(world["interactions"], recent, world["items"], [user])
+        feats = refresh.touched_user_features(mine, world["items"], world["users"], [user], NOW)
+        sessions = session_features(recent, world["users"], world["items"], PARAMS.watermark_minutes)
+        scored = _scored_for(world, mine, [user])
+        return refresh.refresh_users(store, feats, sessions, world["items"], PARAMS.top_n, scored, now=NOW)
+
+    first = refreshed([])
+    top = serving.recommend(store, user, k=1).items[0].item_id
+    assert first.top_changed == {user: top}  # nothing was there before
+    assert refreshed([]).top_changed == {}  # same events, same list
+    done = refreshed([_event(user, "content_complete", NOW - timedelta(minutes=1), item_id=top)])
+    new_top = serving.recommend(store, user, k=1).items[0].item_id
+    assert new_top != top and done.top_changed == {user: new_top}

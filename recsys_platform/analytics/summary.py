@@ -20,8 +20,6 @@ SAMPLE_SQL = (
 )
 
 
-
-
 def lake_row_counts(lake: Path) -> dict[str, int]:
     """Rows per table in a local lake (partitioned tables summed over their files)."""
     counts: dict[str, int] = {}

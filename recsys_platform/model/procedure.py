@@ -26,7 +26,14 @@ from recsys_platform.model.ranker import ColumnScorer, train_ranker
 from recsys_platform.model.recommender import BLOCK_USERS, Recommender, build_vocab, fit_serving
 from recsys_platform.model.sources import SOURCES, fit_sources
 from recsys_platform.model.tuning import tune
-from recsys_platform.model.windows import PairSplit, Split, global_split, per_user_split, random_pair_split, repeat_share
+from recsys_platform.model.windows import (
+    PairSplit,
+    Split,
+    global_split,
+    per_user_split,
+    random_pair_split,
+    repeat_share,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,12 @@ Triggers (each within a look-back window ending at `as_of`):
 - `night_sleep_search`: the user searched for sleep content (query matches `sleep_query_pattern`)
   between `night_start_hour` and `night_end_hour` in their local time (`users.utc_offset_hours`)
   in the last `search_within_minutes`.
+- `top_changed` (event-driven, from the near-real-time refresh): the refresh changed the user's top
+  recommendation. Not pushed in the user's quiet hours (`quiet_start_hour` to `quiet_end_hour` local
+  time at `as_of`): unlike the two rules above it does not answer something the user just did.
 
-A user with several triggers gets one push, for the most recent. The pushed item is the user's top
+A user with several triggers gets one push: a rule's, the most recent, before `top_changed`. Users
+whose `users.push_opt_out` is true (when the column exists) get none. The pushed item is the user's top
 recommendation read through `serving.recommend` (so from the active slot and its model version),
 skipping anything they completed in the last `exclude_completed_hours`; after a night sleep search
 a sleep item from the top `candidates_k` is preferred. The dedup key is the user and their local
@@ -19,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
@@ -33,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 TRIGGER_SESSION_COMPLETED = "session_completed"
 TRIGGER_NIGHT_SLEEP_SEARCH = "night_sleep_search"
+TRIGGER_TOP_CHANGED = "top_changed"
+OPT_OUT_COLUMN = "push_opt_out"
 SLEEP_QUERY_PATTERN = r"(?i)\b(sleep|bedtime|insomnia|night|lullab|dream|rain sounds|white noise)"
 SLEEP_CONTENT_TYPES = schemas.SLEEP_CONTENT_TYPES
 
@@ -50,6 +56,8 @@ class PushRules:
     sleep_query_pattern: str = SLEEP_QUERY_PATTERN
     exclude_completed_hours: int = 24
     candidates_k: int = 20
+    quiet_start_hour: int = 22  # local hours without `top_changed` pushes; equal start and end: none
+    quiet_end_hour: int = 7
 
 
 @dataclass(frozen=True)
@@ -81,9 +89,14 @@ def _is_night(hour: pl.Expr, start: int, end: int) -> pl.Expr:
 
 
 def select_push_users(
-    events: pl.DataFrame | pl.LazyFrame, users: pl.DataFrame, as_of: datetime, rules: PushRules | None = None
+    events: pl.DataFrame | pl.LazyFrame,
+    users: pl.DataFrame,
+    as_of: datetime,
+    rules: PushRules | None = None,
+    top_changed: Sequence[str] = (),
 ) -> pl.DataFrame:
-    """One row per user to notify (most recent trigger wins), with the items to keep out of the push."""
+    """One row per user to notify (a rule's most recent trigger, else `top_changed` for the users listed there
+    outside their quiet hours; opted-out users never), with the items to keep out of the push."""
     rules = rules or PushRules()
     lookback = max(rules.completed_within_minutes, rules.search_within_minutes, rules.exclude_completed_hours * 60)
     offsets = users.lazy().select("user_id", pl.col("utc_offset_hours").fill_null(0))
@@ -130,14 +143,42 @@ def select_push_users(
         .group_by("user_id")
         .agg(exclude_item_ids=pl.col("item_id").unique().sort())
     )
+    as_of_local = pl.lit(as_of.astimezone(UTC).replace(tzinfo=None)) + pl.duration(hours=pl.col("utc_offset_hours"))
+    changed = (
+        pl.LazyFrame({"user_id": list(top_changed)}, schema={"user_id": pl.String})
+        .join(offsets, on="user_id", how="left")
+        .with_columns(pl.col("utc_offset_hours").fill_null(0))
+        .with_columns(local_time=as_of_local)
+        .filter(~_is_quiet(pl.col("local_time").dt.hour(), rules.quiet_start_hour, rules.quiet_end_hour))
+        .select(
+            "user_id",
+            trigger=pl.lit(TRIGGER_TOP_CHANGED),
+            trigger_time=pl.lit(as_of, dtype=pl.Datetime("us", "UTC")),
+            local_date=pl.col("local_time").dt.date(),
+            trigger_item_id=pl.lit(None, dtype=pl.String),
+            query=pl.lit(None, dtype=pl.String),
+        )
+    )
+    opted_out = (
+        users.lazy().filter(pl.col(OPT_OUT_COLUMN).fill_null(False)).select("user_id")
+        if OPT_OUT_COLUMN in users.columns
+        else pl.LazyFrame(schema={"user_id": pl.String})
+    )
     chosen = (
-        pl.concat([completed, searched])
-        .sort(["user_id", "trigger_time", "trigger"], descending=[False, True, False])
+        pl.concat([completed, searched, changed])
+        .join(opted_out, on="user_id", how="anti")
+        .with_columns(_last=pl.col("trigger") == TRIGGER_TOP_CHANGED)
+        .sort(["user_id", "_last", "trigger_time", "trigger"], descending=[False, False, True, False])
         .unique("user_id", keep="first", maintain_order=True)
+        .drop("_last")
         .join(exclude, on="user_id", how="left")
         .with_columns(pl.col("exclude_item_ids").fill_null(pl.lit([], dtype=pl.List(pl.String))))
     )
     return chosen.select([pl.col(c).cast(t) for c, t in SELECTION_SCHEMA.items()]).collect()
+
+
+def _is_quiet(hour: pl.Expr, start: int, end: int) -> pl.Expr:
+    return pl.lit(False) if start == end else _is_night(hour, start, end)
 
 
 def _pick(
@@ -151,6 +192,8 @@ def _pick(
 def _reason(row: dict, title: str, titles: dict[str, str]) -> str:
     if row["trigger"] == TRIGGER_NIGHT_SLEEP_SEARCH:
         return f"You searched for “{row['query']}” tonight: {title} can help you drift off."
+    if row["trigger"] == TRIGGER_TOP_CHANGED:
+        return f"New for you after your latest session: {title}."
     finished = titles.get(row["trigger_item_id"], row["trigger_item_id"])
     return f"You just finished {finished}. Keep going with {title}."
 
@@ -204,9 +247,11 @@ def schedule_pushes(
     as_of: datetime,
     items: pl.DataFrame | None = None,
     rules: PushRules | None = None,
+    top_changed: Sequence[str] = (),
 ) -> PushBatch:
-    """Select users, plan their push from the active slot and enqueue it (idempotently per user and day)."""
-    selected = select_push_users(events, users, as_of, rules)
+    """Select users, plan their push from the active slot and enqueue it (idempotently per user and day);
+    `top_changed`: users whose top recommendation a near-real-time refresh just changed."""
+    selected = select_push_users(events, users, as_of, rules, top_changed)
     messages, skipped = plan_pushes(store, selected, items, rules)
     flags = queue.enqueue_many(messages)
     frame = pl.DataFrame(

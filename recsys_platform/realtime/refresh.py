@@ -13,6 +13,7 @@ users are re-scored with the new slot's model and written there.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -61,6 +62,8 @@ class RefreshReport:
     attempts: int = 0
     skipped: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # user -> their new top item, for the users whose top recommendation this refresh changed (event-driven push)
+    top_changed: dict[str, str] = field(default_factory=dict)
 
 
 def _lake_path(lake_url: str, *parts: str) -> str:
@@ -222,6 +225,7 @@ def refresh_users(
         else:
             report.skipped = f"active slot serves {pointer.model_version!r}, which is not a model: features only"
         t2 = time.perf_counter()
+        before = top_items(store, pointer.active_slot, list(recs_rows)) if recs_rows else {}
         try:
             # Features first, then the list the API serves: a crash in between leaves the old list visible.
             write_user_updates(store, pointer.model_version, "user_features", feature_rows)
@@ -232,8 +236,24 @@ def refresh_users(
             continue
         report.timings["write_s"] = time.perf_counter() - t2
         report.rescored_users = len(recs_rows)
+        after = {u: top for u, top in ((u, _first_item(v)) for u, v in recs_rows.items()) if top is not None}
+        report.top_changed = {u: top for u, top in after.items() if before.get(u) != top}
         return report
     raise StaleWriteError(f"the active slot kept changing during {MAX_STALE_ATTEMPTS} refresh attempts")
+
+
+def _first_item(value: str | None) -> str | None:
+    """The top item of a `recs` namespace value (None when empty or absent)."""
+    if not value:
+        return None
+    items = json.loads(value).get("items") or []
+    return items[0]["item_id"] if items else None
+
+
+def top_items(store: OnlineStore, slot: str, user_ids: list[str]) -> dict[str, str]:
+    """Each user's top recommended item in `slot` as written so far (users without a list are absent)."""
+    values = store.read_slot(slot, "recs", user_ids).values
+    return {u: top for u in user_ids if (top := _first_item(values.get(u))) is not None}
 
 
 def top_n_rows(scored: pl.DataFrame, n: int, score_col: str) -> pl.DataFrame:
