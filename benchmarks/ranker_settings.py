@@ -83,7 +83,9 @@ def query_ndcg(query: np.ndarray, scores: np.ndarray, labels: np.ndarray, k: int
     return float(np.mean(values)) if values else float("nan")
 
 
-def run_variant(frame: pl.DataFrame, split_seed: int, learning_rate: float, label_users: int) -> dict:
+def run_variant(
+    frame: pl.DataFrame, split_seed: int, learning_rate: float, label_users: int, patience: int = EARLY_STOPPING_ROUNDS
+) -> dict:
     """Train one variant on the fit queries of `split_seed` and score it on the compare queries."""
     import lightgbm as lgb
 
@@ -118,7 +120,7 @@ def run_variant(frame: pl.DataFrame, split_seed: int, learning_rate: float, labe
         eval_group=[groups(stop)],
         eval_sample_weight=[weight[stop]],
         eval_at=[10],
-        callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
+        callbacks=[lgb.early_stopping(patience, verbose=False)],
     )
     seconds = time.perf_counter() - started
     scores = model.predict(x[compare], num_iteration=model.best_iteration_)
@@ -126,6 +128,7 @@ def run_variant(frame: pl.DataFrame, split_seed: int, learning_rate: float, labe
         "split": split_seed,
         "learning_rate": learning_rate,
         "label_users": label_users,
+        "patience": patience,
         "fit_rows": int(fit.sum()),
         "trees": int(model.best_iteration_),
         "seconds": round(seconds, 1),
@@ -143,6 +146,9 @@ def main() -> None:
     parser.add_argument("--splits", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--learning-rate", type=float, nargs="+", default=[0.01, 0.05, 0.1])
     parser.add_argument("--label-users", type=int, nargs="+", default=[0], help="0: no cap beyond 4,000")
+    parser.add_argument(
+        "--patience", type=int, nargs="+", default=[EARLY_STOPPING_ROUNDS], help="early-stopping rounds"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,13 +164,14 @@ def main() -> None:
     for split_seed in args.splits:
         for label_users in args.label_users:
             for lr in args.learning_rate:
-                rows.append(run_variant(frame, split_seed, lr, label_users))
-                print(json.dumps(rows[-1]), flush=True)
+                for patience in args.patience:
+                    rows.append(run_variant(frame, split_seed, lr, label_users, patience))
+                    print(json.dumps(rows[-1]), flush=True)
     table = (
         pl.DataFrame(rows)
-        .group_by("learning_rate", "label_users")
+        .group_by("learning_rate", "label_users", "patience")
         .agg(pl.col("compare_ndcg@10").mean().round(4), pl.col("seconds").mean().round(1), pl.col("trees").mean())
-        .sort("label_users", "learning_rate")
+        .sort("label_users", "learning_rate", "patience")
     )
     with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True):
         print(table)

@@ -87,6 +87,11 @@ def _run_job_with_progress(
 ) -> object:
     """Execute a job of the shared Definitions on the project instance, with a step progress bar;
     exit with status 1 as soon as the run fails."""
+    # The CLI's runs execute in this process, one step at a time, with the machine to themselves: unless set, the
+    # ranker trains on every core (2 threads: 12-13 s instead of 20-23 s for the quickstart's ranker on 2 idle
+    # cores). Runs launched by the daemon keep PipelineParams' single thread, as they share the box. Read when
+    # the definitions are first loaded, which is in the first job this process runs.
+    os.environ.setdefault("RECSYS_RANKER_THREADS", str(len(os.sched_getaffinity(0)) or 1))
     from orchestration.runner import JobRunFailed, execute_job
 
     with Progress(
