@@ -121,6 +121,8 @@ USER_SCHEMA: dict[str, pl.DataType] = {
     "experience_level": pl.String(),
     "household_type": pl.String(),
     "subscription_status": pl.String(),
+    # The user turned push notifications off (push.selection sends them none); null: not recorded, not opted out.
+    "push_opt_out": pl.Boolean(),
 }
 
 # --- modelled tables ---------------------------------------------------------------
