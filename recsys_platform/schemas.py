@@ -149,6 +149,14 @@ RECOMMENDATION_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+# What each near-real-time refresh wrote into the active slot: one row per item of a refreshed list.
+REALTIME_RECOMMENDATION_SCHEMA: dict[str, pl.DataType] = {
+    **RECOMMENDATION_SCHEMA,
+    "slot": pl.String(),
+    "partition_key": pl.String(),  # the arrival hour whose events triggered the refresh
+}
+
+
 # --- tables of the batch, push and experiment paths ----------------------------------
 
 BATCH_SCORE_SCHEMA: dict[str, pl.DataType] = {
