@@ -179,6 +179,10 @@ def realtime_recommendations(
                     store, queue, recent, users, now, items, top_changed=sorted(report.top_changed)
                 )
             report.timings["push_s"] = time.perf_counter() - t_push
+    hour = context.partition_keys[-1]  # the newest arrival hour of the run (one, unless a range was run)
+    written = refresh.write_refreshed(
+        pipeline.lake_url, hour, context.run.run_id, refresh.refreshed_rows(report, hour, now)
+    )
     timings = {
         "read_s": t_read - started,
         **report.timings,
@@ -197,6 +201,7 @@ def realtime_recommendations(
             "attempts": report.attempts,
             "timings": dg.MetadataValue.json({k: round(v, 4) for k, v in timings.items()}),
             "top_changed_users": len(report.top_changed),
+            "lake_file": written or "",
             "pushes_enqueued": pushes.enqueued if pushes is not None else 0,
             "pushes_duplicate": pushes.duplicates if pushes is not None else 0,
         }

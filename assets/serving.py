@@ -37,6 +37,8 @@ LAKE_TABLES = [
     "experiment_exposures",
     "experiment_analysis",
     "served_log",
+    "session_features",
+    "realtime_recommendations",
 ]
 
 

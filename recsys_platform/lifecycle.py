@@ -40,7 +40,7 @@ from recsys_platform.ingest.landing import (
     partition_hour,
     partition_key_of,
     read_import_manifests,
-    write_durably,
+    replace_whole,
 )
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def _forget_in_lake(settings: Settings, user_id: str, removed: dict[str, int]) -
             continue
         new, n = _without_user(path.name, path.read_bytes(), user_id, keep_empty=True)
         if n:
-            _atomic_write(path, new)
+            replace_whole(path, new)
             removed[f"lake:{path.relative_to(root)}"] = n
 
 
@@ -187,16 +187,8 @@ def _forget_in_home_files(settings: Settings, user_id: str, removed: dict[str, i
     for path in sorted([*settings.exports_dir.glob("**/*.jsonl"), *settings.home.glob("push_outbox*.jsonl")]):
         new, n = _without_user(path.name, path.read_bytes(), user_id, keep_empty=True)
         if n:
-            _atomic_write(path, new)
+            replace_whole(path, new)
             removed[f"home:{path.relative_to(settings.home)}"] = n
-
-
-def _atomic_write(path: Any, data: bytes) -> None:
-    """Replace a file whole (local: a temporary file renamed over it; object stores write whole objects)."""
-    if getattr(path, "protocol", "") in ("", "file", "local"):
-        write_durably(Path(str(path.path if hasattr(path, "path") else path)), data)
-    else:
-        path.write_bytes(data)
 
 
 def _append_audit(settings: Settings, report: ForgetReport) -> None:
@@ -206,7 +198,7 @@ def _append_audit(settings: Settings, report: ForgetReport) -> None:
     before = path.read_bytes() if path.exists() else b""
     if getattr(path, "protocol", "") in ("", "file", "local"):
         Path(str(path)).parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, before + json.dumps(asdict(report), sort_keys=True).encode() + b"\n")
+    replace_whole(path, before + json.dumps(asdict(report), sort_keys=True).encode() + b"\n")
 
 
 def forget_user(user_id: str, settings: Settings | None = None) -> ForgetReport:
@@ -236,9 +228,16 @@ def forget_user(user_id: str, settings: Settings | None = None) -> ForgetReport:
 # --- retention ------------------------------------------------------------------------------------------------
 
 RETENTION_PATH_ENV = "RECSYS_RETENTION"
-RETENTION_TABLES = ("raw_events", "quarantined_events", "session_features", "biometric_samples", "exports")
+RETENTION_TABLES = (
+    "raw_events",
+    "quarantined_events",
+    "session_features",
+    "realtime_recommendations",
+    "biometric_samples",
+    "exports",
+)
 # Lake tables partitioned by arrival hour whose files are deleted whole when their hour is past retention.
-_PARTITIONED_TABLES = ("raw_events", "quarantined_events", "session_features")
+_PARTITIONED_TABLES = ("raw_events", "quarantined_events", "session_features", "realtime_recommendations")
 
 
 def load_retention(path: Path | None = None) -> dict[str, int]:
@@ -313,14 +312,14 @@ def apply_retention(
     lake = UPath(lake_url)
     for table in _PARTITIONED_TABLES:
         for path in sorted((lake / table).glob("*.parquet")) if (lake / table).exists() else []:
-            hour = partition_hour(path.stem)
+            hour = partition_hour(path.stem.split(".")[0])  # <hour>.parquet, or <hour>.<run>.parquet
             if expired(table, hour):
                 path.unlink()
                 report.count(table, files=1)
             elif table == "raw_events" and expired("biometric_samples", hour):
                 new, n = _drop_biometrics(path.name, path.read_bytes(), keep_empty=True)
                 if n:
-                    _atomic_write(path, new)
+                    replace_whole(path, new)
                     report.count("biometric_samples", rows=n)
     if "exports" in cut and exports_dir.exists():
         for path in exports_dir.rglob("*"):

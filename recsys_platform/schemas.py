@@ -121,6 +121,8 @@ USER_SCHEMA: dict[str, pl.DataType] = {
     "experience_level": pl.String(),
     "household_type": pl.String(),
     "subscription_status": pl.String(),
+    # The user turned push notifications off (push.selection sends them none); null: not recorded, not opted out.
+    "push_opt_out": pl.Boolean(),
 }
 
 # --- modelled tables ---------------------------------------------------------------
@@ -144,6 +146,14 @@ RECOMMENDATION_SCHEMA: dict[str, pl.DataType] = {
     "score": pl.Float64(),
     "model_version": pl.String(),
     "generated_at": pl.Datetime("us", "UTC"),
+}
+
+
+# What each near-real-time refresh wrote into the active slot: one row per item of a refreshed list.
+REALTIME_RECOMMENDATION_SCHEMA: dict[str, pl.DataType] = {
+    **RECOMMENDATION_SCHEMA,
+    "slot": pl.String(),
+    "partition_key": pl.String(),  # the arrival hour whose events triggered the refresh
 }
 
 

@@ -239,18 +239,43 @@ def test_every_query_in_the_readme_and_analyst_guide_runs_against_a_catalog(worl
         item_ids="item_ids",
     )
     served = schemas.conform(served, schemas.SERVED_LOG_SCHEMA)
+    # what two refresh runs wrote (a file per run) and the session windows they read
+    from recsys_platform.realtime.sessions import session_features
+
+    refreshed = schemas.conform(
+        recs.head(40).with_columns(
+            slot=pl.lit("blue"), partition_key=pl.lit("2026-10-01-12:00"), run=pl.int_range(pl.len()) % 2
+        ),
+        {**schemas.REALTIME_RECOMMENDATION_SCHEMA, "run": pl.Int64()},
+    )
+    sessions = session_features(ds.events.tail(5000), ds.users, ds.items, 10).with_columns(
+        hour=pl.col("window_end").dt.hour()
+    )
+    snapshot = pl.DataFrame(
+        {"slot": ["blue", "green"], "active": [True, False], "model_version": ["7", None], "state": ["ready", "empty"]}
+    ).with_columns(rows=pl.lit(10, dtype=pl.Int64), recorded_at=pl.lit(NOW))
+    snapshot.write_parquet(lake / "feature_store_snapshot.parquet")
     for name, frame in (
         ("batch_scores", world["scores"]),
         ("recommendation_sets", world["sets"]),
         ("served_log", served),
+        ("realtime_recommendations", refreshed),
+        ("session_features", sessions),
     ):
         (lake / name).mkdir()
-        key_col = {"batch_scores": "shard", "recommendation_sets": "set_name", "served_log": "arm"}[name]
+        key_col = {
+            "batch_scores": "shard",
+            "recommendation_sets": "set_name",
+            "served_log": "arm",
+            "realtime_recommendations": "run",
+            "session_features": "hour",
+        }[name]
         for k, part in enumerate(frame.partition_by(key_col)):
             part.write_parquet(lake / name / f"part-{k}.parquet")
     catalog = tmp_path / "catalog.duckdb"
-    views = build_catalog(catalog, str(lake), [*tables, "batch_scores", "recommendation_sets", "served_log"])
-    assert len(views) == 9
+    partitioned = ["batch_scores", "recommendation_sets", "served_log", "realtime_recommendations", "session_features"]
+    views = build_catalog(catalog, str(lake), [*tables, *partitioned, "feature_store_snapshot"])
+    assert len(views) == 12
     blocks = [b for doc in ("README.md", "docs/analyst.md") for b in _sql_blocks((PROJECT_ROOT / doc).read_text())]
     assert len(blocks) >= 8
     con = duckdb.connect(str(catalog), read_only=True)

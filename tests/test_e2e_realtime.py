@@ -175,6 +175,14 @@ def test_posted_events_change_the_users_recommendations(stack: dict, monkeypatch
     assert top not in [i["item_id"] for i in after["items"]]
     assert after["model_version"] == stack["model_version"]
     print(f"recommendations changed {elapsed:.1f} s after the POST was accepted")
+    # The refreshed list is in the lake table behind the catalog's realtime_recommendations view, as served.
+    import polars as pl
+
+    refreshed = pl.read_parquet(sorted((stack["home"] / "lake" / "realtime_recommendations").glob("*.parquet")))
+    mine = refreshed.filter(pl.col("user_id") == user).sort("generated_at", "rank")
+    newest = mine.filter(pl.col("generated_at") == mine["generated_at"].max())
+    assert newest["item_id"].head(len(after["items"])).to_list() == [i["item_id"] for i in after["items"]]
+    assert set(newest["model_version"]) == {stack["model_version"]}
     # Event-driven push: the same refresh queued the user's push (they just completed a session).
     monkeypatch.setenv("RECSYS_HOME", str(stack["home"]))
     from recsys_platform.config import Settings

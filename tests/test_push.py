@@ -445,7 +445,11 @@ def test_a_changed_top_recommendation_is_pushed_outside_quiet_hours_unless_opted
     no_quiet = PushRules(quiet_start_hour=0, quiet_end_hour=0)
     relaxed = select_push_users(events, users, AS_OF, no_quiet, top_changed=changed)
     assert relaxed.filter(pl.col("user_id") == "u_yoga")["trigger"].to_list() == [TRIGGER_TOP_CHANGED]
-    opted = users.with_columns(push_opt_out=pl.col("user_id").is_in(["u_day", "u_done"]))
+    # push_opt_out is a column of the users table (USER_SCHEMA), so it survives ingestion and import
+    opted = schemas.conform(
+        users.with_columns(push_opt_out=pl.col("user_id").is_in(["u_day", "u_done"])), schemas.USER_SCHEMA
+    )
+    assert opted["push_opt_out"].sum() == 2
     kept = select_push_users(events, opted, AS_OF, top_changed=changed)["user_id"].to_list()
     assert "u_day" not in kept and "u_done" not in kept and "u_night" in kept
 

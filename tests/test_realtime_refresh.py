@@ -254,3 +254,36 @@ def test_the_refresh_reports_whose_top_recommendation_changed(world: dict, store
     done = refreshed([_event(user, "content_complete", NOW - timedelta(minutes=1), item_id=top)])
     new_top = serving.recommend(store, user, k=1).items[0].item_id
     assert new_top != top and done.top_changed == {user: new_top}
+
+
+def test_each_refresh_adds_the_lists_it_wrote_to_the_lake(world: dict, store, tmp_path: Path) -> None:
+    """The `realtime_recommendations` table (a catalog view): every list a refresh wrote, one file per run."""
+    from recsys_platform.analytics.duckdb_catalog import build_catalog
+
+    user = _user_with_offset(world, night=False, nth=2)
+    items = _refresh(world, store, user, [])
+    report = refresh.RefreshReport(users=1, model_version="1", slot="blue")
+    report.lists = pl.DataFrame(
+        {
+            "user_id": [user] * len(items),
+            "rank": [i.rank for i in items],
+            "item_id": [i.item_id for i in items],
+            "score": [i.score for i in items],
+        }
+    )
+    rows = refresh.refreshed_rows(report, "2026-10-01-12:00", NOW)
+    assert rows.columns == list(schemas.REALTIME_RECOMMENDATION_SCHEMA)
+    assert rows["item_id"].to_list() == [i.item_id for i in items] and set(rows["slot"]) == {"blue"}
+    lake = tmp_path / "lake"
+    keys = [refresh.write_refreshed(str(lake), "2026-10-01-12:00", run, rows) for run in ("aaaa1111", "bbbb2222")]
+    assert keys == [f"realtime_recommendations/2026-10-01-12:00.{r}.parquet" for r in ("aaaa1111", "bbbb2222")]
+    assert refresh.write_refreshed(str(lake), "2026-10-01-12:00", "cccc", rows.head(0)) is None  # nothing to add
+    assert build_catalog(tmp_path / "c.duckdb", str(lake), ["realtime_recommendations"]) == ["realtime_recommendations"]
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "c.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*), count(DISTINCT user_id) FROM realtime_recommendations").fetchone() == (
+        2 * len(items),
+        1,
+    )
+    con.close()

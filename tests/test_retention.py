@@ -21,7 +21,14 @@ from resources import LandingZoneResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
-POLICY = {"raw_events": 400, "quarantined_events": 90, "session_features": 30, "biometric_samples": 30, "exports": 30}
+POLICY = {
+    "raw_events": 400,
+    "quarantined_events": 90,
+    "session_features": 30,
+    "realtime_recommendations": 30,
+    "biometric_samples": 30,
+    "exports": 30,
+}
 
 
 def _hour(days_ago: float) -> datetime:
@@ -44,7 +51,7 @@ def build(root: Path) -> dict[str, datetime]:
     hours = {"ancient": _hour(500), "old": _hour(100), "month": _hour(40), "recent": _hour(1)}
     zone = LocalLandingZone(root / "landing")
     lake = root / "lake"
-    for table in ("raw_events", "quarantined_events", "session_features"):
+    for table in ("raw_events", "quarantined_events", "session_features", "realtime_recommendations"):
         (lake / table).mkdir(parents=True)
     for hour in hours.values():
         rows = _events(hour)
@@ -59,6 +66,10 @@ def build(root: Path) -> dict[str, datetime]:
             lake / "quarantined_events" / f"{_key(hour)}.parquet"
         )
         pl.DataFrame({"user_id": ["u1"]}).write_parquet(lake / "session_features" / f"{_key(hour)}.parquet")
+        for run in ("run1abcd", "run2efgh"):  # a file per refresh run: <hour>.<run>.parquet
+            pl.DataFrame({"user_id": ["u1"]}).write_parquet(
+                lake / "realtime_recommendations" / f"{_key(hour)}.{run}.parquet"
+            )
     exports = root / "exports"
     exports.mkdir()
     for name, age in (("old.jsonl", 45), ("new.jsonl", 2)):
@@ -84,6 +95,9 @@ def test_retention_deletes_what_is_past_its_days_and_keeps_the_rest(tmp_path: Pa
         _key(hours[h]) for h in ("month", "recent")
     }
     assert {p.stem for p in (lake / "session_features").glob("*.parquet")} == {_key(hours["recent"])}
+    assert {p.name for p in (lake / "realtime_recommendations").glob("*.parquet")} == {
+        f"{_key(hours['recent'])}.{run}.parquet" for run in ("run1abcd", "run2efgh")
+    }
     for h in ("old", "month"):  # past 30 days: the biometric rows are gone, the plays stay
         assert pl.read_parquet(lake / "raw_events" / f"{_key(hours[h])}.parquet")["event_type"].to_list() == [
             "content_start"
@@ -103,6 +117,7 @@ def test_retention_deletes_what_is_past_its_days_and_keeps_the_rest(tmp_path: Pa
         "raw_events": 1,
         "quarantined_events": 2,
         "session_features": 3,
+        "realtime_recommendations": 6,
         "exports": 1,
     }
     # biometric rows of the 100- and 40-day-old hours: 2 landing files + 1 lake partition each

@@ -206,6 +206,7 @@ def _make_users(cfg: GeneratorConfig, rng: np.random.Generator, start: datetime)
             "experience_level": rng.choice(np.array(schemas.LEVELS), size=n, p=[0.55, 0.3, 0.15]),
             "household_type": np.array(schemas.HOUSEHOLD_TYPES)[household],
             "subscription_status": rng.choice(np.array(schemas.SUBSCRIPTION_STATUSES), size=n, p=[0.2, 0.7, 0.1]),
+            "push_opt_out": np.zeros(n, bool),
         },
         schema=schemas.USER_SCHEMA,
     )

@@ -97,6 +97,17 @@ def partition_prefix(partition_key: str, root: str = EVENTS_PREFIX) -> str:
     return hour_prefix(datetime.strptime(partition_key, PARTITION_KEY_FORMAT), root)
 
 
+def replace_whole(path: Any, data: bytes) -> None:
+    """Write or replace a lake file whole at a local path or UPath (local: `write_durably`, a temporary file
+    renamed over it; object stores write whole objects), so a reader never sees half of it."""
+    if getattr(path, "protocol", "") in ("", "file", "local"):
+        local = Path(str(path.path if hasattr(path, "path") else path))
+        local.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(local, data)
+    else:
+        path.write_bytes(data)
+
+
 def parquet_bytes(frame: pl.DataFrame) -> bytes:
     """`frame` as the bytes of one Parquet file (zstd), for a landing zone or an atomic rewrite."""
     buf = io.BytesIO()

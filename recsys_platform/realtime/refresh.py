@@ -37,6 +37,7 @@ from recsys_platform.serve.snapshot import ONLINE_USER_FEATURES
 logger = logging.getLogger(__name__)
 
 MAX_STALE_ATTEMPTS = 3
+REALTIME_TABLE = "realtime_recommendations"
 SESSION_ONLINE_FEATURES = (
     "window_end",
     "sess_starts",
@@ -64,6 +65,8 @@ class RefreshReport:
     timings: dict[str, float] = field(default_factory=dict)
     # user -> their new top item, for the users whose top recommendation this refresh changed (event-driven push)
     top_changed: dict[str, str] = field(default_factory=dict)
+    # the lists written, [user_id, rank, item_id, score] (`refreshed_rows` makes the lake table's rows of them)
+    lists: pl.DataFrame | None = None
 
 
 def _lake_path(lake_url: str, *parts: str) -> str:
@@ -208,6 +211,7 @@ def refresh_users(
             return report
         report.model_version, report.slot = pointer.model_version, pointer.active_slot
         recs_rows: dict[str, str] = {}
+        ranked = None
         if pointer.model_version.isdigit():
             t0 = time.perf_counter()
             scored = scored_for(pointer.model_version).join(meta, on="item_id", how="left")
@@ -236,10 +240,38 @@ def refresh_users(
             continue
         report.timings["write_s"] = time.perf_counter() - t2
         report.rescored_users = len(recs_rows)
+        report.lists = ranked if recs_rows else None
         after = {u: top for u, top in ((u, _first_item(v)) for u, v in recs_rows.items()) if top is not None}
         report.top_changed = {u: top for u, top in after.items() if before.get(u) != top}
         return report
     raise StaleWriteError(f"the active slot kept changing during {MAX_STALE_ATTEMPTS} refresh attempts")
+
+
+def refreshed_rows(report: RefreshReport, partition_key: str, refreshed_at: datetime) -> pl.DataFrame:
+    """The lists a refresh wrote, as rows of the `realtime_recommendations` lake table (empty if none)."""
+    if report.lists is None or report.lists.height == 0:
+        return schemas.empty_frame(schemas.REALTIME_RECOMMENDATION_SCHEMA)
+    rows = report.lists.with_columns(
+        model_version=pl.lit(report.model_version),
+        generated_at=pl.lit(refreshed_at),
+        slot=pl.lit(report.slot),
+        partition_key=pl.lit(partition_key),
+    )
+    return schemas.conform(rows, schemas.REALTIME_RECOMMENDATION_SCHEMA)
+
+
+def write_refreshed(lake_url: str, partition_key: str, run_id: str, rows: pl.DataFrame) -> str | None:
+    """Add one run's refreshed lists to the lake table `realtime_recommendations` (a file per run, named by its
+    arrival hour and run id, written whole), so the catalog's view shows every refresh; the key, or None."""
+    from upath import UPath
+
+    from recsys_platform.ingest.landing import parquet_bytes, replace_whole
+
+    if rows.height == 0:
+        return None
+    path = UPath(_lake_path(lake_url, REALTIME_TABLE, f"{partition_key}.{run_id[:8]}.parquet"))
+    replace_whole(path, parquet_bytes(rows))
+    return f"{REALTIME_TABLE}/{path.name}"
 
 
 def _first_item(value: str | None) -> str | None:
