@@ -219,16 +219,24 @@ def experiment_exposures(
     return out
 
 
-@dg.asset(group_name=groups.EXPERIMENTS, kinds={"scipy", "matplotlib", "parquet"}, pool=HISTORY_POOL)
+@dg.asset(
+    group_name=groups.EXPERIMENTS,
+    kinds={"scipy", "matplotlib", "parquet"},
+    ins={"served_log": dg.AssetIn("served_log", partition_mapping=dg.AllPartitionMapping())},
+    pool=HISTORY_POOL,
+)
 def experiment_analysis(
     context: dg.AssetExecutionContext,
     experiment_exposures: pl.DataFrame,
     interactions: pl.LazyFrame,
+    served_log: pl.LazyFrame,
     set_config: RecommendationSetsResource,
 ) -> pl.DataFrame:
     """Per experiment, metric and arm: mean with 95% CI, difference vs control with its CI and p-value
-    (Welch t-test for completion days and content starts, two-proportion z-test for the 24-hour
-    completion rate); a table and a plot in the metadata."""
+    (Welch t-test for means, two-proportion z-test for rates): completion days, 24-hour completion, content
+    starts, and where the served log holds the experiment's lists, the 24-hour click-through on served items,
+    the served lists' nDCG@10 against later starts and their repeat-listen share; a table and a plot in the
+    metadata."""
     config = set_config.config()
     tables, md = [], []
     for exp in config.experiments:
@@ -238,7 +246,19 @@ def experiment_analysis(
         _, end = experiments.experiment_window(exp, latest_event_time(interactions))
         # Outcomes count from each user's exposure on: read the window from the first exposure only.
         window = read_history(interactions, ("user_id", "event_type", "event_time"), exposed["exposed_at"].min(), end)
-        table = experiments.analyze(experiments.user_outcomes(exposed, window, end), exp.control, weights=exp.arms)
+        outcomes = experiments.user_outcomes(exposed, window, end)
+        # What was served: plays of the exposed users before and after (repeat share needs the earlier ones).
+        plays = (
+            read_history(interactions, ("user_id", "item_id", "event_type", "event_time"), None, end)
+            .filter(pl.col("event_type") == "content_start")
+            .join(exposed.select("user_id"), on="user_id", how="semi")
+        )
+        served = experiments.served_outcomes(exposed, served_log, plays, exp, end)
+        if served.height:
+            outcomes = outcomes.join(served, on="user_id", how="left").with_columns(
+                pl.col(m).fill_null(0.0) for m in experiments.SERVED_METRICS
+            )
+        table = experiments.analyze(outcomes, exp.control, weights=exp.arms)
         png = experiments.plot_analysis(table)
         path = set_config.exports / "experiments" / f"{exp.name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

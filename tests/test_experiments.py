@@ -237,3 +237,51 @@ def test_exposures_come_from_the_served_log_when_it_has_the_experiment() -> None
     ]  # c is in another experiment, d was served after the window
     assert got.schema == schemas.EXPOSURE_SCHEMA
     assert ex.served_exposures(pl.LazyFrame(), exp, t0, t0).height == 0  # no served log at all
+
+
+def test_outcomes_of_what_was_served_match_hand_computed_values() -> None:
+    """CTR within 24 h of a served list, the first list's nDCG@10 against later starts, and its repeat share."""
+    import math
+
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    exp = ExperimentConfig("e", {"control": 1, "model": 1}, "control", "s")
+    served = schemas.conform(
+        pl.DataFrame(
+            {
+                "served_at": [t0 + timedelta(hours=1), t0 + timedelta(hours=3), t0 + timedelta(hours=2)],
+                "user_id": ["a", "a", "b"],
+                "experiment": ["e", "e", "e"],
+                "surface": ["s", "s", "s"],
+                "arm": ["model", "model", "control"],
+                "item_ids": [["i1", "i2", "i3", "i4"], ["i9"], ["i5", "i6"]],
+            },
+            schema_overrides={"served_at": pl.Datetime("us", "UTC")},
+        ),
+        schemas.SERVED_LOG_SCHEMA,
+    )
+    exposures = ex.served_exposures(served, exp, t0, t0 + timedelta(days=3))
+    h = lambda n: t0 + timedelta(hours=n)  # noqa: E731
+    plays = pl.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "a", "b", "b"],
+            "item_id": ["i2", "i3", "i4", "i9", "i5", "i7"],
+            # a: i2 played before the list (a replay), i4 within 24 h, i3 and i9 two days later; b: nothing served
+            "event_time": [t0 - timedelta(days=1), h(50), h(5), h(52), t0 - timedelta(days=2), h(4)],
+        },
+        schema_overrides={"event_time": pl.Datetime("us", "UTC")},
+    )
+    got = {r["user_id"]: r for r in ex.served_outcomes(exposures, served, plays, exp, h(72)).iter_rows(named=True)}
+    assert got["a"]["ctr_24h"] == 1.0 and got["b"]["ctr_24h"] == 0.0  # b started i5 only before the list
+    # a's first list i1 i2 i3 i4; later starts {i3, i4, i9}: hits at positions 3 and 4, ideal 3 hits
+    d = [1 / math.log2(k + 2) for k in range(10)]
+    assert math.isclose(got["a"]["served_ndcg@10"], (d[2] + d[3]) / (d[0] + d[1] + d[2]))
+    assert got["b"]["served_ndcg@10"] == 0.0  # i7 was not served
+    assert got["a"]["repeat_share"] == 0.25 and got["b"]["repeat_share"] == 0.5  # i2 of 4; i5 of 2
+    # the analysis carries them beside the other metrics, CTR as a rate (z-test), the others as means
+    outcomes = ex.user_outcomes(exposures, plays.with_columns(event_type=pl.lit("content_start")), h(72)).join(
+        ex.served_outcomes(exposures, served, plays, exp, h(72)), on="user_id"
+    )
+    table = ex.analyze(pl.concat([outcomes] * 3), "control")
+    assert set(table["metric"]) == {*ex.METRICS, *ex.SERVED_METRICS}
+    assert set(table.filter(pl.col("metric") == "ctr_24h")["test"].drop_nulls()) == {"two_proportion_z"}
+    assert ex.served_outcomes(exposures, pl.LazyFrame(), plays, exp, h(72)).height == 0  # no served log

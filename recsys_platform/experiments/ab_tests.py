@@ -31,7 +31,14 @@ METRICS: dict[str, str] = {
     "completed_24h": "completed something within 24 hours of exposure (rate)",
     "content_starts": "content starts after exposure (per user)",
 }
-PROPORTION_METRICS = ("completed_24h",)
+# Outcomes of what was served, measured on the served log's lists (only where the experiment has them).
+SERVED_METRICS: dict[str, str] = {
+    "ctr_24h": "started an item of a list served to them within 24 hours of that list (rate)",
+    "served_ndcg@10": "nDCG@10 of the first list served to them against the items they started after it",
+    "repeat_share": "share of the first served list's items they had played before it",
+}
+PROPORTION_METRICS = ("completed_24h", "ctr_24h")
+_DISCOUNT = 1.0 / np.log2(np.arange(2, 12))
 
 
 def assign_arms(user_ids: pl.Series | list[str], experiment: ExperimentConfig) -> pl.DataFrame:
@@ -164,6 +171,103 @@ def user_outcomes(exposures: pl.DataFrame, interactions: pl.DataFrame, end: date
     )
 
 
+def served_outcomes(
+    exposures: pl.DataFrame,
+    served: pl.DataFrame | pl.LazyFrame,
+    plays: pl.DataFrame,
+    experiment: ExperimentConfig,
+    end: datetime,
+) -> pl.DataFrame:
+    """Per exposed user, `SERVED_METRICS` of the lists the API served them on the experiment's surface from their
+    exposure to `end` (`plays`: user_id, item_id, event_time of content starts, before and after): whether they
+    started a served item within 24 h of the list that held it, the first list's nDCG@10 against what they
+    started after it (0 when nothing), and the share of its items they had played before it. Empty when the
+    served log holds no list of the experiment."""
+    lf = served.lazy()
+    if "experiment" not in lf.collect_schema().names():
+        return pl.DataFrame(schema={"user_id": pl.String, **{m: pl.Float64 for m in SERVED_METRICS}})
+    lists = (
+        lf.filter((pl.col("experiment") == experiment.name) & (pl.col("surface") == experiment.surface))
+        .join(exposures.lazy().select("user_id", "exposed_at"), on="user_id", how="inner")
+        .filter((pl.col("served_at") >= pl.col("exposed_at")) & (pl.col("served_at") < pl.lit(end, dtype=TS)))
+        .select("user_id", "served_at", "item_ids")
+        .collect()
+    )
+    if lists.height == 0:
+        return pl.DataFrame(schema={"user_id": pl.String, **{m: pl.Float64 for m in SERVED_METRICS}})
+    starts = plays.lazy().select("user_id", "item_id", "event_time")
+    shown = lists.lazy().explode("item_ids").rename({"item_ids": "item_id"}).drop_nulls("item_id")
+    clicked = (
+        shown.join(starts, on=["user_id", "item_id"], how="inner")
+        .filter(
+            (pl.col("event_time") >= pl.col("served_at"))
+            & (pl.col("event_time") < pl.col("served_at") + pl.duration(hours=24))
+        )
+        .select("user_id")
+        .unique()
+        .with_columns(ctr_24h=pl.lit(1.0))
+    )
+    first = (
+        lists.lazy()
+        .sort("served_at")
+        .group_by("user_id")
+        .agg(pl.col("served_at").first(), pl.col("item_ids").first())
+        .explode("item_ids")
+        .rename({"item_ids": "item_id"})
+        .with_columns(position=pl.int_range(pl.len()).over("user_id"))
+        .filter(pl.col("position") < 10)
+    )
+    later = (
+        first.select("user_id", "served_at")
+        .unique()
+        .join(starts, on="user_id", how="inner")
+        .filter((pl.col("event_time") >= pl.col("served_at")) & (pl.col("event_time") < pl.lit(end, dtype=TS)))
+        .select("user_id", "item_id")
+        .unique()
+    )
+    before = (
+        first.select("user_id", "served_at")
+        .unique()
+        .join(starts, on="user_id", how="inner")
+        .filter(pl.col("event_time") < pl.col("served_at"))
+        .select("user_id", "item_id")
+        .unique()
+        .with_columns(played=pl.lit(True))
+    )
+    ideal_n = later.group_by("user_id").agg(relevant=pl.len().clip(upper_bound=10))
+    per_list = (
+        first.join(later.with_columns(hit=pl.lit(True)), on=["user_id", "item_id"], how="left")
+        .join(before, on=["user_id", "item_id"], how="left")
+        .with_columns(gain=pl.col("hit").fill_null(False).cast(pl.Float64) / (pl.col("position") + 2).log(2))
+        .group_by("user_id")
+        .agg(dcg=pl.col("gain").sum(), repeat_share=pl.col("played").fill_null(False).mean())
+        .join(ideal_n, on="user_id", how="left")
+        .with_columns(
+            idcg=pl.col("relevant")
+            .fill_null(0)
+            .replace_strict({n: float(_DISCOUNT[:n].sum()) for n in range(11)}, return_dtype=pl.Float64)
+        )
+        .select(
+            "user_id",
+            "repeat_share",
+            pl.when(pl.col("idcg") > 0).then(pl.col("dcg") / pl.col("idcg")).otherwise(0.0).alias("served_ndcg@10"),
+        )
+    )
+    users = lists.lazy().select("user_id").unique()
+    return (
+        users.join(clicked, on="user_id", how="left")
+        .join(per_list, on="user_id", how="left")
+        .select(
+            "user_id",
+            pl.col("ctr_24h").fill_null(0.0),
+            pl.col("served_ndcg@10").fill_null(0.0),
+            pl.col("repeat_share").cast(pl.Float64).fill_null(0.0),
+        )
+        .sort("user_id")
+        .collect()
+    )
+
+
 def mean_ci(values: np.ndarray, proportion: bool = False, level: float = 0.95) -> tuple[float, float, float]:
     """Mean and its confidence interval: Student t for means, normal (Wald) for proportions."""
     from scipy import stats
@@ -251,7 +355,7 @@ def analyze(
     arms = sorted(outcomes["arm"].unique().to_list(), key=lambda a: (a != control, a))
     sizes = dict(outcomes.group_by("arm").len().iter_rows())
     srm = srm_p_value(sizes, weights) if weights else math.nan
-    for metric in METRICS:
+    for metric in [m for m in {**METRICS, **SERVED_METRICS} if m in outcomes.columns]:
         prop = metric in PROPORTION_METRICS
         base = outcomes.filter(pl.col("arm") == control)[metric].to_numpy()
         for arm in arms:
