@@ -14,7 +14,7 @@ from orchestration.definitions import build_definitions
 from recsys_platform.config import Settings
 from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.ingest.landing import LocalLandingZone, partition_key_of
-from recsys_platform.realtime import PARTITION_TAG
+from recsys_platform.realtime import CONTRACTS_TAG, PARTITION_TAG
 from tests.conftest import FIXED_END
 
 
@@ -41,8 +41,30 @@ def test_a_successful_refresh_requests_the_contracts_of_its_hour(tmp_path: Path,
             dagster_event=result.get_run_success_event(),
         )
         request = sensor(context)
-    assert isinstance(request, dg.RunRequest)
-    assert request.tags["dagster/partition"] == "2026-03-02-14:00" and request.run_key == f"contracts-{result.run_id}"
+        assert isinstance(request, dg.RunRequest)
+        assert request.tags["dagster/partition"] == "2026-03-02-14:00"
+        assert request.run_key == f"contracts-{result.run_id}"
+        # its own concurrency key: a contracts run never holds up the next refresh of the hour
+        assert request.tags[CONTRACTS_TAG] == "2026-03-02-14:00" and PARTITION_TAG not in request.tags
+        # while a contracts run of the hour still waits in the queue, the next refresh needs no other one
+        instance.add_run(
+            dg.DagsterRun(
+                job_name="raw_events_contracts",
+                run_id="waiting-contracts",
+                status=dg.DagsterRunStatus.NOT_STARTED,  # queued: the same wait, without a code origin
+                tags={CONTRACTS_TAG: "2026-03-02-14:00"},
+            )
+        )
+        again = refresh_stand_in.execute_in_process(instance=instance, tags={PARTITION_TAG: "2026-03-02-14:00"})
+        skipped = sensor(
+            dg.build_run_status_sensor_context(
+                sensor_name=sensor.name,
+                dagster_instance=instance,
+                dagster_run=again.dagster_run,
+                dagster_event=again.get_run_success_event(),
+            )
+        )
+    assert isinstance(skipped, dg.SkipReason) and "still waiting" in skipped.skip_message
 
 
 def test_the_contracts_run_passes_on_ingested_hours_and_fails_on_a_broken_one(tmp_path: Path, monkeypatch) -> None:

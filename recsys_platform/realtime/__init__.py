@@ -6,13 +6,17 @@ Run tags shared by the landing sensor and the refresh job are defined here (the 
 from __future__ import annotations
 
 PARTITION_TAG = "recsys/refresh_partition"
+# The hour of a raw-events contracts run: its own concurrency key, so a contracts run (GX, seconds) never holds up
+# the next refresh of its hour, as it did while it carried PARTITION_TAG.
+CONTRACTS_TAG = "recsys/contracts_partition"
 FIRST_FILE_TAG = "recsys/first_file"
 LAST_FILE_TAG = "recsys/last_file"
 FILES_TAG = "recsys/files"
 SENSOR_STATUS_ENV = "RECSYS_LANDING_SENSOR"
 
 # Dagster instance settings the refresh path relies on (merged into DAGSTER_HOME/dagster.yaml):
-# one refresh run per arrival-hour partition at a time, a 1-second run queue, automatic run retries.
+# one refresh run and one contracts run per arrival-hour partition at a time, a 1-second run queue, automatic run
+# retries.
 INSTANCE_YAML = f"""\
 run_queue:
   dequeue_interval_seconds: 1
@@ -21,8 +25,20 @@ run_queue:
       value:
         applyLimitPerUniqueValue: true
       limit: 1
+    - key: "{CONTRACTS_TAG}"
+      value:
+        applyLimitPerUniqueValue: true
+      limit: 1
 run_retries:
   enabled: true
 """
 
-__all__ = ["FILES_TAG", "FIRST_FILE_TAG", "INSTANCE_YAML", "LAST_FILE_TAG", "PARTITION_TAG", "SENSOR_STATUS_ENV"]
+__all__ = [
+    "CONTRACTS_TAG",
+    "FILES_TAG",
+    "FIRST_FILE_TAG",
+    "INSTANCE_YAML",
+    "LAST_FILE_TAG",
+    "PARTITION_TAG",
+    "SENSOR_STATUS_ENV",
+]
