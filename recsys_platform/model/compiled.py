@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,9 @@ ARTIFACT_DIR = "compiled"
 
 
 def default_cache_dir() -> Path:
-    """Where compiled rankers are cached on this machine (one object file per model, CPU and lleaves version)."""
-    return Path(tempfile.gettempdir()) / "recsys-compiled-rankers"
+    """Where compiled rankers are cached for this user (one object file per model, CPU and lleaves version): under
+    the user's own cache folder, never a shared temporary one, since the object files are loaded as native code."""
+    return Path.home() / ".cache" / "recsys-platform" / "compiled-rankers"
 
 
 def cache_key(model_text: str) -> str | None:
@@ -79,7 +79,7 @@ def compile_ranker(model_text: str, cache_dir: Path | None = None, threads: int 
 
     cache = cache_dir or default_cache_dir()
     try:
-        cache.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         text_file, obj = cache / f"{key}.txt", cache / f"{key}.o"
         if not text_file.exists():
             _write_atomically(text_file, model_text.encode())
