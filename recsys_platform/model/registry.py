@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from recsys_platform.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL_NAME
+from recsys_platform.model.compiled import ARTIFACT_DIR, cache_key, compile_ranker, compiled_object, default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,10 @@ def log_ranker(
             input_example=example.head(5),
             registered_model_name=model_name,
         )
+        # The compiled ranker beside the model (`model.compiled`): loaders on the same kind of CPU reuse it.
+        compiled = compiled_object(booster.model_to_string())
+        if compiled is not None:
+            mlflow.log_artifact(str(compiled), artifact_path=ARTIFACT_DIR)
     version = str(info.registered_model_version)
     _tag_version(tracking_uri, model_name, version, model_params, "ranker")
     logger.info("logged run %s, registered %s version %s", run.info.run_id, model_name, version)
@@ -217,7 +222,29 @@ def load_scorer(
 
         return ColumnScorer(kind.removeprefix("column:")), params, version
     booster, _ = load_ranker(tracking_uri, version, model_name)
-    return booster, params, version
+    return compiled_scorer(booster, client.get_model_version(model_name, version).run_id), params, version
+
+
+def compiled_scorer(booster: Any, run_id: str | None = None) -> Any:
+    """The booster compiled for this host (`model.compiled`), its object file taken from the run's
+    `compiled/` artifacts when they hold one for this CPU; the booster itself when it cannot be compiled."""
+    text = booster.model_to_string()
+    key = cache_key(text)
+    if key is None:
+        return booster
+    cache = default_cache_dir()
+    if run_id and not (cache / f"{key}.o").exists():
+        import mlflow
+
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{key}.o", dst_path=str(cache)
+            )
+            (cache / ARTIFACT_DIR / f"{key}.o").replace(cache / f"{key}.o")
+        except Exception as exc:  # noqa: BLE001 - another CPU's run, or an older version: compile here instead
+            logger.debug("no compiled ranker for this host in run %s: %s", run_id, exc)
+    return compile_ranker(text, cache) or booster
 
 
 def _log_importance(importance: pl.DataFrame) -> None:
