@@ -27,6 +27,7 @@ from resources.recommendation_sets import RecommendationSetsResource
 SHARD_KEYS = bs.shard_keys(load_sets_config(Settings.from_env().recommendation_sets_path).batch.shards)
 user_shards = dg.StaticPartitionsDefinition(SHARD_KEYS)
 ALL_EVENT_HOURS = dg.AssetIn("raw_events", partition_mapping=dg.AllPartitionMapping())
+ALL_SERVED_HOURS = dg.AssetIn("served_log", partition_mapping=dg.AllPartitionMapping())
 
 
 def _checked_config(resource: RecommendationSetsResource):
@@ -165,9 +166,10 @@ def recommendation_export(
                 online[version] = f"not written: {exc}"
                 context.log.warning("sets of model %s not written to the online store: %s", version, exc)
     # What was exported goes to the served log, like every list the API returns.
-    logged = export_served_rows(recommendation_sets, datetime.now(UTC))
+    now = datetime.now(UTC)
+    logged = export_served_rows(recommendation_sets, now)
     if logged.height:
-        landing.zone().write_bytes(served_key(datetime.now(UTC)), parquet_bytes(logged))
+        landing.zone().write_bytes(served_key(now), parquet_bytes(logged))
     return dg.MaterializeResult(
         metadata={
             "files": dg.MetadataValue.json(written),
@@ -183,7 +185,7 @@ def recommendation_export(
     kinds={"polars", "parquet"},
     ins={
         "raw_events": ALL_EVENT_HOURS,
-        "served_log": dg.AssetIn("served_log", partition_mapping=dg.AllPartitionMapping()),
+        "served_log": ALL_SERVED_HOURS,
     },
     pool=HISTORY_POOL,
 )
@@ -222,7 +224,7 @@ def experiment_exposures(
 @dg.asset(
     group_name=groups.EXPERIMENTS,
     kinds={"scipy", "matplotlib", "parquet"},
-    ins={"served_log": dg.AssetIn("served_log", partition_mapping=dg.AllPartitionMapping())},
+    ins={"served_log": ALL_SERVED_HOURS},
     pool=HISTORY_POOL,
 )
 def experiment_analysis(
@@ -247,13 +249,7 @@ def experiment_analysis(
         # Outcomes count from each user's exposure on: read the window from the first exposure only.
         window = read_history(interactions, ("user_id", "event_type", "event_time"), exposed["exposed_at"].min(), end)
         outcomes = experiments.user_outcomes(exposed, window, end)
-        # What was served: plays of the exposed users before and after (repeat share needs the earlier ones).
-        plays = (
-            read_history(interactions, ("user_id", "item_id", "event_type", "event_time"), None, end)
-            .filter(pl.col("event_type") == "content_start")
-            .join(exposed.select("user_id"), on="user_id", how="semi")
-        )
-        served = experiments.served_outcomes(exposed, served_log, plays, exp, end)
+        served = experiments.served_outcomes(exposed, served_log, interactions, exp, end)
         if served.height:
             outcomes = outcomes.join(served, on="user_id", how="left").with_columns(
                 pl.col(m).fill_null(0.0) for m in experiments.SERVED_METRICS

@@ -60,7 +60,6 @@ def test_without_lleaves_the_booster_is_kept(booster, tmp_path: Path, monkeypatc
 def test_a_registered_ranker_is_served_compiled_from_its_logged_object(booster, tmp_path, monkeypatch) -> None:
     cache = tmp_path / "cache"
     monkeypatch.setattr(compiled, "default_cache_dir", lambda: cache)
-    monkeypatch.setattr(registry, "default_cache_dir", lambda: cache)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     example = pl.DataFrame(_rows(20), schema=list(FEATURES), orient="row")
     ref = registry.log_ranker(tracking, str(tmp_path / "art"), "compiled-test", booster, example, {}, {}, {})

@@ -267,6 +267,7 @@ def test_outcomes_of_what_was_served_match_hand_computed_values() -> None:
             "item_id": ["i2", "i3", "i4", "i9", "i5", "i7"],
             # a: i2 played before the list (a replay), i4 within 24 h, i3 and i9 two days later; b: nothing served
             "event_time": [t0 - timedelta(days=1), h(50), h(5), h(52), t0 - timedelta(days=2), h(4)],
+            "event_type": ["content_start"] * 6,
         },
         schema_overrides={"event_time": pl.Datetime("us", "UTC")},
     )
@@ -278,7 +279,7 @@ def test_outcomes_of_what_was_served_match_hand_computed_values() -> None:
     assert got["b"]["served_ndcg@10"] == 0.0  # i7 was not served
     assert got["a"]["repeat_share"] == 0.25 and got["b"]["repeat_share"] == 0.5  # i2 of 4; i5 of 2
     # the analysis carries them beside the other metrics, CTR as a rate (z-test), the others as means
-    outcomes = ex.user_outcomes(exposures, plays.with_columns(event_type=pl.lit("content_start")), h(72)).join(
+    outcomes = ex.user_outcomes(exposures, plays, h(72)).join(
         ex.served_outcomes(exposures, served, plays, exp, h(72)), on="user_id"
     )
     table = ex.analyze(pl.concat([outcomes] * 3), "control")

@@ -21,6 +21,7 @@ import polars as pl
 
 from recsys_platform.batch.set_config import ExperimentConfig
 from recsys_platform.hashing import unit_interval
+from recsys_platform.model import evaluation
 from recsys_platform.schemas import ANALYSIS_SCHEMA, EXPOSURE_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ SERVED_METRICS: dict[str, str] = {
     "repeat_share": "share of the first served list's items they had played before it",
 }
 PROPORTION_METRICS = ("completed_24h", "ctr_24h")
-_DISCOUNT = 1.0 / np.log2(np.arange(2, 12))
 
 
 def assign_arms(user_ids: pl.Series | list[str], experiment: ExperimentConfig) -> pl.DataFrame:
@@ -174,18 +174,19 @@ def user_outcomes(exposures: pl.DataFrame, interactions: pl.DataFrame, end: date
 def served_outcomes(
     exposures: pl.DataFrame,
     served: pl.DataFrame | pl.LazyFrame,
-    plays: pl.DataFrame,
+    interactions: pl.DataFrame | pl.LazyFrame,
     experiment: ExperimentConfig,
     end: datetime,
 ) -> pl.DataFrame:
     """Per exposed user, `SERVED_METRICS` of the lists the API served them on the experiment's surface from their
-    exposure to `end` (`plays`: user_id, item_id, event_time of content starts, before and after): whether they
-    started a served item within 24 h of the list that held it, the first list's nDCG@10 against what they
-    started after it (0 when nothing), and the share of its items they had played before it. Empty when the
-    served log holds no list of the experiment."""
+    exposure to `end`, against their content starts in `interactions` (before and after): whether they started a
+    served item within 24 h of the list that held it, the first list's nDCG@10 against what they started after it
+    (0 when nothing), and the share of its items they had played before it. Empty, without reading
+    `interactions`, when the served log holds no list of the experiment."""
+    empty = pl.DataFrame(schema={"user_id": pl.String, **{m: pl.Float64 for m in SERVED_METRICS}})
     lf = served.lazy()
     if "experiment" not in lf.collect_schema().names():
-        return pl.DataFrame(schema={"user_id": pl.String, **{m: pl.Float64 for m in SERVED_METRICS}})
+        return empty
     lists = (
         lf.filter((pl.col("experiment") == experiment.name) & (pl.col("surface") == experiment.surface))
         .join(exposures.lazy().select("user_id", "exposed_at"), on="user_id", how="inner")
@@ -194,8 +195,16 @@ def served_outcomes(
         .collect()
     )
     if lists.height == 0:
-        return pl.DataFrame(schema={"user_id": pl.String, **{m: pl.Float64 for m in SERVED_METRICS}})
-    starts = plays.lazy().select("user_id", "item_id", "event_time")
+        return empty
+    # One scan of the exposed users' content starts (the filters and the semi join reach the Parquet reader).
+    starts = (
+        interactions.lazy()
+        .filter((pl.col("event_type") == "content_start") & (pl.col("event_time") < pl.lit(end, dtype=TS)))
+        .select("user_id", "item_id", "event_time")
+        .join(lists.lazy().select("user_id").unique(), on="user_id", how="semi")
+        .collect()
+        .lazy()
+    )
     shown = lists.lazy().explode("item_ids").rename({"item_ids": "item_id"}).drop_nulls("item_id")
     clicked = (
         shown.join(starts, on=["user_id", "item_id"], how="inner")
@@ -214,49 +223,25 @@ def served_outcomes(
         .agg(pl.col("served_at").first(), pl.col("item_ids").first())
         .explode("item_ids")
         .rename({"item_ids": "item_id"})
-        .with_columns(position=pl.int_range(pl.len()).over("user_id"))
-        .filter(pl.col("position") < 10)
+        .with_columns(rank=pl.int_range(1, pl.len() + 1).over("user_id"))
+        .filter(pl.col("rank") <= 10)
     )
-    later = (
-        first.select("user_id", "served_at")
-        .unique()
-        .join(starts, on="user_id", how="inner")
-        .filter((pl.col("event_time") >= pl.col("served_at")) & (pl.col("event_time") < pl.lit(end, dtype=TS)))
-        .select("user_id", "item_id")
-        .unique()
-    )
-    before = (
-        first.select("user_id", "served_at")
-        .unique()
-        .join(starts, on="user_id", how="inner")
-        .filter(pl.col("event_time") < pl.col("served_at"))
-        .select("user_id", "item_id")
-        .unique()
-        .with_columns(played=pl.lit(True))
-    )
-    ideal_n = later.group_by("user_id").agg(relevant=pl.len().clip(upper_bound=10))
-    per_list = (
-        first.join(later.with_columns(hit=pl.lit(True)), on=["user_id", "item_id"], how="left")
-        .join(before, on=["user_id", "item_id"], how="left")
-        .with_columns(gain=pl.col("hit").fill_null(False).cast(pl.Float64) / (pl.col("position") + 2).log(2))
+    at = first.select("user_id", "served_at").unique().join(starts, on="user_id", how="inner")
+    later = at.filter(pl.col("event_time") >= pl.col("served_at")).select("user_id", "item_id").unique()
+    before = at.filter(pl.col("event_time") < pl.col("served_at")).select("user_id", "item_id").unique()
+    repeat = (
+        first.join(before.with_columns(played=pl.lit(True)), on=["user_id", "item_id"], how="left")
         .group_by("user_id")
-        .agg(dcg=pl.col("gain").sum(), repeat_share=pl.col("played").fill_null(False).mean())
-        .join(ideal_n, on="user_id", how="left")
-        .with_columns(
-            idcg=pl.col("relevant")
-            .fill_null(0)
-            .replace_strict({n: float(_DISCOUNT[:n].sum()) for n in range(11)}, return_dtype=pl.Float64)
-        )
-        .select(
-            "user_id",
-            "repeat_share",
-            pl.when(pl.col("idcg") > 0).then(pl.col("dcg") / pl.col("idcg")).otherwise(0.0).alias("served_ndcg@10"),
-        )
+        .agg(repeat_share=pl.col("played").fill_null(False).mean())
     )
-    users = lists.lazy().select("user_id").unique()
+    ndcg = evaluation.ndcg_per_user(later.collect(), first.select("user_id", "item_id", "rank").collect(), 10)
     return (
-        users.join(clicked, on="user_id", how="left")
-        .join(per_list, on="user_id", how="left")
+        lists.select("user_id")
+        .unique()
+        .lazy()
+        .join(clicked, on="user_id", how="left")
+        .join(ndcg.lazy().rename({"ndcg": "served_ndcg@10"}), on="user_id", how="left")
+        .join(repeat, on="user_id", how="left")
         .select(
             "user_id",
             pl.col("ctr_24h").fill_null(0.0),

@@ -295,9 +295,7 @@ class LocalLandingZone(LandingZone):
         (self.root / key).unlink(missing_ok=True)
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(path, data)
+        replace_whole(self.root / key, data)
 
 
 class S3LandingZone(LandingZone):

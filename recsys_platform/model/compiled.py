@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,12 @@ def cache_key(model_text: str) -> str | None:
 @dataclass
 class CompiledRanker:
     """A compiled LightGBM model with the scorer interface (`predict(features) -> scores`) and the model text
-    (`model_to_string`), so a serving state saves and reloads it like a Booster."""
+    (`model_to_string`), so a serving state saves and reloads it like a Booster; `object_file` is its cached
+    native code."""
 
     model: Any  # lleaves.Model
     text: str
+    object_file: Path
     threads: int = 1
 
     def predict(self, features: np.ndarray) -> np.ndarray:
@@ -69,9 +72,15 @@ class CompiledRanker:
         return self.text
 
 
-def compile_ranker(model_text: str, cache_dir: Path | None = None, threads: int = 1) -> CompiledRanker | None:
-    """The model compiled for this host (from the cache when it holds it, else compiled and cached atomically),
-    or None when lleaves is missing or fails on the model."""
+def compile_ranker(
+    model_text: str,
+    cache_dir: Path | None = None,
+    threads: int = 1,
+    fetch: Callable[[str, Path], None] | None = None,
+) -> CompiledRanker | None:
+    """The model compiled for this host: from the cache when it holds the object file; else `fetch(name, path)`
+    may put it there (the registry downloads it from MLflow); else compiled and cached atomically. None when
+    lleaves is missing or fails on the model."""
     key = cache_key(model_text)
     if key is None:
         return None
@@ -83,6 +92,8 @@ def compile_ranker(model_text: str, cache_dir: Path | None = None, threads: int 
         text_file, obj = cache / f"{key}.txt", cache / f"{key}.o"
         if not text_file.exists():
             _write_atomically(text_file, model_text.encode())
+        if not obj.exists() and fetch is not None:
+            _fetch(fetch, obj)
         model = lleaves.Model(model_file=str(text_file))
         if obj.exists():
             model.compile(cache=str(obj))
@@ -90,18 +101,23 @@ def compile_ranker(model_text: str, cache_dir: Path | None = None, threads: int 
             tmp = cache / f".{key}.{uuid.uuid4().hex}.o"
             model.compile(cache=str(tmp))
             os.replace(tmp, obj)
-        return CompiledRanker(model, model_text, threads)
+        return CompiledRanker(model, model_text, obj, threads)
     except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to the Booster
         logger.warning("could not compile the ranker with lleaves (%s): predicting with LightGBM", exc)
         return None
 
 
-def compiled_object(model_text: str, cache_dir: Path | None = None) -> Path | None:
-    """The cached object file of `model_text` on this host (compiling it first), for logging beside the model."""
-    if compile_ranker(model_text, cache_dir) is None:
-        return None
-    key = cache_key(model_text)
-    return (cache_dir or default_cache_dir()) / f"{key}.o"
+def _fetch(fetch: Callable[[str, Path], None], obj: Path) -> None:
+    """Let `fetch` deliver the object file into a private name, then publish it whole; a miss is not an error."""
+    tmp = obj.with_name(f".{obj.stem}.{uuid.uuid4().hex}.o")
+    try:
+        fetch(obj.name, tmp)
+        if tmp.exists():
+            os.replace(tmp, obj)
+    except Exception as exc:  # noqa: BLE001 - another CPU's object, or none logged: compile here instead
+        logger.debug("no compiled ranker %s to fetch: %s", obj.name, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -114,6 +114,11 @@ def ndcg_at_k(truth: pl.DataFrame, recs: pl.DataFrame, k: int) -> float:
     return _mean(_per_user(truth, recs, k), pl.col("dcg") / pl.col("idcg"))
 
 
+def ndcg_per_user(truth: pl.DataFrame, recs: pl.DataFrame, k: int) -> pl.DataFrame:
+    """[user_id, ndcg] for every truth user: what `ndcg_at_k` averages (0 when none of their items is shown)."""
+    return _per_user(truth, recs, k).select("user_id", ndcg=(pl.col("dcg") / pl.col("idcg")).fill_nan(0.0))
+
+
 def map_at_k(truth: pl.DataFrame, recs: pl.DataFrame, k: int, denominator: MapDenominator = "min_k_relevant") -> float:
     """Mean average precision of the top k, normalised by min(n_relevant, k) (or n_relevant)."""
     if denominator == "min_k_relevant":

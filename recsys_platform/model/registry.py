@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from recsys_platform.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL_NAME
-from recsys_platform.model.compiled import ARTIFACT_DIR, cache_key, compile_ranker, compiled_object, default_cache_dir
+from recsys_platform.model.compiled import ARTIFACT_DIR, compile_ranker
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +140,9 @@ def log_ranker(
             registered_model_name=model_name,
         )
         # The compiled ranker beside the model (`model.compiled`): loaders on the same kind of CPU reuse it.
-        compiled = compiled_object(booster.model_to_string())
+        compiled = compile_ranker(booster.model_to_string())
         if compiled is not None:
-            mlflow.log_artifact(str(compiled), artifact_path=ARTIFACT_DIR)
+            mlflow.log_artifact(str(compiled.object_file), artifact_path=ARTIFACT_DIR)
     version = str(info.registered_model_version)
     _tag_version(tracking_uri, model_name, version, model_params, "ranker")
     logger.info("logged run %s, registered %s version %s", run.info.run_id, model_name, version)
@@ -226,25 +227,19 @@ def load_scorer(
 
 
 def compiled_scorer(booster: Any, run_id: str | None = None) -> Any:
-    """The booster compiled for this host (`model.compiled`), its object file taken from the run's
-    `compiled/` artifacts when they hold one for this CPU; the booster itself when it cannot be compiled."""
-    text = booster.model_to_string()
-    key = cache_key(text)
-    if key is None:
-        return booster
-    cache = default_cache_dir()
-    if run_id and not (cache / f"{key}.o").exists():
+    """The booster compiled for this host (`model.compiled`), its object file taken from the run's `compiled/`
+    artifacts when they hold one for this CPU; the booster itself when it cannot be compiled."""
+
+    def fetch(name: str, dest: Path) -> None:
         import mlflow
 
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{key}.o", dst_path=str(cache)
+        with tempfile.TemporaryDirectory() as tmp:
+            got = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{name}", dst_path=tmp
             )
-            (cache / ARTIFACT_DIR / f"{key}.o").replace(cache / f"{key}.o")
-        except Exception as exc:  # noqa: BLE001 - another CPU's run, or an older version: compile here instead
-            logger.debug("no compiled ranker for this host in run %s: %s", run_id, exc)
-    return compile_ranker(text, cache) or booster
+            shutil.move(got, dest)  # the download folder may be on another file system
+
+    return compile_ranker(booster.model_to_string(), fetch=fetch if run_id else None) or booster
 
 
 def _log_importance(importance: pl.DataFrame) -> None:

@@ -26,7 +26,7 @@ import polars as pl
 from recsys_platform import schemas
 from recsys_platform.batch.rules import limit_replays
 from recsys_platform.features import tables as feats
-from recsys_platform.ingest.landing import PARTITION_KEY_FORMAT
+from recsys_platform.ingest.landing import PARTITION_KEY_FORMAT, parquet_bytes, replace_whole
 from recsys_platform.model.recommender import Recommender
 from recsys_platform.realtime.context import ContextWeights, apply_context
 from recsys_platform.realtime.sessions import SESSION_SCHEMA
@@ -241,8 +241,9 @@ def refresh_users(
         report.timings["write_s"] = time.perf_counter() - t2
         report.rescored_users = len(recs_rows)
         report.lists = ranked if recs_rows else None
-        after = {u: top for u, top in ((u, _first_item(v)) for u, v in recs_rows.items()) if top is not None}
-        report.top_changed = {u: top for u, top in after.items() if before.get(u) != top}
+        if recs_rows:
+            after = dict(ranked.filter(pl.col("rank") == 1).select("user_id", "item_id").iter_rows())
+            report.top_changed = {u: top for u, top in after.items() if before.get(u) != top}
         return report
     raise StaleWriteError(f"the active slot kept changing during {MAX_STALE_ATTEMPTS} refresh attempts")
 
@@ -264,8 +265,6 @@ def write_refreshed(lake_url: str, partition_key: str, run_id: str, rows: pl.Dat
     """Add one run's refreshed lists to the lake table `realtime_recommendations` (a file per run, named by its
     arrival hour and run id, written whole), so the catalog's view shows every refresh; the key, or None."""
     from upath import UPath
-
-    from recsys_platform.ingest.landing import parquet_bytes, replace_whole
 
     if rows.height == 0:
         return None
