@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -67,6 +68,7 @@ def _prepare_environment() -> Settings:
     if not dagster_yaml.exists():
         dagster_yaml.write_text("telemetry:\n  enabled: false\n")
     _add_realtime_instance_settings(dagster_yaml)
+    _add_event_log_settings(dagster_yaml)
     return settings
 
 
@@ -77,6 +79,16 @@ def _add_realtime_instance_settings(dagster_yaml: Path) -> None:
     text = dagster_yaml.read_text()
     if not any(key in text for key in ("run_queue:", "run_coordinator:", "concurrency:", "run_retries:")):
         dagster_yaml.write_text(text.rstrip("\n") + "\n" + INSTANCE_YAML)
+
+
+def _add_event_log_settings(dagster_yaml: Path) -> None:
+    """Keep the event log in SQLite without a disk flush per event (orchestration.instance_storage) unless the
+    instance configures its own storage."""
+    from orchestration.instance_storage import EVENT_LOG_YAML
+
+    text = dagster_yaml.read_text()
+    if not re.search(r"^(storage|event_log_storage):", text, flags=re.MULTILINE):
+        dagster_yaml.write_text(text.rstrip("\n") + "\n" + EVENT_LOG_YAML)
 
 
 VerboseOption = Annotated[bool, typer.Option("--verbose", help="Print Dagster's DEBUG logs (default: INFO and up).")]
