@@ -43,6 +43,7 @@ def _checked_config(resource: RecommendationSetsResource):
 @dg.asset(
     group_name=groups.SERVING,
     partitions_def=user_shards,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     kinds={"lightgbm", "polars", "parquet"},
     deps=["model_evaluation"],
 )
@@ -55,25 +56,28 @@ def batch_scores(
     mlflow: MlflowResource,
     pipeline: PipelineResource,
     set_config: RecommendationSetsResource,
-) -> pl.DataFrame:
+):  # one frame, or {shard: frame} in a run over several shards
     """Up to `batch.items_per_user` items per eligible user of this shard (stable hash of the user id):
     the `champion` version's ranked candidates, then the other recommendable items by recency-weighted EASE
-    and popularity; the popularity baseline when there is no champion."""
+    and popularity; the popularity baseline when there is no champion. A run over several shards loads the
+    champion once and writes one file per shard."""
     config = _checked_config(set_config)
     cutoff, now = feature_cutoff(interactions), datetime.now(UTC)
     eligible = bs.eligible_users(users, interactions, cutoff, config.eligibility)
-    key = context.partition_key
+    keys = context.partition_keys
     champion = registry.alias_version(mlflow.tracking_uri, CHAMPION_ALIAS, mlflow.model_name)
     if champion is None:
         context.log.warning("no champion model registered: batch scores come from the popularity baseline")
-        mine = bs.users_of_shard(eligible, key, config.batch.shards)
         empty = pl.DataFrame(schema={"user_id": pl.String, "item_id": pl.String})
-        recs = fallback.popularity_recommendations(
-            popularity_model, mine, empty, items, users, config.batch.items_per_user
-        )
-        out = recs.with_columns(
-            shard=pl.lit(key), model_version=pl.lit(POPULARITY_VERSION), generated_at=pl.lit(now, dtype=bs.TS)
-        ).select(list(schemas.BATCH_SCORE_SCHEMA))
+
+        def scored(key: str) -> pl.DataFrame:
+            mine = bs.users_of_shard(eligible, key, config.batch.shards)
+            recs = fallback.popularity_recommendations(
+                popularity_model, mine, empty, items, users, config.batch.items_per_user
+            )
+            return recs.with_columns(
+                shard=pl.lit(key), model_version=pl.lit(POPULARITY_VERSION), generated_at=pl.lit(now, dtype=bs.TS)
+            ).select(list(schemas.BATCH_SCORE_SCHEMA))
     else:
         rec, version = serving_recommender(
             interactions,
@@ -87,23 +91,29 @@ def batch_scores(
             Settings.from_env().s3_endpoint_url,
             lightgbm=True,  # ~160 candidate rows per user: the compiled ranker, not the numpy trees (ranker_predict.py)
         )
-        out = bs.score_shard(rec, version, interactions, users, eligible, key, config.batch, cutoff, now)
-    per_user = out.group_by("user_id").len()["len"]
+
+        def scored(key: str) -> pl.DataFrame:
+            return bs.score_shard(rec, version, interactions, users, eligible, key, config.batch, cutoff, now)
+
+    out = {key: scored(key) for key in keys}
+    every = pl.concat(out.values())
+    per_user = every.group_by("user_id").len()["len"]
     context.add_output_metadata(
         {
-            "model_version": out["model_version"].first() if out.height else "none",
+            "model_version": every["model_version"].first() if every.height else "none",
             "eligible_users_all_shards": eligible.len(),
             "users": per_user.len(),
             "mean_items_per_user": float(per_user.mean() or 0.0),
             "feature_cutoff": cutoff.isoformat(),
         }
     )
-    return out
+    return out[keys[0]] if len(keys) == 1 else out
 
 
 @dg.asset(
     group_name=groups.SERVING,
     partitions_def=user_shards,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     kinds={"polars", "parquet"},
     ins={"raw_events": ALL_EVENT_HOURS},
 )
@@ -116,12 +126,12 @@ def recommendation_sets(
     raw_events: pl.LazyFrame,
     popularity_model: pl.DataFrame,
     set_config: RecommendationSetsResource,
-) -> pl.DataFrame:
+):  # one frame, or {shard: frame} in a run over several shards
     """Named sets (recommended for you, sleep tonight, because you searched, new for you) made from this
     shard's batch scores by each set's rules, in the order the YAML declares; for a live experiment, its
     surface set is what each user's arm is served (`serves:`: the set, the model's ranking or the popularity
     list; `context` = `arm:<arm>`). Metadata counts, per set and rule, the rows each rule removed or moved, and
-    the users per arm."""
+    the users per arm. A run over several shards builds them at once and writes one file per shard."""
     config = _checked_config(set_config)
     now = datetime.now(UTC)
     searches = bs.last_search_queries(raw_events.select("user_id", "event_type", "event_time", "query"))
@@ -141,10 +151,16 @@ def recommendation_sets(
             "users_by_arm": dg.MetadataValue.json(arms),
         }
     )
-    return sets
+    keys = context.partition_keys
+    return sets if len(keys) == 1 else bs.split_by_shard(sets, keys, config.batch.shards)
 
 
-@dg.asset(group_name=groups.SERVING, partitions_def=user_shards, kinds={"json"})
+@dg.asset(
+    group_name=groups.SERVING,
+    partitions_def=user_shards,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"json"},
+)
 def recommendation_export(
     context: dg.AssetExecutionContext,
     recommendation_sets: pl.DataFrame,
@@ -156,7 +172,17 @@ def recommendation_export(
     (`exports/recommendation_sets/<set>/<shard>.jsonl`), one line per user: userId, itemList, modelVersion; and
     the same sets in the active slot of the online store (namespace `sets`, what `GET
     /v1/users/{user_id}/sets/{set_name}` and an experiment's `set` arm serve) when it serves their version."""
-    written = bs.export_sets(recommendation_sets, set_config.exports / "recommendation_sets", context.partition_key)
+    config = _checked_config(set_config)
+    keys = context.partition_keys
+    shards = (
+        {keys[0]: recommendation_sets}
+        if len(keys) == 1
+        else bs.split_by_shard(recommendation_sets, keys, config.batch.shards)
+    )
+    written: dict[str, object] = {}
+    for key, part in shards.items():
+        for name, file in bs.export_sets(part, set_config.exports / "recommendation_sets", key).items():
+            written[name if len(keys) == 1 else f"{name}/{key}"] = file
     online: dict[str, object] = {}
     with online_store.open() as store:
         for version, rows in bs.online_rows(recommendation_sets).items():

@@ -15,7 +15,7 @@ from sensors.stuck_runs import HOST_TAG, PID_TAG
 
 
 def partition_range_tags(first: str, last: str) -> dict[str, str]:
-    """Run tags that make one run cover a range of arrival-hour partitions (single-run backfill)."""
+    """Run tags that make one run cover a range of partitions, first to last (single-run backfill)."""
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}

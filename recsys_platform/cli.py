@@ -217,13 +217,21 @@ def _require_trainable(settings: Settings) -> None:
 
 
 def _run_batch_sets(shards: list[str] | None = None, verbose: bool = False) -> None:
-    """Run `recommendation_sets_batch` once per user shard (all shards by default)."""
+    """Run `recommendation_sets_batch`: over every user shard in one run (the champion is loaded once) by
+    default, else once per shard of `shards`."""
     from orchestration.jobs import SHARD_KEYS
+    from orchestration.runner import partition_range_tags
 
     unknown = [key for key in shards or () if key not in SHARD_KEYS]
     if unknown:  # refused before any shard runs
         raise typer.BadParameter(f"unknown shard(s) {unknown}; shards are {SHARD_KEYS[0]} .. {SHARD_KEYS[-1]}")
-    for key in shards or SHARD_KEYS:
+    if not shards:
+        label = f"recommendation sets, {len(SHARD_KEYS)} shards"
+        _run_job_with_progress(
+            "recommendation_sets_batch", label, partition_range_tags(SHARD_KEYS[0], SHARD_KEYS[-1]), verbose
+        )
+        return
+    for key in shards:
         _run_job_with_progress(
             "recommendation_sets_batch", f"recommendation sets, shard {key}", {"dagster/partition": key}, verbose
         )

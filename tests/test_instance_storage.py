@@ -74,7 +74,9 @@ def test_events_are_stored_flushed_at_checkpoints_and_read_by_another_instance(d
     # Nothing is left only in memory: the files alone hold every event.
     db = dagster_home / "history" / "runs" / f"{run_ids[-1]}.db"
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'").fetchone() == (1,)
+        assert conn.execute(
+            "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'"
+        ).fetchone() == (1,)
 
 
 def test_deleting_a_run_forgets_its_events_and_closes_its_database(dagster_home):

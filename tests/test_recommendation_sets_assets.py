@@ -13,6 +13,7 @@ import pytest
 
 from assets import recommendation_sets as set_assets
 from assets.partitions import arrival_hours
+from orchestration.runner import partition_range_tags
 from recsys_platform.batch import scoring as bs
 from recsys_platform.batch.set_config import load_sets_config
 from recsys_platform.config import CHAMPION_ALIAS, REGISTERED_MODEL_NAME, PipelineParams, Settings
@@ -71,12 +72,14 @@ def _resources(lake: dict, tracking: str) -> dict:
     }
 
 
-def _materialize(lake: dict, tracking: str, selection: list, key: str | None) -> dg.ExecuteInProcessResult:
+def _materialize(
+    lake: dict, tracking: str, selection: list, key: str | None, tags: dict[str, str] | None = None
+) -> dg.ExecuteInProcessResult:
     sources = [dg.SourceAsset(k) for k in SOURCES] + [
         dg.SourceAsset(name, partitions_def=arrival_hours) for name in ("raw_events", "served_log")
     ]
     return dg.materialize(
-        [*selection, *sources], partition_key=key, resources=_resources(lake, tracking), raise_on_error=True
+        [*selection, *sources], partition_key=key, resources=_resources(lake, tracking), raise_on_error=True, tags=tags
     )
 
 
@@ -161,6 +164,40 @@ def test_one_shard_with_the_champion_scores_applies_rules_and_exports(lake: dict
         served = serving.user_set(store, lines[0]["userId"], "recommended_for_you", k=30)
     assert [i.item_id for i in served.items] == [x["itemId"] for x in lines[0]["itemList"]]
     assert served.model_version == ref.version and served.source == "recommendation_set"
+
+    # One run over a range of shards (what `recsys batch-sets` runs) writes each shard's files as its own run would.
+    single = {
+        name: pl.read_parquet(root / "lake" / name / f"{key}.parquet")
+        for name in ("batch_scores", "recommendation_sets")
+    }
+    first_export = export.read_text()
+    keys = ["shard-02", "shard-03", "shard-04"]
+    _materialize(
+        lake,
+        tracking,
+        [set_assets.batch_scores, set_assets.recommendation_sets, set_assets.recommendation_export],
+        None,
+        partition_range_tags(keys[0], keys[-1]),
+    )
+    for name, before in single.items():
+        after = pl.read_parquet(root / "lake" / name / f"{key}.parquet")
+        assert (
+            after.select(before.columns)
+            .drop("generated_at")
+            .sort(after.columns[:4])
+            .equals(before.drop("generated_at").sort(after.columns[:4]))
+        )
+    assert [json.loads(x)["userId"] for x in export.read_text().splitlines()] == [
+        json.loads(x)["userId"] for x in first_export.splitlines()
+    ]
+    for shard in keys:
+        scored = pl.read_parquet(root / "lake" / "batch_scores" / f"{shard}.parquet")
+        shard_sets = pl.read_parquet(root / "lake" / "recommendation_sets" / f"{shard}.parquet")
+        assert scored.height > 0 and (scored["shard"] == shard).all()
+        assert set(shard_sets["user_id"]) <= set(
+            bs.users_of_shard(scored["user_id"].unique(), shard, config.batch.shards)
+        )
+        assert (root / "exports" / "recommendation_sets" / "recommended_for_you" / f"{shard}.jsonl").exists()
 
 
 def test_experiment_assets_find_the_simulated_model_lift(lake: dict):

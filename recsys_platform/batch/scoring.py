@@ -71,6 +71,12 @@ def users_of_shard(user_ids: pl.Series, key: str, n_shards: int) -> pl.Series:
     return user_ids.filter(user_shards(user_ids, n_shards) == shard_index(key))
 
 
+def split_by_shard(frame: pl.DataFrame, keys: list[str], n_shards: int) -> dict[str, pl.DataFrame]:
+    """`frame`'s rows (with a `user_id` column) by the user's shard, for each partition key of `keys`."""
+    index = user_shards(frame["user_id"], n_shards)
+    return {key: frame.filter(index == shard_index(key)) for key in keys}
+
+
 def eligible_users(users: pl.DataFrame, interactions: pl.DataFrame, cutoff: datetime, rule: Eligibility) -> pl.Series:
     """Users who get batch recommendations: recent activity, subscription status, language."""
     keep = users
