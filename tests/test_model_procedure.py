@@ -131,10 +131,10 @@ def test_evaluate_reports_every_metric_for_the_ranker_and_every_baseline(world, 
     truth = procedure.split_for(protocol, inter).truth(inter)
     assert facts["protocol"] == protocol and facts["test_users"] == truth["user_id"].n_unique() > 50
     assert set(table["protocol"]) == {protocol}
-    expected = {"ranker", "popularity", "recent_popularity", "ease", "item_knn"}
+    expected = {"ranker", "popularity", "recent_popularity", "ease", "item_knn", "replays"}
     assert expected == {"ranker", *procedure.BASELINES}
     # and every other personalised source's own list, the gate's other candidates
-    others = {f"source_{s}" for s in procedure.PERSONAL_SOURCES} - {"source_ease", "source_knn"}
+    others = {f"source_{s}" for s in procedure.PERSONAL_SOURCES} - {"source_ease", "source_knn", "source_replays"}
     assert others and set(procedure.SOURCE_CANDIDATES) == others
     assert set(table["model"]) == expected | others
     metrics = table.group_by("model").agg(pl.col("metric").sort())

@@ -94,7 +94,7 @@ def test_ranker_beats_popularity_and_is_champion(platform):
         assert ndcg["ranker"] > ndcg["popularity"] > 0
         # the gate's bar: every baseline fitted on the same rows, not only popularity; beside them every other
         # personalised source's own list, the gate's fallback candidates
-        baselines = {"popularity", "recent_popularity", "ease", "item_knn"}
+        baselines = {"popularity", "recent_popularity", "ease", "item_knn", "replays"}
         assert set(ndcg) == {"ranker", *baselines, *procedure.SOURCE_CANDIDATES}
         assert ndcg["ranker"] > max(ndcg[k] for k in baselines)
     assert registry.alias_version(platform.settings.mlflow_tracking_uri, "champion") == "1"

@@ -25,8 +25,12 @@ from recsys_platform.quality_benchmark.holdout import ITEM, TIME, USER, per_user
 
 logger = logging.getLogger(__name__)
 
-# Column title -> name of the candidate source in the product's registry (`model.sources.SOURCES`).
+# Column title -> name of the candidate source in the product's registry (`model.sources.SOURCES`): lists of
+# items the user has not played in train, scored beside the served list with seen items removed ...
 BASELINES: dict[str, str] = {"popularity": "pop", "recent popularity": "pop_recent", "item-kNN": "knn", "EASE": "ease"}
+# ... and lists of the user's own train items by plays and recency (the product's `replays` source), the
+# like-for-like reference for the served list as shown where people replay what they like (it scores 0 where no test pair is a replay).
+REPLAY_BASELINES: dict[str, str] = {"own replays": "replays"}
 EASE_L2_GRID: tuple[float, ...] = (50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0)
 INNER_TEST_SHARE = 0.2
 SCORING_BLOCK = 1024  # users per dense score block
@@ -69,6 +73,12 @@ def fit_baseline(name: str, history: PairHistory, params: ModelParams) -> Source
 
 def top_k_unseen(source: Source, history: PairHistory, users: pl.Series, k: int) -> pl.DataFrame:
     """[user_id, item_id, rank] of each user's `k` best-scored items outside their train pairs (ties: item id)."""
+    return top_k(source, history, users, k, unseen_only=True)
+
+
+def top_k(source: Source, history: PairHistory, users: pl.Series, k: int, unseen_only: bool) -> pl.DataFrame:
+    """[user_id, item_id, rank] of each user's `k` best-scored items (outside their train pairs when
+    `unseen_only`; ties: item id)."""
     rows = history.vocab.user_rows(users)
     if (rows < 0).any():
         unknown = users.filter(pl.Series(rows < 0)).head(3).to_list()
@@ -77,8 +87,9 @@ def top_k_unseen(source: Source, history: PairHistory, users: pl.Series, k: int)
     for start in range(0, len(rows), SCORING_BLOCK):
         profiles = Profiles.of(history, rows[start : start + SCORING_BLOCK])
         scores = source.score(profiles)
-        seen_r, seen_c = profiles.seen_mask_rows_cols()
-        scores[seen_r, seen_c] = -np.inf
+        if unseen_only:
+            seen_r, seen_c = profiles.seen_mask_rows_cols()
+            scores[seen_r, seen_c] = -np.inf
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # stable: equal scores in item id order
         keep = np.isfinite(np.take_along_axis(scores, best, axis=1))
         block_users = np.repeat(np.arange(start, start + len(best)), keep.sum(axis=1))

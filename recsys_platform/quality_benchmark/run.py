@@ -6,7 +6,8 @@ exactly as a user runs them (timed), then what the HTTP API serves each test use
 (`GET /v1/users/{id}/recommendations?limit=k`, unknown users get the API's fallback) is scored against
 the held-out rows, beside baselines fitted on the same train rows (`recsys_platform.quality_benchmark.baselines`).
 Items a user has in train are removed from the served list before scoring (seen items excluded); how
-many were removed is reported, and the list as shown (seen items in their slots) is scored too.
+many were removed is reported, and the list as shown (seen items in their slots) is scored too, beside a
+list of the user's own train items (`own replays`) where test rows replay them.
 
 The product's lists are never produced here: the benchmark only reads what `recsys serve` would return.
 """
@@ -35,11 +36,12 @@ from recsys_platform.config import PROJECT_ROOT, Settings
 from recsys_platform.model.evaluation import evaluate_all
 from recsys_platform.quality_benchmark.baselines import (
     BASELINES,
+    REPLAY_BASELINES,
     baseline_params,
     fit_baseline,
     pair_history,
     pick_ease_l2,
-    top_k_unseen,
+    top_k,
     truth_of,
 )
 from recsys_platform.quality_benchmark.holdout import (
@@ -213,9 +215,10 @@ def measure_holdout(data: InteractionsFile, holdout: Holdout, config: QualityCon
     started = time.perf_counter()
     ease = pick_ease_l2(holdout.train, holdout.protocol, holdout.seed, k)
     fit_s = {"EASE l2 selection": time.perf_counter() - started}
-    for baseline, source in BASELINES.items():
+    for baseline, source in {**BASELINES, **REPLAY_BASELINES}.items():
         started = time.perf_counter()
-        recs = top_k_unseen(fit_baseline(source, history, baseline_params(ease)), history, users, k)
+        fitted = fit_baseline(source, history, baseline_params(ease))
+        recs = top_k(fitted, history, users, k, unseen_only=baseline in BASELINES)
         fit_s[baseline] = time.perf_counter() - started
         models[baseline] = _metrics(truth, recs, k, data.n_items, popularity)
     logger.info("%s: served nDCG@%d %.4f", name, k, models[SERVED][f"ndcg@{k}"])
