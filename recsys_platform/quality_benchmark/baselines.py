@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 # items the user has not played in train, scored beside the served list with seen items removed ...
 BASELINES: dict[str, str] = {"popularity": "pop", "recent popularity": "pop_recent", "item-kNN": "knn", "EASE": "ease"}
 # ... and lists of the user's own train items by plays and recency (the product's `replays` source), the
-# like-for-like reference for the served list as shown where people replay what they like (it scores 0 where no test pair is a replay).
+# like-for-like reference for the served list as shown where people replay what they like (it scores 0 where
+# no test pair is a replay).
 REPLAY_BASELINES: dict[str, str] = {"own replays": "replays"}
 EASE_L2_GRID: tuple[float, ...] = (50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0)
 INNER_TEST_SHARE = 0.2
