@@ -54,7 +54,7 @@ class PipelineResource(dg.ConfigurableResource):
     catalog_path: str
     top_n: int = _DEFAULTS.top_n
     candidates_per_source: int = _DEFAULTS.candidates_per_source
-    recent_exclusion_days: int = _DEFAULTS.recent_exclusion_days
+    recent_exclusion_days: float = _DEFAULTS.recent_exclusion_days
     watermark_minutes: int = _DEFAULTS.watermark_minutes
     seed: int = _DEFAULTS.seed
     ranker_threads: int = _DEFAULTS.ranker_threads

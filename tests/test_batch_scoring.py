@@ -54,7 +54,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     items = pl.concat([ds.items, unreleased])
     ds = replace(ds, items=items)
-    params = PipelineParams()
+    params = PipelineParams(recent_exclusion_days=3)  # the recent-completion rule over 3 days (default: half a day)
     rec = procedure.fit_recommender(inter, items, ds.users, cutoff, params.model_params(), params.max_training_users)
     path = str(tmp_path_factory.mktemp("lake") / "serving_state.pkl")
     save_state(rec, "7", path)

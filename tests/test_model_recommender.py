@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from recsys_platform import schemas
+from recsys_platform.config import PipelineParams
 from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.features.tables import build_interactions
 from recsys_platform.model import procedure
@@ -21,7 +22,7 @@ from recsys_platform.model.sources import SOURCE_NAMES
 from tests.conftest import FIXED_END
 
 CUTOFF = datetime(2026, 3, 1, 12, tzinfo=UTC)
-FAST = ModelParams(ials_factors=4, ials_iterations=2)
+FAST = ModelParams(ials_factors=4, ials_iterations=2, recent_completion_days=3.0)  # 3 days (default: half a day)
 
 
 # --- the rules, on a hand-made catalogue ------------------------------------------------------------------
@@ -104,6 +105,13 @@ def test_seen_items_excluded_when_asked_else_replays_minus_recent_completions(fi
     replays = lists(exclude_seen=False, fill=fill)["r"]
     assert {"n1", "n2"} <= set(replays)  # played a day ago / completed ten days ago: may be played again
     assert "n0" not in replays  # completed a day ago: not yet
+
+
+def test_by_default_a_title_completed_yesterday_may_be_recommended_again() -> None:
+    assert ModelParams().recent_completion_days == PipelineParams().model_params().recent_completion_days == 0.5
+    params = FAST.with_(exclude_seen=False, recent_completion_days=ModelParams().recent_completion_days)
+    rec = fit_serving(RULES, ITEMS, USERS, CUTOFF, params, ColumnScorer("score_pop"))
+    assert {"n0", "n1", "n2"} <= set(rec.recommend(pl.Series(["r"]), k=10)["item_id"])  # n0: completed a day ago
 
 
 def test_unknown_users_are_skipped() -> None:

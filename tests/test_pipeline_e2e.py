@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 ENV = {
     "RECSYS_CANDIDATES_PER_SOURCE": "20",
     "RECSYS_TOP_N": "20",
+    "RECSYS_RECENT_EXCLUSION_DAYS": "3",  # half a day by default: 3 days, so that the rule is checked end to end
 }
 
 

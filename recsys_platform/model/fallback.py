@@ -7,7 +7,7 @@ for users it has no list for.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import polars as pl
 
@@ -15,14 +15,14 @@ from recsys_platform.features.tables import user_segments
 from recsys_platform.schemas import GLOBAL_SEGMENT
 
 
-def recently_completed(interactions: pl.DataFrame, cutoff: datetime, days: int) -> pl.DataFrame:
+def recently_completed(interactions: pl.DataFrame, cutoff: datetime, days: float) -> pl.DataFrame:
     """(user, item) pairs completed in the `days` before `cutoff`: excluded from recommendations."""
-    cut = pl.lit(cutoff, dtype=pl.Datetime("us", "UTC"))
+    ts = pl.Datetime("us", "UTC")
     return (
         interactions.filter(
             (pl.col("event_type") == "content_complete")
-            & (pl.col("event_time") < cut)
-            & (pl.col("event_time") >= cut - pl.duration(days=days))
+            & (pl.col("event_time") < pl.lit(cutoff, dtype=ts))
+            & (pl.col("event_time") >= pl.lit(cutoff - timedelta(days=days), dtype=ts))
         )
         .select("user_id", "item_id")
         .unique()

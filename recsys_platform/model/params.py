@@ -37,7 +37,7 @@ class ModelParams:
     label_users: int = 1000
     balance_windows: float = 0.25  # 1: every kind of window weighs the same in the ranker's loss; 0: by its users
     exclude_seen: bool = True
-    recent_completion_days: float = 3.0  # where replays are recommended, not a pair completed this recently
+    recent_completion_days: float = 0.5  # where replays are recommended, not a pair completed this recently (0: off)
     seed: int = 7
 
     @property
