@@ -6,6 +6,8 @@ import json
 import logging
 from dataclasses import dataclass
 
+import msgspec
+
 from recsys_platform.serve.online_store import GLOBAL_SEGMENT, OnlineStore, OnlineStoreError, ReadResult
 
 logger = logging.getLogger(__name__)
@@ -27,15 +29,27 @@ class InconsistentReadError(OnlineStoreError):
     """Consecutive reads kept landing on different deployments (flips faster than reads)."""
 
 
-@dataclass(frozen=True)
-class RecommendedItem:
-    """One recommended item at its position in the list."""
+class RecommendedItem(msgspec.Struct):
+    """One recommended item at its position in the list: the API's item, fields in its JSON order.
+
+    A msgspec Struct, not a dataclass, so a stored list decodes straight into these (in C, ~1 us for 50 items'
+    worth of fields) and a response encodes straight from them: the hot route builds no dict per item."""
 
     item_id: str
-    score: float
-    rank: int
+    score: float = 0.0
+    rank: int = 0
     content_type: str | None = None
     is_kids: bool = False
+
+
+class _StoredList(msgspec.Struct):
+    """A stored ranked list as the writers produce it (`{"items": [...], "generated_at": ...}`)."""
+
+    items: list[RecommendedItem] = []
+    generated_at: str | None = None
+
+
+_decode_stored = msgspec.json.Decoder(_StoredList).decode
 
 
 @dataclass(frozen=True)
@@ -51,31 +65,42 @@ class Recommendations:
     source: str
 
 
+def _stored(raw: str | dict) -> _StoredList:
+    """A stored list decoded and typed; values of looser types (ids as numbers, null flags, scores as text) go
+    through the per-field conversions the read path has always applied."""
+    try:
+        return _decode_stored(raw) if isinstance(raw, str) else msgspec.convert(raw, _StoredList)
+    except msgspec.ValidationError:
+        doc = json.loads(raw) if isinstance(raw, str) else raw
+        items = [
+            RecommendedItem(
+                item_id=str(entry["item_id"]),
+                score=float(entry.get("score", 0.0)),
+                content_type=entry.get("content_type"),
+                is_kids=bool(entry.get("is_kids", False)),
+            )
+            for entry in doc.get("items", ())
+        ]
+        return _StoredList(items, doc.get("generated_at"))
+
+
 def _rank(
     raw: str | dict, k: int, content_type: str | None, exclude_kids: bool
 ) -> tuple[list[RecommendedItem], str | None]:
     """Filter a stored `{"items": [...], "generated_at": ...}` list (JSON text, or already parsed) and keep the top
-    k."""
-    doc = json.loads(raw) if isinstance(raw, str) else raw
-    items: list[RecommendedItem] = []
-    for entry in doc.get("items", ()):
-        if content_type is not None and entry.get("content_type") != content_type:
-            continue
-        is_kids = bool(entry.get("is_kids", False))
-        if exclude_kids and is_kids:
-            continue
-        items.append(
-            RecommendedItem(
-                item_id=str(entry["item_id"]),
-                score=float(entry.get("score", 0.0)),
-                rank=len(items) + 1,
-                content_type=entry.get("content_type"),
-                is_kids=is_kids,
-            )
-        )
-        if len(items) >= k:
-            break
-    return items, doc.get("generated_at")
+    k, ranked 1..n in the filtered order."""
+    doc = _stored(raw)
+    if content_type is None and not exclude_kids:
+        items = doc.items[:k]
+    else:
+        items = [
+            i
+            for i in doc.items
+            if (content_type is None or i.content_type == content_type) and not (exclude_kids and i.is_kids)
+        ][:k]
+    for rank, item in enumerate(items, 1):
+        item.rank = rank
+    return items, doc.generated_at
 
 
 def _segment(raw_features: str | None) -> str | None:
