@@ -252,3 +252,32 @@ def test_the_served_log_and_metrics_see_fast_answers(clients, route_unreachable)
 def test_msgspec_encodes_items_as_pydantic_does() -> None:
     item = RecommendedItem('a\u00e9"b', 0.1 + 0.2, 1, None, True)
     assert msgspec.json.encode(item) == RecommendedItemOut(**msgspec.structs.asdict(item)).model_dump_json().encode()
+
+
+def test_aread_answers_what_read_answers(store_url: str) -> None:
+    import asyncio
+
+    from recsys_platform.serve import read_path
+    from recsys_platform.serve.online_store import NothingDeployedError
+
+    store = open_online_store(store_url)
+
+    async def both() -> None:
+        reads = [(["alice"], {"user_features": ["alice"]}), (["nobody", "alice"], {}), ([], {})]
+        reads += [(["alice", "alice"], {"popular": ["__global__", "x"]}), ([f"u{i}" for i in range(20)], {})]
+        for keys, extra in reads:
+            assert await store.aread("recs", keys, extra=extra) == store.read("recs", keys, extra=extra)
+        for user, query in (("alice", (3, "sleep_story", True)), ("bob", (2, None, False)), ("zed", (5, None, True))):
+            assert await read_path.recommend_async(store, user, *query) == read_path.recommend(store, user, *query)
+        await store.aclose()
+
+    asyncio.run(both())
+    empty = open_online_store(store_url.replace("store.sqlite", "empty.sqlite").replace("prefix=", "prefix=empty-"))
+    empty.describe()  # a writer creates the store; nothing is deployed
+
+    async def nothing() -> None:
+        with pytest.raises(NothingDeployedError):
+            await empty.aread("recs", ["alice"])
+        await empty.aclose()
+
+    asyncio.run(nothing())

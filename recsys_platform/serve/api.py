@@ -427,7 +427,7 @@ def create_app(
         yield
         if app.state.served_log is not None:
             await app.state.served_log.aclose()
-        app.state.store.close()
+        await app.state.store.aclose()
 
     app = FastAPI(
         title="recsys-platform serving API",

@@ -78,16 +78,8 @@ async def answer_recommendations(
 ) -> bytes:
     """Read, count, log and encode one recommendations answer (the app's `state`: arms, metrics, served log)."""
     assigned = state.arms.assign(user_id)  # type: ignore[attr-defined]
-    rec = await read_store(
-        store,
-        read_path.recommend,
-        store,
-        user_id,
-        limit,
-        content_type,
-        exclude_kids,
-        assigned.source,
-        assigned.set_name,
+    rec = await read_path.recommend_async(
+        store, user_id, limit, content_type, exclude_kids, assigned.source, assigned.set_name
     )
     if (metrics := metrics_of(state)) is not None:
         metrics.served.labels(rec.source).inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import msgspec
@@ -133,6 +134,43 @@ def _set_list(raw_sets: str | None, set_name: str) -> dict | None:
     return entry if isinstance(entry, dict) else None
 
 
+# One read of `_recommend_steps`: (namespace, keys, extra namespaces -> keys).
+ReadRequest = tuple[str, list[str], dict[str, list[str]]]
+
+
+def _recommend_steps(
+    user_id: str, k: int, content_type: str | None, exclude_kids: bool, source: str, set_name: str | None
+) -> Generator[ReadRequest, ReadResult, Recommendations]:
+    """`recommend` without I/O: yields each store read it needs, is sent its result, returns the answer; so the
+    blocking `recommend` and the event loop's `recommend_async` are one piece of logic."""
+    popularity = source == "popularity"
+    for _ in range(_MAX_CONSISTENT_READ_ATTEMPTS):
+        # Hot path: one read. Popularity lists are only fetched for cold users (and the popularity arm, which reads
+        # only the features its segment comes from, not the user's list).
+        extra = {} if popularity else {"user_features": [user_id]}
+        if source == "set" and set_name:
+            extra["sets"] = [user_id]
+        read = yield ("user_features" if popularity else "recs", [user_id], extra)
+        if source == "set" and set_name:
+            user_set = _set_list(read.extra_values["sets"].get(user_id), set_name)
+            if user_set is not None:
+                return _result(user_id, read, user_set, k, content_type, exclude_kids, "recommendation_set")
+        if not popularity and (raw_recs := read.values.get(user_id)) is not None:
+            return _result(user_id, read, raw_recs, k, content_type, exclude_kids, "personalized")
+        features = read.values if popularity else read.extra_values["user_features"]
+        segment = _segment(features.get(user_id))
+        keys = [GLOBAL_SEGMENT] if segment in (None, GLOBAL_SEGMENT) else [segment, GLOBAL_SEGMENT]
+        fallback = yield ("popular", keys, {})
+        if not fallback.same_source(read):
+            continue  # a flip happened between the two reads; start again on the new slot
+        popular = next((fallback.values[key] for key in keys if fallback.values.get(key) is not None), None)
+        served = "popularity" if popularity else "popularity_fallback"
+        if popular is None:  # nothing to fall back on: an empty list, not an error
+            return Recommendations(user_id, [], read.model_version, read.slot, read.snapshot_id, None, served)
+        return _result(user_id, read, popular, k, content_type, exclude_kids, served)
+    raise InconsistentReadError(f"pointer flipped during {_MAX_CONSISTENT_READ_ATTEMPTS} consecutive reads")
+
+
 def recommend(
     store: OnlineStore,
     user_id: str,
@@ -145,32 +183,32 @@ def recommend(
     """Top-k recommendations for a user from one slot, from `source`: "model" (the user's ranked list),
     "set" (their rules-processed set `set_name`, else the model's list) or "popularity" (the popularity list
     of their segment); popularity by segment for cold users whatever the source."""
-    popularity = source == "popularity"
-    for _ in range(_MAX_CONSISTENT_READ_ATTEMPTS):
-        # Hot path: one read. Popularity lists are only fetched for cold users (and the popularity arm, which reads
-        # only the features its segment comes from, not the user's list).
-        extra = {} if popularity else {"user_features": [user_id]}
-        if source == "set" and set_name:
-            extra["sets"] = [user_id]
-        read = store.read("user_features" if popularity else "recs", [user_id], extra=extra)
-        if source == "set" and set_name:
-            user_set = _set_list(read.extra_values["sets"].get(user_id), set_name)
-            if user_set is not None:
-                return _result(user_id, read, user_set, k, content_type, exclude_kids, "recommendation_set")
-        if not popularity and (raw_recs := read.values.get(user_id)) is not None:
-            return _result(user_id, read, raw_recs, k, content_type, exclude_kids, "personalized")
-        features = read.values if popularity else read.extra_values["user_features"]
-        segment = _segment(features.get(user_id))
-        keys = [GLOBAL_SEGMENT] if segment in (None, GLOBAL_SEGMENT) else [segment, GLOBAL_SEGMENT]
-        fallback = store.read("popular", keys)
-        if not fallback.same_source(read):
-            continue  # a flip happened between the two reads; start again on the new slot
-        popular = next((fallback.values[key] for key in keys if fallback.values.get(key) is not None), None)
-        served = "popularity" if popularity else "popularity_fallback"
-        if popular is None:  # nothing to fall back on: an empty list, not an error
-            return Recommendations(user_id, [], read.model_version, read.slot, read.snapshot_id, None, served)
-        return _result(user_id, read, popular, k, content_type, exclude_kids, served)
-    raise InconsistentReadError(f"pointer flipped during {_MAX_CONSISTENT_READ_ATTEMPTS} consecutive reads")
+    steps = _recommend_steps(user_id, k, content_type, exclude_kids, source, set_name)
+    try:
+        namespace, keys, extra = next(steps)
+        while True:
+            namespace, keys, extra = steps.send(store.read(namespace, keys, extra=extra))
+    except StopIteration as done:
+        return done.value
+
+
+async def recommend_async(
+    store: OnlineStore,
+    user_id: str,
+    k: int = 10,
+    content_type: str | None = None,
+    exclude_kids: bool = False,
+    source: str = "model",
+    set_name: str | None = None,
+) -> Recommendations:
+    """`recommend` on an event loop: the same answer, the store read with `aread`."""
+    steps = _recommend_steps(user_id, k, content_type, exclude_kids, source, set_name)
+    try:
+        namespace, keys, extra = next(steps)
+        while True:
+            namespace, keys, extra = steps.send(await store.aread(namespace, keys, extra=extra))
+    except StopIteration as done:
+        return done.value
 
 
 def similar_items(store: OnlineStore, item_id: str, k: int = 10) -> Recommendations:
