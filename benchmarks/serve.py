@@ -154,15 +154,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(store_url: str, port: int, workers: int, app_root: Path) -> subprocess.Popen:
-    """Start uvicorn (uvloop + httptools, no access log) on the code in `app_root`; wait until /healthz answers."""
-    cmd = [
+def server_command(server: str, port: int, workers: int) -> list[str]:
+    """The command line of `server` (uvicorn on uvloop + httptools, or granian), no access log."""
+    if server == "granian":
+        return [
+            sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+            "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
+            "recsys_platform.serve.api:create_app",
+        ]  # fmt: skip
+    return [
         sys.executable, "-m", "uvicorn", "recsys_platform.serve.api:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
+
+
+def start_server(store_url: str, port: int, args: argparse.Namespace) -> subprocess.Popen:
+    """Start the server on the code in `--app-root` and wait until /healthz answers."""
+    app_root = Path(args.app_root).resolve()
     env = {**os.environ, "RECSYS_ONLINE_STORE_URL": store_url, "PYTHONPATH": str(app_root)}
-    proc = subprocess.Popen(cmd, cwd=app_root, env=env)
+    proc = subprocess.Popen(server_command(args.server, port, args.workers), cwd=app_root, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -171,7 +183,7 @@ def start_server(store_url: str, port: int, workers: int, app_root: Path) -> sub
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.terminate()
-    raise RuntimeError("uvicorn did not become healthy within 30 s")
+    raise RuntimeError(f"{args.server} did not become healthy within 30 s")
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -260,7 +272,7 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, payloads: dict)
     deployment.deploy(store, "v1", "bench-1", payloads["v1"])
     fill_s = time.perf_counter() - t0
     port = free_port()
-    server = start_server(url, port, args.workers, Path(args.app_root).resolve())
+    server = start_server(url, port, args)
     try:
         run_wrk(port, 3, args.connections, args.threads, seed=0)  # warm-up
         cpu_before = tree_cpu_seconds(server.pid)
@@ -336,7 +348,10 @@ def print_result(r: dict, args: argparse.Namespace) -> None:
             f"  socket errors {w['socket_errors']}"
         )
 
-    print(f"\n[{r['backend']}] workers={args.workers} wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
+    print(
+        f"\n[{r['backend']}] {args.server} workers={args.workers} "
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s"
+    )
     print(f"  filled 10k users x 50 items in {r['fill_s']:.1f}s")
     print(line("steady state", r["steady"]))
     cpu_us = r["steady"]["server_cpu_us_per_request"]
@@ -355,6 +370,7 @@ def main() -> None:
     """Run the benchmark for the chosen backends and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["sqlite", "redis", "both"], default="both")
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)

@@ -170,10 +170,12 @@ def read_key_accepted(state: object, client: str, headers: Iterable[tuple[bytes,
     is not throttled and its raw ASGI `headers` carry a read key. Checks only, records nothing: a fast path answers
     the requests this accepts and leaves every other one to `require`, so a refusal is logged, counted and
     throttled in one place."""
-    keys, throttle, _ = app_state(state)
+    keys = getattr(state, "keys", None)
+    if keys is None:  # an app that create_app did not set up: set up as `require` would
+        keys = app_state(state)[0]
     if not keys.read:
         return True
-    if throttle.retry_after(client) is not None:
+    if state.auth_failures.retry_after(client) is not None:  # type: ignore[attr-defined]
         return False
     found: dict[bytes, str] = {}
     for name, value in headers:  # the first of each, as Starlette's `request.headers.get` takes it

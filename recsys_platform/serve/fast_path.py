@@ -82,7 +82,7 @@ async def answer_recommendations(
         store, user_id, limit, content_type, exclude_kids, assigned.source, assigned.set_name
     )
     if (metrics := metrics_of(state)) is not None:
-        metrics.served.labels(rec.source).inc()
+        metrics.count_served(rec.source)
     if (log := getattr(state, "served_log", None)) is not None:
         log.record(
             request_id=request_id,
