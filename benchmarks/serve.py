@@ -1,8 +1,8 @@
-"""Load-test the serving API (uvicorn + wrk) on SQLite and Redis, then deploy and roll back under load.
+"""Load-test the serving API (granian or uvicorn, wrk) on SQLite and Redis, then deploy and roll back under load.
 
 Usage:
-    python benchmarks/serve.py [--backend sqlite|redis|both] [--workers 2] [--connections 16] [--duration 15]
-        [--app-root DIR]
+    python benchmarks/serve.py [--backend sqlite|redis|both] [--server granian|uvicorn] [--workers 2]
+        [--connections 16] [--duration 15] [--app-root DIR]
 
 Requests are mixed the way clients send them (`request_path`): known users, users with features but no list
 (segment popularity fallback) and unknown users (global fallback); a content_type filter, exclude_kids, both or
@@ -370,7 +370,7 @@ def main() -> None:
     """Run the benchmark for the chosen backends and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["sqlite", "redis", "both"], default="both")
-    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default="granian", help="as `recsys serve`")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
