@@ -281,3 +281,41 @@ def test_aread_answers_what_read_answers(store_url: str) -> None:
         await empty.aclose()
 
     asyncio.run(nothing())
+
+
+def test_redis_reads_are_pipelined_and_survive_lost_scripts_and_outages(redis_url: str) -> None:
+    import asyncio
+    import uuid
+
+    import redis
+
+    from recsys_platform.serve.online_store import StoreUnavailableError
+
+    url = f"{redis_url}{'&' if '?' in redis_url else '?'}prefix=pipe-{uuid.uuid4().hex[:8]}"
+    store = open_online_store(url)
+    users = {f"u{i}": ranked([(f"i{i}", "music", False)]) for i in range(50)}
+    deployment.deploy(store, "v1", "snap-1", {"recs": users})
+
+    async def reads() -> None:
+        got = await asyncio.gather(*(store.aread("recs", [f"u{i}"]) for i in range(50)))  # one or a few batches
+        assert [r.values[f"u{i}"] for i, r in enumerate(got)] == [users[f"u{i}"] for i in range(50)]
+        redis.Redis.from_url(redis_url).script_flush()  # a restarted server has no scripts
+        again = await asyncio.gather(store.aread("recs", ["u1"]), store.aread("recs", ["u2"]))
+        assert [r.values for r in again] == [{"u1": users["u1"]}, {"u2": users["u2"]}]
+        cancelled = asyncio.ensure_future(store.aread("recs", ["u3"]))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        assert (await store.aread("recs", ["u4"])).values == {"u4": users["u4"]}  # the batch carries on
+        await store.aclose()
+
+    asyncio.run(reads())
+    store.drop_all()
+    store.close()
+    down = open_online_store("redis://127.0.0.1:1/0")
+
+    async def outage() -> None:
+        results = await asyncio.gather(*(down.aread("recs", ["u1"]) for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailableError) and "redis at 127.0.0.1:1" in str(r) for r in results)
+        await down.aclose()
+
+    asyncio.run(outage())

@@ -15,6 +15,7 @@ key names from the pointer, so it needs a single Redis instance (not Redis Clust
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import TypeVar
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import NoScriptError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recsys_platform.redis_client import connect_redis, connect_redis_async
@@ -80,7 +81,61 @@ while i <= #ARGV do
 end
 return out
 """
+_READ_SCRIPT_SHA = hashlib.sha1(_READ_SCRIPT.encode()).hexdigest()
 _MAX_WATCH_RETRIES = 5
+
+
+class _PipelinedReads:
+    """The read script's calls on one event loop's asyncio client, sent in batches: every read that arrives while
+    the loop is busy joins the next pipeline, so a batch costs one write and one reply instead of one per read.
+    Each EVALSHA is still atomic on its own (pipelines are not transactions), so each read keeps its snapshot.
+    On 2 cores, 16 concurrent reads: ~25 us of client CPU per read pipelined, ~50 us one by one."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._pending: list[tuple[list, asyncio.Future]] = []
+        self._flushes: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+
+    async def run(self, args: list) -> list:
+        """The script's reply for `args` (its exceptions raised here)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((args, future))
+        if len(self._pending) == 1:
+            task = loop.create_task(self._flush())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        return await future
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for args, _ in batch:
+                    pipe.execute_command("EVALSHA", _READ_SCRIPT_SHA, 0, *args)
+                replies = await pipe.execute(raise_on_error=False)
+            if any(isinstance(r, NoScriptError) for r in replies):  # the server lost its scripts (restart, flush)
+                await self.client.script_load(_READ_SCRIPT)
+                replies = [
+                    await self.client.execute_command("EVALSHA", _READ_SCRIPT_SHA, 0, *args)
+                    if isinstance(reply, NoScriptError)
+                    else reply
+                    for (args, _), reply in zip(batch, replies, strict=True)
+                ]
+        except BaseException as exc:  # noqa: BLE001 - every waiting read gets the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # the request was cancelled meanwhile
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
 
 
 def _now() -> str:
@@ -97,7 +152,7 @@ class RedisOnlineStore(OnlineStore):
         self.client, self.prefix, self._where = connection.client, connection.prefix, connection.where
         self._read_script = self.client.register_script(_READ_SCRIPT)
         # `aread`'s client, made on the event loop that first reads (asyncio connections belong to one loop)
-        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, object] | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, _PipelinedReads] | None = None
 
     # --- keys and errors ---------------------------------------------------------------
 
@@ -273,12 +328,12 @@ class RedisOnlineStore(OnlineStore):
             reply = self._read_script(args=args)
         return self._split_reply(reply, groups)
 
-    def _async_script(self) -> object:
-        """The read script on this event loop's asyncio client (a new client when the loop changed)."""
+    def _async_reads(self) -> _PipelinedReads:
+        """The read script's batches on this event loop's asyncio client (a new client when the loop changed)."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
             client = connect_redis_async(self.url, "recsys", self._socket_timeout)
-            self._async = (loop, client, client.register_script(_READ_SCRIPT))
+            self._async = (loop, client, _PipelinedReads(client))
         return self._async[2]
 
     @staticmethod
@@ -300,12 +355,13 @@ class RedisOnlineStore(OnlineStore):
     async def aread(
         self, namespace: str, keys: Sequence[str], *, extra: Mapping[str, Sequence[str]] | None = None
     ) -> ReadResult:
-        """`read` on the asyncio client: the same Lua call, without a worker thread. A thread hop and the sync
-        client cost ~200-270 us of CPU per read on 2 cores, the asyncio client ~55-65 us."""
+        """`read` on the asyncio client: the same Lua call, without a worker thread, pipelined with the loop's
+        other reads. A thread hop and the sync client cost ~200-270 us of CPU per read on 2 cores, the asyncio
+        client ~50-65 us one by one."""
         args, groups = self._read_args("", namespace, keys, extra)
-        script = self._async_script()
+        reads = self._async_reads()
         with self._errors():
-            reply = await script(args=args)  # type: ignore[operator]
+            reply = await reads.run(args)
         head, groups_read = self._split_reply(reply, groups)
         if not head or not head[0]:
             raise NothingDeployedError("no slot is active (nothing deployed yet)")
