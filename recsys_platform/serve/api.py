@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -22,10 +22,11 @@ from recsys_platform.serve.auth import app_state, require
 from recsys_platform.serve.errors import errors, public_reason, store_unavailable
 from recsys_platform.serve.events_api import events_router
 from recsys_platform.serve.fast_path import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
     RECOMMENDATIONS_ROUTE,
     RecommendationsFastPath,
     answer_recommendations,
-    read_store,
 )
 from recsys_platform.serve.observability import Metrics, ObservabilityMiddleware
 from recsys_platform.serve.online_store import (
@@ -39,6 +40,7 @@ from recsys_platform.serve.served_log import ServedLog
 from recsys_platform.serve.served_log import enabled as served_log_enabled
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BODY_BYTES = 1 << 20
 ContentType = Literal[CONTENT_TYPES]  # type: ignore[valid-type]
@@ -49,7 +51,7 @@ class RecommendationsQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    limit: int = Field(10, ge=1, le=100, description="number of items (1-100)")
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description=f"number of items (1-{MAX_LIMIT})")
     content_type: ContentType | None = Field(None, description="only items of this content type")
     exclude_kids: bool = Field(False, description="drop items flagged as kids content")
 
@@ -187,6 +189,17 @@ def _served_list(rec: serving.Recommendations) -> dict:
     }
 
 
+async def _read(store: OnlineStore, fn: Callable[..., T], *args: object) -> T:
+    """Run a read inline when the backend's reads are local and sub-millisecond, else in the threadpool.
+
+    A threadpool hop costs more CPU than a memory-mapped SQLite lookup, so SQLite reads run on the
+    event loop; network-bound backends go to the threadpool so one slow call cannot stall the loop.
+    """
+    if store.inline_reads:
+        return fn(*args)
+    return await run_in_threadpool(fn, *args)
+
+
 router = APIRouter()
 
 
@@ -230,7 +243,7 @@ async def get_user_set(
     """A user's named set as the batch sets job built it (config/recommendation_sets.yaml); 404 when the active
     slot holds no such set for the user (not eligible, or the sets job has not run for this model version)."""
     try:
-        rec = await read_store(store, serving.user_set, store, user_id, set_name, limit)
+        rec = await _read(store, serving.user_set, store, user_id, set_name, limit)
     except serving.SetNotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
     return {"user_id": user_id, "set_name": set_name, **_served_list(rec)}
@@ -250,7 +263,7 @@ async def get_similar_items(
 ) -> dict:
     """Items similar to an item; 404 if the active model does not know it."""
     try:
-        rec = await read_store(store, serving.similar_items, store, item_id, limit)
+        rec = await _read(store, serving.similar_items, store, item_id, limit)
     except serving.ItemNotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
     return {"item_id": item_id, **_served_list(rec)}
@@ -346,8 +359,8 @@ async def readyz(
     """200 when the store is reachable and its active slot is sealed (ready), serving `model_version` if given;
     503 with the reason otherwise."""
     try:
-        pointer = await read_store(store, store.pointer)
-        info = None if pointer is None else await read_store(store, store.slot_info, pointer.active_slot)
+        pointer = await _read(store, store.pointer)
+        info = None if pointer is None else await _read(store, store.slot_info, pointer.active_slot)
     except OnlineStoreError as exc:
         return _not_ready(f"online store unavailable: {public_reason(exc, store)}")
     if pointer is None or info is None:

@@ -1,7 +1,7 @@
 """The hot route, GET /v1/users/{user_id}/recommendations, answered without FastAPI's per-request machinery.
 
 `answer_recommendations` is what the route does: the user's experiment arm, one consistent read of the active
-slot (`read_path.recommend`), the served-lists metric, the served-log row and the JSON body, encoded by msgspec
+slot (`read_path.recommend_async`), the served-lists metric, the served-log row and the JSON body, encoded by msgspec
 straight from the decoded items (no pydantic model, no dict per item). The FastAPI route calls it and returns
 the bytes as they are, so its OpenAPI entry (`response_model=RecommendationsOut`) documents this body.
 
@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TypeVar
 
 import msgspec
-from fastapi.concurrency import run_in_threadpool
 
 from recsys_platform.schemas import CONTENT_TYPES, ID_PATTERN
 from recsys_platform.serve import read_path
@@ -32,10 +30,8 @@ from recsys_platform.serve.observability import metrics_of
 from recsys_platform.serve.online_store import OnlineStore, OnlineStoreError
 from recsys_platform.serve.read_path import RecommendedItem
 
-T = TypeVar("T")
-
 RECOMMENDATIONS_ROUTE = "/v1/users/{user_id}/recommendations"
-DEFAULT_LIMIT = 10
+DEFAULT_LIMIT = 10  # the route's query model reads these two as well
 MAX_LIMIT = 100
 
 
@@ -55,17 +51,6 @@ class RecommendationsBody(msgspec.Struct):
 
 
 _encode = msgspec.json.Encoder().encode
-
-
-async def read_store(store: OnlineStore, fn: Callable[..., T], *args: object) -> T:
-    """Run a read inline when the backend's reads are local and sub-millisecond, else in the threadpool.
-
-    A threadpool hop costs more CPU than a memory-mapped SQLite lookup, so SQLite reads run on the
-    event loop; network-bound backends go to the threadpool so one slow call cannot stall the loop.
-    """
-    if store.inline_reads:
-        return fn(*args)
-    return await run_in_threadpool(fn, *args)
 
 
 async def answer_recommendations(
@@ -111,7 +96,7 @@ async def answer_recommendations(
 
 
 _PATH = re.compile("/v1/users/(" + ID_PATTERN.removeprefix("^").removesuffix("$") + ")/recommendations")
-_LIMIT = re.compile(rb"[1-9][0-9]?|100")
+_LIMIT = re.compile(rb"[1-9][0-9]{0,2}")  # digits without a leading zero; the range is checked after
 _CONTENT_TYPES = {ct.encode(): ct for ct in CONTENT_TYPES}
 # pydantic's lax booleans (compared lower-cased), so e.g. `exclude_kids=1` stays on the fast path
 _BOOLEANS = {b"1": True, b"on": True, b"t": True, b"true": True, b"y": True, b"yes": True}
@@ -130,7 +115,7 @@ def parse_query(query_string: bytes) -> tuple[int, str | None, bool] | None:
             return None
         seen.add(name)
         if name == b"limit":
-            if _LIMIT.fullmatch(value) is None:
+            if _LIMIT.fullmatch(value) is None or int(value) > MAX_LIMIT:
                 return None
             limit = int(value)
         elif name == b"content_type":
