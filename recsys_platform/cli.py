@@ -262,8 +262,10 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
 ) -> None:
-    """Serve recommendations over HTTP (FastAPI; OpenAPI docs at /docs)."""
-    import uvicorn
+    """Serve recommendations over HTTP (FastAPI under granian; OpenAPI docs at /docs)."""
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
 
     from recsys_platform.serve.auth import KEY_ENVS, LOOPBACK, ApiKeys, require_keys_for
     from recsys_platform.serve.observability import configure_access_log
@@ -277,9 +279,20 @@ def serve(
             f"serving on http://{host}:{port} (loopback only; to bind another address set "
             f"{KEY_ENVS['ingest']} and {KEY_ENVS['admin']})"
         )
-    uvicorn.run(
-        "recsys_platform.serve.api:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning"
-    )
+    # granian rather than uvicorn: on 2 cores (benchmarks/serve.py) it answered 15-35% more requests with the same
+    # app, and a bare ASGI handler 36,000 req/s against uvicorn + httptools + uvloop's 22,000-24,000. Workers are
+    # forked, so they keep the access-log handler configured above.
+    Granian(
+        "recsys_platform.serve.api:create_app",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        factory=True,
+        loop=Loops.uvloop,
+        log_level=LogLevels.warning,
+        log_access=False,  # the API writes its own access log (recsys.access)
+    ).serve()
 
 
 @app.command("forget-user")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+import redis.asyncio
 
 
 def split_prefix(url: str, default: str) -> tuple[str, str]:
@@ -27,14 +28,22 @@ class RedisConnection:
     where: str
 
 
+def _client_options(socket_timeout: float) -> dict:
+    return {
+        "decode_responses": True,
+        "socket_connect_timeout": min(socket_timeout, 1.0),
+        "socket_timeout": socket_timeout,
+        "health_check_interval": 30,
+    }
+
+
 def connect_redis(url: str, default_prefix: str, socket_timeout: float) -> RedisConnection:
     """A decoded-responses client for `url` (connects lazily), its key prefix and its location."""
     redis_url, prefix = split_prefix(url, default_prefix)
-    client = redis.Redis.from_url(
-        redis_url,
-        decode_responses=True,
-        socket_connect_timeout=min(socket_timeout, 1.0),
-        socket_timeout=socket_timeout,
-        health_check_interval=30,
-    )
+    client = redis.Redis.from_url(redis_url, **_client_options(socket_timeout))
     return RedisConnection(client, prefix, urlsplit(redis_url).netloc.rsplit("@", 1)[-1] or "localhost:6379")
+
+
+def connect_redis_async(url: str, default_prefix: str, socket_timeout: float) -> redis.asyncio.Redis:
+    """An asyncio client with the same options as `connect_redis` (bound to the event loop that first uses it)."""
+    return redis.asyncio.Redis.from_url(split_prefix(url, default_prefix)[0], **_client_options(socket_timeout))

@@ -22,7 +22,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -155,11 +155,34 @@ def app_state(state: object) -> tuple[ApiKeys, FailureThrottle, TokenBuckets]:
 
 def presented_key(request: Request) -> str | None:
     """The key a request carries: `Authorization: Bearer <key>`, else `X-API-Key`."""
-    auth = request.headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
+    return _key_of(request.headers.get("authorization", ""), request.headers.get("x-api-key"))
+
+
+def _key_of(authorization: str, x_api_key: str | None) -> str | None:
+    scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.headers.get("x-api-key") or None
+    return x_api_key or None
+
+
+def read_key_accepted(state: object, client: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """True when `require("read")` lets the request through: no read key is configured, or the client (an address)
+    is not throttled and its raw ASGI `headers` carry a read key. Checks only, records nothing: a fast path answers
+    the requests this accepts and leaves every other one to `require`, so a refusal is logged, counted and
+    throttled in one place."""
+    keys = getattr(state, "keys", None)
+    if keys is None:  # an app that create_app did not set up: set up as `require` would
+        keys = app_state(state)[0]
+    if not keys.read:
+        return True
+    if state.auth_failures.retry_after(client) is not None:  # type: ignore[attr-defined]
+        return False
+    found: dict[bytes, str] = {}
+    for name, value in headers:  # the first of each, as Starlette's `request.headers.get` takes it
+        if name in (b"authorization", b"x-api-key") and name not in found:
+            found[name] = value.decode("latin-1")
+    given = _key_of(found.get(b"authorization", ""), found.get(b"x-api-key"))
+    return given is not None and keys.matches("read", given) is not None
 
 
 def _client(request: Request) -> str:

@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 access_logger = logging.getLogger("recsys.access")
 ACCESS_LOG_ENV = "RECSYS_ACCESS_LOG"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_MAX_CACHED_CHILDREN = 1000
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -69,6 +70,26 @@ class Metrics:
         )
         if store_reader is not None:
             self.registry.register(_ServingCollector(store_reader))
+        # `labels()` takes a lock and builds a key (~3 us); the request path looks its children up here instead
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._served_children: dict[str, Any] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        children = self._request_children.get((method, route, status))
+        if children is None:
+            children = (self.requests.labels(method, route, str(status)), self.latency.labels(route))
+            if len(self._request_children) < _MAX_CACHED_CHILDREN:  # methods are the client's: bound the cache
+                self._request_children[(method, route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def count_served(self, source: str) -> None:
+        """Count one recommendation list served from `source`."""
+        child = self._served_children.get(source)
+        if child is None:
+            child = self._served_children[source] = self.served.labels(source)
+        child.inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """(body, content type) of a scrape."""
@@ -132,8 +153,7 @@ class ObservabilityMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], route, str(status["code"])).inc()
-            self.metrics.latency.labels(route).observe(elapsed)
+            self.metrics.observe_request(scope["method"], route, status["code"], elapsed)
             if self.access_log and access_logger.isEnabledFor(logging.INFO):
                 client = scope.get("client")
                 access_logger.info(

@@ -9,7 +9,8 @@ Contract every backend implements (see `OnlineStore`):
 - The pointer (`Pointer`) names the active slot. Only a `"ready"` slot can become active, and the
   active slot can never be prepared (wiped); so the slot behind the pointer is always complete.
 - `read` resolves the pointer once and reads every requested key from that one slot in one
-  consistent snapshot: a result never mixes slots or model versions, even during a flip.
+  consistent snapshot: a result never mixes slots or model versions, even during a flip. `aread` is the
+  same read for an event loop (the serving API's request path).
 - `write_batch` is atomic: a batch is fully visible or not at all. It is refused with
   `StaleWriteError` when the slot is bound to another model version (or to none).
 - Backend outages raise `StoreUnavailableError` with a human-readable reason.
@@ -17,6 +18,7 @@ Contract every backend implements (see `OnlineStore`):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from abc import ABC, abstractmethod
@@ -202,6 +204,15 @@ class OnlineStore(ABC):
         slot. Missing keys map to None. Raises NothingDeployedError if no slot is active.
         """
 
+    async def aread(
+        self, namespace: str, keys: Sequence[str], *, extra: Mapping[str, Sequence[str]] | None = None
+    ) -> ReadResult:
+        """`read` for an event loop, same contract. By default `read` itself when reads are inline (local and
+        sub-millisecond), else `read` in a worker thread; a backend with an async client overrides it."""
+        if self.inline_reads:
+            return self.read(namespace, keys, extra=extra)
+        return await asyncio.to_thread(self.read, namespace, keys, extra=extra)
+
     @abstractmethod
     def read_slot(
         self,
@@ -245,6 +256,10 @@ class OnlineStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+    async def aclose(self) -> None:
+        """Release connections, those of `aread` included (call it on the loop that read)."""
+        self.close()
 
     def __enter__(self) -> OnlineStore:
         return self

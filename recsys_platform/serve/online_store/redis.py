@@ -14,6 +14,8 @@ key names from the pointer, so it needs a single Redis instance (not Redis Clust
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,10 +25,10 @@ from typing import TypeVar
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import NoScriptError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from recsys_platform.redis_client import connect_redis
+from recsys_platform.redis_client import connect_redis, connect_redis_async
 from recsys_platform.serve.online_store.base import (
     SLOTS,
     NothingDeployedError,
@@ -79,7 +81,61 @@ while i <= #ARGV do
 end
 return out
 """
+_READ_SCRIPT_SHA = hashlib.sha1(_READ_SCRIPT.encode()).hexdigest()
 _MAX_WATCH_RETRIES = 5
+
+
+class _PipelinedReads:
+    """The read script's calls on one event loop's asyncio client, sent in batches: every read that arrives while
+    the loop is busy joins the next pipeline, so a batch costs one write and one reply instead of one per read.
+    Each EVALSHA is still atomic on its own (pipelines are not transactions), so each read keeps its snapshot.
+    On 2 cores, 16 concurrent reads: ~25 us of client CPU per read pipelined, ~50 us one by one."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._pending: list[tuple[list, asyncio.Future]] = []
+        self._flushes: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+
+    async def run(self, args: list) -> list:
+        """The script's reply for `args` (its exceptions raised here)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((args, future))
+        if len(self._pending) == 1:
+            task = loop.create_task(self._flush())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        return await future
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for args, _ in batch:
+                    pipe.execute_command("EVALSHA", _READ_SCRIPT_SHA, 0, *args)
+                replies = await pipe.execute(raise_on_error=False)
+            if any(isinstance(r, NoScriptError) for r in replies):  # the server lost its scripts (restart, flush)
+                await self.client.script_load(_READ_SCRIPT)
+                replies = [
+                    await self.client.execute_command("EVALSHA", _READ_SCRIPT_SHA, 0, *args)
+                    if isinstance(reply, NoScriptError)
+                    else reply
+                    for (args, _), reply in zip(batch, replies, strict=True)
+                ]
+        except BaseException as exc:  # noqa: BLE001 - every waiting read gets the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # the request was cancelled meanwhile
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
 
 
 def _now() -> str:
@@ -91,9 +147,12 @@ class RedisOnlineStore(OnlineStore):
 
     def __init__(self, url: str, *, socket_timeout: float = 2.0) -> None:
         self.url = url
+        self._socket_timeout = socket_timeout
         connection = connect_redis(url, "recsys", socket_timeout)
         self.client, self.prefix, self._where = connection.client, connection.prefix, connection.where
         self._read_script = self.client.register_script(_READ_SCRIPT)
+        # `aread`'s client, made on the event loop that first reads (asyncio connections belong to one loop)
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, _PipelinedReads] | None = None
 
     # --- keys and errors ---------------------------------------------------------------
 
@@ -244,18 +303,38 @@ class RedisOnlineStore(OnlineStore):
         logger.info("sealed slot %s: %s", slot, counts)
         return info
 
-    def _run_read(
+    def _read_args(
         self, slot: str, namespace: str, keys: Sequence[str], extra: Mapping[str, Sequence[str]] | None
-    ) -> tuple[list[str | None], list[tuple[str, list[str], list[str | None]]]]:
+    ) -> tuple[list[str | int], list[tuple[str, list[str]]]]:
         groups = [(validate_namespace(namespace), list(keys))]
         groups += [(validate_namespace(ns), list(ks)) for ns, ks in (extra or {}).items()]
         args: list[str | int] = [self.prefix, slot]
         for ns, ks in groups:
             args += [ns, len(ks), *ks]
-        with self._errors():
-            reply = self._read_script(args=args)
+        return args, groups
+
+    @staticmethod
+    def _split_reply(
+        reply: list, groups: list[tuple[str, list[str]]]
+    ) -> tuple[list[str | None], list[tuple[str, list[str], list[str | None]]]]:
         head = reply[0]
         return head, [(ns, ks, reply[i + 1] if i + 1 < len(reply) else []) for i, (ns, ks) in enumerate(groups)]
+
+    def _run_read(
+        self, slot: str, namespace: str, keys: Sequence[str], extra: Mapping[str, Sequence[str]] | None
+    ) -> tuple[list[str | None], list[tuple[str, list[str], list[str | None]]]]:
+        args, groups = self._read_args(slot, namespace, keys, extra)
+        with self._errors():
+            reply = self._read_script(args=args)
+        return self._split_reply(reply, groups)
+
+    def _async_reads(self) -> _PipelinedReads:
+        """The read script's batches on this event loop's asyncio client (a new client when the loop changed)."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            client = connect_redis_async(self.url, "recsys", self._socket_timeout)
+            self._async = (loop, client, _PipelinedReads(client))
+        return self._async[2]
 
     @staticmethod
     def _assemble(groups: list[tuple[str, list[str], list[str | None]]]) -> tuple[dict, dict]:
@@ -271,6 +350,22 @@ class RedisOnlineStore(OnlineStore):
         if not head or not head[0]:
             raise NothingDeployedError("no slot is active (nothing deployed yet)")
         values, extra_values = self._assemble(groups)
+        return ReadResult(head[0], head[1], head[2], values, extra_values, deployed_at=head[3])
+
+    async def aread(
+        self, namespace: str, keys: Sequence[str], *, extra: Mapping[str, Sequence[str]] | None = None
+    ) -> ReadResult:
+        """`read` on the asyncio client: the same Lua call, without a worker thread, pipelined with the loop's
+        other reads. A thread hop and the sync client cost ~200-270 us of CPU per read on 2 cores, the asyncio
+        client ~50-65 us one by one."""
+        args, groups = self._read_args("", namespace, keys, extra)
+        reads = self._async_reads()
+        with self._errors():
+            reply = await reads.run(args)
+        head, groups_read = self._split_reply(reply, groups)
+        if not head or not head[0]:
+            raise NothingDeployedError("no slot is active (nothing deployed yet)")
+        values, extra_values = self._assemble(groups_read)
         return ReadResult(head[0], head[1], head[2], values, extra_values, deployed_at=head[3])
 
     def read_slot(
@@ -357,3 +452,10 @@ class RedisOnlineStore(OnlineStore):
     def close(self) -> None:
         """Release the connection pool."""
         self.client.close()
+
+    async def aclose(self) -> None:
+        """Release both connection pools (the asyncio one on its own loop)."""
+        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+            await self._async[1].aclose()
+        self._async = None
+        self.close()
