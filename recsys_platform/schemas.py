@@ -44,6 +44,22 @@ SLEEP_CONTENT_TYPES: tuple[str, ...] = ("sleep_story", "soundscape")
 # A play shorter than this many seconds counts as a bounce (negative signal).
 BOUNCE_SECONDS: float = 30.0
 
+
+def is_night(local_hour: pl.Expr) -> pl.Expr:
+    """Whether a local hour is night (NIGHT_START_HOUR to before NIGHT_END_HOUR)."""
+    return (local_hour >= NIGHT_START_HOUR) | (local_hour < NIGHT_END_HOUR)
+
+
+def is_sleep_content(content_type: pl.Expr) -> pl.Expr:
+    """Whether a content type is for falling asleep (SLEEP_CONTENT_TYPES)."""
+    return content_type.is_in(list(SLEEP_CONTENT_TYPES))
+
+
+def is_bounce(event_type: pl.Expr, seconds_listened: pl.Expr) -> pl.Expr:
+    """Whether an event is a bounce: a content exit before BOUNCE_SECONDS (no time listened counts as none)."""
+    return (event_type == "content_exit") & (seconds_listened.fill_null(0.0) < BOUNCE_SECONDS)
+
+
 # Interaction weights: complete > favorite > start; bounces are negative.
 EVENT_WEIGHTS: dict[str, float] = {
     "content_complete": 3.0,

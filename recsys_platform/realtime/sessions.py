@@ -24,8 +24,6 @@ from recsys_platform import schemas
 WINDOW = timedelta(minutes=10)
 SLIDE = timedelta(minutes=5)
 MAX_SEARCH_TERMS = 5
-NIGHT_START_HOUR = schemas.NIGHT_START_HOUR  # the night of features.user_night_share
-NIGHT_END_HOUR = schemas.NIGHT_END_HOUR
 SLEEP_TYPES = schemas.SLEEP_CONTENT_TYPES
 
 # Topic-keyword vocabulary of search terms (the offline fallback for a sentence embedding).
@@ -156,7 +154,7 @@ def session_features(
                 (pl.col("sess_sleep_bounces") / pl.col("sess_sleep_starts")).clip(0.0, 1.0)
             ),
         )
-        .with_columns(is_night=(pl.col("local_hour") >= NIGHT_START_HOUR) | (pl.col("local_hour") < NIGHT_END_HOUR))
+        .with_columns(is_night=schemas.is_night(pl.col("local_hour")))
     )
     vectors = [keyword_vector(" ".join(terms)) for terms in out["search_terms"].to_list()]
     out = out.with_columns(
@@ -167,8 +165,8 @@ def session_features(
 
 def _aggregations() -> list[pl.Expr]:
     etype = pl.col("event_type")
-    sleep = pl.col("content_type").is_in(list(SLEEP_TYPES))
-    bounce = (etype == "content_exit") & (pl.col("seconds_listened").fill_null(0.0) < schemas.BOUNCE_SECONDS)
+    sleep = schemas.is_sleep_content(pl.col("content_type"))
+    bounce = schemas.is_bounce(etype, pl.col("seconds_listened"))
     search = pl.col("query").filter((etype == "search") & pl.col("query").is_not_null())
     return [
         pl.len().alias("sess_events"),
