@@ -54,7 +54,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             served_log_schedule_for(served_log_job),
         ],
         resources=build_resources(settings),
-        executor=executor_from_env(),
+        executor=executor_from_env(settings),
     )
 
 

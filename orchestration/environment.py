@@ -9,7 +9,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from recsys_platform.config import Settings
-from recsys_platform.deploy_profile import executor_settings_from_env
+from recsys_platform.deploy_profile import executor_settings
 from resources import (
     LakeIOManager,
     LandingZoneResource,
@@ -39,12 +39,13 @@ def build_resources(settings: Settings) -> dict[str, object]:
     }
 
 
-def executor_from_env() -> dg.ExecutorDefinition | None:
-    """Default executor of every job from RECSYS_EXECUTOR (unset: Dagster's multiprocess default).
+def executor_from_env(settings: Settings | None = None) -> dg.ExecutorDefinition | None:
+    """Default executor of every job from RECSYS_EXECUTOR (unset: Dagster's multiprocess default), as `settings`
+    (default: the environment's) read it.
 
     Jobs that name their own executor (the near-real-time refresh runs in-process) keep it, and
     `execute_in_process` (CLI, tests) always runs in-process. See deploy/ENVIRONMENT.md."""
-    choice = executor_settings_from_env()
+    choice = executor_settings((settings or Settings.from_env()).executor)
     if choice.kind == "in_process":
         return dg.in_process_executor
     if choice.kind == "multiprocess" or (choice.kind == "default" and choice.max_concurrent):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import smtplib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -25,9 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-logger = logging.getLogger(__name__)
+from recsys_platform.config import ALERT_URL_ENV, Settings
 
-ALERT_URL_ENV = "RECSYS_ALERT_URL"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,8 +139,9 @@ def notifier_from_url(url: str | None) -> Notifier:
 
 
 def notify(alert: Alert, url: str | None = None) -> bool:
-    """Send `alert` where RECSYS_ALERT_URL (or `url`) says; True when delivered, False (logged) otherwise."""
-    target = url if url is not None else os.environ.get(ALERT_URL_ENV, "")
+    """Send `alert` where `url` (default: RECSYS_ALERT_URL, `Settings.alert_url`) says; True when delivered,
+    False (logged) otherwise."""
+    target = url if url is not None else Settings.from_env().alert_url
     try:
         notifier_from_url(target).send(alert)
     except Exception:  # noqa: BLE001 - an alert must never fail its sender

@@ -19,6 +19,18 @@ CHALLENGER_ALIAS = "challenger"
 # The model version recorded on lists served by the popularity fallback (no champion yet).
 POPULARITY_VERSION = "popularity-baseline"
 
+# Environment variables read here and interpreted elsewhere (their names appear in that module's error messages).
+EXECUTOR_ENV = "RECSYS_EXECUTOR"
+MAX_CONCURRENT_ENV = "RECSYS_MAX_CONCURRENT"
+CELERY_BROKER_ENV = "RECSYS_CELERY_BROKER_URL"
+CELERY_BACKEND_ENV = "RECSYS_CELERY_BACKEND_URL"
+CELERY_KEY_PREFIX_ENV = "RECSYS_CELERY_KEY_PREFIX"
+CELERY_QUEUE_ENV = "RECSYS_CELERY_QUEUE"
+RETENTION_PATH_ENV = "RECSYS_RETENTION"
+APP_LAUNCH_ENV = "RECSYS_APP_LAUNCH"
+ALERT_URL_ENV = "RECSYS_ALERT_URL"
+SENSOR_STATUS_ENV = "RECSYS_LANDING_SENSOR"
+
 
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name, "").strip()
@@ -100,6 +112,26 @@ class PipelineParams:
 
 
 @dataclass(frozen=True)
+class ExecutorEnv:
+    """The executor and Celery settings as written in the environment, empty when unset;
+    `deploy_profile.executor_settings` and `celery_app_settings` validate them and fill in the defaults."""
+
+    kind: str = ""
+    max_concurrent: str = ""
+    celery_broker_url: str = ""
+    celery_backend_url: str = ""
+    celery_key_prefix: str = ""
+    celery_queue: str = ""
+
+    @classmethod
+    def from_env(cls) -> ExecutorEnv:
+        """Read RECSYS_EXECUTOR, RECSYS_MAX_CONCURRENT and RECSYS_CELERY_*."""
+        names = (EXECUTOR_ENV, MAX_CONCURRENT_ENV, CELERY_BROKER_ENV, CELERY_BACKEND_ENV)
+        names += (CELERY_KEY_PREFIX_ENV, CELERY_QUEUE_ENV)
+        return cls(*(os.environ.get(name, "").strip() for name in names))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where everything lives. The profile is chosen by environment variables only."""
 
@@ -116,6 +148,14 @@ class Settings:
     s3_endpoint_url: str | None
     params: PipelineParams = field(default_factory=PipelineParams)
     recommendation_sets_path: Path = PROJECT_ROOT / "config" / "recommendation_sets.yaml"
+    executor: ExecutorEnv = field(default_factory=ExecutorEnv)
+    retention_path: Path = PROJECT_ROOT / "config" / "retention.yaml"
+    # ISO date or time; empty: the ingestion's own default (`ingest.ingestion.app_launch`).
+    app_launch: str = ""
+    # Where failed-run alerts go (`alerts.notifier_from_url`); empty: an ERROR log line.
+    alert_url: str = ""
+    # Whether the landing sensor (the near-real-time refresh) starts switched on.
+    landing_sensor_running: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -137,6 +177,11 @@ class Settings:
             recommendation_sets_path=Path(
                 _env("RECSYS_RECOMMENDATION_SETS", str(PROJECT_ROOT / "config" / "recommendation_sets.yaml"))
             ),
+            executor=ExecutorEnv.from_env(),
+            retention_path=Path(_env(RETENTION_PATH_ENV, str(PROJECT_ROOT / "config" / "retention.yaml"))),
+            app_launch=_env(APP_LAUNCH_ENV, ""),
+            alert_url=os.environ.get(ALERT_URL_ENV, ""),
+            landing_sensor_running=_env(SENSOR_STATUS_ENV, "").lower() in ("running", "on", "1", "true"),
         )
 
     @property

@@ -1,6 +1,6 @@
 """The deployment profile: which backend serves each concern and which executor runs the jobs.
 
-Everything is read from environment variables (see deploy/ENVIRONMENT.md); nothing here
+Everything comes from environment variables (see deploy/ENVIRONMENT.md) that `Settings` reads; nothing here
 imports Dagster. `orchestration/environment.py` turns `ExecutorSettings` into a Dagster
 executor, the Celery workers read `celery_app_settings()` through `deploy/dagster_celery_config.py`,
 and the lake IO manager and the analyst catalog take their S3 options from here.
@@ -12,14 +12,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsys_platform.config import Settings
+from recsys_platform.config import (
+    CELERY_KEY_PREFIX_ENV,
+    EXECUTOR_ENV,
+    MAX_CONCURRENT_ENV,
+    ExecutorEnv,
+    Settings,
+)
 
-EXECUTOR_ENV = "RECSYS_EXECUTOR"
-MAX_CONCURRENT_ENV = "RECSYS_MAX_CONCURRENT"
-CELERY_BROKER_ENV = "RECSYS_CELERY_BROKER_URL"
-CELERY_BACKEND_ENV = "RECSYS_CELERY_BACKEND_URL"
-CELERY_KEY_PREFIX_ENV = "RECSYS_CELERY_KEY_PREFIX"
-CELERY_QUEUE_ENV = "RECSYS_CELERY_QUEUE"
 EXECUTORS = ("default", "multiprocess", "in_process", "celery", "k8s")
 DEFAULT_CELERY_BROKER = "pyamqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_CELERY_BACKEND = "rpc://"
@@ -39,10 +39,10 @@ class ExecutorSettings:
     celery: dict[str, Any] = field(default_factory=dict)
 
 
-def celery_app_settings() -> dict[str, Any]:
-    """Broker, result backend and Celery settings shared by the executor and its workers (from env)."""
-    broker = os.environ.get(CELERY_BROKER_ENV, "").strip() or DEFAULT_CELERY_BROKER
-    backend = os.environ.get(CELERY_BACKEND_ENV, "").strip() or DEFAULT_CELERY_BACKEND
+def celery_app_settings(env: ExecutorEnv) -> dict[str, Any]:
+    """Broker, result backend and Celery settings shared by the executor and its workers."""
+    broker = env.celery_broker_url or DEFAULT_CELERY_BROKER
+    backend = env.celery_backend_url or DEFAULT_CELERY_BACKEND
     # Same retry settings dagster-celery ships with; the key prefix lets several deployments
     # (or test runs) share one Redis broker without taking each other's tasks.
     transport: dict[str, Any] = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
@@ -51,10 +51,10 @@ def celery_app_settings() -> dict[str, Any]:
         "task_default_priority": 5,
         # One queue per deployment lets several share a broker (RabbitMQ vhost or Redis db) without
         # taking each other's steps; the workers must be started with `-Q` on the same name.
-        "task_default_queue": os.environ.get(CELERY_QUEUE_ENV, "").strip() or CELERY_QUEUE,
+        "task_default_queue": env.celery_queue or CELERY_QUEUE,
         "broker_transport_options": transport,
     }
-    prefix = os.environ.get(CELERY_KEY_PREFIX_ENV, "").strip()
+    prefix = env.celery_key_prefix
     if prefix:
         if not broker.startswith(("redis://", "rediss://")):
             raise ProfileError(f"{CELERY_KEY_PREFIX_ENV} needs a Redis broker, got {broker!r}")
@@ -64,19 +64,24 @@ def celery_app_settings() -> dict[str, Any]:
     return {"broker": broker, "backend": backend, "config_source": source}
 
 
-def executor_settings_from_env() -> ExecutorSettings:
-    """Read RECSYS_EXECUTOR (default|multiprocess|in_process|celery|k8s) and its options."""
-    kind = (os.environ.get(EXECUTOR_ENV, "").strip() or "default").lower().replace("-", "_")
+def executor_settings(env: ExecutorEnv) -> ExecutorSettings:
+    """The executor RECSYS_EXECUTOR (default|multiprocess|in_process|celery|k8s) names, with its options."""
+    kind = (env.kind or "default").lower().replace("-", "_")
     if kind not in EXECUTORS:
         raise ProfileError(f"{EXECUTOR_ENV}={kind!r} is not one of {', '.join(EXECUTORS)}")
-    raw = os.environ.get(MAX_CONCURRENT_ENV, "").strip()
+    raw = env.max_concurrent
     try:
         max_concurrent = int(raw) if raw else None
     except ValueError as exc:
         raise ProfileError(f"{MAX_CONCURRENT_ENV}={raw!r} is not an integer") from exc
     if max_concurrent is not None and max_concurrent < 1:
         raise ProfileError(f"{MAX_CONCURRENT_ENV} must be >= 1, got {max_concurrent}")
-    return ExecutorSettings(kind, max_concurrent, celery_app_settings() if kind == "celery" else {})
+    return ExecutorSettings(kind, max_concurrent, celery_app_settings(env) if kind == "celery" else {})
+
+
+def executor_settings_from_env() -> ExecutorSettings:
+    """`executor_settings` of the environment's `Settings`."""
+    return executor_settings(Settings.from_env().executor)
 
 
 def is_s3(url: str) -> bool:
@@ -129,7 +134,7 @@ def describe_profile(settings: Settings) -> dict[str, str]:
         "push_queue": _backend_of(settings.push_queue_url),
         "mlflow_tracking": _backend_of(settings.mlflow_tracking_uri),
         "mlflow_artifacts": _backend_of(settings.mlflow_artifact_uri),
-        "executor": executor_settings_from_env().kind,
+        "executor": executor_settings(settings.executor).kind,
     }
 
 

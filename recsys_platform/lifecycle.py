@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ from typing import Any
 import polars as pl
 
 from recsys_platform import schemas
-from recsys_platform.config import PROJECT_ROOT, Settings
+from recsys_platform.config import Settings
 from recsys_platform.ingest.landing import (
     landing_zone_from_url,
     parquet_bytes,
@@ -227,7 +226,6 @@ def forget_user(user_id: str, settings: Settings | None = None) -> ForgetReport:
 
 # --- retention ------------------------------------------------------------------------------------------------
 
-RETENTION_PATH_ENV = "RECSYS_RETENTION"
 RETENTION_TABLES = (
     "raw_events",
     "quarantined_events",
@@ -241,10 +239,11 @@ _PARTITIONED_TABLES = ("raw_events", "quarantined_events", "session_features", "
 
 
 def load_retention(path: Path | None = None) -> dict[str, int]:
-    """Days per table from config/retention.yaml (or RECSYS_RETENTION); ValueError for unknown tables or bad days."""
+    """Days per table from `path` (default: `Settings.retention_path`, config/retention.yaml or RECSYS_RETENTION);
+    ValueError for unknown tables or bad days."""
     import yaml
 
-    path = path or Path(os.environ.get(RETENTION_PATH_ENV) or PROJECT_ROOT / "config" / "retention.yaml")
+    path = path or Settings.from_env().retention_path
     doc = yaml.safe_load(path.read_text()) or {}
     unknown = sorted(set(doc) - set(RETENTION_TABLES))
     if unknown:

@@ -44,6 +44,52 @@ SLEEP_CONTENT_TYPES: tuple[str, ...] = ("sleep_story", "soundscape")
 # A play shorter than this many seconds counts as a bounce (negative signal).
 BOUNCE_SECONDS: float = 30.0
 
+
+# Topic-keyword vocabulary of search terms (the offline fallback for a sentence embedding).
+TOPIC_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "sleep": ("sleep", "bedtime", "insomnia", "night", "story", "stories", "rain", "dream", "nap", "white", "noise"),
+    "movement": ("yoga", "stretch", "stretching", "walk", "walking", "run", "running", "workout", "move", "exercise"),
+    "focus": ("focus", "work", "study", "concentrate", "concentration", "productivity", "deep"),
+    "meditation": (
+        "meditation",
+        "meditate",
+        "calm",
+        "anxiety",
+        "stress",
+        "breathe",
+        "breathing",
+        "mindful",
+        "gratitude",
+    ),
+    "music": ("music", "piano", "ambient", "lofi", "classical", "song", "songs"),
+    "kids": ("kids", "kid", "children", "child", "lullaby"),
+}
+# Which content types each search topic points at.
+TOPIC_CONTENT_TYPES: dict[str, tuple[str, ...]] = {
+    "sleep": SLEEP_CONTENT_TYPES,
+    "movement": ("movement",),
+    "focus": ("focus",),
+    "meditation": ("meditation",),
+    "music": ("music",),
+    "kids": ("kids",),
+}
+
+
+def is_night(local_hour: pl.Expr) -> pl.Expr:
+    """Whether a local hour is night (NIGHT_START_HOUR to before NIGHT_END_HOUR)."""
+    return (local_hour >= NIGHT_START_HOUR) | (local_hour < NIGHT_END_HOUR)
+
+
+def is_sleep_content(content_type: pl.Expr) -> pl.Expr:
+    """Whether a content type is for falling asleep (SLEEP_CONTENT_TYPES)."""
+    return content_type.is_in(list(SLEEP_CONTENT_TYPES))
+
+
+def is_bounce(event_type: pl.Expr, seconds_listened: pl.Expr) -> pl.Expr:
+    """Whether an event is a bounce: a content exit before BOUNCE_SECONDS (no time listened counts as none)."""
+    return (event_type == "content_exit") & (seconds_listened.fill_null(0.0) < BOUNCE_SECONDS)
+
+
 # Interaction weights: complete > favorite > start; bounces are negative.
 EVENT_WEIGHTS: dict[str, float] = {
     "content_complete": 3.0,
@@ -159,6 +205,29 @@ REALTIME_RECOMMENDATION_SCHEMA: dict[str, pl.DataType] = {
 
 # --- tables of the batch, push and experiment paths ----------------------------------
 
+# Session features of the near-real-time path (lake table session_features, one row per user and window).
+SEARCH_COLUMNS: tuple[str, ...] = tuple(f"search_{t}" for t in TOPIC_KEYWORDS)
+
+SESSION_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "window_start": pl.Datetime("us", "UTC"),
+    "window_end": pl.Datetime("us", "UTC"),
+    "last_event_time": pl.Datetime("us", "UTC"),
+    "sess_events": pl.UInt32(),
+    "sess_starts": pl.UInt32(),
+    "sess_completes": pl.UInt32(),
+    "sess_sleep_starts": pl.UInt32(),
+    "sess_sleep_bounces": pl.UInt32(),
+    "sess_sleep_bounce_rate": pl.Float64(),
+    "sess_started_items": pl.List(pl.String()),
+    "sess_completed_items": pl.List(pl.String()),
+    "search_terms": pl.List(pl.String()),
+    **{c: pl.Float64() for c in SEARCH_COLUMNS},
+    "steps_trend": pl.Float64(),
+    "heart_rate_trend": pl.Float64(),
+    "local_hour": pl.Int64(),
+    "is_night": pl.Boolean(),
+}
 BATCH_SCORE_SCHEMA: dict[str, pl.DataType] = {
     "shard": pl.String(),
     "user_id": pl.String(),

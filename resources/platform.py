@@ -1,16 +1,17 @@
 """Configurable resources wrapping the core: landing zone, online store, MLflow, pipeline settings."""
 
+from dataclasses import fields
 from pathlib import Path
+from typing import get_type_hints
 
 import dagster as dg
+import pydantic
 from dagster_aws.s3 import S3Resource
 
 from recsys_platform.config import REGISTERED_MODEL_NAME, PipelineParams, fields_of
 from recsys_platform.ingest.landing import LandingZone, LocalLandingZone, S3LandingZone
 from recsys_platform.model.params import ModelParams
 from recsys_platform.serve.online_store import OnlineStore, open_online_store
-
-_DEFAULTS = PipelineParams()
 
 
 class LandingZoneResource(dg.ConfigurableResource):
@@ -47,23 +48,11 @@ class MlflowResource(dg.ConfigurableResource):
     model_name: str = REGISTERED_MODEL_NAME
 
 
-class PipelineResource(dg.ConfigurableResource):
-    """Modelling tunables (defaults from `PipelineParams`) and the analyst catalog location."""
+class _PipelineResource(dg.ConfigurableResource):
+    """Modelling tunables (every field of `PipelineParams`, with its default) and the analyst catalog location."""
 
     lake_url: str
     catalog_path: str
-    top_n: int = _DEFAULTS.top_n
-    candidates_per_source: int = _DEFAULTS.candidates_per_source
-    recent_exclusion_days: float = _DEFAULTS.recent_exclusion_days
-    watermark_minutes: int = _DEFAULTS.watermark_minutes
-    seed: int = _DEFAULTS.seed
-    ranker_threads: int = _DEFAULTS.ranker_threads
-    promotion_margin: float = _DEFAULTS.promotion_margin
-    max_training_users: int = _DEFAULTS.max_training_users
-    training_windows: str = _DEFAULTS.training_windows
-    max_replays: int = _DEFAULTS.max_replays
-    replay_window: int = _DEFAULTS.replay_window
-    push_on_refresh: bool = _DEFAULTS.push_on_refresh
 
     def params(self) -> PipelineParams:
         """The core's parameter object."""
@@ -77,3 +66,15 @@ class PipelineResource(dg.ConfigurableResource):
     def analyst_catalog(self) -> Path:
         """Path of the DuckDB analyst catalog."""
         return Path(self.catalog_path)
+
+
+# One declaration of the tunables: the resource takes each field of `PipelineParams` (name, type, default) as a
+# flat config field of its own, which the Dagster UI shows and run config sets, instead of a hand-kept copy.
+_TUNABLES = get_type_hints(PipelineParams)
+PipelineResource = pydantic.create_model(
+    "PipelineResource",
+    __base__=_PipelineResource,
+    __module__=__name__,
+    __doc__=_PipelineResource.__doc__,
+    **{f.name: (_TUNABLES[f.name], f.default) for f in fields(PipelineParams)},
+)

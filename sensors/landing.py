@@ -1,10 +1,10 @@
 """Landing sensor: turn newly landed event files into refresh runs for the touched arrival hours."""
 
-import os
 from typing import Any
 
 import dagster as dg
 
+from recsys_platform.config import Settings
 from recsys_platform.realtime import FILES_TAG, FIRST_FILE_TAG, LAST_FILE_TAG, PARTITION_TAG, SENSOR_STATUS_ENV
 from recsys_platform.realtime.cursor import LandingCursor, new_event_files
 from resources import LandingZoneResource
@@ -13,7 +13,7 @@ MAX_FILES_PER_TICK = 5000
 
 
 def _default_status() -> dg.DefaultSensorStatus:
-    running = os.environ.get(SENSOR_STATUS_ENV, "").strip().lower() in ("running", "on", "1", "true")
+    running = Settings.from_env().landing_sensor_running
     return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
 
 

@@ -174,3 +174,45 @@ def test_the_contracts_catch_what_they_forbid():
     _add(graph, "recsys_platform.push.queue", "recsys_platform.push.sqlite_queue", 11)
     _add(graph, "recsys_platform.push.sqlite_queue", "recsys_platform.push.queue", 2)
     assert import_cycles(graph, core) == [["recsys_platform.push.queue", "recsys_platform.push.sqlite_queue"]]
+
+
+# Who may touch os.environ besides `Settings` (recsys_platform/config.py), and why. Each entry is an exception
+# with a reason, not a setting: a setting of the platform is a field of `Settings`, read in config.py.
+ENVIRONMENT_OUTSIDE_SETTINGS = {
+    # Writes a default for the OpenMP runtime before LightGBM loads it.
+    "recsys_platform/__init__.py",
+    # Writes DAGSTER_HOME and RECSYS_RANKER_THREADS for the runs the CLI starts in its own process.
+    "recsys_platform/cli.py",
+    # MLflow's own MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, saved and restored around its client, and the
+    # environment of the MLflow server subprocess.
+    "recsys_platform/model/registry.py",
+    # Writes GX_ANALYTICS_ENABLED=False for Great Expectations.
+    "recsys_platform/ingest/quality.py",
+    # AWS_REGION / AWS_DEFAULT_REGION, the AWS SDK's own variables, handed to polars' object store.
+    "recsys_platform/deploy_profile.py",
+    # Resolves a relative base_dir under DAGSTER_HOME as Dagster's own SQLite storage does.
+    "orchestration/instance_storage.py",
+    # Open (issue 15): the serving path reads its switches itself, pending the rewrite of recsys_platform/serve/.
+    "recsys_platform/serve/auth.py",
+    "recsys_platform/serve/events_api.py",
+    "recsys_platform/serve/observability.py",
+    "recsys_platform/serve/served_log.py",
+}
+# Dev tools and the quality benchmark build the environments of the subprocesses they start.
+NOT_THE_PRODUCT = ("recsys_platform/dev/", "recsys_platform/quality_benchmark/")
+
+
+def test_settings_is_the_only_reader_of_the_environment():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readers = set()
+    for folder in (CORE_PACKAGE, *SHELL):
+        for path in (root / folder).rglob("*.py"):
+            name = path.relative_to(root).as_posix()
+            if name == "recsys_platform/config.py" or name.startswith(NOT_THE_PRODUCT):
+                continue
+            if re.search(r"\bos\.(environ|getenv|putenv)\b|\benv_number\(", path.read_text()):
+                readers.add(name)
+    assert readers == ENVIRONMENT_OUTSIDE_SETTINGS

@@ -134,3 +134,18 @@ def test_the_gate_refuses_holdouts_scored_against_different_champions(tmp_path: 
             mlflow=MlflowResource(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"),
             pipeline=PipelineResource(lake_url=str(tmp_path / "lake"), catalog_path=str(tmp_path / "catalog.duckdb")),
         )
+
+
+def test_the_pipeline_resource_configures_every_tunable_of_pipeline_params():
+    from dataclasses import asdict, replace
+
+    from recsys_platform.config import PipelineParams
+    from resources import PipelineResource
+
+    config_fields = PipelineResource.to_config_schema().as_field().config_type.fields
+    assert set(config_fields) == {"lake_url", "catalog_path", *asdict(PipelineParams())}
+    tuned = replace(PipelineParams(), top_n=7, promotion_margin=0.25, training_windows="random", push_on_refresh=False)
+    resource = PipelineResource(lake_url="lake", catalog_path="c.duckdb", **asdict(tuned))
+    assert resource.params() == tuned
+    assert PipelineResource(lake_url="lake", catalog_path="c.duckdb").params() == PipelineParams()
+    assert resource.model_params() == tuned.model_params()

@@ -134,3 +134,19 @@ def test_readme_documents_every_cli_command_and_http_endpoint():
         api.state.store.close()
     assert len(routes) >= 6
     assert {r for r in routes if r not in text} == set()
+
+
+def test_the_readme_asset_graph_names_every_asset(defs):
+    diagram = re.search(r"```\n(.*?)```", section(README.read_text(), "Asset graph"), re.S)
+    assert diagram
+    named = set(re.findall(r"\w+", diagram.group(1)))
+    assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert assets - named == set()
+
+
+def test_the_readme_configuration_table_names_every_variable_settings_reads():
+    config = (PROJECT_ROOT / "recsys_platform" / "config.py").read_text()
+    variables = set(re.findall(r'"((?:RECSYS|MLFLOW|DAGSTER)_[A-Z_]+)"', config))
+    table = section(README.read_text(), "Configuration (environment variables only)")
+    assert len(variables) > 15
+    assert {v for v in variables if f"`{v}`" not in table} == set()

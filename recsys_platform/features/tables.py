@@ -26,11 +26,6 @@ HISTORY_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type", "event_t
 POSITIVE_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_time", "weight")
 
 
-def _is_night(local_hour: pl.Expr) -> pl.Expr:
-    """Whether a local hour is night (`schemas.NIGHT_START_HOUR` to before `schemas.NIGHT_END_HOUR`)."""
-    return (local_hour >= schemas.NIGHT_START_HOUR) | (local_hour < schemas.NIGHT_END_HOUR)
-
-
 def build_interactions(events: pl.LazyFrame | pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
     """Typed, deduplicated, weighted content interactions from raw events."""
     lf = events.lazy() if isinstance(events, pl.DataFrame) else events
@@ -49,8 +44,7 @@ def build_interactions(events: pl.LazyFrame | pl.DataFrame, items: pl.DataFrame)
             completion_ratio=pl.when(pl.col("event_type") == "content_complete")
             .then(1.0)
             .otherwise((pl.col("seconds_listened") / pl.col("duration_seconds")).clip(0.0, 1.0)),
-            is_bounce=(pl.col("event_type") == "content_exit")
-            & (pl.col("seconds_listened").fill_null(0.0) < schemas.BOUNCE_SECONDS),
+            is_bounce=schemas.is_bounce(pl.col("event_type"), pl.col("seconds_listened")),
         )
         .with_columns(weight=weight)
         .select(list(schemas.INTERACTION_SCHEMA))
@@ -185,12 +179,11 @@ def user_features(
             user_active_days=pl.col("event_time").dt.date().n_unique(),
             user_distinct_items=pl.col("item_id").n_unique(),
             user_days_since_last=((cut - pl.col("event_time").max()).dt.total_seconds() / 86400.0),
-            user_night_share=(starts & _is_night(pl.col("local_hour"))).sum() / starts.sum().clip(1),
+            user_night_share=(starts & schemas.is_night(pl.col("local_hour"))).sum() / starts.sum().clip(1),
             user_morning_share=(starts & (pl.col("local_hour") >= 5) & (pl.col("local_hour") < 12)).sum()
             / starts.sum().clip(1),
             user_level_played=level_idx.filter(completes).mean(),
-            user_sleep_share=(starts & pl.col("content_type").is_in(list(schemas.SLEEP_CONTENT_TYPES))).sum()
-            / starts.sum().clip(1),
+            user_sleep_share=(starts & schemas.is_sleep_content(pl.col("content_type"))).sum() / starts.sum().clip(1),
             user_movement_share=(starts & (pl.col("content_type") == "movement")).sum() / starts.sum().clip(1),
         )
     )

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from recsys_platform import schemas
+from recsys_platform.config import Settings
 from recsys_platform.ingest.event_files import ROW_COLUMN, FileFormatError, RawFile, read_jsonl, read_parquet
 from recsys_platform.ingest.landing import FILE_FORMATS, LandedFile, LandingZone, arrival_time_of, read_import_manifests
 
@@ -75,7 +75,7 @@ _LINEAGE = (ROW_COLUMN, "source_file", "arrival_time")
 
 def app_launch() -> datetime:
     """Earliest plausible time of an event from the app: RECSYS_APP_LAUNCH (ISO date, optional) or 2019-01-01 UTC."""
-    raw = os.environ.get("RECSYS_APP_LAUNCH", "").strip()
+    raw = Settings.from_env().app_launch
     if not raw:
         return APP_LAUNCH
     parsed = datetime.fromisoformat(raw)

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recsys_platform.config import Settings
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -340,6 +342,6 @@ def landing_zone_from_url(url: str, s3_client: Any | None = None) -> LandingZone
         if s3_client is None:
             import boto3
 
-            s3_client = boto3.client("s3", endpoint_url=os.environ.get("RECSYS_S3_ENDPOINT_URL") or None)
+            s3_client = boto3.client("s3", endpoint_url=Settings.from_env().s3_endpoint_url)
         return S3LandingZone(s3_client, bucket, prefix)
     return LocalLandingZone(url)

@@ -5,6 +5,8 @@ Run tags shared by the landing sensor and the refresh job are defined here (the 
 
 from __future__ import annotations
 
+from recsys_platform.config import SENSOR_STATUS_ENV
+
 PARTITION_TAG = "recsys/refresh_partition"
 # The hour of a raw-events contracts run: its own concurrency key, so a contracts run (GX, seconds) never holds up
 # the next refresh of its hour, as it did while it carried PARTITION_TAG.
@@ -12,7 +14,6 @@ CONTRACTS_TAG = "recsys/contracts_partition"
 FIRST_FILE_TAG = "recsys/first_file"
 LAST_FILE_TAG = "recsys/last_file"
 FILES_TAG = "recsys/files"
-SENSOR_STATUS_ENV = "RECSYS_LANDING_SENSOR"
 
 # Dagster instance settings the refresh path relies on (merged into DAGSTER_HOME/dagster.yaml):
 # one refresh run and one contracts run per arrival-hour partition at a time, a 1-second run queue, automatic run

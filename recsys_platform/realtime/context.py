@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from recsys_platform.realtime.sessions import SLEEP_TYPES, TOPIC_CONTENT_TYPES
+from recsys_platform import schemas
 
 STEPS_TREND_SCALE = 100.0  # steps per minute, per minute, that count as a full-strength rise
 HEART_RATE_TREND_SCALE = 2.0  # beats per minute, per minute
@@ -50,18 +50,18 @@ def apply_context(scored: pl.DataFrame, sessions: pl.DataFrame, weights: Context
     if scored.height == 0:
         return scored.with_columns(context_boost=pl.lit(0.0), score_context=pl.col("score"))
     sess_cols = ["user_id", "is_night", "sess_sleep_bounce_rate", "steps_trend", "heart_rate_trend"]
-    sess_cols += [f"search_{t}" for t in TOPIC_CONTENT_TYPES]
+    sess_cols += [f"search_{t}" for t in schemas.TOPIC_CONTENT_TYPES]
     ctx = sessions.select([c for c in sess_cols if c in sessions.columns])
     frame = scored.join(ctx, on="user_id", how="left")
     for col in sess_cols[1:]:
         if col not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(col))
     ctype = pl.col("content_type")
-    is_sleep = ctype.is_in(list(SLEEP_TYPES)).cast(pl.Float64)
+    is_sleep = schemas.is_sleep_content(ctype).cast(pl.Float64)
     search_boost = pl.sum_horizontal(
         [
             pl.col(f"search_{topic}").fill_null(0.0) * ctype.is_in(list(types)).cast(pl.Float64)
-            for topic, types in TOPIC_CONTENT_TYPES.items()
+            for topic, types in schemas.TOPIC_CONTENT_TYPES.items()
         ]
     )
     night = pl.col("is_night").fill_null(False).cast(pl.Float64)

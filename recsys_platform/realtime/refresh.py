@@ -29,7 +29,6 @@ from recsys_platform.features import tables as feats
 from recsys_platform.ingest.landing import PARTITION_KEY_FORMAT, parquet_bytes, replace_whole
 from recsys_platform.model.recommender import Recommender
 from recsys_platform.realtime.context import ContextWeights, apply_context
-from recsys_platform.realtime.sessions import SESSION_SCHEMA
 from recsys_platform.serve.deployment import write_user_updates
 from recsys_platform.serve.online_store import OnlineStore, StaleWriteError
 from recsys_platform.serve.snapshot import ONLINE_USER_FEATURES
@@ -199,7 +198,7 @@ def refresh_users(
         report.skipped = "no touched users with a profile"
         return report
     if "user_id" not in sessions.columns:
-        sessions = pl.DataFrame(schema=SESSION_SCHEMA)
+        sessions = pl.DataFrame(schema=schemas.SESSION_SCHEMA)
     sessions = sessions.filter(pl.col("user_id").is_in(user_feats["user_id"].implode()))
     feature_rows = encode_user_features(user_feats, sessions, now)
     meta = items.select("item_id", "content_type")

@@ -6,7 +6,7 @@ event. Events older than the watermark (latest event time seen minus `watermark_
 minus one window are late for session purposes: they still reach the batch features through
 `interactions`, but they cannot reopen a closed session window.
 
-Features per user (columns of `SESSION_SCHEMA`): content started / completed in the window,
+Features per user (columns of `schemas.SESSION_SCHEMA`): content started / completed in the window,
 the current-session sleep bounce rate, the recent search terms and their topic-keyword
 vector (`search_<topic>` shares), step-count and heart-rate trends (least-squares slopes per
 minute over the biometric readings in the window), and whether it is night for the user.
@@ -24,69 +24,16 @@ from recsys_platform import schemas
 WINDOW = timedelta(minutes=10)
 SLIDE = timedelta(minutes=5)
 MAX_SEARCH_TERMS = 5
-NIGHT_START_HOUR = schemas.NIGHT_START_HOUR  # the night of features.user_night_share
-NIGHT_END_HOUR = schemas.NIGHT_END_HOUR
-SLEEP_TYPES = schemas.SLEEP_CONTENT_TYPES
-
-# Topic-keyword vocabulary of search terms (the offline fallback for a sentence embedding).
-TOPIC_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "sleep": ("sleep", "bedtime", "insomnia", "night", "story", "stories", "rain", "dream", "nap", "white", "noise"),
-    "movement": ("yoga", "stretch", "stretching", "walk", "walking", "run", "running", "workout", "move", "exercise"),
-    "focus": ("focus", "work", "study", "concentrate", "concentration", "productivity", "deep"),
-    "meditation": (
-        "meditation",
-        "meditate",
-        "calm",
-        "anxiety",
-        "stress",
-        "breathe",
-        "breathing",
-        "mindful",
-        "gratitude",
-    ),
-    "music": ("music", "piano", "ambient", "lofi", "classical", "song", "songs"),
-    "kids": ("kids", "kid", "children", "child", "lullaby"),
-}
-# Which content types each search topic points at.
-TOPIC_CONTENT_TYPES: dict[str, tuple[str, ...]] = {
-    "sleep": SLEEP_TYPES,
-    "movement": ("movement",),
-    "focus": ("focus",),
-    "meditation": ("meditation",),
-    "music": ("music",),
-    "kids": ("kids",),
-}
-SEARCH_COLUMNS: tuple[str, ...] = tuple(f"search_{t}" for t in TOPIC_KEYWORDS)
-
-SESSION_SCHEMA: dict[str, pl.DataType] = {
-    "user_id": pl.String(),
-    "window_start": pl.Datetime("us", "UTC"),
-    "window_end": pl.Datetime("us", "UTC"),
-    "last_event_time": pl.Datetime("us", "UTC"),
-    "sess_events": pl.UInt32(),
-    "sess_starts": pl.UInt32(),
-    "sess_completes": pl.UInt32(),
-    "sess_sleep_starts": pl.UInt32(),
-    "sess_sleep_bounces": pl.UInt32(),
-    "sess_sleep_bounce_rate": pl.Float64(),
-    "sess_started_items": pl.List(pl.String()),
-    "sess_completed_items": pl.List(pl.String()),
-    "search_terms": pl.List(pl.String()),
-    **{c: pl.Float64() for c in SEARCH_COLUMNS},
-    "steps_trend": pl.Float64(),
-    "heart_rate_trend": pl.Float64(),
-    "local_hour": pl.Int64(),
-    "is_night": pl.Boolean(),
-}
+SLEEP_TYPES = schemas.SLEEP_CONTENT_TYPES  # kept for the tests that import it from here
 
 _WORD = re.compile(r"[a-z]+")
 
 
 def keyword_vector(text: str | None) -> dict[str, float]:
     """Topic shares (summing to 1, or all 0) of the keywords in a search text."""
-    counts = dict.fromkeys(TOPIC_KEYWORDS, 0.0)
+    counts = dict.fromkeys(schemas.TOPIC_KEYWORDS, 0.0)
     for word in _WORD.findall((text or "").lower()):
-        for topic, words in TOPIC_KEYWORDS.items():
+        for topic, words in schemas.TOPIC_KEYWORDS.items():
             if word in words:
                 counts[topic] += 1.0
     total = sum(counts.values())
@@ -119,7 +66,7 @@ def session_features(
     columns = ("event_id", "user_id", "event_type", "event_time", "item_id", "seconds_listened", "query")
     ev = lf.select(*columns, "steps", "heart_rate").unique(subset="event_id", keep="first").collect()
     if ev.height == 0 or latest is None:
-        return pl.DataFrame(schema=SESSION_SCHEMA)
+        return pl.DataFrame(schema=schemas.SESSION_SCHEMA)
     # The watermark follows the newest event time of the whole stream, not of these users.
     watermark = latest - timedelta(minutes=watermark_minutes)
     ev = ev.filter(pl.col("event_time") >= pl.lit(watermark - WINDOW, dtype=pl.Datetime("us", "UTC")))
@@ -156,19 +103,19 @@ def session_features(
                 (pl.col("sess_sleep_bounces") / pl.col("sess_sleep_starts")).clip(0.0, 1.0)
             ),
         )
-        .with_columns(is_night=(pl.col("local_hour") >= NIGHT_START_HOUR) | (pl.col("local_hour") < NIGHT_END_HOUR))
+        .with_columns(is_night=schemas.is_night(pl.col("local_hour")))
     )
     vectors = [keyword_vector(" ".join(terms)) for terms in out["search_terms"].to_list()]
     out = out.with_columns(
-        [pl.Series(f"search_{t}", [v[t] for v in vectors], dtype=pl.Float64) for t in TOPIC_KEYWORDS]
+        [pl.Series(f"search_{t}", [v[t] for v in vectors], dtype=pl.Float64) for t in schemas.TOPIC_KEYWORDS]
     )
-    return out.select([pl.col(c).cast(t) for c, t in SESSION_SCHEMA.items()]).sort("user_id")
+    return out.select([pl.col(c).cast(t) for c, t in schemas.SESSION_SCHEMA.items()]).sort("user_id")
 
 
 def _aggregations() -> list[pl.Expr]:
     etype = pl.col("event_type")
-    sleep = pl.col("content_type").is_in(list(SLEEP_TYPES))
-    bounce = (etype == "content_exit") & (pl.col("seconds_listened").fill_null(0.0) < schemas.BOUNCE_SECONDS)
+    sleep = schemas.is_sleep_content(pl.col("content_type"))
+    bounce = schemas.is_bounce(etype, pl.col("seconds_listened"))
     search = pl.col("query").filter((etype == "search") & pl.col("query").is_not_null())
     return [
         pl.len().alias("sess_events"),
