@@ -36,7 +36,7 @@ from recsys_platform.features.tables import build_interactions, read_history
 from recsys_platform.model import procedure
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.params import ModelParams
-from recsys_platform.model.ranker import EARLY_STOPPING_ROUNDS, LGBM_PARAMS
+from recsys_platform.model.ranker import EARLY_STOPPING_MIN_TREES, EARLY_STOPPING_ROUNDS, LGBM_PARAMS, early_stopping
 
 DISCOUNT = 1.0 / np.log2(np.arange(2, 12))
 
@@ -84,7 +84,12 @@ def query_ndcg(query: np.ndarray, scores: np.ndarray, labels: np.ndarray, k: int
 
 
 def run_variant(
-    frame: pl.DataFrame, split_seed: int, learning_rate: float, label_users: int, patience: int = EARLY_STOPPING_ROUNDS
+    frame: pl.DataFrame,
+    split_seed: int,
+    learning_rate: float,
+    label_users: int,
+    patience: int = EARLY_STOPPING_ROUNDS,
+    min_trees: int = EARLY_STOPPING_MIN_TREES,
 ) -> dict:
     """Train one variant on the fit queries of `split_seed` and score it on the compare queries."""
     import lightgbm as lgb
@@ -120,7 +125,7 @@ def run_variant(
         eval_group=[groups(stop)],
         eval_sample_weight=[weight[stop]],
         eval_at=[10],
-        callbacks=[lgb.early_stopping(patience, verbose=False)],
+        callbacks=[early_stopping(patience, min_trees)],
     )
     seconds = time.perf_counter() - started
     scores = model.predict(x[compare], num_iteration=model.best_iteration_)
@@ -129,6 +134,7 @@ def run_variant(
         "learning_rate": learning_rate,
         "label_users": label_users,
         "patience": patience,
+        "min_trees": min_trees,
         "fit_rows": int(fit.sum()),
         "trees": int(model.best_iteration_),
         "seconds": round(seconds, 1),
@@ -149,6 +155,9 @@ def main() -> None:
     parser.add_argument(
         "--patience", type=int, nargs="+", default=[EARLY_STOPPING_ROUNDS], help="early-stopping rounds"
     )
+    parser.add_argument(
+        "--min-trees", type=int, nargs="+", default=[EARLY_STOPPING_MIN_TREES], help="no early stop before these"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,13 +174,14 @@ def main() -> None:
         for label_users in args.label_users:
             for lr in args.learning_rate:
                 for patience in args.patience:
-                    rows.append(run_variant(frame, split_seed, lr, label_users, patience))
-                    print(json.dumps(rows[-1]), flush=True)
+                    for min_trees in args.min_trees:
+                        rows.append(run_variant(frame, split_seed, lr, label_users, patience, min_trees))
+                        print(json.dumps(rows[-1]), flush=True)
     table = (
         pl.DataFrame(rows)
-        .group_by("learning_rate", "label_users", "patience")
+        .group_by("learning_rate", "label_users", "patience", "min_trees")
         .agg(pl.col("compare_ndcg@10").mean().round(4), pl.col("seconds").mean().round(1), pl.col("trees").mean())
-        .sort("label_users", "learning_rate", "patience")
+        .sort("label_users", "learning_rate", "patience", "min_trees")
     )
     with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True):
         print(table)

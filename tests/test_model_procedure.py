@@ -195,3 +195,54 @@ def test_an_order_free_objective_tunes_and_gates_on_random_holdouts(world) -> No
     assert held.join(known, on="user_id").filter(pl.col("t") < pl.col("t_right")).height > 0
     table, facts = procedure.evaluate(inter, world["ds"].items, world["ds"].users, "per_user", free, max_users=300)
     assert facts["params"]["training_windows"] == "random" and procedure.metric(table, "per_user", "ranker") > 0
+
+
+def _ranking_problem(seed: int = 3) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(6000, 5))
+    y = np.clip(np.round(x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=1.5, size=6000)), 0, 3).astype(int)
+    return x[:4800], y[:4800], x[4800:], y[4800:]
+
+
+def _fit(callback, x, y, vx, vy):
+    """The ranker fitted with `callback` as its early stopping, and how many rounds it trained."""
+    import lightgbm as lgb
+
+    rounds: list[int] = []
+
+    def count(env) -> None:
+        rounds.append(env.iteration)
+
+    count.order = 10  # before early stopping
+    model = lgb.LGBMRanker(n_estimators=400, learning_rate=0.3, num_leaves=7, verbose=-1, random_state=1, n_jobs=1)
+    model.fit(
+        x, y, group=[48] * 100, eval_set=[(vx, vy)], eval_group=[[48] * 25], eval_at=[10], callbacks=[count, callback]
+    )
+    return model, len(rounds)
+
+
+def test_early_stopping_without_a_floor_is_lightgbms_own():
+    import lightgbm as lgb
+
+    from recsys_platform.model.ranker import early_stopping
+
+    data = _ranking_problem()
+    (own, own_rounds), (ours, our_rounds) = (
+        _fit(lgb.early_stopping(10, verbose=False), *data),
+        _fit(early_stopping(10), *data),
+    )
+    assert ours.best_iteration_ == own.best_iteration_ and our_rounds == own_rounds < 400  # stopped at the same round
+    assert ours.best_score_["valid_0"]["ndcg@10"] == own.best_score_["valid_0"]["ndcg@10"]
+
+
+def test_early_stopping_waits_for_the_floor_and_keeps_the_best_iteration():
+    from recsys_platform.model.ranker import early_stopping
+
+    data = _ranking_problem()
+    (short, short_rounds), (floored, floored_rounds) = (
+        _fit(early_stopping(10), *data),
+        _fit(early_stopping(10, 150), *data),
+    )
+    assert short_rounds < 150 == floored_rounds  # the floor, and not a round more when nothing improved
+    assert floored.best_iteration_ >= short.best_iteration_
+    assert floored.best_score_["valid_0"]["ndcg@10"] >= short.best_score_["valid_0"]["ndcg@10"]

@@ -44,8 +44,35 @@ LGBM_PARAMS: dict[str, Any] = {
     "max_bin": 63,
     "verbose": -1,
 }
-EARLY_STOPPING_ROUNDS = 100
+# Early stopping after 40 rounds without gain, never before 100 trees (`benchmarks/ranker_settings.py
+# --learning-rate 0.1 --label-users 1000 --patience 100 40 --min-trees 100`, 3 splits of held-out training
+# users): ml-100k 0.2599 vs 0.2599 (the same trees on every split) in 4.3 s instead of 5.9 s; synthetic latent
+# dev seed 11 0.4408 vs 0.4420 in 17.6 s instead of 35.5 s. The floor is what makes a short patience safe:
+# 50 rounds alone once stopped after 4 trees on an ml-100k split. Half the training time of the three rankers
+# a cycle trains, for 0.3% on the synthetic split.
+EARLY_STOPPING_ROUNDS = 40
+EARLY_STOPPING_MIN_TREES = 100
 EARLY_STOPPING_USERS = 0.2
+
+
+def early_stopping(patience: int, min_trees: int = 0) -> Any:
+    """A LightGBM callback: stop once the first validation metric has not improved for `patience` rounds, but
+    never before `min_trees` trees (LightGBM's own `early_stopping` with a floor); the model keeps the best
+    iteration."""
+    import lightgbm as lgb
+
+    best: dict[str, Any] = {"score": None, "iteration": 0, "results": None}
+
+    def callback(env: Any) -> None:
+        _, _, score, higher_better = env.evaluation_result_list[0]
+        if best["score"] is None or (score > best["score"] if higher_better else score < best["score"]):
+            best.update(score=score, iteration=env.iteration, results=env.evaluation_result_list)
+        done = env.iteration + 1
+        if (done - 1 - best["iteration"] >= patience and done >= min_trees) or done == env.end_iteration:
+            raise lgb.callback.EarlyStopException(best["iteration"], best["results"])
+
+    callback.order = 30  # type: ignore[attr-defined]  # where LightGBM runs its own early stopping
+    return callback
 
 
 @dataclass
@@ -97,7 +124,7 @@ def train_ranker(
             eval_sample_weight=None if weights is None else [weights[stop]],
             eval_at=[10],
             feature_name=list(FEATURES),
-            callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
+            callbacks=[early_stopping(EARLY_STOPPING_ROUNDS, EARLY_STOPPING_MIN_TREES)],
         )
     best = int(model.best_iteration_ or LGBM_PARAMS["n_estimators"])
     # Keep only the trees up to the best iteration, so every later predict (MLflow, compiled) uses them.
