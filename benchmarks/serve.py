@@ -202,20 +202,22 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def wrk_script(seed: int) -> str:
+    """The wrk Lua script of the client mix, seeded."""
+    return WRK_SCRIPT % {
+        "seed": seed,
+        "max_user": N_USERS - 1,
+        "n_users": N_USERS,
+        "max_featured": N_USERS + N_FEATURE_ONLY - 1,
+        "content_types": ", ".join(f'"{c}"' for c in CONTENT_TYPES),
+        "limits": ", ".join(f'"{x}"' for x in LIMITS),
+    }
+
+
 def run_wrk(port: int, duration: int, connections: int, threads: int, seed: int) -> dict:
     """Drive the API with wrk for `duration` seconds and return its summary."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(
-            WRK_SCRIPT
-            % {
-                "seed": seed,
-                "max_user": N_USERS - 1,
-                "n_users": N_USERS,
-                "max_featured": N_USERS + N_FEATURE_ONLY - 1,
-                "content_types": ", ".join(f'"{c}"' for c in CONTENT_TYPES),
-                "limits": ", ".join(f'"{x}"' for x in LIMITS),
-            }
-        )
+        f.write(wrk_script(seed))
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "2s", "-s", f.name]
     out = subprocess.run([*cmd, f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=duration + 30)
     os.unlink(f.name)

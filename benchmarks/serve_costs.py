@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from serve import N_USERS, WRK_SCRIPT, build_payload  # noqa: E402
+from serve import build_payload, wrk_script  # noqa: E402
 
 from recsys_platform.dev.production_stack import free_port, wait_http  # noqa: E402
 from recsys_platform.serve import deployment  # noqa: E402
@@ -61,7 +61,7 @@ def start(store_url: str, home: str, port: int, env_extra: dict[str, str]) -> su
 
 def wrk(port: int, args: argparse.Namespace, headers: list[str], seed: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT % {"seed": seed, "max_user": N_USERS - 1})
+        f.write(wrk_script(seed))
     cmd = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "2s", "-s", f.name, *headers]
     out = subprocess.run([*cmd, f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=args.duration + 30)
     os.unlink(f.name)
