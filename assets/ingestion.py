@@ -118,4 +118,4 @@ def served_log(context: dg.AssetExecutionContext, landing: LandingZoneResource):
         for arm, n in frame.group_by("arm").len().iter_rows():
             by_arm[str(arm)] = by_arm.get(str(arm), 0) + n
     context.add_output_metadata({"lists_served": rows, "by_arm": dg.MetadataValue.json(by_arm)})
-    return frames[context.partition_keys[0]] if len(frames) == 1 else frames
+    return frames

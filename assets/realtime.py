@@ -77,7 +77,7 @@ def session_features(
     users: pl.DataFrame,
     items: pl.DataFrame,
     pipeline: PipelineResource,
-) -> Any:  # a frame, or {partition_key: frame} when one run covers several hours
+) -> Any:  # {partition_key: frame}, one per hour of the run (the lake IO manager stores each)
     """Current-session features (event-time windows of 10 minutes sliding by 5, watermark
     `watermark_minutes`) of every user with events in this arrival hour: content started/completed,
     sleep bounce rate, recent search terms and their topic-keyword vector, step and heart-rate trends,
@@ -101,7 +101,7 @@ def session_features(
             "seconds": round(time.perf_counter() - start, 3),
         }
     )
-    return out[context.partition_key] if len(out) == 1 else out
+    return out
 
 
 @dg.asset(

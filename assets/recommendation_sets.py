@@ -56,7 +56,7 @@ def batch_scores(
     mlflow: MlflowResource,
     pipeline: PipelineResource,
     set_config: RecommendationSetsResource,
-):  # one frame, or {shard: frame} in a run over several shards
+):  # {shard: frame}, one per shard of the run (the lake IO manager stores each)
     """Up to `batch.items_per_user` items per eligible user of this shard (stable hash of the user id):
     the `champion` version's ranked candidates, then the other recommendable items by recency-weighted EASE
     and popularity; the popularity baseline when there is no champion. A run over several shards loads the
@@ -107,7 +107,7 @@ def batch_scores(
             "feature_cutoff": cutoff.isoformat(),
         }
     )
-    return out[keys[0]] if len(keys) == 1 else out
+    return out
 
 
 @dg.asset(
@@ -126,7 +126,7 @@ def recommendation_sets(
     raw_events: pl.LazyFrame,
     popularity_model: pl.DataFrame,
     set_config: RecommendationSetsResource,
-):  # one frame, or {shard: frame} in a run over several shards
+):  # {shard: frame}, one per shard of the run (the lake IO manager stores each)
     """Named sets (recommended for you, sleep tonight, because you searched, new for you) made from this
     shard's batch scores by each set's rules, in the order the YAML declares; for a live experiment, its
     surface set is what each user's arm is served (`serves:`: the set, the model's ranking or the popularity
@@ -151,8 +151,7 @@ def recommendation_sets(
             "users_by_arm": dg.MetadataValue.json(arms),
         }
     )
-    keys = context.partition_keys
-    return sets if len(keys) == 1 else bs.split_by_shard(sets, keys, config.batch.shards)
+    return bs.split_by_shard(sets, context.partition_keys, config.batch.shards)
 
 
 @dg.asset(
@@ -174,13 +173,8 @@ def recommendation_export(
     /v1/users/{user_id}/sets/{set_name}` and an experiment's `set` arm serve) when it serves their version."""
     config = _checked_config(set_config)
     keys = context.partition_keys
-    shards = (
-        {keys[0]: recommendation_sets}
-        if len(keys) == 1
-        else bs.split_by_shard(recommendation_sets, keys, config.batch.shards)
-    )
     written: dict[str, object] = {}
-    for key, part in shards.items():
+    for key, part in bs.split_by_shard(recommendation_sets, keys, config.batch.shards).items():
         for name, file in bs.export_sets(part, set_config.exports / "recommendation_sets", key).items():
             written[name if len(keys) == 1 else f"{name}/{key}"] = file
     online: dict[str, object] = {}

@@ -67,28 +67,21 @@ def _prepare_environment() -> Settings:
     dagster_yaml = Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml"
     if not dagster_yaml.exists():
         dagster_yaml.write_text("telemetry:\n  enabled: false\n")
-    _add_realtime_instance_settings(dagster_yaml)
-    _add_event_log_settings(dagster_yaml)
+    from orchestration.instance_storage import EVENT_LOG_YAML
+    from recsys_platform.realtime import INSTANCE_YAML
+
+    # The refresh path's run queue and retries, and the event log without a disk flush per event
+    # (orchestration.instance_storage), unless the instance configures its own.
+    _add_instance_settings(dagster_yaml, INSTANCE_YAML, ("run_queue", "run_coordinator", "concurrency", "run_retries"))
+    _add_instance_settings(dagster_yaml, EVENT_LOG_YAML, ("storage", "event_log_storage"))
     return settings
 
 
-def _add_realtime_instance_settings(dagster_yaml: Path) -> None:
-    """Add the refresh path's run queue and run-retry settings unless the instance configures its own."""
-    from recsys_platform.realtime import INSTANCE_YAML
-
+def _add_instance_settings(dagster_yaml: Path, block: str, keys: tuple[str, ...]) -> None:
+    """Append `block` to the instance's dagster.yaml unless it already sets one of the top-level `keys`."""
     text = dagster_yaml.read_text()
-    if not any(key in text for key in ("run_queue:", "run_coordinator:", "concurrency:", "run_retries:")):
-        dagster_yaml.write_text(text.rstrip("\n") + "\n" + INSTANCE_YAML)
-
-
-def _add_event_log_settings(dagster_yaml: Path) -> None:
-    """Keep the event log in SQLite without a disk flush per event (orchestration.instance_storage) unless the
-    instance configures its own storage."""
-    from orchestration.instance_storage import EVENT_LOG_YAML
-
-    text = dagster_yaml.read_text()
-    if not re.search(r"^(storage|event_log_storage):", text, flags=re.MULTILINE):
-        dagster_yaml.write_text(text.rstrip("\n") + "\n" + EVENT_LOG_YAML)
+    if not re.search(rf"^({'|'.join(keys)}):", text, flags=re.MULTILINE):
+        dagster_yaml.write_text(text.rstrip("\n") + "\n" + block)
 
 
 VerboseOption = Annotated[bool, typer.Option("--verbose", help="Print Dagster's DEBUG logs (default: INFO and up).")]

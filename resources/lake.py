@@ -78,12 +78,18 @@ class PolarsParquetIOManager(dg.UPathIOManager):
         return path.with_suffix(PARQUET).exists() or path.with_suffix(JSON).exists()
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        if not (context.has_asset_partitions and isinstance(obj, dict) and len(context.asset_partition_keys) > 1):
-            super().handle_output(context, obj)
-            if isinstance(obj, pl.DataFrame):
-                context.add_output_metadata(_frame_metadata(obj))
-            return
-        # A single run over a range of partitions: one file per partition present in `obj`.
+        keys = context.asset_partition_keys if context.has_asset_partitions else []
+        if isinstance(obj, dict) and keys and (len(keys) > 1 or set(obj) == set(keys)):
+            if len(keys) > 1:
+                self._dump_partitions(context, obj)
+                return
+            obj = obj[keys[0]]  # {partition: frame} of a one-partition run: stored as that partition's frame
+        super().handle_output(context, obj)
+        if isinstance(obj, pl.DataFrame):
+            context.add_output_metadata(_frame_metadata(obj))
+
+    def _dump_partitions(self, context: dg.OutputContext, obj: dict[str, Any]) -> None:
+        """A single run over a range of partitions: one file per partition present in `obj`."""
         paths = self._get_paths_for_partitions(context)
         rows = 0
         for key, frame in obj.items():

@@ -73,8 +73,11 @@ def users_of_shard(user_ids: pl.Series, key: str, n_shards: int) -> pl.Series:
 
 def split_by_shard(frame: pl.DataFrame, keys: list[str], n_shards: int) -> dict[str, pl.DataFrame]:
     """`frame`'s rows (with a `user_id` column) by the user's shard, for each partition key of `keys`."""
-    index = user_shards(frame["user_id"], n_shards)
-    return {key: frame.filter(index == shard_index(key)) for key in keys}
+    users = frame["user_id"].unique()  # one hash per user, not per row
+    shard = frame.select("user_id").join(
+        pl.DataFrame([users, user_shards(users, n_shards)]), on="user_id", how="left", maintain_order="left"
+    )["shard"]
+    return {key: frame.filter(shard == shard_index(key)) for key in keys}
 
 
 def eligible_users(users: pl.DataFrame, interactions: pl.DataFrame, cutoff: datetime, rule: Eligibility) -> pl.Series:
