@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 PREPARE = textwrap.dedent(
     """
     import json, os
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
     import dagster as dg
     from recsys_platform.config import Settings
     from orchestration.definitions import ASSETS
@@ -46,7 +46,11 @@ PREPARE = textwrap.dedent(
     settings = Settings.from_env()
     settings.ensure_local_dirs()
     zone = landing_zone_from_url(settings.landing_url)
-    write_to_landing(generate(GeneratorConfig(n_users=150, days=7, seed=11, end=datetime.now(UTC))), zone)
+    # History that ends two hours ago: a generated completion or search inside the push rules' look-back (30 and
+    # 60 minutes) would queue the user's one push of the day before the test's own event does (the data's times
+    # are fixed within the hour, so that happened in some minutes of some hours and not others).
+    end = datetime.now(UTC) - timedelta(hours=2)
+    write_to_landing(generate(GeneratorConfig(n_users=150, days=7, seed=11, end=end)), zone)
     keys = sorted({k for f in zone.list_files(EVENTS_PREFIX) if (k := partition_key_of(f.key))})
     instance = dg.DagsterInstance.get()
     resources = build_resources(settings)
