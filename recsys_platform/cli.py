@@ -263,9 +263,9 @@ def serve(
     from recsys_platform.serve.auth import KEY_ENVS, LOOPBACK, ApiKeys, require_keys_for
     from recsys_platform.serve.observability import configure_access_log
 
-    _prepare_environment()
+    settings = _prepare_environment()
     configure_access_log()
-    keys = ApiKeys.from_env()
+    keys = ApiKeys.of(settings.serve)
     require_keys_for(host, keys)
     if host in LOOPBACK:
         console.print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,12 @@ RETENTION_PATH_ENV = "RECSYS_RETENTION"
 APP_LAUNCH_ENV = "RECSYS_APP_LAUNCH"
 ALERT_URL_ENV = "RECSYS_ALERT_URL"
 SENSOR_STATUS_ENV = "RECSYS_LANDING_SENSOR"
+# The serving API's keys and switches (`ServeSettings`); `serve.auth` names the key variables in its refusals.
+API_KEY_ENVS = {"ingest": "RECSYS_INGEST_API_KEY", "admin": "RECSYS_ADMIN_API_KEY", "read": "RECSYS_READ_API_KEY"}
+INGEST_RATE_ENV = "RECSYS_INGEST_RATE"
+INGEST_LINGER_ENV = "RECSYS_INGEST_LINGER_MS"
+ACCESS_LOG_ENV = "RECSYS_ACCESS_LOG"
+SERVED_LOG_ENV = "RECSYS_SERVED_LOG"
 
 
 def _env(name: str, default: str) -> str:
@@ -37,9 +44,9 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
-def env_number(name: str, default: float, unit: str) -> float:
-    """A number from the environment (`default` when unset); ValueError naming the variable and its `unit`."""
-    raw = os.environ.get(name, "").strip()
+def _number(env: Mapping[str, str], name: str, default: float, unit: str) -> float:
+    """A number from `env` (`default` when unset); ValueError naming the variable and its `unit`."""
+    raw = env.get(name, "").strip()
     try:
         return float(raw) if raw else default
     except ValueError:
@@ -131,6 +138,45 @@ class ExecutorEnv:
         return cls(*(os.environ.get(name, "").strip() for name in names))
 
 
+def _keys(raw: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The serving API's keys and switches (`recsys_platform.serve`): empty key lists leave a scope without keys."""
+
+    # The keys each scope accepts, comma-separated in the environment so a new key can be added before the old
+    # one is removed (rotation); `serve.auth` says what an empty list means for each scope.
+    ingest_api_keys: tuple[str, ...] = ()
+    admin_api_keys: tuple[str, ...] = ()
+    read_api_keys: tuple[str, ...] = ()
+    # Requests per second per key on POST /v1/events (a burst of twice as many): far above an app backend that
+    # batches its events (up to 500 per request), far below a flood of one-record requests. 0 turns the limit off.
+    ingest_rate: float = 50.0
+    # How long the event collector waits for other requests to share a landing file: many clients posting at once
+    # write one file per linger, not one per request, for 50 ms more per answer.
+    ingest_linger_ms: float = 50.0
+    # One JSON access-log line per request (`serve.observability`).
+    access_log: bool = True
+    # The served log of every list the API returns (`serve.served_log`).
+    served_log: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ServeSettings:
+        """Read API_KEY_ENVS, RECSYS_INGEST_RATE, RECSYS_INGEST_LINGER_MS, RECSYS_ACCESS_LOG and RECSYS_SERVED_LOG
+        (a switch is off only when set to 0)."""
+        return cls(
+            ingest_api_keys=_keys(env.get(API_KEY_ENVS["ingest"], "")),
+            admin_api_keys=_keys(env.get(API_KEY_ENVS["admin"], "")),
+            read_api_keys=_keys(env.get(API_KEY_ENVS["read"], "")),
+            ingest_rate=_number(env, INGEST_RATE_ENV, cls.ingest_rate, "requests per second"),
+            ingest_linger_ms=_number(env, INGEST_LINGER_ENV, cls.ingest_linger_ms, "milliseconds"),
+            access_log=env.get(ACCESS_LOG_ENV, "1") != "0",
+            served_log=env.get(SERVED_LOG_ENV, "1") != "0",
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where everything lives. The profile is chosen by environment variables only."""
@@ -156,6 +202,7 @@ class Settings:
     alert_url: str = ""
     # Whether the landing sensor (the near-real-time refresh) starts switched on.
     landing_sensor_running: bool = False
+    serve: ServeSettings = field(default_factory=ServeSettings)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -182,6 +229,7 @@ class Settings:
             app_launch=_env(APP_LAUNCH_ENV, ""),
             alert_url=os.environ.get(ALERT_URL_ENV, ""),
             landing_sensor_running=_env(SENSOR_STATUS_ENV, "").lower() in ("running", "on", "1", "true"),
+            serve=ServeSettings.from_env(),
         )
 
     @property

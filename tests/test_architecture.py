@@ -192,11 +192,6 @@ ENVIRONMENT_OUTSIDE_SETTINGS = {
     "recsys_platform/deploy_profile.py",
     # Resolves a relative base_dir under DAGSTER_HOME as Dagster's own SQLite storage does.
     "orchestration/instance_storage.py",
-    # Open (issue 15): the serving path reads its switches itself, pending the rewrite of recsys_platform/serve/.
-    "recsys_platform/serve/auth.py",
-    "recsys_platform/serve/events_api.py",
-    "recsys_platform/serve/observability.py",
-    "recsys_platform/serve/served_log.py",
 }
 # Dev tools and the quality benchmark build the environments of the subprocesses they start.
 NOT_THE_PRODUCT = ("recsys_platform/dev/", "recsys_platform/quality_benchmark/")

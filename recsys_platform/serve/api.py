@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
@@ -37,7 +38,6 @@ from recsys_platform.serve.online_store import (
     open_online_store,
 )
 from recsys_platform.serve.served_log import ServedLog
-from recsys_platform.serve.served_log import enabled as served_log_enabled
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -326,11 +326,9 @@ async def delete_user(
 ) -> dict:
     """Forget a user everywhere (landing zone, lake, exports, online store, push queue; needs the admin key).
     Idempotent: forgetting a user again removes nothing and records that too."""
-    from dataclasses import replace
-
     from recsys_platform.lifecycle import forget_user
 
-    settings = replace(Settings.from_env(), online_store_url=store.url)
+    settings = replace(request.app.state.settings, online_store_url=store.url)
     if (log := request.app.state.served_log) is not None:
         log.forget(user_id)
     report = await run_in_threadpool(forget_user, user_id, settings)
@@ -426,12 +424,21 @@ async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(
-    store_url: str | None = None, extra_routers: Iterable[APIRouter] = (), fast_path: bool = True
+    store_url: str | None = None,
+    extra_routers: Iterable[APIRouter] = (),
+    fast_path: bool = True,
+    *,
+    settings: Settings | None = None,
 ) -> FastAPI:
-    """Build the API on the store at `store_url` (default: settings); add `extra_routers` as-is. `fast_path=False`
-    leaves every recommendations request to the FastAPI route (the tests compare the two answers)."""
-    settings = Settings.from_env()
+    """Build the API from `settings` on the store at `store_url` (default: the settings' store); add
+    `extra_routers` as-is. `fast_path=False` leaves every recommendations request to the FastAPI route (the tests
+    compare the two answers). The routes and their dependencies read the settings from `app.state.settings`.
+
+    Without `settings` the app reads `Settings.from_env()`: the server (`recsys serve`) calls this factory with no
+    arguments in each worker, so this is the serving process's one read of the environment."""
+    settings = settings or Settings.from_env()
     url = store_url or settings.online_store_url
+    settings = replace(settings, online_store_url=url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -451,18 +458,20 @@ def create_app(
         # no provider configured, costs ~12 us per request to find that out: a tenth of the hot route's CPU.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.state.settings = settings
     app.state.store = open_online_store(url, create=False)
-    app_state(app.state)  # API keys, failure throttle and intake rate limits, from the environment
+    app_state(app.state)  # API keys, failure throttle and intake rate limits, from the settings
     app.state.arms = ArmRouter(settings.recommendation_sets_path)
     app.state.served_log = (
-        ServedLog(lambda: landing_zone_from_url(settings.landing_url)) if served_log_enabled() else None
+        ServedLog(lambda: landing_zone_from_url(settings.landing_url)) if settings.serve.served_log else None
     )
     if fast_path:
         hot = next(r for r in router.routes if getattr(r, "path", None) == RECOMMENDATIONS_ROUTE)
         app.add_middleware(RecommendationsFastPath, route=hot)  # innermost: after body limit, request id, metrics
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.state.metrics = Metrics(store_reader=lambda: app.state.store.pointer())
-    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)  # outermost: sees every answer
+    # outermost: sees every answer
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics, access_log=settings.serve.access_log)
     app.add_exception_handler(StoreUnavailableError, _store_unavailable)
     app.add_exception_handler(OnlineStoreError, _store_unavailable)
     app.include_router(router)

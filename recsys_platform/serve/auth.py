@@ -1,8 +1,9 @@
 """API keys and request throttling for the serving API.
 
-Keys come from the environment as comma-separated lists, so a new key can be added before the old one is
-removed (rotation): `RECSYS_INGEST_API_KEY` (POST /v1/events), `RECSYS_ADMIN_API_KEY` (deployment details
-and operations) and, optionally, `RECSYS_READ_API_KEY` (recommendation reads). A request carries one as
+Keys come from the app's settings (`ServeSettings`, read from the environment as comma-separated lists, so a
+new key can be added before the old one is removed): `RECSYS_INGEST_API_KEY` (POST /v1/events),
+`RECSYS_ADMIN_API_KEY` (deployment details and operations) and, optionally, `RECSYS_READ_API_KEY`
+(recommendation reads). A request carries one as
 `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 
 Without ingest or read keys those routes are open: the embedded default, which `recsys serve` binds to
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -27,18 +27,14 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
-from recsys_platform.config import env_number
+from recsys_platform.config import API_KEY_ENVS as KEY_ENVS
+from recsys_platform.config import ServeSettings
 from recsys_platform.serve.observability import metrics_of
 
 logger = logging.getLogger(__name__)
 
-KEY_ENVS = {"ingest": "RECSYS_INGEST_API_KEY", "admin": "RECSYS_ADMIN_API_KEY", "read": "RECSYS_READ_API_KEY"}
-INGEST_RATE_ENV = "RECSYS_INGEST_RATE"
 MAX_FAILURES = 10
 FAILURE_WINDOW_S = 60.0
-# Requests per second per key (a burst of twice as many): far above an app backend that batches its events
-# (up to 500 per request), far below a flood of one-record requests. 0 turns the limit off.
-DEFAULT_INGEST_RATE = 50.0
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -51,9 +47,14 @@ class ApiKeys:
     read: tuple[str, ...] = ()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> ApiKeys:
-        """Keys from the comma-separated KEY_ENVS variables."""
-        return cls(**{scope: _split(env.get(name, "")) for scope, name in KEY_ENVS.items()})
+    def of(cls, serve: ServeSettings) -> ApiKeys:
+        """The keys the serving settings configure."""
+        return cls(ingest=serve.ingest_api_keys, admin=serve.admin_api_keys, read=serve.read_api_keys)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ApiKeys:
+        """Keys from a mapping of the comma-separated KEY_ENVS variables, as `ServeSettings.from_env` reads them."""
+        return cls.of(ServeSettings.from_env(env))
 
     def matches(self, scope: str, presented: str) -> str | None:
         """The configured key of `scope` equal to `presented` (compared in constant time per key), else None."""
@@ -62,15 +63,6 @@ class ApiKeys:
             if hmac.compare_digest(key.encode(), presented.encode()):
                 hit = key
         return hit
-
-
-def ingest_rate_from_env() -> float:
-    """Requests per second per caller on POST /v1/events (`RECSYS_INGEST_RATE`; 0: no limit)."""
-    return env_number(INGEST_RATE_ENV, DEFAULT_INGEST_RATE, "requests per second")
-
-
-def _split(raw: str) -> tuple[str, ...]:
-    return tuple(k.strip() for k in raw.split(",") if k.strip())
 
 
 def require_keys_for(host: str, keys: ApiKeys) -> None:
@@ -142,14 +134,14 @@ class TokenBuckets:
 
 
 def app_state(state: object) -> tuple[ApiKeys, FailureThrottle, TokenBuckets]:
-    """The app's keys, failure throttle and intake buckets, set up from the environment on first use
-    (`api.create_app` sets them at start; an app that only mounts the events router gets them here)."""
+    """The app's keys, failure throttle and intake buckets, set up from the app's settings (`state.settings`) on
+    first use (`api.create_app` sets them at start; an app that mounts the routers itself gets them here)."""
     if not hasattr(state, "keys"):
-        state.keys = ApiKeys.from_env()  # type: ignore[attr-defined]
+        state.keys = ApiKeys.of(state.settings.serve)  # type: ignore[attr-defined]
     if not hasattr(state, "auth_failures"):
         state.auth_failures = FailureThrottle()  # type: ignore[attr-defined]
     if not hasattr(state, "ingest_buckets"):
-        state.ingest_buckets = TokenBuckets(ingest_rate_from_env())  # type: ignore[attr-defined]
+        state.ingest_buckets = TokenBuckets(state.settings.serve.ingest_rate)  # type: ignore[attr-defined]
     return state.keys, state.auth_failures, state.ingest_buckets  # type: ignore[attr-defined]
 
 

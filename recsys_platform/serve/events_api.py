@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
-from recsys_platform.config import Settings, env_number
+from recsys_platform.config import Settings
 from recsys_platform.ingest.landing import LandingZone, landing_zone_from_url
 from recsys_platform.realtime.collector import EventCollector
 from recsys_platform.serve.auth import require
@@ -31,10 +31,6 @@ logger = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_REQUEST = 500
 KNOWN_ITEMS_REFRESH_SECONDS = 60.0
-# How long the collector waits for other requests to share a landing file (RECSYS_INGEST_LINGER_MS): many
-# clients posting at once write one file per linger, not one per request, for 50 ms more per answer.
-LINGER_ENV = "RECSYS_INGEST_LINGER_MS"
-DEFAULT_LINGER_MS = 50.0
 
 
 class EventIn(BaseModel):
@@ -118,14 +114,13 @@ class KnownItems:
         return self._ids
 
 
-def build_collector(settings: Settings | None = None, zone: LandingZone | None = None) -> EventCollector:
-    """A collector on the configured landing zone, validating item ids against the lake's catalog."""
-    settings = settings or Settings.from_env()
-    linger_ms = env_number(LINGER_ENV, DEFAULT_LINGER_MS, "milliseconds")
+def build_collector(settings: Settings, zone: LandingZone | None = None) -> EventCollector:
+    """A collector on the configured landing zone, validating item ids against the lake's catalog; it waits
+    `ServeSettings.ingest_linger_ms` for other requests to share a landing file."""
     return EventCollector(
         zone or landing_zone_from_url(settings.landing_url),
         known_items=KnownItems(settings.lake_url),
-        linger_seconds=linger_ms / 1000.0,
+        linger_seconds=settings.serve.ingest_linger_ms / 1000.0,
     )
 
 
@@ -141,7 +136,8 @@ def _typed(record: Any) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def events_router(collector: EventCollector | None = None) -> APIRouter:
-    """The `POST /v1/events` router; the collector defaults to `build_collector()` on first use."""
+    """The `POST /v1/events` router; the collector defaults to `build_collector` of the app's settings
+    (`app.state.settings`) on first use."""
     router = APIRouter()
     holder: dict[str, EventCollector] = {}
     if collector is not None:
@@ -167,7 +163,7 @@ def events_router(collector: EventCollector | None = None) -> APIRouter:
         valid_idx = [i for i, r in enumerate(typed) if r is not None]
         try:
             if "c" not in holder:
-                holder["c"] = build_collector()
+                holder["c"] = build_collector(request.app.state.settings)
             result = await holder["c"].put_async([typed[i] for i in valid_idx])
         except Exception as exc:  # OSError locally, botocore errors on S3: nothing was acknowledged
             logger.error("landing zone write failed: %s", exc)

@@ -15,14 +15,13 @@ container as the Kubernetes manifests do.
 
 Each request gets a request id (a well-formed `X-Request-ID` from the caller, else a new uuid4), returned in
 the `X-Request-ID` header and written with method, route, status, latency and client address as one JSON
-line on the `recsys.access` logger (`RECSYS_ACCESS_LOG=0` turns the lines off).
+line on the `recsys.access` logger (`RECSYS_ACCESS_LOG=0`, `ServeSettings.access_log`, turns the lines off).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 import uuid
@@ -35,7 +34,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 access_logger = logging.getLogger("recsys.access")
-ACCESS_LOG_ENV = "RECSYS_ACCESS_LOG"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _MAX_CACHED_CHILDREN = 1000
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -127,10 +125,10 @@ def metrics_of(state: object) -> Metrics | None:
 class ObservabilityMiddleware:
     """Request ids, per-route metrics and one JSON access-log line per HTTP request (pure ASGI)."""
 
-    def __init__(self, app: Callable, metrics: Metrics, access_log: bool | None = None) -> None:
+    def __init__(self, app: Callable, metrics: Metrics, access_log: bool = True) -> None:
         self.app = app
         self.metrics = metrics
-        self.access_log = os.environ.get(ACCESS_LOG_ENV, "1") != "0" if access_log is None else access_log
+        self.access_log = access_log
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":

@@ -5,7 +5,8 @@ The request path only appends a row to an in-memory buffer; a background task wr
 file per flush (every FLUSH_SECONDS, or sooner at MAX_BUFFERED rows) into the landing zone under
 `served/dt=YYYY-MM-DD/hr=HH/<batch>.parquet`, off the event loop. The `served_log` asset reads an arrival hour's
 files into the lake (hourly partitions), and the analyst catalog has it as a view. Rows follow
-`schemas.SERVED_LOG_SCHEMA` (one row per list: items in served order). RECSYS_SERVED_LOG=0 turns it off.
+`schemas.SERVED_LOG_SCHEMA` (one row per list: items in served order). RECSYS_SERVED_LOG=0
+(`ServeSettings.served_log`) turns it off.
 A process killed between flushes loses at most FLUSH_SECONDS of log rows, never an answer.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -27,7 +27,6 @@ from recsys_platform.ingest.landing import LandingZone, hour_prefix, new_batch_i
 logger = logging.getLogger(__name__)
 
 SERVED_PREFIX = "served/"
-SERVED_LOG_ENV = "RECSYS_SERVED_LOG"
 FLUSH_SECONDS = 1.0
 MAX_BUFFERED = 20_000
 
@@ -63,11 +62,6 @@ def encode(rows: Sequence[tuple]) -> bytes:
         .otherwise(pl.col("item_ids").str.split(_SEP)),
     )
     return parquet_bytes(frame.select(list(_COLUMNS)))
-
-
-def enabled() -> bool:
-    """Whether the served log is on (RECSYS_SERVED_LOG, default on)."""
-    return os.environ.get(SERVED_LOG_ENV, "1") != "0"
 
 
 class ServedLog:
