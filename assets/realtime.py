@@ -20,11 +20,10 @@ import polars as pl
 
 from assets import groups
 from assets.partitions import arrival_hours
-from recsys_platform.config import Settings
 from recsys_platform.ingest.landing import PARTITION_KEY_FORMAT
 from recsys_platform.push.selection import schedule_pushes
 from recsys_platform.realtime import FIRST_FILE_TAG
-from resources import MlflowResource, OnlineStoreResource, PipelineResource, PushQueueResource
+from resources import LandingZoneResource, MlflowResource, OnlineStoreResource, PipelineResource, PushQueueResource
 
 
 def _this_and_previous_hour() -> dg.TimeWindowPartitionMapping:
@@ -121,6 +120,7 @@ def realtime_recommendations(
     mlflow: MlflowResource,
     pipeline: PipelineResource,
     push_queue: PushQueueResource,
+    landing: LandingZoneResource,
 ) -> dg.MaterializeResult:
     """Re-scores only the users whose events triggered this run, with the model bound to the ACTIVE
     slot, re-weighted by their session context, and writes their recommendations and features to that
@@ -133,7 +133,6 @@ def realtime_recommendations(
 
     started = time.perf_counter()
     params = pipeline.params()
-    settings = Settings.from_env()
     user_ids, after, upper = touched_user_ids(context, raw_events)
     batch = refresh.batch_interactions(pipeline.lake_url)
     since = (batch.select(pl.col("event_time").max()).collect().item() if batch is not None else None) or datetime.now(
@@ -155,7 +154,7 @@ def realtime_recommendations(
             mlflow.tracking_uri,
             mlflow.model_name,
             pipeline.lake_url,
-            settings.s3_endpoint_url,
+            landing.s3_endpoint_url,
         )
         return refresh.score_touched(rec, mine, users, user_ids, now, 3 * params.top_n)
 

@@ -7,12 +7,12 @@ import polars as pl
 
 from assets import groups
 from assets.features import feature_cutoff
+from assets.partitions import SHARD_KEYS, user_shards
 from assets.pools import HISTORY_POOL
 from recsys_platform import schemas
 from recsys_platform.analytics.reporting import frame_preview_markdown
 from recsys_platform.batch import scoring as bs
-from recsys_platform.batch.set_config import load_sets_config
-from recsys_platform.config import CHAMPION_ALIAS, POPULARITY_VERSION, Settings
+from recsys_platform.config import CHAMPION_ALIAS, POPULARITY_VERSION
 from recsys_platform.experiments import ab_tests as experiments
 from recsys_platform.features.tables import latest_event_time, read_history
 from recsys_platform.ingest.landing import parquet_bytes
@@ -24,8 +24,6 @@ from recsys_platform.serve.served_log import export_served_rows, served_key
 from resources import LandingZoneResource, MlflowResource, OnlineStoreResource, PipelineResource
 from resources.recommendation_sets import RecommendationSetsResource
 
-SHARD_KEYS = bs.shard_keys(load_sets_config(Settings.from_env().recommendation_sets_path).batch.shards)
-user_shards = dg.StaticPartitionsDefinition(SHARD_KEYS)
 ALL_EVENT_HOURS = dg.AssetIn("raw_events", partition_mapping=dg.AllPartitionMapping())
 ALL_SERVED_HOURS = dg.AssetIn("served_log", partition_mapping=dg.AllPartitionMapping())
 
@@ -56,6 +54,7 @@ def batch_scores(
     mlflow: MlflowResource,
     pipeline: PipelineResource,
     set_config: RecommendationSetsResource,
+    landing: LandingZoneResource,
 ):  # {shard: frame}, one per shard of the run (the lake IO manager stores each)
     """Up to `batch.items_per_user` items per eligible user of this shard (stable hash of the user id):
     the `champion` version's ranked candidates, then the other recommendable items by recency-weighted EASE
@@ -88,7 +87,7 @@ def batch_scores(
             mlflow.tracking_uri,
             mlflow.model_name,
             pipeline.lake_url,
-            Settings.from_env().s3_endpoint_url,
+            landing.s3_endpoint_url,
             lightgbm=True,  # ~160 candidate rows per user: the compiled ranker, not the numpy trees (ranker_predict.py)
         )
 

@@ -10,11 +10,11 @@ from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
 from recsys_platform import schemas
 from recsys_platform.analytics.duckdb_catalog import build_catalog
-from recsys_platform.config import CHAMPION_ALIAS, POPULARITY_VERSION, Settings
+from recsys_platform.config import CHAMPION_ALIAS, POPULARITY_VERSION
 from recsys_platform.features.tables import read_history
 from recsys_platform.model import fallback, registry
 from recsys_platform.serve import deployment, snapshot
-from resources import MlflowResource, OnlineStoreResource, PipelineResource
+from resources import LandingZoneResource, MlflowResource, OnlineStoreResource, PipelineResource
 
 GROUP = groups.SERVING
 LAKE_TABLES = [
@@ -51,6 +51,7 @@ def recommendations(
     popularity_model: pl.DataFrame,
     mlflow: MlflowResource,
     pipeline: PipelineResource,
+    landing: LandingZoneResource,
 ) -> pl.DataFrame:
     """Top-N items per user from the `champion` version (the ranker, or the personalised baseline the gate
     chose over it) on every event so far: its sources refitted on all the history with the params the
@@ -82,7 +83,7 @@ def recommendations(
         limit = limit and not rec.params.exclude_seen  # seen items are never candidates: no replay to limit
         # deeper than top_n: the policy below moves replays down and needs other items to move up
         recs = rec.recommend(users["user_id"], params.top_n * (2 if limit else 1))
-        save_state(rec, version, state_url(pipeline.lake_url), Settings.from_env().s3_endpoint_url)
+        save_state(rec, version, state_url(pipeline.lake_url), landing.s3_endpoint_url)
         facts = {
             "scorer": registry.version_tags(mlflow.tracking_uri, version, mlflow.model_name).get(
                 registry.SCORER_TAG, "ranker"
@@ -152,9 +153,11 @@ def feature_store_snapshot(
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, deps=LAKE_TABLES)
-def analyst_catalog(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+def analyst_catalog(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource, landing: LandingZoneResource
+) -> dg.MaterializeResult:
     """DuckDB catalog file with one view per lake table, rebuilt atomically (never blocks open analyst sessions)."""
-    views = build_catalog(pipeline.analyst_catalog, pipeline.lake_url, LAKE_TABLES)
+    views = build_catalog(pipeline.analyst_catalog, pipeline.lake_url, LAKE_TABLES, landing.s3_endpoint_url)
     return dg.MaterializeResult(
         metadata={"path": dg.MetadataValue.path(str(pipeline.analyst_catalog)), "views": dg.MetadataValue.json(views)}
     )

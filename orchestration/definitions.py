@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets import features, ingestion, lifecycle, push, realtime, recommendation_sets, serving, training
 from assets.checks import ALL_CHECKS
+from assets.partitions import settings_at_load
 from orchestration.environment import build_resources, executor_from_env
 from orchestration.jobs import (
     JOBS,
@@ -41,7 +42,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         asset_checks=ALL_CHECKS,
         jobs=JOBS,
         sensors=[
-            landing_sensor_for(refresh_realtime_job),
+            landing_sensor_for(refresh_realtime_job, running=settings.landing_sensor_running),
             champion_sensor_for(deploy_job),
             run_failure_alerts,
             orphaned_run_sweeper,
@@ -58,4 +59,5 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     )
 
 
-defs = build_definitions()
+# The code location's Settings: the same read that fixed the partitions (assets/partitions.py).
+defs = build_definitions(settings_at_load())

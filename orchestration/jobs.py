@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import groups, ingestion, push, realtime, serving
+from assets import groups, ingestion, partitions, push, realtime, serving
 from assets import recommendation_sets as sets
 
 # Selections used by more than one job (and by tests that materialize parts of the graph).
@@ -13,7 +13,7 @@ INGESTION = dg.AssetSelection.groups(groups.INGESTION)
 LIFECYCLE = dg.AssetSelection.groups(groups.LIFECYCLE)
 REALTIME = dg.AssetSelection.assets(realtime.session_features, realtime.realtime_recommendations)
 SHARDED = dg.AssetSelection.assets(sets.batch_scores, sets.recommendation_sets, sets.recommendation_export)
-SHARD_KEYS = sets.SHARD_KEYS
+SHARD_KEYS = partitions.SHARD_KEYS
 REFRESH_MAX_RETRIES = 3
 
 ingest_job = dg.define_asset_job(
@@ -61,7 +61,7 @@ recommendation_sets_job = dg.define_asset_job(
     "recommendation_sets_batch",
     # the catalog is rebuilt too, so analysts get views over the sets as soon as the first shard lands
     selection=SHARDED | dg.AssetSelection.assets(serving.analyst_catalog),
-    partitions_def=sets.user_shards,
+    partitions_def=partitions.user_shards,
     description="Batch-score one user shard with the champion, apply the recommendation-set rules, export "
     "JSON lines, refresh the analyst catalog (on demand: launch or backfill shards; scheduled every 2 days).",
 )

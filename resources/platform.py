@@ -28,6 +28,12 @@ class LandingZoneResource(dg.ConfigurableResource):
             return S3LandingZone(client, bucket, prefix)
         return LocalLandingZone(self.url)
 
+    @property
+    def s3_endpoint_url(self) -> str | None:
+        """The S3-compatible endpoint of the deployment's buckets (RECSYS_S3_ENDPOINT_URL: one for the landing zone,
+        the lake and the catalog; None: AWS's own), for the assets that read the lake outside the IO manager."""
+        return self.s3.endpoint_url if self.s3 is not None else None
+
 
 class OnlineStoreResource(dg.ConfigurableResource):
     """The two-slot online store (sqlite:///path or redis://host:port/db)."""

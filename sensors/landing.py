@@ -12,8 +12,9 @@ from resources import LandingZoneResource
 MAX_FILES_PER_TICK = 5000
 
 
-def _default_status() -> dg.DefaultSensorStatus:
-    running = Settings.from_env().landing_sensor_running
+def _default_status(running: bool | None) -> dg.DefaultSensorStatus:
+    if running is None:  # a caller other than the root (which passes its settings' choice)
+        running = Settings.from_env().landing_sensor_running
     return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
 
 
@@ -26,14 +27,15 @@ def _partitions_with_waiting_runs(context: dg.SensorEvaluationContext, job_name:
     return {run.tags.get(PARTITION_TAG) for run in waiting}
 
 
-def landing_sensor_for(job: Any, interval_seconds: int = 1) -> dg.SensorDefinition:
-    """A cursor-based sensor over events/ that requests `job` for each touched hour partition."""
+def landing_sensor_for(job: Any, interval_seconds: int = 1, running: bool | None = None) -> dg.SensorDefinition:
+    """A cursor-based sensor over events/ that requests `job` for each touched hour partition; it starts switched
+    on when `running` (default: `Settings.landing_sensor_running` of the environment)."""
 
     @dg.sensor(
         name="landing_zone_sensor",
         job=job,
         minimum_interval_seconds=interval_seconds,
-        default_status=_default_status(),
+        default_status=_default_status(running),
         description="Lists only event files after its cursor (keys sort by arrival; files named up to 30 s "
         "earlier that completed late are still picked up) and requests one refresh run per touched arrival "
         "hour (none while a run for that hour still waits in the queue: it will cover them). Run keys name the "

@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from recsys_platform.config import Settings
 from recsys_platform.deploy_profile import is_s3, s3_filesystem
 
 logger = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ def connect_catalog(catalog_path: Path, s3_endpoint_url: str | None = None, read
     import duckdb
 
     con = duckdb.connect(str(catalog_path), read_only=read_only)
-    con.register_filesystem(s3_filesystem(s3_endpoint_url or Settings.from_env().s3_endpoint_url))
+    con.register_filesystem(s3_filesystem(s3_endpoint_url))
     return con
 
 
@@ -63,7 +62,7 @@ def build_catalog(
     fs = None
     if remote:
         # DuckDB's httpfs extension cannot be downloaded offline; s3fs registered as a filesystem serves s3://.
-        fs = s3_filesystem(s3_endpoint_url or Settings.from_env().s3_endpoint_url)
+        fs = s3_filesystem(s3_endpoint_url)
         con.register_filesystem(fs)
     try:
         for table in tables:
