@@ -14,6 +14,7 @@ from recsys_platform.push.queue import (
     QueueStats,
     QueueUnavailableError,
 )
+from recsys_platform.sqlite_client import SQLITE_SCHEME, sqlite_path
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -40,11 +41,10 @@ def open_push_queue(
     if visibility_timeout_s <= 0 or max_attempts < 1:
         raise ValueError("visibility_timeout_s must be > 0 and max_attempts >= 1")
     options = {"visibility_timeout_s": visibility_timeout_s, "max_attempts": max_attempts, "dedup_ttl_s": dedup_ttl_s}
-    if url.startswith("sqlite:///"):
+    if url.startswith(SQLITE_SCHEME):
         from recsys_platform.push.sqlite_queue import SQLitePushQueue
 
-        path = url.removeprefix("sqlite:///")
-        return SQLitePushQueue(path if path.startswith("/") else "/" + path, **options)
+        return SQLitePushQueue(sqlite_path(url), **options)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from recsys_platform.push.redis_queue import RedisPushQueue
 

@@ -33,6 +33,7 @@ from recsys_platform.push.queue import (
     QueueStats,
     QueueUnavailableError,
 )
+from recsys_platform.sqlite_client import connect_sqlite, enable_wal
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +99,8 @@ class SQLitePushQueue(PushQueue):
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
-            )
-            self._conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = connect_sqlite(self.path, busy_timeout_ms)
+            enable_wal(self._conn)
             self._conn.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise QueueUnavailableError(f"cannot open push queue {self.path}: {exc}") from exc

@@ -17,6 +17,7 @@ from recsys_platform.serve.online_store.base import (
     StoreUnavailableError,
     other_slot,
 )
+from recsys_platform.sqlite_client import SQLITE_SCHEME, sqlite_path
 
 __all__ = [
     "GLOBAL_SEGMENT",
@@ -41,11 +42,10 @@ def open_online_store(url: str, create: bool = True) -> OnlineStore:
 
     `create=False` (readers: the API, `recsys deploy`) makes a SQLite file that does not exist an error on
     first use instead of a new empty store: a mistyped path must not pass for a store with nothing deployed."""
-    if url.startswith("sqlite:///"):
+    if url.startswith(SQLITE_SCHEME):
         from recsys_platform.serve.online_store.sqlite import SQLiteOnlineStore
 
-        path = url.removeprefix("sqlite:///")
-        return SQLiteOnlineStore(path if path.startswith("/") else "/" + path, create=create)
+        return SQLiteOnlineStore(sqlite_path(url), create=create)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from recsys_platform.serve.online_store.redis import RedisOnlineStore
 

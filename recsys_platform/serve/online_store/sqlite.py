@@ -26,6 +26,7 @@ from recsys_platform.serve.online_store.base import (
     validate_namespace,
     validate_slot,
 )
+from recsys_platform.sqlite_client import connect_sqlite, enable_wal
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +81,12 @@ class SQLiteOnlineStore(OnlineStore):
                 "the store on its first deploy)"
             )
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-            conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn = connect_sqlite(self.path, self._busy_timeout_ms)
             conn.execute("PRAGMA mmap_size=268435456")
             conn.execute("PRAGMA cache_size=-65536")
             with self._lock:
                 if not self._schema_ready:
-                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                    if mode.lower() != "wal":
-                        raise sqlite3.OperationalError(f"could not enable WAL (journal_mode={mode})")
+                    enable_wal(conn)
                     conn.executescript(_SCHEMA)
                     self._schema_ready = True
                 self._connections.append(conn)
