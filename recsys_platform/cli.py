@@ -63,8 +63,8 @@ def _prepare_environment() -> Settings:
     """Resolve settings and point Dagster at the project-local instance directory."""
     settings = Settings.from_env()
     settings.ensure_local_dirs()
-    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
-    dagster_yaml = Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml"
+    # Dagster reads DAGSTER_HOME itself: set it for the instance this process and its runs open.
+    dagster_yaml = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))) / "dagster.yaml"
     if not dagster_yaml.exists():
         dagster_yaml.write_text("telemetry:\n  enabled: false\n")
     from orchestration.instance_storage import EVENT_LOG_YAML

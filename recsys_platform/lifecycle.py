@@ -200,7 +200,7 @@ def _append_audit(settings: Settings, report: ForgetReport) -> None:
     replace_whole(path, before + json.dumps(asdict(report), sort_keys=True).encode() + b"\n")
 
 
-def forget_user(user_id: str, settings: Settings | None = None) -> ForgetReport:
+def forget_user(user_id: str, settings: Settings) -> ForgetReport:
     """Remove `user_id` from the landing zone, the lake, the exports, the online store and the push queue, and
     record an audit line; ValueError for an id no path of the platform accepts."""
     if not re.match(schemas.ID_PATTERN, user_id):
@@ -208,7 +208,6 @@ def forget_user(user_id: str, settings: Settings | None = None) -> ForgetReport:
     from recsys_platform.push import open_push_queue
     from recsys_platform.serve.online_store import open_online_store
 
-    settings = settings or Settings.from_env()
     report = ForgetReport(user_digest(user_id), datetime.now(UTC).isoformat(timespec="seconds"))
     _forget_in_landing(settings, user_id, report.removed)
     _forget_in_lake(settings, user_id, report.removed)

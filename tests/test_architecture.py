@@ -4,7 +4,11 @@ imports the CLI, dev tools, benchmarks or tests.
 
 Every import statement counts, including the ones inside functions (the lazy imports of heavy libraries):
 a lazy import of the shell is still a dependency on it. The contract functions are checked on a synthetic
-graph too, so a broken contract cannot pass by finding nothing."""
+graph too, so a broken contract cannot pass by finding nothing.
+
+The environment has one reader, `Settings` (recsys_platform/config.py), called by the composition roots, which
+pass the settings in: every other access to os.environ and every other `Settings.from_env()` is listed with its
+reason, and the lists are checked on synthetic files the same way."""
 
 from __future__ import annotations
 
@@ -181,7 +185,8 @@ def test_the_contracts_catch_what_they_forbid():
 ENVIRONMENT_OUTSIDE_SETTINGS = {
     # Writes a default for the OpenMP runtime before LightGBM loads it.
     "recsys_platform/__init__.py",
-    # Writes DAGSTER_HOME and RECSYS_RANKER_THREADS for the runs the CLI starts in its own process.
+    # Writes DAGSTER_HOME (Dagster reads it itself) and RECSYS_RANKER_THREADS for the runs the CLI starts in its
+    # own process.
     "recsys_platform/cli.py",
     # MLflow's own MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, saved and restored around its client, and the
     # environment of the MLflow server subprocess.
@@ -195,19 +200,67 @@ ENVIRONMENT_OUTSIDE_SETTINGS = {
 }
 # Dev tools and the quality benchmark build the environments of the subprocesses they start.
 NOT_THE_PRODUCT = ("recsys_platform/dev/", "recsys_platform/quality_benchmark/")
+# `os.environ`, `os.getenv`, `os.putenv`, `os.unsetenv`, or the same names imported from os.
+ENVIRONMENT_ACCESS = r"\bos\.(environ|getenv|putenv|unsetenv)\b|\bfrom\s+os\s+import\b[^\n]*\b(environ|getenv|putenv)\b"
+
+# Who may call `Settings.from_env()`, and why. The composition roots read the settings once and pass them on
+# (to resources, the app's state, the functions they call); the rest are defaults for direct callers (tests,
+# scripts) of functions whose product callers pass what they need, or reads still to be threaded through.
+SETTINGS_READERS = {
+    "recsys_platform/cli.py": "every command resolves the settings once (_prepare_environment)",
+    "recsys_platform/serve/api.py": "create_app: the factory the server calls with no arguments, in each worker",
+    "orchestration/definitions.py": "build_definitions without settings",
+    "orchestration/environment.py": "executor_from_env without settings",
+    "assets/partitions.py": "settings_at_load: Dagster needs the partitions when the assets are imported",
+    "sensors/landing.py": "landing_sensor_for without running= (the root passes its settings' choice)",
+    "recsys_platform/deploy_profile.py": "executor_settings_from_env, for callers without settings",
+    "recsys_platform/lifecycle.py": "load_retention without a path (the retention asset's resources have none)",
+    "recsys_platform/ingest/landing.py": "the S3 client of an s3:// landing zone opened without one",
+    "recsys_platform/ingest/ingestion.py": "app_launch, read deep in validate_events (API intake and ingestion)",
+    "recsys_platform/alerts.py": "notify without a url (run_failure_alerts is a module-level sensor)",
+}
+SETTINGS_READ = r"\bSettings\.from_env\("
 
 
-def test_settings_is_the_only_reader_of_the_environment():
-    import re
+@pytest.fixture(scope="module")
+def product_files() -> dict[str, str]:
+    """{path: text} of every Python file of the core and the shell, except config.py and what is not the product."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    readers = set()
+    files = {}
     for folder in (CORE_PACKAGE, *SHELL):
         for path in (root / folder).rglob("*.py"):
             name = path.relative_to(root).as_posix()
-            if name == "recsys_platform/config.py" or name.startswith(NOT_THE_PRODUCT):
-                continue
-            if re.search(r"\bos\.(environ|getenv|putenv)\b|\benv_number\(", path.read_text()):
-                readers.add(name)
-    assert readers == ENVIRONMENT_OUTSIDE_SETTINGS
+            if name != "recsys_platform/config.py" and not name.startswith(NOT_THE_PRODUCT):
+                files[name] = path.read_text()
+    return files
+
+
+def files_matching(files: dict[str, str], pattern: str) -> set[str]:
+    """The paths of `files` whose text matches `pattern`."""
+    import re
+
+    return {name for name, text in files.items() if re.search(pattern, text)}
+
+
+def test_settings_is_the_only_reader_of_the_environment(product_files):
+    assert len(product_files) > 100
+    assert files_matching(product_files, ENVIRONMENT_ACCESS) == ENVIRONMENT_OUTSIDE_SETTINGS
+
+
+def test_settings_are_read_by_the_composition_roots_and_passed_in(product_files):
+    assert files_matching(product_files, SETTINGS_READ) == set(SETTINGS_READERS)
+
+
+def test_the_environment_contracts_catch_what_they_forbid():
+    """A new read of the environment, or of Settings, outside the lists above makes the two tests above fail."""
+    files = {
+        "recsys_platform/a.py": "import os\nvalue = os.environ.get('RECSYS_X', '')",
+        "recsys_platform/b.py": "from os import getenv\nvalue = getenv('RECSYS_X')",
+        "assets/c.py": "import os\nflag = os.getenv('RECSYS_Y') == '1'",
+        "sensors/d.py": "from recsys_platform.config import Settings\nurl = Settings.from_env().lake_url",
+        "resources/e.py": "def f(settings):\n    return settings.lake_url  # the environment, as Settings read it",
+    }
+    assert files_matching(files, ENVIRONMENT_ACCESS) == {"recsys_platform/a.py", "recsys_platform/b.py", "assets/c.py"}
+    assert files_matching(files, SETTINGS_READ) == {"sensors/d.py"}
