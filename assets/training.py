@@ -128,56 +128,59 @@ def ranker_model(
     return ref.to_dict()
 
 
-def _holdout_asset(protocol: str) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=f"holdout_{protocol}",
-        group_name=GROUP,
-        kinds={"polars", "mlflow"},
-        pool=HISTORY_POOL,
-        description=(
-            f"The whole training procedure run on the {protocol} holdout ({procedure.HOLDOUTS[protocol]}): "
-            "fitted on the known part and scored at 10 (precision, recall, NDCG, MAP, MRR, hit rate, coverage, "
-            "novelty) beside all-time popularity, recent popularity, EASE and item-kNN fitted on the same rows, "
-            "and the serving champion as it is. Independent of this cycle's ranker, so it runs beside its training."
-        ),
-    )
-    def _holdout(
-        context: dg.AssetExecutionContext,
-        interactions: pl.LazyFrame,
-        items: pl.DataFrame,
-        users: pl.DataFrame,
-        mlflow: MlflowResource,
-        pipeline: PipelineResource,
-    ) -> pl.DataFrame:
-        params = pipeline.params()
-        champion_version = registry.alias_version(mlflow.tracking_uri, model_name=mlflow.model_name)
-        champion = None
-        if champion_version:
-            scorer, champion_params, _ = registry.load_scorer(mlflow.tracking_uri, champion_version, mlflow.model_name)
-            champion = (scorer, ModelParams.from_dict(champion_params))
-        table, about = procedure.evaluate(
-            read_history(interactions),
-            items,
-            users,
-            protocol,
-            pipeline.model_params(),
-            params.max_training_users,
-            params.ranker_threads,
-            champion,
+@dg.multi_asset(
+    outs={
+        f"holdout_{protocol}": dg.AssetOut(
+            kinds={"polars", "mlflow"},
+            description=(
+                f"The whole training procedure run on the {protocol} holdout ({procedure.HOLDOUTS[protocol]}): "
+                "fitted on the known part and scored at 10 (precision, recall, NDCG, MAP, MRR, hit rate, coverage, "
+                "novelty) beside all-time popularity, recent popularity, EASE, item-kNN and the user's own replays "
+                "fitted on the same rows, and the serving champion as it is. Independent of this cycle's ranker."
+            ),
+            is_required=False,
         )
-        context.add_output_metadata(
-            {
+        for protocol in procedure.PROTOCOLS
+    },
+    group_name=GROUP,
+    pool=HISTORY_POOL,
+    can_subset=True,
+)
+def holdouts(
+    context: dg.AssetExecutionContext,
+    interactions: pl.LazyFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    mlflow: MlflowResource,
+    pipeline: PipelineResource,
+):
+    """Both holdouts in one step, evaluated at once (`procedure.evaluate_protocols`: the second protocol in its
+    own process when the ranker has two threads or more): as two steps of an in-process run (the CLI's) they took
+    turns, each leaving a core idle outside LightGBM's fits."""
+    params = pipeline.params()
+    champion_version = registry.alias_version(mlflow.tracking_uri, model_name=mlflow.model_name)
+    loader = champion_version and registry.ScorerLoader(mlflow.tracking_uri, champion_version, mlflow.model_name)
+    wanted = tuple(p for p in procedure.PROTOCOLS if f"holdout_{p}" in context.selected_output_names)
+    results = procedure.evaluate_protocols(
+        read_history(interactions),
+        items,
+        users,
+        wanted,
+        pipeline.model_params(),
+        params.max_training_users,
+        params.ranker_threads,
+        loader,
+    )
+    for protocol, (table, about) in results.items():
+        yield dg.Output(
+            table.with_columns(champion_version=pl.lit(champion_version, dtype=pl.String)),
+            output_name=f"holdout_{protocol}",
+            metadata={
                 "ndcg@10": dg.MetadataValue.md(_ndcg_markdown(table, protocol)),
                 "champion_version": champion_version or "none",
                 "facts": dg.MetadataValue.json({k: str(v) for k, v in about.items() if k != "tuning_ndcg@10"}),
-            }
+            },
         )
-        return table.with_columns(champion_version=pl.lit(champion_version, dtype=pl.String))
-
-    return _holdout
-
-
-holdout_assets = [_holdout_asset(protocol) for protocol in procedure.PROTOCOLS]
 
 
 @dg.asset(group_name=GROUP, kinds={"mlflow"}, pool=HISTORY_POOL)

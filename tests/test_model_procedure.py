@@ -145,6 +145,26 @@ def test_evaluate_reports_every_metric_for_the_ranker_and_every_baseline(world, 
     assert procedure.metric(table, protocol, "ranker") > 0
 
 
+def test_two_holdouts_side_by_side_give_what_each_gives_alone(world) -> None:
+    # with two threads the second protocol runs in a spawned process, each with one LightGBM and BLAS thread:
+    # the tables must be exactly those of `evaluate` on one thread, protocol by protocol
+    ds, inter = world["ds"], world["inter"]
+    both = procedure.evaluate_protocols(inter, ds.items, ds.users, procedure.PROTOCOLS, FAST, 300, threads=2)
+    assert list(both) == list(procedure.PROTOCOLS)
+    for protocol in procedure.PROTOCOLS:
+        alone, facts = procedure.evaluate(inter, ds.items, ds.users, protocol, FAST, 300, threads=1)
+        table, side_facts = both[protocol]
+        assert table.equals(alone) and table.height > 0
+        assert side_facts["test_users"] == facts["test_users"]
+    # a champion loader is called in each process (a loader that fails there fails the evaluation)
+    with pytest.raises(RuntimeError, match="no champion here"):
+        procedure.evaluate_protocols(inter, ds.items, ds.users, procedure.PROTOCOLS, FAST, 300, 2, _no_champion)
+
+
+def _no_champion():
+    raise RuntimeError("no champion here")
+
+
 def test_strongest_baseline_picks_the_best_and_ignores_missing_figures() -> None:
     table = pl.DataFrame(
         {

@@ -10,12 +10,16 @@ whole procedure on each protocol's known part, so what is measured is what is se
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import polars as pl
+from threadpoolctl import threadpool_limits
 
 from recsys_platform.model import evaluation
 from recsys_platform.model.candidates import FEATURES, ItemStats, pairs_frame
@@ -286,6 +290,45 @@ def evaluate(
         rows += [{"protocol": protocol, "model": model, "metric": m, "value": float(v)} for m, v in metrics.items()]
     facts = {**split.describe(), "test_users": test_users.len(), "params": rec.params.to_dict(), **rec.facts}
     return pl.DataFrame(rows), facts
+
+
+def evaluate_protocols(
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    protocols: tuple[str, ...] = PROTOCOLS,
+    base: ModelParams | None = None,
+    max_users: int = 4000,
+    threads: int = 1,
+    champion: Callable[[], tuple[Any, ModelParams] | None] | None = None,
+) -> dict[str, tuple[pl.DataFrame, dict[str, Any]]]:
+    """`evaluate` on each protocol. With two or more threads, two protocols run at once: the second in a spawned
+    process, each with half the threads. The procedure is mostly single-threaded Python and numpy (candidates,
+    features, the training windows) between LightGBM's threaded fits, so one process leaves a core idle most of
+    the time. `champion` is a picklable loader of the serving champion (each process loads its own: a compiled
+    ranker does not pickle), or None."""
+    args = (interactions, items, users)
+    if threads < 2 or len(protocols) < 2:
+        return {p: evaluate(*args, p, base, max_users, threads, _load(champion)) for p in protocols}
+    here, there = protocols[0], protocols[1:]
+    # spawn, not fork: the parent may hold OpenMP (LightGBM) and BLAS thread pools, which a fork does not copy
+    with ProcessPoolExecutor(max_workers=len(there), mp_context=multiprocessing.get_context("spawn")) as pool:
+        child_threads = max(1, threads // 2)
+        futures = {p: pool.submit(_evaluate_loaded, *args, p, base, max_users, child_threads, champion) for p in there}
+        with threadpool_limits(limits=threads - child_threads):  # BLAS too: the two processes share the cores
+            out = {here: evaluate(*args, here, base, max_users, threads - child_threads, _load(champion))}
+        out.update({p: future.result() for p, future in futures.items()})
+    return {p: out[p] for p in protocols}
+
+
+def _load(champion: Callable[[], tuple[Any, ModelParams] | None] | None) -> tuple[Any, ModelParams] | None:
+    return champion() if champion is not None else None
+
+
+def _evaluate_loaded(interactions, items, users, protocol, base, max_users, threads, champion):
+    """`evaluate` in a child process, the champion loaded there, BLAS held to the same threads as LightGBM."""
+    with threadpool_limits(limits=threads):
+        return evaluate(interactions, items, users, protocol, base, max_users, threads, _load(champion))
 
 
 def metric(table: pl.DataFrame, protocol: str, model: str, name: str = f"ndcg@{K}") -> float:

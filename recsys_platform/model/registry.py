@@ -226,6 +226,22 @@ def load_scorer(
     return compiled_scorer(booster, client.get_model_version(model_name, version).run_id), params, version
 
 
+@dataclass(frozen=True)
+class ScorerLoader:
+    """A picklable way to a registered version's (scorer, ModelParams): a compiled scorer does not pickle, so a
+    process that needs it (`procedure.evaluate_protocols`' second process) is handed this and loads its own."""
+
+    tracking_uri: str
+    version: str
+    model_name: str = REGISTERED_MODEL_NAME
+
+    def __call__(self) -> tuple[Any, Any]:
+        from recsys_platform.model.params import ModelParams
+
+        scorer, params, _ = load_scorer(self.tracking_uri, self.version, self.model_name)
+        return scorer, ModelParams.from_dict(params)
+
+
 def compiled_scorer(booster: Any, run_id: str | None = None) -> Any:
     """The booster compiled for this host (`model.compiled`), its object file taken from the run's `compiled/`
     artifacts when they hold one for this CPU; the booster itself when it cannot be compiled."""
