@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import dagster as dg
 import lightgbm as lgb
@@ -165,6 +166,21 @@ def test_pyfunc_loads_by_alias_and_scores_like_the_booster(lifecycle) -> None:
     got = np.asarray(model.predict(rows.to_pandas()))
     np.testing.assert_allclose(got, _ranker(1).booster_.predict(rows.to_numpy()))
     assert [c.name for c in model.metadata.get_input_schema().inputs] == FEATURES
+
+
+def test_a_ranker_version_pins_the_packages_its_model_loads_with(lifecycle) -> None:
+    # written down, not inferred by importing the model in a subprocess (3 s per version): the serving stack's
+    # packages at the versions installed here
+    from importlib.metadata import version
+
+    import mlflow
+
+    tracking, (ref, _, _) = lifecycle
+    registry._client(tracking)
+    folder = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{ref.run_id}/model", tracking_uri=tracking)
+    pinned = (Path(folder) / "requirements.txt").read_text().split()
+    assert "lightgbm==" + version("lightgbm") in pinned and "mlflow==" + version("mlflow") in pinned
+    assert {p.split("==")[0] for p in pinned} >= {"numpy", "pandas", "scipy", "scikit-learn"}
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:

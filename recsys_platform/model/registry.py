@@ -101,6 +101,14 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_uri: str | None) ->
     return client.create_experiment(name, artifact_location=location)
 
 
+def ranker_requirements() -> list[str]:
+    """The ranker's pip requirements, pinned to this environment: what MLflow's inference found (it imports the
+    saved model in a subprocess to see what it loads, about 3 s of every registered version), written down."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "lightgbm", "numpy", "pandas", "scipy", "scikit-learn")]
+
+
 def log_ranker(
     tracking_uri: str,
     artifact_uri: str | None,
@@ -138,6 +146,7 @@ def log_ranker(
             signature=signature,
             input_example=example.head(5),
             registered_model_name=model_name,
+            pip_requirements=ranker_requirements(),
         )
         # The compiled ranker beside the model (`model.compiled`): loaders on the same kind of CPU reuse it.
         compiled = compile_ranker(booster.model_to_string())
