@@ -91,9 +91,10 @@ def run_variant(
     patience: int = EARLY_STOPPING_ROUNDS,
     min_trees: int = EARLY_STOPPING_MIN_TREES,
     columns: tuple[str, ...] = FEATURES,
+    scored: dict | None = None,
 ) -> dict:
     """Train one variant (on the feature `columns`) on the fit queries of `split_seed` and score it on the
-    compare queries."""
+    compare queries (their row mask and scores go into `scored` when given)."""
     import lightgbm as lgb
 
     query = frame.select(pl.concat_str("window", pl.lit("|"), "user_id"))[:, 0].rle_id().to_numpy()
@@ -131,6 +132,8 @@ def run_variant(
     )
     seconds = time.perf_counter() - started
     scores = model.predict(x[compare], num_iteration=model.best_iteration_)
+    if scored is not None:
+        scored.update(compare=compare, scores=scores, query=query)
     return {
         "split": split_seed,
         "learning_rate": learning_rate,

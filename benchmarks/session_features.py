@@ -58,6 +58,39 @@ def variants() -> dict[str, tuple[str, ...]]:
     return out
 
 
+def boosts_effect(frame: pl.DataFrame, history: pl.DataFrame, events: pl.DataFrame, items, users, split_seed: int):
+    """nDCG@10 of the "all" ranker's order of the compare queries, without and with the refresh path's fixed
+    context boosts (each user's session window as of their cutoff in the query's window)."""
+    from recsys_platform.realtime.context import apply_context
+    from recsys_platform.realtime.sessions import session_features
+
+    scored: dict = {}
+    run_variant(frame, split_seed, 0.1, 1000, columns=variants()["all"], scored=scored)
+    rows = frame.filter(pl.Series(scored["compare"])).select("window", "user_id", "item_id", "relevance")
+    rows = rows.with_columns(score=pl.Series(scored["scores"]), q=pl.Series(scored["query"][scored["compare"]]))
+    splits = {"training": procedure.per_user_split(history, name="training")}
+    splits.update({s.name: s for s, _ in procedure._global_windows(history, 3)})
+    meta = items.select("item_id", "content_type")
+    parts = []
+    for name, split in splits.items():
+        mine = rows.filter(pl.col("window") == name)
+        if mine.height == 0:
+            continue
+        cut = mine.select("user_id").unique().join(split.cutoffs, on="user_id", how="left")
+        before = (
+            events.join(cut, on="user_id", how="inner")
+            .filter(
+                pl.col("event_time") < pl.coalesce("cutoff", pl.lit(split.known_until, dtype=pl.Datetime("us", "UTC")))
+            )
+            .drop("cutoff")
+        )
+        sessions = session_features(before, users, items, watermark_minutes=10**7)
+        parts.append(apply_context(mine.join(meta, on="item_id", how="left"), sessions))
+    out = pl.concat(parts).sort("q", maintain_order=True)
+    q, y = out["q"].to_numpy(), out["relevance"].to_numpy()
+    return query_ndcg(q, out["score"].to_numpy(), y), query_ndcg(q, out["score_context"].to_numpy(), y)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("ml-100k", "synthetic"), required=True)
@@ -69,6 +102,7 @@ def main() -> None:
     parser.add_argument("--label-users", type=int, default=1000)
     parser.add_argument("--text-encoder", default="auto", help="auto, minilm or hashed (model.text)")
     parser.add_argument("--only", nargs="+", help="variants to run (default: all)")
+    parser.add_argument("--refresh-boosts", action="store_true", help="measure the refresh's fixed boosts only")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     every = variants()["all"]
@@ -77,7 +111,7 @@ def main() -> None:
             interactions, items, users = ml100k_interactions(args.path, Path(tmp))
             signals = signal_events(pl.scan_parquet(str(Path(tmp) / "home" / "lake" / "raw_events" / "*.parquet")))
         else:
-            interactions, items, users, signals, _ = synthetic(args.seed, args.users, args.days)
+            interactions, items, users, signals, events = synthetic(args.seed, args.users, args.days)
         history = read_history(interactions)
         base = ModelParams(text_encoder=args.text_encoder)
         params, _ = procedure.choose_params(history, items, users, base, 4000)
@@ -89,6 +123,11 @@ def main() -> None:
         f"{frame.height} rows, {frame['user_id'].n_unique()} users in {seconds:.1f} s",
         flush=True,
     )
+    if args.refresh_boosts:
+        for split_seed in args.splits:
+            plain, boosted = boosts_effect(frame, history, events, items, users, split_seed)
+            print(json.dumps({"split": split_seed, "ranker": round(plain, 4), "ranker+boosts": round(boosted, 4)}))
+        return
     rows = []
     chosen = {k: v for k, v in variants().items() if not args.only or k in args.only}
     for split_seed in args.splits:
@@ -102,9 +141,7 @@ def main() -> None:
         .agg(pl.col("compare_ndcg@10").mean().round(4).alias("ndcg@10"), pl.col("seconds").mean().round(1))
     )
     ref = {v: table.filter(pl.col("variant") == v)["ndcg@10"] for v in ("all", "none")}
-    table = table.with_columns(
-        **{f"vs_{v}": (pl.col("ndcg@10") - s[0]).round(4) for v, s in ref.items() if s.len()}
-    )
+    table = table.with_columns(**{f"vs_{v}": (pl.col("ndcg@10") - s[0]).round(4) for v, s in ref.items() if s.len()})
     with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True):
         print(table)
     if args.json:

@@ -262,7 +262,9 @@ def _pair_columns(stats: ItemStats, catalogue: Catalogue, profiles: Profiles, ro
 RECENT_S = 3600.0
 
 
-def _session_columns(catalogue: Catalogue, profiles: Profiles, rows, items, encoder: str, names) -> dict[str, np.ndarray]:
+def _session_columns(
+    catalogue: Catalogue, profiles: Profiles, rows, items, encoder: str, names
+) -> dict[str, np.ndarray]:
     """The session signal features of SESSION_FEATURE_GROUPS (only the groups `names` asks for)."""
     out: dict[str, np.ndarray] = {}
     wanted = {g for g, feats in SESSION_FEATURE_GROUPS.items() if set(feats) & set(names)}

@@ -97,7 +97,7 @@ class PairHistory:
         text_encoder: str = "hashed",
     ) -> PairHistory:
         """Aggregate `interactions` (INTERACTION_SCHEMA columns) strictly before `cutoff` onto `vocab`, with the
-        session signals of `signals` (`model.signals.SIGNAL_COLUMNS`) before it when given."""
+        session signals of `signals` (schemas.SESSION_SIGNAL_SCHEMA) before it when given."""
         cut = pl.lit(cutoff, dtype=TS)
         pairs = (
             interactions.lazy()
@@ -175,7 +175,11 @@ class PairHistory:
 
     def take(self, mask: np.ndarray) -> PairHistory:
         """The rows where `mask` holds (order kept), same vocabulary and cutoff."""
-        kw = {f.name: getattr(self, f.name)[mask] for f in fields(self) if f.name not in ("vocab", "cutoff_s", "cache", "signals")}
+        kw = {
+            f.name: getattr(self, f.name)[mask]
+            for f in fields(self)
+            if f.name not in ("vocab", "cutoff_s", "cache", "signals")
+        }
         return PairHistory(self.vocab, self.cutoff_s, **kw, signals=self.signals)
 
     def matrix(self, values: np.ndarray | None = None, n_rows: int | None = None) -> sp.csr_matrix:

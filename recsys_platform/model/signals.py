@@ -19,32 +19,41 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
+from recsys_platform import schemas
 from recsys_platform.model.history import Vocabulary
 from recsys_platform.model.text import encode, resolve_encoder
 
-SIGNAL_EVENT_TYPES: tuple[str, ...] = ("search", "biometric")
-SIGNAL_COLUMNS: tuple[str, ...] = ("user_id", "event_time", "event_type", "query", "steps", "heart_rate")
 RECENT_SEARCHES = 5  # the searches averaged into the recent-intent vector
 # Readings from this long before the user's latest play on make the trend (a session's warm-up and more).
 BIOMETRIC_WINDOW_S = 30 * 60.0
 
 
 def signal_events(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    """The search and biometric events of raw events (EVENT_SCHEMA), one row per event_id, SIGNAL_COLUMNS."""
+    """The search and biometric events of raw events (EVENT_SCHEMA), one row per event_id, in
+    SESSION_SIGNAL_SCHEMA, by time."""
     return (
         events.lazy()
-        .filter(pl.col("event_type").is_in(list(SIGNAL_EVENT_TYPES)))
+        .filter(pl.col("event_type").is_in(list(schemas.SIGNAL_EVENT_TYPES)))
         .filter(pl.col("event_id").is_first_distinct())
-        .select(
-            pl.col("user_id").cast(pl.String),
-            "event_time",
-            "event_type",
-            pl.col("query").cast(pl.String),
-            pl.col("steps").cast(pl.Float64),
-            pl.col("heart_rate").cast(pl.Float64),
-        )
-        .sort("event_time", "user_id")
+        .select([pl.col(c).cast(t) for c, t in schemas.SESSION_SIGNAL_SCHEMA.items()])
+        .sort("event_time", "event_id")
         .collect()
+    )
+
+
+def touched_signals(
+    batch: pl.DataFrame | pl.LazyFrame | None, recent_events: pl.DataFrame, user_ids: list[str]
+) -> pl.DataFrame:
+    """The signals of `user_ids`: their rows of the batch `session_signals` table plus those of the raw events
+    that arrived since, deduplicated by event_id (the refresh's counterpart of `touched_interactions`)."""
+    new = signal_events(recent_events.lazy().filter(pl.col("user_id").is_in(user_ids)))
+    if batch is None:
+        return new
+    base = schemas.conform(
+        batch.lazy().filter(pl.col("user_id").is_in(user_ids)).collect(), schemas.SESSION_SIGNAL_SCHEMA
+    )
+    return pl.concat([base, new.join(base.select("event_id"), on="event_id", how="anti")]).sort(
+        "event_time", "event_id"
     )
 
 
@@ -62,7 +71,7 @@ class SignalHistory:
 
     @classmethod
     def build(cls, signals: pl.DataFrame, vocab: Vocabulary, cutoff: datetime, encoder: str) -> SignalHistory:
-        """The rows of `signals` (SIGNAL_COLUMNS) strictly before `cutoff` of users in `vocab`."""
+        """The rows of `signals` (SESSION_SIGNAL_SCHEMA) strictly before `cutoff` of users in `vocab`."""
         encoder = resolve_encoder(encoder)
         frame = signals.filter(pl.col("event_time") < pl.lit(cutoff, dtype=pl.Datetime("us", "UTC")))
         user = vocab.user_rows(frame["user_id"])
@@ -74,9 +83,9 @@ class SignalHistory:
         distinct = text.filter(pl.Series(is_search)).unique().sort()
         code = (
             pl.DataFrame({"q": text})
-            .join(pl.DataFrame({"q": distinct, "c": np.arange(distinct.len())}), on="q", how="left", maintain_order="left")[
-                "c"
-            ]
+            .join(
+                pl.DataFrame({"q": distinct, "c": np.arange(distinct.len())}), on="q", how="left", maintain_order="left"
+            )["c"]
             .fill_null(-1)
             .to_numpy()
         )
@@ -97,7 +106,9 @@ class SignalHistory:
         """No signals (a dataset without searches or wearables)."""
         z = np.zeros(0)
         dim = encode([""], encoder).shape[1]
-        return cls(resolve_encoder(encoder), z.astype(np.int64), z, z.astype(np.int64), z, z, np.zeros((0, dim), np.float32))
+        return cls(
+            resolve_encoder(encoder), z.astype(np.int64), z, z.astype(np.int64), z, z, np.zeros((0, dim), np.float32)
+        )
 
 
 @dataclass
@@ -116,10 +127,14 @@ class SessionState:
     anchor_s: np.ndarray  # the user's latest event of any kind (play or signal); NaN: none
 
     @classmethod
-    def of(cls, signals: SignalHistory, rows: np.ndarray, last_play_s: np.ndarray, cutoff_s: np.ndarray) -> SessionState:
+    def of(
+        cls, signals: SignalHistory, rows: np.ndarray, last_play_s: np.ndarray, cutoff_s: np.ndarray
+    ) -> SessionState:
         """The state of global user rows `rows` from their signals before their own `cutoff_s`."""
         n = len(rows)
-        local = np.full(max(int(rows.max()) + 1 if n else 0, int(signals.user.max()) + 1 if len(signals.user) else 0), -1)
+        local = np.full(
+            max(int(rows.max()) + 1 if n else 0, int(signals.user.max()) + 1 if len(signals.user) else 0), -1
+        )
         local[rows] = np.arange(n)
         r = local[signals.user] if len(signals.user) else np.zeros(0, np.int64)
         mine = r >= 0
@@ -143,7 +158,10 @@ class SessionState:
             np.maximum.at(latest, r, t)
             out.anchor_s = np.fmax(out.anchor_s, np.where(np.isfinite(latest), latest, np.nan))
         out._searches(r, t, q, signals.query_vectors, last_play_s)
-        for values, trend, rise in ((steps, out.steps_trend, out.steps_rise), (heart, out.heart_rate_trend, out.heart_rate_rise)):
+        for values, trend, rise in (
+            (steps, out.steps_trend, out.steps_rise),
+            (heart, out.heart_rate_trend, out.heart_rate_rise),
+        ):
             ok = np.isfinite(values)
             trend[:] = _slopes(r[ok], t[ok], values[ok], last_play_s, n)
             rise[:] = _rises(r[ok], values[ok], n)

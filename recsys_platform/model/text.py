@@ -108,7 +108,9 @@ def _normalised(m: np.ndarray) -> np.ndarray:
     return (m / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
-def item_texts(titles: Sequence[str | None], content_types: Sequence[str | None], topics: Sequence[str | None]) -> list[str]:
+def item_texts(
+    titles: Sequence[str | None], content_types: Sequence[str | None], topics: Sequence[str | None]
+) -> list[str]:
     """One text per item for the encoder: its title, content type and topic (underscores as spaces)."""
     out = []
     for parts in zip(titles, content_types, topics, strict=True):
