@@ -283,7 +283,7 @@ def evaluate(
     split = split_for(protocol, interactions, base)
     known, truth = split.known(interactions), split.truth(interactions)
     known_sig = known_signals(split, signals)
-    rec = fit_recommender(known, items, users, split.known_until, base, max_users, threads, known_sig)
+    rec = fit_recommender(known, items, users, split.known_until, base, max_users, threads, signals=known_sig)
     test_users = truth["user_id"].unique().sort()
     if max_users and test_users.len() > max_users:
         test_users = test_users.sample(max_users, seed=rec.params.seed).sort()
