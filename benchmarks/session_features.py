@@ -8,7 +8,7 @@ seed: never choose on it). The product builds its training set with every candid
 `model.candidates.SESSION_FEATURE_GROUPS` (session signals read up to each user's own cutoff), then the
 ranker is trained as `ranker_settings.run_variant` trains it (10% of the queries compare, 10% early
 stopping, the rest fit; `--splits` seeds) on: the features without any session group ("none"), with every
-group ("all"), every group but one ("-group") and no group but one ("+group"). Prints nDCG@10 of the
+group ("all"), every group but one ("without_<group>") and no group but one ("only_<group>"). Prints nDCG@10 of the
 compare queries per variant (mean over splits) and its difference from "all" and from "none".
 
 `--refresh-boosts` also measures the near-real-time path's fixed context boosts
@@ -52,9 +52,9 @@ def variants() -> dict[str, tuple[str, ...]]:
     every = tuple(f for g in groups.values() for f in g)
     out = {"none": BASE_FEATURES, "all": (*BASE_FEATURES, *every)}
     for g in groups:
-        out[f"-{g}"] = (*BASE_FEATURES, *(f for h, feats in groups.items() if h != g for f in feats))
+        out[f"without_{g}"] = (*BASE_FEATURES, *(f for h, feats in groups.items() if h != g for f in feats))
     for g, feats in groups.items():
-        out[f"+{g}"] = (*BASE_FEATURES, *feats)
+        out[f"only_{g}"] = (*BASE_FEATURES, *feats)
     return out
 
 
