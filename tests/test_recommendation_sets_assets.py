@@ -21,12 +21,12 @@ from recsys_platform.dev.experiment_sim import simulate_arms
 from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.experiments import ab_tests as experiments_ab
 from recsys_platform.features.tables import build_interactions, user_segments
-from recsys_platform.model.signals import signal_events
 from recsys_platform.ingest.landing import LocalLandingZone
 from recsys_platform.model import procedure, registry
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.fallback import popularity_table
 from recsys_platform.model.recommender import fit_serving
+from recsys_platform.model.signals import signal_events
 from recsys_platform.serve import deployment
 from recsys_platform.serve import read_path as serving
 from recsys_platform.serve.online_store import open_online_store
