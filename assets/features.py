@@ -37,6 +37,24 @@ def interactions(context: dg.AssetExecutionContext, raw_events: pl.LazyFrame, it
 
 
 @dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
+def session_signals(context: dg.AssetExecutionContext, raw_events: pl.LazyFrame) -> pl.DataFrame:
+    """The events of sessions that are not content interactions: searches (query text) and biometric readings
+    (steps, heart rate), deduplicated by event_id across all hours. The ranker's session features read them
+    up to each user's cutoff, in training, batch scoring and the near-real-time refresh alike."""
+    from recsys_platform.model.signals import signal_events
+
+    df = signal_events(raw_events)
+    context.add_output_metadata(
+        {
+            "users": df["user_id"].n_unique(),
+            "by_event_type": dg.MetadataValue.json({k: int(v) for k, v in df.group_by("event_type").len().iter_rows()}),
+            "distinct_queries": df["query"].n_unique(),
+        }
+    )
+    return df
+
+
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
 def user_features(
     context: dg.AssetExecutionContext, interactions: pl.LazyFrame, users: pl.DataFrame, items: pl.DataFrame
 ) -> pl.DataFrame:

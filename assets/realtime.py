@@ -129,6 +129,7 @@ def realtime_recommendations(
     quiet hours, opt-out, dedup: `push.selection`), delivered by `recsys push-worker`."""
     from recsys_platform.batch.rules import played_pairs
     from recsys_platform.model.serving import serving_recommender
+    from recsys_platform.model.signals import touched_signals
     from recsys_platform.realtime import refresh
 
     started = time.perf_counter()
@@ -140,6 +141,7 @@ def realtime_recommendations(
     )
     recent = refresh.recent_raw_events(pipeline.lake_url, since, user_ids) if user_ids else raw_events.head(0)
     mine = refresh.touched_interactions(batch, recent, items, user_ids)
+    signals = touched_signals(refresh.batch_signals(pipeline.lake_url), recent, user_ids)
     now = datetime.now(UTC)
     user_feats = refresh.touched_user_features(mine, items, users, user_ids, now)
     t_read = time.perf_counter()
@@ -156,7 +158,7 @@ def realtime_recommendations(
             pipeline.lake_url,
             landing.s3_endpoint_url,
         )
-        return refresh.score_touched(rec, mine, users, user_ids, now, 3 * params.top_n)
+        return refresh.score_touched(rec, mine, users, user_ids, now, 3 * params.top_n, signals)
 
     pushes = None
     with online_store.open() as store:

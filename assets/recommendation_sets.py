@@ -51,6 +51,7 @@ def batch_scores(
     items: pl.DataFrame,
     users: pl.DataFrame,
     popularity_model: pl.DataFrame,
+    session_signals: pl.DataFrame,
     mlflow: MlflowResource,
     pipeline: PipelineResource,
     set_config: RecommendationSetsResource,
@@ -89,10 +90,13 @@ def batch_scores(
             pipeline.lake_url,
             landing.s3_endpoint_url,
             lightgbm=True,  # ~160 candidate rows per user: the compiled ranker, not the numpy trees (ranker_predict.py)
+            signals=session_signals,
         )
 
         def scored(key: str) -> pl.DataFrame:
-            return bs.score_shard(rec, version, interactions, users, eligible, key, config.batch, cutoff, now)
+            return bs.score_shard(
+                rec, version, interactions, users, eligible, key, config.batch, cutoff, now, session_signals
+            )
 
     out = {key: scored(key) for key in keys}
     every = pl.concat(out.values())

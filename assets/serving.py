@@ -38,6 +38,7 @@ LAKE_TABLES = [
     "experiment_analysis",
     "served_log",
     "session_features",
+    "session_signals",
     "realtime_recommendations",
 ]
 
@@ -49,6 +50,7 @@ def recommendations(
     items: pl.DataFrame,
     users: pl.DataFrame,
     popularity_model: pl.DataFrame,
+    session_signals: pl.DataFrame,
     mlflow: MlflowResource,
     pipeline: PipelineResource,
     landing: LandingZoneResource,
@@ -79,7 +81,7 @@ def recommendations(
         version = POPULARITY_VERSION
     else:
         scorer, model_params, version = registry.load_scorer(mlflow.tracking_uri, champion, mlflow.model_name)
-        rec = fit_serving(history, items, users, cutoff, ModelParams.from_dict(model_params), scorer)
+        rec = fit_serving(history, items, users, cutoff, ModelParams.from_dict(model_params), scorer, session_signals)
         limit = limit and not rec.params.exclude_seen  # seen items are never candidates: no replay to limit
         # deeper than top_n: the policy below moves replays down and needs other items to move up
         recs = rec.recommend(users["user_id"], params.top_n * (2 if limit else 1))

@@ -56,13 +56,17 @@ def training_set(
     items: pl.DataFrame,
     users: pl.DataFrame,
     model_params: dict,
+    session_signals: pl.DataFrame,
     pipeline: PipelineResource,
 ) -> pl.DataFrame:
     """The ranker's rows: each sampled user's candidates (every source's top `depth`) with every feature as
     of the user's cutoff (their newest 20% of interactions held out), labelled with the relevance of the
-    held-out pairs (favourite 3, completion 2, play 1). Features only ever read events before the cutoff."""
+    held-out pairs (favourite 3, completion 2, play 1). Features only ever read events before the cutoff,
+    session signals (searches, biometric readings) included."""
     params = ModelParams.from_dict(model_params["params"])
-    df = procedure.training_set(read_history(interactions), items, users, params, pipeline.params().max_training_users)
+    df = procedure.training_set(
+        read_history(interactions), items, users, params, pipeline.params().max_training_users, session_signals
+    )
     positives = int((df["relevance"] > 0).sum())
     context.add_output_metadata(
         {
@@ -151,6 +155,7 @@ def holdouts(
     interactions: pl.LazyFrame,
     items: pl.DataFrame,
     users: pl.DataFrame,
+    session_signals: pl.DataFrame,
     mlflow: MlflowResource,
     pipeline: PipelineResource,
 ):
@@ -170,6 +175,7 @@ def holdouts(
         params.max_training_users,
         params.ranker_threads,
         loader,
+        session_signals,
     )
     for protocol, (table, about) in results.items():
         yield dg.Output(

@@ -90,12 +90,15 @@ def run_variant(
     label_users: int,
     patience: int = EARLY_STOPPING_ROUNDS,
     min_trees: int = EARLY_STOPPING_MIN_TREES,
+    columns: tuple[str, ...] = FEATURES,
+    scored: dict | None = None,
 ) -> dict:
-    """Train one variant on the fit queries of `split_seed` and score it on the compare queries."""
+    """Train one variant (on the feature `columns`) on the fit queries of `split_seed` and score it on the
+    compare queries (their row mask and scores go into `scored` when given)."""
     import lightgbm as lgb
 
     query = frame.select(pl.concat_str("window", pl.lit("|"), "user_id"))[:, 0].rle_id().to_numpy()
-    x = frame.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).to_numpy()
+    x = frame.select([pl.col(c).cast(pl.Float32) for c in columns]).to_numpy()
     y = frame["relevance"].to_numpy()
     weight = procedure.window_weights(frame, query, ModelParams().balance_windows)
     has_pos = np.bincount(query, y > 0, minlength=query.max() + 1)[query] > 0
@@ -129,6 +132,8 @@ def run_variant(
     )
     seconds = time.perf_counter() - started
     scores = model.predict(x[compare], num_iteration=model.best_iteration_)
+    if scored is not None:
+        scored.update(compare=compare, scores=scores, query=query)
     return {
         "split": split_seed,
         "learning_rate": learning_rate,

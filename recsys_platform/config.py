@@ -82,6 +82,9 @@ class PipelineParams:
     # What the ranker learns to predict (model.params.ModelParams.training_windows): each user's next
     # interactions and the newest ones in time by default; "random" for data whose order carries no meaning.
     training_windows: str = "temporal+global3"
+    # The search features' text encoder (`model.text`): "auto" is all-MiniLM-L6-v2 when the [embeddings] extra is
+    # installed, else a hashed bag of words; "minilm" or "hashed" pick one. A model version keeps its own.
+    text_encoder: str = "auto"
     # The repeat-listen policy of the served lists (batch and near-real-time alike, `batch.rules.limit_replays`):
     # at most `max_replays` items the user already played in the first `replay_window` (favourites exempt);
     # -1 turns it off. The recommendation sets apply it as their `max_replays` rule.
@@ -101,6 +104,7 @@ class PipelineParams:
             seed=self.seed,
             recent_completion_days=float(self.recent_exclusion_days),
             training_windows=self.training_windows,
+            text_encoder=self.text_encoder,
         )
 
     @classmethod

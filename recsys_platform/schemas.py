@@ -203,6 +203,19 @@ REALTIME_RECOMMENDATION_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+# The events of a session that are not content interactions, as the ranker's session features read them
+# (lake table session_signals; `model.signals`): searches and biometric readings.
+SIGNAL_EVENT_TYPES: tuple[str, ...] = ("search", "biometric")
+SESSION_SIGNAL_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "user_id": pl.String(),
+    "event_time": pl.Datetime("us", "UTC"),
+    "event_type": pl.String(),
+    "query": pl.String(),
+    "steps": pl.Float64(),
+    "heart_rate": pl.Float64(),
+}
+
 # --- tables of the batch, push and experiment paths ----------------------------------
 
 # Session features of the near-real-time path (lake table session_features, one row per user and window).

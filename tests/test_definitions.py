@@ -82,6 +82,7 @@ def test_history_sized_steps_share_one_pool_the_production_instance_limits():
     pools |= {key.name: c.op.pool for c in defs.asset_checks for key in c.check_keys}
     heavy = {"interactions", "user_features", "item_features", "similar_items", "popularity_model", "training_set"}
     heavy |= {"model_params"}  # tuning reads the whole history too
+    heavy |= {"session_signals"}  # every raw event, as interactions reads them
     heavy |= {"ranker_model", "holdout_per_user", "holdout_global", "model_evaluation", "recommendations"}
     heavy |= {"experiment_exposures", "experiment_analysis"}
     assert {name for name, pool in pools.items() if pool == HISTORY_POOL} == heavy | {"interactions_expectations"}
@@ -94,14 +95,15 @@ def test_history_sized_steps_share_one_pool_the_production_instance_limits():
 
 
 def test_the_holdouts_do_not_wait_for_the_ranker_and_the_gate_waits_for_all_three():
-    # the two holdout evaluations refit the whole procedure; depending only on the data lets the multiprocess
+    # the two holdout evaluations refit the whole procedure; depending only on the data (session signals are data:
+    # raw events, like interactions) lets the multiprocess
     # executor run them beside model_params -> training_set -> ranker_model instead of after it
     graph = defs.resolve_asset_graph()
     parents = {
         k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
     }
     for protocol in ("per_user", "global"):
-        assert parents[f"holdout_{protocol}"] == {"interactions", "items", "users"}
+        assert parents[f"holdout_{protocol}"] == {"interactions", "items", "users", "session_signals"}
     assert {"ranker_model", "holdout_per_user", "holdout_global"} <= parents["model_evaluation"]
 
 

@@ -13,6 +13,9 @@ split fixed (computed once on the original data). What the cutoff *time* may rev
 moving each user's held-out events later, which keeps the per-user split's positions, must not change any
 feature either - the cutoff is the time of the user's next event, which no feature may read.
 
+Session signals (searches, biometric readings) are held to the same rule: they reach every harness, and
+their own tests rewrite every signal after each cutoff (owners, times, query texts, readings).
+
 Each harness also catches a leaky feature planted on purpose (the last tests), so it can fail.
 """
 
@@ -29,10 +32,11 @@ from recsys_platform import schemas
 from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.features.tables import build_interactions
 from recsys_platform.model import candidates, procedure, windows
-from recsys_platform.model.candidates import FEATURES
+from recsys_platform.model.candidates import ALL_FEATURES, FEATURES, SESSION_FEATURE_GROUPS
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.ranker import ColumnScorer
 from recsys_platform.model.recommender import Recommender, build_vocab, fit_serving
+from recsys_platform.model.signals import signal_events
 from recsys_platform.model.windows import Split
 from tests.conftest import FIXED_END
 
@@ -48,6 +52,7 @@ class World:
     users: pl.DataFrame
     interactions: pl.DataFrame
     params: ModelParams
+    signals: pl.DataFrame  # searches and biometric readings (every harness passes them)
 
 
 @pytest.fixture(scope="module", params=["profile", "latent"])
@@ -56,7 +61,7 @@ def world(request) -> World:
     reads all the interactions it is given, and evaluate gives it only the known part)."""
     ds = generate(GeneratorConfig(n_users=200, days=14, seed=11, end=FIXED_END, tastes=request.param))
     inter = build_interactions(ds.events, ds.items)
-    return World(ds.items, ds.users, inter, procedure.data_params(inter, BASE))
+    return World(ds.items, ds.users, inter, procedure.data_params(inter, BASE), signal_events(ds.events))
 
 
 # --- the perturbation -------------------------------------------------------------------------------------
@@ -128,6 +133,50 @@ def delay_held_out(inter: pl.DataFrame, split: Split, items: pl.DataFrame, seed:
     return pl.concat([before, held.select(before.columns)])
 
 
+def rewrite_signals_after(signals: pl.DataFrame, split: Split, owners: pl.Series, seed: int) -> pl.DataFrame:
+    """`signals` with every one at or after its user's cutoff replaced, as `rewrite_after` replaces events:
+    resampled (30% more), given to random `owners` at random times between their cutoff and the split's end,
+    with other query texts and readings."""
+    rng = np.random.default_rng(seed)
+    tagged = signals.join(split.cutoffs, on="user_id", how="left")
+    after = pl.col("event_time") >= cutoff_expr(split)
+    before, held = tagged.filter(~after).drop("cutoff"), tagged.filter(after).drop("cutoff")
+    n = int(held.height * 1.3)
+    new = held[rng.integers(0, held.height, n)]
+    who = pl.DataFrame({"user_id": owners.gather(rng.integers(0, len(owners), n))})
+    start = who.join(split.cutoffs, on="user_id", how="left", maintain_order="left").select(cutoff_expr(split))
+    start_us = start.to_series().dt.epoch("us").to_numpy()
+    end_us = int(split.end.timestamp() * 1e6)
+    kinds = np.array(["search", "biometric"])[rng.integers(0, 2, n)]
+    words = np.array(["sleep", "yoga", "rain", "focus", "piano", "kids", "story", "calm"])
+    new = new.with_columns(
+        event_id=pl.format("rewritten-{}", pl.int_range(pl.len())),
+        user_id=who["user_id"],
+        event_time=pl.Series(start_us + (rng.random(n) * (end_us - start_us)).astype(np.int64)).cast(windows.TS),
+        event_type=pl.Series(kinds),
+        query=pl.Series(words[rng.integers(0, len(words), n)] + " " + words[rng.integers(0, len(words), n)]),
+        steps=pl.Series(rng.poisson(2000, n).astype(np.float64)),
+        heart_rate=pl.Series(rng.normal(120, 20, n)),
+    )
+    return pl.concat([before, new.select(before.columns)]).sample(fraction=1.0, shuffle=True, seed=seed)
+
+
+def delay_signals(signals: pl.DataFrame, split: Split, seed: int) -> pl.DataFrame:
+    """`signals` with each held-out user's from the cutoff on moved later by the delay `delay_held_out` draws
+    for them with the same seed (the held-out sessions move as a whole)."""
+    rng = np.random.default_rng(seed)
+    delay = split.cutoffs.select(
+        "user_id", delay=pl.Series((rng.random(split.cutoffs.height) * 3 * 86400e6).astype(np.int64))
+    )
+    tagged = signals.join(split.cutoffs, on="user_id", how="left").join(delay, on="user_id", how="left")
+    late = pl.col("event_time") >= cutoff_expr(split)
+    return tagged.with_columns(
+        event_time=pl.when(late)
+        .then(pl.col("event_time") + pl.duration(microseconds=pl.col("delay").fill_null(0)))
+        .otherwise(pl.col("event_time"))
+    ).select(signals.columns)
+
+
 # --- what is compared ---------------------------------------------------------------------------------------
 
 
@@ -137,7 +186,7 @@ def differences(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:
     a, b = a.sort(KEYS), b.sort(KEYS)
     if not a.select(KEYS).equals(b.select(KEYS)):
         return ["candidates"]
-    return [f for f in FEATURES if not a[f].equals(b[f])]
+    return [f for f in ALL_FEATURES if f in a.columns and not a[f].equals(b[f])]
 
 
 @contextmanager
@@ -149,8 +198,10 @@ def fixed_split(monkeypatch: pytest.MonkeyPatch, split: Split):
         yield
 
 
-def training_rows(world: World, interactions: pl.DataFrame) -> pl.DataFrame:
-    return procedure.training_set(interactions, world.items, world.users, world.params, 0)
+def training_rows(world: World, interactions: pl.DataFrame, signals: pl.DataFrame | None = None) -> pl.DataFrame:
+    signals = world.signals if signals is None else signals
+    # every feature the builder can compute, the session groups the ranker does not read today included
+    return procedure.training_set(interactions, world.items, world.users, world.params, 0, signals, ALL_FEATURES)
 
 
 @dataclass
@@ -161,15 +212,19 @@ class EvaluationInputs:
 
 
 def evaluation_inputs(
-    world: World, interactions: pl.DataFrame, protocol: str, monkeypatch: pytest.MonkeyPatch
+    world: World,
+    interactions: pl.DataFrame,
+    protocol: str,
+    monkeypatch: pytest.MonkeyPatch,
+    signals: pl.DataFrame | None = None,
 ) -> EvaluationInputs:
     """Run `procedure.evaluate` and record what it fits on and every candidate row it scores (the fit is the
     serving fit with fixed params and one baseline scorer: tuning and the ranker are functions of `known`)."""
     seen: dict = {"rows": []}
 
-    def fit(known, items, users, cutoff, *args, **kwargs):
+    def fit(known, items, users, cutoff, *args, signals=None, **kwargs):
         seen["known"], seen["until"] = known, cutoff
-        return fit_serving(known, items, users, cutoff, world.params, ColumnScorer("score_ease"))
+        return fit_serving(known, items, users, cutoff, world.params, ColumnScorer("score_ease"), signals)
 
     original_block = Recommender.block
 
@@ -182,7 +237,8 @@ def evaluation_inputs(
     with monkeypatch.context() as m:
         m.setattr(procedure, "fit_recommender", fit)
         m.setattr(Recommender, "block", block)
-        procedure.evaluate(interactions, world.items, world.users, protocol, max_users=0)
+        signals = world.signals if signals is None else signals
+        procedure.evaluate(interactions, world.items, world.users, protocol, max_users=0, signals=signals)
     known = seen["known"].sort("event_time", "event_id")
     # every model is scored on the same candidate rows: keep one copy
     rows = pl.concat(seen["rows"]).unique(KEYS, keep="first", maintain_order=True)
@@ -230,14 +286,15 @@ def test_no_feature_reads_when_the_held_out_events_happened(world: World) -> Non
     assert moved.cutoffs["user_id"].equals(split.cutoffs["user_id"])  # the same users held out ...
     assert (moved.cutoffs["cutoff"] > split.cutoffs["cutoff"]).mean() > 0.9  # ... from later cutoffs
     assert moved.known(changed).sort("event_id").equals(split.known(world.interactions).sort("event_id"))
-    assert differences(training_rows(world, world.interactions), training_rows(world, changed)) == []
+    signals = delay_signals(world.signals, split, seed=3)
+    assert differences(training_rows(world, world.interactions), training_rows(world, changed, signals)) == []
 
 
 def test_evaluation_inputs_ignore_when_the_held_out_events_happened(world: World, monkeypatch) -> None:
     split = procedure.split_for("per_user", world.interactions)
     changed = delay_held_out(world.interactions, split, world.items, seed=4)
     before = evaluation_inputs(world, world.interactions, "per_user", monkeypatch)
-    after = evaluation_inputs(world, changed, "per_user", monkeypatch)
+    after = evaluation_inputs(world, changed, "per_user", monkeypatch, delay_signals(world.signals, split, seed=4))
     assert_same_evaluation_inputs(before, after)
 
 
@@ -279,8 +336,8 @@ def test_global_training_windows_ignore_everything_after_their_cutoffs(world: Wo
 
     params = replace(world.params, training_windows="global3")
     monkeypatch.setattr(procedure, "_global_windows", same_windows)
-    before = procedure.training_set(world.interactions, world.items, world.users, params, 0)
-    after = procedure.training_set(changed, world.items, world.users, params, 0)
+    before = procedure.training_set(world.interactions, world.items, world.users, params, 0, world.signals)
+    after = procedure.training_set(changed, world.items, world.users, params, 0, world.signals)
     assert set(before["window"].unique()) == {"training-global-0", "training-global-1", "training-global-2"}
     assert before.height > 2000
     assert differences(before, after) == []
@@ -288,6 +345,44 @@ def test_global_training_windows_ignore_everything_after_their_cutoffs(world: Wo
     changed_labels = after.filter(pl.col("window") == "training-global-0").select(*KEYS, "relevance")
     both = newest_labels.join(changed_labels, on=KEYS, suffix="_after")
     assert (both["relevance"] != both["relevance_after"]).sum() > 20  # the rewrite reached the labels
+
+
+# --- session signals ----------------------------------------------------------------------------------------
+
+SESSION_COLUMNS = [f for group in SESSION_FEATURE_GROUPS.values() for f in group]
+
+
+def test_training_rows_ignore_every_signal_after_each_users_cutoff(world: World, monkeypatch) -> None:
+    split = windows.per_user_split(world.interactions, name="training")
+    signals = rewrite_signals_after(world.signals, split, split.cutoffs["user_id"], seed=7)
+    assert not signals.sort("event_id").equals(world.signals.sort("event_id"))
+    with fixed_split(monkeypatch, split):
+        before, after = training_rows(world, world.interactions), training_rows(world, world.interactions, signals)
+    # the session features are there to be compared: most rows have a value of each kept group
+    for name in ("search_sim", "type_bounce_rate", "steps_rise"):
+        assert before[name].is_not_nan().sum() > 1000, name
+    assert differences(before, after) == []
+
+
+def test_evaluation_inputs_ignore_every_signal_after_the_global_cutoff(world: World, monkeypatch) -> None:
+    split = procedure.split_for("global", world.interactions)
+    owners = pl.concat([world.users["user_id"], pl.Series(["newcomer-1"])])
+    signals = rewrite_signals_after(world.signals, split, owners, seed=8)
+    with fixed_split(monkeypatch, split):
+        before = evaluation_inputs(world, world.interactions, "global", monkeypatch)
+        after = evaluation_inputs(world, world.interactions, "global", monkeypatch, signals)
+    assert_same_evaluation_inputs(before, after)
+
+
+def test_the_harness_detects_signals_read_past_each_users_cutoff(world: World, monkeypatch) -> None:
+    """Signals filtered at the window's feature time instead of each user's own cutoff: a search just before a
+    held-out play (the per-user cutoff) and the ones after it reach the features."""
+    split = windows.per_user_split(world.interactions, name="training")
+    signals = rewrite_signals_after(world.signals, split, split.cutoffs["user_id"], seed=7)
+    monkeypatch.setattr(procedure, "known_signals", lambda split, signals: signals)
+    with fixed_split(monkeypatch, split):
+        found = differences(training_rows(world, world.interactions), training_rows(world, world.interactions, signals))
+    assert set(found) & set(SESSION_FEATURE_GROUPS["search"])
 
 
 # --- the harness can fail -----------------------------------------------------------------------------------
@@ -322,8 +417,8 @@ def test_the_harness_detects_a_user_count_that_reads_after_the_cutoff(world: Wor
     _count_every_event(monkeypatch, world)
     with fixed_split(monkeypatch, split):
         found = differences(
-            procedure.training_set(world.interactions, world.items, world.users, world.params, 0),
-            procedure.training_set(changed, world.items, world.users, world.params, 0),
+            procedure.training_set(world.interactions, world.items, world.users, world.params, 0, world.signals),
+            procedure.training_set(changed, world.items, world.users, world.params, 0, world.signals),
         )
     assert found == ["user_items_log"]
 

@@ -26,6 +26,7 @@ from recsys_platform.model import procedure, registry
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.fallback import popularity_table
 from recsys_platform.model.recommender import fit_serving
+from recsys_platform.model.signals import signal_events
 from recsys_platform.serve import deployment
 from recsys_platform.serve import read_path as serving
 from recsys_platform.serve.online_store import open_online_store
@@ -33,7 +34,7 @@ from resources import LakeIOManager, LandingZoneResource, MlflowResource, Online
 from resources.recommendation_sets import RecommendationSetsResource
 
 END = datetime(2026, 10, 1, 12, tzinfo=UTC)
-SOURCES = ("interactions", "items", "users", "popularity_model", "model_evaluation")
+SOURCES = ("interactions", "items", "users", "popularity_model", "model_evaluation", "session_signals")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> dict:
     lake_dir = root / "lake"
     (lake_dir / "raw_events").mkdir(parents=True)
     inter.write_parquet(lake_dir / "interactions.parquet")
+    signal_events(ds.events).write_parquet(lake_dir / "session_signals.parquet")
     ds.items.write_parquet(lake_dir / "items.parquet")
     ds.users.write_parquet(lake_dir / "users.parquet")
     popularity_table(inter, ds.users, inter["event_time"].max()).write_parquet(lake_dir / "popularity_model.parquet")
@@ -114,11 +116,12 @@ def test_one_shard_with_the_champion_scores_applies_rules_and_exports(lake: dict
     assert (scores["model_version"] == ref.version).all() and (scores["shard"] == key).all()
     # No serving fit was saved: the asset fitted the champion's sources with the params its version carries.
     cutoff = inter["event_time"].max() + timedelta(microseconds=1)
-    here = fit_serving(inter, ds.items, ds.users, cutoff, params, booster)
+    signals = signal_events(ds.events)  # the session signals the asset reads from the lake
+    here = fit_serving(inter, ds.items, ds.users, cutoff, params, booster, signals)
     config = load_sets_config(root / "sets.yaml")
     eligible = bs.eligible_users(ds.users, inter, cutoff, config.eligibility)
     expected = bs.score_shard(
-        here, ref.version, inter, ds.users, eligible, key, config.batch, cutoff, datetime.now(UTC)
+        here, ref.version, inter, ds.users, eligible, key, config.batch, cutoff, datetime.now(UTC), signals
     )
     cols = ["user_id", "rank", "item_id"]
     assert scores.height > 0 and scores.select(cols).equals(expected.select(cols))

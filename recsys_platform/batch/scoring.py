@@ -109,13 +109,23 @@ def score_shard(
     batch: BatchConfig,
     cutoff: datetime,
     now: datetime,
+    signals: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """The batch scores of one shard's users in `BATCH_SCORE_SCHEMA`: the model's ranked candidates, then the
-    other recommendable items down to `batch.items_per_user` (`Recommender.recommend(fill=True)`)."""
+    """The batch scores of one shard's users in `BATCH_SCORE_SCHEMA`: the model's ranked candidates (session
+    `signals` read as the training set reads them), then the other recommendable items down to
+    `batch.items_per_user` (`Recommender.recommend(fill=True)`)."""
     mine = users_of_shard(user_ids, key, batch.shards)
     history = feats.rows_of_users(interactions, mine)
+    own = None if signals is None else signals.join(pl.DataFrame({"user_id": mine}), on="user_id", how="semi")
     scores = rec.rescore(
-        history, users, mine.to_list(), cutoff, batch.items_per_user, fill=True, block_users=batch.chunk_users
+        history,
+        users,
+        mine.to_list(),
+        cutoff,
+        batch.items_per_user,
+        fill=True,
+        block_users=batch.chunk_users,
+        signals=own,
     )
     return scores.select(
         shard=pl.lit(key),

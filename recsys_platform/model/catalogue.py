@@ -6,7 +6,7 @@ and NaN features (LightGBM treats them as missing), not an error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from recsys_platform import schemas
 from recsys_platform.model.history import DAY_S, Vocabulary
+from recsys_platform.model.text import encode, item_texts
 
 FACETS: tuple[str, ...] = ("topic", "narrator", "content_type")
 
@@ -60,6 +61,15 @@ class Catalogue:
     release_s: np.ndarray  # per item: release date as epoch seconds, NaN when unknown
     kids: np.ndarray  # per item: kids content
     family: np.ndarray  # per user: household with kids (the only users who get kids content)
+    utc_offset_h: np.ndarray  # per user: hours from UTC to their local time (0 when unknown)
+    texts: list[str]  # per item: what the text encoder embeds (title, content type, topic)
+    _vectors: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def item_vectors(self, encoder: str) -> np.ndarray:
+        """float32 (items, dim) unit text vectors of the items (`model.text`), encoded once per catalogue."""
+        if encoder not in self._vectors:
+            self._vectors[encoder] = encode(self.texts, encoder)
+        return self._vectors[encoder]
 
     @classmethod
     def build(cls, vocab: Vocabulary, items: pl.DataFrame, users: pl.DataFrame) -> Catalogue:
@@ -92,6 +102,8 @@ class Catalogue:
             release_s=release.fill_null(np.nan).to_numpy(),
             kids=it["is_kids"].fill_null(False).to_numpy(),
             family=(us["household_type"] == "family_with_kids").fill_null(False).to_numpy(),
+            utc_offset_h=_offsets(us),
+            texts=item_texts(it["title"].to_list(), it["content_type"].to_list(), it["topic"].to_list()),
         )
 
     def with_users(self, vocab: Vocabulary, users: pl.DataFrame) -> Catalogue:
@@ -112,7 +124,14 @@ class Catalogue:
             self.release_s,
             self.kids,
             family,
+            _offsets(us),
+            self.texts,
+            self._vectors,
         )
+
+    def local_hour(self, rows: np.ndarray, epoch_s: np.ndarray) -> np.ndarray:
+        """Local hour (0-23, float) of each time for the users of global rows `rows` (NaN times stay NaN)."""
+        return np.mod(np.floor(epoch_s / 3600.0) + self.utc_offset_h[rows], 24.0)
 
     def released(self, cutoff_s: float | np.ndarray) -> np.ndarray:
         """Items released on or before the cutoff's date (unknown release dates count as released); for an
@@ -124,3 +143,7 @@ class Catalogue:
     def blocked_kids(self, rows: np.ndarray) -> np.ndarray:
         """block rows x items: kids items for users whose household has no kids."""
         return np.outer(~self.family[rows], self.kids)
+
+
+def _offsets(users: pl.DataFrame) -> np.ndarray:
+    return users["utc_offset_hours"].cast(pl.Float64).fill_null(0.0).to_numpy()

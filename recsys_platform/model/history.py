@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -83,10 +84,20 @@ class PairHistory:
     last_complete_s: np.ndarray  # float64 epoch seconds of the latest completion (NaN: never completed)
     # Derived matrices shared by the sources fitted on this history (the item Gram matrix, EASE weights).
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # The searches and biometric readings before the cutoff (`model.signals`); None: no signals table given.
+    signals: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def build(cls, interactions: pl.DataFrame, vocab: Vocabulary, cutoff: datetime) -> PairHistory:
-        """Aggregate `interactions` (INTERACTION_SCHEMA columns) strictly before `cutoff` onto `vocab`."""
+    def build(
+        cls,
+        interactions: pl.DataFrame,
+        vocab: Vocabulary,
+        cutoff: datetime,
+        signals: pl.DataFrame | None = None,
+        text_encoder: str = "hashed",
+    ) -> PairHistory:
+        """Aggregate `interactions` (INTERACTION_SCHEMA columns) strictly before `cutoff` onto `vocab`, with the
+        session signals of `signals` (schemas.SESSION_SIGNAL_SCHEMA) before it when given."""
         cut = pl.lit(cutoff, dtype=TS)
         pairs = (
             interactions.lazy()
@@ -112,7 +123,7 @@ class PairHistory:
         i = vocab.item_cols(pairs["item_id"])
         keep = (u >= 0) & (i >= 0)
         pairs = pairs.filter(pl.Series(keep))
-        return cls.from_arrays(
+        out = cls.from_arrays(
             vocab,
             epoch_s(cutoff),
             u[keep],
@@ -131,6 +142,11 @@ class PairHistory:
                 )
             },
         )
+        if signals is not None:
+            from recsys_platform.model.signals import SignalHistory
+
+            out.signals = SignalHistory.build(signals, vocab, cutoff, text_encoder)
+        return out
 
     @classmethod
     def from_arrays(cls, vocab: Vocabulary, cutoff_s: float, user: np.ndarray, item: np.ndarray, **cols) -> PairHistory:
@@ -159,8 +175,12 @@ class PairHistory:
 
     def take(self, mask: np.ndarray) -> PairHistory:
         """The rows where `mask` holds (order kept), same vocabulary and cutoff."""
-        kw = {f.name: getattr(self, f.name)[mask] for f in fields(self) if f.name not in ("vocab", "cutoff_s", "cache")}
-        return PairHistory(self.vocab, self.cutoff_s, **kw)
+        kw = {
+            f.name: getattr(self, f.name)[mask]
+            for f in fields(self)
+            if f.name not in ("vocab", "cutoff_s", "cache", "signals")
+        }
+        return PairHistory(self.vocab, self.cutoff_s, **kw, signals=self.signals)
 
     def matrix(self, values: np.ndarray | None = None, n_rows: int | None = None) -> sp.csr_matrix:
         """users x items CSR of `values` (default 1.0 per pair)."""

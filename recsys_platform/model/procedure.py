@@ -29,6 +29,7 @@ from recsys_platform.model.params import ModelParams
 from recsys_platform.model.ranker import ColumnScorer, train_ranker
 from recsys_platform.model.recommender import BLOCK_USERS, Recommender, build_vocab, fit_serving
 from recsys_platform.model.sources import SOURCES, fit_sources
+from recsys_platform.model.text import resolve_encoder
 from recsys_platform.model.tuning import tune
 from recsys_platform.model.windows import (
     PairSplit,
@@ -80,7 +81,9 @@ def data_params(interactions: pl.DataFrame, params: ModelParams) -> ModelParams:
     newest = times.quantile(0.9, interpolation="lower")
     span_days = (times.max() - newest).total_seconds() / DAY_S if newest is not None else 1.0
     return params.with_(
-        exclude_seen=share < REPEAT_SHARE_TO_KEEP_SEEN, recent_half_life_days=round(max(span_days, 1.0), 2)
+        exclude_seen=share < REPEAT_SHARE_TO_KEEP_SEEN,
+        recent_half_life_days=round(max(span_days, 1.0), 2),
+        text_encoder=resolve_encoder(params.text_encoder),
     )
 
 
@@ -116,11 +119,18 @@ def feature_times(split: Split, vocab: Vocabulary, rows: np.ndarray) -> np.ndarr
 
 
 def training_set(
-    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, params: ModelParams, max_users: int
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    params: ModelParams,
+    max_users: int,
+    signals: pl.DataFrame | None = None,
+    names: tuple[str, ...] = FEATURES,
 ) -> pl.DataFrame:
     """The ranker's training rows: candidates of the held-out users of each training window (at most
-    `max_users` and `params.label_users`, a seeded sample) with every feature as of the window's feature
-    time (`feature_times`) and the relevance of their held-out pairs. Windows: `params.training_windows`."""
+    `max_users` and `params.label_users`, a seeded sample) with the features `names` as of the window's
+    feature time (`feature_times`), session signals before each user's own cutoff, and the relevance of
+    their held-out pairs. Windows: `params.training_windows`."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
     windows = {
@@ -136,7 +146,7 @@ def training_set(
             f"join any of {sorted(windows)} with '+' (RECSYS_TRAINING_WINDOWS)"
         )
     frames = [
-        _window_rows(split, data, vocab, catalogue, params, max_users)
+        _window_rows(split, data, vocab, catalogue, params, max_users, signals, names)
         for w in params.training_windows.split("+")
         for split, data in windows[w]()
     ]
@@ -159,9 +169,17 @@ def _global_windows(interactions: pl.DataFrame, n: int) -> list[tuple[Split, pl.
     return out
 
 
-def _window_rows(split, interactions, vocab, catalogue, params, max_users) -> pl.DataFrame:
+def known_signals(split: Split | PairSplit, signals: pl.DataFrame | None) -> pl.DataFrame | None:
+    """The session signals a split's known part may read: each user's before their own cutoff. None under a
+    pair split: its held-out pairs lie anywhere in time, and a search just before one would name it."""
+    if signals is None or isinstance(split, PairSplit):
+        return None
+    return split.known(signals)
+
+
+def _window_rows(split, interactions, vocab, catalogue, params, max_users, signals=None, names=FEATURES):
     known, truth = split.known(interactions), split.truth(interactions)
-    history = PairHistory.build(known, vocab, split.known_until)
+    history = PairHistory.build(known, vocab, split.known_until, known_signals(split, signals), params.text_encoder)
     fitted = Recommender(
         params, catalogue, history, fit_sources(history, catalogue, params), ItemStats.fit(history), None
     )
@@ -174,9 +192,9 @@ def _window_rows(split, interactions, vocab, catalogue, params, max_users) -> pl
     parts = []
     for start in range(0, len(rows), BLOCK_USERS):
         r = rows[start : start + BLOCK_USERS]
-        profiles, block = fitted.block(r, feature_times(split, vocab, r))
+        profiles, block = fitted.block(r, feature_times(split, vocab, r), names)
         pairs = pairs_frame(block, profiles, vocab.user_ids, vocab.item_ids)
-        feats = pl.DataFrame(block.features, schema=list(FEATURES), orient="row")
+        feats = pl.DataFrame(block.features, schema=list(names), orient="row")
         parts.append(pl.concat([pairs, feats], how="horizontal"))
     frame = pl.concat(parts) if parts else pl.DataFrame(schema={"user_id": pl.String, "item_id": pl.String})
     out = frame.join(truth, on=["user_id", "item_id"], how="left", maintain_order="left").with_columns(
@@ -223,12 +241,14 @@ def fit_recommender(
     base: ModelParams | None = None,
     max_users: int = 4000,
     threads: int = 1,
+    signals: pl.DataFrame | None = None,
 ) -> Recommender:
-    """The whole training procedure on `interactions` (all before `cutoff`): params, ranker, serving sources."""
+    """The whole training procedure on `interactions` and session `signals` (all before `cutoff`): params,
+    ranker, serving sources."""
     started = time.perf_counter()
     params, report = choose_params(interactions, items, users, base or ModelParams(), max_users)
-    booster, facts = train(training_set(interactions, items, users, params, max_users), params, threads)
-    rec = fit_serving(interactions, items, users, cutoff, params, booster)
+    booster, facts = train(training_set(interactions, items, users, params, max_users, signals), params, threads)
+    rec = fit_serving(interactions, items, users, cutoff, params, booster, signals)
     rec.facts = {**report, **facts, "fit_seconds": round(time.perf_counter() - started, 2)}
     return rec
 
@@ -258,13 +278,16 @@ def evaluate(
     max_users: int = 4000,
     threads: int = 1,
     champion: tuple[Any, ModelParams] | None = None,
+    signals: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Run the procedure on the protocol's known part, recommend K for its held-out users and score the
     ranker and every baseline (the same fitted sources and candidate rules) against what they did next;
-    with `champion` (scorer, params), also the serving version as it is, on the same known part."""
+    with `champion` (scorer, params), also the serving version as it is, on the same known part. Session
+    `signals` are read as far as each user's cutoff."""
     split = split_for(protocol, interactions, base)
     known, truth = split.known(interactions), split.truth(interactions)
-    rec = fit_recommender(known, items, users, split.known_until, base, max_users, threads)
+    known_sig = known_signals(split, signals)
+    rec = fit_recommender(known, items, users, split.known_until, base, max_users, threads, signals=known_sig)
     test_users = truth["user_id"].unique().sort()
     if max_users and test_users.len() > max_users:
         test_users = test_users.sample(max_users, seed=rec.params.seed).sort()
@@ -279,7 +302,7 @@ def evaluate(
         if params.to_dict() == rec.params.to_dict():
             scorers["champion"] = scorer
         else:
-            other_fit = fit_serving(known, items, users, split.known_until, params, scorer)
+            other_fit = fit_serving(known, items, users, split.known_until, params, scorer, known_sig)
     lists = rec.recommend_each(scorers, test_users, K, cut)
     if other_fit is not None:
         lists["champion"] = other_fit.recommend(test_users, K, cut)
@@ -301,6 +324,7 @@ def evaluate_protocols(
     max_users: int = 4000,
     threads: int = 1,
     champion: Callable[[], tuple[Any, ModelParams] | None] | None = None,
+    signals: pl.DataFrame | None = None,
 ) -> dict[str, tuple[pl.DataFrame, dict[str, Any]]]:
     """`evaluate` on each protocol. With two or more threads, two protocols run at once: the second in a spawned
     process, each with half the threads. The procedure is mostly single-threaded Python and numpy (candidates,
@@ -309,14 +333,16 @@ def evaluate_protocols(
     ranker does not pickle), or None."""
     args = (interactions, items, users)
     if threads < 2 or len(protocols) < 2:
-        return {p: evaluate(*args, p, base, max_users, threads, _load(champion)) for p in protocols}
+        return {p: evaluate(*args, p, base, max_users, threads, _load(champion), signals) for p in protocols}
     here, there = protocols[0], protocols[1:]
     # spawn, not fork: the parent may hold OpenMP (LightGBM) and BLAS thread pools, which a fork does not copy
     with ProcessPoolExecutor(max_workers=len(there), mp_context=multiprocessing.get_context("spawn")) as pool:
         child_threads = max(1, threads // 2)
-        futures = {p: pool.submit(_evaluate_loaded, *args, p, base, max_users, child_threads, champion) for p in there}
+        futures = {
+            p: pool.submit(_evaluate_loaded, *args, p, base, max_users, child_threads, champion, signals) for p in there
+        }
         with threadpool_limits(limits=threads - child_threads):  # BLAS too: the two processes share the cores
-            out = {here: evaluate(*args, here, base, max_users, threads - child_threads, _load(champion))}
+            out = {here: evaluate(*args, here, base, max_users, threads - child_threads, _load(champion), signals)}
         out.update({p: future.result() for p, future in futures.items()})
     return {p: out[p] for p in protocols}
 
@@ -325,10 +351,10 @@ def _load(champion: Callable[[], tuple[Any, ModelParams] | None] | None) -> tupl
     return champion() if champion is not None else None
 
 
-def _evaluate_loaded(interactions, items, users, protocol, base, max_users, threads, champion):
+def _evaluate_loaded(interactions, items, users, protocol, base, max_users, threads, champion, signals):
     """`evaluate` in a child process, the champion loaded there, BLAS held to the same threads as LightGBM."""
     with threadpool_limits(limits=threads):
-        return evaluate(interactions, items, users, protocol, base, max_users, threads, _load(champion))
+        return evaluate(interactions, items, users, protocol, base, max_users, threads, _load(champion), signals)
 
 
 def metric(table: pl.DataFrame, protocol: str, model: str, name: str = f"ndcg@{K}") -> float:

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys_platform.model.history import DAY_S, PairHistory
+from recsys_platform.model.signals import SessionState
 
 
 @dataclass
@@ -28,12 +29,14 @@ class Profiles:
     age_days: sp.csr_matrix
     engagement: sp.csr_matrix  # completions + favourites - bounces per pair (0 for a plain play)
     plays: sp.csr_matrix  # starts per pair
+    bounced: sp.csr_matrix  # 1 per pair with a bounce (a play left within schemas.BOUNCE_SECONDS)
     completed_days: sp.csr_matrix  # days from the pair's latest completion to the cutoff, +1e-6 (absent: never)
     last_s: np.ndarray  # latest interaction time per user (NaN: none)
     first_s: np.ndarray  # first interaction time per user (NaN: none)
     n_items: int
     cutoff_s: np.ndarray  # per user: the time the profile is as of (float64 epoch seconds)
     data_end_s: float  # the end of the history the profiles come from (the newest data anyone has)
+    session: SessionState | None = None  # searches and biometric readings (None: the history has no signals)
 
     @classmethod
     def of(cls, history: PairHistory, rows: np.ndarray, cutoff_s: np.ndarray | None = None) -> Profiles:
@@ -57,6 +60,8 @@ class Profiles:
         np.maximum.at(last, r, h.last_s)
         first = np.full(n, np.inf)
         np.minimum.at(first, r, h.first_s)
+        last_s = np.where(np.isfinite(last), last, np.nan)
+        session = None if history.signals is None else SessionState.of(history.signals, rows, last_s, cut)
         return cls(
             rows=rows,
             seen=csr(np.ones(len(h))),
@@ -64,12 +69,14 @@ class Profiles:
             age_days=csr((last[r] - h.last_s) / DAY_S + 1e-6),
             engagement=csr(h.completes.clip(0, 1) + h.favorites.clip(0, 1) - h.bounces.clip(0, 1)),
             plays=csr(h.plays),
+            bounced=csr(h.bounces > 0),
             completed_days=_completed(r, h, cut, n, m),
-            last_s=np.where(np.isfinite(last), last, np.nan),
+            last_s=last_s,
             first_s=np.where(np.isfinite(first), first, np.nan),
             n_items=m,
             cutoff_s=cut,
             data_end_s=history.cutoff_s,
+            session=session,
         )
 
     def __len__(self) -> int:

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys_platform.model.candidates import CandidateBlock, ItemStats, allowed_items, candidate_block
+from recsys_platform.model.candidates import FEATURES, CandidateBlock, ItemStats, allowed_items, candidate_block
 from recsys_platform.model.catalogue import Catalogue
 from recsys_platform.model.history import PairHistory, Vocabulary
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.profiles import Profiles
 from recsys_platform.model.sources import fit_sources
+from recsys_platform.model.text import resolve_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,16 @@ class Recommender:
         """The same fitted sources scored by another scorer (a baseline column, another ranker version)."""
         return Recommender(self.params, self.catalogue, self.history, self.sources, self.stats, scorer, self.facts)
 
-    def block(self, rows: np.ndarray, cutoff_s: np.ndarray | None = None) -> tuple[Profiles, CandidateBlock]:
-        """Profiles and candidates (with features) of global user rows `rows`."""
+    def block(
+        self, rows: np.ndarray, cutoff_s: np.ndarray | None = None, names: tuple[str, ...] = FEATURES
+    ) -> tuple[Profiles, CandidateBlock]:
+        """Profiles and candidates (with the features `names`) of global user rows `rows`."""
         profiles = Profiles.of(self.history, rows, cutoff_s)
         allowed = allowed_items(profiles, self.catalogue, self.params.exclude_seen, self._recently_completed(profiles))
-        return profiles, candidate_block(self.sources, self.stats, self.catalogue, profiles, self.params.depth, allowed)
+        encoder = resolve_encoder(self.params.text_encoder)
+        return profiles, candidate_block(
+            self.sources, self.stats, self.catalogue, profiles, self.params.depth, allowed, encoder, names
+        )
 
     def _recently_completed(self, profiles: Profiles) -> np.ndarray | None:
         """block rows x items: pairs completed within `recent_completion_days` (when seen items are not excluded)."""
@@ -138,11 +144,12 @@ class Recommender:
         k: int,
         fill: bool = False,
         block_users: int = BLOCK_USERS,
+        signals: pl.DataFrame | None = None,
     ) -> pl.DataFrame:
-        """Lists for `user_ids` from their own current interactions (e.g. the batch rows plus events that
-        arrived since), against the fitted sources: the near-real-time refresh."""
+        """Lists for `user_ids` from their own current interactions and session signals (e.g. the batch rows
+        plus events that arrived since), against the fitted sources: the near-real-time refresh."""
         vocab = Vocabulary(pl.Series("user_id", sorted(set(user_ids)), dtype=pl.String), self.vocab.item_ids)
-        history = PairHistory.build(interactions, vocab, cutoff)
+        history = PairHistory.build(interactions, vocab, cutoff, signals, self.params.text_encoder)
         view = Recommender(
             self.params, self.catalogue.with_users(vocab, users), history, self.sources, self.stats, self.scorer
         )
@@ -190,11 +197,13 @@ def fit_serving(
     cutoff: datetime,
     params: ModelParams,
     scorer: Any,
+    signals: pl.DataFrame | None = None,
 ) -> Recommender:
-    """Fit every source on the interactions before `cutoff` for `scorer` (trained with `params`)."""
+    """Fit every source on the interactions before `cutoff` for `scorer` (trained with `params`), with the
+    session signals (`model.signals.signal_events`) before it."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
-    history = PairHistory.build(interactions, vocab, cutoff)
+    history = PairHistory.build(interactions, vocab, cutoff, signals, params.text_encoder)
     sources = fit_sources(history, catalogue, params)
     logger.info("serving sources fitted on %d pairs of %d users x %d items", len(history), vocab.n_users, vocab.n_items)
     return Recommender(params, catalogue, history, sources, ItemStats.fit(history), scorer)

@@ -27,10 +27,12 @@ def serving_recommender(
     lake_url: str,
     endpoint_url: str | None = None,
     lightgbm: bool = False,
+    signals: pl.DataFrame | None = None,
 ) -> tuple[Recommender, str]:
     """(recommender, version) of model `version`: the fit the last `recommendations` run saved when it was for
     this version, else the version's scorer and params with every source fitted here on `interactions`.
-    `lightgbm`: a saved ranker predicts with LightGBM itself (batch scoring) instead of the numpy evaluator."""
+    `lightgbm`: a saved ranker predicts with LightGBM itself (batch scoring) instead of the numpy evaluator;
+    `signals`: the session signals a fit here reads (a saved fit holds none: callers pass theirs to `rescore`)."""
     saved = load_state(state_url(lake_url), endpoint_url, lightgbm)
     if saved is not None and saved[0] == version:
         logger.info("using the saved serving fit of model %s", version)
@@ -41,4 +43,4 @@ def serving_recommender(
         interactions = interactions()
     scorer, params, version = registry.load_scorer(tracking_uri, version, model_name)
     logger.info("fitting the sources of model %s (the saved fit is for %s)", version, saved[0] if saved else "none")
-    return fit_serving(interactions, items, users, cutoff, ModelParams.from_dict(params), scorer), version
+    return fit_serving(interactions, items, users, cutoff, ModelParams.from_dict(params), scorer, signals), version

@@ -39,7 +39,9 @@ def save_state(rec: Recommender, version: str, url: str, endpoint_url: str | Non
     """Write `rec` (minus its per-user history) for model `version` to `url`, atomically."""
     scorer = rec.scorer
     stored = ("lightgbm", scorer.model_to_string()) if hasattr(scorer, "model_to_string") else ("object", scorer)
-    light = replace(rec, history=rec.history.take(rec.history.user < 0), scorer=None)
+    empty = rec.history.take(rec.history.user < 0)
+    empty.signals = None  # everyone's searches and readings: a refresh reads its own users' (`rescore`)
+    light = replace(rec, history=empty, scorer=None)
     payload = pickle.dumps(
         {"version": version, "recommender": light, "scorer": stored}, protocol=pickle.HIGHEST_PROTOCOL
     )

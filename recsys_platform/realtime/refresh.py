@@ -86,6 +86,12 @@ def batch_interactions(lake_url: str) -> pl.LazyFrame | None:
     return pl.scan_parquet(path) if _exists(path) else None
 
 
+def batch_signals(lake_url: str) -> pl.LazyFrame | None:
+    """A lazy scan of the batch pipeline's `session_signals` table, or None before the first batch run."""
+    path = _lake_path(lake_url, "session_signals.parquet")
+    return pl.scan_parquet(path) if _exists(path) else None
+
+
 def recent_raw_events(lake_url: str, since: datetime, user_ids: list[str]) -> pl.DataFrame:
     """Ingested raw events of `user_ids` in every arrival-hour partition from the hour before `since` on."""
     first = (since - timedelta(hours=1)).strftime(PARTITION_KEY_FORMAT)
@@ -123,13 +129,23 @@ def touched_interactions(
 
 
 def score_touched(
-    rec: Recommender, mine: pl.DataFrame, users: pl.DataFrame, user_ids: list[str], now: datetime, k: int
+    rec: Recommender,
+    mine: pl.DataFrame,
+    users: pl.DataFrame,
+    user_ids: list[str],
+    now: datetime,
+    k: int,
+    signals: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """The touched users' top-k candidates [user_id, rank, item_id, score] from their current interactions,
-    against the fitted sources of the served model (`Recommender.rescore`)."""
+    """The touched users' top-k candidates [user_id, rank, item_id, score] from their current interactions and
+    session signals (`model.signals.touched_signals`), against the fitted sources of the served model
+    (`Recommender.rescore`: the same features as the training set and the batch)."""
     latest = mine["event_time"].max() if mine.height else None
+    if signals is not None and signals.height:
+        newest = signals["event_time"].max()
+        latest = newest if latest is None else max(latest, newest)
     cutoff = max(now, latest + timedelta(microseconds=1)) if latest is not None else now
-    return rec.rescore(mine, users, user_ids, cutoff, k)
+    return rec.rescore(mine, users, user_ids, cutoff, k, signals=signals)
 
 
 def touched_user_features(

@@ -1,0 +1,219 @@
+"""Session signals as the ranker reads them: searches and biometric readings before a cutoff, per user.
+
+Content interactions reach the models through `PairHistory`; the other signals of a session (what the
+user searched for, step counts and heart rates from a wearable) come from the raw events as a
+`SignalHistory`: the signal events strictly before the cutoff, users coded on the model's vocabulary and
+each distinct query embedded once (`model.text`). `SessionState.of` reads the rows of a block of users
+into the per-user values the ranker's session features are built from (`model.candidates`).
+
+Like every time feature, these are relative to the user's own latest content interaction, never to the
+cutoff: a user held out at their next event (training) and a user re-scored the moment an event arrives
+(the near-real-time refresh) get the same values for the same events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from recsys_platform import schemas
+from recsys_platform.model.history import Vocabulary
+from recsys_platform.model.text import encode, resolve_encoder
+
+RECENT_SEARCHES = 5  # the searches averaged into the recent-intent vector
+# Readings from this long before the user's latest play on make the trend (a session's warm-up and more).
+BIOMETRIC_WINDOW_S = 30 * 60.0
+
+
+def signal_events(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """The search and biometric events of raw events (EVENT_SCHEMA), one row per event_id, in
+    SESSION_SIGNAL_SCHEMA, by time."""
+    return (
+        events.lazy()
+        .filter(pl.col("event_type").is_in(list(schemas.SIGNAL_EVENT_TYPES)))
+        .filter(pl.col("event_id").is_first_distinct())
+        .select([pl.col(c).cast(t) for c, t in schemas.SESSION_SIGNAL_SCHEMA.items()])
+        .sort("event_time", "event_id")
+        .collect()
+    )
+
+
+def touched_signals(
+    batch: pl.DataFrame | pl.LazyFrame | None, recent_events: pl.DataFrame, user_ids: list[str]
+) -> pl.DataFrame:
+    """The signals of `user_ids`: their rows of the batch `session_signals` table plus those of the raw events
+    that arrived since, deduplicated by event_id (the refresh's counterpart of `touched_interactions`)."""
+    new = signal_events(recent_events.lazy().filter(pl.col("user_id").is_in(user_ids)))
+    if batch is None:
+        return new
+    base = schemas.conform(
+        batch.lazy().filter(pl.col("user_id").is_in(user_ids)).collect(), schemas.SESSION_SIGNAL_SCHEMA
+    )
+    return pl.concat([base, new.join(base.select("event_id"), on="event_id", how="anti")]).sort(
+        "event_time", "event_id"
+    )
+
+
+@dataclass
+class SignalHistory:
+    """Signal events before `cutoff_s`, sorted by user row then time; queries coded into `query_vectors`."""
+
+    encoder: str
+    user: np.ndarray  # int64 vocabulary row
+    time_s: np.ndarray  # float64 epoch seconds
+    query: np.ndarray  # int64 row of query_vectors, -1: not a search
+    steps: np.ndarray  # float64, NaN: no reading
+    heart_rate: np.ndarray  # float64, NaN: no reading
+    query_vectors: np.ndarray  # float32 (distinct queries, dim), unit length
+
+    @classmethod
+    def build(cls, signals: pl.DataFrame, vocab: Vocabulary, cutoff: datetime, encoder: str) -> SignalHistory:
+        """The rows of `signals` (SESSION_SIGNAL_SCHEMA) strictly before `cutoff` of users in `vocab`."""
+        encoder = resolve_encoder(encoder)
+        frame = signals.filter(pl.col("event_time") < pl.lit(cutoff, dtype=pl.Datetime("us", "UTC")))
+        user = vocab.user_rows(frame["user_id"])
+        keep = user >= 0
+        frame = frame.filter(pl.Series(keep))
+        user = user[keep]
+        is_search = (frame["event_type"] == "search").to_numpy() & frame["query"].is_not_null().to_numpy()
+        text = frame["query"].fill_null("").str.to_lowercase().str.strip_chars()
+        distinct = text.filter(pl.Series(is_search)).unique().sort()
+        code = (
+            pl.DataFrame({"q": text})
+            .join(
+                pl.DataFrame({"q": distinct, "c": np.arange(distinct.len())}), on="q", how="left", maintain_order="left"
+            )["c"]
+            .fill_null(-1)
+            .to_numpy()
+        )
+        time_s = frame["event_time"].dt.epoch("us").to_numpy().astype(np.float64) / 1e6
+        order = np.lexsort((time_s, user))
+        return cls(
+            encoder=encoder,
+            user=user[order],
+            time_s=time_s[order],
+            query=np.where(is_search, code, -1)[order],
+            steps=frame["steps"].fill_null(np.nan).to_numpy().astype(np.float64)[order],
+            heart_rate=frame["heart_rate"].fill_null(np.nan).to_numpy().astype(np.float64)[order],
+            query_vectors=encode(distinct.to_list(), encoder),
+        )
+
+    @classmethod
+    def empty(cls, encoder: str) -> SignalHistory:
+        """No signals (a dataset without searches or wearables)."""
+        z = np.zeros(0)
+        dim = encode([""], encoder).shape[1]
+        return cls(
+            resolve_encoder(encoder), z.astype(np.int64), z, z.astype(np.int64), z, z, np.zeros((0, dim), np.float32)
+        )
+
+
+@dataclass
+class SessionState:
+    """Per user of a block (block-local rows): their latest searches and biometric readings, relative to
+    their latest content interaction `last_play_s`."""
+
+    search_vec: np.ndarray  # float32 (n, dim): the latest search (zeros: none)
+    recent_search_vec: np.ndarray  # float32 (n, dim): mean of the latest RECENT_SEARCHES, unit length
+    search_after_min: np.ndarray  # minutes from the latest play to the latest search (NaN: no search)
+    steps_trend: np.ndarray  # steps per minute, per minute, over the readings of the window (NaN: < 2)
+    heart_rate_trend: np.ndarray
+    steps_rise: np.ndarray  # the latest reading minus the mean of the user's earlier ones (NaN: < 2)
+    heart_rate_rise: np.ndarray
+    bio_after_min: np.ndarray  # minutes from the latest play to the latest reading (NaN: no reading)
+    anchor_s: np.ndarray  # the user's latest event of any kind (play or signal); NaN: none
+
+    @classmethod
+    def of(
+        cls, signals: SignalHistory, rows: np.ndarray, last_play_s: np.ndarray, cutoff_s: np.ndarray
+    ) -> SessionState:
+        """The state of global user rows `rows` from their signals before their own `cutoff_s`."""
+        n = len(rows)
+        local = np.full(
+            max(int(rows.max()) + 1 if n else 0, int(signals.user.max()) + 1 if len(signals.user) else 0), -1
+        )
+        local[rows] = np.arange(n)
+        r = local[signals.user] if len(signals.user) else np.zeros(0, np.int64)
+        mine = r >= 0
+        mine[mine] &= signals.time_s[mine] < cutoff_s[r[mine]]
+        r, t = r[mine], signals.time_s[mine]
+        q, steps, heart = signals.query[mine], signals.steps[mine], signals.heart_rate[mine]
+        dim = signals.query_vectors.shape[1]
+        out = cls(
+            search_vec=np.zeros((n, dim), np.float32),
+            recent_search_vec=np.zeros((n, dim), np.float32),
+            search_after_min=np.full(n, np.nan),
+            steps_trend=np.full(n, np.nan),
+            heart_rate_trend=np.full(n, np.nan),
+            steps_rise=np.full(n, np.nan),
+            heart_rate_rise=np.full(n, np.nan),
+            bio_after_min=np.full(n, np.nan),
+            anchor_s=last_play_s.astype(np.float64).copy(),
+        )
+        if len(r):
+            latest = np.full(n, -np.inf)
+            np.maximum.at(latest, r, t)
+            out.anchor_s = np.fmax(out.anchor_s, np.where(np.isfinite(latest), latest, np.nan))
+        out._searches(r, t, q, signals.query_vectors, last_play_s)
+        for values, trend, rise in (
+            (steps, out.steps_trend, out.steps_rise),
+            (heart, out.heart_rate_trend, out.heart_rate_rise),
+        ):
+            ok = np.isfinite(values)
+            trend[:] = _slopes(r[ok], t[ok], values[ok], last_play_s, n)
+            rise[:] = _rises(r[ok], values[ok], n)
+        reading = np.isfinite(steps) | np.isfinite(heart)
+        out.bio_after_min = _latest_after(r[reading], t[reading], last_play_s, n)
+        return out
+
+    def _searches(self, r, t, q, vectors, last_play_s) -> None:
+        s = q >= 0
+        r, t, q = r[s], t[s], q[s]
+        if not len(r):
+            return
+        # rows are sorted by user then time: a user's searches are a run, the latest last
+        ends = np.r_[np.flatnonzero(np.diff(r)) + 1, len(r)] - 1
+        self.search_vec[r[ends]] = vectors[q[ends]]
+        self.search_after_min[r[ends]] = (t[ends] - last_play_s[r[ends]]) / 60.0
+        from_end = np.repeat(ends, np.diff(np.r_[0, ends + 1])) - np.arange(len(r))
+        recent = from_end < RECENT_SEARCHES
+        np.add.at(self.recent_search_vec, r[recent], vectors[q[recent]])
+        norm = np.linalg.norm(self.recent_search_vec, axis=1, keepdims=True)
+        self.recent_search_vec /= np.where(norm > 0, norm, 1.0)
+
+
+def _slopes(r: np.ndarray, t: np.ndarray, y: np.ndarray, last_play_s: np.ndarray, n: int) -> np.ndarray:
+    """Least-squares slope of `y` per minute over each user's readings from BIOMETRIC_WINDOW_S before their
+    latest play on (NaN with fewer than two)."""
+    w = t >= last_play_s[r] - BIOMETRIC_WINDOW_S
+    r, y = r[w], y[w]
+    x = (t[w] - last_play_s[r]) / 60.0
+    c = np.bincount(r, minlength=n).astype(np.float64)
+    sx, sy = np.bincount(r, x, n), np.bincount(r, y, n)
+    sxx, sxy = np.bincount(r, x * x, n), np.bincount(r, x * y, n)
+    den = c * sxx - sx * sx
+    ok = (c >= 2) & (den > 1e-9)
+    return np.where(ok, (c * sxy - sx * sy) / np.where(ok, den, 1.0), np.nan)
+
+
+def _rises(r: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    """Each user's latest value minus the mean of their earlier ones (rows sorted by user, time)."""
+    if not len(r):
+        return np.full(n, np.nan)
+    ends = np.r_[np.flatnonzero(np.diff(r)) + 1, len(r)] - 1
+    c = np.bincount(r, minlength=n).astype(np.float64)
+    total = np.bincount(r, y, n)
+    last = np.full(n, np.nan)
+    last[r[ends]] = y[ends]
+    earlier = (total - np.nan_to_num(last)) / np.maximum(c - 1, 1)
+    return np.where(c >= 2, last - earlier, np.nan)
+
+
+def _latest_after(r: np.ndarray, t: np.ndarray, last_play_s: np.ndarray, n: int) -> np.ndarray:
+    """Minutes from each user's latest play to their latest row in (r, t) (NaN: none)."""
+    latest = np.full(n, -np.inf)
+    np.maximum.at(latest, r, t)
+    return np.where(np.isfinite(latest), (latest - last_play_s) / 60.0, np.nan)
