@@ -92,6 +92,7 @@ def run_variant(
     min_trees: int = EARLY_STOPPING_MIN_TREES,
     columns: tuple[str, ...] = FEATURES,
     scored: dict | None = None,
+    members: int = 1,
 ) -> dict:
     """Train one variant (on the feature `columns`) on the fit queries of `split_seed` and score it on the
     compare queries (their row mask and scores go into `scored` when given)."""
@@ -118,20 +119,25 @@ def run_variant(
         return np.unique(query[mask], return_counts=True)[1]
 
     started = time.perf_counter()
-    model = lgb.LGBMRanker(**{**LGBM_PARAMS, "learning_rate": learning_rate}, random_state=ModelParams().seed, n_jobs=1)
-    model.fit(
-        x[fit],
-        y[fit],
-        sample_weight=weight[fit],
-        group=groups(fit),
-        eval_set=[(x[stop], y[stop])],
-        eval_group=[groups(stop)],
-        eval_sample_weight=[weight[stop]],
-        eval_at=[10],
-        callbacks=[early_stopping(patience, min_trees)],
-    )
+    scores, trees = np.zeros(int(compare.sum())), []
+    for member in range(members):  # a bag: the mean score of rankers that differ only in their seed
+        model = lgb.LGBMRanker(
+            **{**LGBM_PARAMS, "learning_rate": learning_rate}, random_state=ModelParams().seed + member, n_jobs=1
+        )
+        model.fit(
+            x[fit],
+            y[fit],
+            sample_weight=weight[fit],
+            group=groups(fit),
+            eval_set=[(x[stop], y[stop])],
+            eval_group=[groups(stop)],
+            eval_sample_weight=[weight[stop]],
+            eval_at=[10],
+            callbacks=[early_stopping(patience, min_trees)],
+        )
+        scores += model.predict(x[compare], num_iteration=model.best_iteration_) / members
+        trees.append(int(model.best_iteration_))
     seconds = time.perf_counter() - started
-    scores = model.predict(x[compare], num_iteration=model.best_iteration_)
     if scored is not None:
         scored.update(compare=compare, scores=scores, query=query)
     return {
@@ -141,7 +147,8 @@ def run_variant(
         "patience": patience,
         "min_trees": min_trees,
         "fit_rows": int(fit.sum()),
-        "trees": int(model.best_iteration_),
+        "members": members,
+        "trees": int(np.mean(trees)),
         "seconds": round(seconds, 1),
         "compare_ndcg@10": round(query_ndcg(query[compare], scores, y[compare]), 4),
     }
@@ -163,6 +170,8 @@ def main() -> None:
     parser.add_argument(
         "--min-trees", type=int, nargs="+", default=[EARLY_STOPPING_MIN_TREES], help="no early stop before these"
     )
+    parser.add_argument("--members", type=int, nargs="+", default=[1], help="rankers averaged (seeds differ)")
+    parser.add_argument("--windows", help="training windows (default: ModelParams'; e.g. random)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,7 +180,8 @@ def main() -> None:
         else:
             interactions, items, users = synthetic_interactions(args.seed, args.users, args.days)
         history = read_history(interactions)
-        params, _ = procedure.choose_params(history, items, users, ModelParams(), 4000)
+        base = ModelParams(training_windows=args.windows) if args.windows else ModelParams()
+        params, _ = procedure.choose_params(history, items, users, base, 4000)
         frame = procedure.training_set(history, items, users, params.with_(label_users=0), 4000)
     print(f"{args.dataset}: training set of {frame.height} rows, {frame['user_id'].n_unique()} users", flush=True)
     rows = []
@@ -180,13 +190,15 @@ def main() -> None:
             for lr in args.learning_rate:
                 for patience in args.patience:
                     for min_trees in args.min_trees:
-                        rows.append(run_variant(frame, split_seed, lr, label_users, patience, min_trees))
-                        print(json.dumps(rows[-1]), flush=True)
+                        for members in args.members:
+                            row = run_variant(frame, split_seed, lr, label_users, patience, min_trees, members=members)
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
     table = (
         pl.DataFrame(rows)
-        .group_by("learning_rate", "label_users", "patience", "min_trees")
+        .group_by("learning_rate", "label_users", "patience", "min_trees", "members")
         .agg(pl.col("compare_ndcg@10").mean().round(4), pl.col("seconds").mean().round(1), pl.col("trees").mean())
-        .sort("label_users", "learning_rate", "patience", "min_trees")
+        .sort("label_users", "learning_rate", "patience", "min_trees", "members")
     )
     with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True):
         print(table)

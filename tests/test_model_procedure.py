@@ -111,7 +111,8 @@ def test_train_refuses_a_frame_without_a_positive_and_reports_recall(world) -> N
     booster, facts = procedure.train(frame, params)
     assert facts["training_candidate_recall"] == pytest.approx((frame["relevance"] > 0).sum() / frame["label_pairs"][0])
     assert 0 < facts["train_users"] <= frame["user_id"].n_unique()
-    assert booster.num_trees() == facts["best_iteration"]
+    # only each member's trees up to its best iteration are kept (a bag of rankers: best_iteration is their mean)
+    assert booster.num_trees() == facts["trees"] == pytest.approx(facts["best_iteration"] * facts["bag_members"])
 
 
 def test_choose_params_picks_from_the_grids_on_the_inner_split(world) -> None:
@@ -266,3 +267,40 @@ def test_early_stopping_waits_for_the_floor_and_keeps_the_best_iteration():
     assert short_rounds < 150 == floored_rounds  # the floor, and not a round more when nothing improved
     assert floored.best_iteration_ >= short.best_iteration_
     assert floored.best_score_["valid_0"]["ndcg@10"] >= short.best_score_["valid_0"]["ndcg@10"]
+
+
+def test_a_bag_of_rankers_is_one_booster_that_scores_their_mean():
+    import lightgbm as lgb
+
+    from recsys_platform.model import ranker
+
+    x, y, vx, _ = _ranking_problem()
+    members = []
+    for seed, rounds in ((1, 12), (2, 7), (3, 20)):  # different sizes: trees are renumbered across members
+        params = {"objective": "lambdarank", "num_leaves": 7, "bagging_fraction": 0.8, "bagging_freq": 1}
+        data = lgb.Dataset(x, y, group=[48] * 100, categorical_feature=[4] if seed == 3 else "auto")
+        members.append(lgb.train({**params, "seed": seed, "verbose": -1}, data, rounds))
+    x4 = vx.copy()
+    x4[::7, 2] = np.nan  # missing values take each tree's default branch, merged or not
+    merged = lgb.Booster(model_str=ranker.merge_boosters([m.model_to_string() for m in members]))
+    assert merged.num_trees() == 12 + 7 + 20
+    expected = np.mean([m.predict(x4) for m in members], axis=0)
+    np.testing.assert_allclose(merged.predict(x4), expected, rtol=0, atol=1e-12)
+    assert ranker.merge_boosters([members[0].model_to_string()]) == members[0].model_to_string()
+
+
+def test_the_bag_grows_with_small_training_sets_only():
+    from recsys_platform.model.ranker import MAX_MEMBERS, MEMBER_ROW_BUDGET, bag_size
+
+    assert bag_size(0) == bag_size(1) == bag_size(MEMBER_ROW_BUDGET // MAX_MEMBERS) == MAX_MEMBERS
+    assert bag_size(MEMBER_ROW_BUDGET // 2) == 2  # 750,000 // 375,000
+    assert bag_size(MEMBER_ROW_BUDGET // 2 + 1) == 1 and bag_size(10 * MEMBER_ROW_BUDGET) == 1
+    # the trainer reports its bag: 4,800 rows of 100 users, 80% fitted -> well under the budget -> the cap
+    x, y, _, _ = _ranking_problem()
+    from recsys_platform.model.candidates import FEATURES
+    from recsys_platform.model.ranker import train_ranker
+
+    wide = np.zeros((len(x), len(FEATURES)), np.float32)
+    wide[:, : x.shape[1]] = x
+    booster, facts = train_ranker(wide, y, np.repeat(np.arange(100), 48), seed=5)
+    assert facts["bag_members"] == MAX_MEMBERS and facts["trees"] == booster.num_trees() >= MAX_MEMBERS
