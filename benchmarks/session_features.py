@@ -19,8 +19,8 @@ added to the ranker's per-user z-scores, and nDCG@10 compared with and without t
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -29,7 +29,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from benchmarks.ranker_settings import ml100k_interactions, query_ndcg, run_variant
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: the sibling benchmark
+
+from ranker_settings import data_parser, ml100k_interactions, query_ndcg, run_variant  # noqa: E402
+
 from recsys_platform.features.tables import build_interactions, read_history
 from recsys_platform.model import procedure
 from recsys_platform.model.candidates import BASE_FEATURES, SESSION_FEATURE_GROUPS
@@ -92,13 +95,7 @@ def boosts_effect(frame: pl.DataFrame, history: pl.DataFrame, events: pl.DataFra
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=("ml-100k", "synthetic"), required=True)
-    parser.add_argument("--path", type=Path, help="ml-100k files (default: from the recbole wheel)")
-    parser.add_argument("--seed", type=int, default=11, help="synthetic: a development seed (not 42)")
-    parser.add_argument("--users", type=int, default=5000)
-    parser.add_argument("--days", type=int, default=28)
-    parser.add_argument("--splits", type=int, nargs="+", default=[1, 2, 3])
+    parser = data_parser(__doc__)
     parser.add_argument("--label-users", type=int, default=1000)
     parser.add_argument("--text-encoder", default="auto", help="auto, minilm or hashed (model.text)")
     parser.add_argument("--only", nargs="+", help="variants to run (default: all)")
