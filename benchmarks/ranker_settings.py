@@ -93,6 +93,7 @@ def run_variant(
     columns: tuple[str, ...] = FEATURES,
     scored: dict | None = None,
     members: int = 1,
+    member_floor: int | None = None,
 ) -> dict:
     """Train one variant (on the feature `columns`) on the fit queries of `split_seed` and score it on the
     compare queries (their row mask and scores go into `scored` when given)."""
@@ -133,7 +134,7 @@ def run_variant(
             eval_group=[groups(stop)],
             eval_sample_weight=[weight[stop]],
             eval_at=[10],
-            callbacks=[early_stopping(patience, min_trees)],
+            callbacks=[early_stopping(patience, min_trees if member == 0 or member_floor is None else member_floor)],
         )
         scores += model.predict(x[compare], num_iteration=model.best_iteration_) / members
         trees.append(int(model.best_iteration_))
@@ -148,6 +149,7 @@ def run_variant(
         "min_trees": min_trees,
         "fit_rows": int(fit.sum()),
         "members": members,
+        "member_floor": -1 if member_floor is None else member_floor,
         "trees": int(np.mean(trees)),
         "seconds": round(seconds, 1),
         "compare_ndcg@10": round(query_ndcg(query[compare], scores, y[compare]), 4),
@@ -177,6 +179,9 @@ def main() -> None:
         "--min-trees", type=int, nargs="+", default=[EARLY_STOPPING_MIN_TREES], help="no early stop before these"
     )
     parser.add_argument("--members", type=int, nargs="+", default=[1], help="rankers averaged (seeds differ)")
+    parser.add_argument(
+        "--member-floor", type=int, nargs="+", default=[-1], help="min trees of later members (-1: as the first)"
+    )
     parser.add_argument("--windows", help="training windows (default: ModelParams'; e.g. random)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -197,14 +202,24 @@ def main() -> None:
                 for patience in args.patience:
                     for min_trees in args.min_trees:
                         for members in args.members:
-                            row = run_variant(frame, split_seed, lr, label_users, patience, min_trees, members=members)
-                            rows.append(row)
-                            print(json.dumps(row), flush=True)
+                            for floor in args.member_floor if members > 1 else [-1]:
+                                row = run_variant(
+                                    frame,
+                                    split_seed,
+                                    lr,
+                                    label_users,
+                                    patience,
+                                    min_trees,
+                                    members=members,
+                                    member_floor=None if floor < 0 else floor,
+                                )
+                                rows.append(row)
+                                print(json.dumps(row), flush=True)
     table = (
         pl.DataFrame(rows)
-        .group_by("learning_rate", "label_users", "patience", "min_trees", "members")
+        .group_by("learning_rate", "label_users", "patience", "min_trees", "members", "member_floor")
         .agg(pl.col("compare_ndcg@10").mean().round(4), pl.col("seconds").mean().round(1), pl.col("trees").mean())
-        .sort("label_users", "learning_rate", "patience", "min_trees", "members")
+        .sort("label_users", "learning_rate", "patience", "min_trees", "members", "member_floor")
     )
     with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True):
         print(table)
