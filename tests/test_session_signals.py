@@ -81,7 +81,7 @@ def world() -> tuple[Catalogue, Profiles]:
         plays=np.ones(3),
         bounces=np.array([0.0, 1.0, 0.0]),
     )
-    history.signals = SignalHistory.build(SIGNALS, vocab, CUTOFF, "hashed")
+    history.signals = SignalHistory.build(SIGNALS, vocab.user_rows, CUTOFF, "hashed")
     catalogue = Catalogue.build(vocab, ITEMS, USERS)
     return catalogue, Profiles.of(history, np.array([0, 1]))
 
@@ -221,5 +221,5 @@ def _history_with_signals(catalogue: Catalogue, cutoff: datetime) -> PairHistory
     )
     # the same signals as the fixture's up to its cutoff: the later ones are dropped here by hand
     kept = SIGNALS.filter(pl.col("event_time") < CUTOFF)
-    history.signals = SignalHistory.build(kept, catalogue.vocab, cutoff, "hashed")
+    history.signals = SignalHistory.build(kept, catalogue.vocab.user_rows, cutoff, "hashed")
     return history

@@ -145,7 +145,7 @@ class PairHistory:
         if signals is not None:
             from recsys_platform.model.signals import SignalHistory
 
-            out.signals = SignalHistory.build(signals, vocab, cutoff, text_encoder)
+            out.signals = SignalHistory.build(signals, vocab.user_rows, cutoff, text_encoder)
         return out
 
     @classmethod

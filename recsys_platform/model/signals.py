@@ -13,6 +13,7 @@ cutoff: a user held out at their next event (training) and a user re-scored the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,7 +21,6 @@ import numpy as np
 import polars as pl
 
 from recsys_platform import schemas
-from recsys_platform.model.history import Vocabulary
 from recsys_platform.model.text import encode, resolve_encoder
 
 RECENT_SEARCHES = 5  # the searches averaged into the recent-intent vector
@@ -70,11 +70,15 @@ class SignalHistory:
     query_vectors: np.ndarray  # float32 (distinct queries, dim), unit length
 
     @classmethod
-    def build(cls, signals: pl.DataFrame, vocab: Vocabulary, cutoff: datetime, encoder: str) -> SignalHistory:
-        """The rows of `signals` (SESSION_SIGNAL_SCHEMA) strictly before `cutoff` of users in `vocab`."""
+    def build(
+        cls, signals: pl.DataFrame, user_rows: Callable[[pl.Series], np.ndarray], cutoff: datetime, encoder: str
+    ) -> SignalHistory:
+        """The rows of `signals` (SESSION_SIGNAL_SCHEMA) strictly before `cutoff` of the users `user_rows` (a
+        vocabulary's `Vocabulary.user_rows`: -1 for an unknown user) knows. Taking the lookup, not the vocabulary,
+        keeps `model.history` (which builds this) the only one of the two that imports the other."""
         encoder = resolve_encoder(encoder)
         frame = signals.filter(pl.col("event_time") < pl.lit(cutoff, dtype=pl.Datetime("us", "UTC")))
-        user = vocab.user_rows(frame["user_id"])
+        user = user_rows(frame["user_id"])
         keep = user >= 0
         frame = frame.filter(pl.Series(keep))
         user = user[keep]
