@@ -69,11 +69,7 @@ class WarmWorker:
     """One `orchestration.run_worker` process for one code location, and the pipe to it."""
 
     def __init__(
-        self,
-        origin: RepositoryPythonOrigin,
-        jobs: Sequence[str],
-        preload: Sequence[str],
-        command: Sequence[str] | None = None,
+        self, origin: RepositoryPythonOrigin, jobs: Sequence[str], command: Sequence[str] | None = None
     ) -> None:
         cwd = getattr(origin.code_pointer, "working_directory", None) or os.getcwd()
         self.process = subprocess.Popen(
@@ -87,7 +83,7 @@ class WarmWorker:
         self._messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._send_lock = threading.Lock()
         threading.Thread(target=self._read, name=f"warm-worker-{self.process.pid}", daemon=True).start()
-        self._write({"origin": serialize_value(origin), "jobs": list(jobs), "preload": list(preload)})
+        self._write({"origin": serialize_value(origin), "jobs": list(jobs)})
 
     @property
     def pid(self) -> int:
@@ -162,13 +158,11 @@ class WarmRunLauncher(DefaultRunLauncher):
     def __init__(
         self,
         jobs: Sequence[str] = (),
-        preload: Sequence[str] = (),
         ack_timeout_seconds: float = 10.0,
         inst_data: ConfigurableClassData | None = None,
     ) -> None:
         super().__init__(inst_data=inst_data)
         self.jobs = frozenset(jobs)
-        self.preload = tuple(preload)
         self.ack_timeout_seconds = ack_timeout_seconds
         self._workers: dict[str, WarmWorker] = {}
         self._failed_start: dict[str, float] = {}
@@ -178,12 +172,6 @@ class WarmRunLauncher(DefaultRunLauncher):
     def config_type(cls) -> dict[str, Field]:
         return {
             "jobs": Field(Array(str), is_required=False, default_value=[], description="Jobs whose runs are warm."),
-            "preload": Field(
-                Array(str),
-                is_required=False,
-                default_value=[],
-                description="Modules the worker imports before forking (what the jobs' steps import lazily).",
-            ),
             "ack_timeout_seconds": Field(float, is_required=False, default_value=10.0),
         }
 
@@ -215,7 +203,7 @@ class WarmRunLauncher(DefaultRunLauncher):
 
     def start_worker(self, origin: RepositoryPythonOrigin) -> WarmWorker:
         """A new worker process for the code location of `origin`."""
-        return WarmWorker(origin, sorted(self.jobs), self.preload)
+        return WarmWorker(origin, sorted(self.jobs))
 
     def _drop(self, worker: WarmWorker) -> None:
         with self._lock:
@@ -269,3 +257,14 @@ class WarmRunLauncher(DefaultRunLauncher):
         for worker in workers:
             worker.stop()
         super().dispose()
+
+
+# The dagster.yaml block that selects this launcher for the near-real-time refresh (the CLI adds it to the local
+# instance; the job's name is checked against the definitions by tests/test_warm_runs.py).
+WARM_LAUNCHER_YAML = """\
+run_launcher:
+  module: orchestration.run_launcher
+  class: WarmRunLauncher
+  config:
+    jobs: [refresh_realtime]
+"""

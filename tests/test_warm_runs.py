@@ -19,10 +19,11 @@ import pytest
 from dagster._core.storage.dagster_run import RunsFilter
 
 from orchestration.run_launcher import WORKER_TAG, WarmRunLauncher, WarmWorker, WorkerUnavailable
+from recsys_platform import cli
 from recsys_platform.config import PROJECT_ROOT
 from sensors.stuck_runs import PID_TAG
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 
 # A small code location: one asset, a job the launcher warms and one it does not, and a sensor that requests a run
 # per `<name>.req` file (a `<name>.crash` file beside it makes that run's process exit in the middle of its step).
@@ -150,8 +151,9 @@ def _materialization(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict:
     return {k: v.value for k, v in materialization.metadata.items()}
 
 
+@pytest.mark.slow
 def test_runs_are_forked_from_the_warm_worker_and_are_dagster_runs(daemon: dict, instance) -> None:
-    first = _request(daemon, instance, "first")
+    first = _request(daemon, instance, "first", timeout=150)  # the daemon and its code server start first
     assert first.status == dg.DagsterRunStatus.SUCCESS
     assert WORKER_TAG not in first.tags  # the worker starts with the first run, which the default launcher takes
     starting = [e.message for e in instance.all_logs(first.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
@@ -175,12 +177,14 @@ def test_runs_are_forked_from_the_warm_worker_and_are_dagster_runs(daemon: dict,
     assert _materialization(instance, again)["parent"] == int(warm.tags[WORKER_TAG])
 
 
+@pytest.mark.slow
 def test_other_jobs_use_the_default_launcher(daemon: dict, instance) -> None:
     run = _request(daemon, instance, "cold-1")
     assert run.job_name == "cold_job" and run.status == dg.DagsterRunStatus.SUCCESS
     assert WORKER_TAG not in run.tags
 
 
+@pytest.mark.slow
 def test_a_run_whose_process_dies_fails_at_once(daemon: dict, instance) -> None:
     _warm_run(daemon, instance, "before-crash")
     (daemon["requests"] / "crash.crash").write_text("")
@@ -192,6 +196,7 @@ def test_a_run_whose_process_dies_fails_at_once(daemon: dict, instance) -> None:
     assert "exited with code 3 before the run finished" in failure[-1].message
 
 
+@pytest.mark.slow
 def test_a_dead_worker_is_replaced_and_its_runs_go_to_the_default_launcher(daemon: dict, instance) -> None:
     before = _warm_run(daemon, instance, "before-kill")
     os.kill(int(before.tags[WORKER_TAG]), signal.SIGKILL)
@@ -218,7 +223,7 @@ def test_a_worker_that_takes_a_run_and_never_answers_fails_the_launch(tmp_path: 
 
     class SilentWorkerLauncher(WarmRunLauncher):
         def start_worker(self, origin: RepositoryPythonOrigin) -> WarmWorker:
-            return WarmWorker(origin, [], [], command=silent)
+            return WarmWorker(origin, [], command=silent)
 
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         launcher = SilentWorkerLauncher(jobs=["warm_job"], ack_timeout_seconds=1.0)
@@ -237,3 +242,30 @@ def test_a_worker_that_takes_a_run_and_never_answers_fails_the_launch(tmp_path: 
         assert not worker.alive()  # stopped, so it cannot start the run later
         with pytest.raises(WorkerUnavailable):  # nothing more can be sent to it: later runs fall back
             worker.submit("r2", "{}", 0.1)
+
+
+def test_the_cli_selects_it_for_the_refresh_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestration.definitions import defs
+
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
+    cli._prepare_environment()
+    cli._prepare_environment()  # idempotent: the block is added once
+    assert (tmp_path / "home" / "dagster" / "dagster.yaml").read_text().count("run_launcher:") == 1
+    with dg.DagsterInstance.get() as instance:
+        launcher = instance.run_launcher
+        assert type(launcher) is WarmRunLauncher
+        assert launcher.jobs == {"refresh_realtime"}
+        for name in launcher.jobs:
+            assert defs.resolve_job_def(name).executor_def is dg.in_process_executor  # one process a run
+
+
+def test_an_instance_that_configures_its_own_launcher_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "dagster"
+    home.mkdir()
+    own = "run_launcher:\n  module: dagster._core.launcher\n  class: DefaultRunLauncher\n"
+    (home / "dagster.yaml").write_text(own)
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    cli._prepare_environment()
+    assert "WarmRunLauncher" not in (home / "dagster.yaml").read_text()
