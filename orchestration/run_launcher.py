@@ -27,6 +27,7 @@ Selected by the project's `dagster.yaml` (`recsys_platform.cli` writes it into t
       class: WarmRunLauncher
       config:
         jobs: [refresh_realtime]
+        sensor_loop_seconds: 0.5   # the daemon's sensor loop: orchestration.sensor_loop
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dagster import Array, Field
+from dagster import Array, Field, Noneable
 from dagster._core.errors import DagsterLaunchFailedError
 from dagster._core.launcher import DefaultRunLauncher, LaunchRunContext
 from dagster._core.origin import RepositoryPythonOrigin
 from dagster._serdes import ConfigurableClassData, serialize_value
 
+from orchestration.sensor_loop import set_sensor_loop_seconds
 from sensors.stuck_runs import HOST_TAG, PID_TAG
 
 log = logging.getLogger("recsys.run_launcher")
@@ -159,9 +161,12 @@ class WarmRunLauncher(DefaultRunLauncher):
         self,
         jobs: Sequence[str] = (),
         ack_timeout_seconds: float = 10.0,
+        sensor_loop_seconds: float | None = None,
         inst_data: ConfigurableClassData | None = None,
     ) -> None:
         super().__init__(inst_data=inst_data)
+        if sensor_loop_seconds is not None:
+            set_sensor_loop_seconds(sensor_loop_seconds)
         self.jobs = frozenset(jobs)
         self.ack_timeout_seconds = ack_timeout_seconds
         self._workers: dict[str, WarmWorker] = {}
@@ -173,6 +178,12 @@ class WarmRunLauncher(DefaultRunLauncher):
         return {
             "jobs": Field(Array(str), is_required=False, default_value=[], description="Jobs whose runs are warm."),
             "ack_timeout_seconds": Field(float, is_required=False, default_value=10.0),
+            "sensor_loop_seconds": Field(
+                Noneable(float),
+                is_required=False,
+                default_value=None,
+                description="Period of the daemon's sensor loop (Dagster's is 5 s): orchestration.sensor_loop.",
+            ),
         }
 
     @classmethod
@@ -267,4 +278,5 @@ run_launcher:
   class: WarmRunLauncher
   config:
     jobs: [refresh_realtime]
+    sensor_loop_seconds: 0.5
 """

@@ -245,7 +245,11 @@ def test_a_worker_that_takes_a_run_and_never_answers_fails_the_launch(tmp_path: 
 
 
 def test_the_cli_selects_it_for_the_refresh_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster._daemon import sensor as sensor_daemon
+
     from orchestration.definitions import defs
+
+    monkeypatch.setattr(sensor_daemon, "MIN_INTERVAL_LOOP_TIME", 5)  # Dagster's period, restored after the test
 
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
@@ -258,6 +262,7 @@ def test_the_cli_selects_it_for_the_refresh_job(tmp_path: Path, monkeypatch: pyt
         assert launcher.jobs == {"refresh_realtime"}
         for name in launcher.jobs:
             assert defs.resolve_job_def(name).executor_def is dg.in_process_executor  # one process a run
+    assert sensor_daemon.MIN_INTERVAL_LOOP_TIME == 0.5  # building the launcher (in the daemon) sets its sensor loop
 
 
 def test_an_instance_that_configures_its_own_launcher_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
