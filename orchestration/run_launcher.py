@@ -11,8 +11,8 @@ entry point, and its status, logs and materializations show in the UI as any run
 Failure handling:
 - no worker yet, or one still loading the code location: the run goes to the default launcher (the first run after
   the daemon starts does; the worker starts with it);
-- the worker died before it was sent the run: a new worker is started for the next run and this one goes to the
-  default launcher;
+- the worker died before it was sent the run, or could not fork, or the code location's files changed since it
+  loaded them: this run goes to the default launcher and a new worker is started for the next ones;
 - the worker took the run but did not answer within `ack_timeout_seconds`: the worker is stopped and the launch
   fails, so the daemon marks the run failed (Dagster's run retries re-execute it) rather than risk a second
   execution;

@@ -8,6 +8,10 @@ talks to it over its stdin and stdout, one JSON object a line:
     launcher -> worker:        {"run_id": ..., "instance_ref": <serialized InstanceRef>}
     worker -> launcher:        {"run_id": ..., "pid": <child pid>}   right after the fork (or "error": ...)
 
+A worker whose code location's source files changed on disk since it loaded them forks nothing more: it answers
+with an error, so the launcher starts the run in a new process (which imports the code as it is now, as the
+default launcher's runs do) and replaces the worker.
+
 Each child executes its run as `dagster api execute_run` does (`_execute_run_command_body`, the entry point of
 Dagster's container run launchers), so the run writes the same events, logs, status and materializations as one
 the default launcher starts; it only skips the new interpreter and the import of the code location (1.7 s of the
@@ -54,6 +58,33 @@ def warm(origin_json: str, jobs: list[str]) -> None:
     repository = recon_repository_from_origin(origin).get_definition()
     for name in jobs:
         repository.get_job(name)  # asset jobs are resolved on first use: resolve them once, before any fork
+
+
+def loaded_sources() -> dict[str, int]:
+    """Modification times of the source files of the loaded modules outside the interpreter's and the virtual
+    environment's libraries: the code location's own code."""
+    libraries = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+    sources = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not path or not path.endswith(".py") or os.path.realpath(path).startswith(libraries):
+            continue
+        try:
+            sources[path] = os.stat(path).st_mtime_ns
+        except OSError:
+            continue
+    return sources
+
+
+def changed_source(sources: dict[str, int]) -> str | None:
+    """The first of `sources` that changed or disappeared since they were recorded, if any."""
+    for path, mtime in sources.items():
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                return path
+        except OSError:
+            return path
+    return None
 
 
 def execute_in_child(run_id: str, instance_ref_json: str) -> None:
@@ -127,7 +158,7 @@ def serve() -> None:
     fd = sys.stdin.fileno()
     buffer = b""
     children: dict[int, tuple[str, str]] = {}
-    warmed = False
+    sources: dict[str, int] | None = None  # the code location's files as loaded, once warm
     while True:
         readable, _, _ = select.select([fd], [], [], REAP_SECONDS)
         reap(children)
@@ -140,14 +171,18 @@ def serve() -> None:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             message = json.loads(line)
-            if not warmed:
+            if sources is None:
                 started = time.perf_counter()
                 warm(message["origin"], message.get("jobs", []))
-                warmed = True
+                sources = loaded_sources()
                 log.info("warm run worker %s ready in %.2f s", os.getpid(), time.perf_counter() - started)
                 _send({"ready": os.getpid()})
                 continue
             run_id, ref = message["run_id"], message["instance_ref"]
+            if (changed := changed_source(sources)) is not None:
+                # A new process would run the code on disk: so must this run. The launcher starts a new worker.
+                _send({"run_id": run_id, "error": f"{changed} changed since the worker loaded the code location"})
+                continue
             try:
                 pid = os.fork()
             except OSError as exc:

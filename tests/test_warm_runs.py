@@ -1,7 +1,8 @@
 """The warm run launcher (orchestration.run_launcher) under the Dagster daemon: runs that a sensor requests are
 forked from the warm worker and are ordinary Dagster runs with their materializations; a run whose process dies
-fails at once; a dead worker's runs go to the default launcher while a new worker starts; other jobs are untouched;
-a worker that takes a run and never answers fails the launch instead of hanging or starting the run twice."""
+fails at once; a dead worker's runs, and those after the code changed on disk, go to the default launcher while a
+new worker starts; other jobs are untouched; a worker that takes a run and never answers fails the launch instead
+of hanging or starting the run twice."""
 
 from __future__ import annotations
 
@@ -204,6 +205,19 @@ def test_a_dead_worker_is_replaced_and_its_runs_go_to_the_default_launcher(daemo
     fallback = _request(daemon, instance, "after-kill")
     assert fallback.status == dg.DagsterRunStatus.SUCCESS and WORKER_TAG not in fallback.tags
     after = _warm_run(daemon, instance, "replaced")
+    assert after.tags[WORKER_TAG] != before.tags[WORKER_TAG]
+
+
+@pytest.mark.slow
+def test_a_worker_whose_code_changed_on_disk_is_replaced(daemon: dict, instance) -> None:
+    before = _warm_run(daemon, instance, "before-edit")
+    location = daemon["requests"].parent / "location.py"
+    location.write_text(location.read_text() + "\n# edited\n")  # what a new process would import now
+    stale = _request(daemon, instance, "after-edit")
+    assert stale.status == dg.DagsterRunStatus.SUCCESS and WORKER_TAG not in stale.tags
+    events = [e.message for e in instance.all_logs(stale.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
+    assert any("location.py changed since the worker loaded the code location" in m for m in events), events
+    after = _warm_run(daemon, instance, "edited")
     assert after.tags[WORKER_TAG] != before.tags[WORKER_TAG]
 
 
