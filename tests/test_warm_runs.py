@@ -27,7 +27,8 @@ from sensors.stuck_runs import PID_TAG
 pytestmark = pytest.mark.timeout(240)
 
 # A small code location: one asset, a job the launcher warms and one it does not, and a sensor that requests a run
-# per `<name>.req` file (a `<name>.crash` file beside it makes that run's process exit in the middle of its step).
+# per `<name>.req` file (a `<name>.crash` file beside it makes that run's process exit in the middle of its step, a
+# `<name>.slow` file makes its step take a minute).
 LOCATION = textwrap.dedent(
     """
     import os
@@ -43,6 +44,10 @@ LOCATION = textwrap.dedent(
         name = context.run.tags["request"]
         if (REQUESTS / f"{name}.crash").exists():
             os._exit(3)
+        if (REQUESTS / f"{name}.slow").exists():
+            import time
+
+            time.sleep(60)
         context.add_output_metadata({"pid": os.getpid(), "parent": os.getppid()})
         return name
 
@@ -93,6 +98,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "WARM_TEST_REQUESTS": str(requests),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
     }
+    with dg.DagsterInstance.from_config(str(home)):
+        pass  # create the storage first: processes that create a fresh SQLite instance at once race on its tables
     log = (root / "daemon.log").open("w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(root / "workspace.yaml")],
@@ -195,6 +202,29 @@ def test_a_run_whose_process_dies_fails_at_once(daemon: dict, instance) -> None:
     assert time.monotonic() - started < 15  # reported by the worker, not by the sweeper's 60-second grace
     failure = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.PIPELINE_FAILURE)
     assert "exited with code 3 before the run finished" in failure[-1].message
+
+
+@pytest.mark.slow
+def test_terminating_a_warm_run_interrupts_its_process(daemon: dict, instance) -> None:
+    _warm_run(daemon, instance, "before-terminate")
+    (daemon["requests"] / "long.slow").write_text("")
+    (daemon["requests"] / "long.req").write_text("")
+    deadline = time.monotonic() + 60
+    runs = []
+    while time.monotonic() < deadline:
+        runs = instance.get_runs(RunsFilter(tags={"request": "long"}))
+        if runs and runs[0].status == dg.DagsterRunStatus.STARTED:
+            break
+        time.sleep(0.2)
+    assert runs and WORKER_TAG in runs[0].tags, daemon["log"].read_text()[-3000:]
+    time.sleep(1.0)  # inside its step
+    assert instance.run_launcher.terminate(runs[0].run_id)  # as the UI's Terminate does, from another process
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not instance.get_run_by_id(runs[0].run_id).is_finished:
+        time.sleep(0.2)
+    assert instance.get_run_by_id(runs[0].run_id).status == dg.DagsterRunStatus.CANCELED
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(runs[0].tags[PID_TAG]), 0)
 
 
 @pytest.mark.slow
