@@ -231,7 +231,9 @@ class WarmRunLauncher(DefaultRunLauncher):
         worker = self._ready_worker(origin.repository_origin)
         if worker is None:
             self._instance.report_engine_event(
-                "The warm run worker is starting: this run is launched by the default run launcher.", run
+                "No warm run worker is ready (one is loading the code location, or the last one failed to start): "
+                "this run is launched by the default run launcher.",
+                run,
             )
             return super().launch_run(context)
         try:

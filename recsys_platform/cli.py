@@ -69,7 +69,7 @@ def _prepare_environment() -> Settings:
         dagster_yaml.write_text("telemetry:\n  enabled: false\n")
     from orchestration.instance_storage import EVENT_LOG_YAML
     from orchestration.run_launcher import WARM_LAUNCHER_YAML
-    from recsys_platform.realtime import INSTANCE_YAML
+    from orchestration.run_queue import INSTANCE_YAML
 
     # The refresh path's run queue and retries, the event log without a disk flush per event
     # (orchestration.instance_storage) and the refresh runs forked from a warm worker (orchestration.run_launcher),

@@ -20,9 +20,10 @@ import pytest
 from dagster._core.storage.dagster_run import RunsFilter
 
 from orchestration.run_launcher import WARM_LAUNCHER_YAML, WORKER_TAG
+from orchestration.run_queue import INSTANCE_YAML
 from recsys_platform.config import PROJECT_ROOT
 from recsys_platform.dev.production_stack import free_port, wait_http
-from recsys_platform.realtime import INSTANCE_YAML, LAST_FILE_TAG
+from recsys_platform.realtime import LAST_FILE_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
