@@ -169,13 +169,22 @@ def _run_breakdown(instance, record) -> dict:
     return out
 
 
+def _warm_worker_tag() -> str | None:
+    """The run tag of runs forked from the warm run worker; None at commits without it (for before/after runs)."""
+    try:
+        from orchestration.run_launcher import WORKER_TAG
+    except ImportError:
+        return None
+    return WORKER_TAG
+
+
 def _runs_with_breakdown(instance, records: list) -> list[dict]:
     """Breakdowns of the successful refresh runs, with the landing-file range each one covered."""
-    from orchestration.run_launcher import WORKER_TAG
     from recsys_platform.ingest.landing import arrival_time_of
     from recsys_platform.realtime import LAST_FILE_TAG
 
     out = []
+    warm_tag = _warm_worker_tag()
     for r in records:
         if r.dagster_run.status.value != "SUCCESS":
             continue
@@ -183,7 +192,7 @@ def _runs_with_breakdown(instance, records: list) -> list[dict]:
         newest = arrival_time_of(r.dagster_run.tags.get(LAST_FILE_TAG, ""))
         b["tick_latency"] = None if newest is None else b["created"] - newest.timestamp()
         b["first_tag"] = r.dagster_run.tags.get("recsys/first_file", "")
-        b["warm"] = WORKER_TAG in r.dagster_run.tags
+        b["warm"] = warm_tag is not None and warm_tag in r.dagster_run.tags
         out.append(b)
     return out
 
