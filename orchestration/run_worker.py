@@ -39,10 +39,12 @@ from typing import Any
 log = logging.getLogger("recsys.run_worker")
 
 REAP_SECONDS = 0.5  # how often dead children are looked for while no request arrives
+# The pipe to the launcher, moved off fd 1 by main() so that what the code location prints goes to stderr.
+_protocol = {"fd": 1}
 
 
 def _send(message: dict[str, Any]) -> None:
-    os.write(sys.stdout.fileno(), (json.dumps(message) + "\n").encode())
+    os.write(_protocol["fd"], (json.dumps(message) + "\n").encode())
 
 
 def warm(origin_json: str, jobs: list[str]) -> None:
@@ -91,10 +93,12 @@ def execute_in_child(run_id: str, instance_ref_json: str) -> None:
     """Execute the run in this (forked) process as `dagster api execute_run` does, then exit; never returns."""
     code = 1
     try:
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)  # the protocol pipes belong to the worker: its EOF must not wait for children
-        os.dup2(2, 1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # the protocol pipes belong to the worker: the launcher must see their EOF when the worker dies
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        if _protocol["fd"] == 1:
+            os.dup2(2, 1)
+        else:
+            os.close(_protocol["fd"])
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from dagster._cli.api import _execute_run_command_body
         from dagster._core.instance import DagsterInstance, InstanceRef
@@ -198,6 +202,8 @@ def main() -> None:
     """Entry point: `python -m orchestration.run_worker` (started by WarmRunLauncher)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in `dagster dev` reaches the group: the daemon decides
+    _protocol["fd"] = os.dup(1)
+    os.dup2(2, 1)  # a print() in the code location must not end up in the protocol
     try:
         serve()
     except Exception:

@@ -37,6 +37,7 @@ LOCATION = textwrap.dedent(
     import dagster as dg
 
     REQUESTS = Path(os.environ["WARM_TEST_REQUESTS"])
+    print("a code location that prints while it loads", end="")  # never into the worker's pipe to the launcher
 
 
     @dg.asset
