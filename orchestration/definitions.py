@@ -22,6 +22,7 @@ from orchestration.jobs import (
 from recsys_platform.config import Settings
 from sensors.alerts import run_failure_alerts
 from sensors.contracts import contracts_after_refresh_for
+from sensors.landing import WAIT_SECONDS as LANDING_WAIT_SECONDS
 from sensors.landing import landing_sensor_for
 from sensors.recommendation_sets import batch_sets_schedule_for
 from sensors.registry import champion_sensor_for
@@ -42,7 +43,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         asset_checks=ALL_CHECKS,
         jobs=JOBS,
         sensors=[
-            landing_sensor_for(refresh_realtime_job, running=settings.landing_sensor_running),
+            landing_sensor_for(
+                refresh_realtime_job, wait_seconds=LANDING_WAIT_SECONDS, running=settings.landing_sensor_running
+            ),
             champion_sensor_for(deploy_job),
             run_failure_alerts,
             orphaned_run_sweeper,

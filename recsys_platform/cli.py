@@ -68,12 +68,15 @@ def _prepare_environment() -> Settings:
     if not dagster_yaml.exists():
         dagster_yaml.write_text("telemetry:\n  enabled: false\n")
     from orchestration.instance_storage import EVENT_LOG_YAML
-    from recsys_platform.realtime import INSTANCE_YAML
+    from orchestration.run_launcher import WARM_LAUNCHER_YAML
+    from orchestration.run_queue import INSTANCE_YAML
 
-    # The refresh path's run queue and retries, and the event log without a disk flush per event
-    # (orchestration.instance_storage), unless the instance configures its own.
+    # The refresh path's run queue and retries, the event log without a disk flush per event
+    # (orchestration.instance_storage) and the refresh runs forked from a warm worker (orchestration.run_launcher),
+    # unless the instance configures its own.
     _add_instance_settings(dagster_yaml, INSTANCE_YAML, ("run_queue", "run_coordinator", "concurrency", "run_retries"))
     _add_instance_settings(dagster_yaml, EVENT_LOG_YAML, ("storage", "event_log_storage"))
+    _add_instance_settings(dagster_yaml, WARM_LAUNCHER_YAML, ("run_launcher",))
     return settings
 
 

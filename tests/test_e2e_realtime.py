@@ -19,11 +19,13 @@ import httpx
 import pytest
 from dagster._core.storage.dagster_run import RunsFilter
 
+from orchestration.run_launcher import WARM_LAUNCHER_YAML, WORKER_TAG
+from orchestration.run_queue import INSTANCE_YAML
 from recsys_platform.config import PROJECT_ROOT
 from recsys_platform.dev.production_stack import free_port, wait_http
-from recsys_platform.realtime import INSTANCE_YAML, LAST_FILE_TAG
+from recsys_platform.realtime import LAST_FILE_TAG
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 # The real pipeline on a small dataset, in a subprocess with the test's environment: ingestion of every
 # landed hour, then everything the online store snapshot needs (features, ranker in MLflow, gate,
@@ -85,7 +87,9 @@ def stack(tmp_path: Path) -> Iterator[dict]:
         "PYTHONUNBUFFERED": "1",
     }
     (home / "dagster").mkdir(parents=True)
-    (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + INSTANCE_YAML)
+    (home / "dagster" / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\n" + INSTANCE_YAML + WARM_LAUNCHER_YAML
+    )
     prepared = subprocess.run(
         [sys.executable, "-c", PREPARE], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=150
     )
@@ -215,3 +219,29 @@ def test_posted_events_change_the_users_recommendations(stack: dict, monkeypatch
             "raw_events_expectations",
             "raw_events_reconciliation",
         }
+
+    # A later event's refresh is forked from the warm run worker (started with the daemon's first refresh run) and
+    # is an ordinary run: its three steps' materializations are in the event log, and the list changed.
+    other = "u0000011"
+    before_other = _recs(base, other)
+    top_other = before_other["items"][0]["item_id"]
+    event = {"user_id": other, "event_type": "content_complete", "event_time": datetime.now(UTC).isoformat()}
+    event |= {"item_id": top_other, "seconds_listened": 600}
+    posted = httpx.post(f"{base}/v1/events", json={"records": [event]}, timeout=10).json()
+    key = posted["Records"][0]["LandingKey"]
+    warm = []
+    with dg.DagsterInstance.get() as instance:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            warm = instance.get_runs(RunsFilter(job_name="refresh_realtime", tags={LAST_FILE_TAG: key}))
+            if warm and warm[0].status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE):
+                break
+            time.sleep(0.2)
+        assert warm and warm[0].status == dg.DagsterRunStatus.SUCCESS, (stack["logs"] / "daemon.log").read_text()[
+            -3000:
+        ]
+        assert WORKER_TAG in warm[0].tags, (stack["logs"] / "daemon.log").read_text()[-3000:]
+        materialized = instance.get_records_for_run(warm[0].run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        keys = {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in materialized.records}
+        assert {"raw_events", "session_features", "realtime_recommendations"} <= keys
+    assert top_other not in [i["item_id"] for i in _recs(base, other)["items"]]

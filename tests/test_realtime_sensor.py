@@ -89,3 +89,48 @@ def test_no_second_run_is_requested_while_one_waits_in_the_queue(tmp_path: Path)
     with dg.build_sensor_context(cursor=result.cursor, instance=instance, resources=resources) as ctx:
         again = sensor(ctx)
     assert [r.tags[LAST_FILE_TAG] for r in again.run_requests] == [newer]
+
+
+def test_an_evaluation_with_nothing_to_request_returns_as_soon_as_a_file_lands(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    sensor = landing_sensor_for(_job(), wait_seconds=10.0, poll_seconds=0.05)
+    zone = LocalLandingZone(tmp_path)
+    resources = {"landing": LandingZoneResource(url=str(tmp_path))}
+    instance = dg.DagsterInstance.ephemeral()
+    now = datetime.now(UTC)
+    key = event_file_key(now, ".parquet", new_batch_id(now))
+    timer = threading.Timer(0.5, zone.write_bytes, (key, b"x"))
+    started = time.monotonic()
+    timer.start()
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        result = sensor(ctx)
+    waited = time.monotonic() - started
+    timer.join()
+    assert [r.tags[LAST_FILE_TAG] for r in result.run_requests] == [key]
+    assert 0.5 <= waited < 2.0  # woke on the file, well before the 10 s budget
+    started = time.monotonic()
+    quiet = landing_sensor_for(_job(), wait_seconds=0.5, poll_seconds=0.05)
+    with dg.build_sensor_context(cursor=result.cursor, instance=instance, resources=resources) as ctx:
+        nothing = quiet(ctx)
+    assert not nothing.run_requests and nothing.skip_reason is not None
+    assert 0.45 <= time.monotonic() - started < 2.0  # nothing landed: it gave up after its budget
+
+
+def test_the_definitions_sensor_watches_between_evaluations(tmp_path: Path) -> None:
+    import threading
+
+    from orchestration.definitions import defs
+
+    sensor = defs.get_sensor_def("landing_zone_sensor")
+    zone = LocalLandingZone(tmp_path)
+    now = datetime.now(UTC)
+    key = event_file_key(now, ".parquet", new_batch_id(now))
+    timer = threading.Timer(0.3, zone.write_bytes, (key, b"x"))
+    timer.start()
+    resources = {"landing": LandingZoneResource(url=str(tmp_path))}
+    with dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), resources=resources) as ctx:
+        result = sensor(ctx)
+    timer.join()
+    assert [r.tags[LAST_FILE_TAG] for r in result.run_requests] == [key]  # landed after the evaluation began

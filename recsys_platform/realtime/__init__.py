@@ -15,30 +15,10 @@ FIRST_FILE_TAG = "recsys/first_file"
 LAST_FILE_TAG = "recsys/last_file"
 FILES_TAG = "recsys/files"
 
-# Dagster instance settings the refresh path relies on (merged into DAGSTER_HOME/dagster.yaml):
-# one refresh run and one contracts run per arrival-hour partition at a time, a 1-second run queue, automatic run
-# retries.
-INSTANCE_YAML = f"""\
-run_queue:
-  dequeue_interval_seconds: 1
-  tag_concurrency_limits:
-    - key: "{PARTITION_TAG}"
-      value:
-        applyLimitPerUniqueValue: true
-      limit: 1
-    - key: "{CONTRACTS_TAG}"
-      value:
-        applyLimitPerUniqueValue: true
-      limit: 1
-run_retries:
-  enabled: true
-"""
-
 __all__ = [
     "CONTRACTS_TAG",
     "FILES_TAG",
     "FIRST_FILE_TAG",
-    "INSTANCE_YAML",
     "LAST_FILE_TAG",
     "PARTITION_TAG",
     "SENSOR_STATUS_ENV",
