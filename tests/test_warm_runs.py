@@ -224,8 +224,21 @@ def test_terminating_a_warm_run_interrupts_its_process(daemon: dict, instance) -
     while time.monotonic() < deadline and not instance.get_run_by_id(runs[0].run_id).is_finished:
         time.sleep(0.2)
     assert instance.get_run_by_id(runs[0].run_id).status == dg.DagsterRunStatus.CANCELED
+    # the child marks its run CANCELED on its way out, so it may still be exiting (or not yet reaped by the
+    # worker) at that moment: it must be gone within seconds
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(int(runs[0].tags[PID_TAG])):
+        time.sleep(0.1)
     with pytest.raises(ProcessLookupError):
         os.kill(int(runs[0].tags[PID_TAG]), 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.mark.slow
