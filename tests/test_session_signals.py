@@ -69,21 +69,8 @@ SIGNALS = _signals(
 def world() -> tuple[Catalogue, Profiles]:
     """u0 played i1 (movement) two days and 14 hours before T, i0 (sleep story, bounced) 20 minutes before T,
     and i2 (meditation) at T; u1 played nothing."""
-    vocab = Vocabulary.build(USERS["user_id"], ITEMS["item_id"])
-    times = np.array([_s(T - timedelta(days=2, hours=14)), _s(T - timedelta(minutes=20)), _s(T)])
-    history = PairHistory.from_arrays(
-        vocab,
-        _s(CUTOFF),
-        np.zeros(3, np.int64),
-        np.array([1, 0, 2]),
-        first_s=times,
-        last_s=times,
-        plays=np.ones(3),
-        bounces=np.array([0.0, 1.0, 0.0]),
-    )
-    history.signals = SignalHistory.build(SIGNALS, vocab.user_rows, CUTOFF, "hashed")
-    catalogue = Catalogue.build(vocab, ITEMS, USERS)
-    return catalogue, Profiles.of(history, np.array([0, 1]))
+    catalogue = Catalogue.build(Vocabulary.build(USERS["user_id"], ITEMS["item_id"]), ITEMS, USERS)
+    return catalogue, Profiles.of(_history(catalogue, CUTOFF, SIGNALS), np.array([0, 1]))
 
 
 def test_hashed_encoder_is_deterministic_unit_length_and_matches_shared_words() -> None:
@@ -207,7 +194,8 @@ def test_time_features_are_relative_to_the_users_latest_event_not_the_cutoff(wor
         assert np.allclose(base[name], moved[name], equal_nan=True), name
 
 
-def _history_with_signals(catalogue: Catalogue, cutoff: datetime) -> PairHistory:
+def _history(catalogue: Catalogue, cutoff: datetime, signals: pl.DataFrame) -> PairHistory:
+    """u0's three plays (the fixture's docstring) as of `cutoff`, with `signals`."""
     times = np.array([_s(T - timedelta(days=2, hours=14)), _s(T - timedelta(minutes=20)), _s(T)])
     history = PairHistory.from_arrays(
         catalogue.vocab,
@@ -219,7 +207,10 @@ def _history_with_signals(catalogue: Catalogue, cutoff: datetime) -> PairHistory
         plays=np.ones(3),
         bounces=np.array([0.0, 1.0, 0.0]),
     )
-    # the same signals as the fixture's up to its cutoff: the later ones are dropped here by hand
-    kept = SIGNALS.filter(pl.col("event_time") < CUTOFF)
-    history.signals = SignalHistory.build(kept, catalogue.vocab.user_rows, cutoff, "hashed")
+    history.signals = SignalHistory.build(signals, catalogue.vocab.user_rows, cutoff, "hashed")
     return history
+
+
+def _history_with_signals(catalogue: Catalogue, cutoff: datetime) -> PairHistory:
+    # the same signals as the fixture's up to its cutoff: the later ones are dropped here by hand
+    return _history(catalogue, cutoff, SIGNALS.filter(pl.col("event_time") < CUTOFF))
