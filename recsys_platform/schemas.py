@@ -90,6 +90,9 @@ def is_bounce(event_type: pl.Expr, seconds_listened: pl.Expr) -> pl.Expr:
     return (event_type == "content_exit") & (seconds_listened.fill_null(0.0) < BOUNCE_SECONDS)
 
 
+# Relevance of a content event as a ranker label and a held-out truth (`model.windows`: a pair's best event in
+# its window): a favourite above a completion above a play or an exit.
+EVENT_RELEVANCE: dict[str, int] = {"favorite": 3, "content_complete": 2, "content_start": 1, "content_exit": 1}
 # Interaction weights: complete > favorite > start; bounces are negative.
 EVENT_WEIGHTS: dict[str, float] = {
     "content_complete": 3.0,

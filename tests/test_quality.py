@@ -68,6 +68,18 @@ def test_one_suite_per_validated_table_in_step_with_the_schemas():
         if e["kwargs"].get("column") == "event_type" and e["type"] == "expect_column_values_to_be_in_set"
     )
     assert vocab["kwargs"]["value_set"] == list(schemas.EVENT_TYPES)
+    # the content-event lists of the suites are schemas.CONTENT_EVENT_TYPES too (a new event type fails here until
+    # the suites name it)
+    content = next(
+        e
+        for e in load_suite("interactions")["expectations"]
+        if e["kwargs"].get("column") == "event_type" and e["type"] == "expect_column_values_to_be_in_set"
+    )
+    assert content["kwargs"]["value_set"] == list(schemas.CONTENT_EVENT_TYPES)
+    conditions = [
+        e["kwargs"]["row_condition"] for e in load_suite("raw_events")["expectations"] if "row_condition" in e["kwargs"]
+    ]
+    assert conditions and all(c == f"event_type in {json.dumps(list(schemas.CONTENT_EVENT_TYPES))}" for c in conditions)
     ids = {
         e["kwargs"]["column"]: e["kwargs"]["regex"]
         for e in load_suite("raw_events")["expectations"]

@@ -22,6 +22,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 
+from recsys_platform import schemas
+
 logger = logging.getLogger(__name__)
 
 TS = pl.Datetime("us", "UTC")
@@ -30,8 +32,8 @@ MIN_INTERACTIONS = 1000
 MIN_USERS_WITH_LABELS = 20
 # A user needs this many interactions before the per-user protocol holds any of them out.
 MIN_USER_EVENTS = 3
-# Relevance of a label pair: the best of its events in the window.
-RELEVANCE = {"favorite": 3, "content_complete": 2, "content_start": 1, "content_exit": 1}
+# Relevance of a label pair: the best of its events in the window (declared with the event types in `schemas`).
+RELEVANCE = schemas.EVENT_RELEVANCE
 
 
 class InsufficientHistoryError(ValueError):
