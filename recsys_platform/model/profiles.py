@@ -7,13 +7,14 @@ with everyone. The same profiles feed every candidate source and the ranker's pe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
 
 from recsys_platform.model.history import DAY_S, PairHistory
-from recsys_platform.model.signals import SessionState
+from recsys_platform.model.signals import SessionState, SignalHistory
 
 
 @dataclass
@@ -36,7 +37,15 @@ class Profiles:
     n_items: int
     cutoff_s: np.ndarray  # per user: the time the profile is as of (float64 epoch seconds)
     data_end_s: float  # the end of the history the profiles come from (the newest data anyone has)
-    session: SessionState | None = None  # searches and biometric readings (None: the history has no signals)
+    signals: SignalHistory | None = field(default=None, repr=False)  # the history's searches and readings
+
+    @cached_property
+    def session(self) -> SessionState | None:
+        """Each user's searches and biometric readings before their cutoff (None: the history has no signals).
+        Built on first use: only the session features read it, and no kept feature does today."""
+        if self.signals is None:
+            return None
+        return SessionState.of(self.signals, self.rows, self.last_s, self.cutoff_s)
 
     @classmethod
     def of(cls, history: PairHistory, rows: np.ndarray, cutoff_s: np.ndarray | None = None) -> Profiles:
@@ -61,7 +70,6 @@ class Profiles:
         first = np.full(n, np.inf)
         np.minimum.at(first, r, h.first_s)
         last_s = np.where(np.isfinite(last), last, np.nan)
-        session = None if history.signals is None else SessionState.of(history.signals, rows, last_s, cut)
         return cls(
             rows=rows,
             seen=csr(np.ones(len(h))),
@@ -76,7 +84,7 @@ class Profiles:
             n_items=m,
             cutoff_s=cut,
             data_end_s=history.cutoff_s,
-            session=session,
+            signals=history.signals,
         )
 
     def __len__(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -67,7 +68,13 @@ class SignalHistory:
     query: np.ndarray  # int64 row of query_vectors, -1: not a search
     steps: np.ndarray  # float64, NaN: no reading
     heart_rate: np.ndarray  # float64, NaN: no reading
-    query_vectors: np.ndarray  # float32 (distinct queries, dim), unit length
+    queries: tuple[str, ...]  # the distinct search texts, in query_vectors' order
+
+    @cached_property
+    def query_vectors(self) -> np.ndarray:
+        """float32 (distinct queries, dim), unit length. Encoded on first use: only the search features read them,
+        and encoding (with MiniLM, loading the model) is wasted on every history whose features do not."""
+        return encode(list(self.queries), self.encoder)
 
     @classmethod
     def build(
@@ -102,16 +109,7 @@ class SignalHistory:
             query=np.where(is_search, code, -1)[order],
             steps=frame["steps"].fill_null(np.nan).to_numpy().astype(np.float64)[order],
             heart_rate=frame["heart_rate"].fill_null(np.nan).to_numpy().astype(np.float64)[order],
-            query_vectors=encode(distinct.to_list(), encoder),
-        )
-
-    @classmethod
-    def empty(cls, encoder: str) -> SignalHistory:
-        """No signals (a dataset without searches or wearables)."""
-        z = np.zeros(0)
-        dim = encode([""], encoder).shape[1]
-        return cls(
-            resolve_encoder(encoder), z.astype(np.int64), z, z.astype(np.int64), z, z, np.zeros((0, dim), np.float32)
+            queries=tuple(distinct.to_list()),
         )
 
 
