@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recsys_platform.serve import deployment
 from recsys_platform.serve.api import create_app
+from recsys_platform.serve.observability import BufferedLineHandler
 from recsys_platform.serve.online_store import open_online_store
 
 
@@ -83,3 +86,31 @@ def test_requests_carry_an_id_and_log_one_json_line(client: TestClient, caplog) 
         (fresh.headers["x-request-id"], "/v1/users/{user_id}/recommendations", 200),
     ]
     assert lines[0]["method"] == "GET" and lines[0]["ms"] >= 0 and "ts" in lines[0]
+
+
+def _record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("recsys.access", logging.INFO, __file__, 0, message, None, None)
+
+
+def test_access_lines_are_written_in_batches_and_none_is_lost() -> None:
+    stream = io.StringIO()
+    handler = BufferedLineHandler(stream, max_lines=3, max_seconds=60)
+    for n in range(2):
+        handler.handle(_record(f'{{"n": {n}}}'))
+    assert stream.getvalue() == ""  # waiting for a batch
+    handler.handle(_record('{"n": 2}'))
+    assert stream.getvalue() == '{"n": 0}\n{"n": 1}\n{"n": 2}\n'
+    handler.handle(_record('{"n": 3}'))
+    handler.close()  # what logging.shutdown does at exit
+    assert [json.loads(x)["n"] for x in stream.getvalue().splitlines()] == [0, 1, 2, 3]
+
+
+def test_a_quiet_api_still_writes_its_access_lines_within_the_interval() -> None:
+    stream = io.StringIO()
+    handler = BufferedLineHandler(stream, max_lines=1000, max_seconds=0.05)
+    handler.handle(_record('{"n": 0}'))
+    deadline = time.monotonic() + 5
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.getvalue() == '{"n": 0}\n'  # written by the flusher thread, no second request needed
+    handler.close()

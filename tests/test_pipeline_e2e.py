@@ -121,13 +121,16 @@ def test_recommendations_respect_exclusions(platform):
     assert recs.join(recent, on=["user_id", "item_id"], how="semi").height == 0
     kids = recs.join(items.filter(pl.col("is_kids")), on="item_id").join(users, on="user_id")
     assert set(kids["household_type"].unique()) <= {"family_with_kids"}
-    # the repeat-listen policy: at most 3 items already played (favourites aside) in each user's top 10
+    # the repeat-listen policy: at most max_replays items already played (favourites aside) in each user's top 10
     from recsys_platform.batch.rules import played_pairs
+    from recsys_platform.config import PipelineParams
 
-    replays = recs.filter(pl.col("rank") <= 10).join(
+    policy = PipelineParams()
+
+    replays = recs.filter(pl.col("rank") <= policy.replay_window).join(
         played_pairs(inter).filter(~pl.col("favourite")), on=["user_id", "item_id"]
     )
-    assert replays.group_by("user_id").len()["len"].max() <= 3
+    assert policy.max_replays == 4 and replays.group_by("user_id").len()["len"].max() <= policy.max_replays
 
 
 def test_online_store_serves_the_offline_recommendations(platform):
