@@ -1,7 +1,7 @@
 """Load-test the serving API (granian or uvicorn, wrk) on SQLite and Redis, then deploy and roll back under load.
 
 Usage:
-    python benchmarks/serve.py [--backend sqlite|redis|both] [--server granian|uvicorn] [--workers 2]
+    python benchmarks/serve.py [--backend sqlite|redis|both] [--server recsys|granian|uvicorn] [--workers 2]
         [--connections 16] [--duration 15] [--app-root DIR]
 
 Requests are mixed the way clients send them (`request_path`): known users, users with features but no list
@@ -11,6 +11,10 @@ rollback phase and checks every body (one version per response, filters and limi
 source the user should get). Any non-2xx answer, socket error, checker error or mixed-version response fails
 the run (exit status 1). `--app-root` serves another checkout's code (e.g. the commit before a change) with
 the same load.
+
+`--server recsys` (the default) runs `recsys serve` itself, as users start the API: granian, and the JSON access log
+(written to the server's log file in the benchmark's temporary directory); `granian` and `uvicorn` run the same app
+under that server without the access log, for comparing servers.
 
 Needs `wrk` (Debian/Ubuntu: `apt-get install -y wrk`) and, for the Redis backend, a Redis server
 (`--redis-url`, default redis://127.0.0.1:6379/14; the benchmark uses its own key prefix and deletes it).
@@ -155,7 +159,10 @@ def free_port() -> int:
 
 
 def server_command(server: str, port: int, workers: int) -> list[str]:
-    """The command line of `server` (uvicorn on uvloop + httptools, or granian), no access log."""
+    """The command line of `server`: `recsys serve` (granian, access log on), or the app under granian or uvicorn
+    (on uvloop + httptools) without an access log."""
+    if server == "recsys":
+        return [sys.executable, "-m", "recsys_platform.cli", "serve", "--port", str(port), "--workers", str(workers)]
     if server == "granian":
         return [
             sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
@@ -174,7 +181,11 @@ def start_server(store_url: str, port: int, args: argparse.Namespace) -> subproc
     """Start the server on the code in `--app-root` and wait until /healthz answers."""
     app_root = Path(args.app_root).resolve()
     env = {**os.environ, "RECSYS_ONLINE_STORE_URL": store_url, "PYTHONPATH": str(app_root)}
-    proc = subprocess.Popen(server_command(args.server, port, args.workers), cwd=app_root, env=env)
+    log = Path(env.get("RECSYS_HOME", tempfile.gettempdir())).parent / f"server-{port}.log"
+    with log.open("ab") as out:  # the access log goes here, one line per request
+        proc = subprocess.Popen(
+            server_command(args.server, port, args.workers), cwd=app_root, env=env, stdout=out, stderr=out
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -183,7 +194,8 @@ def start_server(store_url: str, port: int, args: argparse.Namespace) -> subproc
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.terminate()
-    raise RuntimeError(f"{args.server} did not become healthy within 30 s")
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+    raise RuntimeError(f"{args.server} did not become healthy within 30 s; its log ends:\n{tail}")
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -372,7 +384,9 @@ def main() -> None:
     """Run the benchmark for the chosen backends and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["sqlite", "redis", "both"], default="both")
-    parser.add_argument("--server", choices=["uvicorn", "granian"], default="granian", help="as `recsys serve`")
+    parser.add_argument(
+        "--server", choices=["recsys", "granian", "uvicorn"], default="recsys", help="recsys: `recsys serve` itself"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
