@@ -62,7 +62,8 @@ def world() -> dict:
 
 def test_training_labels_come_only_from_each_users_held_out_part(world) -> None:
     ds, inter, params = world["ds"], world["inter"], world["params"]
-    frame = procedure.training_set(inter, ds.items, ds.users, params, 0)
+    everything = procedure.training_set(inter, ds.items, ds.users, params, 0)
+    frame = everything.filter(pl.col("window") == "training")
     truth = per_user_split(inter, name="training").truth(inter)
     positives = frame.filter(pl.col("relevance") > 0).select("user_id", "item_id", "relevance")
     joined = positives.join(truth, on=["user_id", "item_id"], how="left", suffix="_held_out")
@@ -73,10 +74,19 @@ def test_training_labels_come_only_from_each_users_held_out_part(world) -> None:
     candidates = truth.join(frame.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi")
     assert candidates.height == positives.height
     assert set(frame["user_id"]) == set(truth["user_id"])
-    assert frame["label_pairs"].unique().to_list() == [truth.height]
+    # 300 users, fewer than label_users (1,000): a second per-user window, each user's fifth before, labelled from
+    # the data cut at their first cutoff and from nothing after it
+    split = per_user_split(inter, name="training")
+    earlier = everything.filter(pl.col("window") == "training-1")
+    assert set(everything["window"]) == {"training", "training-1"}
+    before = split.known(inter)
+    truth_before = per_user_split(before, name="training-1").truth(before)
+    labels_before = earlier.filter(pl.col("relevance") > 0).select("user_id", "item_id", "relevance")
+    assert labels_before.height > 100
+    assert labels_before.join(truth_before, on=["user_id", "item_id", "relevance"], how="anti").height == 0
+    assert everything["label_pairs"].unique().to_list() == [truth.height + truth_before.height]
     # candidates are as of the end of the known part for everyone, not as of each user's next (held-out)
     # event: nothing released after that day, items released after a user's cutoff included
-    split = per_user_split(inter, name="training")
     last_day = split.known_until.date()
     assert split.known_until == split.known(inter)["event_time"].max() + timedelta(microseconds=1)
     released = frame.join(ds.items.select("item_id", "release_date"), on="item_id")
@@ -110,7 +120,7 @@ def test_train_refuses_a_frame_without_a_positive_and_reports_recall(world) -> N
         procedure.train(frame.filter(pl.col("relevance") == 0), params)
     booster, facts = procedure.train(frame, params)
     assert facts["training_candidate_recall"] == pytest.approx((frame["relevance"] > 0).sum() / frame["label_pairs"][0])
-    assert 0 < facts["train_users"] <= frame["user_id"].n_unique()
+    assert 0 < facts["train_users"] <= frame.select("window", "user_id").n_unique()  # a user in a window: a query
     # only each member's trees up to its best iteration are kept (a bag of rankers: best_iteration is their mean)
     assert booster.num_trees() == facts["trees"] == pytest.approx(facts["best_iteration"] * facts["bag_members"])
 

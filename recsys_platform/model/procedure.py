@@ -46,6 +46,9 @@ K = 10
 # Below this share of plays that replay an earlier item, already-played items are not recommended.
 REPEAT_SHARE_TO_KEEP_SEEN = 0.05
 PRIMARY_PROTOCOL = "per_user"
+# At most this many per-user training windows (`_per_user_windows`): more than one only where the newest one labels
+# fewer users than ModelParams.label_users.
+PER_USER_WINDOWS = 2
 PROTOCOLS = ("per_user", "global")
 HOLDOUTS = {"per_user": "each user's newest 20% (order-free: a random 20%)", "global": "the newest 10% of time"}
 PERSONALISED_BASELINES = ("ease", "item_knn", "replays")
@@ -134,7 +137,7 @@ def training_set(
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
     windows = {
-        "temporal": lambda: [(per_user_split(interactions, name="training"), interactions)],
+        "temporal": lambda: _per_user_windows(interactions, params.label_users),
         "random": lambda: [(random_pair_split(interactions, 0.2, params.seed, name="training-random"), interactions)],
         "global": lambda: [(global_split(interactions, 0.1, name="training-global"), interactions)],
         "global3": lambda: _global_windows(interactions, 3),
@@ -154,6 +157,25 @@ def training_set(
     return out.with_columns(
         label_pairs=pl.lit(int(sum(f["label_pairs"][0] for f in frames if f.height)), dtype=pl.Int64)
     )
+
+
+def _per_user_windows(
+    interactions: pl.DataFrame, label_users: int, most: int = PER_USER_WINDOWS
+) -> list[tuple[Split, pl.DataFrame]]:
+    """Each user's newest fifth of their plays to predict; where that labels fewer users than `label_users` (a small
+    user base), also the fifth before it (the data cut at each user's cutoff), and so on, up to `most` windows."""
+    out = []
+    data, labelled = interactions, 0
+    for k in range(most):
+        split = per_user_split(data, name="training" if k == 0 else f"training-{k}")
+        if not split.cutoffs.height:
+            break
+        out.append((split, data))
+        labelled += split.cutoffs.height
+        if not label_users or labelled >= label_users:  # 0: every user labelled, one window
+            break
+        data = split.known(data)
+    return out
 
 
 def _global_windows(interactions: pl.DataFrame, n: int) -> list[tuple[Split, pl.DataFrame]]:
