@@ -191,9 +191,15 @@ def differences(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:
 
 @contextmanager
 def fixed_split(monkeypatch: pytest.MonkeyPatch, split: Split):
-    """The procedure's per-user split and evaluation split replaced by `split`."""
+    """The procedure's per-user split (its newest training window; an earlier one is cut from that split's known
+    part, so it is built as usual) and evaluation split replaced by `split`."""
+    real = windows.per_user_split
+
+    def per_user(data: pl.DataFrame, *args, name: str = "per_user", **kwargs) -> Split:
+        return real(data, *args, name=name, **kwargs) if name.startswith("training-") else split
+
     with monkeypatch.context() as m:
-        m.setattr(procedure, "per_user_split", lambda *a, **k: split)
+        m.setattr(procedure, "per_user_split", per_user)
         m.setattr(procedure, "split_for", lambda *a, **k: split)
         yield
 

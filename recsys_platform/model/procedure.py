@@ -46,8 +46,8 @@ K = 10
 # Below this share of plays that replay an earlier item, already-played items are not recommended.
 REPEAT_SHARE_TO_KEEP_SEEN = 0.05
 PRIMARY_PROTOCOL = "per_user"
-# At most this many per-user training windows (`_per_user_windows`): more than one only where the newest one labels
-# fewer users than ModelParams.label_users.
+# At most this many per-user training windows (`_per_user_windows`): more than one only where the newest one holds
+# out fewer users than a window may label (ModelParams.label_users, the cycle's max_training_users).
 PER_USER_WINDOWS = 2
 PROTOCOLS = ("per_user", "global")
 HOLDOUTS = {"per_user": "each user's newest 20% (order-free: a random 20%)", "global": "the newest 10% of time"}
@@ -136,8 +136,9 @@ def training_set(
     their held-out pairs. Windows: `params.training_windows`."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
+    label_cap = min([c for c in (max_users, params.label_users) if c] or [0])  # users a window may label (0: all)
     windows = {
-        "temporal": lambda: _per_user_windows(interactions, params.label_users),
+        "temporal": lambda: _per_user_windows(interactions, label_cap),
         "random": lambda: [(random_pair_split(interactions, 0.2, params.seed, name="training-random"), interactions)],
         "global": lambda: [(global_split(interactions, 0.1, name="training-global"), interactions)],
         "global3": lambda: _global_windows(interactions, 3),
@@ -160,10 +161,11 @@ def training_set(
 
 
 def _per_user_windows(
-    interactions: pl.DataFrame, label_users: int, most: int = PER_USER_WINDOWS
+    interactions: pl.DataFrame, label_cap: int, most: int = PER_USER_WINDOWS
 ) -> list[tuple[Split, pl.DataFrame]]:
-    """Each user's newest fifth of their plays to predict; where that labels fewer users than `label_users` (a small
-    user base), also the fifth before it (the data cut at each user's cutoff), and so on, up to `most` windows."""
+    """Each user's newest fifth of their plays to predict; where that holds out fewer users than a window may label
+    (`label_cap`: the smaller of max_users and label_users; 0, no cap: one window), also the fifth before it (the
+    data cut at each user's cutoff), and so on, up to `most` windows: a small user base gets more queries."""
     out = []
     data, labelled = interactions, 0
     for k in range(most):
@@ -172,7 +174,7 @@ def _per_user_windows(
             break
         out.append((split, data))
         labelled += split.cutoffs.height
-        if not label_users or labelled >= label_users:  # 0: every user labelled, one window
+        if not label_cap or labelled >= label_cap:
             break
         data = split.known(data)
     return out
