@@ -61,7 +61,9 @@ def variants() -> dict[str, tuple[str, ...]]:
     return out
 
 
-def boosts_effect(frame: pl.DataFrame, history: pl.DataFrame, events: pl.DataFrame, items, users, split_seed: int):
+def boosts_effect(
+    frame: pl.DataFrame, history: pl.DataFrame, events: pl.DataFrame, items, users, params: ModelParams, split_seed: int
+):
     """nDCG@10 of the "all" ranker's order of the compare queries, without and with the refresh path's fixed
     context boosts (each user's session window as of their cutoff in the query's window)."""
     from recsys_platform.realtime.context import apply_context
@@ -71,8 +73,7 @@ def boosts_effect(frame: pl.DataFrame, history: pl.DataFrame, events: pl.DataFra
     run_variant(frame, split_seed, 0.1, 1000, columns=variants()["all"], scored=scored)
     rows = frame.filter(pl.Series(scored["compare"])).select("window", "user_id", "item_id", "relevance")
     rows = rows.with_columns(score=pl.Series(scored["scores"]), q=pl.Series(scored["query"][scored["compare"]]))
-    splits = {"training": procedure.per_user_split(history, name="training")}
-    splits.update({s.name: s for s, _ in procedure._global_windows(history, 3)})
+    splits = {s.name: s for s, _ in procedure.training_windows(history, params, 4000)}
     meta = items.select("item_id", "content_type")
     parts = []
     for name, split in splits.items():
@@ -100,6 +101,11 @@ def main() -> None:
     parser.add_argument("--text-encoder", default="auto", help="auto, minilm or hashed (model.text)")
     parser.add_argument("--only", nargs="+", help="variants to run (default: all)")
     parser.add_argument("--refresh-boosts", action="store_true", help="measure the refresh's fixed boosts only")
+    parser.add_argument(
+        "--windows",
+        help="training windows (default: ModelParams'); `session` labels each user's newest sitting, the plays just "
+        "after the searches, readings and bounces these signals describe",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     every = variants()["all"]
@@ -111,6 +117,8 @@ def main() -> None:
             interactions, items, users, signals, events = synthetic(args.seed, args.users, args.days)
         history = read_history(interactions)
         base = ModelParams(text_encoder=args.text_encoder)
+        if args.windows:
+            base = base.with_(training_windows=args.windows)
         params, _ = procedure.choose_params(history, items, users, base, 4000)
         started = time.perf_counter()
         frame = procedure.training_set(history, items, users, params.with_(label_users=0), 4000, signals, every)
@@ -122,7 +130,7 @@ def main() -> None:
     )
     if args.refresh_boosts:
         for split_seed in args.splits:
-            plain, boosted = boosts_effect(frame, history, events, items, users, split_seed)
+            plain, boosted = boosts_effect(frame, history, events, items, users, params.with_(label_users=0), split_seed)
             print(json.dumps({"split": split_seed, "ranker": round(plain, 4), "ranker+boosts": round(boosted, 4)}))
         return
     rows = []

@@ -370,6 +370,29 @@ def test_training_rows_ignore_every_signal_after_each_users_cutoff(world: World,
     assert differences(before, after) == []
 
 
+def test_the_session_window_ignores_every_event_and_signal_after_each_users_cutoff(world: World, monkeypatch) -> None:
+    params = replace(world.params, training_windows="session")
+    split = windows.session_split(world.interactions, params.session_gap_minutes * 60.0, name="training-session")
+    plain = replace(split, cutoffs=split.cutoffs.select("user_id", "cutoff"))  # the perturbation's view of it
+    owners = split.cutoffs["user_id"]
+    inter = rewrite_after(world.interactions, plain, world.items, owners, seed=5)
+    signals = rewrite_signals_after(world.signals, plain, owners, seed=5)
+    monkeypatch.setattr(procedure, "session_split", lambda *a, **k: split)
+
+    def rows(interactions: pl.DataFrame, signals: pl.DataFrame) -> pl.DataFrame:
+        return procedure.training_set(interactions, world.items, world.users, params, 0, signals, ALL_FEATURES)
+
+    before, after = rows(world.interactions, world.signals), rows(inter, signals)
+    # a sitting's labels end with it, and the rewrite spreads each user's new events to the end of the data: a user
+    # whose rewritten sitting holds no play has no labels, so no rows; every user labelled both times is compared
+    both = before.select("user_id").unique().join(after.select("user_id").unique(), on="user_id")
+    assert both.height >= 20, both.height
+    before, after = (f.join(both, on="user_id", how="semi") for f in (before, after))
+    assert set(before["window"].unique()) == {"training-session"}
+    assert before["search_sim"].is_not_nan().sum() > 100  # searches before the sittings are read
+    assert differences(before, after) == []
+
+
 def test_evaluation_inputs_ignore_every_signal_after_the_global_cutoff(world: World, monkeypatch) -> None:
     split = procedure.split_for("global", world.interactions)
     owners = pl.concat([world.users["user_id"], pl.Series(["newcomer-1"])])

@@ -17,6 +17,7 @@ from recsys_platform.model.windows import (
     global_split,
     per_user_split,
     require_enough,
+    session_split,
 )
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -147,6 +148,51 @@ def test_global_split_knows_nothing_at_or_after_the_cutoff_of_any_user() -> None
 
 def _many(n_users: int, per_user: int) -> pl.DataFrame:
     return events([r for u in range(n_users) for r in plays(f"u{u:03d}", list(range(per_user)))])
+
+
+# --- session -----------------------------------------------------------------------------------------------
+
+
+def test_session_split_labels_each_users_newest_sitting_from_its_first_play() -> None:
+    gap = 1800.0  # half an hour, in seconds
+    rows = (
+        plays("a", [0, 1, 2, 10, 10.2, 10.4])  # sittings at 0, 1, 2 and 10-10.4: the newest starts at hour 10
+        + [("a", "a-i5", 10.8, "content_complete")]  # within the gap of its last play: a label (completion)
+        + [("a", "a-i1", 11.0, "favorite")]  # more than the gap after its last play: not this sitting's
+        + plays("b", [0, 5])  # 1 play before the newest sitting: fewer than MIN_USER_EVENTS, not held out
+        + plays("c", [0, 0.2, 0.4, 3])  # three plays in its first sitting, then one: held out at hour 3
+    )
+    inter = events(rows)
+    split = session_split(inter, gap, name="s")
+    assert split.cutoffs["user_id"].to_list() == ["a", "c"]
+    assert cutoff_of(split, "a") == T0 + timedelta(hours=10)
+    assert cutoff_of(split, "c") == T0 + timedelta(hours=3)
+    truth = split.truth(inter)
+    assert truth.filter(pl.col("user_id") == "a").select("item_id", "relevance").rows() == [
+        ("a-i3", 1),
+        ("a-i4", 1),
+        ("a-i5", 2),
+    ]
+    assert truth.filter(pl.col("user_id") == "c")["item_id"].to_list() == ["c-i3"]
+    known = split.known(inter)
+    assert known.columns == inter.columns
+    assert known.filter(pl.col("user_id") == "a")["event_time"].max() == T0 + timedelta(hours=2)
+    assert known.filter(pl.col("user_id") == "b").height == 2  # not held out: known whole
+    assert split.known_until == T0 + timedelta(hours=5, microseconds=1)
+
+
+def test_a_session_window_is_built_only_where_there_are_session_signals() -> None:
+    from recsys_platform.model import procedure
+    from recsys_platform.model.params import ModelParams
+
+    inter = events(plays("a", [0, 1, 2, 10]) + plays("c", [0, 1, 2, 3, 9]))
+    params = ModelParams(training_windows="session")
+    assert procedure.training_windows(inter, params, 0) == []
+    assert procedure.training_windows(inter, params, 0, pl.DataFrame({"user_id": []}, schema={"user_id": pl.String})) == []
+    search = pl.DataFrame({"user_id": ["a"], "event_type": ["search"]})
+    [(split, data)] = procedure.training_windows(inter, params, 0, search)
+    assert split.name == "training-session" and data is inter
+    assert split.cutoffs["user_id"].to_list() == ["a", "c"]
 
 
 def test_require_enough_names_the_minimum_in_one_message() -> None:

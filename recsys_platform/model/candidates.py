@@ -65,17 +65,22 @@ SESSION_FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     # local hour of the user's latest event, and the item type's share of the user's plays in that daypart
     "time_of_day": ("local_hour", "type_daypart_share"),
 }
-# The groups the ranker reads (the others stay computable for the benchmark's ablation). None is kept: on held-out
-# training users of synthetic latent dev seed 11 (`python benchmarks/session_features.py --dataset synthetic
-# --seed 11 --text-encoder hashed --splits 1 2 --only none all without_bounce without_biometric without_search
-# without_time_of_day`, 5,000 users x 28 days, 1,000 label users, mean nDCG@10 of 2 splits) no session features
-# 0.4430, all four groups 0.4428; without bounce 0.4437, without biometric 0.4455, without search 0.4462, without
-# time of day 0.4441: removing any group raised the figure (0.0009-0.0034), so none helps there. ml-100k has
-# no searches or readings. With all-MiniLM-L6-v2 as the text encoder (`--text-encoder minilm`, the [embeddings]
-# extra; the same splits): no session features 0.4430, all groups 0.4440, search alone 0.4440 (0.4578 and 0.4302 on
-# the two splits): within the splits' noise, so the encoder does not change the choice. Re-measure before keeping
-# one on other data.
-KEPT_SESSION_GROUPS: tuple[str, ...] = ()
+# The groups the ranker reads (the others stay computable for the benchmark's ablation): search alone. Measured where
+# session signals act, on a session window (opt-in, see ModelParams.training_windows) (`procedure.training_windows` "session": each user's newest sitting,
+# labelled with what they played in it, the signals known up to its first play): held-out training users of
+# synthetic latent dev seed 11 (`python benchmarks/session_features.py --dataset synthetic --seed 11 --text-encoder
+# hashed --windows session --splits 1 2 3`, 5,000 users x 28 days, 1,000 label users, mean nDCG@10 of 3 splits): no
+# session features 0.3477, all four groups 0.3945; without search 0.3508, without time of day 0.3891 (-0.002, +0.018,
+# +0.001 by split), without bounce 0.3957, without biometric 0.3968; search alone 0.3920, time of day alone 0.3453,
+# bounce alone 0.3438, biometric alone 0.3517. Search is the one group whose removal costs on every split and which
+# gains alone; the generator writes a session's search from the type and topic of its first play (as a user names
+# what they look for), so the size of that gain is the generator's, not a forecast for real data. On per-user and
+# global windows (each user's next 20%, the newest tenth of time) no group helped (`--splits 1 2`: none 0.4430, all
+# 0.4428, each group removed 0.4437-0.4462; all-MiniLM-L6-v2 as encoder: none 0.4430, all 0.4440, search alone
+# 0.4440), which is why a session window was added to measure them. Reading search without that window changed
+# nothing measurable: quickstart cycle holdouts of seed 11 per-user 0.3815 / 0.3815, global 0.3542 / 0.3547, 54 trees
+# (44 before); ml-100k has no searches or readings, and its served lists are the same (inner per-user split 0.2604).
+KEPT_SESSION_GROUPS: tuple[str, ...] = ("search",)
 SESSION_FEATURES: tuple[str, ...] = tuple(f for g in KEPT_SESSION_GROUPS for f in SESSION_FEATURE_GROUPS[g])
 BASE_FEATURES: tuple[str, ...] = (*SOURCE_FEATURES, *ITEM_FEATURES, *USER_FEATURES, *PAIR_FEATURES)
 FEATURES: tuple[str, ...] = (*BASE_FEATURES, *SESSION_FEATURES)
@@ -330,10 +335,13 @@ def _session_columns(
         if session is None:
             out.update({f: np.full(n_pairs, np.nan) for f in SESSION_FEATURE_GROUPS["search"]})
         else:
-            vectors = catalogue.item_vectors(encoder)
+            # users x the block's items, then each pair's cell: a per-pair dot product would first copy a vector per
+            # pair (the 800k pairs of a training window: 8x the time of the whole matrix product)
+            cols, col_of = np.unique(items, return_inverse=True)
+            vectors = catalogue.item_vectors(encoder)[cols].T
             has = np.isfinite(session.search_after_min)[rows]
-            sim = np.einsum("ij,ij->i", session.search_vec[rows], vectors[items])
-            recent_sim = np.einsum("ij,ij->i", session.recent_search_vec[rows], vectors[items])
+            sim = (session.search_vec @ vectors)[rows, col_of]
+            recent_sim = (session.recent_search_vec @ vectors)[rows, col_of]
             out["search_sim"] = np.where(has, sim, np.nan)
             out["search_sim_recent"] = np.where(has, recent_sim, np.nan)
             out["search_after_min"] = session.search_after_min[rows]

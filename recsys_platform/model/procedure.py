@@ -38,6 +38,7 @@ from recsys_platform.model.windows import (
     per_user_split,
     random_pair_split,
     repeat_share,
+    session_split,
 )
 
 logger = logging.getLogger(__name__)
@@ -136,12 +137,35 @@ def training_set(
     their held-out pairs. Windows: `params.training_windows`."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
+    frames = [
+        _window_rows(split, data, vocab, catalogue, params, max_users, signals, names)
+        for split, data in training_windows(interactions, params, max_users, signals)
+    ]
+    out = pl.concat(frames)
+    return out.with_columns(
+        label_pairs=pl.lit(int(sum(f["label_pairs"][0] for f in frames if f.height)), dtype=pl.Int64)
+    )
+
+
+def training_windows(
+    interactions: pl.DataFrame, params: ModelParams, max_users: int, signals: pl.DataFrame | None = None
+) -> list[tuple[Split | PairSplit, pl.DataFrame]]:
+    """(split, the data it cuts) of each training window `params.training_windows` names, joined by '+':
+    `temporal` (per-user, `_per_user_windows`), `random` (order-free pairs), `global`, `global3` (three successive
+    global windows) or `session` (each user's newest sitting, `windows.session_split`: only where there are session
+    `signals`, which are what it teaches; without any it would repeat the per-user window's lesson on less data)."""
+    has_signals = signals is not None and signals.height > 0
     label_cap = min([c for c in (max_users, params.label_users) if c] or [0])  # users a window may label (0: all)
     windows = {
         "temporal": lambda: _per_user_windows(interactions, label_cap),
         "random": lambda: [(random_pair_split(interactions, 0.2, params.seed, name="training-random"), interactions)],
         "global": lambda: [(global_split(interactions, 0.1, name="training-global"), interactions)],
         "global3": lambda: _global_windows(interactions, 3),
+        "session": lambda: [
+            (session_split(interactions, params.session_gap_minutes * 60.0, name="training-session"), interactions)
+        ]
+        if has_signals
+        else [],
     }
     unknown = [w for w in params.training_windows.split("+") if w not in windows]
     if unknown:
@@ -149,15 +173,7 @@ def training_set(
             f"unknown training window(s) {unknown} in {params.training_windows!r}; "
             f"join any of {sorted(windows)} with '+' (RECSYS_TRAINING_WINDOWS)"
         )
-    frames = [
-        _window_rows(split, data, vocab, catalogue, params, max_users, signals, names)
-        for w in params.training_windows.split("+")
-        for split, data in windows[w]()
-    ]
-    out = pl.concat(frames)
-    return out.with_columns(
-        label_pairs=pl.lit(int(sum(f["label_pairs"][0] for f in frames if f.height)), dtype=pl.Int64)
-    )
+    return [window for w in params.training_windows.split("+") for window in windows[w]()]
 
 
 def _successive_windows(

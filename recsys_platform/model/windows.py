@@ -57,15 +57,17 @@ class Split:
     def known(self, interactions: pl.DataFrame) -> pl.DataFrame:
         """The interactions the models may read (before each user's cutoff)."""
         others = pl.lit(self.common_cutoff or self.end, dtype=TS)
-        lf = interactions.lazy().join(self.cutoffs.lazy(), on="user_id", how="left")
+        lf = interactions.lazy().join(self.cutoffs.lazy().select("user_id", "cutoff"), on="user_id", how="left")
         return lf.filter(pl.col("event_time") < pl.coalesce("cutoff", others)).drop("cutoff").collect()
 
     def truth(self, interactions: pl.DataFrame) -> pl.DataFrame:
-        """(user, item, relevance) of the pairs to predict: the best event of each in [cutoff, end)."""
+        """(user, item, relevance) of the pairs to predict: the best event of each in [cutoff, end), or in [cutoff,
+        until) where `cutoffs` has an `until` per user (a session window's labels end with the session)."""
+        end = pl.col("until") if "until" in self.cutoffs.columns else pl.lit(self.end, dtype=TS)
         return (
             interactions.lazy()
             .join(self.cutoffs.lazy(), on="user_id", how="inner")
-            .filter((pl.col("event_time") >= pl.col("cutoff")) & (pl.col("event_time") < pl.lit(self.end, dtype=TS)))
+            .filter((pl.col("event_time") >= pl.col("cutoff")) & (pl.col("event_time") < end))
             .filter(pl.col("event_type").is_in(list(RELEVANCE)))
             .group_by("user_id", "item_id")
             .agg(relevance=pl.col("event_type").replace_strict(RELEVANCE, return_dtype=pl.Int64).max())
@@ -175,6 +177,35 @@ def per_user_split(interactions: pl.DataFrame, fraction: float = 0.2, name: str 
     newest = Split(name, ranked, end, end).known(interactions)["event_time"].max()
     known_until = newest + timedelta(microseconds=1) if newest is not None else end
     return Split(name, ranked, end, known_until)
+
+
+def session_split(interactions: pl.DataFrame, gap_s: float, name: str = "session") -> Split:
+    """Each user's newest sitting to predict, from its first play to its last (plays less than `gap_s` apart, as
+    `sources._sessions` groups them), for users with at least MIN_USER_EVENTS plays before it. What a session
+    signal is for: the searches, readings and bounces just before a sitting, and what the user plays in it. Their
+    later events (none: it is their newest) are not labels, so the window asks only about that sitting."""
+    end = _end(interactions)
+    starts = (
+        _plays(interactions)
+        .select("user_id", "event_time")
+        .sort("user_id", "event_time")
+        .with_columns(
+            new=(pl.col("event_time").diff().over("user_id").dt.total_microseconds() / 1e6)
+            .fill_null(float("inf"))
+            .ge(gap_s)
+        )
+        .with_columns(sitting=pl.col("new").cum_sum().over("user_id"), before=pl.int_range(pl.len()).over("user_id"))
+        .filter(pl.col("sitting") == pl.col("sitting").max().over("user_id"))
+        .group_by("user_id")
+        .agg(cutoff=pl.col("event_time").min(), until=pl.col("event_time").max(), before=pl.col("before").min())
+        .filter(pl.col("before") >= MIN_USER_EVENTS)
+        .select("user_id", "cutoff", until=pl.col("until") + timedelta(seconds=gap_s))
+        .sort("user_id")
+        .collect()
+    )
+    newest = Split(name, starts, end, end).known(interactions)["event_time"].max()
+    known_until = newest + timedelta(microseconds=1) if newest is not None else end
+    return Split(name, starts, end, known_until)
 
 
 def global_split(interactions: pl.DataFrame, fraction: float = 0.1, name: str = "global") -> Split:
