@@ -84,7 +84,8 @@ def recommendations(
         rec = fit_serving(history, items, users, cutoff, ModelParams.from_dict(model_params), scorer, session_signals)
         limit = limit and not rec.params.exclude_seen  # seen items are never candidates: no replay to limit
         # deeper than top_n: the policy below moves replays down and needs other items to move up
-        recs = rec.recommend(users["user_id"], params.top_n * (2 if limit else 1))
+        # blocks of users on as many threads as the run may use (the CLI's runs: every core)
+        recs = rec.recommend(users["user_id"], params.top_n * (2 if limit else 1), workers=params.ranker_threads)
         save_state(rec, version, state_url(pipeline.lake_url), landing.s3_endpoint_url)
         facts = {
             "scorer": registry.version_tags(mlflow.tracking_uri, version, mlflow.model_name).get(

@@ -235,3 +235,13 @@ def test_a_source_gives_at_most_depth_candidates_and_none_when_it_cannot_tell_it
     # each row on its own gives the same mask (no dependence on the rest of the block)
     for r in range(3):
         np.testing.assert_array_equal(_top_depth(scores[r : r + 1], 2)[0], mask[r])
+
+
+def test_blocks_scored_on_threads_give_the_same_lists_in_the_same_order(world) -> None:
+    rec, users = world["rec"], world["ds"].users["user_id"]
+    one = rec.recommend(users, 20, block_users=32)
+    assert one["user_id"].n_unique() > 200  # several blocks of 32 users
+    for fill in (False, True):
+        serial = rec.recommend(users, 20, block_users=32, fill=fill)
+        threaded = rec.recommend(users, 20, block_users=32, fill=fill, workers=2)
+        assert threaded.equals(serial)

@@ -9,12 +9,14 @@ newest events the fitted history does not hold yet (the near-real-time refresh).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import polars as pl
+from threadpoolctl import threadpool_limits
 
 from recsys_platform.model.candidates import FEATURES, CandidateBlock, ItemStats, allowed_items, candidate_block
 from recsys_platform.model.catalogue import Catalogue
@@ -78,13 +80,15 @@ class Recommender:
         cutoff_s: np.ndarray | None = None,
         block_users: int = BLOCK_USERS,
         fill: bool = False,
+        workers: int = 1,
     ) -> pl.DataFrame:
-        """Top-k [user_id, rank, item_id, score] for the known users of `user_ids`, a block of users at a time.
+        """Top-k [user_id, rank, item_id, score] for the known users of `user_ids`, a block of users at a time
+        (`workers` blocks at once, on threads).
 
         The scorer orders the candidates; with `fill`, lists shorter than k continue with the other
         recommendable items in the order of the recency-weighted EASE score, then popularity (deep batch
         lists), scored below the user's last candidate."""
-        return self.recommend_each({"": self.scorer}, user_ids, k, cutoff_s, block_users, fill)[""]
+        return self.recommend_each({"": self.scorer}, user_ids, k, cutoff_s, block_users, fill, workers)[""]
 
     def recommend_each(
         self,
@@ -94,26 +98,37 @@ class Recommender:
         cutoff_s: np.ndarray | None = None,
         block_users: int = BLOCK_USERS,
         fill: bool = False,
+        workers: int = 1,
     ) -> dict[str, pl.DataFrame]:
         """`recommend` for each of `scorers` over the same candidates, built once per block of users (the
-        holdouts score the ranker and every baseline on one candidate set)."""
+        holdouts score the ranker and every baseline on one candidate set); `workers` blocks at a time."""
         rows_all = self.vocab.user_rows(user_ids)
         keep = rows_all >= 0
         rows_all = rows_all[keep]
         cut_all = None if cutoff_s is None else np.asarray(cutoff_s, np.float64)[keep]
-        parts: dict[str, list[pl.DataFrame]] = {name: [] for name in scorers}
-        for start in range(0, len(rows_all), block_users):
+        def one_block(start: int) -> dict[str, pl.DataFrame]:
             rows = rows_all[start : start + block_users]
             cut = None if cut_all is None else cut_all[start : start + block_users]
             profiles, block = self.block(rows, cut)
+            out = {}
             for name, scorer in scorers.items():
                 score = np.asarray(scorer.predict(block.features), np.float64) if len(block) else np.zeros(0)
                 r, i, s = block.rows, block.items, score
                 if fill:
                     r, i, s = self._filled(profiles, r, i, s, k)
-                parts[name].append(_top_k(r, i, s, k, profiles.rows, self.vocab))
+                out[name] = _top_k(r, i, s, k, profiles.rows, self.vocab)
+            return out
+
+        starts = range(0, len(rows_all), block_users)
+        if workers > 1 and len(starts) > 1:
+            # Blocks on threads: the candidate arrays are numpy and the scorers compiled code, which release the GIL
+            # for most of a block; BLAS is held to one thread per block so the two levels do not oversubscribe.
+            with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+                blocks = list(pool.map(one_block, starts))
+        else:
+            blocks = [one_block(start) for start in starts]
         empty = pl.DataFrame(schema={"user_id": pl.String, "rank": pl.Int64, "item_id": pl.String, "score": pl.Float64})
-        return {name: pl.concat(p) if p else empty for name, p in parts.items()}
+        return {name: pl.concat([b[name] for b in blocks]) if blocks else empty for name in scorers}
 
     def _filled(self, profiles: Profiles, rows, items, score, k: int):
         """Candidates plus every other allowed item, the others ordered by (EASE on the recent profile, popularity)
