@@ -33,11 +33,8 @@ class ModelParams:
     # one window / two, ranker seeds 7, 8, 9: 0.2520 / 0.2604, 0.2515 / 0.2562, 0.2471 / 0.2599, and on the global
     # protocol's train part 0.2573 / 0.2594; three windows 0.2454 and 0.2602 (seed 7); the inner global figure (90
     # users) 0.3271 / 0.3232.
-    # "+session" (each user's newest sitting, only where the data has searches or readings) is where the search
-    # features are learned (candidates.KEPT_SESSION_GROUPS). Not by default: on the quickstart's data (synthetic seed
-    # 11, 2 cores, quiet) it raised the ranker's trees from 44-54 to 101 (300 sitting users) or 295 (1,000) and the
-    # quickstart from 91-94 s to 111 s or 136-139 s, past its budget; the cycle's holdouts were unchanged (per-user
-    # 0.3815 -> 0.3843 / 0.3873, global 0.3542 -> 0.3533 / 0.3515).
+    # "+session" adds each user's newest sitting (only where the data has searches or readings): the window on which
+    # session signals are measured and, with a kept group (candidates.KEPT_SESSION_GROUPS), learned.
     training_windows: str = "temporal+global3"
     # At most this many users label each training window (a seeded sample; 0: no cap beyond the cycle's
     # max_training_users), so the ranker's training time stays flat as the user base grows. ml-100k's windows
