@@ -62,10 +62,18 @@ def variants() -> dict[str, tuple[str, ...]]:
 
 
 def boosts_effect(
-    frame: pl.DataFrame, history: pl.DataFrame, events: pl.DataFrame, items, users, params: ModelParams, split_seed: int
+    frame: pl.DataFrame,
+    history: pl.DataFrame,
+    events: pl.DataFrame,
+    items,
+    users,
+    params: ModelParams,
+    signals: pl.DataFrame,
+    split_seed: int,
 ):
     """nDCG@10 of the "all" ranker's order of the compare queries, without and with the refresh path's fixed
-    context boosts (each user's session window as of their cutoff in the query's window)."""
+    context boosts (each user's session window as of their cutoff in the query's window). `params` and `signals`
+    are those `frame` was built with, so the windows are its windows."""
     from recsys_platform.realtime.context import apply_context
     from recsys_platform.realtime.sessions import session_features
 
@@ -73,7 +81,7 @@ def boosts_effect(
     run_variant(frame, split_seed, 0.1, 1000, columns=variants()["all"], scored=scored)
     rows = frame.filter(pl.Series(scored["compare"])).select("window", "user_id", "item_id", "relevance")
     rows = rows.with_columns(score=pl.Series(scored["scores"]), q=pl.Series(scored["query"][scored["compare"]]))
-    splits = {s.name: s for s, _ in procedure.training_windows(history, params, 4000)}
+    splits = {s.name: s for s, _ in procedure.training_windows(history, params, 4000, signals)}
     meta = items.select("item_id", "content_type")
     parts = []
     for name, split in splits.items():
@@ -121,7 +129,8 @@ def main() -> None:
             base = base.with_(training_windows=args.windows)
         params, _ = procedure.choose_params(history, items, users, base, 4000)
         started = time.perf_counter()
-        frame = procedure.training_set(history, items, users, params.with_(label_users=0), 4000, signals, every)
+        params = params.with_(label_users=0)  # every user a window holds out (run_variant samples label users)
+        frame = procedure.training_set(history, items, users, params, 4000, signals, every)
         seconds = time.perf_counter() - started
     print(
         f"{args.dataset}: {signals.height} signal events, encoder {params.text_encoder}; training set of "
@@ -130,7 +139,7 @@ def main() -> None:
     )
     if args.refresh_boosts:
         for split_seed in args.splits:
-            plain, boosted = boosts_effect(frame, history, events, items, users, params.with_(label_users=0), split_seed)
+            plain, boosted = boosts_effect(frame, history, events, items, users, params, signals, split_seed)
             print(json.dumps({"split": split_seed, "ranker": round(plain, 4), "ranker+boosts": round(boosted, 4)}))
         return
     rows = []

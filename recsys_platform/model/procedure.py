@@ -47,8 +47,8 @@ K = 10
 # Below this share of plays that replay an earlier item, already-played items are not recommended.
 REPEAT_SHARE_TO_KEEP_SEEN = 0.05
 PRIMARY_PROTOCOL = "per_user"
-# At most this many per-user training windows (`training_set`): more than one only where the newest one holds
-# out fewer users than a window may label (ModelParams.label_users, the cycle's max_training_users).
+# At most this many per-user training windows (`_per_user_windows`): more than one only where the newest one holds
+# out fewer users than a window may label (`_label_cap`).
 PER_USER_WINDOWS = 2
 PROTOCOLS = ("per_user", "global")
 HOLDOUTS = {"per_user": "each user's newest 20% (order-free: a random 20%)", "global": "the newest 10% of time"}
@@ -154,18 +154,13 @@ def training_windows(
     `temporal` (per-user, `_per_user_windows`), `random` (order-free pairs), `global`, `global3` (three successive
     global windows) or `session` (each user's newest sitting, `windows.session_split`: only where there are session
     `signals`, which are what it teaches; without any it would repeat the per-user window's lesson on less data)."""
-    has_signals = signals is not None and signals.height > 0
-    label_cap = min([c for c in (max_users, params.label_users) if c] or [0])  # users a window may label (0: all)
+    label_cap = _label_cap(max_users, params)
     windows = {
         "temporal": lambda: _per_user_windows(interactions, label_cap),
         "random": lambda: [(random_pair_split(interactions, 0.2, params.seed, name="training-random"), interactions)],
         "global": lambda: [(global_split(interactions, 0.1, name="training-global"), interactions)],
         "global3": lambda: _global_windows(interactions, 3),
-        "session": lambda: [
-            (session_split(interactions, params.session_gap_minutes * 60.0, name="training-session"), interactions)
-        ]
-        if has_signals
-        else [],
+        "session": lambda: _session_windows(interactions, params, signals),
     }
     unknown = [w for w in params.training_windows.split("+") if w not in windows]
     if unknown:
@@ -174,6 +169,21 @@ def training_windows(
             f"join any of {sorted(windows)} with '+' (RECSYS_TRAINING_WINDOWS)"
         )
     return [window for w in params.training_windows.split("+") for window in windows[w]()]
+
+
+def _session_windows(
+    interactions: pl.DataFrame, params: ModelParams, signals: pl.DataFrame | None
+) -> list[tuple[Split, pl.DataFrame]]:
+    """Each user's newest sitting (`windows.session_split`) where there are session `signals` to learn; else none."""
+    if signals is None or not signals.height:
+        return []
+    split = session_split(interactions, params.session_gap_minutes * 60.0, name="training-session")
+    return [(split, interactions)]
+
+
+def _label_cap(max_users: int, params: ModelParams) -> int:
+    """Users a training window may label: the smaller of the cycle's max_users and params.label_users (0: all)."""
+    return min([c for c in (max_users, params.label_users) if c] or [0])
 
 
 def _successive_windows(
@@ -231,7 +241,7 @@ def _window_rows(split, interactions, vocab, catalogue, params, max_users, signa
         params, catalogue, history, fit_sources(history, catalogue, params), ItemStats.fit(history), None
     )
     who = truth["user_id"].unique().sort()
-    cap = min([c for c in (max_users, params.label_users) if c] or [who.len()])
+    cap = _label_cap(max_users, params) or who.len()
     if who.len() > cap:
         who = who.sample(cap, seed=params.seed).sort()
     rows = np.unique(vocab.user_rows(who))

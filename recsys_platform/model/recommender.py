@@ -106,6 +106,7 @@ class Recommender:
         keep = rows_all >= 0
         rows_all = rows_all[keep]
         cut_all = None if cutoff_s is None else np.asarray(cutoff_s, np.float64)[keep]
+
         def one_block(start: int) -> dict[str, pl.DataFrame]:
             rows = rows_all[start : start + block_users]
             cut = None if cut_all is None else cut_all[start : start + block_users]

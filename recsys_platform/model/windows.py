@@ -173,10 +173,15 @@ def per_user_split(interactions: pl.DataFrame, fraction: float = 0.2, name: str 
         .sort("user_id")
         .collect()
     )
-    # Not the latest cutoff: that is the time of a held-out event.
-    newest = Split(name, ranked, end, end).known(interactions)["event_time"].max()
+    return _per_user_cut(interactions, name, ranked, end)
+
+
+def _per_user_cut(interactions: pl.DataFrame, name: str, cutoffs: pl.DataFrame, end: datetime) -> Split:
+    """A Split at per-user `cutoffs` whose known part ends just after its newest known event: not the latest cutoff,
+    which is the time of a held-out event."""
+    newest = Split(name, cutoffs, end, end).known(interactions)["event_time"].max()
     known_until = newest + timedelta(microseconds=1) if newest is not None else end
-    return Split(name, ranked, end, known_until)
+    return Split(name, cutoffs, end, known_until)
 
 
 def session_split(interactions: pl.DataFrame, gap_s: float, name: str = "session") -> Split:
@@ -203,9 +208,7 @@ def session_split(interactions: pl.DataFrame, gap_s: float, name: str = "session
         .sort("user_id")
         .collect()
     )
-    newest = Split(name, starts, end, end).known(interactions)["event_time"].max()
-    known_until = newest + timedelta(microseconds=1) if newest is not None else end
-    return Split(name, starts, end, known_until)
+    return _per_user_cut(interactions, name, starts, end)
 
 
 def global_split(interactions: pl.DataFrame, fraction: float = 0.1, name: str = "global") -> Split:
