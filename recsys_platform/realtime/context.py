@@ -18,8 +18,9 @@ Measured where they act, on each user's newest sitting (`benchmarks/session_feat
 --text-encoder hashed --windows session --splits 1 2 3 --refresh-boosts`, held-out training users of a development
 seed, the ranker trained with every session group, at af9cde0): nDCG@10 of the sitting's plays 0.4142 -> 0.4189,
 0.3873 -> 0.3903, 0.3837 -> 0.3860 with the boosts, higher on each split, so they stay (at f2b4013, before the
-search similarity became a matrix product: 0.4190 -> 0.4214, 0.3913 -> 0.3948, 0.3733 -> 0.3801). On the per-user and global windows
-(each user's next 20%) they did not help (0.4532 -> 0.4514, 0.4323 -> 0.4312): those labels reach past the session.
+search similarity became a matrix product: 0.4190 -> 0.4214, 0.3913 -> 0.3948, 0.3733 -> 0.3801). On the per-user
+and global windows (each user's next 20%) they did not help (0.4532 -> 0.4514, 0.4323 -> 0.4312): those labels reach
+past the session.
 """
 
 from __future__ import annotations
