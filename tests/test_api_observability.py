@@ -114,3 +114,28 @@ def test_a_quiet_api_still_writes_its_access_lines_within_the_interval() -> None
         time.sleep(0.01)
     assert stream.getvalue() == '{"n": 0}\n'  # written by the flusher thread, no second request needed
     handler.close()
+
+
+def test_the_configured_access_log_gets_the_same_lines_without_log_records(client: TestClient, monkeypatch) -> None:
+    """`recsys serve`'s access log (configure_access_log: one BufferedLineHandler) takes each line as it is; any
+    other setup (another handler, a filter) gets LogRecords as before."""
+    from recsys_platform.serve.observability import access_logger, direct_handler
+
+    stream = io.StringIO()
+    handler = BufferedLineHandler(stream, max_lines=1000, max_seconds=60)
+    monkeypatch.setattr(access_logger, "handlers", [handler])
+    monkeypatch.setattr(access_logger, "level", logging.INFO)
+    assert direct_handler() is handler
+    built = []
+    monkeypatch.setattr(access_logger, "makeRecord", lambda *a: built.append(a) or _record(a[4]))
+    client.get("/v1/users/u1/recommendations", headers={"X-Request-ID": "direct-1"})
+    client.get("/v1/users/u1/recommendations?limit=0", headers={"X-Request-ID": "direct-2"})  # FastAPI's 422
+    handler.flush()
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert [(x["request_id"], x["status"]) for x in lines] == [("direct-1", 200), ("direct-2", 422)]
+    assert built == []
+    handler.addFilter(lambda record: True)  # a filter needs the record: back to makeRecord + handle
+    assert direct_handler() is None
+    client.get("/v1/users/u1/recommendations", headers={"X-Request-ID": "direct-3"})
+    handler.flush()
+    assert json.loads(stream.getvalue().splitlines()[-1])["request_id"] == "direct-3" and len(built) == 1

@@ -249,6 +249,28 @@ def test_the_served_log_and_metrics_see_fast_answers(clients, route_unreachable)
     assert 'recsys_recommendations_served_total{source="personalized"} 1.0' in metrics
 
 
+def test_an_unexpected_error_is_a_logged_500_with_the_request_id(clients, monkeypatch, caplog) -> None:
+    fast, _ = clients
+
+    async def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("a bug in the read path")
+
+    monkeypatch.setattr(fast.app.state.store, "aread", broken)
+    with caplog.at_level("ERROR", "recsys_platform.serve.fast_path"):
+        got = fast.get("/v1/users/alice/recommendations", headers={"X-Request-ID": "req-500"})
+    assert (got.status_code, got.json(), got.headers["x-request-id"]) == (
+        500,
+        {"detail": "internal server error"},
+        "req-500",
+    )
+    assert "req-500" in caplog.text and "a bug in the read path" in caplog.text
+    metrics = fast.get("/metrics").text
+    assert (
+        'recsys_http_requests_total{method="GET",route="/v1/users/{user_id}/recommendations",status="500"} 1.0'
+        in metrics
+    )
+
+
 def test_msgspec_encodes_items_as_pydantic_does() -> None:
     item = RecommendedItem('a\u00e9"b', 0.1 + 0.2, 1, None, True)
     assert msgspec.json.encode(item) == RecommendedItemOut(**msgspec.structs.asdict(item)).model_dump_json().encode()

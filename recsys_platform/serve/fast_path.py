@@ -16,6 +16,7 @@ both (pydantic models per item, json) took 339-360 us and 568-758 us.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 
@@ -29,6 +30,8 @@ from recsys_platform.serve.errors import store_unavailable
 from recsys_platform.serve.observability import metrics_of
 from recsys_platform.serve.online_store import OnlineStore, OnlineStoreError
 from recsys_platform.serve.read_path import RecommendedItem
+
+logger = logging.getLogger(__name__)
 
 RECOMMENDATIONS_ROUTE = "/v1/users/{user_id}/recommendations"
 DEFAULT_LIMIT = 10  # the route's query model reads these two as well
@@ -131,13 +134,15 @@ def parse_query(query_string: bytes) -> tuple[int, str | None, bool] | None:
 
 
 class RecommendationsFastPath:
-    """Answers plain, valid GET /v1/users/{user_id}/recommendations requests (pure ASGI; see the module docstring);
-    passes everything else to `app`. Sits inside the observability middleware, which still counts and times
-    every answer under the route's template."""
+    """Answers plain, valid GET /v1/users/{user_id}/recommendations requests (pure ASGI; see the module docstring)
+    of the FastAPI application `api`; passes everything else to `app` (Starlette's middleware stack and router).
+    Sits inside the observability middleware, which still counts and times every answer under the route's
+    template."""
 
-    def __init__(self, app: Callable, route: object) -> None:
+    def __init__(self, app: Callable, route: object, api: object) -> None:
         self.app = app
         self.route = route  # the FastAPI route it stands in for: the observability middleware labels by its path
+        self.api = api
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if (
@@ -149,7 +154,7 @@ class RecommendationsFastPath:
         ):
             await self.app(scope, receive, send)
             return
-        app = scope["app"]
+        app = self.api
         client = scope.get("client")
         host = client[0] if client else "unknown"
         if app.dependency_overrides or not read_key_accepted(app.state, host, scope["headers"]):
@@ -162,6 +167,11 @@ class RecommendationsFastPath:
             body = await answer_recommendations(app.state, store, match[1], *query, request_id)
         except OnlineStoreError as exc:
             await store_unavailable(scope["path"], store, exc)(scope, receive, send)
+            return
+        except Exception:  # what Starlette's error middleware would do, which this path runs in front of
+            logger.exception("unexpected error answering %s (request %s)", scope["path"], request_id)
+            await send({"type": "http.response.start", "status": 500, "headers": [*_JSON_HEADERS]})
+            await send({"type": "http.response.body", "body": b'{"detail":"internal server error"}'})
             return
         headers = [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -13,7 +13,7 @@ Metrics (prometheus-client, one registry per app):
 With several uvicorn workers each worker counts its own requests: scrape each, or run one worker per
 container as the Kubernetes manifests do.
 
-Each request gets a request id (a well-formed `X-Request-ID` from the caller, else a new uuid4), returned in
+Each request gets a request id (a well-formed `X-Request-ID` from the caller, else 16 random bytes in hex), returned in
 the `X-Request-ID` header and written with method, route, status, latency and client address as one JSON
 line on the `recsys.access` logger (`RECSYS_ACCESS_LOG=0`, `ServeSettings.access_log`, turns the lines off).
 """
@@ -26,7 +26,6 @@ import re
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -139,7 +138,7 @@ class ObservabilityMiddleware:
             return
         started = time.perf_counter()
         given = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()  # uuid4().hex: 2.4 us, this 0.4
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
 
@@ -168,13 +167,28 @@ class ObservabilityMiddleware:
                         "client": client[0] if client else None,
                     }
                 ).decode()
-                # makeRecord + handle is logger.info without its caller lookup (a stack walk per request)
-                access_logger.handle(
-                    access_logger.makeRecord(access_logger.name, logging.INFO, __file__, 0, line, None, None)
-                )
+                if (direct := direct_handler()) is not None:
+                    direct.add_line(line)
+                else:  # makeRecord + handle is logger.info without its caller lookup (a stack walk per request)
+                    access_logger.handle(
+                        access_logger.makeRecord(access_logger.name, logging.INFO, __file__, 0, line, None, None)
+                    )
 
 
 _encode_line = msgspec.json.Encoder().encode
+
+
+def direct_handler() -> BufferedLineHandler | None:
+    """The access log's handler when it is what `configure_access_log` set up and nothing else (no other handler,
+    no filter, INFO let through): then a line can skip the LogRecord, 0.6 us in-process instead of 3.5 us through
+    makeRecord and handle. None otherwise (a test's caplog, an operator's own handlers)."""
+    handlers = access_logger.handlers
+    if len(handlers) != 1 or access_logger.filters:
+        return None
+    handler = handlers[0]
+    if type(handler) is not BufferedLineHandler or handler.filters or handler.level > logging.INFO:
+        return None
+    return handler
 
 
 class BufferedLineHandler(logging.Handler):
@@ -199,6 +213,15 @@ class BufferedLineHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        self._add(line)  # `handle` holds the lock
+
+    def add_line(self, line: str) -> None:
+        """Queue an already formatted line (a record's `%(message)s`) without building a record: the access log's
+        path when this is its one handler, without filters (`direct_handler`)."""
+        with self.lock:
+            self._add(line)
+
+    def _add(self, line: str) -> None:
         if self._flusher_pid != os.getpid():  # first line of this process: lines copied by a fork are the parent's
             self._lines = []
             self._start_flusher()
