@@ -65,6 +65,9 @@ def test_the_ci_run_measures_every_test_user_through_the_api(ci_run, ml100k_dir)
     assert sizes["test_users"] == CI_USERS  # every ml-100k user has 20+ ratings, so each has a held-out part
     served = run["product"]["served"]
     assert sum(served["sources"].values()) == CI_USERS and not served["http_errors"]
+    # what each served version is, read from the product's registry: the ranker or a baseline's own list
+    assert set(served["scorers"]) == set(served["model_versions"])
+    assert all(s == "ranker" or s.startswith("column:") for s in served["scorers"].values())
     assert run["product"]["served_items"] == 10 * CI_USERS  # limit=10 for every user
     # ml-100k has one rating per (user, movie): a seen item is never a held-out one, so removing seen
     # items moves hits up the list but never changes how many there are

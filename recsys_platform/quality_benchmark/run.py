@@ -95,6 +95,7 @@ class ProductRun:
     """One import and training of the product on a train part, and where its online store is."""
 
     store_url: str
+    tracking_uri: str  # the product's MLflow: what each served version is (`served_scorers`)
     environment: dict[str, str]  # what was set for the product beyond the inherited environment
     import_s: float
     train_s: float
@@ -158,9 +159,23 @@ def run_product(source: Path, config: QualityConfig, run_dir: Path) -> ProductRu
             log = run_dir / f"{step}.log"
             raise BenchmarkRunError(f"recsys {step} exited {code}: {_last_lines(output)} (log: {log})")
     with mock.patch.dict(os.environ, env, clear=True):
-        store_url = Settings.from_env().online_store_url
+        settings = Settings.from_env()
     set_here = {k: v for k, v in env.items() if os.environ.get(k) != v}
-    return ProductRun(store_url, set_here, timings["import"], timings["train"])
+    return ProductRun(
+        settings.online_store_url, settings.mlflow_tracking_uri, set_here, timings["import"], timings["train"]
+    )
+
+
+def served_scorers(tracking_uri: str, versions: list[str]) -> dict[str, str]:
+    """What each served model version scores with, from its registry tag: "ranker" (the LightGBM ranker) or
+    "column:<feature>" (the gate kept a baseline: that source's own list)."""
+    from mlflow.tracking import MlflowClient
+
+    from recsys_platform.config import REGISTERED_MODEL_NAME
+    from recsys_platform.model.registry import SCORER_TAG
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return {v: client.get_model_version(REGISTERED_MODEL_NAME, v).tags.get(SCORER_TAG, "?") for v in versions}
 
 
 def served_lists(store_url: str, users: pl.Series, k: int) -> tuple[pl.DataFrame, dict]:
@@ -204,6 +219,7 @@ def measure_holdout(data: InteractionsFile, holdout: Holdout, config: QualityCon
     started = time.perf_counter()
     shown, served_stats = served_lists(product.store_url, users, k)
     read_s = time.perf_counter() - started
+    served_stats["scorers"] = served_scorers(product.tracking_uri, sorted(served_stats["model_versions"]))
     seen = truth_of(holdout.train)
     served = shown.join(seen, on=["user_id", "item_id"], how="anti")
     popularity = seen.group_by("item_id").agg(count=pl.len())
@@ -376,7 +392,8 @@ def _notes(run: dict) -> list[str]:
     p, s = run["product"], run["sizes"]
     notes = [
         f"  {_label(run['protocol'], run['seed'])}: {s['train_rows']:,} train / {s['test_rows']:,} test rows, "
-        f"{s['test_users']:,} test users; served {p['served']['sources']} by {p['served']['model_versions']}",
+        f"{s['test_users']:,} test users; served {p['served']['sources']} by {p['served']['model_versions']} "
+        f"(scorers {p['served'].get('scorers', {})})",
         f"  {p['seen_items_removed']:,} of {p['served_items']:,} served items were already seen in train (removed "
         f"before scoring 'served'); EASE l2 {run['baselines']['params']['ease_l2']:g} picked on the inner split",
     ]
