@@ -65,6 +65,29 @@ def test_prepare_write_seal_flip_read_roundtrip(store: OnlineStore) -> None:
     assert described["slots"]["green"]["state"] == "empty"
 
 
+def test_a_read_of_thousands_of_keys_returns_each_value_in_order(store: OnlineStore) -> None:
+    """More keys than one HMGET takes (Redis reads them in chunks of 1,000), across namespaces, with gaps."""
+    data = rows("v1", 2500)
+    store.prepare_slot("blue", "v1", "snap-1")
+    store.write_batch("blue", "recs", data, "v1")
+    store.write_batch("blue", "user_features", {"k7": "{}"}, "v1")
+    store.seal_slot("blue")
+    store.flip("blue", "v1")
+    keys = [f"k{i}" for i in range(2600, -1, -1)]  # 100 unknown keys first, then every key newest first
+    for result in (
+        store.read("recs", keys, extra={"user_features": ["k7", "k8"], "popular": []}),
+        store.read_slot("blue", "recs", keys),
+    ):
+        assert list(result.values) == keys
+        assert result.values == {k: data.get(k) for k in keys}
+        assert sum(v is not None for v in result.values.values()) == 2500
+    assert result.extra_values == {}
+    assert store.read("recs", keys[:1], extra={"user_features": ["k7", "k8"], "popular": []}).extra_values == {
+        "user_features": {"k7": "{}", "k8": None},
+        "popular": {},
+    }
+
+
 def test_checksum_is_backend_independent_and_order_independent(store: OnlineStore) -> None:
     data = rows("v1", 10)
     ready_slot(store, "blue", "v1", {"recs": dict(reversed(list(data.items())))})
