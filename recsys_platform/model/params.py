@@ -25,8 +25,7 @@ class ModelParams:
     ials_iterations: int = 15
     # Candidates per source (RECSYS_CANDIDATES_PER_SOURCE). On ml-100k's per-user train part split again (inner),
     # served nDCG@10 for ranker seeds 7 / 8 / 9: 50 -> 0.2604 / 0.2562 / 0.2599, 30 -> 0.2527 / 0.2548 / 0.2567,
-    # 100 -> 0.2486 / 0.2475 / 0.2527 (fewer candidates miss held-out items; more give the ranker more negatives
-    # than its ~900 users can teach it to order).
+    # 100 -> 0.2486 / 0.2475 / 0.2527.
     depth: int = 50
     # The ranker's labels: windows joined by "+" (procedure.training_set). Per-user and three global windows,
     # the global ones at a quarter of the way to equal weight: on ml-100k's inner splits this kept the per-user
