@@ -31,9 +31,9 @@ logger = logging.getLogger(__name__)
 # split); synthetic latent dev seed 11 0.05/100 0.4111 in 39 s, 0.1/100 0.4131 in 37 s, 0.1/50 0.4133. 0.1 with
 # a patience of 100 was at least as good on both and faster, so it is the setting; a patience of 50 was
 # rejected as fragile. Early stopping on 20% of the training users picks the number of trees per dataset.
-# Stronger regularisation lost on the same inner split (served nDCG@10, ranker seeds 7 / 8 / 9, against 0.2604 /
-# 0.2562 / 0.2599): 7 leaves 0.2579 / 0.2600 / 0.2568, min_child_samples 300 0.2560 / 0.2508 / 0.2558,
-# colsample_bytree 0.5 0.2584 / 0.2502 / 0.2555.
+# Stronger regularisation lost on ml-100k's per-user train part split again (served nDCG@10, seeds 7 / 8 / 9,
+# against 0.2604 / 0.2562 / 0.2599): 7 leaves 0.2579 / 0.2600 / 0.2568, min_child_samples 300 0.2560 / 0.2508 /
+# 0.2558, colsample_bytree 0.5 0.2584 / 0.2502 / 0.2555.
 LGBM_PARAMS: dict[str, Any] = {
     "objective": "lambdarank",
     "n_estimators": 2000,
