@@ -291,3 +291,14 @@ def test_every_source_scores_a_block_as_a_float32_users_by_items_array(spec: sou
     assert not np.isnan(scores).any()
     # a user's row is the same in any block
     np.testing.assert_array_equal(scores[1], fitted.score(Profiles.of(history, np.array([0])))[0])
+
+
+def test_journey_position_is_the_mean_place_of_an_item_in_its_users_histories() -> None:
+    from recsys_platform.model.candidates import ItemStats
+
+    stats = ItemStats.fit(history_of(PAIRS))  # the k-th pair is played at k seconds: each user's order as listed
+    place = dict(zip(history_of(PAIRS).vocab.item_ids.to_list(), stats.journey_position.tolist(), strict=True))
+    # a: first for u1, u2 and u3 (u7 has one item: no place); b: last for u1 and u2, the middle of u3's three;
+    # c: last for u3, first for u6 (u4 and u5 have one item); d: last for u6
+    assert place == pytest.approx({"a": 0.0, "b": (1 + 1 + 0.5) / 3, "c": 0.5, "d": 1.0})
+    assert "item_journey_position" in FEATURES

@@ -30,8 +30,14 @@ SOURCE_FEATURES: tuple[str, ...] = (
 # Time features are relative to the user's own latest interaction, never to the cutoff: in training a user
 # is held out at their next event, in serving they are scored "now" after any absence, and a feature of the
 # cutoff (days since last seen, item age at the cutoff) would differ between the two for the same history.
+# item_journey_position: where the item tends to come in its users' histories (0 first .. 1 latest), e.g. what
+# people reach after the first weeks, or advanced courses. On ml-100k's per-user train part split again (inner),
+# served nDCG@10 for ranker seeds 7 / 8 / 9: 0.2604 / 0.2562 / 0.2599 without, 0.2652 / 0.2640 / 0.2614 with; on the
+# global protocol's train part (seed 7) 0.1647 without, 0.1898 with. Synthetic latent development seed 11, the
+# quickstart's own holdouts (ranker per-user / global): 0.3815 / 0.3542 without, 0.3793 / 0.3567 with.
 ITEM_FEATURES = (
     "item_users_log",
+    "item_journey_position",
     "item_completion_rate",
     "item_bounce_rate",
     "item_duration_min",
@@ -103,6 +109,7 @@ class ItemStats:
     mean_s: np.ndarray  # mean first-interaction time (NaN: never)
     completion_rate: np.ndarray  # (completions + 1) / (pairs + 2)
     bounce_rate: np.ndarray  # (bounced pairs + 0.5) / (pairs + 2)
+    journey_position: np.ndarray  # mean place of the item in its users' histories, 0 first .. 1 latest (NaN: none)
 
     @classmethod
     def fit(cls, history: PairHistory) -> ItemStats:
@@ -112,12 +119,18 @@ class ItemStats:
         sums = np.bincount(history.item, weights=history.first_s, minlength=n)
         done = np.bincount(history.item, weights=(history.completes > 0), minlength=n)
         bounced = np.bincount(history.item, weights=(history.bounces > 0), minlength=n)
+        per_user = history.user_counts()[history.user]
+        place = 1.0 - history.positions_from_end() / np.maximum(per_user - 1.0, 1.0)
+        placed = per_user > 1
+        place_n = np.bincount(history.item, weights=placed, minlength=n)
+        place_sum = np.bincount(history.item, weights=np.where(placed, place, 0.0), minlength=n)
         return cls(
             users=users,
             first_s=history.item_first_s(),
             mean_s=np.where(users > 0, sums / np.maximum(users, 1), np.nan),
             completion_rate=(done + 1.0) / (users + 2.0),
             bounce_rate=(bounced + 0.5) / (users + 2.0),
+            journey_position=np.where(place_n > 0, place_sum / np.maximum(place_n, 1.0), np.nan),
         )
 
 
@@ -236,6 +249,7 @@ def candidate_block(
 def _item_columns(stats: ItemStats, catalogue: Catalogue, profiles: Profiles, rows, items) -> dict[str, np.ndarray]:
     return {
         "item_users_log": np.log1p(stats.users[items]),
+        "item_journey_position": stats.journey_position[items],
         "item_completion_rate": stats.completion_rate[items],
         "item_bounce_rate": stats.bounce_rate[items],
         "item_duration_min": catalogue.duration_min[items],
