@@ -121,9 +121,9 @@ class ItemStats:
         bounced = np.bincount(history.item, weights=(history.bounces > 0), minlength=n)
         per_user = history.user_counts()[history.user]
         place = 1.0 - history.positions_from_end() / np.maximum(per_user - 1.0, 1.0)
-        placed = per_user > 1
+        placed = per_user > 1  # a user's only item has no place
         place_n = np.bincount(history.item, weights=placed, minlength=n)
-        place_sum = np.bincount(history.item, weights=np.where(placed, place, 0.0), minlength=n)
+        place_sum = np.bincount(history.item, weights=place * placed, minlength=n)
         return cls(
             users=users,
             first_s=history.item_first_s(),

@@ -393,7 +393,7 @@ def _notes(run: dict) -> list[str]:
     notes = [
         f"  {_label(run['protocol'], run['seed'])}: {s['train_rows']:,} train / {s['test_rows']:,} test rows, "
         f"{s['test_users']:,} test users; served {p['served']['sources']} by {p['served']['model_versions']} "
-        f"(scorers {p['served'].get('scorers', {})})",
+        f"(scorers {p['served']['scorers']})",
         f"  {p['seen_items_removed']:,} of {p['served_items']:,} served items were already seen in train (removed "
         f"before scoring 'served'); EASE l2 {run['baselines']['params']['ease_l2']:g} picked on the inner split",
     ]

@@ -83,8 +83,8 @@ for g = 1, #groups do
 end
 return out
 """
-_encode_json = msgspec.json.Encoder().encode
 _READ_SCRIPT_SHA = hashlib.sha1(_READ_SCRIPT.encode()).hexdigest()
+_encode_json = msgspec.json.Encoder().encode  # the script's third argument
 _MAX_WATCH_RETRIES = 5
 
 
