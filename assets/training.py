@@ -11,7 +11,7 @@ from assets import groups
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
 from recsys_platform.analytics.reporting import frame_preview_markdown
-from recsys_platform.features.tables import POSITIVE_COLUMNS, read_history
+from recsys_platform.features.tables import POSITIVE_COLUMNS, read_history, user_sample
 from recsys_platform.model import fallback, gate, procedure, registry
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.params import ModelParams
@@ -167,6 +167,12 @@ def holdouts(
     champion_version = registry.alias_version(mlflow.tracking_uri, model_name=mlflow.model_name)
     loader = champion_version and registry.ScorerLoader(mlflow.tracking_uri, champion_version, mlflow.model_name)
     wanted = tuple(p for p in procedure.PROTOCOLS if f"holdout_{p}" in context.selected_output_names)
+    sample = user_sample(interactions, params.max_holdout_users, params.seed)
+    if sample is not None:
+        context.log.info(f"holdouts on a seeded sample of {sample.len():,} users (max_holdout_users)")
+        interactions = interactions.lazy().filter(pl.col("user_id").is_in(sample.implode()))
+        session_signals = session_signals.filter(pl.col("user_id").is_in(sample.implode()))
+        users = users.filter(pl.col("user_id").is_in(sample.implode()))
     results = procedure.evaluate_protocols(
         read_history(interactions),
         items,
@@ -185,6 +191,7 @@ def holdouts(
             metadata={
                 "ndcg@10": dg.MetadataValue.md(_ndcg_markdown(table, protocol)),
                 "champion_version": champion_version or "none",
+                "sampled_users": sample.len() if sample is not None else 0,
                 "facts": dg.MetadataValue.json({k: str(v) for k, v in about.items() if k != "tuning_ndcg@10"}),
             },
         )

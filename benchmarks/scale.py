@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -327,13 +328,17 @@ def _run_stage(
     Memory is the stage's process tree plus the Celery `workers` (pids) that run its steps."""
     samples: list[tuple[float, int]] = []
     with open(log, "w") as err, open(log.with_suffix(".json"), "w") as out:
-        proc = subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=out, stderr=err)
+        # a session of its own: a stopped stage takes its step processes with it (a multiprocess run's steps
+        # outlived the stage before, holding 20 GiB)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, *args], env=env, stdout=out, stderr=err, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
             samples.append((time.time(), tree_rss_bytes(proc.pid) + sum(tree_rss_bytes(w) for w in workers)))
             peak = max(b for _, b in samples)
             if time.monotonic() > deadline or peak > max_rss:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 why = f"timed out after {timeout:.0f} s" if peak <= max_rss else f"RSS over {max_rss / GIB:.1f} GiB"
                 return {

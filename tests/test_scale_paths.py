@@ -11,7 +11,7 @@ import pytest
 
 from recsys_platform import schemas
 from recsys_platform.dev.generator import GeneratorConfig, generate, generate_to_landing
-from recsys_platform.features.tables import build_interactions, read_history, rows_of_users
+from recsys_platform.features.tables import build_interactions, read_history, rows_of_users, user_sample
 from recsys_platform.ingest.landing import EVENTS_PREFIX, ITEMS_PREFIX, USERS_PREFIX, LocalLandingZone, partition_key_of
 from recsys_platform.model import procedure
 from recsys_platform.model.candidates import FEATURES, pairs_frame
@@ -238,3 +238,76 @@ def test_features_from_the_pruned_history_scan_equal_those_from_the_full_table(w
     outcomes = experiments.user_outcomes(exposed, window, end)
     assert outcomes.equals(experiments.user_outcomes(exposed, inter, end))
     assert outcomes["content_starts"].sum() > 0
+
+
+def test_a_user_sample_is_seeded_sorted_and_taken_only_over_the_cap(world):
+    inter = world["inter"]
+    every = inter["user_id"].unique()
+    first = user_sample(inter.lazy(), 50, seed=7)
+    assert first.len() == 50 and first.is_sorted() and first.is_in(every.implode()).all()
+    assert first.equals(user_sample(inter, 50, seed=7))  # the same users every time
+    assert not first.equals(user_sample(inter, 50, seed=8))
+    assert user_sample(inter, every.len(), seed=7) is None
+    assert user_sample(inter, 0, seed=7) is None
+
+
+def test_the_holdouts_fit_and_score_only_a_sample_of_users_above_max_holdout_users(world, tmp_path, monkeypatch):
+    import dagster as dg
+
+    from assets.training import holdouts
+    from resources import MlflowResource, PipelineResource
+
+    seen = {}
+
+    def evaluate_protocols(interactions, items, users, protocols, *args):
+        seen.update(interactions=interactions, users=users, signals=args[-1])
+        row = {"protocol": "per_user", "model": "ranker", "metric": "ndcg@10", "value": 0.5}
+        return {p: (pl.DataFrame([{**row, "protocol": p}]), {}) for p in protocols}
+
+    monkeypatch.setattr(procedure, "evaluate_protocols", evaluate_protocols)
+    ds, inter = world["ds"], world["inter"]
+    signals = pl.DataFrame({"user_id": inter["user_id"].unique().sort()}).with_columns(x=pl.lit(1))
+    mlflow = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    @dg.asset(name="interactions")
+    def interactions_() -> pl.LazyFrame:
+        return inter.lazy()
+
+    @dg.asset(name="items")
+    def items_() -> pl.DataFrame:
+        return ds.items
+
+    @dg.asset(name="users")
+    def users_() -> pl.DataFrame:
+        return ds.users
+
+    @dg.asset(name="session_signals")
+    def session_signals_() -> pl.DataFrame:
+        return signals
+
+    def run(cap: int) -> dict:
+        seen.clear()
+        pipeline = PipelineResource(
+            lake_url=str(tmp_path), catalog_path=str(tmp_path / "c.duckdb"), max_holdout_users=cap
+        )
+        result = dg.materialize(
+            [interactions_, items_, users_, session_signals_, holdouts],
+            resources={
+                "mlflow": mlflow,
+                "pipeline": pipeline,
+                "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / f"io{cap}")),
+            },
+        )
+        assert result.success
+        return {"metadata": result.asset_materializations_for_node("holdouts")[0].metadata, **seen}
+
+    sampled = run(100)
+    want = user_sample(inter, 100, seed=PipelineResource(lake_url="", catalog_path="").seed)
+    for key in ("interactions", "users", "signals"):
+        assert sampled[key]["user_id"].unique().sort().equals(want), key
+    # every row of a sampled user is kept, no other
+    assert sampled["interactions"].height == inter.filter(pl.col("user_id").is_in(want.implode())).height
+    assert sampled["metadata"]["sampled_users"].value == 100
+    whole = run(0)
+    assert whole["interactions"].height == inter.height and whole["users"].height == ds.users.height
+    assert whole["metadata"]["sampled_users"].value == 0

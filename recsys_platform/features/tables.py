@@ -53,6 +53,17 @@ def build_interactions(events: pl.LazyFrame | pl.DataFrame, items: pl.DataFrame)
     )
 
 
+def user_sample(interactions: pl.LazyFrame | pl.DataFrame, most: int, seed: int) -> pl.Series | None:
+    """A seeded sample of `most` of the users in `interactions` (sorted), or None when there are no more than
+    `most` (or `most` is 0)."""
+    if not most:
+        return None
+    ids = interactions.lazy().select(pl.col("user_id").unique()).collect()["user_id"]
+    if ids.len() <= most:
+        return None
+    return ids.sort().sample(most, seed=seed).sort()
+
+
 def read_history(
     interactions: pl.LazyFrame | pl.DataFrame,
     columns: Sequence[str] = HISTORY_COLUMNS,
