@@ -87,7 +87,7 @@ class PipelineParams:
     # What the ranker learns to predict (model.params.ModelParams.training_windows): each user's next
     # interactions and the newest ones in time by default; "+session" adds each user's newest sitting (where session
     # signals are learned, see model.candidates.KEPT_SESSION_GROUPS); "random" for data whose order carries no meaning.
-    training_windows: str = "temporal+global3"
+    training_windows: str = "temporal+global3+session"
     # The search features' text encoder (`model.text`): "auto" is all-MiniLM-L6-v2 when the [embeddings] extra is
     # installed, else a hashed bag of words; "minilm" or "hashed" pick one. A model version keeps its own.
     text_encoder: str = "auto"

@@ -71,7 +71,7 @@ SESSION_FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     # local hour of the user's latest event, and the item type's share of the user's plays in that daypart
     "time_of_day": ("local_hour", "type_daypart_share"),
 }
-# The groups the ranker reads (the others stay computable for the benchmark's ablation): none by default. Measured where
+# The groups the ranker reads (the others stay computable for the benchmark's ablation): search. Measured where
 # session signals act, on a session window (`procedure.training_windows` "session": each user's newest sitting,
 # labelled with what they played in it, the signals known up to its first play): held-out training users of
 # synthetic latent dev seed 11 (`python benchmarks/session_features.py --dataset synthetic --seed 11 --text-encoder
@@ -84,14 +84,17 @@ SESSION_FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
 # are of f2b4013, whose search similarity was a per-pair product; the matrix product since (the same values to float
 # rounding) moved the variants that read search, re-run at af9cde0 (`--only none all without_search only_search`):
 # none 0.3477, all 0.3951, without search 0.3508, search alone 0.3948.
-# It is not read by default because what teaches it costs more than the quickstart's budget has: with the session
-# window in the training windows the ranker grew from 44-54 to 101 trees (300 sitting users) or 295 (1,000) on the
-# quickstart's data and the quickstart from 91-94 s to 111 s or 136-139 s; read without that window, search changed
-# no holdout (seed 11 per-user 0.3815 / 0.3815, global 0.3542 / 0.3547; seed 42 per-user 0.3593 / 0.3593, global
-# 0.3389 / 0.3380) and still cost trees (seed 42: 98 -> 160, the quickstart 93.8 s -> 102.3 s). To learn it: add
-# "search" here and "+session" to RECSYS_TRAINING_WINDOWS. On per-user and global windows alone no group helped
-# (`--splits 1 2`: none 0.4430, all 0.4428, each group removed 0.4437-0.4462). ml-100k has no searches or readings.
-KEPT_SESSION_GROUPS: tuple[str, ...] = ()
+# Search is read, and taught by the session window (ModelParams.training_windows "+session"). It was
+# left out while what teaches it cost more than the quickstart's budget had: with the window the ranker grew from
+# 44-54 to 101-295 trees then, and the quickstart from 91-94 s to 111-139 s when the install took 70-150 s of the 180.
+# With uv the install takes ~11 s. Synthetic latent dev seed 11, `recsys quickstart --seed 11`, quiet, interleaved
+# (2 cores): 101.4 / 87.2 s without, 111.4 / 109.9 s with; the cycle's own holdouts (ranker nDCG@10 per-user /
+# global) 0.3814 / 0.3561 without, 0.3900 / 0.3562 with on the same data (the second run's data ended later:
+# 0.3875 / 0.3519). Read without the window, search changed no holdout and still cost trees (seed 42: 98 -> 160).
+# On per-user and global windows alone no group helped (`--splits 1 2`: none 0.4430, all 0.4428, each group removed
+# 0.4437-0.4462). ml-100k has no searches or readings: no session window there, and its lists are the same (the
+# search columns are constant, which LightGBM never splits on).
+KEPT_SESSION_GROUPS: tuple[str, ...] = ("search",)
 SESSION_FEATURES: tuple[str, ...] = tuple(f for g in KEPT_SESSION_GROUPS for f in SESSION_FEATURE_GROUPS[g])
 BASE_FEATURES: tuple[str, ...] = (*SOURCE_FEATURES, *ITEM_FEATURES, *USER_FEATURES, *PAIR_FEATURES)
 FEATURES: tuple[str, ...] = (*BASE_FEATURES, *SESSION_FEATURES)

@@ -38,7 +38,7 @@ class ModelParams:
     # users) 0.3271 / 0.3232.
     # "+session" adds each user's newest sitting (only where the data has searches or readings): the window on which
     # session signals are measured and, with a kept group (candidates.KEPT_SESSION_GROUPS), learned.
-    training_windows: str = "temporal+global3"
+    training_windows: str = "temporal+global3+session"
     # At most this many users label each training window (a seeded sample; 0: no cap beyond the cycle's
     # max_training_users), so the ranker's training time stays flat as the user base grows. ml-100k's windows
     # hold fewer users. Synthetic latent dev seed 11, held-out training users (benchmarks/ranker_settings.py,
