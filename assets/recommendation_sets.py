@@ -17,6 +17,7 @@ from recsys_platform.experiments import ab_tests as experiments
 from recsys_platform.features.tables import latest_event_time, read_history
 from recsys_platform.ingest.landing import parquet_bytes
 from recsys_platform.model import fallback, registry
+from recsys_platform.model.candidates import signals_for
 from recsys_platform.model.serving import serving_recommender
 from recsys_platform.serve import deployment
 from recsys_platform.serve.online_store import StaleWriteError
@@ -51,7 +52,7 @@ def batch_scores(
     items: pl.DataFrame,
     users: pl.DataFrame,
     popularity_model: pl.DataFrame,
-    session_signals: pl.DataFrame,
+    session_signals: pl.LazyFrame,
     mlflow: MlflowResource,
     pipeline: PipelineResource,
     set_config: RecommendationSetsResource,
@@ -79,6 +80,7 @@ def batch_scores(
                 shard=pl.lit(key), model_version=pl.lit(POPULARITY_VERSION), generated_at=pl.lit(now, dtype=bs.TS)
             ).select(list(schemas.BATCH_SCORE_SCHEMA))
     else:
+        session_signals = signals_for(session_signals)
         rec, version = serving_recommender(
             interactions,
             items,

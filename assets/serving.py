@@ -50,7 +50,7 @@ def recommendations(
     items: pl.DataFrame,
     users: pl.DataFrame,
     popularity_model: pl.DataFrame,
-    session_signals: pl.DataFrame,
+    session_signals: pl.LazyFrame,
     mlflow: MlflowResource,
     pipeline: PipelineResource,
     landing: LandingZoneResource,
@@ -61,6 +61,7 @@ def recommendations(
     few days where they are), and kids content outside families are never recommended. The fit is saved
     for the near-real-time refresh. Without any champion, the popularity baseline is served as such."""
     from recsys_platform.batch.rules import limit_replays, played_pairs
+    from recsys_platform.model.candidates import signals_for
     from recsys_platform.model.params import ModelParams
     from recsys_platform.model.recommender import fit_serving
     from recsys_platform.model.state import save_state, state_url
@@ -81,7 +82,9 @@ def recommendations(
         version = POPULARITY_VERSION
     else:
         scorer, model_params, version = registry.load_scorer(mlflow.tracking_uri, champion, mlflow.model_name)
-        rec = fit_serving(history, items, users, cutoff, ModelParams.from_dict(model_params), scorer, session_signals)
+        rec = fit_serving(
+            history, items, users, cutoff, ModelParams.from_dict(model_params), scorer, signals_for(session_signals)
+        )
         limit = limit and not rec.params.exclude_seen  # seen items are never candidates: no replay to limit
         # deeper than top_n: the policy below moves replays down and needs other items to move up
         # blocks of users on as many threads as the run may use (the CLI's runs: every core)

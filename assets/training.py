@@ -13,7 +13,7 @@ from assets.pools import HISTORY_POOL
 from recsys_platform.analytics.reporting import frame_preview_markdown
 from recsys_platform.features.tables import POSITIVE_COLUMNS, read_history, user_sample
 from recsys_platform.model import fallback, gate, procedure, registry
-from recsys_platform.model.candidates import FEATURES
+from recsys_platform.model.candidates import FEATURES, signals_for
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.ranker import feature_importance
 from recsys_platform.model.windows import require_enough
@@ -56,7 +56,7 @@ def training_set(
     items: pl.DataFrame,
     users: pl.DataFrame,
     model_params: dict,
-    session_signals: pl.DataFrame,
+    session_signals: pl.LazyFrame,
     pipeline: PipelineResource,
 ) -> pl.DataFrame:
     """The ranker's rows: each sampled user's candidates (every source's top `depth`) with every feature as
@@ -65,7 +65,12 @@ def training_set(
     session signals (searches, biometric readings) included."""
     params = ModelParams.from_dict(model_params["params"])
     df = procedure.training_set(
-        read_history(interactions), items, users, params, pipeline.params().max_training_users, session_signals
+        read_history(interactions),
+        items,
+        users,
+        params,
+        pipeline.params().max_training_users,
+        signals_for(session_signals),
     )
     positives = int((df["relevance"] > 0).sum())
     context.add_output_metadata(
@@ -155,7 +160,7 @@ def holdouts(
     interactions: pl.LazyFrame,
     items: pl.DataFrame,
     users: pl.DataFrame,
-    session_signals: pl.DataFrame,
+    session_signals: pl.LazyFrame,
     mlflow: MlflowResource,
     pipeline: PipelineResource,
 ):
@@ -171,7 +176,7 @@ def holdouts(
     if sample is not None:
         context.log.info(f"holdouts on a seeded sample of {sample.len():,} users (max_holdout_users)")
         interactions = interactions.lazy().filter(pl.col("user_id").is_in(sample.implode()))
-        session_signals = session_signals.filter(pl.col("user_id").is_in(sample.implode()))
+        session_signals = session_signals.lazy().filter(pl.col("user_id").is_in(sample.implode()))
         users = users.filter(pl.col("user_id").is_in(sample.implode()))
     results = procedure.evaluate_protocols(
         read_history(interactions),
@@ -182,7 +187,7 @@ def holdouts(
         params.max_training_users,
         params.ranker_threads,
         loader,
-        session_signals,
+        signals_for(session_signals),
     )
     for protocol, (table, about) in results.items():
         yield dg.Output(

@@ -266,7 +266,7 @@ def test_the_holdouts_fit_and_score_only_a_sample_of_users_above_max_holdout_use
 
     monkeypatch.setattr(procedure, "evaluate_protocols", evaluate_protocols)
     ds, inter = world["ds"], world["inter"]
-    signals = pl.DataFrame({"user_id": inter["user_id"].unique().sort()}).with_columns(x=pl.lit(1))
+    signals = pl.DataFrame({"user_id": inter["user_id"].unique().sort()}).with_columns(event_type=pl.lit("search"))
     mlflow = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     @dg.asset(name="interactions")
@@ -282,8 +282,8 @@ def test_the_holdouts_fit_and_score_only_a_sample_of_users_above_max_holdout_use
         return ds.users
 
     @dg.asset(name="session_signals")
-    def session_signals_() -> pl.DataFrame:
-        return signals
+    def session_signals_() -> pl.LazyFrame:
+        return signals.lazy()
 
     def run(cap: int) -> dict:
         seen.clear()

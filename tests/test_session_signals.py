@@ -214,3 +214,19 @@ def _history(catalogue: Catalogue, cutoff: datetime, signals: pl.DataFrame) -> P
 def _history_with_signals(catalogue: Catalogue, cutoff: datetime) -> PairHistory:
     # the same signals as the fixture's up to its cutoff: the later ones are dropped here by hand
     return _history(catalogue, cutoff, SIGNALS.filter(pl.col("event_time") < CUTOFF))
+
+
+def test_each_group_reads_the_same_values_from_only_the_signals_signals_for_keeps(world) -> None:
+    catalogue, profiles = world
+    rows, items = np.zeros(3, np.int64), np.array([0, 1, 2])
+    kept = candidates.signals_for(SIGNALS.lazy())  # the default features: search only
+    assert set(kept["event_type"]) == set(candidates.GROUP_SIGNAL_TYPES["search"]) == {"search"}
+    assert candidates.signals_for(SIGNALS, ()).height == 0
+    assert candidates.signals_for(SIGNALS, candidates.ALL_FEATURES).height == SIGNALS.height
+    for group, names in SESSION_FEATURE_GROUPS.items():
+        trimmed = Profiles.of(_history(catalogue, CUTOFF, candidates.signals_for(SIGNALS, names)), np.array([0, 1]))
+        want = candidates._session_columns(catalogue, profiles, rows, items, "hashed", names)
+        got = candidates._session_columns(catalogue, trimmed, rows, items, "hashed", names)
+        assert set(got) == set(names), group
+        for name in names:
+            np.testing.assert_allclose(got[name], want[name], err_msg=f"{group}: {name}")

@@ -98,9 +98,24 @@ KEPT_SESSION_GROUPS: tuple[str, ...] = ("search",)
 SESSION_FEATURES: tuple[str, ...] = tuple(f for g in KEPT_SESSION_GROUPS for f in SESSION_FEATURE_GROUPS[g])
 BASE_FEATURES: tuple[str, ...] = (*SOURCE_FEATURES, *ITEM_FEATURES, *USER_FEATURES, *PAIR_FEATURES)
 FEATURES: tuple[str, ...] = (*BASE_FEATURES, *SESSION_FEATURES)
+# The signal events each group reads (`_session_columns`): time of day anchors on the latest signal of any kind.
+GROUP_SIGNAL_TYPES: dict[str, tuple[str, ...]] = {
+    "bounce": (),
+    "biometric": ("biometric",),
+    "search": ("search",),
+    "time_of_day": schemas.SIGNAL_EVENT_TYPES,
+}
 # Every feature the builder can compute, kept groups or not (the ablation and the leakage tests ask for these).
 ALL_FEATURES: tuple[str, ...] = (*BASE_FEATURES, *(f for group in SESSION_FEATURE_GROUPS.values() for f in group))
 CATEGORICAL_FEATURES: tuple[str, ...] = ("item_type_code",)
+
+
+def signals_for(signals: pl.LazyFrame | pl.DataFrame, names: tuple[str, ...] = FEATURES) -> pl.DataFrame:
+    """The session signals (SESSION_SIGNAL_SCHEMA) the features `names` read: only their groups' event types
+    (GROUP_SIGNAL_TYPES), read off a lazy scan with the filter pushed into it. At 1M users the biometric readings,
+    which no default feature reads, were 27.8M of 30.8M rows."""
+    types = {t for g, feats in SESSION_FEATURE_GROUPS.items() if set(feats) & set(names) for t in GROUP_SIGNAL_TYPES[g]}
+    return signals.lazy().filter(pl.col("event_type").is_in(sorted(types))).collect()
 
 
 @dataclass
