@@ -187,11 +187,11 @@ def test_a_session_window_is_built_only_where_there_are_session_signals() -> Non
 
     inter = events(plays("a", [0, 1, 2, 10]) + plays("c", [0, 1, 2, 3, 9]))
     params = ModelParams(training_windows="session")
-    assert procedure.training_windows(inter, params, 0) == []
+    assert list(procedure.training_windows(inter, params, 0)) == []
     no_signals = pl.DataFrame({"user_id": []}, schema={"user_id": pl.String})
-    assert procedure.training_windows(inter, params, 0, no_signals) == []
+    assert list(procedure.training_windows(inter, params, 0, no_signals)) == []
     search = pl.DataFrame({"user_id": ["a"], "event_type": ["search"]})
-    [(split, data)] = procedure.training_windows(inter, params, 0, search)
+    [(split, data)] = list(procedure.training_windows(inter, params, 0, search))
     assert split.name == "training-session" and data is inter
     assert split.cutoffs["user_id"].to_list() == ["a", "c"]
 

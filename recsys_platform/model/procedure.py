@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -149,8 +149,10 @@ def training_set(
 
 def training_windows(
     interactions: pl.DataFrame, params: ModelParams, max_users: int, signals: pl.DataFrame | None = None
-) -> list[tuple[Split | PairSplit, pl.DataFrame]]:
-    """(split, the data it cuts) of each training window `params.training_windows` names, joined by '+':
+) -> Iterator[tuple[Split | PairSplit, pl.DataFrame]]:
+    """(split, the data it cuts) of each training window `params.training_windows` names, joined by '+', one at
+    a time: a successive window's data is the window before's known part, a copy of most of the history, so only
+    the window being built holds one (at 1M users, all five at once held ~8 GiB before the first was built):
     `temporal` (per-user, `_per_user_windows`), `random` (order-free pairs), `global`, `global3` (three successive
     global windows) or `session` (each user's newest sitting, `windows.session_split`: only where there are session
     `signals`, which are what it teaches; without any it would repeat the per-user window's lesson on less data)."""
@@ -168,7 +170,7 @@ def training_windows(
             f"unknown training window(s) {unknown} in {params.training_windows!r}; "
             f"join any of {sorted(windows)} with '+' (RECSYS_TRAINING_WINDOWS)"
         )
-    return [window for w in params.training_windows.split("+") for window in windows[w]()]
+    return (window for w in params.training_windows.split("+") for window in windows[w]())
 
 
 def _session_windows(
@@ -188,26 +190,24 @@ def _label_cap(max_users: int, params: ModelParams) -> int:
 
 def _successive_windows(
     interactions: pl.DataFrame, split_of: Callable[[pl.DataFrame, int], Split], most: int, more: Callable[[int], bool]
-) -> list[tuple[Split, pl.DataFrame]]:
+) -> Iterator[tuple[Split, pl.DataFrame]]:
     """Up to `most` windows of one kind, newest first: window k is `split_of(data, k)` on the data window k-1 may
     know (the whole data for the first), while `more(users held out so far)` asks for another."""
-    out = []
     data, labelled = interactions, 0
     for k in range(most):
         if data.height < 2:
-            break
+            return
         split = split_of(data, k)
         if not split.cutoffs.height:
-            break
-        out.append((split, data))
+            return
+        yield split, data
         labelled += split.cutoffs.height
         if not more(labelled):
-            break
+            return
         data = split.known(data)
-    return out
 
 
-def _per_user_windows(interactions: pl.DataFrame, label_cap: int) -> list[tuple[Split, pl.DataFrame]]:
+def _per_user_windows(interactions: pl.DataFrame, label_cap: int) -> Iterable[tuple[Split, pl.DataFrame]]:
     """Each user's newest fifth of their plays; where that holds out fewer users than a window may label (`label_cap`:
     the smaller of max_users and label_users; 0, no cap: one window), the fifth before it too, up to
     PER_USER_WINDOWS: a small user base gets more queries."""
@@ -219,7 +219,7 @@ def _per_user_windows(interactions: pl.DataFrame, label_cap: int) -> list[tuple[
     )
 
 
-def _global_windows(interactions: pl.DataFrame, n: int) -> list[tuple[Split, pl.DataFrame]]:
+def _global_windows(interactions: pl.DataFrame, n: int) -> Iterable[tuple[Split, pl.DataFrame]]:
     """`n` global windows: the newest tenth of the plays, then the tenth before it (the data cut there), ..."""
     return _successive_windows(
         interactions, lambda data, k: global_split(data, 0.1, name=f"training-global-{k}"), n, lambda _: True
