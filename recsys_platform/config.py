@@ -82,7 +82,7 @@ class PipelineParams:
     # Users whose histories the gate's holdouts fit and score on (a seeded sample above it; 0: all). The holdouts
     # judge the procedure, ranker against baselines fitted on the same rows, so a sample is a fair judge, and it
     # keeps the step's time and memory flat as the user base grows: at 1M users (98.5M events) fitting both
-    # protocols on every history passed 18 GiB (benchmarks/scale.py). 100k users took 3.7 GiB there.
+    # protocols on every history passed 18 GiB (benchmarks/scale.py); this sample took 221-239 s and 3.5-7.0 GiB there.
     max_holdout_users: int = 100_000
     # What the ranker learns to predict (model.params.ModelParams.training_windows): each user's next
     # interactions and the newest ones in time by default; "+session" adds each user's newest sitting (where session
