@@ -326,7 +326,7 @@ def test_global_protocol_ignores_everything_after_the_cutoff_of_anyone(world: Wo
 def test_global_training_windows_ignore_everything_after_their_cutoffs(world: World, monkeypatch) -> None:
     """The ranker's global windows (the newest tenth of the plays, the tenth before it, ...): every event from
     the newest window's cutoff on is rewritten; no window's features or candidates may change."""
-    fixed = procedure._global_windows(world.interactions, 3)
+    fixed = list(procedure._global_windows(world.interactions, 3))
     assert len(fixed) == 3
     newest = fixed[0][0]
     owners = pl.concat([world.users["user_id"], pl.Series(["newcomer-1"])])
