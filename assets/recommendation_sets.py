@@ -80,7 +80,7 @@ def batch_scores(
                 shard=pl.lit(key), model_version=pl.lit(POPULARITY_VERSION), generated_at=pl.lit(now, dtype=bs.TS)
             ).select(list(schemas.BATCH_SCORE_SCHEMA))
     else:
-        session_signals = signals_for(session_signals)
+        signals = signals_for(session_signals)
         rec, version = serving_recommender(
             interactions,
             items,
@@ -92,13 +92,11 @@ def batch_scores(
             pipeline.lake_url,
             landing.s3_endpoint_url,
             lightgbm=True,  # ~160 candidate rows per user: the compiled ranker, not the numpy trees (ranker_predict.py)
-            signals=session_signals,
+            signals=signals,
         )
 
         def scored(key: str) -> pl.DataFrame:
-            return bs.score_shard(
-                rec, version, interactions, users, eligible, key, config.batch, cutoff, now, session_signals
-            )
+            return bs.score_shard(rec, version, interactions, users, eligible, key, config.batch, cutoff, now, signals)
 
     out = {key: scored(key) for key in keys}
     every = pl.concat(out.values())

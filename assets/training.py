@@ -62,7 +62,7 @@ def training_set(
     """The ranker's rows: each sampled user's candidates (every source's top `depth`) with every feature as
     of the user's cutoff (their newest 20% of interactions held out), labelled with the relevance of the
     held-out pairs (favourite 3, completion 2, play 1). Features only ever read events before the cutoff,
-    session signals (searches, biometric readings) included."""
+    session signals (the kinds the features read, `candidates.signals_for`) included."""
     params = ModelParams.from_dict(model_params["params"])
     df = procedure.training_set(
         read_history(interactions),
@@ -175,9 +175,12 @@ def holdouts(
     sample = user_sample(interactions, params.max_holdout_users, params.seed)
     if sample is not None:
         context.log.info(f"holdouts on a seeded sample of {sample.len():,} users (max_holdout_users)")
-        interactions = interactions.lazy().filter(pl.col("user_id").is_in(sample.implode()))
-        session_signals = session_signals.lazy().filter(pl.col("user_id").is_in(sample.implode()))
-        users = users.filter(pl.col("user_id").is_in(sample.implode()))
+        sampled = pl.col("user_id").is_in(sample.implode())
+        interactions, session_signals, users = (
+            interactions.filter(sampled),
+            session_signals.filter(sampled),
+            users.filter(sampled),
+        )
     results = procedure.evaluate_protocols(
         read_history(interactions),
         items,

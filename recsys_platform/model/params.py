@@ -36,8 +36,9 @@ class ModelParams:
     # one window / two, ranker seeds 7, 8, 9: 0.2520 / 0.2604, 0.2515 / 0.2562, 0.2471 / 0.2599, and on the global
     # protocol's train part 0.2573 / 0.2594; three windows 0.2454 and 0.2602 (seed 7); the inner global figure (90
     # users) 0.3271 / 0.3232.
-    # "+session" adds each user's newest sitting (only where the data has searches or readings): the window on which
-    # session signals are measured and, with a kept group (candidates.KEPT_SESSION_GROUPS), learned.
+    # "+session" adds each user's newest sitting (only where the data has the signals the kept groups read,
+    # candidates.signals_for): the window on which session signals are measured and, with a kept group
+    # (candidates.KEPT_SESSION_GROUPS), learned.
     training_windows: str = "temporal+global3+session"
     # At most this many users label each training window (a seeded sample; 0: no cap beyond the cycle's
     # max_training_users), so the ranker's training time stays flat as the user base grows. ml-100k's windows

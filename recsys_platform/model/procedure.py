@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -207,7 +207,7 @@ def _successive_windows(
         data = split.known(data)
 
 
-def _per_user_windows(interactions: pl.DataFrame, label_cap: int) -> Iterable[tuple[Split, pl.DataFrame]]:
+def _per_user_windows(interactions: pl.DataFrame, label_cap: int) -> Iterator[tuple[Split, pl.DataFrame]]:
     """Each user's newest fifth of their plays; where that holds out fewer users than a window may label (`label_cap`:
     the smaller of max_users and label_users; 0, no cap: one window), the fifth before it too, up to
     PER_USER_WINDOWS: a small user base gets more queries."""
@@ -219,7 +219,7 @@ def _per_user_windows(interactions: pl.DataFrame, label_cap: int) -> Iterable[tu
     )
 
 
-def _global_windows(interactions: pl.DataFrame, n: int) -> Iterable[tuple[Split, pl.DataFrame]]:
+def _global_windows(interactions: pl.DataFrame, n: int) -> Iterator[tuple[Split, pl.DataFrame]]:
     """`n` global windows: the newest tenth of the plays, then the tenth before it (the data cut there), ..."""
     return _successive_windows(
         interactions, lambda data, k: global_split(data, 0.1, name=f"training-global-{k}"), n, lambda _: True
