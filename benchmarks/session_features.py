@@ -106,7 +106,7 @@ def boosts_effect(
 def main() -> None:
     parser = data_parser(__doc__)
     parser.add_argument("--label-users", type=int, default=1000)
-    parser.add_argument("--text-encoder", default="auto", help="auto, minilm or hashed (model.text)")
+    parser.add_argument("--text-encoder", default="hashed", help="hashed, minilm or auto (model.text)")
     parser.add_argument("--only", nargs="+", help="variants to run (default: all)")
     parser.add_argument("--refresh-boosts", action="store_true", help="measure the refresh's fixed boosts only")
     parser.add_argument(

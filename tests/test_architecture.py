@@ -193,8 +193,6 @@ ENVIRONMENT_OUTSIDE_SETTINGS = {
     "recsys_platform/model/registry.py",
     # Writes GX_ANALYTICS_ENABLED=False for Great Expectations.
     "recsys_platform/ingest/quality.py",
-    # Writes HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE before loading the packaged MiniLM: never reach for a hub.
-    "recsys_platform/model/text.py",
     # AWS_REGION / AWS_DEFAULT_REGION, the AWS SDK's own variables, handed to polars' object store.
     "recsys_platform/deploy_profile.py",
     # Resolves a relative base_dir under DAGSTER_HOME as Dagster's own SQLite storage does.

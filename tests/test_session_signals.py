@@ -94,13 +94,6 @@ def test_auto_falls_back_to_hashed_without_the_embeddings_extra(monkeypatch) -> 
         text.resolve_encoder("word2vec")
 
 
-@pytest.mark.skipif(not text.minilm_available(), reason="the [embeddings] extra (all-MiniLM-L6-v2) is not installed")
-def test_minilm_puts_a_query_nearer_the_item_it_names() -> None:
-    v = text.encode(["sleep story bedtime fantasy", "Sleep Story. fantasy", "Movement. yoga"], "minilm")
-    assert v.shape == (3, 384)
-    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
-
-
 def test_session_state_by_hand(world) -> None:
     _, profiles = world
     s = profiles.session

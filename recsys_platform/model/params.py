@@ -48,9 +48,9 @@ class ModelParams:
     label_users: int = 1000
     balance_windows: float = 0.25  # 1: every kind of window weighs the same in the ranker's loss; 0: by its users
     exclude_seen: bool = True
-    # The search features' text encoder (`model.text`): "auto" is resolved when the params are read off the data
-    # (`procedure.data_params`), so a version carries the encoder its ranker was trained with.
-    text_encoder: str = "auto"
+    # The search features' text encoder (`model.text`; "auto" is resolved when the params are read off the data,
+    # `procedure.data_params`), so a version carries the encoder its ranker was trained with.
+    text_encoder: str = "hashed"
     recent_completion_days: float = 0.5  # where replays are recommended, not a pair completed this recently (0: off)
     seed: int = 7
 
