@@ -10,7 +10,10 @@ multi-GB CUDA one). ``tests/test_minilm.py`` holds the reference vectors sentenc
 CPU) produced for a fixed set of texts, and the numpy vectors must match them to within float32 rounding.
 
 Texts are encoded in batches of similar length (sorted, padded to the batch's longest), as sentence-transformers
-does, so a long description does not make every short query pay for its padding.
+does, so a long description does not make every short query pay for its padding. Speed, one thread
+(OMP/OPENBLAS_NUM_THREADS=1), 2,000 distinct 3-9-word texts: 331 texts/s here against 401-413 for
+sentence-transformers on torch 2.13.0 (CPU), 0.15 s to load; a catalogue and its users' distinct searches are
+encoded once per process (`model.text` caches every vector).
 """
 
 from __future__ import annotations
