@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.special import erf
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +113,8 @@ class _MiniLM:
         return out
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        from scipy.special import erf  # here, not at import: the code location imports this module
+
         batch, width = ids.shape
         # Hidden states as one (batch * width, 384) matrix, so every dense layer is a single BLAS product.
         h = (self.word[ids] + self.position[:width][None] + self.token_type[0]).reshape(batch * width, DIM)
