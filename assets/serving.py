@@ -68,37 +68,44 @@ def recommendations(
 
     params = pipeline.params()
     cutoff = feature_cutoff(interactions)
-    history = read_history(interactions, by_user=True)
     now = datetime.now(UTC)
     champion = registry.alias_version(mlflow.tracking_uri, CHAMPION_ALIAS, mlflow.model_name)
     facts: dict[str, object] = {}
     limit = params.max_replays >= 0  # the repeat-listen policy, as the refresh and the recommendation sets apply it
     if champion is None:
         context.log.warning("no champion model registered: serving the popularity baseline")
+        history = read_history(interactions, by_user=True)
         excluded = fallback.recently_completed(history, cutoff, params.recent_exclusion_days)
         recs = fallback.popularity_recommendations(
             popularity_model, users["user_id"], excluded, items, users, params.top_n
         )
+        if limit:
+            recs = limit_replays(
+                recs.sort("user_id", "rank"), played_pairs(history), params.max_replays, params.replay_window
+            )
+            recs = recs.filter(pl.col("rank") <= params.top_n)
         version = POPULARITY_VERSION
     else:
         scorer, model_params, version = registry.load_scorer(mlflow.tracking_uri, champion, mlflow.model_name)
+        # the events are read inside the call: the fit keeps their pairs (rec.history), and at 1M users the events
+        # themselves held several GiB through the scoring
         rec = fit_serving(
-            history, items, users, cutoff, ModelParams.from_dict(model_params), scorer, signals_for(session_signals)
+            read_history(interactions, by_user=True),
+            items,
+            users,
+            cutoff,
+            ModelParams.from_dict(model_params),
+            scorer,
+            signals_for(session_signals),
         )
         limit = limit and not rec.params.exclude_seen  # seen items are never candidates: no replay to limit
-        # deeper than top_n: the policy below moves replays down and needs other items to move up
-        # blocks of users on as many threads as the run may use (the CLI's runs: every core)
-        recs = rec.recommend(users["user_id"], params.top_n * (2 if limit else 1), workers=params.ranker_threads)
+        recs = _served_lists(rec, users["user_id"], params, limit)
         save_state(rec, version, state_url(pipeline.lake_url), landing.s3_endpoint_url)
         facts = {
             "scorer": registry.version_tags(mlflow.tracking_uri, version, mlflow.model_name).get(
                 registry.SCORER_TAG, "ranker"
             )
         }
-    if limit:
-        played = played_pairs(history)
-        recs = limit_replays(recs.sort("user_id", "rank"), played, params.max_replays, params.replay_window)
-        recs = recs.filter(pl.col("rank") <= params.top_n)
     out = recs.with_columns(model_version=pl.lit(version), generated_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))
     out = schemas.conform(out, schemas.RECOMMENDATION_SCHEMA)
     context.add_output_metadata(
@@ -110,6 +117,28 @@ def recommendations(
         }
     )
     return out
+
+
+# Users whose lists are scored and put through the repeat-listen policy at a time in `recommendations`: the lists
+# twice as deep as served (the policy moves replays down and needs other items to move up) live for one chunk only.
+SERVED_CHUNK_USERS = 100_000
+
+
+def _served_lists(rec, user_ids: pl.Series, params, limit: bool) -> pl.DataFrame:
+    """Each user's top_n from `rec`, with the repeat-listen policy when `limit`, `SERVED_CHUNK_USERS` users at a time
+    (blocks of users on as many threads as the run may use: the CLI's runs, every core)."""
+    from recsys_platform.batch.rules import limit_replays
+
+    parts = []
+    for start in range(0, max(user_ids.len(), 1), SERVED_CHUNK_USERS):
+        chunk = user_ids.slice(start, SERVED_CHUNK_USERS)
+        recs = rec.recommend(chunk, params.top_n * (2 if limit else 1), workers=params.ranker_threads)
+        if limit:
+            played = rec.history.played(rec.vocab.user_rows(chunk))
+            recs = limit_replays(recs.sort("user_id", "rank"), played, params.max_replays, params.replay_window)
+            recs = recs.filter(pl.col("rank") <= params.top_n)
+        parts.append(recs)
+    return pl.concat(parts)
 
 
 @dg.asset(group_name=GROUP, kinds={"sqlite", "redis"})

@@ -22,6 +22,18 @@ from resources import MlflowResource, PipelineResource
 GROUP = groups.TRAINING
 
 
+def _fit_sample(context, interactions: pl.LazyFrame, users: pl.DataFrame, signals, pipeline: PipelineResource):
+    """(interactions, users, signals, user_weight) of a seeded sample of `max_fit_users` users, each standing for
+    user_weight users of the whole base (`PairHistory.user_weight`); all of them, weight 1, when there are no more."""
+    params = pipeline.params()
+    sample = user_sample(interactions, params.max_fit_users, params.seed)
+    if sample is None:
+        return interactions, users, signals, 1.0
+    context.log.info(f"fitting on a seeded sample of {sample.ids.len():,} of {sample.of:,} users (max_fit_users)")
+    kept = None if signals is None else sample.keep(signals)
+    return sample.keep(interactions), sample.keep(users), kept, sample.weight
+
+
 @dg.asset(group_name=GROUP, kinds={"polars"}, pool=HISTORY_POOL)
 def model_params(
     context: dg.AssetExecutionContext,
@@ -32,11 +44,12 @@ def model_params(
 ) -> dict:
     """Settings read off the data (whether replays are recommended, the recency half-life in days) and the
     source settings picked on an inner per-user split (EASE l2, recency half-life of its profile): every
-    parameter that defines the candidates and the feature values of the next ranker version."""
-    history = read_history(interactions)
-    require_enough(history)
+    parameter that defines the candidates and the feature values of the next ranker version. Above
+    `max_fit_users` users, on a seeded sample of them at the whole base's scale (`_fit_sample`)."""
+    require_enough(interactions)
+    interactions, users, _, weight = _fit_sample(context, interactions, users, None, pipeline)
     params, report = procedure.choose_params(
-        history, items, users, pipeline.model_params(), pipeline.params().max_training_users
+        read_history(interactions), items, users, pipeline.model_params(), pipeline.params().max_training_users, weight
     )
     best = max(report["tuning_ndcg@10"].items(), key=lambda kv: kv[1]) if report["tuning_ndcg@10"] else ("", 0.0)
     context.add_output_metadata(
@@ -62,8 +75,10 @@ def training_set(
     """The ranker's rows: each sampled user's candidates (every source's top `depth`) with every feature as
     of the user's cutoff (their newest 20% of interactions held out), labelled with the relevance of the
     held-out pairs (favourite 3, completion 2, play 1). Features only ever read events before the cutoff,
-    session signals (the kinds the features read, `candidates.signals_for`) included."""
+    session signals (the kinds the features read, `candidates.signals_for`) included. Above `max_fit_users` users,
+    the windows are cut from a seeded sample of them at the whole base's scale (`_fit_sample`)."""
     params = ModelParams.from_dict(model_params["params"])
+    interactions, users, session_signals, weight = _fit_sample(context, interactions, users, session_signals, pipeline)
     df = procedure.training_set(
         read_history(interactions),
         items,
@@ -71,6 +86,7 @@ def training_set(
         params,
         pipeline.params().max_training_users,
         signals_for(session_signals),
+        user_weight=weight,
     )
     positives = int((df["relevance"] > 0).sum())
     context.add_output_metadata(
@@ -174,13 +190,8 @@ def holdouts(
     wanted = tuple(p for p in procedure.PROTOCOLS if f"holdout_{p}" in context.selected_output_names)
     sample = user_sample(interactions, params.max_holdout_users, params.seed)
     if sample is not None:
-        context.log.info(f"holdouts on a seeded sample of {sample.len():,} users (max_holdout_users)")
-        sampled = pl.col("user_id").is_in(sample.implode())
-        interactions, session_signals, users = (
-            interactions.filter(sampled),
-            session_signals.filter(sampled),
-            users.filter(sampled),
-        )
+        context.log.info(f"holdouts on a seeded sample of {sample.ids.len():,} users (max_holdout_users)")
+        interactions, session_signals, users = (sample.keep(f) for f in (interactions, session_signals, users))
     results = procedure.evaluate_protocols(
         read_history(interactions),
         items,
@@ -199,7 +210,7 @@ def holdouts(
             metadata={
                 "ndcg@10": dg.MetadataValue.md(_ndcg_markdown(table, protocol)),
                 "champion_version": champion_version or "none",
-                "sampled_users": sample.len() if sample is not None else 0,
+                "sampled_users": sample.ids.len() if sample is not None else 0,
                 "facts": dg.MetadataValue.json({k: str(v) for k, v in about.items() if k != "tuning_ndcg@10"}),
             },
         )

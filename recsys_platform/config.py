@@ -84,6 +84,12 @@ class PipelineParams:
     # keeps the step's time and memory flat as the user base grows: at 1M users (98.5M events) fitting both
     # protocols on every history passed 18 GiB (benchmarks/scale.py); this sample took 221-239 s and 3.5-7.0 GiB there.
     max_holdout_users: int = 100_000
+    # Users whose histories model_params and training_set fit on (a seeded sample above it; 0: all), each standing
+    # for (users / sample) users (`PairHistory.user_weight`): item counts and co-occurrences are estimated at the
+    # whole base's scale, so the features the ranker learns on mean what they mean when `recommendations` serves
+    # everyone. The ranker's labels come from at most `label_users` users per window anyway; at 1M users, fitting
+    # every source on each window's whole history took 140-150 s per window and held 16 GiB (benchmarks/scale.py).
+    max_fit_users: int = 100_000
     # What the ranker learns to predict (model.params.ModelParams.training_windows): each user's next
     # interactions and the newest ones in time by default; "+session" adds each user's newest sitting (where session
     # signals are learned, see model.candidates.KEPT_SESSION_GROUPS); "random" for data whose order carries no meaning.

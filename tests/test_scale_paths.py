@@ -2,6 +2,7 @@
 block or a sample of users, recommendations scored in user blocks, the content source as a sparse product,
 the generator writing chunk by chunk, steps reading a pruned scan of the history."""
 
+import dataclasses
 import io
 from datetime import timedelta
 
@@ -243,31 +244,22 @@ def test_features_from_the_pruned_history_scan_equal_those_from_the_full_table(w
 def test_a_user_sample_is_seeded_sorted_and_taken_only_over_the_cap(world):
     inter = world["inter"]
     every = inter["user_id"].unique()
-    first = user_sample(inter.lazy(), 50, seed=7)
+    sample = user_sample(inter.lazy(), 50, seed=7)
+    first = sample.ids
     assert first.len() == 50 and first.is_sorted() and first.is_in(every.implode()).all()
-    assert first.equals(user_sample(inter, 50, seed=7))  # the same users every time
-    assert not first.equals(user_sample(inter, 50, seed=8))
+    assert sample.of == every.len() and sample.weight == every.len() / 50
+    assert sample.keep(inter)["user_id"].unique().sort().equals(first)
+    assert first.equals(user_sample(inter, 50, seed=7).ids)  # the same users every time
+    assert not first.equals(user_sample(inter, 50, seed=8).ids)
     assert user_sample(inter, every.len(), seed=7) is None
     assert user_sample(inter, 0, seed=7) is None
 
 
-def test_the_holdouts_fit_and_score_only_a_sample_of_users_above_max_holdout_users(world, tmp_path, monkeypatch):
+def _upstream(world, signals: pl.DataFrame) -> list:
+    """Stand-ins for the training steps' upstream assets, holding the world's tables."""
     import dagster as dg
 
-    from assets.training import holdouts
-    from resources import MlflowResource, PipelineResource
-
-    seen = {}
-
-    def evaluate_protocols(interactions, items, users, protocols, *args):
-        seen.update(interactions=interactions, users=users, signals=args[-1])
-        row = {"protocol": "per_user", "model": "ranker", "metric": "ndcg@10", "value": 0.5}
-        return {p: (pl.DataFrame([{**row, "protocol": p}]), {}) for p in protocols}
-
-    monkeypatch.setattr(procedure, "evaluate_protocols", evaluate_protocols)
     ds, inter = world["ds"], world["inter"]
-    signals = pl.DataFrame({"user_id": inter["user_id"].unique().sort()}).with_columns(event_type=pl.lit("search"))
-    mlflow = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     @dg.asset(name="interactions")
     def interactions_() -> pl.LazyFrame:
@@ -285,24 +277,50 @@ def test_the_holdouts_fit_and_score_only_a_sample_of_users_above_max_holdout_use
     def session_signals_() -> pl.LazyFrame:
         return signals.lazy()
 
+    return [interactions_, items_, users_, session_signals_]
+
+
+def _materialize(assets: list, tmp_path, name: str, **pipeline_settings):
+    import dagster as dg
+
+    from resources import MlflowResource, PipelineResource
+
+    pipeline = PipelineResource(lake_url=str(tmp_path), catalog_path=str(tmp_path / "c.duckdb"), **pipeline_settings)
+    result = dg.materialize(
+        assets,
+        resources={
+            "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+            "pipeline": pipeline,
+            "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / f"io-{name}")),
+        },
+    )
+    assert result.success
+    return result
+
+
+def test_the_holdouts_fit_and_score_only_a_sample_of_users_above_max_holdout_users(world, tmp_path, monkeypatch):
+    from assets.training import holdouts
+    from resources import PipelineResource
+
+    seen = {}
+
+    def evaluate_protocols(interactions, items, users, protocols, *args):
+        seen.update(interactions=interactions, users=users, signals=args[-1])
+        row = {"protocol": "per_user", "model": "ranker", "metric": "ndcg@10", "value": 0.5}
+        return {p: (pl.DataFrame([{**row, "protocol": p}]), {}) for p in protocols}
+
+    monkeypatch.setattr(procedure, "evaluate_protocols", evaluate_protocols)
+    ds, inter = world["ds"], world["inter"]
+    signals = pl.DataFrame({"user_id": inter["user_id"].unique().sort()}).with_columns(event_type=pl.lit("search"))
+    upstream = _upstream(world, signals)
+
     def run(cap: int) -> dict:
         seen.clear()
-        pipeline = PipelineResource(
-            lake_url=str(tmp_path), catalog_path=str(tmp_path / "c.duckdb"), max_holdout_users=cap
-        )
-        result = dg.materialize(
-            [interactions_, items_, users_, session_signals_, holdouts],
-            resources={
-                "mlflow": mlflow,
-                "pipeline": pipeline,
-                "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / f"io{cap}")),
-            },
-        )
-        assert result.success
+        result = _materialize([*upstream, holdouts], tmp_path, f"h{cap}", max_holdout_users=cap)
         return {"metadata": result.asset_materializations_for_node("holdouts")[0].metadata, **seen}
 
     sampled = run(100)
-    want = user_sample(inter, 100, seed=PipelineResource(lake_url="", catalog_path="").seed)
+    want = user_sample(inter, 100, seed=PipelineResource(lake_url="", catalog_path="").seed).ids
     for key in ("interactions", "users", "signals"):
         assert sampled[key]["user_id"].unique().sort().equals(want), key
     # every row of a sampled user is kept, no other
@@ -311,3 +329,122 @@ def test_the_holdouts_fit_and_score_only_a_sample_of_users_above_max_holdout_use
     whole = run(0)
     assert whole["interactions"].height == inter.height and whole["users"].height == ds.users.height
     assert whole["metadata"]["sampled_users"].value == 0
+
+
+def test_model_params_and_training_set_fit_on_a_weighted_sample_above_max_fit_users(world, tmp_path, monkeypatch):
+    """Above max_fit_users, both steps read a seeded sample of users (every row of theirs, signals included) and
+    pass how many users each stands for; at or below it, everyone at weight 1."""
+    from assets.training import model_params, training_set
+    from resources import PipelineResource
+
+    seen: dict = {}
+
+    def choose_params(interactions, items, users, base, max_users, user_weight=1.0):
+        seen["model_params"] = {"interactions": interactions, "users": users, "weight": user_weight}
+        return base, {"repeat_share": 0.0, "tuning_ndcg@10": {}}
+
+    def training_set_(interactions, items, users, params, max_users, signals=None, user_weight=1.0):
+        seen["training_set"] = {"interactions": interactions, "users": users, "signals": signals, "weight": user_weight}
+        return pl.DataFrame({"user_id": ["u"], "relevance": [1], "label_pairs": [1]})
+
+    monkeypatch.setattr(procedure, "choose_params", choose_params)
+    monkeypatch.setattr(procedure, "training_set", training_set_)
+    ds, inter = world["ds"], world["inter"]
+    signals = pl.DataFrame({"user_id": inter["user_id"].unique().sort()}).with_columns(event_type=pl.lit("search"))
+    upstream = _upstream(world, signals)
+    n = inter["user_id"].n_unique()
+
+    _materialize([*upstream, model_params, training_set], tmp_path, "sampled", max_fit_users=100)
+    want = user_sample(inter, 100, seed=PipelineResource(lake_url="", catalog_path="").seed).ids
+    for step in ("model_params", "training_set"):
+        got = seen[step]
+        assert got["weight"] == n / 100, step
+        assert got["interactions"].height == inter.filter(pl.col("user_id").is_in(want.implode())).height, step
+        assert got["users"]["user_id"].unique().sort().equals(want), step
+    assert seen["training_set"]["signals"]["user_id"].unique().sort().equals(want)
+
+    seen.clear()
+    _materialize([*upstream, model_params, training_set], tmp_path, "whole", max_fit_users=n)
+    for step in ("model_params", "training_set"):
+        got = seen[step]
+        assert got["weight"] == 1.0 and got["interactions"].height == inter.height, step
+        assert got["users"].height == ds.users.height, step
+
+
+def test_a_sample_whose_users_stand_for_w_users_each_fits_as_w_copies_of_them(world):
+    """PairHistory.user_weight: every item-level count, co-occurrence and source fitted on a history whose users
+    stand for 3 users each equals the same fit on a history holding 3 copies of each user, so training windows cut
+    from a sample (max_fit_users) give features at the whole base's scale."""
+    from recsys_platform.model.candidates import ItemStats
+    from recsys_platform.model.catalogue import Catalogue
+    from recsys_platform.model.history import PairHistory
+    from recsys_platform.model.recommender import build_vocab
+    from recsys_platform.model.sources import _gram, fit_sources
+
+    ds, inter, end = world["ds"], world["inter"], world["end"]
+    copies = 3
+
+    def copied(frame: pl.DataFrame) -> pl.DataFrame:
+        return pl.concat([frame.with_columns(pl.col("user_id") + f"#{k}") for k in range(copies)])
+
+    fits = {}
+    for name, data, users, weight in (
+        ("weighted", inter, ds.users, float(copies)),
+        ("copies", copied(inter), copied(ds.users), 1.0),
+    ):
+        vocab = build_vocab(data, ds.items, users)
+        catalogue = Catalogue.build(vocab, ds.items, users)
+        history = PairHistory.build(data, vocab, end, user_weight=weight)
+        names = ("pop", "pop_recent", "ease", "knn", "ease_session", "new")
+        sources = fit_sources(history, catalogue, PARAMS, names)
+        fits[name] = {"history": history, "sources": sources, "stats": ItemStats.fit(history)}
+    a, b = fits["weighted"], fits["copies"]
+    assert a["history"].item_counts().tolist() == b["history"].item_counts().tolist()
+    assert a["history"].item_counts().max() > copies  # the counts are the copies', not the sample's
+    np.testing.assert_allclose(_gram(a["history"]), _gram(b["history"]), rtol=1e-12)
+    for name in ("pop", "pop_recent", "new"):
+        np.testing.assert_allclose(a["sources"][name].scores, b["sources"][name].scores, rtol=1e-6)
+    for name in ("ease", "knn", "ease_session"):
+        np.testing.assert_allclose(a["sources"][name].weights, b["sources"][name].weights, rtol=1e-4, atol=1e-6)
+    for field in ("users", "mean_s", "completion_rate", "bounce_rate", "journey_position"):
+        np.testing.assert_allclose(getattr(a["stats"], field), getattr(b["stats"], field), rtol=1e-9)
+    # a weight of 1 is the plain history
+    plain = PairHistory.build(inter, a["history"].vocab, end)
+    assert plain.user_weight == 1.0 and plain.item_counts().tolist() == [c / copies for c in a["history"].item_counts()]
+
+
+def test_the_pairs_a_history_says_were_played_are_the_events_played_pairs(world):
+    from recsys_platform.batch.rules import played_pairs
+
+    rec, inter = world["rec"], world["inter"]
+    some = inter["user_id"].unique().sort().gather_every(3)
+    got = rec.history.played(rec.vocab.user_rows(some)).sort("user_id", "item_id")
+    want = played_pairs(inter.filter(pl.col("user_id").is_in(some.implode()))).sort("user_id", "item_id")
+    assert got.height > 100 and got["favourite"].any()
+    assert got.equals(want.select(got.columns))
+
+
+def test_served_lists_scored_a_chunk_of_users_at_a_time_equal_them_scored_at_once(world, monkeypatch):
+    """recommendations scores and applies the repeat-listen policy chunk by chunk (SERVED_CHUNK_USERS): the lists
+    are those of every user at once, the policy included."""
+    from assets import serving
+    from recsys_platform.config import PipelineParams
+
+    base = world["rec"]
+    # replays are candidates: the policy has work to do
+    rec = dataclasses.replace(base, params=base.params.with_(exclude_seen=False))
+    params = PipelineParams(top_n=10, max_replays=2, replay_window=5)
+    users = world["ds"].users["user_id"]
+    whole = serving._served_lists(rec, users, params, True).sort("user_id", "rank")
+    monkeypatch.setattr(serving, "SERVED_CHUNK_USERS", 37)
+    chunked = serving._served_lists(rec, users, params, True).sort("user_id", "rank")
+    assert chunked.equals(whole) and whole["user_id"].n_unique() > 400
+    assert whole.group_by("user_id").len()["len"].max() == 10
+
+    def replays_in_top_5(lists: pl.DataFrame) -> pl.Series:
+        played = rec.history.played(rec.vocab.user_rows(users)).filter(~pl.col("favourite"))  # favourites exempt
+        marked = lists.join(played.select("user_id", "item_id", p=pl.lit(True)), on=["user_id", "item_id"], how="left")
+        return marked.filter(pl.col("rank") <= 5).group_by("user_id").agg(pl.col("p").fill_null(False).sum())["p"]
+
+    assert replays_in_top_5(whole).max() == 2  # the policy acted: no more than 2 in the first 5
+    assert (replays_in_top_5(serving._served_lists(rec, users, params, False)) > 2).sum() > 10  # where it had to

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import polars as pl
@@ -53,15 +54,32 @@ def build_interactions(events: pl.LazyFrame | pl.DataFrame, items: pl.DataFrame)
     )
 
 
-def user_sample(interactions: pl.LazyFrame | pl.DataFrame, most: int, seed: int) -> pl.Series | None:
-    """A seeded sample of `most` of the users in `interactions` (sorted), or None when there are no more than
-    `most` (or `most` is 0)."""
+@dataclass(frozen=True)
+class UserSample:
+    """A seeded sample of the users of an interactions table."""
+
+    ids: pl.Series  # sorted
+    of: int  # users in the table
+
+    @property
+    def weight(self) -> float:
+        """How many of the table's users each sampled user stands for (`PairHistory.user_weight`)."""
+        return self.of / self.ids.len()
+
+    def keep(self, frame: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame | pl.DataFrame:
+        """The rows of `frame` (a user_id column) whose user is in the sample."""
+        return frame.filter(pl.col("user_id").is_in(self.ids.implode()))
+
+
+def user_sample(interactions: pl.LazyFrame | pl.DataFrame, most: int, seed: int) -> UserSample | None:
+    """A seeded sample of `most` of the users in `interactions`, or None when there are no more than `most` (or
+    `most` is 0)."""
     if not most:
         return None
     ids = interactions.lazy().select(pl.col("user_id").unique()).collect()["user_id"]
     if ids.len() <= most:
         return None
-    return ids.sort().sample(most, seed=seed).sort()
+    return UserSample(ids.sort().sample(most, seed=seed).sort(), ids.len())
 
 
 def read_history(

@@ -133,10 +133,10 @@ class ItemStats:
     def fit(cls, history: PairHistory) -> ItemStats:
         """Counts, rates and times from `history`."""
         n = history.vocab.n_items
-        users = history.item_counts()
-        sums = np.bincount(history.item, weights=history.first_s, minlength=n)
-        done = np.bincount(history.item, weights=(history.completes > 0), minlength=n)
-        bounced = np.bincount(history.item, weights=(history.bounces > 0), minlength=n)
+        users = history.item_counts()  # the counts at the whole base's scale (`PairHistory.user_weight`)
+        sums = history.item_sums(history.first_s)
+        done = history.item_sums((history.completes > 0).astype(np.float64))
+        bounced = history.item_sums((history.bounces > 0).astype(np.float64))
         per_user = history.user_counts()[history.user]
         place = 1.0 - history.positions_from_end() / np.maximum(per_user - 1.0, 1.0)
         placed = per_user > 1  # a user's only item has no place

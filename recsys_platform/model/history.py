@@ -86,6 +86,11 @@ class PairHistory:
     cache: dict = field(default_factory=dict, repr=False, compare=False)
     # The searches and biometric readings before the cutoff (`model.signals`); None: no signals table given.
     signals: Any = field(default=None, repr=False, compare=False)
+    # How many users of the whole base each user here stands for: 1 for a history of every user; n / m for a
+    # seeded sample of m of n users, so that item counts and co-occurrences, which grow with the
+    # user base, are estimated at the whole base's scale and features fitted on the sample mean what they mean
+    # when served on everyone.
+    user_weight: float = 1.0
 
     @classmethod
     def build(
@@ -95,9 +100,11 @@ class PairHistory:
         cutoff: datetime,
         signals: pl.DataFrame | None = None,
         text_encoder: str = "hashed",
+        user_weight: float = 1.0,
     ) -> PairHistory:
         """Aggregate `interactions` (INTERACTION_SCHEMA columns) strictly before `cutoff` onto `vocab`, with the
-        session signals of `signals` (schemas.SESSION_SIGNAL_SCHEMA) before it when given."""
+        session signals of `signals` (schemas.SESSION_SIGNAL_SCHEMA) before it when given; `user_weight`: the
+        users each of theirs stands for (a sample of the user base)."""
         cut = pl.lit(cutoff, dtype=TS)
         pairs = (
             interactions.lazy()
@@ -142,6 +149,7 @@ class PairHistory:
                 )
             },
         )
+        out.user_weight = float(user_weight)
         if signals is not None:
             from recsys_platform.model.signals import SignalHistory
 
@@ -178,9 +186,9 @@ class PairHistory:
         kw = {
             f.name: getattr(self, f.name)[mask]
             for f in fields(self)
-            if f.name not in ("vocab", "cutoff_s", "cache", "signals")
+            if f.name not in ("vocab", "cutoff_s", "cache", "signals", "user_weight")
         }
-        return PairHistory(self.vocab, self.cutoff_s, **kw, signals=self.signals)
+        return PairHistory(self.vocab, self.cutoff_s, **kw, signals=self.signals, user_weight=self.user_weight)
 
     def matrix(self, values: np.ndarray | None = None, n_rows: int | None = None) -> sp.csr_matrix:
         """users x items CSR of `values` (default 1.0 per pair)."""
@@ -190,14 +198,33 @@ class PairHistory:
         m.sum_duplicates()
         return m
 
+    def played(self, rows: np.ndarray) -> pl.DataFrame:
+        """(user_id, item_id, favourite) of the pairs the users at `rows` played (a content start), favourite when
+        they also favourited the item: the replays the repeat-listen policy counts, as `batch.rules.played_pairs`
+        reads them off the events."""
+        chosen = np.zeros(self.vocab.n_users, bool)
+        chosen[rows[rows >= 0]] = True
+        mask = chosen[self.user] & (self.plays > 0)
+        return pl.DataFrame(
+            {
+                "user_id": self.vocab.user_ids.gather(self.user[mask]),
+                "item_id": self.vocab.item_ids.gather(self.item[mask]),
+                "favourite": self.favorites[mask] > 0,
+            }
+        )
+
     def user_counts(self) -> np.ndarray:
         """Pairs per user (float64, all users of the vocabulary)."""
         return np.bincount(self.user, minlength=self.vocab.n_users).astype(np.float64)
 
-    def item_counts(self, mask: np.ndarray | None = None) -> np.ndarray:
-        """Distinct users per item (float64), of the rows in `mask` when given."""
-        items = self.item if mask is None else self.item[mask]
-        return np.bincount(items, minlength=self.vocab.n_items).astype(np.float64)
+    def item_counts(self) -> np.ndarray:
+        """Distinct users per item (float64, at the whole base's scale: `user_weight`)."""
+        return self.item_sums()
+
+    def item_sums(self, values: np.ndarray | None = None) -> np.ndarray:
+        """Sum of `values` (default 1 per pair) over each item's pairs, at the whole base's scale (float64)."""
+        out = np.bincount(self.item, weights=values, minlength=self.vocab.n_items).astype(np.float64)
+        return out * self.user_weight if self.user_weight != 1.0 else out
 
     def user_last_s(self) -> np.ndarray:
         """Latest interaction time per user (NaN for users without one)."""

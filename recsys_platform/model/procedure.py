@@ -92,13 +92,19 @@ def data_params(interactions: pl.DataFrame, params: ModelParams) -> ModelParams:
 
 
 def choose_params(
-    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, base: ModelParams, max_users: int
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    base: ModelParams,
+    max_users: int,
+    user_weight: float = 1.0,
 ) -> tuple[ModelParams, dict[str, Any]]:
-    """Params for these interactions: read off the data, then tuned on their inner per-user split."""
+    """Params for these interactions: read off the data, then tuned on their inner per-user split (`user_weight`:
+    see `training_set`)."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
     params = data_params(interactions, base)
-    params, scores = tune(interactions, catalogue, params, max_users)
+    params, scores = tune(interactions, catalogue, params, max_users, user_weight)
     report = {"repeat_share": round(repeat_share(interactions), 4), "tuning_ndcg@10": scores}
     return params, report
 
@@ -130,15 +136,17 @@ def training_set(
     max_users: int,
     signals: pl.DataFrame | None = None,
     names: tuple[str, ...] = FEATURES,
+    user_weight: float = 1.0,
 ) -> pl.DataFrame:
     """The ranker's training rows: candidates of the held-out users of each training window (at most
     `max_users` and `params.label_users`, a seeded sample) with the features `names` as of the window's
     feature time (`feature_times`), session signals before each user's own cutoff, and the relevance of
-    their held-out pairs. Windows: `params.training_windows`."""
+    their held-out pairs. Windows: `params.training_windows`. `user_weight`: how many users of the whole base
+    each user of `interactions` stands for, when they are a sample of it (`PairHistory.user_weight`)."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
     frames = [
-        _window_rows(split, data, vocab, catalogue, params, max_users, signals, names)
+        _window_rows(split, data, vocab, catalogue, params, max_users, signals, names, user_weight)
         for split, data in training_windows(interactions, params, max_users, signals)
     ]
     out = pl.concat(frames)
@@ -234,9 +242,13 @@ def known_signals(split: Split | PairSplit, signals: pl.DataFrame | None) -> pl.
     return split.known(signals)
 
 
-def _window_rows(split, interactions, vocab, catalogue, params, max_users, signals=None, names=FEATURES):
+def _window_rows(
+    split, interactions, vocab, catalogue, params, max_users, signals=None, names=FEATURES, user_weight=1.0
+):
     known, truth = split.known(interactions), split.truth(interactions)
-    history = PairHistory.build(known, vocab, split.known_until, known_signals(split, signals), params.text_encoder)
+    history = PairHistory.build(
+        known, vocab, split.known_until, known_signals(split, signals), params.text_encoder, user_weight
+    )
     fitted = Recommender(
         params, catalogue, history, fit_sources(history, catalogue, params), ItemStats.fit(history), None
     )

@@ -66,19 +66,19 @@ def fit_recent_popularity(history: PairHistory, catalogue: Catalogue, params: Mo
     """Distinct users per item, each pair weighted by 2 ** -(age / half-life) at the cutoff."""
     age = (history.cutoff_s - history.last_s) / DAY_S
     w = np.exp2(-age / max(params.recent_half_life_days, 1e-3))
-    counts = np.bincount(history.item, weights=w, minlength=history.vocab.n_items)
-    return ItemScores(np.log1p(counts).astype(np.float32))
+    return ItemScores(np.log1p(history.item_sums(w)).astype(np.float32))
 
 
 # --- collaborative sources -------------------------------------------------------------------
 
 
 def _gram(history: PairHistory) -> np.ndarray:
-    """Item x item co-occurrence counts of the binary user x item matrix (computed once per history)."""
+    """Item x item co-occurrence counts of the binary user x item matrix at the whole base's scale (`user_weight`;
+    computed once per history)."""
     if "gram" not in history.cache:
         x = history.matrix()
         x.data[:] = 1.0
-        history.cache["gram"] = (x.T @ x).toarray().astype(np.float64)
+        history.cache["gram"] = (x.T @ x).toarray().astype(np.float64) * history.user_weight
     return history.cache["gram"]
 
 
@@ -176,10 +176,11 @@ def fit_ease_session(history: PairHistory, catalogue: Catalogue, params: ModelPa
     key = ("ease_session", params.session_gap_minutes, params.ease_session_l2)
     if key not in history.cache:
         s = _sessions(history, params.session_gap_minutes * 60.0)
+        w = history.user_weight  # the sittings' and neighbours' counts at the whole base's scale, as _gram's
         gram = (
             _gram(history)
-            + (s.T @ s).toarray()
-            + 0.5 * (_neighbour_gram(history, 10, 0.8) + np.diag(np.diag(_gram(history))))
+            + w * (s.T @ s).toarray()
+            + 0.5 * (w * _neighbour_gram(history, 10, 0.8) + np.diag(np.diag(_gram(history))))
         )
         history.cache[key] = ease_weights(gram, params.ease_session_l2)
     return ItemItem(history.cache[key])
@@ -246,9 +247,11 @@ def fit_ials(history: PairHistory, catalogue: Catalogue, params: ModelParams) ->
     # Only the users with pairs: implicit draws its random start for every row, so empty rows (users of the
     # vocabulary seen only later) would change the factors of everyone else.
     x = x[np.unique(history.user)]
+    # On a sample whose users stand for `user_weight` users each, an item's least-squares step sums over
+    # 1/user_weight of its users: its l2 is scaled alike so the item factors keep the whole base's balance.
     model = AlternatingLeastSquares(
         factors=params.ials_factors,
-        regularization=params.ials_l2,
+        regularization=params.ials_l2 / history.user_weight,
         alpha=params.ials_alpha,
         iterations=params.ials_iterations,
         random_state=params.seed,

@@ -45,17 +45,18 @@ def dense_ndcg(scores: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
 
 
 def tune(
-    interactions: pl.DataFrame, catalogue: Catalogue, params: ModelParams, max_users: int
+    interactions: pl.DataFrame, catalogue: Catalogue, params: ModelParams, max_users: int, user_weight: float = 1.0
 ) -> tuple[ModelParams, dict[str, float]]:
     """Params with `ease_l2` and `recency_half_life` set to the grid's best on the inner split (per-user
-    temporal, or a per-user random one when the objective is order-free), and the scores."""
+    temporal, or a per-user random one when the objective is order-free), and the scores. `user_weight`: the users
+    each user of `interactions` stands for, when they are a sample (the Gram matrix, and so l2, at full scale)."""
     split = (
         random_pair_split(interactions, 0.2, params.seed, name="tuning")
         if params.order_free
         else per_user_split(interactions, name="tuning")
     )
     truth = split.truth(interactions)
-    history = PairHistory.build(split.known(interactions), catalogue.vocab, split.end)
+    history = PairHistory.build(split.known(interactions), catalogue.vocab, split.end, user_weight=user_weight)
     users = truth["user_id"].unique().sort()
     if max_users and users.len() > max_users:
         users = users.sample(max_users, seed=params.seed).sort()
