@@ -74,7 +74,7 @@ def recommendations(
     limit = params.max_replays >= 0  # the repeat-listen policy, as the refresh and the recommendation sets apply it
     if champion is None:
         context.log.warning("no champion model registered: serving the popularity baseline")
-        history = read_history(interactions, by_user=True)
+        history = read_history(interactions)
         excluded = fallback.recently_completed(history, cutoff, params.recent_exclusion_days)
         recs = fallback.popularity_recommendations(
             popularity_model, users["user_id"], excluded, items, users, params.top_n
@@ -87,10 +87,10 @@ def recommendations(
         version = POPULARITY_VERSION
     else:
         scorer, model_params, version = registry.load_scorer(mlflow.tracking_uri, champion, mlflow.model_name)
-        # the events are read inside the call: the fit keeps their pairs (rec.history), and at 1M users the events
-        # themselves held several GiB through the scoring
+        # the events are read inside the call, unsorted (the fit aggregates them into pairs, rec.history, which it
+        # keeps): at 1M users the events held several GiB through the scoring, and sorting them by user a copy more
         rec = fit_serving(
-            read_history(interactions, by_user=True),
+            read_history(interactions),
             items,
             users,
             cutoff,
