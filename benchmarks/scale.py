@@ -478,6 +478,14 @@ def main() -> None:
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint (production; default: a moto server on loopback)")
     parser.add_argument("--workers", type=int, default=2, help="Celery workers (executor celery)")
     parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a product setting for every stage of every size (repeat), e.g. RECSYS_RANKER_THREADS=2 or "
+        "RECSYS_MAX_FIT_USERS=5000; the production profile does not inherit RECSYS_* from this shell",
+    )
+    parser.add_argument(
         "--executor",
         choices=["multiprocess", "in_process", "celery"],
         help="training_cycle executor (default: multiprocess on embedded, celery on production): multiprocess "
@@ -495,6 +503,8 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="recsys-scale-"))
     if args.profile == "production" and args.reuse:
         parser.error("--reuse needs the embedded profile (a production size gets a new bucket and databases)")
+    if bad := [kv for kv in args.env if "=" not in kv or not kv.startswith("RECSYS_")]:
+        parser.error(f"--env takes RECSYS_KEY=VALUE, not {bad}")
     print(f"load before: {os.getloadavg()}, cpus: {os.cpu_count()}, work dir: {root}")
     results = []
     moto = None
@@ -525,6 +535,7 @@ def _size_env(args: argparse.Namespace, home: Path):
     the embedded profile, its own databases, bucket and Redis prefixes on the production profile."""
     executor = args.executor or ("celery" if args.profile == "production" else "multiprocess")
     tuning = {"RECSYS_EXECUTOR": executor, "RECSYS_MAX_CONCURRENT": str(args.max_concurrent)}
+    tuning |= dict(kv.split("=", 1) for kv in args.env)
     if args.profile == "embedded":
         return os.environ | {"RECSYS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")} | tuning, None
     from recsys_platform.dev.production_stack import ProductionStack
