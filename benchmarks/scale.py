@@ -23,6 +23,7 @@ it started).
     /work/venv/bin/python benchmarks/scale.py --users 1000000 --time-limit 3600 --keep /tmp/scale
     /work/venv/bin/python benchmarks/scale.py --users 20000 --days 15 --days 30 --days 60  # history growth
     /work/venv/bin/python benchmarks/scale.py --profile production --users 10000 --users 100000
+    /work/venv/bin/python benchmarks/scale.py --profile production --users 20000 --env RECSYS_MAX_FIT_USERS=5000
 
 Prints one table per size and a growth table (time and peak memory exponent between sizes:
 1.0 = linear). Targets on 2 cores (issue 18): whole cycle at 1M users <= 15 min embedded, <= 20 min on the
