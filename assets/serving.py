@@ -60,7 +60,7 @@ def recommendations(
     version carries; unreleased items, items the data says are not replayed (or were completed in the last
     few days where they are), and kids content outside families are never recommended. The fit is saved
     for the near-real-time refresh. Without any champion, the popularity baseline is served as such."""
-    from recsys_platform.batch.rules import limit_replays, played_pairs
+    from recsys_platform.batch.rules import played_pairs
     from recsys_platform.model.candidates import signals_for
     from recsys_platform.model.params import ModelParams
     from recsys_platform.model.recommender import fit_serving
@@ -80,10 +80,7 @@ def recommendations(
             popularity_model, users["user_id"], excluded, items, users, params.top_n
         )
         if limit:
-            recs = limit_replays(
-                recs.sort("user_id", "rank"), played_pairs(history), params.max_replays, params.replay_window
-            )
-            recs = recs.filter(pl.col("rank") <= params.top_n)
+            recs = _repeat_listen_policy(recs, played_pairs(history), params)
         version = POPULARITY_VERSION
     else:
         scorer, model_params, version = registry.load_scorer(mlflow.tracking_uri, champion, mlflow.model_name)
@@ -127,18 +124,22 @@ SERVED_CHUNK_USERS = 100_000
 def _served_lists(rec, user_ids: pl.Series, params, limit: bool) -> pl.DataFrame:
     """Each user's top_n from `rec`, with the repeat-listen policy when `limit`, `SERVED_CHUNK_USERS` users at a time
     (blocks of users on as many threads as the run may use: the CLI's runs, every core)."""
-    from recsys_platform.batch.rules import limit_replays
-
     parts = []
     for start in range(0, max(user_ids.len(), 1), SERVED_CHUNK_USERS):
         chunk = user_ids.slice(start, SERVED_CHUNK_USERS)
         recs = rec.recommend(chunk, params.top_n * (2 if limit else 1), workers=params.ranker_threads)
         if limit:
-            played = rec.history.played(rec.vocab.user_rows(chunk))
-            recs = limit_replays(recs.sort("user_id", "rank"), played, params.max_replays, params.replay_window)
-            recs = recs.filter(pl.col("rank") <= params.top_n)
+            recs = _repeat_listen_policy(recs, rec.history.played(rec.vocab.user_rows(chunk)), params)
         parts.append(recs)
     return pl.concat(parts)
+
+
+def _repeat_listen_policy(recs: pl.DataFrame, played: pl.DataFrame, params) -> pl.DataFrame:
+    """The lists with at most max_replays of the `played` pairs in their first replay_window, cut to top_n."""
+    from recsys_platform.batch.rules import limit_replays
+
+    recs = limit_replays(recs.sort("user_id", "rank"), played, params.max_replays, params.replay_window)
+    return recs.filter(pl.col("rank") <= params.top_n)
 
 
 @dg.asset(group_name=GROUP, kinds={"sqlite", "redis"})

@@ -22,16 +22,24 @@ from resources import MlflowResource, PipelineResource
 GROUP = groups.TRAINING
 
 
-def _fit_sample(context, interactions: pl.LazyFrame, users: pl.DataFrame, signals, pipeline: PipelineResource):
-    """(interactions, users, signals, user_weight) of a seeded sample of `max_fit_users` users, each standing for
-    user_weight users of the whole base (`PairHistory.user_weight`); all of them, weight 1, when there are no more."""
-    params = pipeline.params()
-    sample = user_sample(interactions, params.max_fit_users, params.seed)
+def _sampled(context, interactions: pl.LazyFrame, users: pl.DataFrame, signals, most: int, seed: int, setting: str):
+    """(interactions, users, signals, sample) restricted to a seeded sample of `most` users (`setting` names the
+    cap in the log); everything and None when there are no more. `signals` may be None."""
+    sample = user_sample(interactions, most, seed)
     if sample is None:
-        return interactions, users, signals, 1.0
-    context.log.info(f"fitting on a seeded sample of {sample.ids.len():,} of {sample.of:,} users (max_fit_users)")
+        return interactions, users, signals, None
+    context.log.info(f"a seeded sample of {sample.ids.len():,} of {sample.of:,} users ({setting})")
     kept = None if signals is None else sample.keep(signals)
-    return sample.keep(interactions), sample.keep(users), kept, sample.weight
+    return sample.keep(interactions), sample.keep(users), kept, sample
+
+
+def _fit_sample(context, interactions: pl.LazyFrame, users: pl.DataFrame, signals, pipeline: PipelineResource):
+    """`_sampled` at `max_fit_users`, with the weight of each sampled user (`PairHistory.user_weight`; 1 for all)."""
+    params = pipeline.params()
+    interactions, users, signals, sample = _sampled(
+        context, interactions, users, signals, params.max_fit_users, params.seed, "max_fit_users"
+    )
+    return interactions, users, signals, (sample.weight if sample is not None else 1.0)
 
 
 @dg.asset(group_name=GROUP, kinds={"polars"}, pool=HISTORY_POOL)
@@ -188,10 +196,9 @@ def holdouts(
     champion_version = registry.alias_version(mlflow.tracking_uri, model_name=mlflow.model_name)
     loader = champion_version and registry.ScorerLoader(mlflow.tracking_uri, champion_version, mlflow.model_name)
     wanted = tuple(p for p in procedure.PROTOCOLS if f"holdout_{p}" in context.selected_output_names)
-    sample = user_sample(interactions, params.max_holdout_users, params.seed)
-    if sample is not None:
-        context.log.info(f"holdouts on a seeded sample of {sample.ids.len():,} users (max_holdout_users)")
-        interactions, session_signals, users = (sample.keep(f) for f in (interactions, session_signals, users))
+    interactions, users, session_signals, sample = _sampled(
+        context, interactions, users, session_signals, params.max_holdout_users, params.seed, "max_holdout_users"
+    )
     results = procedure.evaluate_protocols(
         read_history(interactions),
         items,

@@ -224,7 +224,7 @@ class PairHistory:
     def item_sums(self, values: np.ndarray | None = None) -> np.ndarray:
         """Sum of `values` (default 1 per pair) over each item's pairs, at the whole base's scale (float64)."""
         out = np.bincount(self.item, weights=values, minlength=self.vocab.n_items).astype(np.float64)
-        return out * self.user_weight if self.user_weight != 1.0 else out
+        return out * self.user_weight
 
     def user_last_s(self) -> np.ndarray:
         """Latest interaction time per user (NaN for users without one)."""
