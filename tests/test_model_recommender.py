@@ -220,7 +220,7 @@ def test_profiles_of_a_block_are_the_users_own_rows(world) -> None:
 
 
 def test_a_source_gives_at_most_depth_candidates_and_none_when_it_cannot_tell_items_apart() -> None:
-    from recsys_platform.model.candidates import _top_depth
+    from recsys_platform.model.candidates import _ranked, _top_depth
 
     scores = np.array(
         [
@@ -229,12 +229,62 @@ def test_a_source_gives_at_most_depth_candidates_and_none_when_it_cannot_tell_it
             [-np.inf, 2.0, -np.inf, -np.inf, -np.inf, -np.inf],  # fewer finite scores than depth: all of them
         ]
     )
-    mask = _top_depth(scores, 2)
+    mask = _top_depth(*_ranked(scores), 2)
     assert mask.sum(axis=1).tolist() == [2, 0, 1]
     assert mask[0, 0] and not mask[0, 5] and mask[2, 1]
     # each row on its own gives the same mask (no dependence on the rest of the block)
     for r in range(3):
-        np.testing.assert_array_equal(_top_depth(scores[r : r + 1], 2)[0], mask[r])
+        np.testing.assert_array_equal(_top_depth(*_ranked(scores[r : r + 1]), 2)[0], mask[r])
+
+
+def _top_depth_by_partition(scores: np.ndarray, depth: int) -> np.ndarray:
+    """The definition `_top_depth` keeps: a per-row argpartition of every row (the finite scores), minus rows whose
+    finite scores are all equal and more than `depth`."""
+    finite = np.isfinite(scores)
+    k = min(depth, scores.shape[1])
+    top = np.argpartition(-np.where(finite, scores, -np.inf), k - 1, axis=1)[:, :k]
+    mask = np.zeros(scores.shape, bool)
+    np.put_along_axis(mask, top, True, axis=1)
+    mask &= finite
+    hi, lo = np.where(finite, scores, -np.inf).max(axis=1), np.where(finite, scores, np.inf).min(axis=1)
+    mask[(hi == lo) & (finite.sum(axis=1) > k)] = False
+    return mask
+
+
+def _ranks_by_count(scores: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """1 + how many finite scores of the row are higher; MISSING_RANK for a non-finite score."""
+    from recsys_platform.model.candidates import MISSING_RANK
+
+    value = scores[rows, items]
+    higher = (np.where(np.isfinite(scores), scores, -np.inf)[rows] > value[:, None]).sum(axis=1)
+    return np.where(np.isfinite(value), higher + 1.0, MISSING_RANK)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "counts", "rounded", "constant"])
+def test_top_depth_and_ranks_from_one_sort_equal_their_definitions(kind: str) -> None:
+    """The threshold read off each row's sort takes the same items as a partition of the row (ties at the boundary,
+    -inf, NaN, rows with fewer finite scores than depth, rows that cannot tell items apart), and the ranks equal a
+    count of the higher scores."""
+    from recsys_platform.model.candidates import _ranked, _ranks_of, _top_depth
+
+    rng = np.random.default_rng(len(kind))
+    for n_items in (3, 40, 600):
+        raw = {
+            "continuous": rng.normal(size=(60, n_items)),
+            "counts": rng.integers(0, 4, size=(60, n_items)),
+            "rounded": np.round(rng.normal(size=(60, n_items)), 1),
+            "constant": np.ones((60, n_items)),
+        }[kind]
+        scores = raw.astype(np.float32)
+        scores[rng.random(scores.shape) < rng.uniform(0.05, 0.9)] = -np.inf
+        scores[rng.random(scores.shape) < 0.02] = np.nan
+        scores[:3] = -np.inf
+        for depth in (1, 5, 30):
+            negated, order = _ranked(scores)
+            mask = _top_depth(negated, order, depth)
+            np.testing.assert_array_equal(mask, _top_depth_by_partition(scores, depth))
+            rows, items = np.nonzero(mask | (rng.random(scores.shape) < 0.1))
+            np.testing.assert_array_equal(_ranks_of(order, negated, rows, items), _ranks_by_count(scores, rows, items))
 
 
 def test_blocks_scored_on_threads_give_the_same_lists_in_the_same_order(world) -> None:

@@ -169,38 +169,53 @@ class CandidateBlock:
         return len(self.rows)
 
 
-def _ranks_of(scores: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+def _ranks_of(ranked: np.ndarray, negated: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
     """1-based rank of each (row, item) within its row: 1 + how many of the row's scores are higher (ties
-    share the best rank); MISSING_RANK where the score is -inf. `rows` ascending (as np.nonzero gives them).
-    One sort per row and a binary search per candidate, instead of an argsort of every row's whole ranking."""
-    neg = np.sort(-scores, axis=1)  # each row's scores, best first, negated (ascending)
-    value = -scores[rows, items]
+    share the best rank); MISSING_RANK where the score is not finite. `negated` is the scores negated, `ranked`
+    each of its rows sorted (`_ranked`); `rows` ascending (as np.nonzero gives them). A binary search per
+    candidate in its row's sort, instead of an argsort of every row's whole ranking."""
+    value = negated[rows, items]
     rank = np.empty(len(rows), np.float32)
     bounds = np.r_[0, np.flatnonzero(np.diff(rows)) + 1, len(rows)]
     for a, b in zip(bounds[:-1], bounds[1:], strict=False):
         if b > a:
-            rank[a:b] = np.searchsorted(neg[rows[a]], value[a:b], side="left") + 1
+            rank[a:b] = np.searchsorted(ranked[rows[a]], value[a:b], side="left") + 1
     return np.where(np.isfinite(value), rank, MISSING_RANK)
 
 
-def _top_depth(scores: np.ndarray, depth: int) -> np.ndarray:
-    """bool mask of each row's `depth` best finite scores: at most `depth` per row (ties at the boundary are
-    broken by a per-row partition, the same whatever else is in the block). A row whose finite scores are all
-    equal and more than `depth` contributes nothing: the source cannot tell those items apart (EASE or kNN
-    for a user with no history), and taking all of them would make every item a candidate."""
-    n_rows, n_items = scores.shape
+def _ranked(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The scores negated, and each of their rows sorted ascending (best first; -inf as +inf after the finite
+    ones, NaN last): the one sort per row that both the top `depth` and the ranks read."""
+    negated = np.negative(scores)
+    return negated, np.sort(negated, axis=1)
+
+
+def _top_depth(negated: np.ndarray, ranked: np.ndarray, depth: int) -> np.ndarray:
+    """bool mask of each row's `depth` best finite scores (`_ranked`'s arrays): at most `depth` per row. Where
+    the `depth`-th best score is tied with the next, which of the tied items are taken is decided by a per-row
+    partition, the same whatever else is in the block; elsewhere the row's sort gives the threshold. A row whose
+    finite scores are all equal and more than `depth` contributes nothing: the source cannot tell those items
+    apart (EASE or kNN for a user with no history), and taking all of them would make every item a candidate."""
+    n_rows, n_items = negated.shape
     k = min(depth, n_items)
     if k <= 0 or n_rows == 0:
-        return np.zeros(scores.shape, bool)
-    finite = np.isfinite(scores)
-    top = np.argpartition(-np.where(finite, scores, -np.inf), k - 1, axis=1)[:, :k]
-    mask = np.zeros(scores.shape, bool)
-    np.put_along_axis(mask, top, True, axis=1)
-    mask &= finite
-    hi = np.where(finite, scores, -np.inf).max(axis=1)
-    lo = np.where(finite, scores, np.inf).min(axis=1)
-    flat = (hi == lo) & (finite.sum(axis=1) > k)
-    mask[flat] = False
+        return np.zeros(negated.shape, bool)
+    n_finite = (ranked < np.inf).sum(axis=1)  # NaN compares False
+    threshold = ranked[:, k - 1]
+    # fewer than k finite: all of them (the largest float32 keeps +inf, i.e. -inf scores, and NaN out)
+    threshold = np.where(threshold < np.inf, threshold, np.finfo(np.float32).max).astype(negated.dtype)
+    mask = negated <= threshold[:, None]
+    if k < n_items:
+        tied = np.flatnonzero((ranked[:, k] == threshold) & (n_finite > k))
+        if len(tied):
+            sub = negated[tied]
+            sub = np.where(np.isfinite(sub), sub, np.inf)
+            top = np.argpartition(sub, k - 1, axis=1)[:, :k]
+            part = np.zeros(sub.shape, bool)
+            np.put_along_axis(part, top, True, axis=1)
+            mask[tied] = part & (sub < np.inf)
+    last = ranked[np.arange(n_rows), np.maximum(n_finite - 1, 0)]
+    mask[(ranked[:, 0] == last) & (n_finite > k)] = False
     return mask
 
 
@@ -241,18 +256,19 @@ def candidate_block(
     (default FEATURES; the session benchmark asks for groups the ranker does not read)."""
     n = len(profiles)
     chosen = np.zeros(allowed.shape, bool)
-    scores = {}
+    ranked = {}
     for name in SOURCE_NAMES:
-        s = np.where(allowed, sources[name].score(profiles), -np.inf).astype(np.float32)
-        chosen |= _top_depth(s, depth)
-        scores[name] = s
+        negated, order = _ranked(np.where(allowed, sources[name].score(profiles), -np.inf).astype(np.float32))
+        chosen |= _top_depth(negated, order, depth)
+        ranked[name] = negated, order
     rows, items = np.nonzero(chosen & allowed)
     cols: dict[str, np.ndarray] = {}
     for name in SOURCE_NAMES:
-        s = scores[name][rows, items]
+        negated, order = ranked.pop(name)
+        s = -negated[rows, items]
         cols[f"score_{name}"] = np.where(np.isfinite(s), s, np.nan)
         cols[f"z_{name}"] = _per_row_z(s, rows, n)
-        cols[f"rank_{name}"] = _ranks_of(scores[name], rows, items)
+        cols[f"rank_{name}"] = _ranks_of(order, negated, rows, items)
     cols["n_sources"] = sum((cols[f"rank_{s}"] <= depth).astype(np.float32) for s in SOURCE_NAMES)
     cols.update(_item_columns(stats, catalogue, profiles, rows, items))
     cols.update(_user_columns(profiles, rows))

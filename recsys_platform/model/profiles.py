@@ -55,8 +55,7 @@ class Profiles:
         cut = np.full(len(rows), history.cutoff_s) if cutoff_s is None else np.asarray(cutoff_s, np.float64)
         local = np.full(history.vocab.n_users, -1, np.int64)
         local[rows] = np.arange(len(rows))
-        mine = local[history.user] >= 0
-        h = history.take(mine)
+        h = history.take(history.pairs_of(rows))
         r = local[h.user]
         n, m = len(rows), history.vocab.n_items
 
