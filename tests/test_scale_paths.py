@@ -448,3 +448,31 @@ def test_served_lists_scored_a_chunk_of_users_at_a_time_equal_them_scored_at_onc
 
     assert replays_in_top_5(whole).max() == 2  # the policy acted: no more than 2 in the first 5
     assert (replays_in_top_5(serving._served_lists(rec, users, params, False)) > 2).sum() > 10  # where it had to
+
+
+def test_ials_item_factors_fit_on_a_weighted_user_sample_above_ials_max_users(world):
+    """Above `ials_max_users` iALS fits its item factors on a seeded sample of the users with pairs, exactly as on
+    a history of those users alone whose users stand for n / cap users each; at or below the cap, on everyone."""
+    from recsys_platform.model.catalogue import Catalogue
+    from recsys_platform.model.history import PairHistory
+    from recsys_platform.model.recommender import build_vocab
+    from recsys_platform.model.sources import fit_ials
+
+    ds, inter, end = world["ds"], world["inter"], world["end"]
+    vocab = build_vocab(inter, ds.items, ds.users)
+    catalogue = Catalogue.build(vocab, ds.items, ds.users)
+    history = PairHistory.build(inter, vocab, end)
+    active = np.unique(history.user)
+    cap = 150
+    assert len(active) > 2 * cap
+    capped = fit_ials(history, catalogue, PARAMS.with_(ials_max_users=cap))
+    chosen = active[np.sort(np.random.default_rng(PARAMS.seed).choice(len(active), cap, replace=False))]
+    sampled = inter.filter(pl.col("user_id").is_in(vocab.user_ids.gather(chosen).implode()))
+    alone = PairHistory.build(sampled, vocab, end, user_weight=len(active) / cap)
+    assert len(np.unique(alone.user)) == cap
+    expected = fit_ials(alone, catalogue, PARAMS.with_(ials_max_users=0))
+    np.testing.assert_allclose(capped.item_factors, expected.item_factors, rtol=1e-5, atol=1e-6)
+    everyone = fit_ials(history, catalogue, PARAMS.with_(ials_max_users=0))
+    assert not np.allclose(capped.item_factors, everyone.item_factors, atol=1e-3)  # the cap did act
+    at_cap = fit_ials(history, catalogue, PARAMS.with_(ials_max_users=len(active)))
+    np.testing.assert_array_equal(at_cap.item_factors, everyone.item_factors)

@@ -23,6 +23,15 @@ class ModelParams:
     ials_l2: float = 10.0
     ials_alpha: float = 5.0
     ials_iterations: int = 15
+    # iALS fits its item factors on at most this many users (a seeded sample, each standing for the users it
+    # represents: `fit_ials`); 0: on everyone. The user factors are solved from each profile when scoring, so every
+    # user is still scored on their own history. Below the cap nothing changes (ml-100k, the quickstart). Chosen on
+    # development data only (`benchmarks/scale.py` data at 100k users x 30 days, `procedure.evaluate` per-user,
+    # nDCG@10 ranker / iALS source, time on 2 cores): no cap 0.3023 / 0.1966 in 140 s, 50k 0.3030 / 0.1968 in 109 s,
+    # 25k 0.3039 / 0.1970 in 96 s, 10k 0.3043 / 0.1994; global protocol no cap 0.2744 / 0.1658 in 189 s, 25k
+    # 0.2736 / 0.1681 in 162 s. iALS had been half of that evaluation's time (one fit per
+    # training window), and one fit on everyone took minutes of the 1M-user `recommendations` step.
+    ials_max_users: int = 25_000
     # Candidates per source (RECSYS_CANDIDATES_PER_SOURCE). On ml-100k's per-user train part split again (inner),
     # served nDCG@10 for ranker seeds 7 / 8 / 9: 50 -> 0.2604 / 0.2562 / 0.2599, 30 -> 0.2527 / 0.2548 / 0.2567,
     # 100 -> 0.2486 / 0.2475 / 0.2527.

@@ -246,12 +246,20 @@ def fit_ials(history: PairHistory, catalogue: Catalogue, params: ModelParams) ->
     x.data[:] = 1.0
     # Only the users with pairs: implicit draws its random start for every row, so empty rows (users of the
     # vocabulary seen only later) would change the factors of everyone else.
-    x = x[np.unique(history.user)]
-    # On a sample whose users stand for `user_weight` users each, an item's least-squares step sums over
-    # 1/user_weight of its users: its l2 is scaled alike so the item factors keep the whole base's balance.
+    rows = np.unique(history.user)
+    weight = history.user_weight
+    if 0 < params.ials_max_users < len(rows):
+        # Item factors from a seeded sample of users: at 1M users one fit over everyone took minutes of the
+        # `recommendations` step, and one per training window of every holdout.
+        sample = np.random.default_rng(params.seed).choice(len(rows), params.ials_max_users, replace=False)
+        weight *= len(rows) / params.ials_max_users
+        rows = rows[np.sort(sample)]
+    x = x[rows]
+    # On a sample whose users stand for `weight` users each, an item's least-squares step sums over 1/weight of
+    # its users: its l2 is scaled alike so the item factors keep the whole base's balance.
     model = AlternatingLeastSquares(
         factors=params.ials_factors,
-        regularization=params.ials_l2 / history.user_weight,
+        regularization=params.ials_l2 / weight,
         alpha=params.ials_alpha,
         iterations=params.ials_iterations,
         random_state=params.seed,
