@@ -159,6 +159,7 @@ def feature_store_snapshot(
     version = recommendations.lazy().select(pl.col("model_version").first()).collect().item() or POPULARITY_VERSION
     recs = recommendations.lazy().select(snapshot.RECOMMENDATION_COLUMNS).collect()
     payload = snapshot.build_payload(recs, user_features, popularity_model, similar_items, items, datetime.now(UTC))
+    del recs  # the payload keeps its own sorted copy of the lists, encoded a chunk of users at a time
     snapshot_id = snapshot.snapshot_id_of(payload, version)
     with online_store.open() as store:
         report = deployment.deploy(store, version, snapshot_id, payload)

@@ -476,3 +476,29 @@ def test_ials_item_factors_fit_on_a_weighted_user_sample_above_ials_max_users(wo
     assert not np.allclose(capped.item_factors, everyone.item_factors, atol=1e-3)  # the cap did act
     at_cap = fit_ials(history, catalogue, PARAMS.with_(ials_max_users=len(active)))
     np.testing.assert_array_equal(at_cap.item_factors, everyone.item_factors)
+
+
+def test_lists_encoded_a_chunk_of_users_at_a_time_equal_them_encoded_at_once(world, tmp_path):
+    """A slot's `recs` namespace (`snapshot.EncodedLists`) gives each user the same JSON as encoding every list at once,
+    whether iterated a chunk at a time or looked up one user at a time, and deploys and verifies like a dict."""
+    from datetime import UTC, datetime
+
+    from recsys_platform.serve import deployment, snapshot
+    from recsys_platform.serve.online_store.sqlite import SQLiteOnlineStore
+
+    rec, ds = world["rec"], world["ds"]
+    users = rec.vocab.user_ids.slice(0, 40)
+    recs = rec.recommend(users, 7).sample(fraction=1.0, shuffle=True, seed=3)  # rows in no particular order
+    meta = ds.items.select("item_id", "content_type", "is_kids")
+    when = datetime(2026, 10, 1, tzinfo=UTC)
+    expected = snapshot._lists(recs.join(meta, on="item_id", how="left"), "user_id", when)
+    lists = snapshot.EncodedLists(recs, "user_id", when, meta, chunk=3)
+    assert len(expected) == 40 and len(lists) == 40 and list(lists) == list(expected)
+    assert dict(lists.items()) == expected
+    assert all(lists[u] == expected[u] for u in list(expected)[::7])
+    assert '"content_type"' in lists[users[0]]
+    payload = {"recs": lists}
+    with SQLiteOnlineStore(tmp_path / "store.sqlite") as store:
+        report = deployment.deploy(store, "v1", snapshot.snapshot_id_of(payload, "v1"), payload, batch_size=6)
+        assert report.row_counts["recs"] == 40 and report.sample_checked == 40
+    assert snapshot.snapshot_id_of(payload, "v1") == snapshot.snapshot_id_of({"recs": expected}, "v1")

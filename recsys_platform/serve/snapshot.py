@@ -7,6 +7,7 @@ Namespaces (values are JSON): `recs` (per user), `user_features` (per user, with
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 
 import polars as pl
@@ -54,6 +55,50 @@ def _lists(df: pl.DataFrame, key: str, generated_at: datetime) -> dict[str, str]
     return dict(zip(encoded[key].to_list(), encoded["value"].to_list(), strict=True))
 
 
+# Users whose lists are encoded at a time when a slot is written or checked (`EncodedLists`).
+LIST_CHUNK_KEYS = 50_000
+
+
+class EncodedLists(Mapping[str, str]):
+    """`_lists` of the ranked rows of `df` (the same JSON per key), encoded `chunk` keys at a time as they are iterated
+    and one key at a time when looked up, never all at once: at 1M users the lists as one dict were 1M Python strings
+    of ~4 KB each beside the rows they came from. `meta` (joined on item_id per chunk) adds item columns."""
+
+    def __init__(
+        self, df: pl.DataFrame, key: str, generated_at: datetime, meta: pl.DataFrame | None = None, chunk: int = 0
+    ):
+        self._rows = df.sort(key, "rank")
+        self._key, self._generated_at, self._meta = key, generated_at, meta
+        self._chunk = chunk or LIST_CHUNK_KEYS
+        counts = self._rows[key].unique_counts()  # per key, in order: the rows are sorted by key
+        self._keys = self._rows[key].unique(maintain_order=True).to_list()
+        self._ends = counts.cum_sum().to_list()
+        self._index = {k: i for i, k in enumerate(self._keys)}
+
+    def _encode(self, start: int, end: int) -> dict[str, str]:
+        """The lists of keys `start`..`end` (positions in the sorted keys)."""
+        lo = self._ends[start - 1] if start else 0
+        rows = self._rows.slice(lo, self._ends[end - 1] - lo)
+        if self._meta is not None:
+            rows = rows.join(self._meta, on="item_id", how="left", maintain_order="left")
+        return _lists(rows, self._key, self._generated_at)
+
+    def __getitem__(self, key: str) -> str:
+        at = self._index[key]
+        return self._encode(at, at + 1)[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def items(self) -> Iterator[tuple[str, str]]:  # type: ignore[override]
+        """(key, JSON) of every key in key order, a chunk of keys encoded at a time."""
+        for start in range(0, len(self._keys), self._chunk):
+            yield from self._encode(start, min(start + self._chunk, len(self._keys))).items()
+
+
 def _records(df: pl.DataFrame, key: str, columns: tuple[str, ...]) -> dict[str, str]:
     cols = [c for c in columns if c in df.columns]
     encoded = df.select(key, value=pl.struct(cols).struct.json_encode())
@@ -67,12 +112,11 @@ def build_payload(
     similar: pl.DataFrame,
     items: pl.DataFrame,
     generated_at: datetime,
-) -> dict[str, dict[str, str]]:
-    """Every namespace of a slot, from the offline tables of one model version."""
+) -> dict[str, Mapping[str, str]]:
+    """Every namespace of a slot, from the offline tables of one model version (the users' lists encoded as they are
+    written and checked: `EncodedLists`)."""
     meta = items.select("item_id", "content_type", "is_kids")
-    recs = recommendations.select("user_id", "rank", "item_id", pl.col("score").round(6)).join(
-        meta, on="item_id", how="left"
-    )
+    recs = recommendations.select("user_id", "rank", "item_id", pl.col("score").round(6))
     pop = popularity.select("segment", "rank", "item_id", pl.col("score").round(3)).join(meta, on="item_id", how="left")
     sim = (
         similar.select("item_id", "rank", pl.col("similar_item_id"), pl.col("score").round(6))
@@ -81,7 +125,7 @@ def build_payload(
         .rename({"similar_item_id": "item_id"})
     )
     return {
-        "recs": _lists(recs, "user_id", generated_at),
+        "recs": EncodedLists(recs, "user_id", generated_at, meta),
         "user_features": _records(user_features, "user_id", ONLINE_USER_FEATURES),
         "popular": _lists(pop, "segment", generated_at),
         "similar": _lists(sim, "source_item_id", generated_at),
@@ -89,7 +133,7 @@ def build_payload(
     }
 
 
-def snapshot_id_of(payload: dict[str, dict[str, str]], model_version: str) -> str:
+def snapshot_id_of(payload: Mapping[str, Mapping[str, str]], model_version: str) -> str:
     """A content hash of a payload and its model version."""
     digest = hashlib.sha256(model_version.encode())
     for ns in sorted(payload):
