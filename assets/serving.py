@@ -11,7 +11,7 @@ from assets.pools import HISTORY_POOL
 from recsys_platform import schemas
 from recsys_platform.analytics.duckdb_catalog import build_catalog
 from recsys_platform.config import CHAMPION_ALIAS, POPULARITY_VERSION
-from recsys_platform.features.tables import read_history
+from recsys_platform.features.tables import HISTORY_COLUMNS, read_history
 from recsys_platform.model import fallback, registry
 from recsys_platform.serve import deployment, snapshot
 from resources import LandingZoneResource, MlflowResource, OnlineStoreResource, PipelineResource
@@ -84,10 +84,10 @@ def recommendations(
         version = POPULARITY_VERSION
     else:
         scorer, model_params, version = registry.load_scorer(mlflow.tracking_uri, champion, mlflow.model_name)
-        # the events are read inside the call, unsorted (the fit aggregates them into pairs, rec.history, which it
-        # keeps): at 1M users the events held several GiB through the scoring, and sorting them by user a copy more
+        # the events are a lazy scan, aggregated into pairs (rec.history) as they are read: at 1M users, read as one
+        # frame they held ~6 GB (98.5M rows) at the start of the step
         rec = fit_serving(
-            read_history(interactions),
+            interactions.lazy().select(list(HISTORY_COLUMNS)),
             items,
             users,
             cutoff,

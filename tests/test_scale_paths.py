@@ -502,3 +502,20 @@ def test_lists_encoded_a_chunk_of_users_at_a_time_equal_them_encoded_at_once(wor
         report = deployment.deploy(store, "v1", snapshot.snapshot_id_of(payload, "v1"), payload, batch_size=6)
         assert report.row_counts["recs"] == 40 and report.sample_checked == 40
     assert snapshot.snapshot_id_of(payload, "v1") == snapshot.snapshot_id_of({"recs": expected}, "v1")
+
+
+def test_a_recommender_fitted_on_a_lazy_scan_equals_one_fitted_on_the_frame(world, tmp_path):
+    """fit_serving on a Parquet scan (aggregated into pairs as it is read, as `recommendations` passes the lake's
+    interactions) fits the same vocabulary and history and serves the same lists as on the collected frame."""
+    from recsys_platform.model.history import PairHistory
+
+    ds, inter, end, rec = world["ds"], world["inter"], world["end"], world["rec"]
+    path = tmp_path / "interactions.parquet"
+    inter.write_parquet(path)
+    lazy = fit_serving(pl.scan_parquet(path), ds.items, ds.users, end, PARAMS, ColumnScorer("score_ease_recent"))
+    assert lazy.vocab.user_ids.equals(rec.vocab.user_ids) and lazy.vocab.item_ids.equals(rec.vocab.item_ids)
+    for f in dataclasses.fields(PairHistory):
+        if f.name not in ("vocab", "cache", "signals"):
+            np.testing.assert_array_equal(getattr(lazy.history, f.name), getattr(rec.history, f.name))
+    users = rec.vocab.user_ids
+    assert lazy.recommend(users, 10).equals(rec.recommend(users, 10))

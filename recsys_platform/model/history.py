@@ -95,7 +95,7 @@ class PairHistory:
     @classmethod
     def build(
         cls,
-        interactions: pl.DataFrame,
+        interactions: pl.DataFrame | pl.LazyFrame,
         vocab: Vocabulary,
         cutoff: datetime,
         signals: pl.DataFrame | None = None,
@@ -124,7 +124,8 @@ class PairHistory:
                 .dt.epoch("us")
                 / 1e6,
             )
-            .collect()
+            # a lazy scan is aggregated as it is read: at 1M users its 98.5M events held ~6 GB as one frame
+            .collect(engine="streaming" if isinstance(interactions, pl.LazyFrame) else "auto")
         )
         u = vocab.user_rows(pairs["user_id"])
         i = vocab.item_cols(pairs["item_id"])

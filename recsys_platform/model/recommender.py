@@ -198,16 +198,21 @@ def _top_k(rows: np.ndarray, items: np.ndarray, score: np.ndarray, k: int, users
     )
 
 
-def build_vocab(interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame) -> Vocabulary:
-    """Every user and item of the tables and of the interactions."""
+def build_vocab(interactions: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame, users: pl.DataFrame) -> Vocabulary:
+    """Every user and item of the tables and of the interactions (a lazy scan: only its distinct ids are read)."""
+    if isinstance(interactions, pl.LazyFrame):
+        ids = [interactions.select(pl.col(c).cast(pl.String).unique()) for c in ("user_id", "item_id")]
+        seen_users, seen_items = (frame.to_series() for frame in pl.collect_all(ids, engine="streaming"))
+    else:
+        seen_users, seen_items = interactions["user_id"], interactions["item_id"]
     return Vocabulary.build(
-        pl.concat([users["user_id"].cast(pl.String), interactions["user_id"].cast(pl.String)]),
-        pl.concat([items["item_id"].cast(pl.String), interactions["item_id"].cast(pl.String)]),
+        pl.concat([users["user_id"].cast(pl.String), seen_users.cast(pl.String)]),
+        pl.concat([items["item_id"].cast(pl.String), seen_items.cast(pl.String)]),
     )
 
 
 def fit_serving(
-    interactions: pl.DataFrame,
+    interactions: pl.DataFrame | pl.LazyFrame,
     items: pl.DataFrame,
     users: pl.DataFrame,
     cutoff: datetime,
@@ -216,7 +221,8 @@ def fit_serving(
     signals: pl.DataFrame | None = None,
 ) -> Recommender:
     """Fit every source on the interactions before `cutoff` for `scorer` (trained with `params`), with the
-    session signals (`model.signals.signal_events`) before it."""
+    session signals (`model.signals.signal_events`) before it. `interactions` may be a lazy scan: it is then
+    aggregated into pairs as it is read, never held whole."""
     vocab = build_vocab(interactions, items, users)
     catalogue = Catalogue.build(vocab, items, users)
     history = PairHistory.build(interactions, vocab, cutoff, signals, params.text_encoder)
