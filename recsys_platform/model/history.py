@@ -193,13 +193,10 @@ class PairHistory:
 
     def pairs_of(self, rows: np.ndarray) -> np.ndarray:
         """Ascending indices of the pairs of the users at `rows` (what a mask of their pairs selects). The pairs are
-        in user order (`from_arrays`), so each user's are a slice found by binary search: a block of 1,000 users
-        costs its own pairs, where a mask would read every user's (at 1M users, 30M rows for each of 1,000 blocks)."""
+        in user order (`from_arrays` sorts them, `take` keeps the order), so each user's are a slice found by binary
+        search: a block of 1,000 users costs its own pairs, where a mask would read every user's (at 1M users, 30M
+        rows for each of 1,000 blocks)."""
         rows = np.unique(np.asarray(rows, np.int64))
-        if "user_sorted" not in self.cache:
-            self.cache["user_sorted"] = bool(np.all(self.user[1:] >= self.user[:-1]))
-        if not self.cache["user_sorted"]:
-            return np.flatnonzero(np.isin(self.user, rows))
         start = np.searchsorted(self.user, rows, side="left")
         count = np.searchsorted(self.user, rows, side="right") - start
         offset = np.repeat(start - np.r_[0, np.cumsum(count)[:-1]], count)
@@ -217,14 +214,13 @@ class PairHistory:
         """(user_id, item_id, favourite) of the pairs the users at `rows` played (a content start), favourite when
         they also favourited the item: the replays the repeat-listen policy counts, as `batch.rules.played_pairs`
         reads them off the events."""
-        chosen = np.zeros(self.vocab.n_users, bool)
-        chosen[rows[rows >= 0]] = True
-        mask = chosen[self.user] & (self.plays > 0)
+        mine = self.pairs_of(rows[rows >= 0])
+        picked = mine[self.plays[mine] > 0]
         return pl.DataFrame(
             {
-                "user_id": self.vocab.user_ids.gather(self.user[mask]),
-                "item_id": self.vocab.item_ids.gather(self.item[mask]),
-                "favourite": self.favorites[mask] > 0,
+                "user_id": self.vocab.user_ids.gather(self.user[picked]),
+                "item_id": self.vocab.item_ids.gather(self.item[picked]),
+                "favourite": self.favorites[picked] > 0,
             }
         )
 

@@ -53,10 +53,11 @@ class Profiles:
         (default: the history's cutoff for everyone)."""
         rows = np.asarray(rows, np.int64)
         cut = np.full(len(rows), history.cutoff_s) if cutoff_s is None else np.asarray(cutoff_s, np.float64)
-        local = np.full(history.vocab.n_users, -1, np.int64)
-        local[rows] = np.arange(len(rows))
         h = history.take(history.pairs_of(rows))
-        r = local[h.user]
+        # each pair's block row (of a repeated user, the last: as assigning rows' positions in order would give),
+        # without an array over the whole vocabulary per block
+        by_row = np.argsort(rows, kind="stable")
+        r = by_row[np.searchsorted(rows[by_row], h.user, side="right") - 1]
         n, m = len(rows), history.vocab.n_items
 
         def csr(values: np.ndarray) -> sp.csr_matrix:

@@ -201,7 +201,7 @@ def _top_k(rows: np.ndarray, items: np.ndarray, score: np.ndarray, k: int, users
 def build_vocab(interactions: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame, users: pl.DataFrame) -> Vocabulary:
     """Every user and item of the tables and of the interactions (a lazy scan: only its distinct ids are read)."""
     if isinstance(interactions, pl.LazyFrame):
-        ids = [interactions.select(pl.col(c).cast(pl.String).unique()) for c in ("user_id", "item_id")]
+        ids = [interactions.select(pl.col(c).unique()) for c in ("user_id", "item_id")]
         seen_users, seen_items = (frame.to_series() for frame in pl.collect_all(ids, engine="streaming"))
     else:
         seen_users, seen_items = interactions["user_id"], interactions["item_id"]

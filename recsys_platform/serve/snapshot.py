@@ -6,6 +6,7 @@ Namespaces (values are JSON): `recs` (per user), `user_features` (per user, with
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Iterator, Mapping
 from datetime import datetime
@@ -73,7 +74,6 @@ class EncodedLists(Mapping[str, str]):
         counts = self._rows[key].unique_counts()  # per key, in order: the rows are sorted by key
         self._keys = self._rows[key].unique(maintain_order=True).to_list()
         self._ends = counts.cum_sum().to_list()
-        self._index = {k: i for i, k in enumerate(self._keys)}
 
     def _encode(self, start: int, end: int) -> dict[str, str]:
         """The lists of keys `start`..`end` (positions in the sorted keys)."""
@@ -84,7 +84,9 @@ class EncodedLists(Mapping[str, str]):
         return _lists(rows, self._key, self._generated_at)
 
     def __getitem__(self, key: str) -> str:
-        at = self._index[key]
+        at = bisect.bisect_left(self._keys, key)  # the keys are sorted (polars' string order is Python's)
+        if at == len(self._keys) or self._keys[at] != key:
+            raise KeyError(key)
         return self._encode(at, at + 1)[key]
 
     def __iter__(self) -> Iterator[str]:
