@@ -61,7 +61,7 @@ def user_features(
     """Per-user activity, habits (night/morning share, sleep/movement share), level and cold-start
     segment, computed from events before the latest event (the serving point in time)."""
     cutoff = feature_cutoff(interactions)
-    df = feats.user_features(feats.read_history(interactions), users, items, cutoff)
+    df = feats.user_features(interactions, users, items, cutoff)  # a scan, aggregated as it is read
     context.add_output_metadata(
         {"feature_cutoff": cutoff.isoformat(), "active_users": int((df["user_starts"] > 0).sum())}
     )
@@ -72,7 +72,7 @@ def user_features(
 def item_features(context: dg.AssetExecutionContext, interactions: pl.LazyFrame, items: pl.DataFrame) -> pl.DataFrame:
     """Per-item popularity (all time, 7 days, 1 day), completion and bounce rates, freshness and level."""
     cutoff = feature_cutoff(interactions)
-    df = feats.item_features(feats.read_history(interactions), items, cutoff)
+    df = feats.item_features(interactions, items, cutoff)  # a scan, aggregated as it is read
     top = df.sort("item_completes_7d", descending=True).select("item_id", "title", "content_type", "item_completes_7d")
     context.add_output_metadata(
         {
