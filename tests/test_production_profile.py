@@ -266,7 +266,8 @@ def test_executor_is_chosen_by_environment(monkeypatch):
 
     for key in ("RECSYS_EXECUTOR", "RECSYS_MAX_CONCURRENT", "RECSYS_CELERY_BROKER_URL", "RECSYS_CELERY_KEY_PREFIX"):
         monkeypatch.delenv(key, raising=False)
-    assert executor_settings_from_env().kind == "default" and executor_from_env() is None
+    # unset: Dagster's multiprocess executor, its steps forked from a preloaded server (tests/test_executor.py)
+    assert executor_settings_from_env().kind == "default" and executor_from_env().name == "multiprocess"
     monkeypatch.setenv("RECSYS_EXECUTOR", "in-process")
     assert executor_from_env().name == "in_process"
     monkeypatch.setenv("RECSYS_EXECUTOR", "multiprocess")
