@@ -287,6 +287,41 @@ def test_top_depth_and_ranks_from_one_sort_equal_their_definitions(kind: str) ->
             np.testing.assert_array_equal(_ranks_of(order, negated, rows, items), _ranks_by_count(scores, rows, items))
 
 
+@pytest.mark.parametrize("kind", ["continuous", "counts", "rounded", "constant"])
+def test_a_source_with_one_vector_for_everyone_is_ranked_as_its_repeated_rows_are(kind: str) -> None:
+    """Popularity-like sources are sorted once per block, each row's allowed items counted along that order: the
+    same top `depth` (ties at the boundary, -inf, NaN, rows with nothing or little allowed, a vector that cannot
+    tell items apart), scores and ranks as the per-row sort of the vector repeated and masked, and as their
+    definitions."""
+    from recsys_platform.model.candidates import _RowRanking, _SharedRanking
+
+    rng = np.random.default_rng(7 + len(kind))
+    for n_items in (3, 40, 600):
+        raw = {
+            "continuous": rng.normal(size=n_items),
+            "counts": rng.integers(0, 4, size=n_items),
+            "rounded": np.round(rng.normal(size=n_items), 1),
+            "constant": np.ones(n_items),
+        }[kind]
+        vector = raw.astype(np.float32)
+        vector[rng.random(n_items) < 0.2] = -np.inf
+        vector[rng.random(n_items) < 0.03] = np.nan
+        allowed = rng.random((80, n_items)) < rng.uniform(0.05, 1.0, size=(80, 1))
+        allowed[:2] = False
+        allowed[2:4] = True
+        repeated = np.broadcast_to(vector, allowed.shape).copy()
+        shared, per_row = _SharedRanking(vector, allowed), _RowRanking(repeated, allowed)
+        masked = np.where(allowed, repeated, -np.inf)
+        for depth in (1, 5, 30):
+            mask = shared.top(depth)
+            np.testing.assert_array_equal(mask, per_row.top(depth))
+            np.testing.assert_array_equal(mask, _top_depth_by_partition(masked, depth))
+            rows, items = np.nonzero(mask | (rng.random(allowed.shape) < 0.1))
+            np.testing.assert_array_equal(shared.scores_at(rows, items), per_row.scores_at(rows, items))
+            np.testing.assert_array_equal(shared.ranks_at(rows, items), per_row.ranks_at(rows, items))
+            np.testing.assert_array_equal(shared.ranks_at(rows, items), _ranks_by_count(masked, rows, items))
+
+
 def test_blocks_scored_on_threads_give_the_same_lists_in_the_same_order(world) -> None:
     rec, users = world["rec"], world["ds"].users["user_id"]
     one = rec.recommend(users, 20, block_users=32)

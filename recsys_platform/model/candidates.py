@@ -18,7 +18,7 @@ from recsys_platform import schemas
 from recsys_platform.model.catalogue import FACETS, Catalogue
 from recsys_platform.model.history import DAY_S, PairHistory
 from recsys_platform.model.profiles import Profiles
-from recsys_platform.model.sources import SOURCE_NAMES
+from recsys_platform.model.sources import SOURCE_NAMES, ItemScores
 
 MISSING_RANK = 10_000.0
 
@@ -219,6 +219,75 @@ def _top_depth(negated: np.ndarray, ranked: np.ndarray, depth: int) -> np.ndarra
     return mask
 
 
+class _RowRanking:
+    """A personal source's block of scores: each row sorted once (`_ranked`) for its top `depth` and the ranks."""
+
+    def __init__(self, scores: np.ndarray, allowed: np.ndarray) -> None:
+        self.negated, self.sorted = _ranked(np.where(allowed, scores, -np.inf).astype(np.float32))
+
+    def top(self, depth: int) -> np.ndarray:
+        return _top_depth(self.negated, self.sorted, depth)
+
+    def scores_at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return -self.negated[rows, items]
+
+    def ranks_at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return _ranks_of(self.sorted, self.negated, rows, items)
+
+
+class _SharedRanking:
+    """A source that gives every user the same score vector (popularity, new releases), among each row's allowed
+    items: the vector is sorted once, and a row's ranks and top `depth` come from a running count of its allowed
+    items in that order, instead of a sort of every row. The same masks and ranks as `_RowRanking` on the
+    vector repeated per row (rows whose `depth`-th score is tied with the next go through `_top_depth` itself)."""
+
+    def __init__(self, vector: np.ndarray, allowed: np.ndarray) -> None:
+        self.vector = np.asarray(vector, np.float32)
+        self.allowed = allowed
+        negated = np.negative(self.vector)
+        self.order = np.argsort(negated, kind="stable")  # best first; -inf scores (+inf) after the finite, NaN last
+        self.sorted = negated[self.order]
+        finite = self.sorted < np.inf  # NaN compares False, as in `_top_depth`
+        # count[r, j]: row r's allowed items with a finite score among the vector's best j + 1
+        self.count = np.cumsum(allowed[:, self.order] & finite, axis=1, dtype=np.int32)
+
+    def _row_negated(self, rows: np.ndarray) -> np.ndarray:
+        return np.negative(np.where(self.allowed[rows], self.vector, -np.inf).astype(np.float32))
+
+    def top(self, depth: int) -> np.ndarray:
+        n_rows, n_items = self.allowed.shape
+        k = min(depth, n_items)
+        if k <= 0 or n_rows == 0:
+            return np.zeros((n_rows, n_items), bool)
+        n_finite = self.count[:, -1]
+        kth = np.minimum((self.count < k).sum(axis=1), n_items - 1)  # where each row's k-th best is in the order
+        threshold = np.where(n_finite >= k, self.sorted[kth], np.finfo(np.float32).max).astype(np.float32)
+        mask = self.allowed & (np.negative(self.vector)[None, :] <= threshold[:, None])
+        if k < n_items:
+            after = np.minimum((self.count < k + 1).sum(axis=1), n_items - 1)
+            tied = np.flatnonzero((n_finite > k) & (self.sorted[after] == threshold))
+            if len(tied):
+                negated = self._row_negated(tied)
+                mask[tied] = _top_depth(negated, np.sort(negated, axis=1), depth)
+        return mask
+
+    def scores_at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return np.where(self.allowed[rows, items], self.vector[items], -np.inf).astype(np.float32)
+
+    def ranks_at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        value = np.negative(self.scores_at(rows, items))
+        first = np.searchsorted(self.sorted, value, side="left")  # the items before it score strictly higher
+        higher = np.where(first > 0, self.count[rows, np.maximum(first - 1, 0)], 0)
+        return np.where(np.isfinite(value), (higher + 1).astype(np.float32), MISSING_RANK)
+
+
+def _ranking(source, profiles: Profiles, allowed: np.ndarray) -> _RowRanking | _SharedRanking:
+    """How a source's block is ranked: once for the block when it gives everyone the same vector."""
+    if isinstance(source, ItemScores):
+        return _SharedRanking(source.scores, allowed)
+    return _RowRanking(source.score(profiles), allowed)
+
+
 def _per_row_z(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
     """z-score of each value among the finite values of its row (NaN stays NaN)."""
     ok = np.isfinite(values)
@@ -258,17 +327,16 @@ def candidate_block(
     chosen = np.zeros(allowed.shape, bool)
     ranked = {}
     for name in SOURCE_NAMES:
-        negated, order = _ranked(np.where(allowed, sources[name].score(profiles), -np.inf).astype(np.float32))
-        chosen |= _top_depth(negated, order, depth)
-        ranked[name] = negated, order
+        ranked[name] = _ranking(sources[name], profiles, allowed)
+        chosen |= ranked[name].top(depth)
     rows, items = np.nonzero(chosen & allowed)
     cols: dict[str, np.ndarray] = {}
     for name in SOURCE_NAMES:
-        negated, order = ranked.pop(name)
-        s = -negated[rows, items]
+        ranking = ranked.pop(name)
+        s = ranking.scores_at(rows, items)
         cols[f"score_{name}"] = np.where(np.isfinite(s), s, np.nan)
         cols[f"z_{name}"] = _per_row_z(s, rows, n)
-        cols[f"rank_{name}"] = _ranks_of(order, negated, rows, items)
+        cols[f"rank_{name}"] = ranking.ranks_at(rows, items)
     cols["n_sources"] = sum((cols[f"rank_{s}"] <= depth).astype(np.float32) for s in SOURCE_NAMES)
     cols.update(_item_columns(stats, catalogue, profiles, rows, items))
     cols.update(_user_columns(profiles, rows))
