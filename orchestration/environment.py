@@ -42,7 +42,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
 # What the multiprocess executor's forkserver imports once per run; each step's process is then forked from it with
 # these already loaded, instead of a new interpreter importing Dagster, the definitions and the model code (about 5 s
 # per step on 2 cores, ~30 steps in a training_cycle). Each step still runs in its own process, so its memory is
-# returned when it ends. Nothing here starts threads at import (the fork would copy them half-way).
+# returned when it ends. Importing these starts a few library threads (OpenBLAS's pool, polars' allocator and spill
+# cleaner) that hold no lock while the server waits; the pools that do a step's work start in the forked process.
+# tests/test_executor.py runs polars' streaming engine, BLAS and LightGBM's OpenMP threads in forked steps.
 FORKSERVER_PRELOAD: tuple[str, ...] = (
     "dagster",
     "orchestration.definitions",

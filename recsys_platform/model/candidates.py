@@ -244,12 +244,12 @@ class _SharedRanking:
     def __init__(self, vector: np.ndarray, allowed: np.ndarray) -> None:
         self.vector = np.asarray(vector, np.float32)
         self.allowed = allowed
-        negated = np.negative(self.vector)
-        self.order = np.argsort(negated, kind="stable")  # best first; -inf scores (+inf) after the finite, NaN last
-        self.sorted = negated[self.order]
+        self.negated = np.negative(self.vector)
+        order = np.argsort(self.negated, kind="stable")  # best first; -inf scores (+inf) after the finite, NaN last
+        self.sorted = self.negated[order]
         finite = self.sorted < np.inf  # NaN compares False, as in `_top_depth`
         # count[r, j]: row r's allowed items with a finite score among the vector's best j + 1
-        self.count = np.cumsum(allowed[:, self.order] & finite, axis=1, dtype=np.int32)
+        self.count = np.cumsum(allowed[:, order] & finite, axis=1, dtype=np.int32)
 
     def _row_negated(self, rows: np.ndarray) -> np.ndarray:
         return np.negative(np.where(self.allowed[rows], self.vector, -np.inf).astype(np.float32))
@@ -262,7 +262,7 @@ class _SharedRanking:
         n_finite = self.count[:, -1]
         kth = np.minimum((self.count < k).sum(axis=1), n_items - 1)  # where each row's k-th best is in the order
         threshold = np.where(n_finite >= k, self.sorted[kth], np.finfo(np.float32).max).astype(np.float32)
-        mask = self.allowed & (np.negative(self.vector)[None, :] <= threshold[:, None])
+        mask = self.allowed & (self.negated[None, :] <= threshold[:, None])
         if k < n_items:
             after = np.minimum((self.count < k + 1).sum(axis=1), n_items - 1)
             tied = np.flatnonzero((n_finite > k) & (self.sorted[after] == threshold))
