@@ -172,6 +172,28 @@ def test_two_holdouts_side_by_side_give_what_each_gives_alone(world) -> None:
         procedure.evaluate_protocols(inter, ds.items, ds.users, procedure.PROTOCOLS, FAST, 300, 2, _no_champion)
 
 
+def _protocols_in(queue, inter, items, users) -> None:
+    queue.put(procedure.evaluate_protocols(inter, items, users, procedure.PROTOCOLS, FAST, 300, threads=2))
+
+
+def test_a_daemonic_process_evaluates_the_protocols_one_after_the_other(world) -> None:
+    # a Celery prefork worker (the production profile's steps) is daemonic and may not have children: with two
+    # threads the holdouts failed there ("daemonic processes are not allowed to have children")
+    import multiprocessing
+
+    ds, inter = world["ds"], world["inter"]
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_protocols_in, args=(queue, inter, ds.items, ds.users), daemon=True)
+    child.start()
+    out = queue.get(timeout=600)
+    child.join(60)
+    assert child.exitcode == 0 and list(out) == list(procedure.PROTOCOLS)
+    for protocol in procedure.PROTOCOLS:
+        alone, _ = procedure.evaluate(inter, ds.items, ds.users, protocol, FAST, 300, threads=2)
+        assert out[protocol][0].equals(alone) and alone.height > 0
+
+
 def _no_champion():
     raise RuntimeError("no champion here")
 

@@ -404,9 +404,10 @@ def evaluate_protocols(
     process, each with half the threads. The procedure is mostly single-threaded Python and numpy (candidates,
     features, the training windows) between LightGBM's threaded fits, so one process leaves a core idle most of
     the time. `champion` is a picklable loader of the serving champion (each process loads its own: a compiled
-    ranker does not pickle), or None."""
+    ranker does not pickle), or None. In a daemonic process (a Celery prefork worker: the production profile's
+    steps), which may not have children, the protocols run one after the other with every thread."""
     args = (interactions, items, users)
-    if threads < 2 or len(protocols) < 2:
+    if threads < 2 or len(protocols) < 2 or multiprocessing.current_process().daemon:
         return {p: evaluate(*args, p, base, max_users, threads, _load(champion), signals) for p in protocols}
     here, there = protocols[0], protocols[1:]
     # spawn, not fork: the parent may hold OpenMP (LightGBM) and BLAS thread pools, which a fork does not copy
