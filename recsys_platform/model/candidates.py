@@ -239,7 +239,7 @@ class _SharedRanking:
     """A source that gives every user the same score vector (popularity, new releases), among each row's allowed
     items: the vector is sorted once, and a row's ranks and top `depth` come from a running count of its allowed
     items in that order, instead of a sort of every row. The same masks and ranks as `_RowRanking` on the
-    vector repeated per row (rows whose `depth`-th score is tied with the next go through `_top_depth` itself)."""
+    vector repeated per row (rows whose `depth`-th score is tied with the next go through `_RowRanking`)."""
 
     def __init__(self, vector: np.ndarray, allowed: np.ndarray) -> None:
         self.vector = np.asarray(vector, np.float32)
@@ -250,9 +250,6 @@ class _SharedRanking:
         finite = self.sorted < np.inf  # NaN compares False, as in `_top_depth`
         # count[r, j]: row r's allowed items with a finite score among the vector's best j + 1
         self.count = np.cumsum(allowed[:, order] & finite, axis=1, dtype=np.int32)
-
-    def _row_negated(self, rows: np.ndarray) -> np.ndarray:
-        return np.negative(np.where(self.allowed[rows], self.vector, -np.inf).astype(np.float32))
 
     def top(self, depth: int) -> np.ndarray:
         n_rows, n_items = self.allowed.shape
@@ -267,8 +264,8 @@ class _SharedRanking:
             after = np.minimum((self.count < k + 1).sum(axis=1), n_items - 1)
             tied = np.flatnonzero((n_finite > k) & (self.sorted[after] == threshold))
             if len(tied):
-                negated = self._row_negated(tied)
-                mask[tied] = _top_depth(negated, np.sort(negated, axis=1), depth)
+                repeated = np.broadcast_to(self.vector, (len(tied), n_items))
+                mask[tied] = _RowRanking(repeated, self.allowed[tied]).top(depth)
         return mask
 
     def scores_at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
