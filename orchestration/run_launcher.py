@@ -71,7 +71,11 @@ class WarmWorker:
     """One `orchestration.run_worker` process for one code location, and the pipe to it."""
 
     def __init__(
-        self, origin: RepositoryPythonOrigin, jobs: Sequence[str], command: Sequence[str] | None = None
+        self,
+        origin: RepositoryPythonOrigin,
+        jobs: Sequence[str],
+        command: Sequence[str] | None = None,
+        preload_modules: Sequence[str] = (),
     ) -> None:
         cwd = getattr(origin.code_pointer, "working_directory", None) or os.getcwd()
         self.process = subprocess.Popen(
@@ -85,7 +89,7 @@ class WarmWorker:
         self._messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._send_lock = threading.Lock()
         threading.Thread(target=self._read, name=f"warm-worker-{self.process.pid}", daemon=True).start()
-        self._write({"origin": serialize_value(origin), "jobs": list(jobs)})
+        self._write({"origin": serialize_value(origin), "jobs": list(jobs), "preload_modules": list(preload_modules)})
 
     @property
     def pid(self) -> int:
@@ -162,12 +166,14 @@ class WarmRunLauncher(DefaultRunLauncher):
         jobs: Sequence[str] = (),
         ack_timeout_seconds: float = 10.0,
         sensor_loop_seconds: float | None = None,
+        preload_modules: Sequence[str] = (),
         inst_data: ConfigurableClassData | None = None,
     ) -> None:
         super().__init__(inst_data=inst_data)
         if sensor_loop_seconds is not None:
             set_sensor_loop_seconds(sensor_loop_seconds)
         self.jobs = frozenset(jobs)
+        self.preload_modules = tuple(preload_modules)
         self.ack_timeout_seconds = ack_timeout_seconds
         self._workers: dict[str, WarmWorker] = {}
         self._failed_start: dict[str, float] = {}
@@ -183,6 +189,13 @@ class WarmRunLauncher(DefaultRunLauncher):
                 is_required=False,
                 default_value=None,
                 description="Period of the daemon's sensor loop (Dagster's is 5 s): orchestration.sensor_loop.",
+            ),
+            "preload_modules": Field(
+                Array(str),
+                is_required=False,
+                default_value=[],
+                description="Modules the worker imports before its first fork, beside the code location: what the "
+                "warm jobs' steps import lazily and would otherwise import again in every run's process.",
             ),
         }
 
@@ -214,7 +227,7 @@ class WarmRunLauncher(DefaultRunLauncher):
 
     def start_worker(self, origin: RepositoryPythonOrigin) -> WarmWorker:
         """A new worker process for the code location of `origin`."""
-        return WarmWorker(origin, sorted(self.jobs))
+        return WarmWorker(origin, sorted(self.jobs), preload_modules=self.preload_modules)
 
     def _drop(self, worker: WarmWorker) -> None:
         with self._lock:
@@ -272,13 +285,16 @@ class WarmRunLauncher(DefaultRunLauncher):
         super().dispose()
 
 
-# The dagster.yaml block that selects this launcher for the near-real-time refresh (the CLI adds it to the local
-# instance; the job's name is checked against the definitions by tests/test_warm_runs.py).
+# The dagster.yaml block that selects this launcher for the near-real-time refresh and the raw-events contracts that
+# follow each refresh (the CLI adds it to the local instance; the jobs' names are checked against the definitions by
+# tests/test_warm_runs.py). The contracts' steps import Great Expectations (about 5 s in a new process): the worker
+# imports it once, before its first fork.
 WARM_LAUNCHER_YAML = """\
 run_launcher:
   module: orchestration.run_launcher
   class: WarmRunLauncher
   config:
-    jobs: [refresh_realtime]
+    jobs: [refresh_realtime, raw_events_contracts]
+    preload_modules: [great_expectations]
     sensor_loop_seconds: 0.5
 """

@@ -3,7 +3,8 @@
 `orchestration.run_launcher.WarmRunLauncher` starts it (in the process that launches runs: the Dagster daemon) and
 talks to it over its stdin and stdout, one JSON object a line:
 
-    launcher -> worker, first: {"origin": <serialized RepositoryPythonOrigin>, "jobs": [<job name>, ...]}
+    launcher -> worker, first: {"origin": <serialized RepositoryPythonOrigin>, "jobs": [<job name>, ...],
+                                "preload_modules": [<module>, ...]}
     worker -> launcher:        {"ready": <worker pid>}   once the code location and the jobs are loaded
     launcher -> worker:        {"run_id": ..., "instance_ref": <serialized InstanceRef>}
     worker -> launcher:        {"run_id": ..., "pid": <child pid>}   right after the fork (or "error": ...)
@@ -34,6 +35,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 log = logging.getLogger("recsys.run_worker")
@@ -47,11 +49,14 @@ def _send(message: dict[str, Any]) -> None:
     os.write(_protocol["fd"], (json.dumps(message) + "\n").encode())
 
 
-def warm(origin_json: str, jobs: list[str]) -> None:
-    """Load the code location of `origin_json` and build the definitions of `jobs`.
+def warm(origin_json: str, jobs: list[str], preload_modules: Sequence[str] = ()) -> None:
+    """Load the code location of `origin_json`, build the definitions of `jobs` and import `preload_modules`.
 
-    Only the code location is loaded: a refresh run's steps import 15 more modules lazily, all small (measured on a
-    quickstart home), so importing them here would not shorten a run."""
+    A refresh run's steps import 15 more modules lazily, all small (measured on a quickstart home), so they are
+    not preloaded; the contracts' Great Expectations is large (the launcher's configuration names it). A module
+    that fails to import is logged and left to the runs, which then fail or succeed as in a new process."""
+    import importlib
+
     from dagster._core.origin import RepositoryPythonOrigin
     from dagster._serdes import deserialize_value
     from dagster._utils.hosted_user_process import recon_repository_from_origin
@@ -60,6 +65,11 @@ def warm(origin_json: str, jobs: list[str]) -> None:
     repository = recon_repository_from_origin(origin).get_definition()
     for name in jobs:
         repository.get_job(name)  # asset jobs are resolved on first use: resolve them once, before any fork
+    for module in preload_modules:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 (a missing optional module must not keep the worker from starting)
+            log.exception("warm run worker could not preload %s", module)
 
 
 def loaded_sources() -> dict[str, int]:
@@ -177,7 +187,7 @@ def serve() -> None:
             message = json.loads(line)
             if sources is None:
                 started = time.perf_counter()
-                warm(message["origin"], message.get("jobs", []))
+                warm(message["origin"], message.get("jobs", []), message.get("preload_modules", []))
                 sources = loaded_sources()
                 log.info("warm run worker %s ready in %.2f s", os.getpid(), time.perf_counter() - started)
                 _send({"ready": os.getpid()})

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.timeout(240)
 LOCATION = textwrap.dedent(
     """
     import os
+    import sys
     from pathlib import Path
 
     import dagster as dg
@@ -49,7 +50,8 @@ LOCATION = textwrap.dedent(
             import time
 
             time.sleep(60)
-        context.add_output_metadata({"pid": os.getpid(), "parent": os.getppid()})
+        preloaded = "warm_preload_marker" in sys.modules  # what the launcher's preload_modules names
+        context.add_output_metadata({"pid": os.getpid(), "parent": os.getppid(), "preloaded": preloaded})
         return name
 
 
@@ -78,6 +80,7 @@ run_launcher:
   class: WarmRunLauncher
   config:
     jobs: [warm_job]
+    preload_modules: [warm_preload_marker]
 """
 
 
@@ -90,6 +93,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     requests.mkdir()
     (home / "dagster.yaml").write_text(INSTANCE)
     (root / "location.py").write_text(LOCATION)
+    (root / "warm_preload_marker.py").write_text("")  # a module that only the worker's preload imports
     (root / "workspace.yaml").write_text(
         f"load_from:\n  - python_file:\n      relative_path: location.py\n      working_directory: {PROJECT_ROOT}\n"
     )
@@ -97,7 +101,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     env |= {
         "DAGSTER_HOME": str(home),
         "WARM_TEST_REQUESTS": str(requests),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), str(root), env.get("PYTHONPATH")])),
     }
     with dg.DagsterInstance.from_config(str(home)):
         pass  # create the storage first: processes that create a fresh SQLite instance at once race on its tables
@@ -171,6 +175,7 @@ def test_runs_are_forked_from_the_warm_worker_and_are_dagster_runs(daemon: dict,
     meta = _materialization(instance, warm)
     # the run's process is a child of the worker, and the run carries both pids
     assert meta["parent"] == int(warm.tags[WORKER_TAG]) and meta["pid"] == int(warm.tags[PID_TAG])
+    assert meta["preloaded"] is True and _materialization(instance, first)["preloaded"] is False
     events = [e.dagster_event.event_type for e in instance.all_logs(warm.run_id) if e.dagster_event]
     for expected in (
         dg.DagsterEventType.PIPELINE_STARTING,
@@ -317,9 +322,10 @@ def test_the_cli_selects_it_for_the_refresh_job(tmp_path: Path, monkeypatch: pyt
     with dg.DagsterInstance.get() as instance:
         launcher = instance.run_launcher
         assert type(launcher) is WarmRunLauncher
-        assert launcher.jobs == {"refresh_realtime"}
+        assert launcher.jobs == {"refresh_realtime", "raw_events_contracts"}
         for name in launcher.jobs:
             assert defs.resolve_job_def(name).executor_def is dg.in_process_executor  # one process a run
+        assert launcher.preload_modules == ("great_expectations",)
     assert sensor_daemon.MIN_INTERVAL_LOOP_TIME == 0.5  # building the launcher (in the daemon) sets its sensor loop
 
 
