@@ -11,7 +11,7 @@ from assets import groups
 from assets.features import feature_cutoff
 from assets.pools import HISTORY_POOL
 from recsys_platform.analytics.reporting import frame_preview_markdown
-from recsys_platform.features.tables import POSITIVE_COLUMNS, read_history, user_sample
+from recsys_platform.features.tables import POSITIVE_COLUMNS, latest_event_time, read_history, user_sample
 from recsys_platform.model import fallback, gate, procedure, registry
 from recsys_platform.model.candidates import FEATURES, signals_for
 from recsys_platform.model.params import ModelParams
@@ -120,12 +120,14 @@ def ranker_model(
     context: dg.AssetExecutionContext,
     training_set: pl.DataFrame,
     model_params: dict,
+    interactions: pl.LazyFrame,
     mlflow: MlflowResource,
     pipeline: PipelineResource,
 ) -> dict:
     """LightGBM LambdaRank over the candidates, early-stopped on 20% of the training users, logged to MLflow
     (params, tuning, feature importance, signature, input example) and registered as a new version that
-    carries its model params."""
+    carries its model params and its newest training event (the gate compares it, as champion, only on
+    held-out events after that)."""
     params = ModelParams.from_dict(model_params["params"])
     booster, facts = procedure.train(training_set, params, pipeline.params().ranker_threads)
     importance = pl.DataFrame(feature_importance(booster), schema=["feature", "gain"], orient="row")
@@ -146,6 +148,7 @@ def ranker_model(
         model_name=mlflow.model_name,
         model_params=params.to_dict(),
         documents={"model_params.json": model_params},
+        labels_until=latest_event_time(interactions),
     )
     context.add_output_metadata(
         {

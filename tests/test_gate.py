@@ -6,19 +6,25 @@ import polars as pl
 import pytest
 
 from recsys_platform.config import CHAMPION_ALIAS
-from recsys_platform.model import gate, registry
+from recsys_platform.model import gate, procedure, registry
 from recsys_platform.model.candidates import FEATURES
 from recsys_platform.model.ranker import ColumnScorer, train_ranker
 
 PARAMS = {"ease_l2": 300.0, "depth": 20}
 
 
-def _table(ranker: float, ease: float, knn: float, champion: float | None = None) -> pl.DataFrame:
+UNSEEN = "per_user" + procedure.UNSEEN_BY_CHAMPION
+
+
+def _table(ranker: float, ease: float, knn: float, champion: float | None = None, unseen: dict | None = None):
+    """A holdout table; with `champion`, the champion's rows on the events it was not trained with, beside the
+    same scores of the others there (or `unseen`'s)."""
     scores = {"ranker": ranker, "popularity": 0.10, "recent_popularity": 0.12, "ease": ease, "item_knn": knn}
-    if champion is not None:
-        scores["champion"] = champion
     rows = [{"protocol": "per_user", "model": m, "metric": "ndcg@10", "value": v} for m, v in scores.items()]
     rows += [{"protocol": "global", "model": m, "metric": "ndcg@10", "value": 0.5} for m in scores]
+    if champion is not None:
+        there = {**scores, **(unseen or {}), "champion": champion}
+        rows += [{"protocol": UNSEEN, "model": m, "metric": "ndcg@10", "value": v} for m, v in there.items()]
     return pl.DataFrame(rows)
 
 
@@ -110,3 +116,59 @@ def test_a_champion_beating_the_baselines_is_kept_over_a_weaker_ranker(registere
     assert not decision.promoted and decision.alias == "challenger"
     assert registry.alias_version(tracking, CHAMPION_ALIAS) == "1"  # no baseline version registered either
     assert registry.version_tags(tracking, "2")["gate.champion_score"] == "0.280000"
+
+
+def _second_version(registered):
+    """Version 1 promoted by hand, and a new ranker version 2 of the same params."""
+    tracking, artifacts, first, example = registered
+    registry.promote(tracking, first, "by hand", {})
+    booster = registry.load_ranker(tracking, "1")[0]
+    return registry.log_ranker(tracking, artifacts, "gate-test", booster, example, {}, {}, {}, model_params=PARAMS)
+
+
+def test_the_champion_is_compared_on_the_events_it_was_not_trained_with(registered) -> None:
+    """On the whole holdout the ranker is ahead (0.30 against the champion's rows' 0.28 there would not count):
+    on the events after the champion's training data the champion leads, so it stays."""
+    tracking, artifacts, _, example = registered
+    second = _second_version(registered)
+    table = _table(ranker=0.30, ease=0.25, knn=0.22, champion=0.28, unseen={"ranker": 0.26, "ease": 0.20})
+    decision = gate.decide(table, second, example, tracking, artifacts, "gate-test", 0.0, champion="1")
+    assert not decision.promoted and registry.alias_version(tracking, CHAMPION_ALIAS) == "1"
+    assert "0.2600 does not beat champion v1 (0.2800)" in decision.reason
+    assert "on the held-out events it was not trained with" in decision.reason
+    tags = registry.version_tags(tracking, "2")
+    assert tags["gate.candidate_score"] == "0.300000" and tags["gate.candidate_vs_champion_score"] == "0.260000"
+
+
+def test_a_champion_with_no_unseen_held_out_event_is_not_compared(registered) -> None:
+    """A champion trained on every event of the holdout (the previous cycle's ranker on the same data) has no rows
+    to be compared on: a ranker beating the strongest baseline is promoted, and the reason says so."""
+    tracking, artifacts, _, example = registered
+    second = _second_version(registered)
+    decision = gate.decide(
+        _table(ranker=0.30, ease=0.25, knn=0.22), second, example, tracking, artifacts, "gate-test", 0.0, champion="1"
+    )
+    assert decision.promoted and registry.alias_version(tracking, CHAMPION_ALIAS) == "2"
+    assert decision.reason == "beats ease; champion v1 not compared: no held-out event after its training data"
+
+
+def test_a_versions_newest_training_event_is_read_from_its_tag(registered) -> None:
+    """A ranker's LABELS_UNTIL_TAG; for a ranker registered without it, its creation time (no later event could
+    have trained it); none for a baseline version, whose column scorer learned nothing."""
+    from datetime import UTC, datetime, timedelta
+
+    tracking, artifacts, first, example = registered
+    booster = registry.load_ranker(tracking, "1")[0]
+    until = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    tagged = registry.log_ranker(
+        tracking, artifacts, "gate-test", booster, example, {}, {}, {}, model_params=PARAMS, labels_until=until
+    )
+    assert registry.version_tags(tracking, tagged.version)[registry.LABELS_UNTIL_TAG] == "2026-03-01T12:00:00+00:00"
+    assert registry.labels_until(tracking, tagged.version) == until
+    assert registry.ScorerLoader(tracking, tagged.version)()[2] == until
+    created = registry.labels_until(tracking, first.version)
+    assert abs(created - datetime.now(UTC)) < timedelta(minutes=5)
+    _decide(registered, _table(ranker=0.20, ease=0.25, knn=0.22))  # registers EASE's own score as a version
+    baseline = registry.alias_version(tracking, CHAMPION_ALIAS)
+    assert registry.version_tags(tracking, baseline)[registry.SCORER_TAG] == "column:score_ease"
+    assert registry.labels_until(tracking, baseline) is None

@@ -198,6 +198,47 @@ def _no_champion():
     raise RuntimeError("no champion here")
 
 
+def test_the_champion_is_scored_only_on_held_out_events_after_its_training_data(world) -> None:
+    """The champion's rows (protocol `global:unseen_by_champion`) hold every model scored on the held-out pairs with
+    an event after the champion's newest training event; none when it has seen them all; all of them for a
+    baseline champion (a column: it learned nothing)."""
+    from recsys_platform.model.ranker import ColumnScorer
+
+    ds, inter = world["ds"], world["inter"]
+    alone, facts = procedure.evaluate(inter, ds.items, ds.users, "global", FAST, 0)
+    champion = ColumnScorer(procedure.SCORED_COLUMNS["ease"])
+    params = ModelParams.from_dict(facts["params"])
+    split = procedure.split_for("global", inter)
+    truth = split.truth(inter)
+    unseen = "global" + procedure.UNSEEN_BY_CHAMPION
+
+    def with_champion(until):
+        table, about = procedure.evaluate(
+            inter, ds.items, ds.users, "global", FAST, 0, champion=(champion, params, until)
+        )
+        assert table.filter(pl.col("protocol") == "global").equals(alone)  # the protocol's rows are untouched
+        assert table.filter((pl.col("protocol") == "global") & (pl.col("model") == "champion")).is_empty()
+        return table.filter(pl.col("protocol") == unseen), about
+
+    # a baseline champion: every held-out pair, so its list (EASE's own score) scores as the ease baseline
+    rows, about = with_champion(None)
+    assert about["champion_unseen_pairs"] == truth.height
+    assert procedure.metric(rows, unseen, "champion") == procedure.metric(alone, "global", "ease")
+    assert procedure.metric(rows, unseen, "ranker") == procedure.metric(alone, "global", "ranker")
+    # trained up to the middle of the held-out time: only pairs with an event after it
+    middle = inter.filter(pl.col("event_time") >= split.known_until)["event_time"].sort()
+    middle = middle[middle.len() // 2]
+    after = split.truth(inter.filter(pl.col("event_time") > middle))
+    rows, about = with_champion(middle)
+    assert 0 < about["champion_unseen_pairs"] == after.height < truth.height
+    assert set(rows["model"]) == set(alone["model"]) | {"champion"}
+    assert procedure.metric(rows, unseen, "champion") == procedure.metric(rows, unseen, "ease")
+    assert procedure.metric(rows, unseen, "ranker") != procedure.metric(alone, "global", "ranker")
+    # trained on everything: nothing to compare it on
+    rows, about = with_champion(inter["event_time"].max())
+    assert rows.is_empty() and about["champion_unseen_pairs"] == 0
+
+
 def test_strongest_baseline_picks_the_best_and_ignores_missing_figures() -> None:
     table = pl.DataFrame(
         {

@@ -191,10 +191,12 @@ def test_analyst_session_does_not_block_a_run_and_sees_new_data(platform):
 
 
 def test_second_cycle_keeps_previous_slot_for_rollback(platform):
-    # Runs after the second cycle above: v2 trained on the same data cannot beat champion v1 strictly.
+    # Runs after the second cycle above. Champion v1 was trained on every event of the same data, so no held-out
+    # event is one it did not see: it is not compared, and v2, beating the baselines as v1 did, is promoted.
     uri = platform.settings.mlflow_tracking_uri
-    assert registry.alias_version(uri, "challenger") == "2"
-    assert registry.alias_version(uri, "champion") == "1"
+    assert registry.alias_version(uri, "champion") == "2"
+    reason = registry.version_tags(uri, "2")["gate.reason"]
+    assert reason.endswith("champion v1 not compared: no held-out event after its training data"), reason
     with open_online_store(platform.settings.online_store_url) as store:
         described = store.describe()
         active = described["pointer"]["active_slot"]

@@ -38,11 +38,26 @@ def decide(
     primary = procedure.PRIMARY_PROTOCOL
     ranker = procedure.metric(table, primary, "ranker")
     name, best = procedure.strongest_baseline(table, primary)
-    champion_score = procedure.metric(table, primary, "champion") if champion and champion != ref.version else None
+    # The champion is compared on the held-out events it was not trained with, against the ranker and the
+    # baselines on those same events; not at all when the holdout has none (`procedure.evaluate`).
+    unseen = primary + procedure.UNSEEN_BY_CHAMPION
+    champion_score = procedure.metric(table, unseen, "champion") if champion and champion != ref.version else None
     if champion_score is not None and np.isnan(champion_score):
         champion_score = None
-    decision = registry.promotion_gate(tracking_uri, ref, ranker, best, champion_score, margin, baseline_name=name)
-    if decision.alias == registry.CHAMPION_ALIAS or (champion_score is not None and champion_score > best):
+    ranker_on_unseen = procedure.metric(table, unseen, "ranker") if champion_score is not None else None
+    decision = registry.promotion_gate(
+        tracking_uri,
+        ref,
+        ranker,
+        best,
+        champion_score,
+        margin,
+        baseline_name=name,
+        candidate_vs_champion=ranker_on_unseen,
+    )
+    if decision.alias == registry.CHAMPION_ALIAS:
+        return decision
+    if champion_score is not None and champion_score > procedure.strongest_baseline(table, unseen)[1]:
         return decision
     personal, score = procedure.strongest_baseline(table, primary, procedure.PERSONALISED_CANDIDATES)
     params = json.loads(registry.version_tags(tracking_uri, ref.version, ref.name).get(registry.PARAMS_TAG, "{}"))

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ GATE_METRIC = "ndcg@10"
 # Model-version tags that make a version servable on its own: the params its features need, and its scorer.
 PARAMS_TAG = "recsys.model_params"
 SCORER_TAG = "recsys.scorer"  # "ranker" (a LightGBM booster) or "column:<feature>" (a baseline's own score)
+# A ranker version's newest training event (ISO): its labels read nothing after it. The gate compares a champion
+# only on held-out events after it (`procedure.evaluate`), not on the answers it was trained with.
+LABELS_UNTIL_TAG = "recsys.labels_until"
 
 
 @dataclass(frozen=True)
@@ -122,9 +126,11 @@ def log_ranker(
     model_name: str = REGISTERED_MODEL_NAME,
     model_params: dict[str, Any] | None = None,
     documents: dict[str, Any] | None = None,
+    labels_until: datetime | None = None,
 ) -> ModelRef:
     """Log a LightGBM ranker run (params, metrics, importance plot, model + signature, JSON `documents`)
-    and register it; `model_params` (what its features need) is tagged on the version."""
+    and register it; `model_params` (what its features need) and `labels_until` (its newest training event) are
+    tagged on the version."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -154,6 +160,8 @@ def log_ranker(
             mlflow.log_artifact(str(compiled.object_file), artifact_path=ARTIFACT_DIR)
     version = str(info.registered_model_version)
     _tag_version(tracking_uri, model_name, version, model_params, "ranker")
+    if labels_until is not None:
+        _client(tracking_uri).set_model_version_tag(model_name, version, LABELS_UNTIL_TAG, labels_until.isoformat())
     logger.info("logged run %s, registered %s version %s", run.info.run_id, model_name, version)
     return ModelRef(
         name=model_name,
@@ -235,20 +243,36 @@ def load_scorer(
     return compiled_scorer(booster, client.get_model_version(model_name, version).run_id), params, version
 
 
+def labels_until(tracking_uri: str, version: str, model_name: str = REGISTERED_MODEL_NAME) -> datetime | None:
+    """The newest event a version's scorer can have learned from: None for a baseline version (its scorer is a
+    column: it learns nothing), else the ranker's `LABELS_UNTIL_TAG`, or for a ranker registered without it the
+    version's creation time (no event after it existed to train on)."""
+    client = _client(tracking_uri)
+    model_version = client.get_model_version(model_name, version)
+    tags = dict(model_version.tags)
+    if tags.get(SCORER_TAG, "ranker").startswith("column:"):
+        return None
+    if LABELS_UNTIL_TAG in tags:
+        return datetime.fromisoformat(tags[LABELS_UNTIL_TAG])
+    return datetime.fromtimestamp(model_version.creation_timestamp / 1000, UTC)
+
+
 @dataclass(frozen=True)
 class ScorerLoader:
-    """A picklable way to a registered version's (scorer, ModelParams): a compiled scorer does not pickle, so a
-    process that needs it (`procedure.evaluate_protocols`' second process) is handed this and loads its own."""
+    """A picklable way to a registered version's (scorer, ModelParams, labels_until): a compiled scorer does not
+    pickle, so a process that needs it (`procedure.evaluate_protocols`' second process) is handed this and loads
+    its own."""
 
     tracking_uri: str
     version: str
     model_name: str = REGISTERED_MODEL_NAME
 
-    def __call__(self) -> tuple[Any, Any]:
+    def __call__(self) -> tuple[Any, Any, datetime | None]:
         from recsys_platform.model.params import ModelParams
 
         scorer, params, _ = load_scorer(self.tracking_uri, self.version, self.model_name)
-        return scorer, ModelParams.from_dict(params)
+        until = labels_until(self.tracking_uri, self.version, self.model_name)
+        return scorer, ModelParams.from_dict(params), until
 
 
 def compiled_scorer(booster: Any, run_id: str | None = None) -> Any:
@@ -332,15 +356,17 @@ def promotion_gate(
     champion_score_on_holdout: float | None,
     margin: float,
     baseline_name: str = "popularity",
+    candidate_vs_champion: float | None = None,
 ) -> GateDecision:
-    """Promote `ref` to champion if it beats the (strongest) baseline and the current champion by `margin`."""
+    """Promote `ref` to champion if it beats the (strongest) baseline and the current champion by `margin`.
+    `candidate_vs_champion` is the candidate's score on the rows the champion was scored on, when those are not the
+    whole holdout (default: `candidate_score`)."""
     client = _client(tracking_uri)
     champion = alias_version(tracking_uri, CHAMPION_ALIAS, ref.name)
     beats_baseline = candidate_score > baseline_score * (1.0 + margin)
+    against = candidate_score if candidate_vs_champion is None else candidate_vs_champion
     beats_champion = (
-        champion is None
-        or champion_score_on_holdout is None
-        or candidate_score > champion_score_on_holdout * (1.0 + margin)
+        champion is None or champion_score_on_holdout is None or against > champion_score_on_holdout * (1.0 + margin)
     )
     promoted = beats_baseline and beats_champion and champion != ref.version
     if champion == ref.version:
@@ -351,17 +377,23 @@ def promotion_gate(
         )
     elif not beats_champion:
         reason = (
-            f"{GATE_METRIC} {candidate_score:.4f} does not beat champion v{champion} "
+            f"{GATE_METRIC} {against:.4f} does not beat champion v{champion} "
             f"({champion_score_on_holdout:.4f}) by {margin:.0%}"
+            + (" on the held-out events it was not trained with" if candidate_vs_champion is not None else "")
         )
     else:
         reason = f"beats {baseline_name} and {'champion v' + champion if champion else 'no previous champion'}"
+        if champion and champion_score_on_holdout is None:
+            reason = (
+                f"beats {baseline_name}; champion v{champion} not compared: no held-out event after its training data"
+            )
     alias = CHAMPION_ALIAS if promoted or champion == ref.version else CHALLENGER_ALIAS
     client.set_registered_model_alias(ref.name, alias, ref.version)
     numbers = {
         "gate.candidate_score": candidate_score,
         "gate.baseline_score": baseline_score,
         "gate.champion_score": champion_score_on_holdout,
+        "gate.candidate_vs_champion_score": candidate_vs_champion,
         "gate.margin": margin,
     }
     for key, value in {
