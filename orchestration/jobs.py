@@ -56,7 +56,8 @@ raw_events_contracts_job = dg.define_asset_job(
     # One process a run, forked from the warm run worker (orchestration.run_launcher), which has imported Great
     # Expectations: this job runs after every refresh, beside the next one, on the same cores. With the default
     # executor each run started an interpreter, a forkserver that imported the project again, and a process per
-    # check that imported Great Expectations (about 5 s of CPU each): on 2 cores that doubled the refresh's p95.
+    # check that imported Great Expectations. Freshness benchmark, 2 cores, 50 probes: event -> changed list p50
+    # 1.78 s and p95 4.15 s before, 1.24 s and 2.05 s after.
     executor_def=dg.in_process_executor,
     description="The raw-events contracts (GX suite and file reconciliation) of one arrival hour, on their own "
     "after each refresh_realtime run (raw_events_contracts_after_refresh), off the refresh's latency path; a "
