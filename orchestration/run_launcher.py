@@ -298,3 +298,16 @@ run_launcher:
     preload_modules: [great_expectations]
     sensor_loop_seconds: 0.5
 """
+
+# Earlier versions of the block above, which the CLI replaces with it where an instance still has one verbatim (an
+# instance's own launcher settings are never touched).
+EARLIER_WARM_LAUNCHER_YAML = (
+    """\
+run_launcher:
+  module: orchestration.run_launcher
+  class: WarmRunLauncher
+  config:
+    jobs: [refresh_realtime]
+    sensor_loop_seconds: 0.5
+""",
+)

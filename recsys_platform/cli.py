@@ -68,7 +68,7 @@ def _prepare_environment() -> Settings:
     if not dagster_yaml.exists():
         dagster_yaml.write_text("telemetry:\n  enabled: false\n")
     from orchestration.instance_storage import EVENT_LOG_YAML
-    from orchestration.run_launcher import WARM_LAUNCHER_YAML
+    from orchestration.run_launcher import EARLIER_WARM_LAUNCHER_YAML, WARM_LAUNCHER_YAML
     from orchestration.run_queue import INSTANCE_YAML
 
     # The refresh path's run queue and retries, the event log without a disk flush per event
@@ -76,8 +76,18 @@ def _prepare_environment() -> Settings:
     # unless the instance configures its own.
     _add_instance_settings(dagster_yaml, INSTANCE_YAML, ("run_queue", "run_coordinator", "concurrency", "run_retries"))
     _add_instance_settings(dagster_yaml, EVENT_LOG_YAML, ("storage", "event_log_storage"))
+    _replace_instance_settings(dagster_yaml, EARLIER_WARM_LAUNCHER_YAML, WARM_LAUNCHER_YAML)
     _add_instance_settings(dagster_yaml, WARM_LAUNCHER_YAML, ("run_launcher",))
     return settings
+
+
+def _replace_instance_settings(dagster_yaml: Path, earlier: tuple[str, ...], block: str) -> None:
+    """Replace an `earlier` version of a block this CLI wrote, found verbatim, with `block`."""
+    text = dagster_yaml.read_text()
+    for old in earlier:
+        if old in text:
+            dagster_yaml.write_text(text.replace(old, block))
+            return
 
 
 def _add_instance_settings(dagster_yaml: Path, block: str, keys: tuple[str, ...]) -> None:

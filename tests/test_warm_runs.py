@@ -329,6 +329,22 @@ def test_the_cli_selects_it_for_the_refresh_job(tmp_path: Path, monkeypatch: pyt
     assert sensor_daemon.MIN_INTERVAL_LOOP_TIME == 0.5  # building the launcher (in the daemon) sets its sensor loop
 
 
+def test_a_home_with_an_earlier_block_of_the_cli_gets_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestration.run_launcher import EARLIER_WARM_LAUNCHER_YAML, WARM_LAUNCHER_YAML
+
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + EARLIER_WARM_LAUNCHER_YAML[0])
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    cli._prepare_environment()
+    text = (home / "dagster.yaml").read_text()
+    assert WARM_LAUNCHER_YAML in text and EARLIER_WARM_LAUNCHER_YAML[0] not in text
+    assert text.count("run_launcher:") == 1 and "raw_events_contracts" in text
+
+
 def test_an_instance_that_configures_its_own_launcher_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "dagster"
     home.mkdir()
