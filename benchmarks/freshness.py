@@ -21,8 +21,9 @@ probe that times out counts in the percentiles as a failure (its latency is infi
     python benchmarks/freshness.py --home /tmp/freshness-home --events 60 --rate 5
 
 Probes start once the refresh runs are forked from the warm run worker (warm-up events until one is); the
-runs before it, right after the daemon starts, are cold. An empty home is prepared first with `recsys quickstart --users 2000` (a few minutes). Bounded by
-`--max-seconds`; every process it starts is stopped at the end.
+runs before it, right after the daemon starts, are cold. An empty home is prepared first with
+`recsys quickstart --users 2000` (a few minutes). Bounded by `--max-seconds`; every process it starts is stopped
+at the end.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def executor_from_env(settings: Settings | None = None) -> dg.ExecutorDefinition
     """Default executor of every job from RECSYS_EXECUTOR (unset: Dagster's multiprocess executor, each step forked
     from a preloaded server: `multiprocess_executor`), as `settings` (default: the environment's) read it.
 
-    Jobs that name their own executor (the near-real-time refresh runs in-process) keep it, and
+    Jobs that name their own executor (the near-real-time refresh and its contracts run in-process) keep it, and
     `execute_in_process` (CLI, tests) always runs in-process. See deploy/ENVIRONMENT.md."""
     choice = executor_settings((settings or Settings.from_env()).executor)
     if choice.kind == "in_process":

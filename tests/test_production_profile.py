@@ -376,7 +376,8 @@ def test_k8s_path_loads_and_accepts_the_example_values(monkeypatch, tmp_path):
     monkeypatch.setenv("RECSYS_EXECUTOR", "k8s")
     defs = build_definitions(Settings.from_env())
     executors = {job.name: job.executor_def.name for job in defs.resolve_all_job_defs()}
-    assert executors.pop("refresh_realtime") == "in_process"  # the near-real-time job always runs in-process
+    # the near-real-time jobs (the refresh and the contracts after it) always run in-process
+    assert executors.pop("refresh_realtime") == executors.pop("raw_events_contracts") == "in_process"
     assert set(executors.values()) == {"k8s"}
     assert {"ingest_events", "training_cycle", "recommendation_sets_batch"} <= set(executors)
 
