@@ -172,3 +172,41 @@ def test_a_versions_newest_training_event_is_read_from_its_tag(registered) -> No
     baseline = registry.alias_version(tracking, CHAMPION_ALIAS)
     assert registry.version_tags(tracking, baseline)[registry.SCORER_TAG] == "column:score_ease"
     assert registry.labels_until(tracking, baseline) is None
+
+
+def test_the_gate_step_logs_the_champions_rows_and_keeps_a_champion_ahead_on_them(registered, tmp_path) -> None:
+    """`model_evaluation` over holdout tables holding the champion's rows: the champion, ahead of the new ranker
+    on the events it was not trained with, stays; those rows are logged to the new version's MLflow run and shown."""
+    import dagster as dg
+
+    from assets.training import model_evaluation
+    from resources import MlflowResource, PipelineResource
+
+    tracking, artifacts, _, example = registered
+    second = _second_version(registered)
+    table = _table(ranker=0.30, ease=0.25, knn=0.22, champion=0.28, unseen={"ranker": 0.26, "ease": 0.20})
+    holdouts = {
+        p: table.filter(pl.col("protocol").str.starts_with(p)).with_columns(champion_version=pl.lit("1"))
+        for p in ("per_user", "global")
+    }
+    upstream = [
+        dg.asset(name="ranker_model")(lambda: second.to_dict()),
+        dg.asset(name="training_set")(lambda: example),
+        dg.asset(name="holdout_per_user")(lambda: holdouts["per_user"]),
+        dg.asset(name="holdout_global")(lambda: holdouts["global"]),
+    ]
+    result = dg.materialize_to_memory(
+        [*upstream, model_evaluation],
+        resources={
+            "mlflow": MlflowResource(tracking_uri=tracking, artifact_uri=artifacts, experiment="gate-test"),
+            "pipeline": PipelineResource(
+                lake_url=str(tmp_path / "lake"), catalog_path=str(tmp_path / "c.duckdb"), promotion_margin=0.0
+            ),
+        },
+    )
+    out = result.output_for_node("model_evaluation")
+    assert registry.alias_version(tracking, CHAMPION_ALIAS) == "1" and set(out["served_version"]) == {"1"}
+    metrics = registry._client(tracking).get_run(second.run_id).data.metrics
+    assert metrics[f"{UNSEEN}.champion.ndcg_at_10"] == pytest.approx(0.28)
+    assert metrics[f"{UNSEEN}.ranker.ndcg_at_10"] == pytest.approx(0.26)
+    assert "does not beat champion v1 (0.2800)" in registry.version_tags(tracking, "2")["gate.reason"]
