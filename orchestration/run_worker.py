@@ -27,6 +27,7 @@ instance it opens to report a dead child's run is closed before the next fork).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -55,8 +56,6 @@ def warm(origin_json: str, jobs: list[str], preload_modules: Sequence[str] = ())
     A refresh run's steps import 15 more modules lazily, all small (measured on a quickstart home), so they are
     not preloaded; the contracts' Great Expectations is large (the launcher's configuration names it). A module
     that fails to import is logged and left to the runs, which then fail or succeed as in a new process."""
-    import importlib
-
     from dagster._core.origin import RepositoryPythonOrigin
     from dagster._serdes import deserialize_value
     from dagster._utils.hosted_user_process import recon_repository_from_origin

@@ -76,23 +76,20 @@ def _prepare_environment() -> Settings:
     # unless the instance configures its own.
     _add_instance_settings(dagster_yaml, INSTANCE_YAML, ("run_queue", "run_coordinator", "concurrency", "run_retries"))
     _add_instance_settings(dagster_yaml, EVENT_LOG_YAML, ("storage", "event_log_storage"))
-    _replace_instance_settings(dagster_yaml, EARLIER_WARM_LAUNCHER_YAML, WARM_LAUNCHER_YAML)
-    _add_instance_settings(dagster_yaml, WARM_LAUNCHER_YAML, ("run_launcher",))
+    _add_instance_settings(dagster_yaml, WARM_LAUNCHER_YAML, ("run_launcher",), EARLIER_WARM_LAUNCHER_YAML)
     return settings
 
 
-def _replace_instance_settings(dagster_yaml: Path, earlier: tuple[str, ...], block: str) -> None:
-    """Replace an `earlier` version of a block this CLI wrote, found verbatim, with `block`."""
+def _add_instance_settings(
+    dagster_yaml: Path, block: str, keys: tuple[str, ...], earlier: tuple[str, ...] = ()
+) -> None:
+    """Append `block` to the instance's dagster.yaml unless it already sets one of the top-level `keys`; an
+    `earlier` version of the block (one this CLI wrote), found verbatim, is replaced with it."""
     text = dagster_yaml.read_text()
     for old in earlier:
         if old in text:
             dagster_yaml.write_text(text.replace(old, block))
             return
-
-
-def _add_instance_settings(dagster_yaml: Path, block: str, keys: tuple[str, ...]) -> None:
-    """Append `block` to the instance's dagster.yaml unless it already sets one of the top-level `keys`."""
-    text = dagster_yaml.read_text()
     if not re.search(rf"^({'|'.join(keys)}):", text, flags=re.MULTILINE):
         dagster_yaml.write_text(text.rstrip("\n") + "\n" + block)
 

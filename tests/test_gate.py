@@ -107,10 +107,8 @@ def test_another_personalised_source_beating_ease_and_knn_is_what_gets_served(re
 
 
 def test_a_champion_beating_the_baselines_is_kept_over_a_weaker_ranker(registered) -> None:
-    tracking, artifacts, first, example = registered
-    registry.promote(tracking, first, "by hand", {})
-    booster = registry.load_ranker(tracking, "1")[0]
-    second = registry.log_ranker(tracking, artifacts, "gate-test", booster, example, {}, {}, {}, model_params=PARAMS)
+    tracking, artifacts, _, example = registered
+    second = _second_version(registered)
     table = _table(ranker=0.20, ease=0.25, knn=0.22, champion=0.28)
     decision = gate.decide(table, second, example, tracking, artifacts, "gate-test", 0.0, champion="1")
     assert not decision.promoted and decision.alias == "challenger"

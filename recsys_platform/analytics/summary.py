@@ -47,13 +47,10 @@ def print_summary(console: Console, settings: Settings, elapsed_s: float) -> Non
     evaluation = evaluation.filter(pl.col("model").is_in(shown))
     for protocol in evaluation["protocol"].unique(maintain_order=True):
         wide = evaluation.filter(pl.col("protocol") == protocol).pivot(on="model", index="metric", values="value")
-        base, unseen = (
-            protocol.removesuffix(procedure.UNSEEN_BY_CHAMPION),
-            protocol.endswith(procedure.UNSEEN_BY_CHAMPION),
-        )
-        about = procedure.HOLDOUTS.get(base, base) + (
-            ": the events after the champion's training data" if unseen else ""
-        )
+        base = protocol.removesuffix(procedure.UNSEEN_BY_CHAMPION)
+        about = procedure.HOLDOUTS.get(base, base)
+        if base != protocol:
+            about += ": the events after the champion's training data"
         quality = Table(*wide.columns, title=f"Holdout {protocol}: {about}")
         for row in wide.iter_rows():
             quality.add_row(row[0], *[f"{v:.4f}" if v is not None else "" for v in row[1:]])

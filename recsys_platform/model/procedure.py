@@ -376,36 +376,39 @@ def evaluate(
         truth = truth.join(pl.DataFrame({"user_id": test_users}), on="user_id", how="semi")
     cut = feature_times(split, rec.vocab, rec.vocab.user_rows(test_users).clip(0))
     pop = pl.DataFrame({"item_id": rec.vocab.item_ids, "count": rec.stats.users})
-    rows = []
+    facts = {**split.describe(), "test_users": test_users.len(), "params": rec.params.to_dict(), **rec.facts}
+    scored = truth.select("user_id", "item_id")
     scorers = {"ranker": rec.scorer, **{name: ColumnScorer(col) for name, col in SCORED_COLUMNS.items()}}
+    unseen = scored.clear()
     other_fit = None
     if champion is not None:
         scorer, params, champion_until = champion
-        if params.to_dict() == rec.params.to_dict():
-            scorers["champion"] = scorer
-        else:
-            other_fit = fit_serving(known, items, users, split.known_until, params, scorer, known_sig)
-    lists = rec.recommend_each(scorers, test_users, K, cut)
-    if other_fit is not None:
-        lists["champion"] = other_fit.recommend(test_users, K, cut)
-    scored = truth.select("user_id", "item_id")
-    for model, recs in lists.items():
-        if model == "champion":  # judged only on what it was not trained with, below
-            continue
-        metrics = evaluation.evaluate_all(scored, recs, K, n_items=rec.vocab.n_items, item_popularity=pop)
-        rows += [{"protocol": protocol, "model": model, "metric": m, "value": float(v)} for m, v in metrics.items()]
-    facts = {**split.describe(), "test_users": test_users.len(), "params": rec.params.to_dict(), **rec.facts}
-    if champion is not None:
         unseen = scored
         if champion_until is not None:
             after = interactions.filter(pl.col("event_time") > pl.lit(champion_until, dtype=TS))
             unseen = split.truth(after).join(scored, on=["user_id", "item_id"], how="semi").select(scored.columns)
         facts["champion_labels_until"] = str(champion_until) if champion_until is not None else "none (a baseline)"
         facts["champion_unseen_pairs"] = unseen.height
-        name = protocol + UNSEEN_BY_CHAMPION
-        for model, recs in lists.items() if unseen.height else ():
-            metrics = evaluation.evaluate_all(unseen, recs, K, n_items=rec.vocab.n_items, item_popularity=pop)
-            rows += [{"protocol": name, "model": model, "metric": m, "value": float(v)} for m, v in metrics.items()]
+        if unseen.height:  # else nothing it was not trained with: it is not scored at all
+            if params.to_dict() == rec.params.to_dict():
+                scorers["champion"] = scorer
+            else:
+                other_fit = fit_serving(known, items, users, split.known_until, params, scorer, known_sig)
+    lists = rec.recommend_each(scorers, test_users, K, cut)
+    if other_fit is not None:
+        lists["champion"] = other_fit.recommend(test_users, K, cut)
+
+    def scored_rows(name: str, pairs: pl.DataFrame, models: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for model in models:
+            metrics = evaluation.evaluate_all(pairs, lists[model], K, n_items=rec.vocab.n_items, item_popularity=pop)
+            out += [{"protocol": name, "model": model, "metric": m, "value": float(v)} for m, v in metrics.items()]
+        return out
+
+    # the champion is judged only on what it was not trained with, as are the others beside it
+    rows = scored_rows(protocol, scored, [m for m in lists if m != "champion"])
+    if unseen.height:
+        rows += scored_rows(protocol + UNSEEN_BY_CHAMPION, unseen, list(lists))
     return pl.DataFrame(rows), facts
 
 
