@@ -330,3 +330,18 @@ def test_blocks_scored_on_threads_give_the_same_lists_in_the_same_order(world) -
         serial = rec.recommend(users, 20, block_users=32, fill=fill)
         threaded = rec.recommend(users, 20, block_users=32, fill=fill, workers=2)
         assert threaded.equals(serial)
+
+
+def test_a_block_of_users_without_history_gets_the_lists_of_the_shared_sources() -> None:
+    # a block in which no user has an interaction (new accounts in the users table, scored together) once failed
+    # in the session features: scipy's indexing of no pairs gives an empty sparse matrix, not an empty array
+    users = schemas.conform(
+        pl.concat([USERS, pl.DataFrame({"user_id": ["new"], "household_type": ["single"]})], how="diagonal"),
+        schemas.USER_SCHEMA,
+    )
+    rec = fit_serving(RULES, ITEMS, users, CUTOFF, FAST, ColumnScorer("score_pop"))
+    alone = rec.recommend(pl.Series(["new"]), k=3)
+    assert alone["user_id"].to_list() == ["new"] * 3  # popular released items: never kids (single) nor "soon"
+    assert set(alone["item_id"]) <= {"n0", "n1", "n2", "n3", "n4"}
+    together = rec.recommend(pl.Series(["single", "new"]), k=3, block_users=1000)
+    assert together.filter(pl.col("user_id") == "new").equals(alone)

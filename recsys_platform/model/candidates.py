@@ -396,6 +396,14 @@ def _pair_columns(stats: ItemStats, catalogue: Catalogue, profiles: Profiles, ro
 RECENT_S = 3600.0
 
 
+def _at_pairs(matrix, pairs) -> np.ndarray:
+    """The values of sparse `matrix` at the (row, col) pairs of coo `pairs`, as a flat array (for no pairs an empty
+    one: scipy's pair indexing then gives an empty sparse matrix, which a block of users without history met)."""
+    if not pairs.nnz:
+        return np.zeros(0, matrix.dtype)
+    return np.asarray(matrix[pairs.row, pairs.col]).ravel()
+
+
 def _session_columns(
     catalogue: Catalogue, profiles: Profiles, rows, items, encoder: str, names
 ) -> dict[str, np.ndarray]:
@@ -412,7 +420,7 @@ def _session_columns(
     pair_type = np.where(np.isfinite(code[seen.col]), code[seen.col], -1).astype(np.int64)
     typed = pair_type >= 0
     # each seen pair's latest time, from its age relative to the user's latest interaction
-    age = np.asarray(profiles.age_days[seen.row, seen.col]).ravel()
+    age = _at_pairs(profiles.age_days, seen)
     pair_s = profiles.last_s[seen.row] - (age - 1e-6) * DAY_S
     recent = (profiles.last_s[seen.row] - pair_s) <= RECENT_S
 
@@ -427,7 +435,7 @@ def _session_columns(
 
     ones = np.ones(len(seen.row))
     if "bounce" in wanted:
-        bounced = np.asarray(profiles.bounced[seen.row, seen.col]).ravel()
+        bounced = _at_pairs(profiles.bounced, seen)
         everything = np.ones(len(seen.row), bool)
         out["type_bounce_rate"] = at_item((per_type(bounced, everything) + 0.5) / (per_type(ones, everything) + 2.0))
         plays_recent = per_type(ones, recent)
