@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -18,7 +14,6 @@ from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.features.tables import build_interactions
 from recsys_platform.model import procedure
 from recsys_platform.model.candidates import FEATURES, MISSING_RANK
-from recsys_platform.model.compiled import compile_ranker
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.profiles import Profiles
 from recsys_platform.model.ranker import ColumnScorer
@@ -335,50 +330,6 @@ def test_blocks_scored_on_threads_give_the_same_lists_in_the_same_order(world) -
         serial = rec.recommend(users, 20, block_users=32, fill=fill)
         threaded = rec.recommend(users, 20, block_users=32, fill=fill, workers=2)
         assert threaded.equals(serial)
-
-
-@dataclass
-class _PidRecordingScorer:
-    """A scorer that notes which process scored each block (a file per process id under `folder`)."""
-
-    inner: object
-    folder: Path
-
-    @property
-    def FORK_SAFE(self) -> bool:  # noqa: N802 - the scorer attribute `_blocks_at_once` reads
-        return getattr(self.inner, "FORK_SAFE", False)
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        (self.folder / str(os.getpid())).touch()
-        return self.inner.predict(features)
-
-
-def _scored_in(rec, users, scorer, folder: Path, **kwargs) -> tuple[pl.DataFrame, set[int]]:
-    folder.mkdir()
-    lists = rec.with_scorer(_PidRecordingScorer(scorer, folder)).recommend(users, 20, block_users=32, **kwargs)
-    return lists, {int(p.name) for p in folder.iterdir()}
-
-
-def test_many_blocks_are_scored_in_forked_processes_with_the_same_lists_where_a_fork_is_safe(
-    world, tmp_path, monkeypatch
-) -> None:
-    rec, users = world["rec"], world["ds"].users["user_id"]
-    compiled = compile_ranker(rec.scorer.model_to_string(), cache_dir=tmp_path / "cache")
-    assert compiled is not None and compiled.FORK_SAFE
-    for fill in (False, True):
-        serial, pids = _scored_in(rec, users, compiled, tmp_path / f"serial{fill}", fill=fill)
-        assert pids == {os.getpid()}
-        forked, pids = _scored_in(rec, users, compiled, tmp_path / f"forked{fill}", fill=fill, workers=2)
-        assert forked.equals(serial)
-        assert len(pids) == 2 and os.getpid() not in pids  # both blocks' processes, neither this one
-    # a LightGBM Booster (its OpenMP pool is not copied by a fork) and a daemonic process: threads, the same lists
-    booster = rec.scorer
-    assert not getattr(booster, "FORK_SAFE", False)
-    threaded, pids = _scored_in(rec, users, booster, tmp_path / "booster", workers=2)
-    assert pids == {os.getpid()} and threaded.equals(rec.recommend(users, 20, block_users=32))
-    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)
-    threaded, pids = _scored_in(rec, users, compiled, tmp_path / "daemonic", workers=2)
-    assert pids == {os.getpid()} and threaded.equals(_scored_in(rec, users, compiled, tmp_path / "again")[0])
 
 
 def test_a_block_of_users_without_history_gets_the_lists_of_the_shared_sources() -> None:

@@ -55,8 +55,6 @@ class CompiledRanker:
     (`model_to_string`), so a serving state saves and reloads it like a Booster; `object_file` is its cached
     native code."""
 
-    FORK_SAFE = True  # native code with no thread pool of its own (n_jobs threads start per call): may be forked
-
     model: Any  # lleaves.Model
     text: str
     object_file: Path

@@ -128,8 +128,6 @@ def early_stopping(patience: int, min_trees: int = 0) -> Any:
 class ColumnScorer:
     """Scores candidates by one feature column (a baseline source served as a model version)."""
 
-    FORK_SAFE = True  # numpy only: may score in a forked process (`recommender._blocks_at_once`)
-
     feature: str
 
     def predict(self, features: np.ndarray) -> np.ndarray:

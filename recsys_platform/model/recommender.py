@@ -9,10 +9,7 @@ newest events the fitted history does not hold yet (the near-real-time refresh).
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -86,7 +83,7 @@ class Recommender:
         workers: int = 1,
     ) -> pl.DataFrame:
         """Top-k [user_id, rank, item_id, score] for the known users of `user_ids`, a block of users at a time
-        (`workers` blocks at once: `_blocks_at_once`).
+        (`workers` blocks at once, on threads).
 
         The scorer orders the candidates; with `fill`, lists shorter than k continue with the other
         recommendable items in the order of the recency-weighted EASE score, then popularity (deep batch
@@ -110,8 +107,7 @@ class Recommender:
         rows_all = rows_all[keep]
         cut_all = None if cutoff_s is None else np.asarray(cutoff_s, np.float64)[keep]
 
-        def one_block(start: int) -> dict[str, tuple[np.ndarray, ...]]:
-            """numpy only (no polars): it may run in a forked process."""
+        def one_block(start: int) -> dict[str, pl.DataFrame]:
             rows = rows_all[start : start + block_users]
             cut = None if cut_all is None else cut_all[start : start + block_users]
             profiles, block = self.block(rows, cut)
@@ -121,12 +117,19 @@ class Recommender:
                 r, i, s = block.rows, block.items, score
                 if fill:
                     r, i, s = self._filled(profiles, r, i, s, k)
-                out[name] = _top_k(r, i, s, k, profiles.rows)
+                out[name] = _top_k(r, i, s, k, profiles.rows, self.vocab)
             return out
 
         starts = range(0, len(rows_all), block_users)
-        blocks = _blocks_at_once(one_block, starts, workers, scorers.values())
-        return {name: _lists_frame([b[name] for b in blocks], self.vocab) for name in scorers}
+        if workers > 1 and len(starts) > 1:
+            # Blocks on threads: the candidate arrays are numpy and the scorers compiled code, which release the GIL
+            # for most of a block; BLAS is held to one thread per block so the two levels do not oversubscribe.
+            with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+                blocks = list(pool.map(one_block, starts))
+        else:
+            blocks = [one_block(start) for start in starts]
+        empty = pl.DataFrame(schema={"user_id": pl.String, "rank": pl.Int64, "item_id": pl.String, "score": pl.Float64})
+        return {name: pl.concat([b[name] for b in blocks]) if blocks else empty for name in scorers}
 
     def _filled(self, profiles: Profiles, rows, items, score, k: int):
         """Candidates plus every other allowed item, the others ordered by (EASE on the recent profile, popularity)
@@ -177,73 +180,22 @@ def _run_positions(rows: np.ndarray) -> np.ndarray:
     return np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
 
 
-def _top_k(rows: np.ndarray, items: np.ndarray, score: np.ndarray, k: int, users: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Best k per block row by score (ties by item), finite scores only: (vocabulary user row, rank, item column,
-    score) arrays, ordered by block row and rank."""
+def _top_k(rows: np.ndarray, items: np.ndarray, score: np.ndarray, k: int, users: np.ndarray, vocab) -> pl.DataFrame:
+    """Best k per block row by score (ties by item), finite scores only."""
     ok = np.isfinite(score)
     rows, items, score = rows[ok], items[ok], score[ok]
     order = np.lexsort((items, -score, rows))
     rows, items, score = rows[order], items[order], score[order]
     rank = _run_positions(rows) + 1
     top = rank <= k
-    return users[rows[top]], rank[top].astype(np.int64), items[top], score[top]
-
-
-def _lists_frame(blocks: list[tuple[np.ndarray, ...]], vocab: Vocabulary) -> pl.DataFrame:
-    """[user_id, rank, item_id, score] of `_top_k`'s arrays, block after block."""
-    users, rank, items, score = (np.concatenate(parts) for parts in zip(*blocks, strict=True)) if blocks else [[]] * 4
     return pl.DataFrame(
         {
-            "user_id": vocab.user_ids.gather(np.asarray(users, np.int64)),
-            "rank": np.asarray(rank, np.int64),
-            "item_id": vocab.item_ids.gather(np.asarray(items, np.int64)),
-            "score": np.asarray(score, np.float64),
+            "user_id": vocab.user_ids.gather(users[rows[top]]),
+            "rank": rank[top].astype(np.int64),
+            "item_id": vocab.item_ids.gather(items[top]),
+            "score": score[top],
         }
     )
-
-
-# Blocks a run's processes take in turn, at least (below it, forking the processes costs more than it saves).
-MIN_BLOCKS_TO_FORK = 8
-_forked_task: Callable[[int], Any] | None = None
-_fork_lock = threading.Lock()
-
-
-def _blocks_at_once(one_block: Callable[[int], Any], starts: range, workers: int, scorers: Iterable[Any]) -> list[Any]:
-    """`one_block(start)` for every start, in order, `workers` at a time.
-
-    In forked processes when there are enough blocks and every scorer may run after a fork (`FORK_SAFE`: the
-    compiled ranker, the numpy evaluator, a column; not a LightGBM Booster, whose OpenMP pool a fork does not
-    copy): a block is numpy and native code, but on threads the Python between its calls (a search per row and
-    source, the sources' small products) holds the GIL, and two threads gave 1.4 times one thread's speed where two
-    processes give ~2 (40k-user world, compiled ranker). The processes share the fitted sources with this one
-    (copy-on-write) and return only each block's top-k arrays. A daemonic process (a Celery prefork worker) may
-    not have children, and a platform without fork has none: there, and for few blocks, threads."""
-    global _forked_task
-    if workers <= 1 or len(starts) <= 1:
-        return [one_block(start) for start in starts]
-    # BLAS held to one thread per block (inherited by forked processes) so the two levels do not oversubscribe
-    with threadpool_limits(limits=1, user_api="blas"):
-        forkable = (
-            len(starts) >= MIN_BLOCKS_TO_FORK
-            and all(getattr(s, "FORK_SAFE", False) for s in scorers)
-            and "fork" in multiprocessing.get_all_start_methods()
-            and not multiprocessing.current_process().daemon
-        )
-        if not forkable:
-            with ThreadPoolExecutor(workers) as pool:
-                return list(pool.map(one_block, starts))
-        with _fork_lock:  # the task reaches the processes as a global they inherit (a closure does not pickle)
-            _forked_task = one_block
-            try:
-                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                    return list(pool.map(_run_forked_task, starts))
-            finally:
-                _forked_task = None
-
-
-def _run_forked_task(start: int) -> Any:
-    assert _forked_task is not None, "run only in a process forked by _blocks_at_once"
-    return _forked_task(start)
 
 
 def build_vocab(interactions: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame, users: pl.DataFrame) -> Vocabulary:

@@ -46,8 +46,6 @@ def _array(block: dict[str, str], key: str, dtype: type) -> np.ndarray:
 class TreeEnsemble:
     """The trees of a LightGBM model; `predict` returns the raw score (sum of leaf values)."""
 
-    FORK_SAFE = True  # numpy only: may score in a forked process (`recommender._blocks_at_once`)
-
     def __init__(self, trees: list[_Tree], feature_names: list[str]) -> None:
         self.trees = trees
         self.feature_names = feature_names
