@@ -223,3 +223,27 @@ def test_each_group_reads_the_same_values_from_only_the_signals_signals_for_keep
         assert set(got) == set(names), group
         for name in names:
             np.testing.assert_allclose(got[name], want[name], err_msg=f"{group}: {name}")
+
+
+def test_a_blocks_signals_are_found_per_user_as_a_pass_over_everyones_found_them() -> None:
+    # the positions and block rows `of_rows` gives equal those of marking the block's rows in an array over every user
+    # and mapping every signal through it (the pass it replaces), repeated users at their last position included
+    rng = np.random.default_rng(3)
+    user = np.sort(rng.integers(0, 60, 500))
+    history = SignalHistory(
+        encoder="hashed",
+        user=user,
+        time_s=np.arange(500, dtype=np.float64),
+        query=np.full(500, -1),
+        steps=np.full(500, np.nan),
+        heart_rate=np.full(500, np.nan),
+        queries=(),
+    )
+    for rows in (rng.integers(0, 80, 25), np.array([5, 9, 5, 70, 9]), np.arange(60), np.zeros(0, np.int64)):
+        local = np.full(max(int(rows.max(initial=0)), int(user.max())) + 1, -1)
+        local[rows] = np.arange(len(rows))
+        expected_r = local[user]
+        expected_at = np.flatnonzero(expected_r >= 0)
+        at, r = history.of_rows(rows)
+        np.testing.assert_array_equal(at, expected_at)
+        np.testing.assert_array_equal(r, expected_r[expected_at])

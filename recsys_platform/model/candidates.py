@@ -461,15 +461,19 @@ def _session_columns(
         if session is None:
             out.update({f: np.full(n_pairs, np.nan) for f in SESSION_FEATURE_GROUPS["search"]})
         else:
-            # users x the block's items, then each pair's cell: a per-pair dot product would first copy a vector per
-            # pair (the 800k pairs of a training window: 8x the time of the whole matrix product)
-            cols, col_of = np.unique(items, return_inverse=True)
-            vectors = catalogue.item_vectors(encoder)[cols].T
-            has = np.isfinite(session.search_after_min)[rows]
-            sim = (session.search_vec @ vectors)[rows, col_of]
-            recent_sim = (session.recent_search_vec @ vectors)[rows, col_of]
-            out["search_sim"] = np.where(has, sim, np.nan)
-            out["search_sim_recent"] = np.where(has, recent_sim, np.nan)
+            # the block's users with a search x their candidates' items, then each pair's cell: a per-pair dot product
+            # would first copy a vector per pair (the 800k pairs of a training window: 8x the time of the whole
+            # matrix product); the rows of users without a search would be NaN, so they are left out of the product
+            searched = np.flatnonzero(np.isfinite(session.search_after_min))
+            has = np.isin(rows, searched)  # rows ascending: a pair's user row in `searched` by binary search below
+            out["search_sim"] = np.full(n_pairs, np.nan)
+            out["search_sim_recent"] = np.full(n_pairs, np.nan)
+            if has.any():
+                cols, col_of = np.unique(items[has], return_inverse=True)
+                vectors = catalogue.item_vectors(encoder)[cols].T
+                at = np.searchsorted(searched, rows[has])
+                out["search_sim"][has] = (session.search_vec[searched] @ vectors)[at, col_of]
+                out["search_sim_recent"][has] = (session.recent_search_vec[searched] @ vectors)[at, col_of]
             out["search_after_min"] = session.search_after_min[rows]
     return out
 
