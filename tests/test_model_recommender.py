@@ -345,3 +345,12 @@ def test_a_block_of_users_without_history_gets_the_lists_of_the_shared_sources()
     assert set(alone["item_id"]) <= {"n0", "n1", "n2", "n3", "n4"}
     together = rec.recommend(pl.Series(["single", "new"]), k=3, block_users=1000)
     assert together.filter(pl.col("user_id") == "new").equals(alone)
+
+
+def test_a_block_without_any_candidate_gives_no_lists_rather_than_an_error() -> None:
+    # nothing released yet: no source has a candidate for anyone, and the pair features read no pair
+    unreleased = ITEMS.with_columns(release_date=pl.lit(CUTOFF.date() + timedelta(days=30)))
+    rec = fit_serving(RULES, unreleased, USERS, CUTOFF, FAST, ColumnScorer("score_pop"))
+    profiles, block = rec.block(rec.vocab.user_rows(pl.Series(["r", "single"])))
+    assert len(block) == 0 and block.features.shape == (0, len(FEATURES))
+    assert rec.recommend(pl.Series(["r", "single"]), k=3).is_empty()

@@ -385,8 +385,8 @@ def _pair_columns(stats: ItemStats, catalogue: Catalogue, profiles: Profiles, ro
     level_n = profiles.seen @ np.isfinite(catalogue.level).astype(np.float64)
     user_level = np.where(level_n > 0, level_sum / np.maximum(level_n, 1), np.nan)
     out["level_gap"] = catalogue.level[items] - user_level[rows]
-    out["ui_plays"] = np.asarray(profiles.plays[rows, items]).ravel()
-    age = np.asarray(profiles.age_days[rows, items]).ravel()
+    out["ui_plays"] = _at_pairs(profiles.plays, rows, items)
+    age = _at_pairs(profiles.age_days, rows, items)
     out["ui_days_since"] = np.where(age > 0, age, np.nan)
     out["pair_available_days"] = (profiles.last_s[rows] - stats.first_s[items]) / DAY_S
     out["pair_time_gap_days"] = (stats.mean_s[items] - _user_mean_time(profiles)[rows]) / DAY_S
@@ -396,12 +396,12 @@ def _pair_columns(stats: ItemStats, catalogue: Catalogue, profiles: Profiles, ro
 RECENT_S = 3600.0
 
 
-def _at_pairs(matrix, pairs) -> np.ndarray:
-    """The values of sparse `matrix` at the (row, col) pairs of coo `pairs`, as a flat array (for no pairs an empty
-    one: scipy's pair indexing then gives an empty sparse matrix, which a block of users without history met)."""
-    if not pairs.nnz:
+def _at_pairs(matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The values of sparse `matrix` at the (`rows`, `cols`) pairs, as a flat array (for no pairs an empty one:
+    scipy's pair indexing then gives an empty sparse matrix, which a block of users without history met)."""
+    if not len(rows):
         return np.zeros(0, matrix.dtype)
-    return np.asarray(matrix[pairs.row, pairs.col]).ravel()
+    return np.asarray(matrix[rows, cols]).ravel()
 
 
 def _session_columns(
@@ -420,7 +420,7 @@ def _session_columns(
     pair_type = np.where(np.isfinite(code[seen.col]), code[seen.col], -1).astype(np.int64)
     typed = pair_type >= 0
     # each seen pair's latest time, from its age relative to the user's latest interaction
-    age = _at_pairs(profiles.age_days, seen)
+    age = _at_pairs(profiles.age_days, seen.row, seen.col)
     pair_s = profiles.last_s[seen.row] - (age - 1e-6) * DAY_S
     recent = (profiles.last_s[seen.row] - pair_s) <= RECENT_S
 
@@ -435,7 +435,7 @@ def _session_columns(
 
     ones = np.ones(len(seen.row))
     if "bounce" in wanted:
-        bounced = _at_pairs(profiles.bounced, seen)
+        bounced = _at_pairs(profiles.bounced, seen.row, seen.col)
         everything = np.ones(len(seen.row), bool)
         out["type_bounce_rate"] = at_item((per_type(bounced, everything) + 0.5) / (per_type(ones, everything) + 2.0))
         plays_recent = per_type(ones, recent)
