@@ -465,7 +465,7 @@ def _session_columns(
             # would first copy a vector per pair (the 800k pairs of a training window: 8x the time of the whole
             # matrix product); the rows of users without a search would be NaN, so they are left out of the product
             searched = np.flatnonzero(np.isfinite(session.search_after_min))
-            has = np.isin(rows, searched)  # rows ascending: a pair's user row in `searched` by binary search below
+            has = np.isin(rows, searched)  # pairs of users with a search; their user's place in `searched` below
             out["search_sim"] = np.full(n_pairs, np.nan)
             out["search_sim_recent"] = np.full(n_pairs, np.nan)
             if has.any():
