@@ -186,3 +186,33 @@ def test_readers_never_see_mixed_versions_during_repeated_flips(store: OnlineSto
     assert counts["responses"] > 50
     assert len(seen_versions) >= 3, seen_versions
     assert store.pointer().model_version == "v6"
+
+
+class CountingRows(dict):
+    """A namespace's rows that count how often they are read in full."""
+
+    passes = 0
+
+    def items(self):
+        CountingRows.passes += 1
+        return super().items()
+
+
+class AlteringStore(LossyStore):
+    """Delegates to a store but changes one stored value per batch, keeping every key."""
+
+    def write_batch(self, slot, namespace, rows, model_version):
+        first = next(iter(rows))
+        return self.inner.write_batch(slot, namespace, {**rows, first: rows[first] + " "}, model_version)
+
+
+def test_the_payload_is_read_once_and_a_changed_value_still_fails_the_checksum(store: OnlineStore) -> None:
+    # the expected counts and checksums are computed as the rows are written, not in a second pass over the payload
+    CountingRows.passes = 0
+    rows = payload("v1")
+    deployment.deploy(store, "v1", "snap-1", {ns: CountingRows(r) for ns, r in rows.items()}, offline_sample={})
+    assert CountingRows.passes == len(rows)
+    # what the store holds is still checked against what it was given: one value altered per batch fails
+    with pytest.raises(DeploymentVerificationError, match=r"recs: checksum \w+ != payload checksum"):
+        deployment.deploy(AlteringStore(store), "v2", "snap-2", payload("v2"), offline_sample={})
+    assert store.pointer().model_version == "v1"

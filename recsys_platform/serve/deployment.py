@@ -6,7 +6,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -67,6 +67,20 @@ def _batches(rows: Mapping[str, str], size: int):
         yield chunk
 
 
+def _write_namespace(
+    store: OnlineStore, slot: str, namespace: str, rows: Mapping[str, str], model_version: str, batch_size: int
+) -> tuple[int, str]:
+    """Write `rows` to `slot` in batches; (row count, checksum) of the rows handed to the store, digested as each
+    batch is written (one pass over `rows`)."""
+
+    def written() -> Iterator[tuple[str, str]]:
+        for batch in _batches(rows, batch_size):
+            store.write_batch(slot, namespace, batch, model_version)
+            yield from batch.items()
+
+    return namespace_checksum(written())
+
+
 def _same_json(a: str | None, b: str | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -92,15 +106,19 @@ def verify_slot(
     slot: str,
     payload: Mapping[str, Mapping[str, str]],
     offline_sample: Mapping[str, Mapping[str, str]],
+    expected: Mapping[str, tuple[int, str]] | None = None,
 ) -> tuple[SlotInfo, int]:
-    """Check row counts, checksums and sample parity of a sealed slot; raise on any difference."""
+    """Check row counts, checksums and sample parity of a sealed slot; raise on any difference. `expected` holds
+    the payload's (count, checksum) per namespace when the writer computed them; otherwise they are computed here."""
     info = store.slot_info(slot)
     problems: list[str] = []
     if info.state != "ready":
         problems.append(f"slot state is {info.state!r}, expected 'ready'")
     for ns in sorted(set(payload) | set(info.row_counts)):
-        rows = payload.get(ns, {})
-        expected_count, expected_checksum = namespace_checksum(rows.items())
+        if expected is not None and ns in expected:
+            expected_count, expected_checksum = expected[ns]
+        else:
+            expected_count, expected_checksum = namespace_checksum(payload.get(ns, {}).items())
         count = info.row_counts.get(ns, 0)
         if count != expected_count:
             problems.append(f"{ns}: {count} rows stored, {expected_count} in payload")
@@ -139,12 +157,12 @@ def deploy(
     slot = SLOTS[0] if previous is None else other_slot(previous.active_slot)
     logger.info("deploying model %s snapshot %s to standby slot %s", model_version, snapshot_id, slot)
     store.prepare_slot(slot, model_version, snapshot_id)
-    for ns, rows in payload.items():
-        for batch in _batches(rows, batch_size):
-            store.write_batch(slot, ns, batch, model_version)
+    # each namespace's count and checksum as its rows are written: a second pass over the payload re-encoded every
+    # user's list (at 1M users ~13 s of a 85 s deploy)
+    written = {ns: _write_namespace(store, slot, ns, rows, model_version, batch_size) for ns, rows in payload.items()}
     store.seal_slot(slot)
     sample = offline_sample if offline_sample is not None else _default_sample(payload, sample_size, seed=0)
-    info, checked = verify_slot(store, slot, payload, sample)
+    info, checked = verify_slot(store, slot, payload, sample, written)
     pointer = store.flip(slot, model_version)
     seconds = time.perf_counter() - started
     logger.info("deployed model %s to slot %s in %.2fs (%s)", model_version, slot, seconds, info.row_counts)
