@@ -104,32 +104,28 @@ def _default_sample(payload: Mapping[str, Mapping[str, str]], size: int, seed: i
 def verify_slot(
     store: OnlineStore,
     slot: str,
-    payload: Mapping[str, Mapping[str, str]],
+    expected: Mapping[str, tuple[int, str]],
     offline_sample: Mapping[str, Mapping[str, str]],
-    expected: Mapping[str, tuple[int, str]] | None = None,
 ) -> tuple[SlotInfo, int]:
-    """Check row counts, checksums and sample parity of a sealed slot; raise on any difference. `expected` holds
-    the payload's (count, checksum) per namespace when the writer computed them; otherwise they are computed here."""
+    """Check a sealed slot's row counts and checksums against `expected` ((count, checksum) per namespace of what was
+    written, `_write_namespace`) and its sample parity; raise on any difference."""
     info = store.slot_info(slot)
     problems: list[str] = []
     if info.state != "ready":
         problems.append(f"slot state is {info.state!r}, expected 'ready'")
-    for ns in sorted(set(payload) | set(info.row_counts)):
-        if expected is not None and ns in expected:
-            expected_count, expected_checksum = expected[ns]
-        else:
-            expected_count, expected_checksum = namespace_checksum(payload.get(ns, {}).items())
+    for ns in sorted(set(expected) | set(info.row_counts)):
+        expected_count, expected_checksum = expected.get(ns, (0, ""))
         count = info.row_counts.get(ns, 0)
         if count != expected_count:
             problems.append(f"{ns}: {count} rows stored, {expected_count} in payload")
         elif expected_count and info.checksums.get(ns) != expected_checksum:
             problems.append(f"{ns}: checksum {info.checksums.get(ns)} != payload checksum {expected_checksum}")
     checked = 0
-    for ns, expected in offline_sample.items():
-        if not expected:
+    for ns, offline in offline_sample.items():
+        if not offline:
             continue
-        got = store.read_slot(slot, ns, list(expected)).values
-        for key, value in expected.items():
+        got = store.read_slot(slot, ns, list(offline)).values
+        for key, value in offline.items():
             checked += 1
             if not _same_json(got.get(key), value):
                 problems.append(f"{ns}[{key!r}]: stored {str(got.get(key))[:80]!r} != offline {value[:80]!r}")
@@ -162,7 +158,7 @@ def deploy(
     written = {ns: _write_namespace(store, slot, ns, rows, model_version, batch_size) for ns, rows in payload.items()}
     store.seal_slot(slot)
     sample = offline_sample if offline_sample is not None else _default_sample(payload, sample_size, seed=0)
-    info, checked = verify_slot(store, slot, payload, sample, written)
+    info, checked = verify_slot(store, slot, written, sample)
     pointer = store.flip(slot, model_version)
     seconds = time.perf_counter() - started
     logger.info("deployed model %s to slot %s in %.2fs (%s)", model_version, slot, seconds, info.row_counts)
