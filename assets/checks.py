@@ -14,7 +14,7 @@ import dagster as dg
 import polars as pl
 
 from assets.partitions import arrival_hours
-from assets.pools import HISTORY_POOL
+from assets.pools import HISTORY_POOL, in_pool
 from recsys_platform.analytics.reporting import frame_preview_markdown
 from recsys_platform.ingest.landing import FILE_FORMATS, partition_key_of
 from recsys_platform.ingest.quality import QualityResult, load_suite, validate_frame
@@ -158,7 +158,7 @@ def raw_events_reconciliation(
     )
 
 
-@dg.asset_check(asset="interactions", pool=HISTORY_POOL)
+@dg.asset_check(asset="interactions", **in_pool(HISTORY_POOL))
 def interactions_expectations(interactions: pl.DataFrame) -> dg.AssetCheckResult:
     """GX suite expectations/interactions.json."""
     return quality_check_result(validate_frame(interactions, "interactions"))

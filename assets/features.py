@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from assets import groups
-from assets.pools import HISTORY_POOL
+from assets.pools import HISTORY_POOL, in_pool
 from recsys_platform.analytics.reporting import frame_preview_markdown
 from recsys_platform.features import tables as feats
 from recsys_platform.features.item_cooccurrence import fit_item_cooccurrence
@@ -20,7 +20,7 @@ def feature_cutoff(interactions: pl.LazyFrame | pl.DataFrame) -> datetime:
     return datetime.now(UTC) if latest is None else latest + timedelta(microseconds=1)
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, **in_pool(HISTORY_POOL))
 def interactions(context: dg.AssetExecutionContext, raw_events: pl.LazyFrame, items: pl.DataFrame) -> pl.DataFrame:
     """Content interactions from raw events: typed, deduplicated by event_id across all hours, weighted
     (complete 3 > favorite 2 > start 1; exits 0, bounces under 30 s -1 as negative signal)."""
@@ -36,7 +36,7 @@ def interactions(context: dg.AssetExecutionContext, raw_events: pl.LazyFrame, it
     return df
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, **in_pool(HISTORY_POOL))
 def session_signals(context: dg.AssetExecutionContext, raw_events: pl.LazyFrame) -> pl.DataFrame:
     """The events of sessions that are not content interactions: searches (query text) and biometric readings
     (steps, heart rate), deduplicated by event_id across all hours. The ranker's session features read them
@@ -54,7 +54,7 @@ def session_signals(context: dg.AssetExecutionContext, raw_events: pl.LazyFrame)
     return df
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, **in_pool(HISTORY_POOL))
 def user_features(
     context: dg.AssetExecutionContext, interactions: pl.LazyFrame, users: pl.DataFrame, items: pl.DataFrame
 ) -> pl.DataFrame:
@@ -68,7 +68,7 @@ def user_features(
     return df
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, **in_pool(HISTORY_POOL))
 def item_features(context: dg.AssetExecutionContext, interactions: pl.LazyFrame, items: pl.DataFrame) -> pl.DataFrame:
     """Per-item popularity (all time, 7 days, 1 day), completion and bounce rates, freshness and level."""
     cutoff = feature_cutoff(interactions)
@@ -83,7 +83,7 @@ def item_features(context: dg.AssetExecutionContext, interactions: pl.LazyFrame,
     return df
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, **in_pool(HISTORY_POOL))
 def similar_items(interactions: pl.LazyFrame) -> pl.DataFrame:
     """Item-to-item neighbours (Jaccard co-occurrence of positive interactions), 20 per item."""
     positive = feats.read_history(interactions, ("user_id", "item_id", "weight"), positive_only=True)

@@ -7,7 +7,7 @@ import polars as pl
 
 from assets import groups
 from assets.partitions import arrival_hours
-from assets.pools import RAW_EVENTS_POOL
+from assets.pools import RAW_EVENTS_POOL, in_pool
 from recsys_platform import schemas
 from recsys_platform.ingest.ingestion import imported_event_floors, ingest_files, read_table_updates
 from recsys_platform.ingest.landing import ITEMS_PREFIX, PARTITION_KEY_FORMAT, USERS_PREFIX
@@ -56,7 +56,7 @@ def _counts(df: pl.DataFrame, col: str) -> dict[str, int]:
     },
     partitions_def=arrival_hours,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    pool=RAW_EVENTS_POOL,
+    **in_pool(RAW_EVENTS_POOL),
 )
 def raw_events(context: dg.AssetExecutionContext, landing: LandingZoneResource, items: pl.DataFrame):
     """Ingest every file landed in the run's arrival hours."""

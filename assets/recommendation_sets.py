@@ -8,7 +8,7 @@ import polars as pl
 from assets import groups
 from assets.features import feature_cutoff
 from assets.partitions import SHARD_KEYS, user_shards
-from assets.pools import HISTORY_POOL
+from assets.pools import HISTORY_POOL, in_pool
 from recsys_platform import schemas
 from recsys_platform.analytics.reporting import frame_preview_markdown
 from recsys_platform.batch import scoring as bs
@@ -210,7 +210,7 @@ def recommendation_export(
         "raw_events": ALL_EVENT_HOURS,
         "served_log": ALL_SERVED_HOURS,
     },
-    pool=HISTORY_POOL,
+    **in_pool(HISTORY_POOL),
 )
 def experiment_exposures(
     context: dg.AssetExecutionContext,
@@ -248,7 +248,7 @@ def experiment_exposures(
     group_name=groups.EXPERIMENTS,
     kinds={"scipy", "matplotlib", "parquet"},
     ins={"served_log": ALL_SERVED_HOURS},
-    pool=HISTORY_POOL,
+    **in_pool(HISTORY_POOL),
 )
 def experiment_analysis(
     context: dg.AssetExecutionContext,

@@ -7,7 +7,7 @@ import polars as pl
 
 from assets import groups
 from assets.features import feature_cutoff
-from assets.pools import HISTORY_POOL
+from assets.pools import HISTORY_POOL, in_pool
 from recsys_platform import schemas
 from recsys_platform.analytics.duckdb_catalog import build_catalog
 from recsys_platform.config import CHAMPION_ALIAS, POPULARITY_VERSION
@@ -43,7 +43,7 @@ LAKE_TABLES = [
 ]
 
 
-@dg.asset(group_name=GROUP, kinds={"lightgbm", "polars", "parquet"}, deps=["model_evaluation"], pool=HISTORY_POOL)
+@dg.asset(group_name=GROUP, kinds={"lightgbm", "polars", "parquet"}, deps=["model_evaluation"], **in_pool(HISTORY_POOL))
 def recommendations(
     context: dg.AssetExecutionContext,
     interactions: pl.LazyFrame,

@@ -9,7 +9,7 @@ import polars as pl
 
 from assets import groups
 from assets.features import feature_cutoff
-from assets.pools import HISTORY_POOL
+from assets.pools import HISTORY_POOL, in_pool
 from recsys_platform.analytics.reporting import frame_preview_markdown
 from recsys_platform.features.tables import POSITIVE_COLUMNS, latest_event_time, read_history, user_sample
 from recsys_platform.model import fallback, gate, procedure, registry
@@ -42,7 +42,7 @@ def _fit_sample(context, interactions: pl.LazyFrame, users: pl.DataFrame, signal
     return interactions, users, signals, (sample.weight if sample is not None else 1.0)
 
 
-@dg.asset(group_name=GROUP, kinds={"polars"}, pool=HISTORY_POOL)
+@dg.asset(group_name=GROUP, kinds={"polars"}, **in_pool(HISTORY_POOL))
 def model_params(
     context: dg.AssetExecutionContext,
     interactions: pl.LazyFrame,
@@ -70,7 +70,7 @@ def model_params(
     return {"params": params.to_dict(), **report}
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, **in_pool(HISTORY_POOL))
 def training_set(
     context: dg.AssetExecutionContext,
     interactions: pl.LazyFrame,
@@ -107,7 +107,7 @@ def training_set(
     return df
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, pool=HISTORY_POOL)
+@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, **in_pool(HISTORY_POOL))
 def popularity_model(interactions: pl.LazyFrame, users: pl.DataFrame) -> pl.DataFrame:
     """Popularity-count baseline (distinct users with a positive interaction), globally and per
     cold-start segment: the fallback the API serves to users it does not know."""
@@ -115,7 +115,7 @@ def popularity_model(interactions: pl.LazyFrame, users: pl.DataFrame) -> pl.Data
     return fallback.popularity_table(positive, users, feature_cutoff(interactions), k=100)
 
 
-@dg.asset(group_name=GROUP, kinds={"lightgbm", "mlflow"}, pool=HISTORY_POOL)
+@dg.asset(group_name=GROUP, kinds={"lightgbm", "mlflow"}, **in_pool(HISTORY_POOL))
 def ranker_model(
     context: dg.AssetExecutionContext,
     training_set: pl.DataFrame,
@@ -179,7 +179,7 @@ def ranker_model(
         for protocol in procedure.PROTOCOLS
     },
     group_name=GROUP,
-    pool=HISTORY_POOL,
+    **in_pool(HISTORY_POOL),
     can_subset=True,
 )
 def holdouts(
@@ -226,7 +226,7 @@ def holdouts(
         )
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, pool=HISTORY_POOL)
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, **in_pool(HISTORY_POOL))
 def model_evaluation(
     context: dg.AssetExecutionContext,
     ranker_model: dict,

@@ -8,6 +8,7 @@ from dataclasses import asdict
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from assets.pools import POOL_TAG
 from recsys_platform.config import Settings
 from recsys_platform.deploy_profile import executor_settings
 from resources import (
@@ -53,10 +54,18 @@ FORKSERVER_PRELOAD: tuple[str, ...] = (
 )
 
 
+# Within a run, one step of each pool at a time (assets.pools), as the production instance's pool limit does across
+# runs: the embedded instance limits no pool, and a run launched from the UI runs a step per core, so at 1M users two
+# history steps overlapped (interactions beside session_signals) and the run peaked at 12.8 GiB.
+POOL_LIMITS = [{"key": POOL_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+
+
 def multiprocess_executor(max_concurrent: int | None = None) -> dg.ExecutorDefinition:
-    """Dagster's multiprocess executor, each step forked from a server that preloaded FORKSERVER_PRELOAD."""
+    """Dagster's multiprocess executor, each step forked from a server that preloaded FORKSERVER_PRELOAD, one step
+    of each pool at a time."""
     start = {"forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}}
-    return dg.multiprocess_executor.configured({"max_concurrent": max_concurrent, "start_method": start})
+    config = {"max_concurrent": max_concurrent, "start_method": start, "tag_concurrency_limits": POOL_LIMITS}
+    return dg.multiprocess_executor.configured(config)
 
 
 def executor_from_env(settings: Settings | None = None) -> dg.ExecutorDefinition:

@@ -76,7 +76,7 @@ def test_dagster_definitions_validate(tmp_path: Path):
 def test_history_sized_steps_share_one_pool_the_production_instance_limits():
     import yaml
 
-    from assets.pools import HISTORY_POOL, RAW_EVENTS_POOL
+    from assets.pools import HISTORY_POOL, POOL_TAG, RAW_EVENTS_POOL
 
     pools = {key.to_user_string(): a.op.pool for a in defs.assets for key in a.keys}
     pools |= {key.name: c.op.pool for c in defs.asset_checks for key in c.check_keys}
@@ -87,6 +87,10 @@ def test_history_sized_steps_share_one_pool_the_production_instance_limits():
     heavy |= {"experiment_exposures", "experiment_analysis"}
     assert {name for name, pool in pools.items() if pool == HISTORY_POOL} == heavy | {"interactions_expectations"}
     assert pools["raw_events"] == RAW_EVENTS_POOL and pools["items"] is None and pools["recommendation_sets"] is None
+    # each pooled step also carries its pool as an op tag: the multiprocess executor's limit within a run reads tags
+    tags = {key.to_user_string(): a.op.tags for a in defs.assets for key in a.keys}
+    tags |= {key.name: c.op.tags for c in defs.asset_checks for key in c.check_keys}
+    assert {name: tags[name].get(POOL_TAG) for name in pools} == pools
     instance = yaml.safe_load((PROJECT_ROOT / "deploy" / "dagster.yaml").read_text())
     assert instance["concurrency"]["pools"]["default_limit"] == 1
     assert instance["run_monitoring"]["enabled"] is True  # stuck runs are marked failed, then alerted on

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.pools import HISTORY_POOL, in_pool
 from orchestration.environment import FORKSERVER_PRELOAD, executor_from_env, multiprocess_executor
 
 
@@ -70,3 +71,61 @@ def test_the_default_executor_forks_each_step_from_a_preloaded_server(monkeypatc
     assert "multiprocessing.forkserver" in out["parent"] and "multiprocessing.forkserver" in out["second_parent"]
     assert out["preloaded"] == list(FORKSERVER_PRELOAD)
     assert out["groups"] == 5_000 and out["trees"] == 10 and out["blas"] > 0
+
+
+def _step(name: str, until_started: str | None) -> dg.AssetsDefinition:
+    """A step that records when it ran (`<name>.ran`: start and end, epoch seconds) in its config's `dir`. It waits
+    until step `until_started` has started (at most two minutes), or two seconds when None."""
+
+    @dg.asset(name=name, config_schema={"dir": str}, **(in_pool(HISTORY_POOL) if until_started is None else {}))
+    def step(context) -> None:
+        import time
+
+        here = Path(context.op_config["dir"])
+        start = time.time()
+        (here / f"{name}.started").touch()
+        while time.time() < start + (120 if until_started else 2):
+            if until_started and (here / f"{until_started}.started").exists():
+                break
+            time.sleep(0.05)
+        (here / f"{name}.ran").write_text(f"{start} {time.time()}")
+
+    return step
+
+
+POOLED = dg.Definitions(
+    assets=[
+        _step("history_a", None),
+        _step("history_b", None),
+        _step("light_a", "light_b"),
+        _step("light_b", "light_a"),
+    ],
+    jobs=[dg.define_asset_job("pooled", executor_def=multiprocess_executor(max_concurrent=4))],
+)
+
+
+def rebuild_pooled_job() -> dg.JobDefinition:
+    return POOLED.resolve_job_def("pooled")
+
+
+def test_the_default_executor_runs_one_step_of_a_pool_at_a_time_and_other_steps_at_once(tmp_path):
+    # The embedded instance limits no pool, so within a run the executor is what keeps two history-sized steps
+    # apart (a UI-launched run at 1M users peaked at 12.8 GiB with two at once). Unpooled steps still run together.
+    steps = ("history_a", "history_b", "light_a", "light_b")
+    config = {"ops": {op: {"config": {"dir": str(tmp_path)}} for op in steps}}
+    with dg.instance_for_test() as instance:
+        with dg.execute_job(
+            dg.build_reconstructable_job("tests.test_executor", "rebuild_pooled_job"),
+            instance=instance,
+            run_config=config,
+        ) as result:
+            assert result.success
+    ran = {op: [float(t) for t in (tmp_path / f"{op}.ran").read_text().split()] for op in steps}
+
+    def overlap(a: str, b: str) -> bool:
+        return ran[a][0] < ran[b][1] and ran[b][0] < ran[a][1]
+
+    assert overlap("light_a", "light_b")  # the run does run steps at once
+    assert ran["light_a"][1] - ran["light_a"][0] < 60  # (each met the other, not the two-minute limit)
+    assert not overlap("history_a", "history_b")  # but never the two history steps
+    assert min(e - s for s, e in (ran["history_a"], ran["history_b"])) >= 2.0
