@@ -99,9 +99,9 @@ def test_history_sized_steps_share_one_pool_the_production_instance_limits():
 
 
 def test_the_holdouts_do_not_wait_for_the_ranker_and_the_gate_waits_for_all_three():
-    # the two holdout evaluations refit the whole procedure; depending only on the data (session signals are data:
-    # raw events, like interactions) lets the multiprocess
-    # executor run them beside model_params -> training_set -> ranker_model instead of after it
+    # the two holdout evaluations refit the whole procedure; they depend only on the data (session signals are data:
+    # raw events, like interactions), not on model_params -> training_set -> ranker_model, so a failed or slow
+    # ranker does not hold them up (all are history steps: one of them runs at a time, in either order)
     graph = defs.resolve_asset_graph()
     parents = {
         k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
