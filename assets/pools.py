@@ -6,7 +6,7 @@ history-sized step at a time whatever runs it:
   <pool> <n>`). The embedded instance sets no limit;
 - within a run, by the multiprocess executor (the embedded default, also what a run launched from the UI uses): its
   `tag_concurrency_limits` read op tags, not pools, so each pooled step also carries its pool as the POOL_TAG op tag
-  (`orchestration.environment.multiprocess_executor`).
+  (`orchestration.environment.multiprocess_executor`; RECSYS_POOL_LIMIT, default 1, 0 for no limit).
 """
 
 # One raw_events ingestion at a time, so two runs never write the same arrival hour.

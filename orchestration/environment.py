@@ -54,17 +54,20 @@ FORKSERVER_PRELOAD: tuple[str, ...] = (
 )
 
 
-# Within a run, one step of each pool at a time (assets.pools), as the production instance's pool limit does across
-# runs: the embedded instance limits no pool, and a run launched from the UI runs a step per core, so at 1M users two
-# history steps overlapped (interactions beside session_signals) and the run peaked at 12.8 GiB.
-POOL_LIMITS = [{"key": POOL_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+def multiprocess_executor(max_concurrent: int | None = None, pool_limit: int = 1) -> dg.ExecutorDefinition:
+    """Dagster's multiprocess executor, each step forked from a server that preloaded FORKSERVER_PRELOAD, at most
+    `pool_limit` steps of each pool at a time (0: no limit).
 
-
-def multiprocess_executor(max_concurrent: int | None = None) -> dg.ExecutorDefinition:
-    """Dagster's multiprocess executor, each step forked from a server that preloaded FORKSERVER_PRELOAD, one step
-    of each pool at a time."""
+    The limit is the production instance's pool limit within a run: the embedded instance limits no pool, and a run
+    launched from the UI runs a step per core, so at 1M users two history steps overlapped (interactions beside
+    session_signals) and the run peaked at 12.8 GiB (10.3 GiB with the limit). At 10k users the limit makes that run
+    slower (173 s against 135 s: `holdouts` no longer runs beside the ranker's steps), hence RECSYS_POOL_LIMIT."""
     start = {"forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}}
-    config = {"max_concurrent": max_concurrent, "start_method": start, "tag_concurrency_limits": POOL_LIMITS}
+    config: dict = {"max_concurrent": max_concurrent, "start_method": start}
+    if pool_limit:
+        config["tag_concurrency_limits"] = [
+            {"key": POOL_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": pool_limit}
+        ]
     return dg.multiprocess_executor.configured(config)
 
 
@@ -78,7 +81,7 @@ def executor_from_env(settings: Settings | None = None) -> dg.ExecutorDefinition
     if choice.kind == "in_process":
         return dg.in_process_executor
     if choice.kind in ("multiprocess", "default"):
-        return multiprocess_executor(choice.max_concurrent)
+        return multiprocess_executor(choice.max_concurrent, choice.pool_limit)
     if choice.kind == "celery":
         from dagster_celery import celery_executor
 

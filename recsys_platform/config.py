@@ -23,6 +23,7 @@ POPULARITY_VERSION = "popularity-baseline"
 # Environment variables read here and interpreted elsewhere (their names appear in that module's error messages).
 EXECUTOR_ENV = "RECSYS_EXECUTOR"
 MAX_CONCURRENT_ENV = "RECSYS_MAX_CONCURRENT"
+POOL_LIMIT_ENV = "RECSYS_POOL_LIMIT"
 CELERY_BROKER_ENV = "RECSYS_CELERY_BROKER_URL"
 CELERY_BACKEND_ENV = "RECSYS_CELERY_BACKEND_URL"
 CELERY_KEY_PREFIX_ENV = "RECSYS_CELERY_KEY_PREFIX"
@@ -151,12 +152,13 @@ class ExecutorEnv:
     celery_backend_url: str = ""
     celery_key_prefix: str = ""
     celery_queue: str = ""
+    pool_limit: str = ""
 
     @classmethod
     def from_env(cls) -> ExecutorEnv:
-        """Read RECSYS_EXECUTOR, RECSYS_MAX_CONCURRENT and RECSYS_CELERY_*."""
+        """Read RECSYS_EXECUTOR, RECSYS_MAX_CONCURRENT, RECSYS_CELERY_* and RECSYS_POOL_LIMIT."""
         names = (EXECUTOR_ENV, MAX_CONCURRENT_ENV, CELERY_BROKER_ENV, CELERY_BACKEND_ENV)
-        names += (CELERY_KEY_PREFIX_ENV, CELERY_QUEUE_ENV)
+        names += (CELERY_KEY_PREFIX_ENV, CELERY_QUEUE_ENV, POOL_LIMIT_ENV)
         return cls(*(os.environ.get(name, "").strip() for name in names))
 
 

@@ -16,6 +16,7 @@ from recsys_platform.config import (
     CELERY_KEY_PREFIX_ENV,
     EXECUTOR_ENV,
     MAX_CONCURRENT_ENV,
+    POOL_LIMIT_ENV,
     ExecutorEnv,
     Settings,
 )
@@ -37,6 +38,9 @@ class ExecutorSettings:
     kind: str = "default"
     max_concurrent: int | None = None
     celery: dict[str, Any] = field(default_factory=dict)
+    # Steps of each pool at once within a multiprocess run (`orchestration.environment.multiprocess_executor`);
+    # 0: no limit.
+    pool_limit: int = 1
 
 
 def celery_app_settings(env: ExecutorEnv) -> dict[str, Any]:
@@ -76,7 +80,11 @@ def executor_settings(env: ExecutorEnv) -> ExecutorSettings:
         raise ProfileError(f"{MAX_CONCURRENT_ENV}={raw!r} is not an integer") from exc
     if max_concurrent is not None and max_concurrent < 1:
         raise ProfileError(f"{MAX_CONCURRENT_ENV} must be >= 1, got {max_concurrent}")
-    return ExecutorSettings(kind, max_concurrent, celery_app_settings(env) if kind == "celery" else {})
+    raw = env.pool_limit
+    if raw and not raw.isdigit():
+        raise ProfileError(f"{POOL_LIMIT_ENV}={raw!r} is not a whole number (0: no limit)")
+    pool_limit = int(raw) if raw else 1
+    return ExecutorSettings(kind, max_concurrent, celery_app_settings(env) if kind == "celery" else {}, pool_limit)
 
 
 def executor_settings_from_env() -> ExecutorSettings:

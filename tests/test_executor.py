@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from assets.pools import HISTORY_POOL, in_pool
 from orchestration.environment import FORKSERVER_PRELOAD, executor_from_env, multiprocess_executor
@@ -100,7 +101,10 @@ POOLED = dg.Definitions(
         _step("light_a", "light_b"),
         _step("light_b", "light_a"),
     ],
-    jobs=[dg.define_asset_job("pooled", executor_def=multiprocess_executor(max_concurrent=4))],
+    jobs=[
+        dg.define_asset_job("pooled", executor_def=multiprocess_executor(max_concurrent=4)),
+        dg.define_asset_job("unlimited", executor_def=multiprocess_executor(max_concurrent=4, pool_limit=0)),
+    ],
 )
 
 
@@ -108,24 +112,52 @@ def rebuild_pooled_job() -> dg.JobDefinition:
     return POOLED.resolve_job_def("pooled")
 
 
-def test_the_default_executor_runs_one_step_of_a_pool_at_a_time_and_other_steps_at_once(tmp_path):
-    # The embedded instance limits no pool, so within a run the executor is what keeps two history-sized steps
-    # apart (a UI-launched run at 1M users peaked at 12.8 GiB with two at once). Unpooled steps still run together.
+def rebuild_unlimited_job() -> dg.JobDefinition:
+    return POOLED.resolve_job_def("unlimited")
+
+
+def _ran(tmp_path: Path, job: str) -> dict[str, list[float]]:
+    """Run `job` of POOLED; each step's [start, end]."""
     steps = ("history_a", "history_b", "light_a", "light_b")
     config = {"ops": {op: {"config": {"dir": str(tmp_path)}} for op in steps}}
     with dg.instance_for_test() as instance:
         with dg.execute_job(
-            dg.build_reconstructable_job("tests.test_executor", "rebuild_pooled_job"),
+            dg.build_reconstructable_job("tests.test_executor", f"rebuild_{job}_job"),
             instance=instance,
             run_config=config,
         ) as result:
             assert result.success
-    ran = {op: [float(t) for t in (tmp_path / f"{op}.ran").read_text().split()] for op in steps}
+    return {op: [float(t) for t in (tmp_path / f"{op}.ran").read_text().split()] for op in steps}
 
-    def overlap(a: str, b: str) -> bool:
-        return ran[a][0] < ran[b][1] and ran[b][0] < ran[a][1]
 
-    assert overlap("light_a", "light_b")  # the run does run steps at once
+def _overlap(ran: dict[str, list[float]], a: str, b: str) -> bool:
+    return ran[a][0] < ran[b][1] and ran[b][0] < ran[a][1]
+
+
+def test_the_default_executor_runs_one_step_of_a_pool_at_a_time_and_other_steps_at_once(tmp_path):
+    # The embedded instance limits no pool, so within a run the executor is what keeps two history-sized steps
+    # apart (a UI-launched run at 1M users peaked at 12.8 GiB with two at once). Unpooled steps still run together.
+    ran = _ran(tmp_path, "pooled")
+    assert _overlap(ran, "light_a", "light_b")  # the run does run steps at once
     assert ran["light_a"][1] - ran["light_a"][0] < 60  # (each met the other, not the two-minute limit)
-    assert not overlap("history_a", "history_b")  # but never the two history steps
+    assert not _overlap(ran, "history_a", "history_b")  # but never the two history steps
     assert min(e - s for s, e in (ran["history_a"], ran["history_b"])) >= 2.0
+
+
+def test_a_pool_limit_of_zero_lets_pooled_steps_run_at_once(tmp_path, monkeypatch):
+    ran = _ran(tmp_path, "unlimited")
+    assert _overlap(ran, "history_a", "history_b") and _overlap(ran, "light_a", "light_b")
+    # RECSYS_POOL_LIMIT reaches the default executor: unset 1, 0 for no limit, anything else refused
+    from recsys_platform.deploy_profile import ProfileError, executor_settings_from_env
+
+    monkeypatch.delenv("RECSYS_EXECUTOR", raising=False)
+    monkeypatch.delenv("RECSYS_POOL_LIMIT", raising=False)
+    assert executor_settings_from_env().pool_limit == 1
+    monkeypatch.setenv("RECSYS_POOL_LIMIT", "0")
+    assert executor_settings_from_env().pool_limit == 0
+    monkeypatch.setenv("RECSYS_POOL_LIMIT", "2")
+    assert executor_settings_from_env().pool_limit == 2
+    for bad in ("-1", "one", "1.5"):
+        monkeypatch.setenv("RECSYS_POOL_LIMIT", bad)
+        with pytest.raises(ProfileError, match="RECSYS_POOL_LIMIT"):
+            executor_settings_from_env()
