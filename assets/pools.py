@@ -1,4 +1,4 @@
-"""Concurrency pools of the assets. A pooled step is limited twice, so a run of the whole graph holds one
+"""Concurrency pools of the assets. A pooled step is limited twice, so by default a run of the whole graph holds one
 history-sized step at a time whatever runs it:
 
 - across runs and workers, by the instance: Dagster's `pool=`, which the production instance limits
