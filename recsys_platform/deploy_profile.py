@@ -73,18 +73,23 @@ def executor_settings(env: ExecutorEnv) -> ExecutorSettings:
     kind = (env.kind or "default").lower().replace("-", "_")
     if kind not in EXECUTORS:
         raise ProfileError(f"{EXECUTOR_ENV}={kind!r} is not one of {', '.join(EXECUTORS)}")
-    raw = env.max_concurrent
+    max_concurrent = _integer(MAX_CONCURRENT_ENV, env.max_concurrent, minimum=1)
+    pool_limit = _integer(POOL_LIMIT_ENV, env.pool_limit, minimum=0)
+    celery = celery_app_settings(env) if kind == "celery" else {}
+    return ExecutorSettings(kind, max_concurrent, celery, 1 if pool_limit is None else pool_limit)
+
+
+def _integer(name: str, raw: str, minimum: int) -> int | None:
+    """The integer environment variable `name` as written (`raw`), None when unset; ProfileError below `minimum`."""
+    if not raw:
+        return None
     try:
-        max_concurrent = int(raw) if raw else None
+        value = int(raw)
     except ValueError as exc:
-        raise ProfileError(f"{MAX_CONCURRENT_ENV}={raw!r} is not an integer") from exc
-    if max_concurrent is not None and max_concurrent < 1:
-        raise ProfileError(f"{MAX_CONCURRENT_ENV} must be >= 1, got {max_concurrent}")
-    raw = env.pool_limit
-    if raw and not raw.isdigit():
-        raise ProfileError(f"{POOL_LIMIT_ENV}={raw!r} is not a whole number (0: no limit)")
-    pool_limit = int(raw) if raw else 1
-    return ExecutorSettings(kind, max_concurrent, celery_app_settings(env) if kind == "celery" else {}, pool_limit)
+        raise ProfileError(f"{name}={raw!r} is not an integer") from exc
+    if value < minimum:
+        raise ProfileError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def executor_settings_from_env() -> ExecutorSettings:
