@@ -247,3 +247,32 @@ def test_a_blocks_signals_are_found_per_user_as_a_pass_over_everyones_found_them
         at, r = history.of_rows(rows)
         np.testing.assert_array_equal(at, expected_at)
         np.testing.assert_array_equal(r, expected_r[expected_at])
+
+
+def test_the_recent_search_vector_sums_each_users_latest_searches_oldest_first() -> None:
+    """The recent-intent vector of a block: each user's latest RECENT_SEARCHES query vectors summed oldest first, then
+    unit length; bit for bit what an unbuffered np.add.at in the users' time order gives (users with no search, one,
+    and more than RECENT_SEARCHES, in a block whose rows are not in user order)."""
+    from recsys_platform.model.signals import RECENT_SEARCHES, SessionState
+
+    rng = np.random.default_rng(3)
+    vectors = rng.random((40, 16)).astype(np.float32)
+    n = 30
+    per_user = rng.integers(0, 2 * RECENT_SEARCHES, n)
+    block_rows = rng.permutation(n)  # a user's searches are a run in time order; the runs are not in row order
+    r = np.concatenate([np.full(per_user[u], u) for u in block_rows])
+    q = rng.integers(-1, 40, len(r))  # -1: a signal that is not a search
+    t = np.arange(len(r), dtype=np.float64)
+    state = SessionState(*(np.zeros((n, 16), np.float32) for _ in range(2)), *(np.full(n, np.nan) for _ in range(7)))
+    state._searches(r, t, q, vectors, np.zeros(n))
+
+    expected = np.zeros((n, 16), np.float32)
+    searched = q >= 0
+    rs, qs = r[searched], q[searched]
+    for u in range(n):
+        mine = qs[rs == u][-RECENT_SEARCHES:]
+        np.add.at(expected, np.full(len(mine), u), vectors[mine])
+    norm = np.linalg.norm(expected, axis=1, keepdims=True)
+    expected /= np.where(norm > 0, norm, 1.0)
+    np.testing.assert_array_equal(state.recent_search_vec, expected)
+    assert (state.recent_search_vec.any(axis=1) == np.isin(np.arange(n), rs)).all()

@@ -190,8 +190,11 @@ class SessionState:
         self.search_vec[r[ends]] = vectors[q[ends]]
         self.search_after_min[r[ends]] = (t[ends] - last_play_s[r[ends]]) / 60.0
         from_end = np.repeat(ends, np.diff(np.r_[0, ends + 1])) - np.arange(len(r))
-        recent = from_end < RECENT_SEARCHES
-        np.add.at(self.recent_search_vec, r[recent], vectors[q[recent]])
+        # summed oldest first, as np.add.at would (a user once per step, so plain fancy-index adds): np.add.at took
+        # 17 ms of a 1000-user block's ~550
+        for back in range(RECENT_SEARCHES - 1, -1, -1):
+            step = from_end == back
+            self.recent_search_vec[r[step]] += vectors[q[step]]
         norm = np.linalg.norm(self.recent_search_vec, axis=1, keepdims=True)
         self.recent_search_vec /= np.where(norm > 0, norm, 1.0)
 
