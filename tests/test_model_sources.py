@@ -302,3 +302,46 @@ def test_journey_position_is_the_mean_place_of_an_item_in_its_users_histories() 
     # c: last for u3, first for u6 (u4 and u5 have one item); d: last for u6
     assert place == pytest.approx({"a": 0.0, "b": (1 + 1 + 0.5) / 3, "c": 0.5, "d": 1.0})
     assert "item_journey_position" in FEATURES
+
+
+def test_neighbour_counts_pairs_within_the_window_of_one_users_sequence_decayed_by_steps() -> None:
+    """u1 plays a, b, c, e in that order; u2 plays c then d. Window 2, decay 0.5: a step apart counts 1, two steps
+    0.5; never across users (u1's e and u2's c are adjacent rows), symmetric, nothing on the diagonal."""
+    # a pair is a user and an item once, so u1's fourth play is another item, e
+    history = history_of([("u1", "a"), ("u1", "b"), ("u1", "c"), ("u1", "e"), ("u2", "c"), ("u2", "d")])
+    cols = {i: history.vocab.item_cols(pl.Series([i]))[0] for i in "abcde"}
+    gram = sources._neighbour_gram(history, 2, 0.5)
+    expected = {("a", "b"): 1.0, ("b", "c"): 1.0, ("c", "e"): 1.0, ("a", "c"): 0.5, ("b", "e"): 0.5, ("c", "d"): 1.0}
+    want = np.zeros_like(gram)
+    for (x, y), v in expected.items():
+        want[cols[x], cols[y]] = want[cols[y], cols[x]] = v
+    np.testing.assert_array_equal(gram, want)
+
+
+def test_a_history_is_ordered_by_user_first_time_and_item_stably_as_lexsort_orders_it() -> None:
+    """from_arrays' order (user, first time, item; ties and NaN times included) and dtypes, against np.lexsort; the
+    arrays are the history's own (writable)."""
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 60, 5000):
+        users, items = max(n // 10, 1), 30
+        user, item = rng.integers(0, users, n), rng.integers(0, items, n)
+        first = np.round(rng.random(n) * 20) + 1.7e9  # many ties on (user, first)
+        first[rng.random(n) < 0.02] = np.nan
+        cols = {
+            "first_s": first,
+            "last_s": first + 5,
+            "plays": rng.integers(0, 5, n),
+            "weight": rng.random(n),
+            "last_complete_s": np.where(rng.random(n) < 0.5, np.nan, first + 3),
+        }
+        vocab = Vocabulary.build(pl.Series([str(k) for k in range(users)]), pl.Series([str(k) for k in range(items)]))
+        history = PairHistory.from_arrays(vocab, CUT_S, user, item, **cols)
+        order = np.lexsort((item, first, user))
+        np.testing.assert_array_equal(history.user, user[order])
+        np.testing.assert_array_equal(history.item, item[order])
+        for name, values in cols.items():
+            want = np.asarray(values, np.float64 if name.endswith("_s") else np.float32)[order]
+            got = getattr(history, name)
+            assert got.dtype == want.dtype and got.flags.writeable
+            np.testing.assert_array_equal(got, want)
+        assert history.completes.dtype == np.float32 and not history.completes.any()

@@ -161,8 +161,9 @@ class PairHistory:
     def from_arrays(cls, vocab: Vocabulary, cutoff_s: float, user: np.ndarray, item: np.ndarray, **cols) -> PairHistory:
         """A history from parallel arrays (sorted here into user, first time, item order)."""
         first = np.asarray(cols["first_s"], np.float64)
-        order = np.lexsort((item, first, user))
         typed = {
+            "user": np.asarray(user, np.int64),
+            "item": np.asarray(item, np.int64),
             "first_s": first,
             "last_s": np.asarray(cols.get("last_s", first), np.float64),
             "last_complete_s": np.asarray(cols.get("last_complete_s", np.full(len(user), np.nan)), np.float64),
@@ -171,13 +172,11 @@ class PairHistory:
                 for c in ("plays", "completes", "favorites", "bounces", "weight")
             },
         }
-        return cls(
-            vocab,
-            float(cutoff_s),
-            np.asarray(user, np.int64)[order],
-            np.asarray(item, np.int64)[order],
-            **{c: v[order] for c, v in typed.items()},
-        )
+        # np.lexsort((item, first, user)) and a gather per column, on polars' threads: at 1M users (17M pairs) the
+        # lexsort took 10.4 s and the gathers 3.8 s of the serving fit, this 4.5 s. The input row breaks full ties
+        # (the same order as a stable sort): polars' stable sort took 8.4 s.
+        ordered = pl.DataFrame(typed).with_row_index("row").sort("user", "first_s", "item", "row")
+        return cls(vocab, float(cutoff_s), **{c: ordered[c].to_numpy(writable=True) for c in typed})
 
     def __len__(self) -> int:
         return len(self.user)
