@@ -276,3 +276,24 @@ def test_the_recent_search_vector_sums_each_users_latest_searches_oldest_first()
     expected /= np.where(norm > 0, norm, 1.0)
     np.testing.assert_array_equal(state.recent_search_vec, expected)
     assert (state.recent_search_vec.any(axis=1) == np.isin(np.arange(n), rs)).all()
+
+
+def test_search_similarity_from_the_items_hashed_words_equals_the_dense_product(world, monkeypatch) -> None:
+    """Hashed item texts are sparse, so each pair's similarity is summed over the item's few words; dense vectors
+    (MiniLM, or any text with more than SPARSE_TEXT_SHARE non-zero cells) go through the matrix product. Both give
+    the same values, and NaN for a user without a search (u1)."""
+    from recsys_platform.model import catalogue as catalogue_module
+
+    catalogue, profiles = world
+    rows, items = np.array([0, 0, 0, 1, 1]), np.array([0, 1, 2, 0, 2])
+    names = SESSION_FEATURE_GROUPS["search"]
+    assert catalogue.sparse_item_vectors("hashed") is not None
+    by_words = candidates._session_columns(catalogue, profiles, rows, items, "hashed", names)
+    monkeypatch.setattr(catalogue_module, "SPARSE_TEXT_SHARE", 0.0)
+    dense = Catalogue.build(catalogue.vocab, ITEMS, USERS)
+    assert dense.sparse_item_vectors("hashed") is None
+    by_product = candidates._session_columns(dense, profiles, rows, items, "hashed", names)
+    for name in ("search_sim", "search_sim_recent"):
+        np.testing.assert_allclose(by_words[name], by_product[name], rtol=0, atol=1e-6)
+        assert np.isnan(by_words[name][3:]).all() and np.isfinite(by_words[name][:3]).all()
+    assert by_words["search_sim"][0] > 0.5  # "Sleep story fantasy" against i0's title

@@ -476,11 +476,23 @@ def _session_columns(
             out["search_sim"] = np.full(n_pairs, np.nan)
             out["search_sim_recent"] = np.full(n_pairs, np.nan)
             if has.any():
-                cols, col_of = np.unique(items[has], return_inverse=True)
-                vectors = catalogue.item_vectors(encoder)[cols].T
-                at = np.searchsorted(searched, rows[has])
-                out["search_sim"][has] = (session.search_vec[searched] @ vectors)[at, col_of]
-                out["search_sim_recent"][has] = (session.recent_search_vec[searched] @ vectors)[at, col_of]
+                sparse = catalogue.sparse_item_vectors(encoder)
+                if sparse is not None:
+                    # hashed text: an item has a few words of 1024 buckets, so each pair's dot product is the few
+                    # words it has, read off the user's query vector (in float64): the dense product spent its time
+                    # on zeros (40 ms of a 1000-user block at 1,677 items, this ~5)
+                    words = sparse[items[has]].tocoo()
+                    pair, bucket, weight = words.row, words.col, words.data.astype(np.float64)
+                    user = rows[has][pair]
+                    latest, recent = session.search_vec, session.recent_search_vec
+                    for name, queries in (("search_sim", latest), ("search_sim_recent", recent)):
+                        out[name][has] = np.bincount(pair, weight * queries[user, bucket], int(has.sum()))
+                else:
+                    cols, col_of = np.unique(items[has], return_inverse=True)
+                    vectors = catalogue.item_vectors(encoder)[cols].T
+                    at = np.searchsorted(searched, rows[has])
+                    out["search_sim"][has] = (session.search_vec[searched] @ vectors)[at, col_of]
+                    out["search_sim_recent"][has] = (session.recent_search_vec[searched] @ vectors)[at, col_of]
             out["search_after_min"] = session.search_after_min[rows]
     return out
 

@@ -16,6 +16,9 @@ from recsys_platform import schemas
 from recsys_platform.model.history import DAY_S, Vocabulary
 from recsys_platform.model.text import encode, item_texts
 
+# Item text vectors with at most this share of non-zero cells are multiplied as sparse rows (`sparse_item_vectors`).
+SPARSE_TEXT_SHARE = 0.05
+
 FACETS: tuple[str, ...] = ("topic", "narrator", "content_type")
 
 
@@ -70,6 +73,16 @@ class Catalogue:
         if encoder not in self._vectors:
             self._vectors[encoder] = encode(self.texts, encoder)
         return self._vectors[encoder]
+
+    def sparse_item_vectors(self, encoder: str) -> sp.csr_matrix | None:
+        """`item_vectors` as a sparse matrix when at most SPARSE_TEXT_SHARE of its cells are non-zero (hashed words),
+        else None (dense embeddings); once per catalogue."""
+        key = ("sparse", encoder)
+        if key not in self._vectors:
+            dense = self.item_vectors(encoder)
+            nonzero = np.count_nonzero(dense)
+            self._vectors[key] = sp.csr_matrix(dense) if nonzero <= SPARSE_TEXT_SHARE * max(dense.size, 1) else None
+        return self._vectors[key]
 
     @classmethod
     def build(cls, vocab: Vocabulary, items: pl.DataFrame, users: pl.DataFrame) -> Catalogue:
