@@ -74,15 +74,16 @@ def executor_settings(env: ExecutorEnv) -> ExecutorSettings:
     if kind not in EXECUTORS:
         raise ProfileError(f"{EXECUTOR_ENV}={kind!r} is not one of {', '.join(EXECUTORS)}")
     max_concurrent = _integer(MAX_CONCURRENT_ENV, env.max_concurrent, minimum=1)
-    pool_limit = _integer(POOL_LIMIT_ENV, env.pool_limit, minimum=0)
+    pool_limit = _integer(POOL_LIMIT_ENV, env.pool_limit, minimum=0, default=ExecutorSettings.pool_limit)
     celery = celery_app_settings(env) if kind == "celery" else {}
-    return ExecutorSettings(kind, max_concurrent, celery, 1 if pool_limit is None else pool_limit)
+    return ExecutorSettings(kind, max_concurrent, celery, pool_limit)
 
 
-def _integer(name: str, raw: str, minimum: int) -> int | None:
-    """The integer environment variable `name` as written (`raw`), None when unset; ProfileError below `minimum`."""
+def _integer(name: str, raw: str, minimum: int, default: int | None = None) -> int | None:
+    """The integer environment variable `name` as written (`raw`), `default` when unset; ProfileError below
+    `minimum`."""
     if not raw:
-        return None
+        return default
     try:
         value = int(raw)
     except ValueError as exc:

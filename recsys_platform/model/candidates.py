@@ -468,33 +468,39 @@ def _session_columns(
         if session is None:
             out.update({f: np.full(n_pairs, np.nan) for f in SESSION_FEATURE_GROUPS["search"]})
         else:
-            # the block's users with a search x their candidates' items, then each pair's cell: a per-pair dot product
-            # would first copy a vector per pair (the 800k pairs of a training window: 8x the time of the whole
-            # matrix product); the rows of users without a search would be NaN, so they are left out of the product
-            searched = np.flatnonzero(np.isfinite(session.search_after_min))
-            has = np.isin(rows, searched)  # pairs of users with a search; their user's place in `searched` below
-            out["search_sim"] = np.full(n_pairs, np.nan)
-            out["search_sim_recent"] = np.full(n_pairs, np.nan)
-            if has.any():
-                sparse = catalogue.sparse_item_vectors(encoder)
-                if sparse is not None:
-                    # hashed text: an item has a few words of 1024 buckets, so each pair's dot product is the few
-                    # words it has, read off the user's query vector (in float64): the dense product spent its time
-                    # on zeros (40 ms of a 1000-user block at 1,677 items, this ~5)
-                    words = sparse[items[has]].tocoo()
-                    pair, bucket, weight = words.row, words.col, words.data.astype(np.float64)
-                    user = rows[has][pair]
-                    latest, recent = session.search_vec, session.recent_search_vec
-                    for name, queries in (("search_sim", latest), ("search_sim_recent", recent)):
-                        out[name][has] = np.bincount(pair, weight * queries[user, bucket], int(has.sum()))
-                else:
-                    cols, col_of = np.unique(items[has], return_inverse=True)
-                    vectors = catalogue.item_vectors(encoder)[cols].T
-                    at = np.searchsorted(searched, rows[has])
-                    out["search_sim"][has] = (session.search_vec[searched] @ vectors)[at, col_of]
-                    out["search_sim_recent"][has] = (session.recent_search_vec[searched] @ vectors)[at, col_of]
+            out["search_sim"], out["search_sim_recent"] = _search_similarity(catalogue, session, rows, items, encoder)
             out["search_after_min"] = session.search_after_min[rows]
     return out
+
+
+def _search_similarity(catalogue: Catalogue, session, rows, items, encoder: str) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine of each pair's item text with its user's latest search and with the recent-search mean (NaN for users
+    without a search). The pairs of users without a search are left out of the arithmetic."""
+    searched = np.flatnonzero(np.isfinite(session.search_after_min))
+    has = np.isin(rows, searched)
+    latest, recent = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+    if not has.any():
+        return latest, recent
+    sparse = catalogue.sparse_item_vectors(encoder)
+    if sparse is not None:
+        # hashed text: an item has a few words of 1024 buckets, so each pair's dot product is its item's few words read
+        # off the user's query vectors (in float64); the dense product spent its time on zeros (40 ms of a 1000-user
+        # block at 1,677 items, this ~5)
+        words = sparse[items[has]].tocoo()
+        pair, bucket, weight = words.row, words.col, words.data.astype(np.float64)
+        user, n = rows[has][pair], int(has.sum())
+        latest[has] = np.bincount(pair, weight * session.search_vec[user, bucket], n)
+        recent[has] = np.bincount(pair, weight * session.recent_search_vec[user, bucket], n)
+    else:
+        # dense embeddings: the block's searching users x their candidates' distinct items, then each pair's cell (a
+        # per-pair dot product would first copy a vector per pair: for the 800k pairs of a training window, 8x the
+        # time of the whole matrix product)
+        cols, col_of = np.unique(items[has], return_inverse=True)
+        vectors = catalogue.item_vectors(encoder)[cols].T
+        at = np.searchsorted(searched, rows[has])  # each pair's user's place in `searched`
+        latest[has] = (session.search_vec[searched] @ vectors)[at, col_of]
+        recent[has] = (session.recent_search_vec[searched] @ vectors)[at, col_of]
+    return latest, recent
 
 
 def daypart(local_hour: np.ndarray) -> np.ndarray:

@@ -158,7 +158,7 @@ def _step_counts(history: PairHistory, window: int, decay: float) -> np.ndarray:
     """items x items: how often item j came d <= `window` steps after item i in a user's sequence (the pairs in user,
     first-time order), decay ** (d - 1) each."""
     n = history.vocab.n_items
-    u, i = history.user, history.item.astype(np.int64)
+    u, i = history.user, history.item  # int64 (`PairHistory.from_arrays`): i * n + j does not overflow
     # a step's pairs counted straight into the cells: one list of every step's pairs, densified at the end, held
     # `window` x the pairs three times over (3.6 GB at 1M users for the neighbours' 10) and took 19 s of the 65 s
     # serving fit there
