@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -139,3 +140,19 @@ def test_the_configured_access_log_gets_the_same_lines_without_log_records(clien
     client.get("/v1/users/u1/recommendations", headers={"X-Request-ID": "direct-3"})
     handler.flush()
     assert json.loads(stream.getvalue().splitlines()[-1])["request_id"] == "direct-3" and len(built) == 1
+
+
+def test_the_started_app_freezes_its_heap_so_full_collections_stay_short(client: TestClient) -> None:
+    # Inside the lifespan the startup objects are frozen: a full collection no longer walks them (under load it
+    # stopped each worker's event loop for ~150 ms, see api.freeze_startup_heap), yet requests still answer.
+    assert gc.get_freeze_count() > 100_000
+    assert client.get("/v1/users/u1/recommendations").json()["items"][0]["item_id"] == "i1"
+
+
+def test_leaving_the_app_unfreezes_the_heap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_experiments) -> None:
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
+    monkeypatch.delenv("RECSYS_ONLINE_STORE_URL", raising=False)
+    open_online_store(f"sqlite:///{tmp_path / 'online_store.sqlite'}").close()
+    with TestClient(create_app()):
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0

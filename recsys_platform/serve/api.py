@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -438,6 +439,18 @@ class ServingAPI(FastAPI):
             await super().__call__(scope, receive, send)
 
 
+def freeze_startup_heap() -> None:
+    """Move every object alive once the app has started (modules, FastAPI's routes and models, polars, the
+    store client: about a million objects) out of the collector's reach, so that a full collection under load
+    scans only what requests made since. Without it, each worker ran a full collection every few seconds under
+    benchmarks/serve.py (the served log's buffer promotes objects to the oldest generation), each stopping the
+    event loop 134-158 ms: p99 8-69 ms and max ~150 ms on SQLite. Frozen, those collections take under 1 ms
+    (p99 4.9 ms, max 15 ms in the same run). Only the young generations are collected first: a full collection
+    here costs ~0.3 s per start, while freezing is a list splice and startup's older garbage is a few objects."""
+    gc.collect(1)
+    gc.freeze()
+
+
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return store_unavailable(request.url.path, request.app.state.store, exc)
 
@@ -463,7 +476,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.served_log is not None:
             app.state.served_log.start()
+        freeze_startup_heap()
         yield
+        gc.unfreeze()
         if app.state.served_log is not None:
             await app.state.served_log.aclose()
         await app.state.store.aclose()
