@@ -4,6 +4,7 @@ request path into the landing zone, loaded per hour into the `served_log` table 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from assets.ingestion import served_log
+from recsys_platform import schemas
 from recsys_platform.analytics.duckdb_catalog import build_catalog
 from recsys_platform.batch.set_config import SetsConfigError, load_sets_config, parse_sets_config
 from recsys_platform.config import PROJECT_ROOT
@@ -24,6 +26,7 @@ from recsys_platform.serve import arms as arms_module
 from recsys_platform.serve import deployment
 from recsys_platform.serve.api import create_app
 from recsys_platform.serve.online_store import open_online_store
+from recsys_platform.serve.served_log import ServedLog
 from resources import LakeIOManager, LandingZoneResource
 
 SHIPPED = PROJECT_ROOT / "config" / "recommendation_sets.yaml"
@@ -157,3 +160,44 @@ def test_the_shipped_example_experiment_changes_nothing_served_until_it_declares
             doc = c.get(f"/v1/users/{user}/recommendations").json()
             assert (doc["source"], doc["experiment"], doc["arm"]) == ("personalized", None, None)
     assert not load_sets_config(SHIPPED).experiments[0].changes_serving
+
+
+class _FailingZone:
+    def write_bytes(self, key: str, data: bytes) -> None:
+        raise OSError("landing zone down")
+
+
+def _record(log: ServedLog, request_id: str, user_id: str, item_ids: list[str]) -> None:
+    log.record(
+        request_id=request_id,
+        surface="api",
+        user_id=user_id,
+        experiment=None,
+        arm=None,
+        source="personalized",
+        model_version="3",
+        slot="blue",
+        item_ids=item_ids,
+    )
+
+
+def test_the_served_log_buffer_forgets_a_user_and_keeps_rows_through_a_failed_write(tmp_path: Path) -> None:
+    zone: list = [_FailingZone()]
+    log = ServedLog(lambda: zone[0])
+    _record(log, "r1", "u1", ["a", "b"])
+    _record(log, "r2", "gone", ["c"])
+    _record(log, "r3", "u2", [])
+    assert log.forget("gone") == 1 and log.forget("nobody") == 0 and log.buffered == 2
+    asyncio.run(log.flush())  # fails: the rows stay buffered, ahead of the ones recorded since
+    assert log.buffered == 2 and log.files_written == 0
+    _record(log, "r4", "u1", ["d"])
+    log._zone = zone[0] = LocalLandingZone(tmp_path)
+    asyncio.run(log.flush())
+    assert log.buffered == 0 and log.files_written == 1
+    (file,) = list((tmp_path / "served").rglob("*.parquet"))
+    got = pl.read_parquet(file)
+    assert got.columns == list(schemas.SERVED_LOG_SCHEMA)
+    assert got["request_id"].to_list() == ["r1", "r3", "r4"]
+    assert got["user_id"].to_list() == ["u1", "u2", "u1"]
+    assert got["item_ids"].to_list() == [["a", "b"], [], ["d"]]
+    assert got["served_at"].dtype == pl.Datetime("us", "UTC") and got["served_at"].is_sorted()
