@@ -445,8 +445,9 @@ def freeze_startup_heap() -> None:
     scans only what requests made since. Without it, each worker ran a full collection every few seconds under
     benchmarks/serve.py (the served log's buffer promotes objects to the oldest generation), each stopping the
     event loop 134-158 ms: p99 8-69 ms and max ~150 ms on SQLite. Frozen, those collections take under 1 ms
-    (p99 4.9 ms, max 15 ms in the same run). Only the young generations are collected first: a full collection
-    here costs ~0.3 s per start, while freezing is a list splice and startup's older garbage is a few objects."""
+    (p99 4.0-4.9 ms, max 13-39 ms; the README has the runs, interleaved with the code before). Only the young
+    generations are collected first: a full collection here costs ~0.3 s per start, while freezing is a list
+    splice and startup's older garbage is a few objects."""
     gc.collect(1)
     gc.freeze()
 

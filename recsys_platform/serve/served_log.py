@@ -71,7 +71,8 @@ def _empty_columns() -> tuple[list, ...]:
 
 
 class ServedLog:
-    """The API's buffer of served lists and its background writer."""
+    """The API's buffer of served lists and its background writer. Recording, forgetting and flushing run on
+    the event loop's thread (the routes that call them are `async`), so the columns always grow together."""
 
     def __init__(self, zone: Callable[[], LandingZone], flush_seconds: float = FLUSH_SECONDS) -> None:
         self._zone_factory = zone
@@ -100,10 +101,20 @@ class ServedLog:
         if len(columns[0]) >= MAX_BUFFERED:  # the writer is far behind (landing zone down): shed, never block
             self.rows_dropped += 1
             return
-        row = (time.time(), request_id, surface, user_id, experiment, arm, source, model_version, slot)
-        for column, value in zip(columns, row, strict=False):
+        row = (
+            time.time(),
+            request_id,
+            surface,
+            user_id,
+            experiment,
+            arm,
+            source,
+            model_version,
+            slot,
+            _SEP.join(item_ids),
+        )
+        for column, value in zip(columns, row, strict=True):
             column.append(value)
-        columns[-1].append(_SEP.join(item_ids))
 
     @property
     def buffered(self) -> int:
