@@ -1,7 +1,7 @@
 """Benchmark: batch-score every user (up to 500 items each) and write the recommendation sets.
 
     python benchmarks/batch_scoring.py prepare --users 1000000 --days 14 --out /tmp/bench-batch
-    python benchmarks/batch_scoring.py run --data /tmp/bench-batch --shards 16
+    python benchmarks/batch_scoring.py run --data /tmp/bench-batch --out /tmp/bench-batch-out --shards 16
 
 `prepare` (not timed) generates the synthetic history, builds interactions, runs the training
 procedure (`model.procedure.fit_recommender`: params tuned and the ranker trained on a sample of

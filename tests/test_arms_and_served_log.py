@@ -162,9 +162,13 @@ def test_the_shipped_example_experiment_changes_nothing_served_until_it_declares
     assert not load_sets_config(SHIPPED).experiments[0].changes_serving
 
 
-class _FailingZone:
+class _FlakyZone(LocalLandingZone):
+    down = True
+
     def write_bytes(self, key: str, data: bytes) -> None:
-        raise OSError("landing zone down")
+        if self.down:
+            raise OSError("landing zone down")
+        super().write_bytes(key, data)
 
 
 def _record(log: ServedLog, request_id: str, user_id: str, item_ids: list[str]) -> None:
@@ -182,8 +186,8 @@ def _record(log: ServedLog, request_id: str, user_id: str, item_ids: list[str]) 
 
 
 def test_the_served_log_buffer_forgets_a_user_and_keeps_rows_through_a_failed_write(tmp_path: Path) -> None:
-    zone: list = [_FailingZone()]
-    log = ServedLog(lambda: zone[0])
+    zone = _FlakyZone(tmp_path)
+    log = ServedLog(lambda: zone)
     _record(log, "r1", "u1", ["a", "b"])
     _record(log, "r2", "gone", ["c"])
     _record(log, "r3", "u2", [])
@@ -191,7 +195,7 @@ def test_the_served_log_buffer_forgets_a_user_and_keeps_rows_through_a_failed_wr
     asyncio.run(log.flush())  # fails: the rows stay buffered, ahead of the ones recorded since
     assert log.buffered == 2 and log.files_written == 0
     _record(log, "r4", "u1", ["d"])
-    log._zone = zone[0] = LocalLandingZone(tmp_path)
+    zone.down = False
     asyncio.run(log.flush())
     assert log.buffered == 0 and log.files_written == 1
     (file,) = list((tmp_path / "served").rglob("*.parquet"))

@@ -18,6 +18,7 @@ from recsys_platform import schemas
 from recsys_platform.model.catalogue import FACETS, Catalogue
 from recsys_platform.model.history import DAY_S, PairHistory
 from recsys_platform.model.profiles import Profiles
+from recsys_platform.model.signals import SessionState
 from recsys_platform.model.sources import SOURCE_NAMES, ItemScores
 
 MISSING_RANK = 10_000.0
@@ -473,7 +474,9 @@ def _session_columns(
     return out
 
 
-def _search_similarity(catalogue: Catalogue, session, rows, items, encoder: str) -> tuple[np.ndarray, np.ndarray]:
+def _search_similarity(
+    catalogue: Catalogue, session: SessionState, rows, items, encoder: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Cosine of each pair's item text with its user's latest search and with the recent-search mean (NaN for users
     without a search). The pairs of users without a search are left out of the arithmetic."""
     searched = np.flatnonzero(np.isfinite(session.search_after_min))
