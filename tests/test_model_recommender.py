@@ -322,6 +322,74 @@ def test_a_source_with_one_vector_for_everyone_is_ranked_as_its_repeated_rows_ar
             np.testing.assert_array_equal(shared.ranks_at(rows, items), _ranks_by_count(masked, rows, items))
 
 
+def test_float_keys_keep_the_order_of_their_floats() -> None:
+    """`sortable_bits` orders as float comparison does: -0.0 equal to 0.0, infinities at the ends, NaN after all."""
+    from recsys_platform.model.candidates import sortable_bits
+
+    rng = np.random.default_rng(5)
+    values = np.r_[rng.normal(size=500) * 10.0 ** rng.integers(-30, 30, 500), 0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45]
+    values = values.astype(np.float32)
+    keys = sortable_bits(values)
+    finite_order = np.argsort(values, kind="stable")
+    assert (np.diff(keys[finite_order].astype(np.int64)) >= 0).all()
+    same = values[:, None] == values[None, :]
+    np.testing.assert_array_equal(keys[:, None] == keys[None, :], same)
+    assert sortable_bits(np.array([np.nan, -np.nan], np.float32)).min() > keys.max()
+
+
+@pytest.mark.parametrize("kind", ["continuous", "counts", "rounded", "constant"])
+def test_the_fill_order_equals_its_two_key_sort(kind: str) -> None:
+    """Each row's best allowed items by (score, shared tie-break vector, item index) from one sort of integer keys:
+    the same items in the same order as a lexsort of the two keys (ties, -0.0, -inf and NaN scores, rows with few
+    or no allowed items), and the candidates' lists with the tail merged after them are what one sort of both
+    gives."""
+    from recsys_platform.model.history import Vocabulary
+    from recsys_platform.model.recommender import _best_allowed, _top_k
+
+    rng = np.random.default_rng(11 + len(kind))
+    for n_items in (3, 40, 600):
+        raw = {
+            "continuous": rng.normal(size=(50, n_items)),
+            "counts": rng.integers(-2, 3, size=(50, n_items)),
+            "rounded": np.round(rng.normal(size=(50, n_items)), 1),
+            "constant": np.zeros((50, n_items)),
+        }[kind]
+        score = raw.astype(np.float32)
+        score[rng.random(score.shape) < 0.05] = -np.inf
+        score[rng.random(score.shape) < 0.02] = np.nan
+        score[score == 0] = np.where(rng.random(int((score == 0).sum())) < 0.5, -0.0, 0.0)
+        tie_break = np.round(rng.normal(size=n_items), 1).astype(np.float32)
+        allowed = rng.random(score.shape) < rng.uniform(0.0, 1.0, size=(50, 1))
+        for k in (1, 7, n_items + 5):
+            rows, cols = _best_allowed(score, tie_break, allowed, k)
+            expected_rows, expected_cols = [], []
+            for r in range(len(score)):
+                ease = np.where(allowed[r] & np.isfinite(score[r]), score[r], -1e30)
+                order = np.lexsort((-tie_break, -ease))[:k]
+                order = order[allowed[r, order]]
+                expected_rows += [r] * len(order)
+                expected_cols += order.tolist()
+            np.testing.assert_array_equal(rows, expected_rows)
+            np.testing.assert_array_equal(cols, expected_cols)
+        # the tail after each row's candidates, merged by one stable sort by row, is a sort of everything
+        n_rows = len(score)
+        vocab = Vocabulary(pl.Series([f"u{i}" for i in range(n_rows)]), pl.Series([f"i{j}" for j in range(n_items)]))
+        cand = rng.random(score.shape) < 0.2
+        c_rows, c_items = np.nonzero(cand)
+        c_score = np.round(rng.normal(size=len(c_rows)), 1)
+        c_score[rng.random(len(c_score)) < 0.05] = np.nan
+        t_rows, t_items = _best_allowed(score, tie_break, allowed & ~cand, n_items)
+        floor = np.full(n_rows, np.inf)
+        np.minimum.at(floor, c_rows[np.isfinite(c_score)], c_score[np.isfinite(c_score)])
+        floor = np.where(np.isfinite(floor), floor, 0.0)
+        positions = np.arange(len(t_rows)) - np.searchsorted(t_rows, t_rows)
+        t_score = floor[t_rows] - 1.0 - positions * 1e-3
+        users = np.arange(n_rows)
+        merged = _top_k(c_rows, c_items, c_score, 25, users, vocab, (t_rows, t_items, t_score))
+        together = _top_k(np.r_[c_rows, t_rows], np.r_[c_items, t_items], np.r_[c_score, t_score], 25, users, vocab)
+        assert merged.equals(together)
+
+
 def test_blocks_scored_on_threads_give_the_same_lists_in_the_same_order(world) -> None:
     rec, users = world["rec"], world["ds"].users["user_id"]
     one = rec.recommend(users, 20, block_users=32)

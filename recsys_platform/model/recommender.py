@@ -18,7 +18,14 @@ import numpy as np
 import polars as pl
 from threadpoolctl import threadpool_limits
 
-from recsys_platform.model.candidates import FEATURES, CandidateBlock, ItemStats, allowed_items, candidate_block
+from recsys_platform.model.candidates import (
+    FEATURES,
+    CandidateBlock,
+    ItemStats,
+    allowed_items,
+    candidate_block,
+    sortable_bits,
+)
 from recsys_platform.model.catalogue import Catalogue
 from recsys_platform.model.history import PairHistory, Vocabulary
 from recsys_platform.model.params import ModelParams
@@ -114,10 +121,8 @@ class Recommender:
             out = {}
             for name, scorer in scorers.items():
                 score = np.asarray(scorer.predict(block.features), np.float64) if len(block) else np.zeros(0)
-                r, i, s = block.rows, block.items, score
-                if fill:
-                    r, i, s = self._filled(profiles, r, i, s, k)
-                out[name] = _top_k(r, i, s, k, profiles.rows, self.vocab)
+                tail = self._fill(profiles, block.rows, block.items, score, k) if fill else None
+                out[name] = _top_k(block.rows, block.items, score, k, profiles.rows, self.vocab, tail)
             return out
 
         starts = range(0, len(rows_all), block_users)
@@ -131,25 +136,20 @@ class Recommender:
         empty = pl.DataFrame(schema={"user_id": pl.String, "rank": pl.Int64, "item_id": pl.String, "score": pl.Float64})
         return {name: pl.concat([b[name] for b in blocks]) if blocks else empty for name in scorers}
 
-    def _filled(self, profiles: Profiles, rows, items, score, k: int):
-        """Candidates plus every other allowed item, the others ordered by (EASE on the recent profile, popularity)
-        and scored below the row's lowest candidate."""
+    def _fill(self, profiles: Profiles, rows, items, score, k: int):
+        """Every other allowed item after the candidates, at most k per row: (rows, items, scores), each row's
+        items in the order of (EASE on the recent profile, popularity), both descending, ties by item index, and
+        scored below the row's lowest candidate."""
         allowed = allowed_items(profiles, self.catalogue, self.params.exclude_seen, self._recently_completed(profiles))
         allowed[rows, items] = False
-        ease = np.where(allowed, self.sources["ease_recent"].score(profiles), -np.inf)
-        pop = self.sources["pop"].score(profiles)
-        # rank within the row by (ease, pop), both descending; only the first k per row can be needed
-        order = np.lexsort((-pop, -np.where(np.isfinite(ease), ease, -1e30)), axis=1)[:, :k]
-        tr = np.repeat(np.arange(len(profiles)), order.shape[1])
-        ti = order.ravel()
-        ok = allowed[tr, ti]
-        tr, ti = tr[ok], ti[ok]
+        ease = self.sources["ease_recent"].score(profiles)
+        tr, ti = _best_allowed(ease, self.sources["pop"].scores, allowed, k)
         floor = np.full(len(profiles), np.inf)
         finite = np.isfinite(score)
         np.minimum.at(floor, rows[finite], score[finite])
         floor = np.where(np.isfinite(floor), floor, 0.0)
         tail_score = floor[tr] - 1.0 - _run_positions(tr) * 1e-3
-        return np.r_[rows, tr], np.r_[items, ti], np.r_[score, tail_score]
+        return tr, ti, tail_score
 
     def rescore(
         self,
@@ -180,12 +180,48 @@ def _run_positions(rows: np.ndarray) -> np.ndarray:
     return np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
 
 
-def _top_k(rows: np.ndarray, items: np.ndarray, score: np.ndarray, k: int, users: np.ndarray, vocab) -> pl.DataFrame:
-    """Best k per block row by score (ties by item), finite scores only."""
+def _best_allowed(
+    score: np.ndarray, tie_break: np.ndarray, allowed: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, items) of each row's best k allowed items by `score` (rows x items), ties by the shared vector
+    `tie_break` (higher first), then by item index: rows ascending, each row's items best first.
+
+    One sort of unique integer keys per row instead of a two-key lexsort: the columns are put in tie-break order
+    once, and each key is the score's order-preserving bits above the column's position in that order."""
+    n_rows, n_items = score.shape
+    by_tie = np.argsort(-np.asarray(tie_break, np.float64), kind="stable")
+    score = score[:, by_tie]  # a score that is not finite goes after the finite ones, as -inf
+    masked = np.where(allowed[:, by_tie] & np.isfinite(score), score, np.float32(-np.inf)).astype(np.float32)
+    key = sortable_bits(np.negative(masked)).astype(np.uint64) << np.uint64(32)
+    key |= np.arange(n_items, dtype=np.uint64)
+    take = min(k, n_items)
+    best = np.sort(key, axis=1)[:, :take]
+    cols = by_tie[(best & np.uint64(0xFFFFFFFF)).astype(np.intp)]
+    rows = np.repeat(np.arange(n_rows), take)
+    cols = cols.ravel()
+    ok = allowed[rows, cols]
+    return rows[ok], cols[ok]
+
+
+def _top_k(
+    rows: np.ndarray,
+    items: np.ndarray,
+    score: np.ndarray,
+    k: int,
+    users: np.ndarray,
+    vocab,
+    tail: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> pl.DataFrame:
+    """Best k per block row by score (ties by item), finite scores only; then, with `tail` ((rows, items, scores)
+    already in row order and each row's in rank order, below the row's candidates: `Recommender._fill`), the
+    row's tail after its candidates."""
     ok = np.isfinite(score)
     rows, items, score = rows[ok], items[ok], score[ok]
     order = np.lexsort((items, -score, rows))
     rows, items, score = rows[order], items[order], score[order]
+    if tail is not None:  # two runs sorted by row: a stable sort by row merges them, each row's candidates first
+        merged = np.argsort(np.r_[rows, tail[0]], kind="stable")
+        rows, items, score = np.r_[rows, tail[0]][merged], np.r_[items, tail[1]][merged], np.r_[score, tail[2]][merged]
     rank = _run_positions(rows) + 1
     top = rank <= k
     return pl.DataFrame(
