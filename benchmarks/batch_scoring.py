@@ -26,6 +26,10 @@ Scoring takes 1.5-3.4 ms of wall time per user (LightGBM with its default OpenMP
 the ranker's trees; at 1M users that is roughly 25-60 minutes (not measured). The previous two-stage
 scorer, which ranked 20 candidates per user where this one ranks all of them (~160), ran 1M users in
 673 s with a 7.9 GiB peak (8a52b23).
+At 6a0f135 (the fill order from one sort of integer keys per row, the tail merged after the sorted candidates by a
+stable sort by row, a shared source's ranks read per item; the lists identical), 100k users, `run --shards 8`,
+interleaved with cd3a540 on one day when this box ran slow and noisy: 101 s against 123 s, then 122 s against 180 s
+(scoring thread 92 and 111 s against 113 and 168 s; process CPU 165 and 200 s against 189 and 264 s).
 """
 
 from __future__ import annotations
