@@ -323,8 +323,8 @@ def test_a_source_with_one_vector_for_everyone_is_ranked_as_its_repeated_rows_ar
 
 
 def test_float_keys_keep_the_order_of_their_floats() -> None:
-    """`sortable_bits` orders as float comparison does: -0.0 equal to 0.0, infinities at the ends, NaN after all."""
-    from recsys_platform.model.candidates import sortable_bits
+    """`_sortable_bits` orders as float comparison does: -0.0 equal to 0.0, infinities at the ends, NaN after all."""
+    from recsys_platform.model.recommender import _sortable_bits as sortable_bits
 
     rng = np.random.default_rng(5)
     values = np.r_[rng.normal(size=500) * 10.0 ** rng.integers(-30, 30, 500), 0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45]
@@ -344,7 +344,7 @@ def test_the_fill_order_equals_its_two_key_sort(kind: str) -> None:
     or no allowed items), and the candidates' lists with the tail merged after them are what one sort of both
     gives."""
     from recsys_platform.model.history import Vocabulary
-    from recsys_platform.model.recommender import _best_allowed, _top_k
+    from recsys_platform.model.recommender import _best_allowed, _run_positions, _top_k
 
     rng = np.random.default_rng(11 + len(kind))
     for n_items in (3, 40, 600):
@@ -382,8 +382,7 @@ def test_the_fill_order_equals_its_two_key_sort(kind: str) -> None:
         floor = np.full(n_rows, np.inf)
         np.minimum.at(floor, c_rows[np.isfinite(c_score)], c_score[np.isfinite(c_score)])
         floor = np.where(np.isfinite(floor), floor, 0.0)
-        positions = np.arange(len(t_rows)) - np.searchsorted(t_rows, t_rows)
-        t_score = floor[t_rows] - 1.0 - positions * 1e-3
+        t_score = floor[t_rows] - 1.0 - _run_positions(t_rows) * 1e-3
         users = np.arange(n_rows)
         merged = _top_k(c_rows, c_items, c_score, 25, users, vocab, (t_rows, t_items, t_score))
         together = _top_k(np.r_[c_rows, t_rows], np.r_[c_items, t_items], np.r_[c_score, t_score], 25, users, vocab)

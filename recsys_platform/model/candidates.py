@@ -170,14 +170,6 @@ class CandidateBlock:
         return len(self.rows)
 
 
-def sortable_bits(values: np.ndarray) -> np.ndarray:
-    """float32 `values` as uint32 in the same order (-0.0 as 0.0; every NaN after +inf): integer keys that carry
-    a float's order in 32 bits."""
-    bits = (np.asarray(values, np.float32) + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into 0.0
-    ordered = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
-    return np.where(np.isnan(values), np.uint32(0xFFFFFFFF), ordered)
-
-
 def _ranks_of(ranked: np.ndarray, negated: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
     """1-based rank of each (row, item) within its row: 1 + how many of the row's scores are higher (ties
     share the best rank); MISSING_RANK where the score is not finite. `negated` is the scores negated, `ranked`
@@ -289,8 +281,7 @@ class _SharedRanking:
     def ranks_at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         first = self.first[items]  # the items before it in the order score strictly higher
         higher = np.where(first > 0, self.count[rows, np.maximum(first - 1, 0)], 0)
-        ranked = self.allowed[rows, items] & np.isfinite(self.vector[items])
-        return np.where(ranked, (higher + 1).astype(np.float32), MISSING_RANK)
+        return np.where(np.isfinite(self.scores_at(rows, items)), (higher + 1).astype(np.float32), MISSING_RANK)
 
 
 def _ranking(source, profiles: Profiles, allowed: np.ndarray) -> _RowRanking | _SharedRanking:

@@ -18,14 +18,7 @@ import numpy as np
 import polars as pl
 from threadpoolctl import threadpool_limits
 
-from recsys_platform.model.candidates import (
-    FEATURES,
-    CandidateBlock,
-    ItemStats,
-    allowed_items,
-    candidate_block,
-    sortable_bits,
-)
+from recsys_platform.model.candidates import FEATURES, CandidateBlock, ItemStats, allowed_items, candidate_block
 from recsys_platform.model.catalogue import Catalogue
 from recsys_platform.model.history import PairHistory, Vocabulary
 from recsys_platform.model.params import ModelParams
@@ -180,6 +173,14 @@ def _run_positions(rows: np.ndarray) -> np.ndarray:
     return np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
 
 
+def _sortable_bits(values: np.ndarray) -> np.ndarray:
+    """float32 `values` as uint32 in the same order (-0.0 as 0.0; every NaN after +inf): integer keys that carry
+    a float's order in 32 bits."""
+    bits = (np.asarray(values, np.float32) + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into 0.0
+    ordered = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+    return np.where(np.isnan(values), np.uint32(0xFFFFFFFF), ordered)
+
+
 def _best_allowed(
     score: np.ndarray, tie_break: np.ndarray, allowed: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -191,8 +192,9 @@ def _best_allowed(
     n_rows, n_items = score.shape
     by_tie = np.argsort(-np.asarray(tie_break, np.float64), kind="stable")
     score = score[:, by_tie]  # a score that is not finite goes after the finite ones, as -inf
-    masked = np.where(allowed[:, by_tie] & np.isfinite(score), score, np.float32(-np.inf)).astype(np.float32)
-    key = sortable_bits(np.negative(masked)).astype(np.uint64) << np.uint64(32)
+    kept = allowed[:, by_tie] & np.isfinite(score)
+    masked = np.where(kept, score, np.float32(-np.inf)).astype(np.float32, copy=False)
+    key = _sortable_bits(np.negative(masked)).astype(np.uint64) << np.uint64(32)
     key |= np.arange(n_items, dtype=np.uint64)
     take = min(k, n_items)
     best = np.sort(key, axis=1)[:, :take]
@@ -220,8 +222,9 @@ def _top_k(
     order = np.lexsort((items, -score, rows))
     rows, items, score = rows[order], items[order], score[order]
     if tail is not None:  # two runs sorted by row: a stable sort by row merges them, each row's candidates first
-        merged = np.argsort(np.r_[rows, tail[0]], kind="stable")
-        rows, items, score = np.r_[rows, tail[0]][merged], np.r_[items, tail[1]][merged], np.r_[score, tail[2]][merged]
+        rows = np.r_[rows, tail[0]]
+        merged = np.argsort(rows, kind="stable")
+        rows, items, score = rows[merged], np.r_[items, tail[1]][merged], np.r_[score, tail[2]][merged]
     rank = _run_positions(rows) + 1
     top = rank <= k
     return pl.DataFrame(
