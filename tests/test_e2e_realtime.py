@@ -25,7 +25,10 @@ from recsys_platform.config import PROJECT_ROOT
 from recsys_platform.dev.production_stack import free_port, wait_http
 from recsys_platform.realtime import LAST_FILE_TAG
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+# The timeouts here are hang guards, not speed checks (speed is measured by benchmarks/): the prepare step, about
+# 90-120 s on this 2-core box, took over 150 s on a slow day and failed CI there, so it gets 480 s and the test the
+# project's default 600 s.
+pytestmark = [pytest.mark.slow]
 
 # The real pipeline on a small dataset, in a subprocess with the test's environment: ingestion of every
 # landed hour, then everything the online store snapshot needs (features, ranker in MLflow, gate,
@@ -91,7 +94,7 @@ def stack(tmp_path: Path) -> Iterator[dict]:
         "telemetry:\n  enabled: false\n" + INSTANCE_YAML + WARM_LAUNCHER_YAML
     )
     prepared = subprocess.run(
-        [sys.executable, "-c", PREPARE], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=150
+        [sys.executable, "-c", PREPARE], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=480
     )
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     model_version = json.loads(prepared.stdout.strip().splitlines()[-1])["model_version"]
