@@ -3,7 +3,9 @@ both protocols and the gate's choice of the strongest baseline."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -176,9 +178,11 @@ def _protocols_in(queue, inter, items, users) -> None:
     queue.put(procedure.evaluate_protocols(inter, items, users, procedure.PROTOCOLS, FAST, 300, threads=2))
 
 
-def test_a_daemonic_process_evaluates_the_protocols_one_after_the_other(world) -> None:
-    # a Celery prefork worker (the production profile's steps) is daemonic and may not have children: with two
-    # threads the holdouts failed there ("daemonic processes are not allowed to have children")
+def test_a_daemonic_process_evaluates_the_protocols_side_by_side_too(world) -> None:
+    # a Celery prefork worker (the production profile's steps) is daemonic and `multiprocessing` does not let it have
+    # children (a spawned pool failed there: "daemonic processes are not allowed to have children"); the second
+    # protocol's child is a new interpreter started by subprocess, so the protocols run side by side there too, with
+    # the tables of `evaluate` on one thread each
     import multiprocessing
 
     ds, inter = world["ds"], world["inter"]
@@ -190,8 +194,17 @@ def test_a_daemonic_process_evaluates_the_protocols_one_after_the_other(world) -
     child.join(60)
     assert child.exitcode == 0 and list(out) == list(procedure.PROTOCOLS)
     for protocol in procedure.PROTOCOLS:
-        alone, _ = procedure.evaluate(inter, ds.items, ds.users, protocol, FAST, 300, threads=2)
+        alone, _ = procedure.evaluate(inter, ds.items, ds.users, protocol, FAST, 300, threads=1)
         assert out[protocol][0].equals(alone) and alone.height > 0
+
+
+def test_a_child_that_dies_fails_the_evaluation_with_its_exit_code() -> None:
+    # killed without writing a result (the OOM killer, a signal): the parent raises instead of waiting or guessing
+    child = procedure._Child(os._exit, (3,))
+    with pytest.raises(RuntimeError, match=r"(?s)exit code 3\).*no result"):
+        child.result()
+    child.stop()
+    assert not Path(child.dir.name).exists()
 
 
 def _no_champion():

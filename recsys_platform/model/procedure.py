@@ -10,11 +10,15 @@ whole procedure on each protocol's known part, so what is measured is what is se
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -423,25 +427,28 @@ def evaluate_protocols(
     champion: Callable[[], tuple[Any, ModelParams] | None] | None = None,
     signals: pl.DataFrame | None = None,
 ) -> dict[str, tuple[pl.DataFrame, dict[str, Any]]]:
-    """`evaluate` on each protocol. With two or more threads, two protocols run at once: the second in a spawned
-    process, each with half the threads. The procedure is mostly single-threaded Python and numpy (candidates,
-    features, the training windows) between LightGBM's threaded fits, so one process leaves a core idle most of
-    the time. `champion` is a picklable loader of the serving champion (each process loads its own: a compiled
-    ranker does not pickle), or None. In a daemonic process (a Celery prefork worker: the production profile's
-    steps), which may not have children, the protocols run one after the other with every thread."""
+    """`evaluate` on each protocol. With two or more threads, protocols run at once: each after the first in a
+    child Python process (`_Child`), each side with half the threads. The procedure is mostly single-threaded
+    Python and numpy (candidates, features, the training windows) between LightGBM's threaded fits, so one
+    process leaves a core idle most of the time. `champion` is a picklable loader of the serving champion (each
+    process loads its own: a compiled ranker does not pickle), or None. The child is a new interpreter started
+    with `subprocess`, not a `multiprocessing` child, so a daemonic process (a Celery prefork worker: the
+    production profile's steps), which `multiprocessing` forbids to have children, runs them side by side too."""
     args = (interactions, items, users)
-    if threads < 2 or len(protocols) < 2 or multiprocessing.current_process().daemon:
+    if threads < 2 or len(protocols) < 2:
         return {p: evaluate(*args, p, base, max_users, threads, _load(champion), signals) for p in protocols}
     here, there = protocols[0], protocols[1:]
-    # spawn, not fork: the parent may hold OpenMP (LightGBM) and BLAS thread pools, which a fork does not copy
-    with ProcessPoolExecutor(max_workers=len(there), mp_context=multiprocessing.get_context("spawn")) as pool:
-        child_threads = max(1, threads // 2)
-        futures = {
-            p: pool.submit(_evaluate_loaded, *args, p, base, max_users, child_threads, champion, signals) for p in there
-        }
+    child_threads = max(1, threads // 2)
+    children = {
+        p: _Child(_evaluate_loaded, (*args, p, base, max_users, child_threads, champion, signals)) for p in there
+    }
+    try:
         with threadpool_limits(limits=threads - child_threads):  # BLAS too: the two processes share the cores
             out = {here: evaluate(*args, here, base, max_users, threads - child_threads, _load(champion), signals)}
-        out.update({p: future.result() for p, future in futures.items()})
+        out.update({p: child.result() for p, child in children.items()})
+    finally:
+        for child in children.values():
+            child.stop()
     return {p: out[p] for p in protocols}
 
 
@@ -453,6 +460,48 @@ def _evaluate_loaded(interactions, items, users, protocol, base, max_users, thre
     """`evaluate` in a child process, the champion loaded there, BLAS held to the same threads as LightGBM."""
     with threadpool_limits(limits=threads):
         return evaluate(interactions, items, users, protocol, base, max_users, threads, _load(champion), signals)
+
+
+class _Child:
+    """`fn(*args)` in a new Python interpreter (this one's executable and environment), started at once: the call
+    and its result travel as pickles in a private temporary directory; the child's output goes where this
+    process's goes. `result()` waits for it and returns its value, or raises with the child's traceback."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple) -> None:
+        self.dir = tempfile.TemporaryDirectory(prefix="recsys-child-")
+        call, self.out = Path(self.dir.name) / "call.pkl", Path(self.dir.name) / "result.pkl"
+        call.write_bytes(pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL))
+        code = f"from {__name__} import _child_main; _child_main({str(call)!r}, {str(self.out)!r})"
+        self.process = subprocess.Popen([sys.executable, "-c", code])
+
+    def result(self) -> Any:
+        """The call's return value, once the child has exited."""
+        code = self.process.wait()
+        ok, value = pickle.loads(self.out.read_bytes()) if self.out.exists() else (False, None)
+        if code != 0 or not ok:
+            raise RuntimeError(f"the child process failed (exit code {code}):\n{value or 'it wrote no result'}")
+        return value
+
+    def stop(self) -> None:
+        """Kill the child if it still runs (the parent's side failed) and remove its files."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.dir.cleanup()
+
+
+def _child_main(call: str, out: str) -> None:
+    """The child's side of `_Child`: run the pickled call, pickle (ok, value or traceback) to `out` atomically."""
+    fn, args = pickle.loads(Path(call).read_bytes())
+    try:
+        result = (True, fn(*args))
+    except BaseException:  # noqa: BLE001 - every failure goes back to the parent, with its traceback
+        result = (False, traceback.format_exc())
+    partial = Path(out).with_suffix(".partial")
+    partial.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    partial.replace(out)
+    if not result[0]:
+        sys.exit(1)
 
 
 def metric(table: pl.DataFrame, protocol: str, model: str, name: str = f"ndcg@{K}") -> float:
