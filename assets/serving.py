@@ -1,5 +1,6 @@
 """Serving assets: batch recommendations with the champion, the blue-green store snapshot, the analyst catalog."""
 
+import time
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -83,6 +84,7 @@ def recommendations(
             recs = _repeat_listen_policy(recs, played_pairs(history), params)
         version = POPULARITY_VERSION
     else:
+        started = time.perf_counter()
         scorer, model_params, version = registry.load_scorer(mlflow.tracking_uri, champion, mlflow.model_name)
         # the events are a lazy scan, aggregated into pairs (rec.history) as they are read: at 1M users, read as one
         # frame they held ~6 GB (98.5M rows) at the start of the step
@@ -96,12 +98,18 @@ def recommendations(
             signals_for(session_signals),
         )
         limit = limit and not rec.params.exclude_seen  # seen items are never candidates: no replay to limit
+        fitted = time.perf_counter()
         recs = _served_lists(rec, users["user_id"], params, limit)
+        listed = time.perf_counter()
         save_state(rec, version, state_url(pipeline.lake_url), landing.s3_endpoint_url)
+        seconds = {"fit": fitted - started, "lists": listed - fitted, "state": time.perf_counter() - listed}
+        context.log.info("recommendations: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
         facts = {
             "scorer": registry.version_tags(mlflow.tracking_uri, version, mlflow.model_name).get(
                 registry.SCORER_TAG, "ranker"
-            )
+            ),
+            # where the step's time went (the lake write of the lists comes after, in the step's own duration)
+            "seconds": dg.MetadataValue.json({k: round(v, 1) for k, v in seconds.items()}),
         }
     out = recs.with_columns(model_version=pl.lit(version), generated_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))
     out = schemas.conform(out, schemas.RECOMMENDATION_SCHEMA)

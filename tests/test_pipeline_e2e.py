@@ -133,6 +133,15 @@ def test_recommendations_respect_exclusions(platform):
     assert policy.max_replays == 4 and replays.group_by("user_id").len()["len"].max() <= policy.max_replays
 
 
+def test_recommendations_say_where_their_time_went(platform):
+    event = platform.instance.get_latest_materialization_event(dg.AssetKey("recommendations"))
+    metadata = event.asset_materialization.metadata
+    assert metadata["model_version"].value == "1" and metadata["scorer"].value == "ranker"
+    seconds = metadata["seconds"].value
+    assert set(seconds) == {"fit", "lists", "state"} and all(v >= 0 for v in seconds.values())
+    assert seconds["fit"] > 0 and seconds["lists"] > 0
+
+
 def test_online_store_serves_the_offline_recommendations(platform):
     recs = platform.table("recommendations")
     user = recs["user_id"].min()
