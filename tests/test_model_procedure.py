@@ -207,6 +207,33 @@ def test_a_child_that_dies_fails_the_evaluation_with_its_exit_code() -> None:
     assert not Path(child.dir.name).exists()
 
 
+def test_a_child_exits_when_its_parent_dies_without_stopping_it() -> None:
+    # a run's process killed outright (SIGKILL, the OOM killer) cannot stop its children: the child notices and exits
+    # instead of evaluating on for minutes with nobody to read its result
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, time; from recsys_platform.model import procedure; "
+        "child = procedure._Child(time.sleep, (120,)); print(child.process.pid, flush=True); os._exit(0)"
+    )
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    pid = int(parent.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
 def _no_champion():
     raise RuntimeError("no champion here")
 

@@ -10,10 +10,12 @@ whole procedure on each protocol's known part, so what is measured is what is se
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -439,10 +441,10 @@ def evaluate_protocols(
         return {p: evaluate(*args, p, base, max_users, threads, _load(champion), signals) for p in protocols}
     here, there = protocols[0], protocols[1:]
     child_threads = max(1, threads // 2)
-    children = {
-        p: _Child(_evaluate_loaded, (*args, p, base, max_users, child_threads, champion, signals)) for p in there
-    }
+    children: dict[str, _Child] = {}
     try:
+        for p in there:
+            children[p] = _Child(_evaluate_loaded, (*args, p, base, max_users, child_threads, champion, signals))
         with threadpool_limits(limits=threads - child_threads):  # BLAS too: the two processes share the cores
             out = {here: evaluate(*args, here, base, max_users, threads - child_threads, _load(champion), signals)}
         out.update({p: child.result() for p, child in children.items()})
@@ -465,14 +467,19 @@ def _evaluate_loaded(interactions, items, users, protocol, base, max_users, thre
 class _Child:
     """`fn(*args)` in a new Python interpreter (this one's executable and environment), started at once: the call
     and its result travel as pickles in a private temporary directory; the child's output goes where this
-    process's goes. `result()` waits for it and returns its value, or raises with the child's traceback."""
+    process's goes, and it exits when this process dies. `result()` waits for it and returns its value, or raises
+    with the child's traceback."""
 
     def __init__(self, fn: Callable[..., Any], args: tuple) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="recsys-child-")
-        call, self.out = Path(self.dir.name) / "call.pkl", Path(self.dir.name) / "result.pkl"
-        call.write_bytes(pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL))
-        code = f"from {__name__} import _child_main; _child_main({str(call)!r}, {str(self.out)!r})"
-        self.process = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            call, self.out = Path(self.dir.name) / "call.pkl", Path(self.dir.name) / "result.pkl"
+            call.write_bytes(pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL))
+            code = f"from {__name__} import _child_main; _child_main({str(call)!r}, {str(self.out)!r}, {os.getpid()})"
+            self.process = subprocess.Popen([sys.executable, "-c", code])
+        except BaseException:
+            self.dir.cleanup()
+            raise
 
     def result(self) -> Any:
         """The call's return value, once the child has exited."""
@@ -490,8 +497,10 @@ class _Child:
         self.dir.cleanup()
 
 
-def _child_main(call: str, out: str) -> None:
-    """The child's side of `_Child`: run the pickled call, pickle (ok, value or traceback) to `out` atomically."""
+def _child_main(call: str, out: str, parent: int) -> None:
+    """The child's side of `_Child`: run the pickled call, pickle (ok, value or traceback) to `out` atomically; exit
+    at once if the `parent` process dies first (a run killed without a chance to stop its children)."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     fn, args = pickle.loads(Path(call).read_bytes())
     try:
         result = (True, fn(*args))
@@ -502,6 +511,12 @@ def _child_main(call: str, out: str) -> None:
     partial.replace(out)
     if not result[0]:
         sys.exit(1)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def metric(table: pl.DataFrame, protocol: str, model: str, name: str = f"ndcg@{K}") -> float:
