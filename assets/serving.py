@@ -108,7 +108,8 @@ def recommendations(
             "scorer": registry.version_tags(mlflow.tracking_uri, version, mlflow.model_name).get(
                 registry.SCORER_TAG, "ranker"
             ),
-            # where the step's time went (the lake write of the lists comes after, in the step's own duration)
+            # where the step's time went: fit is loading the champion and fitting its sources; the lake write of the
+            # lists comes after, in the step's own duration
             "seconds": dg.MetadataValue.json({k: round(v, 1) for k, v in seconds.items()}),
         }
     out = recs.with_columns(model_version=pl.lit(version), generated_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))

@@ -4,6 +4,9 @@ both protocols and the gate's choice of the strongest baseline."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -210,10 +213,6 @@ def test_a_child_that_dies_fails_the_evaluation_with_its_exit_code() -> None:
 def test_a_child_exits_when_its_parent_dies_without_stopping_it() -> None:
     # a run's process killed outright (SIGKILL, the OOM killer) cannot stop its children: the child notices and exits
     # instead of evaluating on for minutes with nobody to read its result
-    import subprocess
-    import sys
-    import time
-
     script = (
         "import os, time; from recsys_platform.model import procedure; "
         "child = procedure._Child(time.sleep, (120,)); print(child.process.pid, flush=True); os._exit(0)"
