@@ -237,6 +237,20 @@ def test_a_source_gives_at_most_depth_candidates_and_none_when_it_cannot_tell_it
         np.testing.assert_array_equal(_top_depth(*_ranked(scores[r : r + 1]), 2)[0], mask[r])
 
 
+def test_a_sources_z_feature_is_the_score_standardised_among_the_rows_finite_candidates() -> None:
+    from recsys_platform.model.candidates import _per_row_z
+
+    # block rows 0, 2 and 3 have candidates (1 has none); row 2's scores are all -inf, row 3's are all equal
+    rows = np.array([0, 0, 0, 0, 2, 2, 3, 3])
+    values = np.array([1.0, 3.0, -np.inf, 5.0, -np.inf, -np.inf, 7.0, 7.0], np.float32)
+    z = _per_row_z(values, rows)
+    # row 0's finite scores 1, 3, 5: mean 3, population sd sqrt(8/3); the -inf is no score (NaN)
+    sd = np.sqrt(8 / 3)
+    np.testing.assert_allclose(z[:4], [-2 / sd, 0.0, np.nan, 2 / sd], rtol=1e-12)
+    assert np.isnan(z[4:6]).all() and z[6:].tolist() == [0.0, 0.0]  # no finite scores; no spread
+    assert _per_row_z(np.zeros(0, np.float32), np.zeros(0, np.int64)).shape == (0,)
+
+
 def _top_depth_by_partition(scores: np.ndarray, depth: int) -> np.ndarray:
     """The definition `_top_depth` keeps: a per-row argpartition of every row (the finite scores), minus rows whose
     finite scores are all equal and more than `depth`."""

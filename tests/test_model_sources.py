@@ -182,6 +182,28 @@ def test_ials_separates_two_taste_blocks_and_is_seeded() -> None:
     np.testing.assert_array_equal(model.item_factors, again.item_factors)
 
 
+def test_ials_user_step_solves_each_users_least_squares_and_leaves_an_empty_profile_at_zero() -> None:
+    # the score's definition, one numpy solve per user: (YtY + l2 I + alpha sum y y^T) x = (1 + alpha) sum y
+    pairs = [("u0", "a"), ("u0", "b"), ("u1", "c"), ("u2", "a"), ("u2", "c"), ("u2", "d"), ("u3", "e")]
+    users, items = (pl.Series([p[n] for p in pairs]) for n in (0, 1))
+    vocab = Vocabulary.build(pl.concat([users, pl.Series(["u4"])]), items)  # u4: in the vocabulary, no pairs
+    first = np.arange(len(pairs), dtype=float)
+    history = PairHistory.from_arrays(vocab, CUT_S, vocab.user_rows(users), vocab.item_cols(items), first_s=first)
+    rng = np.random.default_rng(3)
+    factors = sources.Factors(rng.normal(size=(history.vocab.n_items, 3)).astype(np.float32), 2.0, 5.0)
+    rows = vocab.user_rows(pl.Series(["u0", "u1", "u2", "u3", "u4"]))
+    profiles = Profiles.of(history, rows)
+    y = factors.item_factors.astype(np.float64)
+    expected = np.zeros((len(rows), history.vocab.n_items))
+    for r in range(len(rows)):
+        mine = y[profiles.seen[r].indices]
+        x = np.linalg.solve(y.T @ y + 2.0 * np.eye(3) + 5.0 * mine.T @ mine, 6.0 * mine.sum(axis=0))
+        expected[r] = x @ y.T
+    scores = factors.score(profiles)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert not scores[4].any() and scores[:4].all()  # u4 has no pairs: x = 0, every score 0
+
+
 # --- replays, content, new releases ----------------------------------------------------------------------
 
 

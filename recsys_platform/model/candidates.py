@@ -291,15 +291,20 @@ def _ranking(source, profiles: Profiles, allowed: np.ndarray) -> _RowRanking | _
     return _RowRanking(source.score(profiles), allowed)
 
 
-def _per_row_z(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
-    """z-score of each value among the finite values of its row (NaN stays NaN)."""
+def _per_row_z(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """z-score of each value among the finite values of its row (NaN stays NaN); `rows` ascending (as np.nonzero
+    gives them), so a row's values are one run: sums per run (np.add.reduceat) took 17 ms for a 1000-user block's
+    eleven sources where per-row bincounts took 38."""
+    if not len(values):
+        return np.zeros(0)
+    starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+    lengths = np.diff(np.r_[starts, len(rows)])
     ok = np.isfinite(values)
     v = np.where(ok, values, 0.0).astype(np.float64)
-    n = np.bincount(rows, ok, minlength=n_rows)
-    mean = np.bincount(rows, v, minlength=n_rows) / np.maximum(n, 1)
-    dev = np.where(ok, v - mean[rows], 0.0)
-    sd = np.sqrt(np.bincount(rows, dev**2, minlength=n_rows) / np.maximum(n, 1))
-    return np.where(ok, dev / np.where(sd > 0, sd, 1.0)[rows], np.nan)
+    n = np.maximum(np.add.reduceat(ok, starts, dtype=np.float64), 1.0)
+    dev = np.where(ok, v - np.repeat(np.add.reduceat(v, starts) / n, lengths), 0.0)
+    sd = np.sqrt(np.add.reduceat(dev * dev, starts) / n)
+    return np.where(ok, dev / np.repeat(np.where(sd > 0, sd, 1.0), lengths), np.nan)
 
 
 def allowed_items(profiles: Profiles, catalogue: Catalogue, exclude_seen: bool, blocked=None) -> np.ndarray:
@@ -326,7 +331,6 @@ def candidate_block(
 ) -> CandidateBlock:
     """Candidates (union of every source's top `depth` among `allowed` items) with the features `names`
     (default FEATURES; the session benchmark asks for groups the ranker does not read)."""
-    n = len(profiles)
     chosen = np.zeros(allowed.shape, bool)
     ranked = {}
     for name in SOURCE_NAMES:
@@ -338,7 +342,7 @@ def candidate_block(
         ranking = ranked.pop(name)
         s = ranking.scores_at(rows, items)
         cols[f"score_{name}"] = np.where(np.isfinite(s), s, np.nan)
-        cols[f"z_{name}"] = _per_row_z(s, rows, n)
+        cols[f"z_{name}"] = _per_row_z(s, rows)
         cols[f"rank_{name}"] = ranking.ranks_at(rows, items)
     cols["n_sources"] = sum((cols[f"rank_{s}"] <= depth).astype(np.float32) for s in SOURCE_NAMES)
     cols.update(_item_columns(stats, catalogue, profiles, rows, items))
