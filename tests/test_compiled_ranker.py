@@ -41,6 +41,12 @@ def test_the_compiled_ranker_scores_like_lightgbm_and_is_cached(booster, tmp_pat
     x = _rows(5000)
     np.testing.assert_allclose(model.predict(x), booster.predict(x.astype(np.float64)), rtol=0, atol=1e-10)
     assert model.predict(x[:0]).shape == (0,)
+    # 5000 rows are scored in slices of PREDICT_ROWS (the last one partial): the same scores from the column-major
+    # blocks `candidate_block` builds, and from one call on two threads
+    assert len(x) > 2 * compiled.PREDICT_ROWS and len(x) % compiled.PREDICT_ROWS
+    np.testing.assert_array_equal(model.predict(np.asfortranarray(x)), model.predict(x))
+    two = compiled.CompiledRanker(model.model, text, model.object_file, threads=2)
+    np.testing.assert_array_equal(two.predict(x), model.predict(x))
     key = compiled.cache_key(text)
     objects = list(tmp_path.glob("*.o"))
     assert [p.name for p in objects] == [f"{key}.o"]  # one object file per model, CPU and lleaves version
