@@ -210,7 +210,7 @@ def _by_row_then_score(rows: np.ndarray, items: np.ndarray, score: np.ndarray) -
 
     When the pairs come in (row, item) order (as `candidate_block` gives them), from one unstable sort of the scores
     (equal scores put back in the pairs' order, which is item order within a row) and one of unique integer keys
-    (row, place in that sort): 9 ms for a 1000-user block's 160k candidates where the three-key lexsort took 31."""
+    (row, place in that sort): 5 ms for a block's 160k random candidates where the three-key lexsort took 31."""
     n = len(rows)
     d_rows, d_items = np.diff(rows), np.diff(items)
     if n >= 2**31 or not np.all((d_rows > 0) | ((d_rows == 0) & (d_items > 0))):

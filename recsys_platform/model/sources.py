@@ -230,7 +230,7 @@ class Factors:
         from implicit.cpu import _als
 
         y = np.ascontiguousarray(self.item_factors, np.float64)
-        confidence = profiles.seen.tocsr(copy=True).astype(np.float32)
+        confidence = profiles.seen.tocsr().astype(np.float32)  # a copy: its values are set below
         confidence.data[:] = 1.0 + self.alpha
         out = np.zeros((confidence.shape[0], y.shape[1]))
         _als.least_squares(confidence, out, y, float(self.regularization), num_threads=1)
