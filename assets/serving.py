@@ -1,6 +1,7 @@
 """Serving assets: batch recommendations with the champion, the blue-green store snapshot, the analyst catalog."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -136,8 +137,6 @@ def _served_lists(rec, user_ids: pl.Series, params, limit: bool) -> pl.DataFrame
 
     The next chunk is scored while the policy runs on this one: run after each chunk, the policy (polars, most of it
     on one thread) left the block threads idle for ~12% of the 1M-user step."""
-    from concurrent.futures import ThreadPoolExecutor
-
     k = params.top_n * (2 if limit else 1)
     chunks = [
         user_ids.slice(start, SERVED_CHUNK_USERS) for start in range(0, max(user_ids.len(), 1), SERVED_CHUNK_USERS)

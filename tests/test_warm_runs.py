@@ -325,23 +325,25 @@ def test_the_cli_selects_it_for_the_refresh_job(tmp_path: Path, monkeypatch: pyt
         assert launcher.jobs == {"refresh_realtime", "raw_events_contracts"}
         for name in launcher.jobs:
             assert defs.resolve_job_def(name).executor_def is dg.in_process_executor  # one process a run
-        assert launcher.preload_modules == ("great_expectations",)
+        assert launcher.preload_modules == ("great_expectations", "implicit.cpu._als")
     assert sensor_daemon.MIN_INTERVAL_LOOP_TIME == 0.5  # building the launcher (in the daemon) sets its sensor loop
 
 
+@pytest.mark.parametrize("version", range(2))
 def test_a_home_with_an_earlier_block_of_the_cli_gets_the_current_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int
 ) -> None:
     from orchestration.run_launcher import EARLIER_WARM_LAUNCHER_YAML, WARM_LAUNCHER_YAML
 
+    assert len(EARLIER_WARM_LAUNCHER_YAML) == 2  # every earlier block is tried here
     home = tmp_path / "dagster"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + EARLIER_WARM_LAUNCHER_YAML[0])
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + EARLIER_WARM_LAUNCHER_YAML[version])
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     cli._prepare_environment()
     text = (home / "dagster.yaml").read_text()
-    assert WARM_LAUNCHER_YAML in text and EARLIER_WARM_LAUNCHER_YAML[0] not in text
+    assert WARM_LAUNCHER_YAML in text and EARLIER_WARM_LAUNCHER_YAML[version] not in text
     assert text.count("run_launcher:") == 1 and "raw_events_contracts" in text
 
 

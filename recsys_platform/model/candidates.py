@@ -170,6 +170,14 @@ class CandidateBlock:
         return len(self.rows)
 
 
+def runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, length) of each run of equal consecutive values of `rows` (a block's pairs, grouped by row)."""
+    if not len(rows):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+    return starts, np.diff(np.r_[starts, len(rows)])
+
+
 def _ranks_of(ranked: np.ndarray, negated: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
     """1-based rank of each (row, item) within its row: 1 + how many of the row's scores are higher (ties
     share the best rank); MISSING_RANK where the score is not finite. `negated` is the scores negated, `ranked`
@@ -179,8 +187,8 @@ def _ranks_of(ranked: np.ndarray, negated: np.ndarray, rows: np.ndarray, items: 
     position = np.empty(len(rows), np.int64)
     # plain ints and the arrays' own method: per row, numpy scalars and the module function's dispatch cost as much
     # as the search
-    bounds = np.r_[0, np.flatnonzero(np.diff(rows)) + 1, len(rows)].tolist() if len(rows) else [0]
-    for row, a, b in zip(rows[bounds[:-1]].tolist(), bounds[:-1], bounds[1:], strict=True):
+    starts, lengths = runs(rows)
+    for row, a, b in zip(rows[starts].tolist(), starts.tolist(), (starts + lengths).tolist(), strict=True):
         position[a:b] = ranked[row].searchsorted(value[a:b], side="left")
     return np.where(np.isfinite(value), (position + 1).astype(np.float32), np.float32(MISSING_RANK))
 
@@ -297,8 +305,7 @@ def _per_row_z(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     eleven sources where per-row bincounts took 38."""
     if not len(values):
         return np.zeros(0)
-    starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
-    lengths = np.diff(np.r_[starts, len(rows)])
+    starts, lengths = runs(rows)
     ok = np.isfinite(values)
     v = np.where(ok, values, 0.0).astype(np.float64)
     n = np.maximum(np.add.reduceat(ok, starts, dtype=np.float64), 1.0)

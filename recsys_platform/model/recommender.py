@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from threadpoolctl import threadpool_limits
 
-from recsys_platform.model.candidates import FEATURES, CandidateBlock, ItemStats, allowed_items, candidate_block
+from recsys_platform.model.candidates import FEATURES, CandidateBlock, ItemStats, allowed_items, candidate_block, runs
 from recsys_platform.model.catalogue import Catalogue
 from recsys_platform.model.history import PairHistory, Vocabulary
 from recsys_platform.model.params import ModelParams
@@ -167,10 +167,8 @@ class Recommender:
 
 def _run_positions(rows: np.ndarray) -> np.ndarray:
     """0-based position of each element within its run of equal consecutive `rows`."""
-    if not len(rows):
-        return np.zeros(0, np.int64)
-    starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
-    return np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+    starts, lengths = runs(rows)
+    return np.arange(len(rows)) - np.repeat(starts, lengths)
 
 
 def _sortable_bits(values: np.ndarray) -> np.ndarray:
