@@ -395,6 +395,20 @@ def _latent_choices(
     return cand[np.arange(n_p), pick], util[np.arange(n_p), pick]
 
 
+def _favourites(n_users: int, p_user: np.ndarray, p_item: np.ndarray, p_util: np.ndarray) -> np.ndarray:
+    """(users, 2) item indices each user replays: the first chosen play's item and the best one's
+    (by utility, over the whole window); -1 for a user without plays."""
+    fav = np.full((n_users, 2), -1)
+    first_play = np.unique(p_user, return_index=True)
+    fav[first_play[0], 0] = p_item[first_play[1]]
+    best = np.full(n_users, -np.inf)
+    np.maximum.at(best, p_user, p_util)
+    is_best = p_util >= best[p_user]
+    fav[p_user[is_best], 1] = p_item[is_best]
+    fav[:, 0] = np.where(fav[:, 0] < 0, fav[:, 1], fav[:, 0])
+    return fav
+
+
 def _latent_tastes(cfg: GeneratorConfig, items: pl.DataFrame, n_users: int, chunk: int) -> LatentTastes:
     """Internal (and the tests' only way to see them): the hidden tastes of one chunk in latent mode."""
     return draw_latent_tastes(items, n_users, cfg.seed, chunk)
@@ -446,14 +460,7 @@ def _simulate_events(
         p_item, p_util = _latent_choices(rng, cat, latent, p_user, p_time0, has_kids)
 
     # Favourites: each user replays a couple of items they love.
-    fav = np.full((n_users, 2), -1)
-    first_play = np.unique(p_user, return_index=True)
-    fav[first_play[0], 0] = p_item[first_play[1]]
-    best = np.full(n_users, -np.inf)
-    np.maximum.at(best, p_user, p_util)
-    is_best = p_util >= best[p_user]
-    fav[p_user[is_best], 1] = p_item[is_best]
-    fav[:, 0] = np.where(fav[:, 0] < 0, fav[:, 1], fav[:, 0])
+    fav = _favourites(n_users, p_user, p_item, p_util)
     replay = (rng.random(n_p) < repeat_p[p_user]) & (fav[p_user, 1] >= 0) & (np.arange(n_p) > 0)
     fav_pick = fav[p_user, rng.integers(0, 2, size=n_p)]
     replay &= cat.release_sec[np.maximum(fav_pick, 0)] <= p_time0
