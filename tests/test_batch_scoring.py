@@ -164,6 +164,16 @@ def test_sets_obey_their_rules_on_real_scores(world):
     assert counts.filter(pl.col("rule") == "content_type")["removed"][0] > 0
 
 
+def test_item_columns_are_the_inner_join_with_the_catalog_in_score_order():
+    scores = pl.DataFrame({"user_id": list("aabb"), "item_id": ["i2", "gone", "i1", None], "rank": [1, 2, 1, 2]})
+    catalog = pl.DataFrame({"item_id": ["i1", "i2", "i3"], "topic": ["sleep", None, "focus"]})
+    for cat in (catalog, pl.concat([catalog, catalog.head(1).with_columns(topic=pl.lit("again"))])):  # + a duplicate
+        expected = scores.join(cat, on="item_id", how="inner", maintain_order="left")
+        assert bs._with_item_columns(scores, cat).equals(expected)
+    known = scores.filter(pl.col("item_id").is_in(["i1", "i2"]))
+    assert bs._with_item_columns(known, catalog).equals(known.join(catalog, on="item_id", maintain_order="left"))
+
+
 def test_sets_are_independent_of_chunking_and_of_row_order(world):
     scores, items, config = world["scores"], world["ds"].items, world["config"]
     ctx = bs.rule_context(world["ds"].users, world["inter"], world["searches"], NOW.date(), world["cutoff"])

@@ -250,6 +250,8 @@ def test_fast_paths_equal_the_group_by_forms_on_many_users():
     fast = pl.concat(frames).with_columns(entity_type=pl.lit("item"))
     slow = pl.concat(frames[::-1]).with_columns(entity_type=pl.lit("item"))
     assert rules._user_starts(fast) is not None and rules._user_starts(slow) is None
+    searches = pl.DataFrame({"user_id": users[::3], "query": ["sleep music", "Focus", "sleep story", "none"]})
+    played = fast.select("user_id", "item_id").gather_every(3).with_columns(favourite=pl.int_range(pl.len()) % 4 == 0)
     calls = [
         ("roll_up_series", {}),
         ("series_cap", {"max_per_series": 1}),
@@ -257,11 +259,93 @@ def test_fast_paths_equal_the_group_by_forms_on_many_users():
         ("new_release_slot", {"days": 10, "slot": 2, "count": 2}),
         ("max_consecutive", {"column": "content_type", "max_run": 1}),
         ("daily_shuffle", {"window": 3, "keep_top": 1}),
+        ("search_match", {}),
+        ("max_replays", {"n": 1, "top": 4}),
     ]
+    rich = ctx(searches=searches, played=played)
     for name, params in calls:
-        a, b = rules.RULES[name].fn(fast, ctx(), **params), rules.RULES[name].fn(slow, ctx(), **params)
+        a, b = rules.RULES[name].fn(fast, rich, **params), rules.RULES[name].fn(slow, rich, **params)
+        assert a.height > 0, name
         for u in users:
             assert a.filter(pl.col("user_id") == u).equals(b.filter(pl.col("user_id") == u)), (name, u)
+
+
+def _consecutive_reference(values: list, max_run: int, passes: int = 50) -> list[int]:
+    """`max_consecutive`'s passes on one user's list, row by row: the order of the original rows."""
+    order = list(range(len(values)))
+    for _ in range(passes):
+        cur = [values[i] for i in order]
+        keys, excess = [], False
+        start = 0
+        while start < len(cur):  # one run: equal values, a null never continues a run
+            end = start + 1
+            while end < len(cur) and cur[end] is not None and cur[end] == cur[start]:
+                end += 1
+            for p in range(start, end):
+                late = p - start >= max_run and end < len(cur)  # past the limit, with a next run to go behind
+                keys.append((end, 1, p - start) if late else (p, 0, 0))
+                excess |= late
+            start = end
+        if not excess:
+            break
+        order = [order[p] for p in sorted(range(len(cur)), key=keys.__getitem__)]
+    return order
+
+
+def test_max_consecutive_passes_equal_a_row_by_row_reference():
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        lengths = rng.integers(1, 30, int(rng.integers(1, 8)))
+        values = [None if rng.random() < 0.1 else int(rng.integers(0, 3)) for _ in range(int(lengths.sum()))]
+        max_run = int(rng.integers(1, 4))
+        user = np.repeat(np.arange(len(lengths)), lengths)
+        code = np.array([-1 - k if v is None else v for k, v in enumerate(values)])  # nulls unique, as the rule codes
+        perm, converged = rules._consecutive_order(user, code, max_run)
+        expected, start = [], 0
+        for n in lengths:
+            expected += [start + k for k in _consecutive_reference(values[start : start + n], max_run)]
+            start += n
+        assert converged and (np.arange(len(values)) if perm is None else perm).tolist() == expected
+
+
+def test_moved_counts_equal_a_row_by_row_reference():
+    """Rows at another position among the rows both frames share by (user, item); nulls never match."""
+    rng = np.random.default_rng(9)
+
+    def reference(before: pl.DataFrame, after: pl.DataFrame, same_rows: bool) -> int:
+        b, a = before.select("user_id", "item_id").rows(), after.select("user_id", "item_id").rows()
+        if not same_rows or len(b) != len(a):
+            b_keys, a_keys = {r for r in b if None not in r}, {r for r in a if None not in r}
+            b, a = [r for r in b if r in a_keys], [r for r in a if r in b_keys]
+        if len(b) != len(a):  # duplicates: the shared rows of `after`
+            return len(a)
+        # a null compared with anything is not a difference (as `!=` on the columns)
+        return sum(x != y and None not in (x, y) for r, s in zip(b, a, strict=True) for x, y in zip(r, s, strict=True))
+
+    for _ in range(300):
+        n = int(rng.integers(0, 25))
+        items = [None if rng.random() < 0.05 else f"i{int(rng.integers(0, 12))}" for _ in range(n)]
+        before = pl.DataFrame(
+            {"user_id": [f"u{int(rng.integers(0, 3))}" for _ in range(n)], "item_id": items},
+            schema={"user_id": pl.String, "item_id": pl.String},
+        )
+        after = before.sample(fraction=1.0, shuffle=True, seed=int(rng.integers(0, 1000)))
+        after = after.head(int(rng.integers(0, n + 1)))
+        if rng.random() < 0.5:
+            extra = pl.DataFrame({"user_id": ["u0"], "item_id": [f"s{int(rng.integers(0, 3))}"]})
+            after = pl.concat([after, extra])
+        for same in (True, False):
+            assert rules._moved(before, after, same) == reference(before, after, same)
+
+
+def test_run_helpers_equal_their_numpy_forms():
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 7, 100):
+        for p in (0.0, 0.2, 1.0):
+            starts = rng.random(n) < p
+            idx = np.arange(n)
+            assert rules._offsets(starts).tolist() == (idx - np.maximum.accumulate(np.where(starts, idx, 0))).tolist()
+            assert rules._run_numbers(starts).tolist() == np.cumsum(starts).tolist()
 
 
 def test_apply_rules_counts_removed_and_moved_rows_per_rule():

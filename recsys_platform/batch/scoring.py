@@ -173,6 +173,7 @@ def build_sets(
     return (sets in RECOMMENDATION_SET_SCHEMA, rows removed and moved per set and rule)."""
     users, offsets = _user_runs(scores["user_id"])
     ctx = _context_of(ctx, pl.DataFrame({"user_id": users}))
+    catalog = items.select("item_id", *ITEM_RULE_COLUMNS)
     parts: list[list[pl.DataFrame]] = []  # per chunk, per set
     counts = []
     for start in range(0, max(users.len(), 1), chunk_users):
@@ -182,7 +183,7 @@ def build_sets(
         else:  # each user's rows are one contiguous run: the chunk is a slice (a semi join per chunk is quadratic)
             end = offsets[start + chunk_users] if start + chunk_users < users.len() else scores.height
             chunk = scores.slice(int(offsets[start]), int(end - offsets[start]))
-        sets, c = _build_sets_chunk(chunk, items, _context_of(ctx, who), config)
+        sets, c = _build_sets_chunk(chunk, catalog, _context_of(ctx, who), config, offsets is not None)
         parts.append(sets)
         counts.append(c)
     total = pl.concat(counts).group_by("set_name", "step", "rule", maintain_order=True).agg(pl.all().sum())
@@ -214,12 +215,13 @@ def _context_of(ctx: RuleContext, who: pl.DataFrame) -> RuleContext:
 
 
 def _build_sets_chunk(
-    scores: pl.DataFrame, items: pl.DataFrame, ctx: RuleContext, config: SetsConfig
+    scores: pl.DataFrame, catalog: pl.DataFrame, ctx: RuleContext, config: SetsConfig, runs: bool
 ) -> tuple[list[pl.DataFrame], pl.DataFrame]:
-    meta = scores.select("user_id", "model_version", "generated_at").unique("user_id")
-    base = scores.select("user_id", "rank", "item_id", "score").join(
-        items.select("item_id", *ITEM_RULE_COLUMNS), on="item_id", how="inner", maintain_order="left"
-    )
+    """The sets of the users of `scores` and their rule counts; `runs`: each user's rows are one contiguous run."""
+    meta = scores.select("user_id", "model_version", "generated_at")
+    # a user's first row where rows come user by user: 1 ms for 1,000 users' 500 rows, a unique() 13 ms
+    meta = meta.filter(pl.col("user_id").ne_missing(pl.col("user_id").shift(1))) if runs else meta.unique("user_id")
+    base = _with_item_columns(scores.select("user_id", "rank", "item_id", "score"), catalog)
     base = ranked_frame(base.with_columns(entity_type=pl.lit(ENTITY_ITEM)))
     out, counts = [], []
     for s in config.sets:
@@ -232,6 +234,17 @@ def _build_sets_chunk(
         logger.debug("set %s: %d rows for %d users", s.name, frame.height, frame["user_id"].n_unique())
     sets = [f.select([pl.col(c).cast(t) for c, t in RECOMMENDATION_SET_SCHEMA.items()]) for f in out]
     return sets, pl.DataFrame(counts, schema=RULE_COUNT_SCHEMA)
+
+
+def _with_item_columns(scores: pl.DataFrame, catalog: pl.DataFrame) -> pl.DataFrame:
+    """`scores` (in their order) with the `catalog` columns of their item; rows of unknown items are dropped."""
+    if not catalog["item_id"].is_duplicated().any():
+        # one catalog row per item: a left join and a filter of the unknown items (none, normally) is the inner
+        # join, in 20 ms for 1,000 users' 500 rows where the inner join keeping the order took 39
+        joined = scores.join(catalog.with_columns(_known=pl.lit(True)), on="item_id", how="left", maintain_order="left")
+        known = joined["_known"]
+        return (joined if known.null_count() == 0 else joined.filter(known.is_not_null())).drop("_known")
+    return scores.join(catalog, on="item_id", how="inner", maintain_order="left")
 
 
 # --- export -------------------------------------------------------------------------------
