@@ -29,9 +29,10 @@ scorer, which ranked 20 candidates per user where this one ranks all of them (~1
 At 6a0f135 (the fill order from one sort of integer keys per row, the tail merged after the sorted candidates by a
 stable sort by row, a shared source's ranks read per item; the lists identical), 100k users, `run --shards 8`,
 interleaved with cd3a540 on one day when this box ran slow and noisy: 101 s against 123 s, then 122 s against 180 s
-(scoring thread 92 and 111 s against 113 and 168 s; process CPU 165 and 200 s against 189 and 264 s).1M users x 14 days at b08e6a8 (`prepare --users 1000000 --days 14`: 304 s, peak 9.6 GiB; `run --shards 16`, quiet, on a
-day this box served the API 1.5 times slower than its best evening): 884 s wall, peak RSS 7.20 GiB; scoring thread 850 s,
-rules and sets 532 s, writes 106 s; 1,470 s of process CPU. The target is 300 s.
+(scoring thread 92 and 111 s against 113 and 168 s; process CPU 165 and 200 s against 189 and 264 s).
+1M users x 14 days at b08e6a8 (`prepare --users 1000000 --days 14`: 304 s, peak 9.6 GiB; `run --shards 16`, quiet,
+on a day this box served the API 1.5 times slower than its best evening): 884 s wall, peak RSS 7.20 GiB; scoring
+thread 850 s, rules and sets 532 s, writes 106 s; 1,470 s of process CPU. The target is 300 s.
 """
 
 from __future__ import annotations
