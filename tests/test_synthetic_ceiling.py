@@ -29,7 +29,7 @@ def generated() -> tuple[pl.DataFrame, sc.HiddenState, list]:
 
 def test_every_play_is_a_choice_or_one_of_the_users_favourites(generated) -> None:
     _, state, calls = generated
-    # generate_with_state records one generation, this fixture's wrapper another of the same data
+    # the fixture's wrapper saw the one choice call generate_with_state made (one chunk of users)
     ((p_user, p_item, _),) = calls
     cfg = generator.GeneratorConfig(n_users=600, days=10, seed=5, end=sc.END, tastes="latent")
     starts = generator.generate(cfg).events.filter(pl.col("event_type") == "content_start")
