@@ -85,4 +85,13 @@ def test_the_ceiling_lists_respect_the_cap_and_beat_own_replays(generated) -> No
     history = pair_history(holdout.train, holdout.cutoff_s)
     users = truth["user_id"].unique().sort()
     own = top_k(fit_baseline("replays", history, ModelParams()), history, users, sc.K, unseen_only=False)
-    assert evaluate_all(truth, oracle, sc.K)["ndcg@10"] > 1.1 * evaluate_all(truth, own, sc.K)["ndcg@10"]
+    own_ndcg = evaluate_all(truth, own, sc.K)["ndcg@10"]
+    assert evaluate_all(truth, oracle, sc.K)["ndcg@10"] > 1.1 * own_ndcg
+    informed = sc.informed_lists(state, holdout.test, holdout.train)
+    assert set(informed) == set(sc.INFORMED_WEIGHTS)
+    for recs in informed.values():
+        assert recs.group_by("user_id").len()["len"].unique().to_list() == [sc.K]
+        assert recs.select("user_id").unique().height == truth["user_id"].n_unique()
+    # knowing every item's factors, the users' own plays still carry it past own replays, not to the oracle
+    best = max(evaluate_all(truth, recs, sc.K)["ndcg@10"] for recs in informed.values())
+    assert own_ndcg < best < evaluate_all(truth, oracle, sc.K)["ndcg@10"]
