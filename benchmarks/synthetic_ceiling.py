@@ -61,7 +61,7 @@ from synthetic_plays import END, PLAY_EVENTS  # noqa: E402
 
 from recsys_platform import schemas  # noqa: E402
 from recsys_platform.dev import generator  # noqa: E402
-from recsys_platform.dev.latent_tastes import CANDIDATES, TASTE_SCALE, draw_latent_tastes  # noqa: E402
+from recsys_platform.dev.latent_tastes import CANDIDATES, TASTE_SCALE, LatentTastes  # noqa: E402
 from recsys_platform.model.evaluation import evaluate_all  # noqa: E402
 from recsys_platform.quality_benchmark.baselines import (  # noqa: E402
     BASELINES,
@@ -96,14 +96,26 @@ class HiddenState:
     start_s: float  # the window's start, epoch seconds
 
 
+@dataclass(frozen=True)
+class ChoiceCall:
+    """One `_latent_choices` call of the generator: its inputs and what it chose (before replays)."""
+
+    users: np.ndarray  # the user (chunk row) of each play
+    items: np.ndarray  # the chosen item of each play
+    utilities: np.ndarray
+    catalog: generator._ItemArrays
+    tastes: LatentTastes
+    has_kids: np.ndarray  # per user of the chunk
+
+
 @contextmanager
-def _recording_choices(calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
-    """Record the (users, items, utilities) of every `_latent_choices` call while generating."""
+def _recording_choices(calls: list[ChoiceCall]):
+    """Record every `_latent_choices` call while generating."""
     original = generator._latent_choices
 
     def record(rng, cat, tastes, p_user, p_time0, has_kids):
         items, utils = original(rng, cat, tastes, p_user, p_time0, has_kids)
-        calls.append((p_user.copy(), items.copy(), utils.copy()))
+        calls.append(ChoiceCall(p_user.copy(), items.copy(), utils.copy(), cat, tastes, has_kids.copy()))
         return items, utils
 
     generator._latent_choices = record
@@ -114,22 +126,19 @@ def _recording_choices(calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
 
 
 def generate_with_state(users: int, days: int, seed: int) -> tuple[pl.DataFrame, HiddenState]:
-    """The plays `benchmarks/synthetic_plays.py` writes, and the hidden state behind them."""
+    """The plays `benchmarks/synthetic_plays.py` writes (with their event type), and the hidden state behind them:
+    the catalogue arrays and tastes the generator chose with, as it passed them to `_latent_choices`."""
     cfg = generator.GeneratorConfig(n_users=users, days=days, seed=seed, end=END, tastes="latent")
     if users > generator.DEFAULT_CHUNK_USERS:
         raise SystemExit(f"one chunk of users at most ({generator.DEFAULT_CHUNK_USERS:,})")
-    calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    calls: list[ChoiceCall] = []
     with _recording_choices(calls):
         ds = generator.generate(cfg)
-    (p_user, p_item, p_util) = calls[0]
-    items, profiles, start = generator._catalog_and_profiles(cfg)
-    cat = generator._ItemArrays.of(items, start, seed)
-    tastes = draw_latent_tastes(items, users, seed, 0)
+    (call,) = calls
     # `_simulate_events` draws the repeat propensity first from its own generator (latent mode draws nothing
     # before it; tests/test_synthetic_ceiling.py checks the replays follow it) and the favourites from the choices.
     repeat_p = np.random.default_rng([seed, 1, 0]).beta(1.2, 5.0, size=users)
-    fav = generator._favourites(users, p_user, p_item, p_util)
-    affinity = tastes.affinity(np.arange(users), np.broadcast_to(np.arange(items.height), (users, items.height)))
+    n_items = ds.items.height
     plays = (
         ds.events.filter(pl.col("event_type").is_in(PLAY_EVENTS) & pl.col("item_id").is_not_null())
         .sort("event_time", "event_id")
@@ -137,23 +146,60 @@ def generate_with_state(users: int, days: int, seed: int) -> tuple[pl.DataFrame,
             pl.col("user_id").cast(pl.String).alias(USER),
             pl.col("item_id").cast(pl.String).alias(ITEM),
             (pl.col("event_time").dt.epoch("us") / 1e6).alias(TIME),
+            "event_type",
         )
     )
     state = HiddenState(
-        user_ids=profiles["user_id"].cast(pl.String).to_list(),
-        item_ids=items["item_id"].cast(pl.String).to_list(),
-        affinity=affinity,
-        item_factors=tastes.item_factors,
-        quality=cat.quality,
-        exposure=cat.exposure,
-        release_sec=cat.release_sec,
-        kids=cat.content_type == schemas.CONTENT_TYPES.index("kids"),
-        has_kids=(profiles["household_type"] == "family_with_kids").to_numpy(),
+        user_ids=ds.users["user_id"].cast(pl.String).to_list(),
+        item_ids=ds.items["item_id"].cast(pl.String).to_list(),
+        affinity=call.tastes.affinity(np.arange(users), np.broadcast_to(np.arange(n_items), (users, n_items))),
+        item_factors=call.tastes.item_factors,
+        quality=call.catalog.quality,
+        exposure=call.catalog.exposure,
+        release_sec=call.catalog.release_sec,
+        kids=call.catalog.content_type == schemas.CONTENT_TYPES.index("kids"),
+        has_kids=call.has_kids,
         repeat_p=repeat_p,
-        favourites=fav,
-        start_s=start.timestamp(),
+        favourites=generator._favourites(users, call.users, call.items, call.utilities),
+        start_s=cfg.resolved_start().timestamp(),
     )
     return plays, state
+
+
+@dataclass(frozen=True)
+class HeldOutUsers:
+    """The users of a held-out part, in user id order, and their train rows as (user, item) matrices."""
+
+    ids: list[str]
+    rows: np.ndarray  # their rows in the hidden state
+    first_s: np.ndarray  # epoch seconds of each one's first held-out row
+    counts: np.ndarray  # (users, items) train rows per pair
+    latest_s: np.ndarray  # (users, items) epoch seconds of the pair's latest train row (-inf: none)
+
+    @classmethod
+    def of(cls, state: HiddenState, test: pl.DataFrame, train: pl.DataFrame) -> HeldOutUsers:
+        """The test users of `test` and their rows of `train`."""
+        first = test.group_by(USER).agg(pl.col(TIME).min()).sort(USER)
+        ids = first[USER].to_list()
+        user_row = {user: k for k, user in enumerate(state.user_ids)}
+        item_col = {item: k for k, item in enumerate(state.item_ids)}
+        rows = train.join(pl.DataFrame({USER: ids, "_row": np.arange(len(ids))}), on=USER)
+        r, c = rows["_row"].to_numpy(), np.array([item_col[i] for i in rows[ITEM].to_list()], dtype=np.int64)
+        counts, latest = np.zeros((len(ids), len(state.item_ids))), np.full((len(ids), len(state.item_ids)), -np.inf)
+        np.add.at(counts, (r, c), 1.0)
+        np.maximum.at(latest, (r, c), rows[TIME].to_numpy())
+        return cls(ids, np.array([user_row[u] for u in ids]), first[TIME].to_numpy(), counts, latest)
+
+
+def _lists(state: HiddenState, users: HeldOutUsers, best: np.ndarray) -> pl.DataFrame:
+    """[user_id, item_id, rank] of (users, K) item columns, best first."""
+    return pl.DataFrame(
+        {
+            "user_id": np.repeat(np.array(users.ids), best.shape[1]),
+            "item_id": np.array(state.item_ids)[best.ravel()],
+            "rank": np.tile(np.arange(1, best.shape[1] + 1), best.shape[0]),
+        }
+    )
 
 
 def play_probabilities(state: HiddenState, users: np.ndarray, at_sec: np.ndarray, draws: int) -> np.ndarray:
@@ -191,33 +237,15 @@ def ranked_lists(
 ) -> pl.DataFrame:
     """[user_id, item_id, rank]: each test user's top K by play probability at their first held-out play;
     with `cap`, at most `cap` of the user's train items in the K (the next best unplayed ones fill in)."""
-    index = {user: k for k, user in enumerate(state.user_ids)}
-    first = test.group_by(USER).agg(pl.col(TIME).min()).sort(USER)
-    users = np.array([index[u] for u in first[USER].to_list()])
-    at_sec = first[TIME].to_numpy() - state.start_s
-    probs = play_probabilities(state, users, at_sec, draws)
-    item_index = {item: k for k, item in enumerate(state.item_ids)}
-    test_users = first[USER].to_list()
-    row_of = pl.DataFrame({USER: test_users, "_row": np.arange(len(test_users))})
-    played = train.select(USER, ITEM).unique().join(row_of, on=USER)
-    seen = np.zeros(probs.shape, bool)
-    seen[played["_row"].to_numpy(), [item_index[i] for i in played[ITEM].to_list()]] = True
+    users = HeldOutUsers.of(state, test, train)
+    probs = play_probabilities(state, users.rows, users.first_s - state.start_s, draws)
     order = np.argsort(-probs, axis=1, kind="stable")
-    out_users, out_items, out_ranks = [], [], []
-    for r, user in enumerate(test_users):
-        chosen, replays = [], 0
-        for item in order[r]:
-            if cap is not None and seen[r, item]:
-                if replays >= cap:
-                    continue
-                replays += 1
-            chosen.append(item)
-            if len(chosen) == K:
-                break
-        out_users += [user] * len(chosen)
-        out_items += [state.item_ids[i] for i in chosen]
-        out_ranks += list(range(1, len(chosen) + 1))
-    return pl.DataFrame({"user_id": out_users, "item_id": out_items, "rank": out_ranks})
+    if cap is None:
+        return _lists(state, users, order[:, :K])
+    seen = np.take_along_axis(users.counts > 0, order, axis=1)
+    kept = ~seen | (np.cumsum(seen, axis=1) <= cap)
+    # the first K kept positions of each row, in order (a stable sort puts the kept ones first)
+    return _lists(state, users, np.take_along_axis(order, np.argsort(~kept, axis=1, kind="stable")[:, :K], axis=1))
 
 
 INFORMED_WEIGHTS = (0.3, 1.0, 2.0, 3.0, 5.0)
@@ -231,46 +259,29 @@ def informed_lists(state: HiddenState, test: pl.DataFrame, train: pl.DataFrame) 
     release dates, but each user's factor is estimated from the train rows (maximum a posteriori, a unit normal
     prior, gradient ascent) and favourites and repeat propensity are not given: what a model that had learnt every
     item perfectly could still get from the users' own plays."""
-    item_index = {item: k for k, item in enumerate(state.item_ids)}
-    user_index = {user: k for k, user in enumerate(state.user_ids)}
-    first = test.group_by(USER).agg(pl.col(TIME).min()).sort(USER)
-    test_users = first[USER].to_list()
-    row_of = pl.DataFrame({USER: test_users, "_row": np.arange(len(test_users))})
-    rows = train.join(row_of, on=USER)
-    shape = (len(test_users), len(state.item_ids))
-    r, c = rows["_row"].to_numpy(), np.array([item_index[i] for i in rows[ITEM].to_list()])
-    counts, latest = np.zeros(shape), np.full(shape, -np.inf)
-    np.add.at(counts, (r, c), 1.0)
-    np.maximum.at(latest, (r, c), rows[TIME].to_numpy())
-    seen = counts > 0
+    users = HeldOutUsers.of(state, test, train)
+    seen = users.counts > 0
     played = seen.astype(float)
     base = np.log(state.exposure) + state.quality
-    factors = np.zeros((shape[0], state.item_factors.shape[1]))
+    factors = np.zeros((len(users.ids), state.item_factors.shape[1]))
     for _ in range(MAP_STEPS):  # log-likelihood of the played items under the choice softmax, minus |u|^2 / 2
         logits = base + TASTE_SCALE * factors @ state.item_factors.T
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         grad = TASTE_SCALE * (played - played.sum(axis=1, keepdims=True) * p) @ state.item_factors - factors
         factors += MAP_RATE * grad
-    users = np.array([user_index[u] for u in test_users])
-    age_days = (first[TIME].to_numpy()[:, None] - state.start_s - state.release_sec) / 86400.0
+    age_days = (users.first_s[:, None] - state.start_s - state.release_sec) / 86400.0
     logits = base + generator._recency_bump(age_days) + TASTE_SCALE * factors @ state.item_factors.T
-    logits[(~state.has_kids[users])[:, None] & state.kids] = -np.inf
+    logits[(~state.has_kids[users.rows])[:, None] & state.kids] = -np.inf
     choice = np.exp(logits - logits.max(axis=1, keepdims=True))
     choice /= choice.sum(axis=1, keepdims=True)
-    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    share = users.counts / np.maximum(users.counts.sum(axis=1, keepdims=True), 1.0)
+    latest = users.latest_s
     recency = np.where(seen, np.exp((latest - latest.max(axis=1, keepdims=True)) / 86400.0) * 1e-6, 0.0)
-    out = {}
-    for weight in INFORMED_WEIGHTS:
-        best = np.argsort(-(share + recency + weight * choice), axis=1, kind="stable")[:, :K]
-        out[weight] = pl.DataFrame(
-            {
-                "user_id": np.repeat(np.array(test_users), K),
-                "item_id": [state.item_ids[i] for i in best.ravel()],
-                "rank": np.tile(np.arange(1, K + 1), len(test_users)),
-            }
-        )
-    return out
+    return {
+        weight: _lists(state, users, np.argsort(-(share + recency + weight * choice), axis=1, kind="stable")[:, :K])
+        for weight in INFORMED_WEIGHTS
+    }
 
 
 def main() -> None:

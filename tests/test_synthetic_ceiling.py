@@ -15,7 +15,6 @@ sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
 
 import synthetic_ceiling as sc  # noqa: E402
 
-from recsys_platform.dev import generator  # noqa: E402
 from recsys_platform.quality_benchmark.holdout import ITEM, USER, InteractionsFile, split  # noqa: E402
 
 
@@ -28,15 +27,15 @@ def generated() -> tuple[pl.DataFrame, sc.HiddenState, list]:
 
 
 def test_every_play_is_a_choice_or_one_of_the_users_favourites(generated) -> None:
-    _, state, calls = generated
+    plays, state, calls = generated
     # the fixture's wrapper saw the one choice call generate_with_state made (one chunk of users)
-    ((p_user, p_item, _),) = calls
-    cfg = generator.GeneratorConfig(n_users=600, days=10, seed=5, end=sc.END, tastes="latent")
-    starts = generator.generate(cfg).events.filter(pl.col("event_type") == "content_start")
+    (call,) = calls
+    p_user, p_item = call.users, call.items
+    starts = plays.filter(pl.col("event_type") == "content_start")
     user_index = {u: k for k, u in enumerate(state.user_ids)}
     item_index = {i: k for k, i in enumerate(state.item_ids)}
-    users = np.array([user_index[u] for u in starts["user_id"].cast(pl.String).to_list()])
-    items = np.array([item_index[i] for i in starts["item_id"].cast(pl.String).to_list()])
+    users = np.array([user_index[u] for u in starts[USER].to_list()])
+    items = np.array([item_index[i] for i in starts[ITEM].to_list()])
     # a replay takes a play's place, so only a favourite is started more often than it was chosen
     choices = pl.DataFrame({"u": p_user, "i": p_item}).group_by("u", "i").len("chosen")
     started = pl.DataFrame({"u": users, "i": items}).group_by("u", "i").len("started")

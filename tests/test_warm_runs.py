@@ -19,7 +19,14 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import RunsFilter
 
-from orchestration.run_launcher import WORKER_TAG, WarmRunLauncher, WarmWorker, WorkerUnavailable
+from orchestration.run_launcher import (
+    EARLIER_WARM_LAUNCHER_YAML,
+    WARM_LAUNCHER_YAML,
+    WORKER_TAG,
+    WarmRunLauncher,
+    WarmWorker,
+    WorkerUnavailable,
+)
 from recsys_platform import cli
 from recsys_platform.config import PROJECT_ROOT
 from sensors.stuck_runs import PID_TAG
@@ -329,21 +336,18 @@ def test_the_cli_selects_it_for_the_refresh_job(tmp_path: Path, monkeypatch: pyt
     assert sensor_daemon.MIN_INTERVAL_LOOP_TIME == 0.5  # building the launcher (in the daemon) sets its sensor loop
 
 
-@pytest.mark.parametrize("version", range(2))
+@pytest.mark.parametrize("earlier", EARLIER_WARM_LAUNCHER_YAML)
 def test_a_home_with_an_earlier_block_of_the_cli_gets_the_current_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, earlier: str
 ) -> None:
-    from orchestration.run_launcher import EARLIER_WARM_LAUNCHER_YAML, WARM_LAUNCHER_YAML
-
-    assert len(EARLIER_WARM_LAUNCHER_YAML) == 2  # every earlier block is tried here
     home = tmp_path / "dagster"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + EARLIER_WARM_LAUNCHER_YAML[version])
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + earlier)
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     cli._prepare_environment()
     text = (home / "dagster.yaml").read_text()
-    assert WARM_LAUNCHER_YAML in text and EARLIER_WARM_LAUNCHER_YAML[version] not in text
+    assert WARM_LAUNCHER_YAML in text and earlier not in text
     assert text.count("run_launcher:") == 1 and "raw_events_contracts" in text
 
 

@@ -105,6 +105,10 @@ class GeneratorConfig:
         end = self.end or datetime.now(UTC)
         return end.replace(minute=0, second=0, microsecond=0, tzinfo=end.tzinfo or UTC)
 
+    def resolved_start(self) -> datetime:
+        """Start of the simulated window: `days` before its end."""
+        return self.resolved_end() - timedelta(days=self.days)
+
     def resolved_items(self) -> int:
         """Catalog size; grows slowly with the number of users."""
         return self.n_items or int(min(3000, max(300, 150 * np.log10(max(self.n_users, 10)) ** 1.5)))
@@ -598,7 +602,7 @@ def _simulate_events(
 
 
 def _catalog_and_profiles(cfg: GeneratorConfig) -> tuple[pl.DataFrame, pl.DataFrame, datetime]:
-    start = cfg.resolved_end() - timedelta(days=cfg.days)
+    start = cfg.resolved_start()
     items = _make_items(cfg, np.random.default_rng([cfg.seed, 0]), start)
     users = _make_users(cfg, np.random.default_rng([cfg.seed, 3]), start)
     return items, users, start
