@@ -20,7 +20,8 @@ policy shows them (its favourite exemption left out). The probabilities of a cho
 Monte Carlo draws of the generator's candidate sets per user (shared across users; common random numbers).
 Nothing here is read by the product; it reads the generator's internals on purpose, to bound the target.
 
-Measured at f1fa242 + this script (2 cores; 5,000 users x 28 days as the quickstart; 1,024 draws; ~24 s), nDCG@10:
+Measured at f1fa242 + this script (2 cores; 5,000 users x 28 days as the quickstart; 1,024 draws; ~70 s with the
+informed lists at c07cd66, the same figures), nDCG@10:
 
     seed            protocol   oracle   oracle, cap 4   own replays   oracle/replays   oracle, unseen   EASE, unseen
     11 (dev)        per-user   0.5048   0.4943          0.4140        1.22x            0.1702           0.0871
