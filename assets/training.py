@@ -237,9 +237,9 @@ def model_evaluation(
     pipeline: PipelineResource,
 ) -> pl.DataFrame:
     """The gate over both holdouts (`holdout_per_user`, `holdout_global`): the new ranker becomes `champion`
-    only if it beats the strongest baseline on the per-user holdout by `promotion_margin` (and the serving
-    champion); otherwise the champion stays while it beats them, or the best personalised baseline is
-    registered and served. The figures are logged to the ranker's MLflow run."""
+    only if it beats every baseline and personalised source list on the per-user holdout by `promotion_margin`
+    (and the serving champion, `model.gate`); otherwise the champion stays while it beats them, or the best
+    personalised list is registered and served. The figures are logged to the ranker's MLflow run."""
     assert procedure.PROTOCOLS == ("per_user", "global"), "one input per protocol"
     params = pipeline.params()
     ref = registry.ModelRef(**ranker_model)

@@ -85,7 +85,7 @@ def test_popularity_beating_the_ranker_still_serves_a_personalised_baseline(regi
 
 def test_another_personalised_source_beating_ease_and_knn_is_what_gets_served(registered) -> None:
     """The best personalised list is chosen among every personalised source's own score, not only the two
-    personalised baselines: the ranker is measured against the baselines, the served fallback is the best list."""
+    personalised baselines."""
     tracking, _, _, example = registered
     table = pl.concat(
         [
@@ -99,11 +99,36 @@ def test_another_personalised_source_beating_ease_and_knn_is_what_gets_served(re
         ]
     )
     decision = _decide(registered, table)
-    assert "did not beat ease (0.2500)" in decision.reason and "source_ease_session (0.2700)" in decision.reason
+    assert "did not beat source_ease_session (0.2700)" in decision.reason
+    assert "serving the best personalised list, source_ease_session (0.2700)" in decision.reason
     scorer, _, version = registry.load_scorer(tracking, CHAMPION_ALIAS)
     assert version == decision.version == "2" and scorer.feature == "score_ease_session"
     got = np.asarray(registry.load_pyfunc(tracking, "2").predict(example.to_pandas()))
     np.testing.assert_allclose(got, example["score_ease_session"].to_numpy())
+
+
+def test_a_ranker_beating_the_baselines_but_not_a_sources_own_list_is_not_promoted(registered) -> None:
+    """The bar is every list the cycle scored, not only the baselines: a ranker ahead of EASE and item-kNN but
+    behind the sittings-and-sequence EASE's own list would serve worse lists than that list; that list is served."""
+    tracking, artifacts, ref, example = registered
+    table = pl.concat(
+        [
+            _table(ranker=0.26, ease=0.25, knn=0.22),
+            pl.DataFrame(
+                [{"protocol": "per_user", "model": "source_ease_session", "metric": "ndcg@10", "value": 0.27}]
+            ),
+        ]
+    )
+    decision = _decide(registered, table)
+    assert decision.version == "2" and "ranker v1 (0.2600) did not beat source_ease_session (0.2700)" in decision.reason
+    assert registry.version_tags(tracking, ref.version)["gate.decision"] == "challenger"
+    assert registry.version_tags(tracking, ref.version)["gate.baseline"] == "source_ease_session"
+    scorer, _, version = registry.load_scorer(tracking, CHAMPION_ALIAS)
+    assert version == "2" and scorer.feature == "score_ease_session"
+    # the same ranker ahead of that list too is promoted
+    ahead = table.with_columns(value=pl.when(pl.col("model") == "ranker").then(0.28).otherwise(pl.col("value")))
+    second = _second_version(registered)
+    assert gate.decide(ahead, second, example, tracking, artifacts, "gate-test", 0.0, None).promoted
 
 
 def test_a_champion_beating_the_baselines_is_kept_over_a_weaker_ranker(registered) -> None:

@@ -77,10 +77,10 @@ BASELINES: dict[str, str] = {
     "replays": "score_replays",
 }
 PERSONAL_SOURCES = tuple(s.name for s in SOURCES if s.personalised)
-# Every other personalised source's own list, scored beside the baselines on each holdout: when the ranker
-# does not beat the strongest baseline, the gate serves the best personalised list of all of them
-# (`PERSONALISED_CANDIDATES`), not only EASE or item-kNN. On order-free data (ml-100k's train part under the
-# random protocol) the sittings-and-sequence EASE beat plain EASE on the cycle's own holdout.
+# Every other personalised source's own list, scored beside the baselines on each holdout: the ranker is promoted
+# only if it beats all of them (`model.gate`), and when it does not, the gate serves the best personalised list of
+# all of them (`PERSONALISED_CANDIDATES`), not only EASE or item-kNN. On order-free data (ml-100k's train part under
+# the random protocol) the sittings-and-sequence EASE beat plain EASE on the cycle's own holdout.
 SOURCE_CANDIDATES: dict[str, str] = {
     f"source_{n}": f"score_{n}" for n in PERSONAL_SOURCES if f"score_{n}" not in BASELINES.values()
 }
