@@ -135,9 +135,14 @@ def test_choose_params_picks_from_the_grids_on_the_inner_split(world) -> None:
     params, report = procedure.choose_params(inter, ds.items, ds.users, FAST, max_users=200)
     assert params.ease_l2 in tuning.EASE_L2_GRID and params.recency_half_life in tuning.HALF_LIFE_GRID
     scores = report["tuning_ndcg@10"]
-    assert len(scores) == len(tuning.EASE_L2_GRID) * len(tuning.HALF_LIFE_GRID)
-    best = f"l2={params.ease_l2:g},half_life={params.recency_half_life:g}"
-    assert scores[best] == max(scores.values())
+    ease = {k: v for k, v in scores.items() if k.startswith("l2=")}
+    assert len(ease) == len(tuning.EASE_L2_GRID) * len(tuning.HALF_LIFE_GRID)
+    assert ease[f"l2={params.ease_l2:g},half_life={params.recency_half_life:g}"] == max(ease.values())
+    # the sittings-and-sequence EASE's l2 and EDLAE dropout, on the same split by that source's own list
+    session = {k: v for k, v in scores.items() if k.startswith("session_")}
+    assert len(session) == len(tuning.SESSION_L2_GRID) * len(tuning.SESSION_DROPOUT_GRID) == len(scores) - len(ease)
+    chosen = f"session_l2={params.ease_session_l2:g},dropout={params.ease_session_dropout:g}"
+    assert session[chosen] == max(session.values())
 
 
 @pytest.mark.parametrize("protocol", procedure.PROTOCOLS)

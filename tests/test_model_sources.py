@@ -367,3 +367,16 @@ def test_a_history_is_ordered_by_user_first_time_and_item_stably_as_lexsort_orde
             assert got.dtype == want.dtype and got.flags.writeable
             np.testing.assert_array_equal(got, want)
         assert history.completes.dtype == np.float32 and not history.completes.any()
+
+
+def test_the_session_ease_takes_its_l2_and_dropout_from_the_params() -> None:
+    """EDLAE dropout on the sittings-and-sequence Gram matrix: `fit_ease_session` is `ease_weights` of
+    `session_gram` with the params' l2 and dropout, and a dropout changes the weights."""
+    history = history_of(PAIRS)
+    catalogue = catalogue_of(history)
+    params = ModelParams(ease_session_l2=3.0, ease_session_dropout=0.25)
+    got = sources.fit_ease_session(history, catalogue, params).weights
+    gram = sources.session_gram(history, params.session_gap_minutes)
+    np.testing.assert_array_equal(got, sources.ease_weights(gram, 3.0, 0.25))
+    plain = sources.fit_ease_session(history, catalogue, params.with_(ease_session_dropout=0.0)).weights
+    assert not np.allclose(got, plain)

@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ModelParams:
-    """Source, candidate and ranker settings. The data-dependent ones (l2, half-lives) are picked by
+    """Source, candidate and ranker settings. The data-dependent ones (l2s, dropout, half-lives) are picked by
     `model.tuning` on the training window of each cycle; the rest are fixed defaults."""
 
     ease_l2: float = 300.0
@@ -16,7 +16,8 @@ class ModelParams:
     recent_half_life_days: float = 14.0
     knn_neighbours: int = 100
     session_gap_minutes: float = 30.0
-    ease_session_l2: float = 1000.0
+    ease_session_l2: float = 1000.0  # with its EDLAE dropout, picked by `model.tuning`
+    ease_session_dropout: float = 0.0
     seq_window: int = 5  # window and last_k: the best of 1-5 x 1-10 on ml-100k's inner per-user split
     seq_last_k: int = 10
     ials_factors: int = 64

@@ -180,17 +180,26 @@ def _neighbour_gram(history: PairHistory, window: int, decay: float) -> np.ndarr
 def fit_ease_session(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> ItemItem:
     """EASE on a Gram matrix that also counts co-occurrence within sittings and between near neighbours of a
     user's sequence, scored on the whole profile: items consumed together, not only by the same users."""
-    key = ("ease_session", params.session_gap_minutes, params.ease_session_l2)
+    key = ("ease_session", params.session_gap_minutes, params.ease_session_l2, params.ease_session_dropout)
     if key not in history.cache:
-        s = _sessions(history, params.session_gap_minutes * 60.0)
+        gram = session_gram(history, params.session_gap_minutes)
+        history.cache[key] = ease_weights(gram, params.ease_session_l2, params.ease_session_dropout)
+    return ItemItem(history.cache[key])
+
+
+def session_gram(history: PairHistory, gap_minutes: float) -> np.ndarray:
+    """The item Gram matrix of the sittings-and-sequence EASE: co-occurrence by users, by sittings (events at most
+    `gap_minutes` apart) and by near neighbours in each user's sequence (computed once per history and gap)."""
+    key = ("session_gram", gap_minutes)
+    if key not in history.cache:
+        s = _sessions(history, gap_minutes * 60.0)
         w = history.user_weight  # the sittings' and neighbours' counts at the whole base's scale, as _gram's
-        gram = (
+        history.cache[key] = (
             _gram(history)
             + w * (s.T @ s).toarray()
             + 0.5 * (w * _neighbour_gram(history, 10, 0.8) + np.diag(np.diag(_gram(history))))
         )
-        history.cache[key] = ease_weights(gram, params.ease_session_l2)
-    return ItemItem(history.cache[key])
+    return history.cache[key]
 
 
 @dataclass
