@@ -58,8 +58,8 @@ def tune(
 ) -> tuple[ModelParams, dict[str, float]]:
     """Params with `ease_l2` and `recency_half_life`, then `ease_session_l2` and `ease_session_dropout`, set to their
     grid's best on the inner split (per-user temporal, or a per-user random one when the objective is order-free),
-    and the scores. `user_weight`: the users
-    each user of `interactions` stands for, when they are a sample (the Gram matrix, and so l2, at full scale)."""
+    and the scores. `user_weight`: the users each user of `interactions` stands for, when they are a sample (the
+    Gram matrix, and so l2, at full scale)."""
     split = (
         random_pair_split(interactions, 0.2, params.seed, name="tuning")
         if params.order_free
