@@ -20,8 +20,8 @@ policy shows them (its favourite exemption left out). The probabilities of a cho
 Monte Carlo draws of the generator's candidate sets per user (shared across users; common random numbers).
 Nothing here is read by the product; it reads the generator's internals on purpose, to bound the target.
 
-Measured at f1fa242 + this script (2 cores; 5,000 users x 28 days as the quickstart; 1,024 draws; ~70 s with the
-informed lists at c07cd66, the same figures), nDCG@10:
+Measured at f1fa242 + this script (2 cores; 5,000 users x 28 days as the quickstart; 1,024 draws; ~60 s with the
+informed lists, one Monte Carlo estimate per protocol for the three oracle lists; the same figures), nDCG@10:
 
     seed            protocol   oracle   oracle, cap 4   own replays   oracle/replays   oracle, unseen   EASE, unseen
     11 (dev)        per-user   0.5048   0.4943          0.4140        1.22x            0.1702           0.0871
@@ -64,6 +64,7 @@ from recsys_platform import schemas  # noqa: E402
 from recsys_platform.dev import generator  # noqa: E402
 from recsys_platform.dev.latent_tastes import CANDIDATES, TASTE_SCALE, LatentTastes  # noqa: E402
 from recsys_platform.model.evaluation import evaluate_all  # noqa: E402
+from recsys_platform.model.history import DAY_S  # noqa: E402
 from recsys_platform.quality_benchmark.baselines import (  # noqa: E402
     BASELINES,
     REPLAY_BASELINES,
@@ -233,13 +234,15 @@ def play_probabilities(state: HiddenState, users: np.ndarray, at_sec: np.ndarray
     return out
 
 
-def ranked_lists(
-    state: HiddenState, test: pl.DataFrame, train: pl.DataFrame, draws: int, cap: int | None
-) -> pl.DataFrame:
-    """[user_id, item_id, rank]: each test user's top K by play probability at their first held-out play;
+def first_play_probabilities(state: HiddenState, users: HeldOutUsers, draws: int) -> np.ndarray:
+    """`play_probabilities` of the held-out users at their first held-out play (one Monte Carlo estimate, which
+    every cap of `ranked_lists` ranks)."""
+    return play_probabilities(state, users.rows, users.first_s - state.start_s, draws)
+
+
+def ranked_lists(state: HiddenState, users: HeldOutUsers, probs: np.ndarray, cap: int | None) -> pl.DataFrame:
+    """[user_id, item_id, rank]: each held-out user's top K by play probability (`first_play_probabilities`);
     with `cap`, at most `cap` of the user's train items in the K (the next best unplayed ones fill in)."""
-    users = HeldOutUsers.of(state, test, train)
-    probs = play_probabilities(state, users.rows, users.first_s - state.start_s, draws)
     order = np.argsort(-probs, axis=1, kind="stable")
     if cap is None:
         return _lists(state, users, order[:, :K])
@@ -253,32 +256,34 @@ INFORMED_WEIGHTS = (0.3, 1.0, 2.0, 3.0, 5.0)
 MAP_STEPS, MAP_RATE = 300, 0.02
 
 
-def informed_lists(state: HiddenState, test: pl.DataFrame, train: pl.DataFrame) -> dict[float, pl.DataFrame]:
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (-inf: probability 0)."""
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def informed_lists(state: HiddenState, users: HeldOutUsers) -> dict[float, pl.DataFrame]:
     """Per weight w of INFORMED_WEIGHTS, [user_id, item_id, rank]: each test user's top K by (the item's share of
     the user's train rows, ties by recency) + w x (the probability of a choice of the item at the start of the
     held-out part). The choice model is the generator's, with its *true* item factors, quality, exposure and
     release dates, but each user's factor is estimated from the train rows (maximum a posteriori, a unit normal
     prior, gradient ascent) and favourites and repeat propensity are not given: what a model that had learnt every
     item perfectly could still get from the users' own plays."""
-    users = HeldOutUsers.of(state, test, train)
     seen = users.counts > 0
     played = seen.astype(float)
     base = np.log(state.exposure) + state.quality
     factors = np.zeros((len(users.ids), state.item_factors.shape[1]))
     for _ in range(MAP_STEPS):  # log-likelihood of the played items under the choice softmax, minus |u|^2 / 2
-        logits = base + TASTE_SCALE * factors @ state.item_factors.T
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
+        p = _softmax(base + TASTE_SCALE * factors @ state.item_factors.T)
         grad = TASTE_SCALE * (played - played.sum(axis=1, keepdims=True) * p) @ state.item_factors - factors
         factors += MAP_RATE * grad
-    age_days = (users.first_s[:, None] - state.start_s - state.release_sec) / 86400.0
+    age_days = (users.first_s[:, None] - state.start_s - state.release_sec) / DAY_S
     logits = base + generator._recency_bump(age_days) + TASTE_SCALE * factors @ state.item_factors.T
     logits[(~state.has_kids[users.rows])[:, None] & state.kids] = -np.inf
-    choice = np.exp(logits - logits.max(axis=1, keepdims=True))
-    choice /= choice.sum(axis=1, keepdims=True)
+    choice = _softmax(logits)
     share = users.counts / np.maximum(users.counts.sum(axis=1, keepdims=True), 1.0)
     latest = users.latest_s
-    recency = np.where(seen, np.exp((latest - latest.max(axis=1, keepdims=True)) / 86400.0) * 1e-6, 0.0)
+    recency = np.where(seen, np.exp((latest - latest.max(axis=1, keepdims=True)) / DAY_S) * 1e-6, 0.0)
     return {
         weight: _lists(state, users, np.argsort(-(share + recency + weight * choice), axis=1, kind="stable")[:, :K])
         for weight in INFORMED_WEIGHTS
@@ -310,15 +315,14 @@ def main() -> None:
         for name, source in {**REPLAY_BASELINES, "EASE, unseen": BASELINES["EASE"]}.items():
             recs = top_k(fit_baseline(source, history, params), history, users, K, unseen_only=source != "replays")
             figures[name] = evaluate_all(truth, recs, K)[f"ndcg@{K}"]
+        held_out = HeldOutUsers.of(state, holdout.test, holdout.train)
+        probs = first_play_probabilities(state, held_out, args.draws)
         for name, cap in (("oracle", None), (f"oracle, cap {args.cap}", args.cap), ("oracle, unseen", 0)):
-            recs = ranked_lists(state, holdout.test, holdout.train, args.draws, cap)
+            recs = ranked_lists(state, held_out, probs, cap)
             figures[name] = evaluate_all(truth, recs, K)[f"ndcg@{K}"]
         figures["oracle/replays"] = figures["oracle"] / figures["own replays"]
         print(f"{protocol:<10}" + "".join(f"{figures[c]:>16.4f}" for c in columns))
-        informed = {
-            w: evaluate_all(truth, recs, K)[f"ndcg@{K}"]
-            for w, recs in informed_lists(state, holdout.test, holdout.train).items()
-        }
+        informed = {w: evaluate_all(truth, recs, K)[f"ndcg@{K}"] for w, recs in informed_lists(state, held_out).items()}
         best = max(informed, key=informed.get)
         print(
             f"{'':<10}informed (true item factors, MAP user factors) by weight: "

@@ -75,18 +75,20 @@ def test_the_ceiling_lists_respect_the_cap_and_beat_own_replays(generated) -> No
     holdout = split(InteractionsFile(Path("synthetic"), "table", plays), "per-user")
     truth = truth_of(holdout.test)
     seen = holdout.train.select(user_id=pl.col(USER), item_id=pl.col(ITEM)).unique()
+    held_out = sc.HeldOutUsers.of(state, holdout.test, holdout.train)
+    probs = sc.first_play_probabilities(state, held_out, draws=128)
     for cap in (0, 2):
-        recs = sc.ranked_lists(state, holdout.test, holdout.train, draws=128, cap=cap)
+        recs = sc.ranked_lists(state, held_out, probs, cap=cap)
         assert recs.group_by("user_id").len()["len"].max() == sc.K
         per_user = recs.join(seen, on=["user_id", "item_id"], how="semi").group_by("user_id").len()
         assert per_user.height == 0 if cap == 0 else per_user["len"].max() == cap
-    oracle = sc.ranked_lists(state, holdout.test, holdout.train, draws=128, cap=None)
+    oracle = sc.ranked_lists(state, held_out, probs, cap=None)
     history = pair_history(holdout.train, holdout.cutoff_s)
     users = truth["user_id"].unique().sort()
     own = top_k(fit_baseline("replays", history, ModelParams()), history, users, sc.K, unseen_only=False)
     own_ndcg = evaluate_all(truth, own, sc.K)["ndcg@10"]
     assert evaluate_all(truth, oracle, sc.K)["ndcg@10"] > 1.1 * own_ndcg
-    informed = sc.informed_lists(state, holdout.test, holdout.train)
+    informed = sc.informed_lists(state, held_out)
     assert set(informed) == set(sc.INFORMED_WEIGHTS)
     for recs in informed.values():
         assert recs.group_by("user_id").len()["len"].unique().to_list() == [sc.K]

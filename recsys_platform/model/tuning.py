@@ -14,6 +14,7 @@ RECSYS_TRAINING_WINDOWS=random (that source served on all four) 1.020 -> 1.022 o
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -86,25 +87,30 @@ def tune(
         r, c = profiles.seen_mask_rows_cols()
         hide[r, c] = True
     scores: dict[str, float] = {}
-    best = (-1.0, params.ease_l2, params.recency_half_life)
-    for l2 in EASE_L2_GRID:
-        weights = _ease(history, l2)
-        for half_life in HALF_LIFE_GRID:
-            s = np.where(hide, -np.inf, ItemItem(weights, "recent", half_life).score(profiles))
-            value = dense_ndcg(s, target)
-            scores[f"l2={l2:g},half_life={half_life:g}"] = round(value, 5)
-            if value > best[0] + 1e-6:
-                best = (value, l2, half_life)
-    logger.info("tuning on %d users: best nDCG@10 %.4f at l2=%g, half-life=%g", len(rows), *best)
-    params = params.with_(ease_l2=best[1], recency_half_life=best[2])
-    session = (-1.0, params.ease_session_l2, params.ease_session_dropout)
+
+    def best_of(grid, model, label: str) -> tuple[tuple[float, ...], float]:
+        """The setting of `grid` whose `model(*setting)` list scores best on the split (the first of equals), and
+        its nDCG; every setting's score goes into `scores` under `label`."""
+        best, best_value = None, -1.0
+        for setting in grid:
+            value = dense_ndcg(np.where(hide, -np.inf, model(*setting).score(profiles)), target)
+            scores[label.format(*setting)] = round(value, 5)
+            if value > best_value + 1e-6:
+                best, best_value = setting, value
+        return best, best_value
+
+    (l2, half_life), value = best_of(
+        itertools.product(EASE_L2_GRID, HALF_LIFE_GRID),
+        lambda l2, half_life: ItemItem(_ease(history, l2), "recent", half_life),
+        "l2={:g},half_life={:g}",
+    )
+    logger.info("tuning on %d users: best nDCG@10 %.4f at l2=%g, half-life=%g", len(rows), value, l2, half_life)
     gram = session_gram(history, params.session_gap_minutes)
-    for l2 in SESSION_L2_GRID:
-        for dropout in SESSION_DROPOUT_GRID:
-            s = np.where(hide, -np.inf, ItemItem(ease_weights(gram, l2, dropout)).score(profiles))
-            value = dense_ndcg(s, target)
-            scores[f"session_l2={l2:g},dropout={dropout:g}"] = round(value, 5)
-            if value > session[0] + 1e-6:
-                session = (value, l2, dropout)
-    logger.info("tuning: sittings-and-sequence EASE best nDCG@10 %.4f at l2=%g, dropout=%g", *session)
-    return params.with_(ease_session_l2=session[1], ease_session_dropout=session[2]), scores
+    (session_l2, dropout), value = best_of(
+        itertools.product(SESSION_L2_GRID, SESSION_DROPOUT_GRID),
+        lambda l2, dropout: ItemItem(ease_weights(gram, l2, dropout)),
+        "session_l2={:g},dropout={:g}",
+    )
+    logger.info("tuning: sittings-and-sequence EASE best nDCG@10 %.4f at l2=%g, dropout=%g", value, session_l2, dropout)
+    chosen = params.with_(ease_l2=l2, recency_half_life=half_life)
+    return chosen.with_(ease_session_l2=session_l2, ease_session_dropout=dropout), scores
