@@ -260,6 +260,7 @@ def model_evaluation(
         artifact_uri=mlflow.artifact_uri,
         experiment=mlflow.experiment,
         margin=params.promotion_margin,
+        z=params.promotion_z,
         champion=champion_version,
         run_tags={"dagster.run_id": context.run.run_id},
     )

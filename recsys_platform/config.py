@@ -79,6 +79,11 @@ class PipelineParams:
     # threads made LambdaRank training ~4x slower than one (measured 85 s vs 22 s under load).
     ranker_threads: int = 1
     promotion_margin: float = 0.0
+    # The ranker is promoted only if its nDCG@10 on the gate's holdout beats the best rival list by more than this
+    # many standard errors of the per-user gap between the two (`model.gate`): a holdout of a few hundred users
+    # cannot tell two close lists apart, and then the simpler list is served. 0: any lead promotes (the rule before).
+    # 2 was chosen from 0 / 1 / 2 on development splits only (`model.gate` has the figures).
+    promotion_z: float = 2.0
     max_training_users: int = 4000
     # Users whose histories the gate's holdouts fit and score on (a seeded sample above it; 0: all). The holdouts
     # judge the procedure, ranker against baselines fitted on the same rows, so a sample is a fair judge, and it

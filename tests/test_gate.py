@@ -233,3 +233,39 @@ def test_the_gate_step_logs_the_champions_rows_and_keeps_a_champion_ahead_on_the
     assert metrics[f"{UNSEEN}.champion.ndcg_at_10"] == pytest.approx(0.28)
     assert metrics[f"{UNSEEN}.ranker.ndcg_at_10"] == pytest.approx(0.26)
     assert "does not beat champion v1 (0.2800)" in registry.version_tags(tracking, "2")["gate.reason"]
+
+
+def test_a_ranker_ahead_by_less_than_the_gaps_noise_is_not_promoted(registered) -> None:
+    """With `z`, the ranker must beat the best rival by z standard errors of their per-user gap: 0.26 against
+    EASE's 0.25 with a standard error of 0.008 is within noise at z = 2 (bar 0.266), so EASE's own list is served
+    and the reason says why; the same lead with a standard error of 0.004 (bar 0.258) promotes it."""
+    tracking, artifacts, ref, example = registered
+
+    def with_se(se: float) -> pl.DataFrame:
+        gap = [{"protocol": "per_user", "model": "ease", "metric": procedure.GAP_SE, "value": se}]
+        return pl.concat([_table(ranker=0.26, ease=0.25, knn=0.22), pl.DataFrame(gap)])
+
+    noisy = gate.decide(with_se(0.008), ref, example, tracking, artifacts, "gate-test", 0.0, None, z=2.0)
+    assert noisy.version == "2" and "did not beat ease (0.2500) by 0.0160 (2 standard errors" in noisy.reason
+    tags = registry.version_tags(tracking, ref.version)
+    assert tags["gate.decision"] == "challenger" and float(tags["gate.gap_se"]) == pytest.approx(0.008)
+    assert float(tags["gate.noise"]) == pytest.approx(0.016)
+    assert registry.load_scorer(tracking, CHAMPION_ALIAS)[0].feature == "score_ease"
+    clear = gate.decide(
+        with_se(0.004), _second_version(registered), example, tracking, artifacts, "gate-test", 0.0, None, z=2.0
+    )
+    assert clear.promoted and registry.alias_version(tracking, CHAMPION_ALIAS) == clear.version
+    # z = 0: any lead promotes, as before
+    assert gate.decide(
+        with_se(0.008), _second_version(registered), example, tracking, artifacts, "gate-test", 0.0, None
+    ).promoted
+
+
+def test_the_gaps_standard_error_is_the_paired_per_user_spread() -> None:
+    """`procedure.gap_standard_error`: the sample standard deviation of ranker minus model per shared user over
+    the square root of their number; users of only one side are left out; one user gives 0."""
+    a = pl.DataFrame({"user_id": ["u1", "u2", "u3", "u4"], "ndcg": [0.5, 0.2, 0.9, 0.0]})
+    b = pl.DataFrame({"user_id": ["u4", "u3", "u2", "u1", "u9"], "ndcg": [0.1, 0.4, 0.2, 0.3, 1.0]})
+    gaps = np.array([0.5 - 0.3, 0.2 - 0.2, 0.9 - 0.4, 0.0 - 0.1])
+    assert procedure.gap_standard_error(a, b) == pytest.approx(gaps.std(ddof=1) / 2.0)
+    assert procedure.gap_standard_error(a.head(1), b) == 0.0

@@ -164,6 +164,10 @@ def test_evaluate_reports_every_metric_for_the_ranker_and_every_baseline(world, 
     assert bounded <= set(metrics["metric"][0])
     assert table.filter(pl.col("metric").is_in(bounded))["value"].is_between(0.0, 1.0).all()
     assert procedure.metric(table, protocol, "ranker") > 0
+    # the gate's noise bar: each model's per-user gap to the ranker has a standard error (the ranker's own is 0)
+    assert procedure.metric(table, protocol, "ranker", procedure.GAP_SE) == 0.0
+    se = table.filter((pl.col("metric") == procedure.GAP_SE) & (pl.col("model") != "ranker"))["value"]
+    assert se.len() == len(expected | others) - 1 and (se >= 0).all() and 0 < se.max() < 0.1
 
 
 def test_two_holdouts_side_by_side_give_what_each_gives_alone(world) -> None:

@@ -64,6 +64,10 @@ HOLDOUTS = {"per_user": "each user's newest 20% (order-free: a random 20%)", "gl
 # was trained with. A ranker champion from the previous cycle has seen most of a holdout of the same data: on the
 # whole holdout it scored above a new ranker of the same code and data (0.2989 against 0.2908 at 1M users).
 UNSEEN_BY_CHAMPION = ":unseen_by_champion"
+# Per model, the standard error of the per-user nDCG@K gap between the ranker and that model on the same users
+# (paired: the spread of ranker minus model, over the square root of the users): how far apart two lists' means
+# can be by chance on this holdout (`model.gate`).
+GAP_SE = f"ndcg@{K}_gap_se"
 PERSONALISED_BASELINES = ("ease", "item_knn", "replays")
 # The baselines every cycle fits beside the ranker, each served by one source's own score. `replays` (the
 # user's own items by plays and recency) is the strongest simple list where people replay what they like (the
@@ -406,8 +410,10 @@ def evaluate(
 
     def scored_rows(name: str, pairs: pl.DataFrame, models: list[str]) -> list[dict[str, Any]]:
         out = []
+        ranker = evaluation.ndcg_per_user(pairs, lists["ranker"], K)
         for model in models:
             metrics = evaluation.evaluate_all(pairs, lists[model], K, n_items=rec.vocab.n_items, item_popularity=pop)
+            metrics[GAP_SE] = gap_standard_error(ranker, evaluation.ndcg_per_user(pairs, lists[model], K))
             out += [{"protocol": name, "model": model, "metric": m, "value": float(v)} for m, v in metrics.items()]
         return out
 
@@ -416,6 +422,15 @@ def evaluate(
     if unseen.height:
         rows += scored_rows(protocol + UNSEEN_BY_CHAMPION, unseen, list(lists))
     return pl.DataFrame(rows), facts
+
+
+def gap_standard_error(a: pl.DataFrame, b: pl.DataFrame) -> float:
+    """The standard error of the mean per-user gap between two [user_id, ndcg] frames of the same users (0 for
+    fewer than two users)."""
+    gap = a.join(b, on="user_id", how="inner", suffix="_b").select(pl.col("ndcg") - pl.col("ndcg_b")).to_series()
+    if gap.len() < 2:
+        return 0.0
+    return float(gap.std(ddof=1) / np.sqrt(gap.len()))
 
 
 def evaluate_protocols(

@@ -357,13 +357,16 @@ def promotion_gate(
     margin: float,
     baseline_name: str = "popularity",
     candidate_vs_champion: float | None = None,
+    noise: float = 0.0,
+    gap_se: float | None = None,
 ) -> GateDecision:
-    """Promote `ref` to champion if it beats the (strongest) baseline and the current champion by `margin`.
-    `candidate_vs_champion` is the candidate's score on the rows the champion was scored on, when those are not the
-    whole holdout (default: `candidate_score`)."""
+    """Promote `ref` to champion if it beats the (strongest) baseline by `margin` and `noise` (an absolute bar on
+    top: a multiple of the gap's standard error) and the current champion by `margin`. `candidate_vs_champion` is
+    the candidate's score on the rows the champion was scored on, when those are not the whole holdout (default:
+    `candidate_score`). `gap_se` (recorded): the standard error of the per-user gap to the baseline."""
     client = _client(tracking_uri)
     champion = alias_version(tracking_uri, CHAMPION_ALIAS, ref.name)
-    beats_baseline = candidate_score > baseline_score * (1.0 + margin)
+    beats_baseline = candidate_score > baseline_score * (1.0 + margin) + noise
     against = candidate_score if candidate_vs_champion is None else candidate_vs_champion
     beats_champion = (
         champion is None or champion_score_on_holdout is None or against > champion_score_on_holdout * (1.0 + margin)
@@ -374,6 +377,7 @@ def promotion_gate(
     elif not beats_baseline:
         reason = (
             f"{GATE_METRIC} {candidate_score:.4f} does not beat {baseline_name} {baseline_score:.4f} by {margin:.0%}"
+            + (f" + {noise:.4f} (its noise bar)" if noise else "")
         )
     elif not beats_champion:
         reason = (
@@ -395,6 +399,8 @@ def promotion_gate(
         "gate.champion_score": champion_score_on_holdout,
         "gate.candidate_vs_champion_score": candidate_vs_champion,
         "gate.margin": margin,
+        "gate.noise": noise,
+        "gate.gap_se": gap_se,
     }
     for key, value in {
         "gate.decision": "promoted" if promoted else ("kept" if champion == ref.version else "challenger"),

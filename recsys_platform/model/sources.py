@@ -177,6 +177,11 @@ def _neighbour_gram(history: PairHistory, window: int, decay: float) -> np.ndarr
     return counts
 
 
+# The weight of the sequence neighbours' counts (and of the users' own diagonal beside them) in `session_gram`. It
+# was 0.5, never measured; 1 was chosen with `model.tuning`'s wider grid on development splits only (figures there).
+NEIGHBOUR_WEIGHT = 1.0
+
+
 def fit_ease_session(history: PairHistory, catalogue: Catalogue, params: ModelParams) -> ItemItem:
     """EASE on a Gram matrix that also counts co-occurrence within sittings and between near neighbours of a
     user's sequence, scored on the whole profile: items consumed together, not only by the same users."""
@@ -197,7 +202,7 @@ def session_gram(history: PairHistory, gap_minutes: float) -> np.ndarray:
         history.cache[key] = (
             _gram(history)
             + w * (s.T @ s).toarray()
-            + 0.5 * (w * _neighbour_gram(history, 10, 0.8) + np.diag(np.diag(_gram(history))))
+            + NEIGHBOUR_WEIGHT * (w * _neighbour_gram(history, 10, 0.8) + np.diag(np.diag(_gram(history))))
         )
     return history.cache[key]
 

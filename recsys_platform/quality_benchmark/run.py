@@ -178,6 +178,19 @@ def served_scorers(tracking_uri: str, versions: list[str]) -> dict[str, str]:
     return {v: client.get_model_version(REGISTERED_MODEL_NAME, v).tags.get(SCORER_TAG, "?") for v in versions}
 
 
+def gate_records(tracking_uri: str) -> dict[str, dict[str, str]]:
+    """The promotion gate's tags (`gate.*`: decision, reason, scores, noise bar) of every registered version that
+    has them, by version: why what is served was served."""
+    from mlflow.tracking import MlflowClient
+
+    from recsys_platform.config import REGISTERED_MODEL_NAME
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    versions = client.search_model_versions(f"name='{REGISTERED_MODEL_NAME}'")
+    records = {v.version: {k: t for k, t in v.tags.items() if k.startswith("gate.")} for v in versions}
+    return {version: tags for version, tags in sorted(records.items()) if tags}
+
+
 def served_lists(store_url: str, users: pl.Series, k: int) -> tuple[pl.DataFrame, dict]:
     """What the HTTP API returns each user ([user_id, item_id, rank]) and counts of sources, versions, errors."""
     from fastapi.testclient import TestClient
@@ -220,6 +233,7 @@ def measure_holdout(data: InteractionsFile, holdout: Holdout, config: QualityCon
     shown, served_stats = served_lists(product.store_url, users, k)
     read_s = time.perf_counter() - started
     served_stats["scorers"] = served_scorers(product.tracking_uri, sorted(served_stats["model_versions"]))
+    served_stats["gate"] = gate_records(product.tracking_uri)
     seen = truth_of(holdout.train)
     served = shown.join(seen, on=["user_id", "item_id"], how="anti")
     popularity = seen.group_by("item_id").agg(count=pl.len())
