@@ -68,6 +68,11 @@ def test_the_ci_run_measures_every_test_user_through_the_api(ci_run, ml100k_dir)
     # what each served version is, read from the product's registry: the ranker or a baseline's own list
     assert set(served["scorers"]) == set(served["model_versions"])
     assert all(s == "ranker" or s.startswith("column:") for s in served["scorers"].values())
+    # and why: the gate's record of the ranker version (v1), its bar and the noise on it
+    gate = served["gate"]["1"]
+    assert gate["gate.decision"] in {"promoted", "challenger"} and float(gate["gate.gap_se"]) > 0
+    assert float(gate["gate.noise"]) == pytest.approx(2.0 * float(gate["gate.gap_se"]), abs=1e-5)
+    assert f"gate, v1: {gate['gate.decision']}" in format_tables(ci_run)
     assert run["product"]["served_items"] == 10 * CI_USERS  # limit=10 for every user
     # ml-100k has one rating per (user, movie): a seen item is never a held-out one, so removing seen
     # items moves hits up the list but never changes how many there are

@@ -187,8 +187,8 @@ def gate_records(tracking_uri: str) -> dict[str, dict[str, str]]:
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     versions = client.search_model_versions(f"name='{REGISTERED_MODEL_NAME}'")
-    records = {v.version: {k: t for k, t in v.tags.items() if k.startswith("gate.")} for v in versions}
-    return {version: tags for version, tags in sorted(records.items()) if tags}
+    records = {str(v.version): {k: t for k, t in v.tags.items() if k.startswith("gate.")} for v in versions}
+    return {version: tags for version, tags in sorted(records.items(), key=lambda kv: int(kv[0])) if tags}
 
 
 def served_lists(store_url: str, users: pl.Series, k: int) -> tuple[pl.DataFrame, dict]:
@@ -411,6 +411,8 @@ def _notes(run: dict) -> list[str]:
         f"  {p['seen_items_removed']:,} of {p['served_items']:,} served items were already seen in train (removed "
         f"before scoring 'served'); EASE l2 {run['baselines']['params']['ease_l2']:g} picked on the inner split",
     ]
+    for version, tags in p["served"].get("gate", {}).items():
+        notes.append(f"  gate, v{version}: {tags.get('gate.decision', '?')}: {tags.get('gate.reason', '?')}")
     if p["served"]["http_errors"]:
         notes.append(f"  HTTP errors (users scored 0): {p['served']['http_errors']}")
     settings = {
