@@ -13,8 +13,8 @@ RECSYS_TRAINING_WINDOWS=random (that source served on all four) 1.020 -> 1.022 o
 
 Its grid then gained l2 600 and dropout 0.7 (for 0.25), with the neighbours' weight in `sources.session_gram` 1
 instead of 0.5. Chosen on the same development splits: the source's own nDCG@10 on the four MS inner splits, each
-grid picked on a split of its own training part, 0.2664 -> 0.2681 (1,682 items: 0.5 and 0.7 dropout at l2 600-1000
-were the grid's edge); served, the ranker kept out by the gate's noise bar (`model.gate`), 1.0220 -> 1.0243 of EASE;
+grid picked on a split of its own training part, 0.2664 -> 0.2681 (the old grid's best sat at its edge, dropout
+0.5); served, the ranker kept out by the gate's noise bar (`model.gate`), 1.0220 -> 1.0243 of EASE;
 ml-100k's temporal train parts per-user 0.2676 -> 0.2680 and global 0.1954 -> 0.1982 (the ranker served); synthetic
 seed 11 as shown 0.4254 / 0.3466 -> 0.4266 / 0.3474. Twelve settings for nine: ~1-2 s more per tuning on ml-100k.
 """
