@@ -238,8 +238,9 @@ def model_evaluation(
 ) -> pl.DataFrame:
     """The gate over both holdouts (`holdout_per_user`, `holdout_global`): the new ranker becomes `champion`
     only if it beats every baseline and personalised source list on the per-user holdout by `promotion_margin` and
-    by `promotion_z` standard errors of its per-user gap to the best of them (and the serving champion, `model.gate`); otherwise the champion stays while it beats them, or the best
-    personalised list is registered and served. The figures are logged to the ranker's MLflow run."""
+    by `promotion_z` standard errors of its per-user gap to the best of them (and the serving champion,
+    `model.gate`); otherwise the champion stays while it beats them, or the best personalised list is registered
+    and served. The figures are logged to the ranker's MLflow run."""
     assert procedure.PROTOCOLS == ("per_user", "global"), "one input per protocol"
     params = pipeline.params()
     ref = registry.ModelRef(**ranker_model)
