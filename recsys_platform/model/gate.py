@@ -58,16 +58,9 @@ def decide(
     ranker = procedure.metric(table, primary, "ranker")
     rivals = tuple(procedure.SCORED_COLUMNS)  # the baselines and every personalised source's own list
     name, best = procedure.strongest_baseline(table, primary, rivals)
-    gap_se = procedure.metric(table, primary, name, procedure.GAP_SE)
-    noise = z * (0.0 if np.isnan(gap_se) else gap_se)
-    logger.info(
-        "gate: ranker %.4f, best rival %s %.4f, gap %+.4f, its standard error %.4f",
-        ranker,
-        name,
-        best,
-        ranker - best,
-        gap_se,
-    )
+    gap_se: float | None = procedure.metric(table, primary, name, procedure.GAP_SE)
+    gap_se = None if np.isnan(gap_se) else gap_se  # a table without the column: no bar
+    noise = z * (gap_se or 0.0)
     # The champion is compared on the held-out events it was not trained with, against the ranker and the
     # baselines on those same events; not at all when the holdout has none (`procedure.evaluate`).
     unseen = primary + procedure.UNSEEN_BY_CHAMPION
@@ -85,7 +78,7 @@ def decide(
         baseline_name=name,
         candidate_vs_champion=ranker_on_unseen,
         noise=noise,
-        gap_se=None if np.isnan(gap_se) else gap_se,
+        gap_se=gap_se,
     )
     if decision.alias == registry.CHAMPION_ALIAS:
         return decision

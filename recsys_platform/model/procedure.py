@@ -410,10 +410,10 @@ def evaluate(
 
     def scored_rows(name: str, pairs: pl.DataFrame, models: list[str]) -> list[dict[str, Any]]:
         out = []
-        ranker = evaluation.ndcg_per_user(pairs, lists["ranker"], K)
+        per_user = {model: evaluation.ndcg_per_user(pairs, lists[model], K) for model in models}
         for model in models:
             metrics = evaluation.evaluate_all(pairs, lists[model], K, n_items=rec.vocab.n_items, item_popularity=pop)
-            metrics[GAP_SE] = gap_standard_error(ranker, evaluation.ndcg_per_user(pairs, lists[model], K))
+            metrics[GAP_SE] = gap_standard_error(per_user["ranker"], per_user[model])
             out += [{"protocol": name, "model": model, "metric": m, "value": float(v)} for m, v in metrics.items()]
         return out
 

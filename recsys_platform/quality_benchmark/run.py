@@ -95,7 +95,7 @@ class ProductRun:
     """One import and training of the product on a train part, and where its online store is."""
 
     store_url: str
-    tracking_uri: str  # the product's MLflow: what each served version is (`served_scorers`)
+    tracking_uri: str  # the product's MLflow: what each served version is (`version_records`)
     environment: dict[str, str]  # what was set for the product beyond the inherited environment
     import_s: float
     train_s: float
@@ -166,29 +166,20 @@ def run_product(source: Path, config: QualityConfig, run_dir: Path) -> ProductRu
     )
 
 
-def served_scorers(tracking_uri: str, versions: list[str]) -> dict[str, str]:
-    """What each served model version scores with, from its registry tag: "ranker" (the LightGBM ranker) or
-    "column:<feature>" (the gate kept a baseline: that source's own list)."""
+def version_records(tracking_uri: str, served: list[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """From one read of the registry: what each `served` version scores with (its scorer tag: "ranker", the
+    LightGBM ranker, or "column:<feature>", a source's own list the gate kept), and the promotion gate's tags
+    (`gate.*`: decision, reason, scores, noise bar) of every version that has them: why what is served was served."""
     from mlflow.tracking import MlflowClient
 
     from recsys_platform.config import REGISTERED_MODEL_NAME
     from recsys_platform.model.registry import SCORER_TAG
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    return {v: client.get_model_version(REGISTERED_MODEL_NAME, v).tags.get(SCORER_TAG, "?") for v in versions}
-
-
-def gate_records(tracking_uri: str) -> dict[str, dict[str, str]]:
-    """The promotion gate's tags (`gate.*`: decision, reason, scores, noise bar) of every registered version that
-    has them, by version: why what is served was served."""
-    from mlflow.tracking import MlflowClient
-
-    from recsys_platform.config import REGISTERED_MODEL_NAME
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    versions = client.search_model_versions(f"name='{REGISTERED_MODEL_NAME}'")
-    records = {str(v.version): {k: t for k, t in v.tags.items() if k.startswith("gate.")} for v in versions}
-    return {version: tags for version, tags in sorted(records.items(), key=lambda kv: int(kv[0])) if tags}
+    tags = {str(v.version): v.tags for v in client.search_model_versions(f"name='{REGISTERED_MODEL_NAME}'")}
+    scorers = {v: tags.get(v, {}).get(SCORER_TAG, "?") for v in served}
+    gate = {v: {k: t for k, t in tags[v].items() if k.startswith("gate.")} for v in sorted(tags, key=int)}
+    return scorers, {v: g for v, g in gate.items() if g}
 
 
 def served_lists(store_url: str, users: pl.Series, k: int) -> tuple[pl.DataFrame, dict]:
@@ -232,8 +223,9 @@ def measure_holdout(data: InteractionsFile, holdout: Holdout, config: QualityCon
     started = time.perf_counter()
     shown, served_stats = served_lists(product.store_url, users, k)
     read_s = time.perf_counter() - started
-    served_stats["scorers"] = served_scorers(product.tracking_uri, sorted(served_stats["model_versions"]))
-    served_stats["gate"] = gate_records(product.tracking_uri)
+    served_stats["scorers"], served_stats["gate"] = version_records(
+        product.tracking_uri, sorted(served_stats["model_versions"])
+    )
     seen = truth_of(holdout.train)
     served = shown.join(seen, on=["user_id", "item_id"], how="anti")
     popularity = seen.group_by("item_id").agg(count=pl.len())
