@@ -18,7 +18,9 @@ from recsys_platform import schemas
 from recsys_platform.dev.generator import GeneratorConfig, generate
 from recsys_platform.features.tables import build_interactions
 from recsys_platform.model import procedure, tuning
+from recsys_platform.model.catalogue import Catalogue
 from recsys_platform.model.params import ModelParams
+from recsys_platform.model.recommender import build_vocab
 from recsys_platform.model.windows import per_user_split, require_enough
 from tests.conftest import FIXED_END
 
@@ -143,6 +145,24 @@ def test_choose_params_picks_from_the_grids_on_the_inner_split(world) -> None:
     assert len(session) == len(tuning.SESSION_L2_GRID) * len(tuning.SESSION_DROPOUT_GRID) == len(scores) - len(ease)
     chosen = f"session_l2={params.ease_session_l2:g},dropout={params.ease_session_dropout:g}"
     assert session[chosen] == max(session.values())
+
+
+def test_order_free_tuning_averages_the_grids_over_several_random_splits(world, monkeypatch) -> None:
+    ds, inter = world["ds"], world["inter"]
+    catalogue = Catalogue.build(build_vocab(inter, ds.items, ds.users), ds.items, ds.users)
+    params = FAST.with_(training_windows="random")
+    assert params.order_free and tuning.RANDOM_TUNING_FOLDS == 3
+    chosen, scores = tuning.tune(inter, catalogue, params, max_users=0)
+    monkeypatch.setattr(tuning, "RANDOM_TUNING_FOLDS", 1)
+    alone = [tuning.tune(inter, catalogue, params.with_(seed=params.seed + f), max_users=0)[1] for f in range(3)]
+    assert scores.keys() == alone[0].keys()
+    for setting, value in scores.items():  # each setting scored by its mean over the three seeded splits
+        assert value == pytest.approx(np.mean([a[setting] for a in alone]), abs=1e-5)
+    assert len({a["session_l2=1000,dropout=0.5"] for a in alone}) > 1  # the splits differ
+    session = {k: v for k, v in scores.items() if k.startswith("session_")}
+    assert session[f"session_l2={chosen.ease_session_l2:g},dropout={chosen.ease_session_dropout:g}"] == max(
+        session.values()
+    )
 
 
 @pytest.mark.parametrize("protocol", procedure.PROTOCOLS)
