@@ -20,6 +20,7 @@ from recsys_platform import cli
 from recsys_platform.cli import app
 from recsys_platform.dev.generator import GeneratorConfig, generate, write_to_landing
 from recsys_platform.ingest.landing import LocalLandingZone, partition_key_of
+from recsys_platform.model import procedure
 from recsys_platform.model.procedure import HOLDOUTS
 from recsys_platform.serve.online_store import open_online_store
 from tests.conftest import FIXED_END
@@ -189,3 +190,16 @@ def test_train_runs_the_cycle_on_the_ingested_events_and_prints_the_summary(tmp_
     protocols = pl.read_parquet(Path(settings.lake_url) / "model_evaluation.parquet")["protocol"].unique().to_list()
     assert protocols and all(f"Holdout {p}: {HOLDOUTS[p]}" in text for p in protocols)
     assert all(f"NDCG@10 ({p}) ranker" in text for p in protocols)
+    # every metric's name printed whole (an 80-column table once cut one to "ndcg@10_ga…"); the gap's standard error
+    # is not a table row but follows the lift over the strongest baseline
+    evaluation = pl.read_parquet(Path(settings.lake_url) / "model_evaluation.parquet")
+    assert "…" not in text and procedure.GAP_SE not in text
+    assert all(metric in text for metric in set(evaluation["metric"]) - {procedure.GAP_SE})
+    flat = " ".join(text.split())  # the console wraps long lines
+    for p in protocols:
+        line = flat.split(f"NDCG@10 ({p}) ranker")[1]
+        best = line.split("strongest baseline, ")[1].split(",")[0]
+        se = evaluation.filter(
+            (pl.col("protocol") == p) & (pl.col("model") == best) & (pl.col("metric") == procedure.GAP_SE)
+        )["value"]
+        assert se.len() == 1 and f"relative (standard error of the per-user gap {se[0]:.4f})" in line.split("NDCG")[0]

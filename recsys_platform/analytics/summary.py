@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import polars as pl
@@ -33,6 +34,12 @@ def lake_row_counts(lake: Path) -> dict[str, int]:
     return counts
 
 
+def _metric_of_models(evaluation: pl.DataFrame, metric: str) -> dict[str, float]:
+    """{model: value} of `metric` in `evaluation` rows (one protocol's)."""
+    rows = evaluation.filter(pl.col("metric") == metric)
+    return dict(zip(rows["model"].to_list(), rows["value"].to_list(), strict=True))
+
+
 def print_summary(console: Console, settings: Settings, elapsed_s: float) -> None:
     """Print what the cycle produced and how to explore it."""
     lake = Path(settings.lake_url)
@@ -46,27 +53,32 @@ def print_summary(console: Console, settings: Settings, elapsed_s: float) -> Non
     shown = ("ranker", *procedure.BASELINES, "champion")
     evaluation = evaluation.filter(pl.col("model").is_in(shown))
     for protocol in evaluation["protocol"].unique(maintain_order=True):
-        wide = evaluation.filter(pl.col("protocol") == protocol).pivot(on="model", index="metric", values="value")
+        # the gap's standard error is not a metric of a list: it is printed with the lift below
+        of_protocol = evaluation.filter(pl.col("protocol") == protocol)
+        wide = of_protocol.filter(pl.col("metric") != procedure.GAP_SE).pivot(
+            on="model", index="metric", values="value"
+        )
         base = protocol.removesuffix(procedure.UNSEEN_BY_CHAMPION)
         about = procedure.HOLDOUTS.get(base, base)
         if base != protocol:
             about += ": the events after the champion's training data"
-        quality = Table(*wide.columns, title=f"Holdout {protocol}: {about}")
+        quality = Table(title=f"Holdout {protocol}: {about}", show_edge=False, pad_edge=False, collapse_padding=True)
+        # metric names whole; a model's name folds instead (an 80-column console cut "catalog_coverage@10")
+        quality.add_column(wide.columns[0], min_width=max(map(len, wide[wide.columns[0]])), no_wrap=True)
+        for model in wide.columns[1:]:
+            quality.add_column(model, overflow="fold", min_width=6)
         for row in wide.iter_rows():
             quality.add_row(row[0], *[f"{v:.4f}" if v is not None else "" for v in row[1:]])
         console.print(quality)
-        ndcg = {
-            r["model"]: r["value"]
-            for r in evaluation.filter((pl.col("protocol") == protocol) & (pl.col("metric") == "ndcg@10")).iter_rows(
-                named=True
-            )
-        }
+        ndcg = _metric_of_models(of_protocol, "ndcg@10")
         baselines = {k: v for k, v in ndcg.items() if k in procedure.BASELINES}
         best = max(baselines, key=baselines.__getitem__)
         lift = ndcg["ranker"] / baselines[best] - 1 if baselines[best] else float("nan")
+        se = _metric_of_models(of_protocol, procedure.GAP_SE).get(best)
         console.print(
             f"NDCG@10 ({protocol}) ranker {ndcg['ranker']:.4f} vs the strongest baseline, {best}, "
             f"{baselines[best]:.4f}: {lift:+.0%} relative"
+            + (f" (standard error of the per-user gap {se:.4f})" if se is not None and not math.isnan(se) else "")
         )
     served = evaluation["served_version"][0] if "served_version" in evaluation.columns else None
     ref = json.loads((lake / "ranker_model.json").read_text())
