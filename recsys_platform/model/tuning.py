@@ -2,7 +2,8 @@
 the l2 and EDLAE dropout of the sittings-and-sequence EASE.
 
 Each grid is scored by nDCG@10 of the source's own list on an inner per-user split of the
-interactions the procedure was given (each user's newest 20% to predict), never on a holdout.
+interactions the procedure was given (each user's newest 20% to predict; under an order-free objective the mean
+over `RANDOM_TUNING_FOLDS` seeded random 20% splits), never on a holdout.
 The l2 grids are multiplicative because the best l2 grows with the data's density.
 
 The sittings-and-sequence EASE had a fixed l2 of 1000 and no dropout. Tuning it was chosen on inner splits only
