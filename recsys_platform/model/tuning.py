@@ -33,7 +33,7 @@ from recsys_platform.model.catalogue import Catalogue
 from recsys_platform.model.history import PairHistory
 from recsys_platform.model.params import ModelParams
 from recsys_platform.model.profiles import Profiles
-from recsys_platform.model.sources import ItemItem, _ease, ease_weights, session_gram
+from recsys_platform.model.sources import ItemItem, Source, _ease, ease_weights, session_gram
 from recsys_platform.model.windows import PairSplit, per_user_split, random_pair_split
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class _Fold:
     target: np.ndarray
     hide: np.ndarray
 
-    def ndcg(self, source) -> float:
+    def ndcg(self, source: Source) -> float:
         """nDCG@10 of `source`'s list on the fold."""
         return dense_ndcg(np.where(self.hide, -np.inf, source.score(self.profiles)), self.target)
 
@@ -133,7 +133,7 @@ def tune(
         if params.order_free
         else [per_user_split(interactions, name="tuning")]
     )
-    folds = [f for f in (_fold(interactions, s, catalogue, params, max_users, user_weight) for s in splits) if f]
+    folds = [f for s in splits if (f := _fold(interactions, s, catalogue, params, max_users, user_weight))]
     if not folds:
         return params, {}
     scores: dict[str, float] = {}
