@@ -96,6 +96,20 @@ def test_ease_weights_equal_the_closed_form_with_zero_diagonal() -> None:
     assert int(np.argmax(np.where(x[u7] > 0, -np.inf, scores[u7]))) == history.vocab.item_cols(["b"])[0]
 
 
+def test_the_symmetric_inverse_is_the_inverse_whether_or_not_the_matrix_is_positive_definite() -> None:
+    rng = np.random.default_rng(5)
+    x = (rng.random((60, 12)) < 0.3).astype(np.float64)
+    definite = x.T @ x + 3.0 * np.eye(12)  # a regularised Gram matrix: the Cholesky path
+    got = sources.symmetric_inverse(definite)
+    np.testing.assert_allclose(got @ definite, np.eye(12), atol=1e-10)
+    np.testing.assert_array_equal(got, got.T)
+    counts = rng.integers(0, 5, (12, 12)).astype(np.float64)
+    indefinite = counts + counts.T  # zero-mean-ish symmetric counts with a small diagonal: not positive definite
+    assert np.linalg.eigvalsh(indefinite).min() < 0
+    np.testing.assert_allclose(sources.symmetric_inverse(indefinite) @ indefinite, np.eye(12), atol=1e-8)
+    np.testing.assert_array_equal(definite, x.T @ x + 3.0 * np.eye(12))  # the argument is left as it was
+
+
 def test_edlae_is_ease_with_a_dropout_scaled_item_l2() -> None:
     x = (np.random.default_rng(3).random((40, 8)) < 0.3).astype(np.float64)
     gram = x.T @ x

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg import lapack
 
 from recsys_platform.model.catalogue import FACETS, Catalogue
 from recsys_platform.model.history import DAY_S, PairHistory
@@ -97,10 +98,23 @@ def ease_weights(gram: np.ndarray, l2: float, dropout: float = 0.0) -> np.ndarra
     regularises frequent items more than a single l2 does."""
     reg = np.array(gram, dtype=np.float64)
     reg[np.diag_indices_from(reg)] += l2 + dropout / (1.0 - dropout) * np.diag(gram)
-    p = np.linalg.inv(reg)
+    p = symmetric_inverse(reg)
     b = p / (-np.diag(p))
     np.fill_diagonal(b, 0.0)
     return b.astype(np.float32)
+
+
+def symmetric_inverse(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric float64 matrix: by Cholesky when it is positive definite (a regularised Gram
+    matrix is), half the work of the general LU inverse (1,682 items, one thread: 0.14 s against 0.30), the same
+    values to rounding; by LU when it is not (the sittings-and-sequence Gram matrix's neighbour counts need not be
+    positive semi-definite)."""
+    factor, info = lapack.dpotrf(matrix, lower=False, clean=False)
+    if info == 0:
+        upper, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
+        if info == 0:
+            return np.triu(upper) + np.triu(upper, 1).T
+    return np.linalg.inv(matrix)
 
 
 @dataclass
