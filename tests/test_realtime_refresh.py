@@ -160,6 +160,8 @@ def test_rising_steps_and_heart_rate_move_movement_content_up(world: dict, store
         before = _refresh(world, store, user, [])
         if next((i.rank for i in before if i.content_type == "movement"), 99) > 1:
             break
+    else:
+        pytest.fail("no daytime user of the first 20 has room to move a movement item up")
     readings = [
         _event(user, "biometric", NOW - timedelta(minutes=m), steps=steps, heart_rate=hr)
         for m, steps, hr in ((8, 200, 70.0), (5, 600, 82.0), (2, 1100, 96.0), (0, 1500, 104.0))

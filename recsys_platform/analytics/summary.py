@@ -34,12 +34,6 @@ def lake_row_counts(lake: Path) -> dict[str, int]:
     return counts
 
 
-def _metric_of_models(evaluation: pl.DataFrame, metric: str) -> dict[str, float]:
-    """{model: value} of `metric` in `evaluation` rows (one protocol's)."""
-    rows = evaluation.filter(pl.col("metric") == metric)
-    return dict(zip(rows["model"].to_list(), rows["value"].to_list(), strict=True))
-
-
 def print_summary(console: Console, settings: Settings, elapsed_s: float) -> None:
     """Print what the cycle produced and how to explore it."""
     lake = Path(settings.lake_url)
@@ -70,15 +64,13 @@ def print_summary(console: Console, settings: Settings, elapsed_s: float) -> Non
         for row in wide.iter_rows():
             quality.add_row(row[0], *[f"{v:.4f}" if v is not None else "" for v in row[1:]])
         console.print(quality)
-        ndcg = _metric_of_models(of_protocol, "ndcg@10")
-        baselines = {k: v for k, v in ndcg.items() if k in procedure.BASELINES}
-        best = max(baselines, key=baselines.__getitem__)
-        lift = ndcg["ranker"] / baselines[best] - 1 if baselines[best] else float("nan")
-        se = _metric_of_models(of_protocol, procedure.GAP_SE).get(best)
+        ranker = procedure.metric(of_protocol, protocol, "ranker")
+        best, score = procedure.strongest_baseline(of_protocol, protocol)
+        lift = ranker / score - 1 if score else float("nan")
+        se = procedure.metric(of_protocol, protocol, best, procedure.GAP_SE)
         console.print(
-            f"NDCG@10 ({protocol}) ranker {ndcg['ranker']:.4f} vs the strongest baseline, {best}, "
-            f"{baselines[best]:.4f}: {lift:+.0%} relative"
-            + (f" (standard error of the per-user gap {se:.4f})" if se is not None and not math.isnan(se) else "")
+            f"NDCG@10 ({protocol}) ranker {ranker:.4f} vs the strongest baseline, {best}, {score:.4f}: "
+            f"{lift:+.0%} relative" + ("" if math.isnan(se) else f" (standard error of the per-user gap {se:.4f})")
         )
     served = evaluation["served_version"][0] if "served_version" in evaluation.columns else None
     ref = json.loads((lake / "ranker_model.json").read_text())
