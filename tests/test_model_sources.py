@@ -197,15 +197,17 @@ def test_ials_separates_two_taste_blocks_and_is_seeded() -> None:
 
 
 def test_ials_user_step_solves_each_users_least_squares_and_leaves_an_empty_profile_at_zero() -> None:
-    # the score's definition, one numpy solve per user: (YtY + l2 I + alpha sum y y^T) x = (1 + alpha) sum y
+    # the score's definition, one numpy solve per user: (YtY + l2 I + alpha sum y y^T) x = (1 + alpha) sum y; users
+    # with at most 3 items (the factors) are solved in item space, u5 (5 items) in factor space
     pairs = [("u0", "a"), ("u0", "b"), ("u1", "c"), ("u2", "a"), ("u2", "c"), ("u2", "d"), ("u3", "e")]
+    pairs += [("u5", i) for i in "abcde"]
     users, items = (pl.Series([p[n] for p in pairs]) for n in (0, 1))
     vocab = Vocabulary.build(pl.concat([users, pl.Series(["u4"])]), items)  # u4: in the vocabulary, no pairs
     first = np.arange(len(pairs), dtype=float)
     history = PairHistory.from_arrays(vocab, CUT_S, vocab.user_rows(users), vocab.item_cols(items), first_s=first)
     rng = np.random.default_rng(3)
     factors = sources.Factors(rng.normal(size=(history.vocab.n_items, 3)).astype(np.float32), 2.0, 5.0)
-    rows = vocab.user_rows(pl.Series(["u0", "u1", "u2", "u3", "u4"]))
+    rows = vocab.user_rows(pl.Series(["u0", "u1", "u2", "u3", "u4", "u5"]))
     profiles = Profiles.of(history, rows)
     y = factors.item_factors.astype(np.float64)
     expected = np.zeros((len(rows), history.vocab.n_items))
@@ -215,7 +217,8 @@ def test_ials_user_step_solves_each_users_least_squares_and_leaves_an_empty_prof
         expected[r] = x @ y.T
     scores = factors.score(profiles)
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
-    assert not scores[4].any() and scores[:4].all()  # u4 has no pairs: x = 0, every score 0
+    assert not scores[4].any() and scores[:4].all() and scores[5].all()  # u4 has no pairs: x = 0, every score 0
+    assert np.diff(profiles.seen.indptr).tolist() == [2, 1, 3, 1, 0, 5]
 
 
 # --- replays, content, new releases ----------------------------------------------------------------------
