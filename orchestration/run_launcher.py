@@ -287,9 +287,11 @@ class WarmRunLauncher(DefaultRunLauncher):
 
 # The dagster.yaml block that selects this launcher for the near-real-time refresh and the raw-events contracts that
 # follow each refresh (the CLI adds it to the local instance; the jobs' names are checked against the definitions by
-# tests/test_warm_runs.py). The contracts' steps import Great Expectations (about 5 s in a new process), and a
-# refresh's iALS source scores with implicit's compiled solver (`model.sources.Factors`; 84 ms to import after the
-# refresh's own modules): the worker imports both once, before its first fork.
+# tests/test_warm_runs.py). The contracts' steps import Great Expectations (about 5 s in a new process): the worker
+# imports it once, before its first fork. implicit's compiled solver was preloaded for the iALS source's user step (84
+# ms to import after the refresh's own modules); since 0eded55 that step is numpy (`model.sources.Factors`) and a
+# refresh no longer imports implicit. It stays in the block, so that instances which have it keep a block the CLI
+# recognises as its own; it costs the worker that import once.
 WARM_LAUNCHER_YAML = """\
 run_launcher:
   module: orchestration.run_launcher
