@@ -257,8 +257,8 @@ class Factors:
         with at most as many items as factors through a system of their items' size (`_few_items_factors`), the
         others through one of the factors' size (`_many_items_factors`). The same scores as implicit's compiled
         solver to float64 rounding (a solve per user in its compiled loop); on 1000-user blocks of the 1M-user
-        synthetic data (64 factors, 2,204 items, 19 items per user on average) that solver took 49-58 ms a block
-        and this 29-32 ms, on 14-day data (9 items per user) 37-43 ms and 12-14 ms (`benchmarks/ials_user_step.py`)."""
+        synthetic data (64 factors, 2,204 items, 19 items per user on average), one BLAS thread, that solver took
+        66-71 ms a block and this 36-38 ms (`benchmarks/ials_user_step.py`)."""
         seen = profiles.seen.tocsr()
         seen.sort_indices()
         counts = np.diff(seen.indptr)
