@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -253,84 +254,58 @@ class Factors:
     def score(self, profiles: Profiles) -> np.ndarray:
         """Scores of each user's least-squares factors given the fixed item factors (iALS user step): per user,
         (YᵀY + l2·I + alpha·Σ y yᵀ) x = (1 + alpha)·Σ y over the user's items, scores Y x (confidence 1 + alpha
-        per pair, as implicit's solver takes it). Users are solved together, a batch of systems per size: a user
-        with at most as many items as factors through a system of their items' size (`_few_items_factors`), the
-        others through one of the factors' size (`_many_items_factors`). The same scores as implicit's compiled
-        solver to float64 rounding (a solve per user in its compiled loop); on 1000-user blocks of the 1M-user
-        synthetic data (64 factors, 2,204 items, 19 items per user on average), one BLAS thread, that solver took
-        66-71 ms a block and this 36-38 ms (`benchmarks/ials_user_step.py`)."""
-        seen = profiles.seen.tocsr()
-        seen.sort_indices()
-        counts = np.diff(seen.indptr)
-        many = counts > self.item_factors.shape[1]
-        z = self._whitened()
-        out = _few_items_factors(seen, counts, ~many, z, self.alpha) @ z.T
-        if many.any():
-            y = np.asarray(self.item_factors, np.float64)
-            out[many] = _many_items_factors(seen, counts, many, y, self.regularization, self.alpha) @ y.T
-        return out.astype(np.float32)
+        per pair, as implicit's solver takes it), users solved together a batch of systems at a time
+        (`_whitened_factors`). The same scores as implicit's compiled solver to float64 rounding (a solve per user
+        in its compiled loop); on 1000-user blocks of the 1M-user synthetic data (64 factors, 2,204 items, 19 items
+        per user on average), one BLAS thread, that solver took 66-71 ms a block and this 36-38 ms
+        (`benchmarks/ials_user_step.py`)."""
+        return (_whitened_factors(profiles.seen.tocsr(), self.whitened, self.alpha) @ self.whitened.T).astype(
+            np.float32
+        )
 
-    def _whitened(self) -> np.ndarray:
+    @cached_property
+    def whitened(self) -> np.ndarray:
         """Z = Y L⁻ᵀ with L Lᵀ = YᵀY + l2·I (float64, items x factors), computed once per process (not pickled)."""
-        z = self.__dict__.get("_whitened_cache")
-        if z is None:
-            y = np.asarray(self.item_factors, np.float64)
-            lower = np.linalg.cholesky(y.T @ y + self.regularization * np.eye(y.shape[1]))
-            z = np.linalg.solve(lower, y.T).T
-            self.__dict__["_whitened_cache"] = z
-        return z
+        y = np.asarray(self.item_factors, np.float64)
+        lower = np.linalg.cholesky(y.T @ y + self.regularization * np.eye(y.shape[1]))
+        return np.linalg.solve(lower, y.T).T
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_whitened_cache"}
+        return {k: v for k, v in self.__dict__.items() if k != "whitened"}
 
 
-def _padded_items(seen: sp.csr_matrix, counts: np.ndarray, users: np.ndarray, size: int):
-    """(items, valid): each of `users`' items of `seen` padded to `size` per user, and which of them are real."""
-    place = np.arange(size)
-    valid = place[None, :] < counts[users, None]
-    return seen.indices[np.where(valid, seen.indptr[users, None] + place[None, :], 0)], valid
-
-
-def _size_batches(counts: np.ndarray, chosen: np.ndarray):
-    """(users, size): the `chosen` users in batches by item count, each padded to the next of 1, 2, 3, 4, 6, 8, 12,
+def _size_batches(counts: np.ndarray):
+    """(users, size): the users with items in batches by item count, each padded to the next of 1, 2, 3, 4, 6, 8, 12,
     16, ... (powers of two and their midpoints: at most a third of a system is padding)."""
     lower, size = 0, 1
-    top = int(counts[chosen].max(initial=0))
-    while lower < top:
-        users = np.flatnonzero(chosen & (counts > lower) & (counts <= size))
+    while lower < counts.max(initial=0):
+        users = np.flatnonzero((counts > lower) & (counts <= size))
         if len(users):
             yield users, size
         lower, size = size, size + max((1 << (size.bit_length() - 1)) // 2, 1)
 
 
-def _few_items_factors(seen: sp.csr_matrix, counts: np.ndarray, chosen: np.ndarray, z: np.ndarray, alpha: float):
-    """users x factors: the whitened factors v = Lᵀx of the `chosen` users (0 for the others), their scores Z v.
-    With M = YᵀY + l2·I = L Lᵀ, Z = Y L⁻ᵀ and the user's items U, Woodbury's identity turns the user step
-    x = (M + alpha·Y_Uᵀ Y_U)⁻¹ (1 + alpha)·Y_Uᵀ1 into v = Z_Uᵀ w with w = (1 + alpha)·(I + alpha·Z_U Z_Uᵀ)⁻¹ 1:
-    a |U| x |U| system, padded with identity rows."""
+def _whitened_factors(seen: sp.csr_matrix, z: np.ndarray, alpha: float) -> np.ndarray:
+    """users x factors: each user's whitened factors v = Lᵀx (0 without items), their scores Z v. With
+    M = YᵀY + l2·I = L Lᵀ, Z = Y L⁻ᵀ and the user's items U, the user step x = (M + alpha·Y_Uᵀ Y_U)⁻¹ (1 + alpha)·Y_Uᵀ1
+    is v = (I + alpha·Z_Uᵀ Z_U)⁻¹ (1 + alpha)·Z_Uᵀ1, a system of the factors' size, or by Woodbury's identity
+    v = Z_Uᵀ w with w = (1 + alpha)·(I + alpha·Z_U Z_Uᵀ)⁻¹ 1, one of the items' size: the smaller is solved. A batch's
+    padding items are zero rows of Z_U (an identity row of the items' system)."""
+    counts = np.diff(seen.indptr)
     out = np.zeros((seen.shape[0], z.shape[1]))
-    for users, size in _size_batches(counts, chosen):
-        item, valid = _padded_items(seen, counts, users, size)
-        zu = z[item] * valid[..., None]  # (users, size, factors)
-        system = alpha * (zu @ zu.transpose(0, 2, 1))
-        system[:, np.arange(size), np.arange(size)] += 1.0
-        w = np.linalg.solve(system, np.where(valid, 1.0 + alpha, 0.0)[..., None])
-        out[users] = (zu.transpose(0, 2, 1) @ w)[..., 0]
-    return out
-
-
-def _many_items_factors(
-    seen: sp.csr_matrix, counts: np.ndarray, chosen: np.ndarray, y: np.ndarray, l2: float, alpha: float
-) -> np.ndarray:
-    """(chosen users) x factors: their factors x from (YᵀY + l2·I + alpha·Y_Uᵀ Y_U) x = (1 + alpha)·Y_Uᵀ1."""
-    rows = np.flatnonzero(chosen)
-    out = np.zeros((len(rows), y.shape[1]))
-    base = y.T @ y + l2 * np.eye(y.shape[1])
-    for users, size in _size_batches(counts, chosen):
-        item, valid = _padded_items(seen, counts, users, size)
-        yu = y[item] * valid[..., None]
-        system = base + alpha * (yu.transpose(0, 2, 1) @ yu)
-        out[np.searchsorted(rows, users)] = np.linalg.solve(system, (1.0 + alpha) * yu.sum(axis=1)[..., None])[..., 0]
+    for users, size in _size_batches(counts):
+        place = np.arange(size)
+        valid = place[None, :] < counts[users, None]
+        zu = z[seen.indices[np.where(valid, seen.indptr[users, None] + place[None, :], 0)]] * valid[..., None]
+        zt = zu.transpose(0, 2, 1)  # (users, factors, size)
+        if size <= z.shape[1]:
+            system = alpha * (zu @ zt)
+            system[:, place, place] += 1.0
+            out[users] = (zt @ np.linalg.solve(system, (1.0 + alpha) * valid[..., None]))[..., 0]
+        else:
+            system = alpha * (zt @ zu)
+            system[:, np.arange(z.shape[1]), np.arange(z.shape[1])] += 1.0
+            out[users] = np.linalg.solve(system, (1.0 + alpha) * zu.sum(axis=1)[..., None])[..., 0]
     return out
 
 
